@@ -1,0 +1,430 @@
+//! Configuration: defaults, then `config/queue.toml`, then the environment (and `.env`), then flags.
+//!
+//! This module resolves the first three layers; the CLI applies its flags on top.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::queue::{DEFAULT_QUEUE, validate_queue_name};
+
+/// The config file read when none is named and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config/queue.toml";
+
+/// The SQLite file used by the database driver when no `DATABASE_URL` is set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://storage/queue.db";
+
+/// The Redis used when no `REDIS_URL` is set.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Which backend stores the jobs (`QUEUE_DRIVER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DriverKind {
+    /// In the process's memory: development and tests.
+    #[default]
+    Memory,
+    /// A shared Redis.
+    Redis,
+    /// SQLite or PostgreSQL.
+    Database,
+}
+
+impl DriverKind {
+    /// The accepted names, for error messages.
+    pub const NAMES: &'static str = "memory, redis, database";
+
+    /// The name as written in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Database => "database",
+        }
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DriverKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            "database" | "db" => Ok(Self::Database),
+            other => Err(format!("unknown driver {other:?}; use one of: {}", Self::NAMES)),
+        }
+    }
+}
+
+/// The worker's part of the configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Queues in strict order (`QUEUE_WORKER_QUEUES`, default: the default queue).
+    pub queues: Vec<String>,
+    /// Longest idle wait (`QUEUE_WORKER_SLEEP`, seconds, default 3).
+    pub sleep: Duration,
+    /// Stop after this many jobs (`QUEUE_WORKER_MAX_JOBS`, default none).
+    pub max_jobs: Option<u64>,
+    /// Jobs at once (default 1).
+    pub concurrency: usize,
+    /// Time limit for jobs without their own (seconds, default 60).
+    pub timeout: Duration,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The driver (`QUEUE_DRIVER`, default memory).
+    pub driver: DriverKind,
+    /// The queue for jobs that name none (`QUEUE_DEFAULT`, default `default`).
+    pub default_queue: String,
+    /// `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Worker settings.
+    pub worker: WorkerConfig,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            driver: DriverKind::Memory,
+            default_queue: DEFAULT_QUEUE.to_owned(),
+            redis_url: None,
+            database_url: None,
+            worker: WorkerConfig {
+                queues: Vec::new(),
+                sleep: Duration::from_secs(3),
+                max_jobs: None,
+                concurrency: 1,
+                timeout: Duration::from_secs(60),
+            },
+            file: None,
+        }
+    }
+}
+
+/// `config/queue.toml`: the TOML twin of the seed's `config/queue.js`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    driver: Option<String>,
+    default: Option<String>,
+    redis: Option<FileUrl>,
+    database: Option<FileUrl>,
+    worker: Option<FileWorker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUrl {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileWorker {
+    queues: Option<Vec<String>>,
+    sleep: Option<f64>,
+    #[serde(alias = "maxJobs")]
+    max_jobs: Option<u64>,
+    concurrency: Option<usize>,
+    timeout: Option<f64>,
+}
+
+impl Config {
+    /// Reads `.env` (if present, without overriding the environment), the config file and the
+    /// environment. `file` names a config file that must exist; without it `config/queue.toml` is
+    /// read if it exists.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable or key with a wrong value and what it accepts.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        if let Err(e) = dotenvy::dotenv()
+            && !e.not_found()
+        {
+            return Err(Error::config(".env", format!("{e}; fix or remove the file")));
+        }
+        let (path, text) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::config(
+                        path.display().to_string(),
+                        format!("cannot read the config file: {e}"),
+                    )
+                })?;
+                (Some(path.to_path_buf()), Some(text))
+            }
+            None => {
+                let path = Path::new(DEFAULT_CONFIG_FILE);
+                match std::fs::read_to_string(path) {
+                    Ok(text) => (Some(path.to_path_buf()), Some(text)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+                    Err(e) => {
+                        return Err(Error::config(
+                            DEFAULT_CONFIG_FILE,
+                            format!("cannot read the config file: {e}"),
+                        ));
+                    }
+                }
+            }
+        };
+        let file = match (&path, &text) {
+            (Some(path), Some(text)) => Some((path.as_path(), text.as_str())),
+            _ => None,
+        };
+        Self::from_sources(file, |key| std::env::var(key).ok())
+    }
+
+    /// Resolves the configuration from a config file's text and an environment lookup, without
+    /// touching the process: the testable core of [`Config::load`].
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_sources(
+        file: Option<(&Path, &str)>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut config = Self::default();
+        if let Some((path, text)) = file {
+            let shown = path.display().to_string();
+            let parsed: FileConfig = toml::from_str(text).map_err(|e| {
+                Error::config(
+                    &shown,
+                    format!("{}; see README.md for the file's keys", e.to_string().trim_end()),
+                )
+            })?;
+            config.apply_file(parsed, &shown)?;
+            config.file = Some(path.to_path_buf());
+        }
+        config.apply_env(&env)?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, file: FileConfig, shown: &str) -> Result<()> {
+        let key = |k: &str| format!("{shown}: {k}");
+        if let Some(driver) = file.driver {
+            self.driver = driver.parse().map_err(|m| Error::config(key("driver"), m))?;
+        }
+        if let Some(default) = file.default {
+            validate_queue_name(&default)
+                .map_err(|e| Error::config(key("default"), e.to_string()))?;
+            self.default_queue = default;
+        }
+        if let Some(url) = file.redis.and_then(|r| r.url) {
+            self.redis_url = Some(url);
+        }
+        if let Some(url) = file.database.and_then(|d| d.url) {
+            self.database_url = Some(url);
+        }
+        if let Some(worker) = file.worker {
+            if let Some(queues) = worker.queues {
+                for queue in &queues {
+                    validate_queue_name(queue)
+                        .map_err(|e| Error::config(key("worker.queues"), e.to_string()))?;
+                }
+                self.worker.queues = queues;
+            }
+            if let Some(sleep) = worker.sleep {
+                self.worker.sleep =
+                    seconds(sleep).map_err(|m| Error::config(key("worker.sleep"), m))?;
+            }
+            if let Some(max_jobs) = worker.max_jobs {
+                self.worker.max_jobs = Some(max_jobs);
+            }
+            if let Some(concurrency) = worker.concurrency {
+                if concurrency == 0 {
+                    return Err(Error::config(key("worker.concurrency"), "0; use 1 or more"));
+                }
+                self.worker.concurrency = concurrency;
+            }
+            if let Some(timeout) = worker.timeout {
+                self.worker.timeout =
+                    seconds(timeout).map_err(|m| Error::config(key("worker.timeout"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        // An empty variable counts as unset, as in the seed's `.env` (`QUEUE_WORKER_MAX_JOBS=`).
+        let var = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+        if let Some(v) = var("QUEUE_DRIVER") {
+            self.driver = v.parse().map_err(|m| Error::config("QUEUE_DRIVER", m))?;
+        }
+        if let Some(v) = var("QUEUE_DEFAULT") {
+            let v = v.trim().to_owned();
+            validate_queue_name(&v).map_err(|e| Error::config("QUEUE_DEFAULT", e.to_string()))?;
+            self.default_queue = v;
+        }
+        if let Some(v) = var("REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = var("DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = var("QUEUE_WORKER_QUEUES") {
+            self.worker.queues = parse_queue_list(&v)
+                .map_err(|e| Error::config("QUEUE_WORKER_QUEUES", e.to_string()))?;
+        }
+        if let Some(v) = var("QUEUE_WORKER_SLEEP") {
+            self.worker.sleep =
+                parse_seconds(&v).map_err(|m| Error::config("QUEUE_WORKER_SLEEP", m))?;
+        }
+        if let Some(v) = var("QUEUE_WORKER_MAX_JOBS") {
+            let n = v.trim().parse::<u64>().map_err(|_| {
+                Error::config(
+                    "QUEUE_WORKER_MAX_JOBS",
+                    format!(
+                        "{v:?} is not a whole number; use e.g. 100, or leave it empty for no limit"
+                    ),
+                )
+            })?;
+            self.worker.max_jobs = Some(n);
+        }
+        Ok(())
+    }
+
+    /// The worker's queues: the configured list, else the default queue.
+    pub fn worker_queues(&self) -> Vec<String> {
+        if self.worker.queues.is_empty() {
+            vec![self.default_queue.clone()]
+        } else {
+            self.worker.queues.clone()
+        }
+    }
+}
+
+/// Parses a comma-separated queue list such as `high,default,low`.
+///
+/// # Errors
+/// [`Error::Invalid`] for an empty list or an invalid name.
+pub fn parse_queue_list(list: &str) -> Result<Vec<String>> {
+    let queues: Vec<String> = list.split(',').map(|q| q.trim().to_owned()).collect();
+    for queue in &queues {
+        validate_queue_name(queue)?;
+    }
+    Ok(queues)
+}
+
+/// Parses a non-negative number of seconds (`3`, `0.5`).
+///
+/// # Errors
+/// A message saying what was wrong and what is accepted.
+pub fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds; use e.g. 3 or 0.5"))?;
+    seconds(value)
+}
+
+fn seconds(value: f64) -> std::result::Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        format!(
+            "{value} is not a valid number of seconds; use a non-negative number such as 3 or 0.5"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn defaults_without_sources() {
+        let config = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.worker_queues(), ["default"]);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = r#"
+            driver = "redis"
+            default = "mail"
+            [worker]
+            queues = ["a", "b"]
+            sleep = 5
+            max_jobs = 10
+        "#;
+        let config = Config::from_sources(
+            Some((Path::new("queue.toml"), file)),
+            env(&[
+                ("QUEUE_DRIVER", "database"),
+                ("QUEUE_WORKER_SLEEP", "0.5"),
+                ("QUEUE_WORKER_MAX_JOBS", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.driver, DriverKind::Database);
+        assert_eq!(config.default_queue, "mail");
+        assert_eq!(config.worker.queues, ["a", "b"]);
+        assert_eq!(config.worker.sleep, Duration::from_millis(500));
+        assert_eq!(config.worker.max_jobs, Some(10), "an empty variable counts as unset");
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_accepted_values() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("QUEUE_DRIVER", "kafka")],
+                "QUEUE_DRIVER: unknown driver \"kafka\"; use one of: memory, redis, database",
+            ),
+            (
+                &[("QUEUE_WORKER_SLEEP", "soon")],
+                "QUEUE_WORKER_SLEEP: \"soon\" is not a number of seconds",
+            ),
+            (
+                &[("QUEUE_WORKER_SLEEP", "-1")],
+                "QUEUE_WORKER_SLEEP: -1 is not a valid number of seconds",
+            ),
+            (
+                &[("QUEUE_WORKER_MAX_JOBS", "ten")],
+                "QUEUE_WORKER_MAX_JOBS: \"ten\" is not a whole number",
+            ),
+            (
+                &[("QUEUE_WORKER_QUEUES", "a,,b")],
+                "QUEUE_WORKER_QUEUES: invalid queue name: \"\": it is empty",
+            ),
+            (&[("QUEUE_DEFAULT", "{x}")], "QUEUE_DEFAULT: invalid queue name"),
+        ];
+        for (vars, expected) in cases {
+            let err = Config::from_sources(None, env(vars)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn a_broken_file_names_the_file_and_the_key() {
+        let err =
+            Config::from_sources(Some((Path::new("config/queue.toml"), "driver = 3")), env(&[]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("config/queue.toml"), "{err}");
+        let err = Config::from_sources(Some((Path::new("q.toml"), "[worker]\nslep = 3")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `slep`"), "{err}");
+    }
+}

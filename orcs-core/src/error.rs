@@ -1,0 +1,77 @@
+//! The infrastructure error type shared by every driver.
+
+/// A boxed error from a backend client, kept as the `source()` of [`Error::Backend`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Something went wrong in orcs or in its backend (not in a user's job: that is [`crate::JobError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No job (or failed job) with this id exists.
+    #[error("job {id} not found: check the id with `orcs queue:failed` or `orcs queue:stats`")]
+    NotFound {
+        /// The id that was looked up.
+        id: String,
+    },
+    /// The caller's lease on a job expired and the job was claimed again (or finished) since:
+    /// the transition was rejected and changed nothing.
+    #[error("lease on job {id} was lost: it expired and the job belongs to another claim now")]
+    LeaseLost {
+        /// The job whose lease was lost.
+        id: String,
+    },
+    /// A value given by the user or the application is not acceptable.
+    #[error("invalid {what}: {message}")]
+    Invalid {
+        /// What was invalid (a queue name, a payload, an option).
+        what: &'static str,
+        /// What was wrong with it and what to do.
+        message: String,
+    },
+    /// The configuration (environment, config file, URL) is wrong.
+    #[error("configuration error in {key}: {message}")]
+    Config {
+        /// The variable, key or flag that holds the wrong value.
+        key: String,
+        /// What was wrong and what is accepted.
+        message: String,
+    },
+    /// A job could not be serialized into its payload.
+    #[error("could not serialize the job payload: {0}")]
+    Serialization(#[source] serde_json::Error),
+    /// The backend (Redis, the database) failed or could not be reached.
+    #[error("{driver} backend error: {source}")]
+    Backend {
+        /// The driver that failed (`redis`, `database`).
+        driver: &'static str,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Invalid`].
+    pub fn invalid(what: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { what, message: message.into() }
+    }
+
+    /// Builds an [`Error::Config`].
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Config { key: key.into(), message: message.into() }
+    }
+
+    /// Builds an [`Error::Backend`].
+    pub fn backend(driver: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Backend { driver, source: source.into() }
+    }
+
+    /// True when trying the same operation again later may succeed (a dropped connection, a
+    /// restarting server), so the worker backs off and retries instead of giving up.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Backend { .. })
+    }
+}

@@ -1,0 +1,179 @@
+//! The user-facing job model: a serde struct that implements [`Job`].
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// A background job: the struct is the job's data, the trait says how to run it.
+///
+/// Implementors provide [`Job::NAME`] and [`Job::handle`]; everything else has a default.
+/// `handle` may be written as `async fn` in the impl.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The registry key, stored with every job: keep it stable across deploys.
+    const NAME: &'static str;
+    /// The queue the job goes to; empty means the queue's default (`QUEUE_DEFAULT`, else `default`).
+    const QUEUE: &'static str = "";
+    /// Higher runs first among ready jobs of a queue.
+    const PRIORITY: i32 = 0;
+    /// How many times a failed attempt is retried (3 means 4 attempts in all).
+    const MAX_RETRIES: u32 = 3;
+    /// The backoff base: attempt n is retried after `RETRY_DELAY * 2^(n-1)`.
+    const RETRY_DELAY: Duration = Duration::from_secs(60);
+    /// The time limit of one attempt; `None` takes the worker's `--timeout` (60 s by default).
+    const TIMEOUT: Option<Duration> = None;
+
+    /// Runs the job.
+    ///
+    /// # Errors
+    /// A [`JobError`]: retryable errors are retried per [`Job::MAX_RETRIES`], permanent ones go to
+    /// the failed set at once.
+    fn handle(&self, ctx: &JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// Runs once after the job's last attempt failed, before nothing else is tried.
+    fn failed(&self, ctx: &JobContext, error: &JobError) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, error);
+        async {}
+    }
+}
+
+/// What a running job knows about itself.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// A context for calling a job's `handle` directly, for example in the application's unit tests.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        queue: impl Into<String>,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            queue: queue.into(),
+            attempt,
+            max_attempts: attempt,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The job's registry name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue the job came from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// This attempt's number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// How many attempts the job gets in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// True once the worker asked the job to stop (timeout or shutdown).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the worker asks the job to stop; `select!` on it in long loops.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+}
+
+/// Why an attempt failed: a job's own error, as opposed to [`crate::Error`] for infrastructure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    kind: JobErrorKind,
+    message: String,
+}
+
+/// The kinds of [`JobError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobErrorKind {
+    /// May succeed on a later attempt.
+    Retryable,
+    /// Will not succeed: skip the remaining retries.
+    Permanent,
+    /// The attempt ran past its time limit (retryable).
+    Timeout,
+    /// `handle` panicked (retryable).
+    Panicked,
+}
+
+impl JobError {
+    /// A failure that may succeed on a later attempt.
+    pub fn retry(message: impl fmt::Display) -> Self {
+        Self { kind: JobErrorKind::Retryable, message: message.to_string() }
+    }
+
+    /// A failure that will not succeed: the job goes to the failed set without further attempts.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        Self { kind: JobErrorKind::Permanent, message: message.to_string() }
+    }
+
+    pub(crate) fn timeout(limit: Duration) -> Self {
+        Self {
+            kind: JobErrorKind::Timeout,
+            message: format!("timed out after {} ms", limit.as_millis()),
+        }
+    }
+
+    pub(crate) fn panicked(message: &str) -> Self {
+        Self { kind: JobErrorKind::Panicked, message: format!("panicked: {message}") }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> JobErrorKind {
+        self.kind
+    }
+
+    /// True if the remaining retries are skipped.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == JobErrorKind::Permanent
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Any error converts into a retryable [`JobError`], so `?` works in `handle`.
+/// (For that reason `JobError` itself does not implement `std::error::Error`, as with `anyhow`.)
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(error: E) -> Self {
+        Self::retry(error)
+    }
+}

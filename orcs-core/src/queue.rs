@@ -1,0 +1,346 @@
+//! Dispatching jobs: [`Queue`] and [`DispatchOptions`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock, millis};
+use crate::driver::{BoxDriver, Driver};
+use crate::error::{Error, Result};
+use crate::id::new_job_id;
+use crate::job::Job;
+use crate::record::{FailedJob, NewJob, QueueStats};
+
+/// The queue used when neither the job nor the configuration names one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Longest accepted queue name, in bytes.
+pub const MAX_QUEUE_NAME_LEN: usize = 128;
+
+/// Checks a queue name: non-empty, at most [`MAX_QUEUE_NAME_LEN`] bytes, printable, without
+/// whitespace, commas or braces (commas separate `--queue` lists; braces would break Redis hash tags).
+///
+/// # Errors
+/// [`Error::Invalid`] naming the problem.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_QUEUE_NAME_LEN {
+        Some("it is longer than 128 bytes")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it contains whitespace or control characters")
+    } else if name.contains(['{', '}', ',']) {
+        Some("it contains '{', '}' or ','")
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(Error::invalid(
+            "queue name",
+            format!("{name:?}: {problem}; use letters, digits and '-', '_', '.', ':'"),
+        )),
+    }
+}
+
+/// Per-dispatch overrides of a job type's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchOptions {
+    queue: Option<String>,
+    priority: Option<i32>,
+    delay: Option<Duration>,
+}
+
+impl DispatchOptions {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends the job to this queue instead of `Job::QUEUE`.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Uses this priority instead of `Job::PRIORITY`.
+    #[must_use]
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Keeps the job invisible to workers for `delay`.
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+/// The dispatching side of orcs: turns typed jobs into records and hands them to a driver.
+///
+/// Cheap to clone; share one per application.
+#[derive(Clone)]
+pub struct Queue {
+    driver: BoxDriver,
+    clock: Arc<dyn Clock>,
+    default_queue: String,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("driver", &self.driver.name())
+            .field("default_queue", &self.default_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// A queue on `driver` with the system clock and the `default` queue.
+    pub fn new(driver: impl Driver) -> Self {
+        Self::from_driver(Arc::new(driver))
+    }
+
+    /// A queue on a driver chosen at run time.
+    pub fn from_driver(driver: BoxDriver) -> Self {
+        Self { driver, clock: Arc::new(SystemClock), default_queue: DEFAULT_QUEUE.to_owned() }
+    }
+
+    /// Replaces the clock (tests use [`crate::ManualClock`]).
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the queue for jobs whose type names none (`QUEUE_DEFAULT`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the name is not a valid queue name.
+    pub fn with_default_queue(mut self, queue: impl Into<String>) -> Result<Self> {
+        let queue = queue.into();
+        validate_queue_name(&queue)?;
+        self.default_queue = queue;
+        Ok(self)
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &BoxDriver {
+        &self.driver
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The current time by this queue's clock.
+    pub fn now(&self) -> crate::Millis {
+        self.clock.now()
+    }
+
+    /// The queue for jobs whose type names none.
+    pub fn default_queue(&self) -> &str {
+        &self.default_queue
+    }
+
+    /// Dispatches a job to run as soon as a worker is free; returns its id.
+    ///
+    /// # Errors
+    /// [`Error::Serialization`] if the job does not serialize, [`Error::Invalid`] for a bad queue
+    /// name, or a backend error.
+    pub async fn dispatch<J: Job>(&self, job: J) -> Result<String> {
+        self.dispatch_with(job, DispatchOptions::new()).await
+    }
+
+    /// Dispatches a job that becomes visible to workers after `delay`.
+    ///
+    /// # Errors
+    /// As [`Queue::dispatch`].
+    pub async fn dispatch_after<J: Job>(&self, delay: Duration, job: J) -> Result<String> {
+        self.dispatch_with(job, DispatchOptions::new().delay(delay)).await
+    }
+
+    /// Dispatches a job with overrides of its type's queue, priority and delay.
+    ///
+    /// # Errors
+    /// As [`Queue::dispatch`].
+    pub async fn dispatch_with<J: Job>(&self, job: J, options: DispatchOptions) -> Result<String> {
+        let record = self.record(&job, &options, self.now())?;
+        let id = record.id.clone();
+        self.driver.push(vec![record]).await?;
+        Ok(id)
+    }
+
+    /// Dispatches many jobs in one atomic batch (one round trip); returns their ids in order.
+    ///
+    /// # Errors
+    /// As [`Queue::dispatch`]; on error none of the jobs was stored.
+    pub async fn dispatch_many<J: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = J>,
+    ) -> Result<Vec<String>> {
+        self.dispatch_many_with(jobs, DispatchOptions::new()).await
+    }
+
+    /// [`Queue::dispatch_many`] with the same overrides for every job.
+    ///
+    /// # Errors
+    /// As [`Queue::dispatch_many`].
+    pub async fn dispatch_many_with<J: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = J>,
+        options: DispatchOptions,
+    ) -> Result<Vec<String>> {
+        let now = self.now();
+        let records = jobs
+            .into_iter()
+            .map(|job| self.record(&job, &options, now))
+            .collect::<Result<Vec<_>>>()?;
+        let ids = records.iter().map(|r| r.id.clone()).collect();
+        self.dispatch_records(records).await?;
+        Ok(ids)
+    }
+
+    /// Dispatches prepared records as one atomic batch (used by the CLI, whose jobs are untyped).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad queue name, or a backend error.
+    pub async fn dispatch_records(&self, records: Vec<NewJob>) -> Result<()> {
+        for record in &records {
+            validate_queue_name(&record.queue)?;
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.driver.push(records).await
+    }
+
+    /// Builds the stored record of an untyped job: what [`Queue::dispatch_with`] does for a typed one.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad queue name.
+    pub fn untyped_record(
+        &self,
+        name: &str,
+        payload: String,
+        defaults: JobDefaults,
+        options: &DispatchOptions,
+    ) -> Result<NewJob> {
+        let now = self.now();
+        let queue = options.queue.clone().unwrap_or_else(|| {
+            if defaults.queue.is_empty() {
+                self.default_queue.clone()
+            } else {
+                defaults.queue.to_owned()
+            }
+        });
+        validate_queue_name(&queue)?;
+        let delay = options.delay.map_or(0, millis);
+        Ok(NewJob {
+            id: new_job_id(),
+            name: name.to_owned(),
+            queue,
+            payload,
+            priority: options.priority.unwrap_or(defaults.priority),
+            max_retries: defaults.max_retries,
+            retry_delay_ms: u64::try_from(millis(defaults.retry_delay)).unwrap_or(0),
+            timeout_ms: defaults.timeout.map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX)),
+            dispatched_at: now,
+            available_at: now.saturating_add(delay),
+        })
+    }
+
+    fn record<J: Job>(
+        &self,
+        job: &J,
+        options: &DispatchOptions,
+        now: crate::Millis,
+    ) -> Result<NewJob> {
+        let payload = serde_json::to_string(job).map_err(Error::Serialization)?;
+        let mut record = self.untyped_record(J::NAME, payload, JobDefaults::of::<J>(), options)?;
+        record.dispatched_at = now;
+        record.available_at = now.saturating_add(options.delay.map_or(0, millis));
+        Ok(record)
+    }
+
+    /// The counters of one queue.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        self.driver.stats(queue, self.now()).await
+    }
+
+    /// Removes a queue's pending and delayed jobs; returns how many.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn clear(&self, queue: &str) -> Result<u64> {
+        self.driver.clear(queue, self.now()).await
+    }
+
+    /// The failed set, optionally for one queue.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn failed_jobs(&self, queue: Option<&str>) -> Result<Vec<FailedJob>> {
+        self.driver.failed(queue).await
+    }
+
+    /// Puts a failed job back on its queue with fresh attempts.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id, or a backend error.
+    pub async fn retry_failed(&self, id: &str) -> Result<()> {
+        self.driver.retry_failed(id, self.now()).await
+    }
+
+    /// Puts every failed job (of one queue, if given) back; returns how many.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn retry_all_failed(&self, queue: Option<&str>) -> Result<u64> {
+        let mut count = 0;
+        for job in self.driver.failed(queue).await? {
+            match self.driver.retry_failed(&job.id, self.now()).await {
+                Ok(()) => count += 1,
+                // Another process retried or forgot it meanwhile.
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// A job type's defaults, as data (for jobs dispatched without their Rust type, e.g. by the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobDefaults {
+    /// `Job::QUEUE`.
+    pub queue: &'static str,
+    /// `Job::PRIORITY`.
+    pub priority: i32,
+    /// `Job::MAX_RETRIES`.
+    pub max_retries: u32,
+    /// `Job::RETRY_DELAY`.
+    pub retry_delay: Duration,
+    /// `Job::TIMEOUT`.
+    pub timeout: Option<Duration>,
+}
+
+impl JobDefaults {
+    /// The defaults of `J`.
+    pub fn of<J: Job>() -> Self {
+        Self {
+            queue: J::QUEUE,
+            priority: J::PRIORITY,
+            max_retries: J::MAX_RETRIES,
+            retry_delay: J::RETRY_DELAY,
+            timeout: J::TIMEOUT,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Job types the conformance cases dispatch, and probes that record what they did.
+//!
+//! A job is deserialized from its payload inside the worker, so it cannot hold a reference to the
+//! test; it names a probe by key instead, and the probe lives in a process-wide table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use orcs_core::{Clock, Job, JobContext, JobError, Millis, SystemClock};
+use serde::{Deserialize, Serialize};
+
+/// What the jobs naming one probe did.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// One entry per started attempt: (job id, attempt, wall-clock ms at start).
+    pub starts: Mutex<Vec<(String, u32, Millis)>>,
+    /// Calls of `failed`.
+    pub failed_calls: AtomicU32,
+    /// The error passed to the last `failed` call.
+    pub failed_error: Mutex<Option<String>>,
+}
+
+impl Probe {
+    /// The attempts started so far.
+    pub fn started(&self) -> usize {
+        self.starts.lock().expect("probe lock").len()
+    }
+
+    /// The attempt numbers started for `id`, in order.
+    pub fn attempts_of(&self, id: &str) -> Vec<u32> {
+        self.starts
+            .lock()
+            .expect("probe lock")
+            .iter()
+            .filter(|(i, _, _)| i == id)
+            .map(|(_, a, _)| *a)
+            .collect()
+    }
+
+    /// The start time of the first attempt of `id`.
+    pub fn first_start(&self, id: &str) -> Option<Millis> {
+        self.starts
+            .lock()
+            .expect("probe lock")
+            .iter()
+            .find(|(i, _, _)| i == id)
+            .map(|(_, _, at)| *at)
+    }
+}
+
+static PROBES: LazyLock<Mutex<HashMap<String, Arc<Probe>>>> = LazyLock::new(Mutex::default);
+
+/// A new probe and its key.
+pub fn probe() -> (String, Arc<Probe>) {
+    let key = orcs_core::new_job_id();
+    let probe = Arc::new(Probe::default());
+    PROBES.lock().expect("probe table lock").insert(key.clone(), Arc::clone(&probe));
+    (key, probe)
+}
+
+fn find(key: &str) -> Arc<Probe> {
+    PROBES.lock().expect("probe table lock").get(key).cloned().unwrap_or_default()
+}
+
+/// The behaviour knobs shared by the test jobs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Script {
+    /// The probe to record into.
+    pub probe: String,
+    /// Fail the first this many attempts.
+    #[serde(default)]
+    pub fail_attempts: u32,
+    /// Fail with a permanent error.
+    #[serde(default)]
+    pub permanent: bool,
+    /// Panic instead of returning the error.
+    #[serde(default)]
+    pub panic: bool,
+    /// Sleep this long (cancellable) before finishing.
+    #[serde(default)]
+    pub work_ms: u64,
+    /// Free-form tag for ordering checks.
+    #[serde(default)]
+    pub tag: u64,
+}
+
+impl Script {
+    /// A job that succeeds at once.
+    pub fn ok(probe: &str) -> Self {
+        Self { probe: probe.to_owned(), ..Self::default() }
+    }
+
+    async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let probe = find(&self.probe);
+        probe.starts.lock().expect("probe lock").push((
+            ctx.id().to_owned(),
+            ctx.attempt(),
+            SystemClock.now(),
+        ));
+        if self.work_ms > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(self.work_ms)) => {}
+                () = ctx.cancelled() => return Err(JobError::retry("cancelled")),
+            }
+        }
+        if self.permanent {
+            return Err(JobError::fatal("permanent failure requested"));
+        }
+        if ctx.attempt() <= self.fail_attempts {
+            assert!(!self.panic, "panic requested on attempt {}", ctx.attempt());
+            return Err(JobError::retry(format!("failure requested on attempt {}", ctx.attempt())));
+        }
+        Ok(())
+    }
+
+    fn record_failed(&self, error: &JobError) {
+        let probe = find(&self.probe);
+        probe.failed_calls.fetch_add(1, Ordering::SeqCst);
+        *probe.failed_error.lock().expect("probe lock") = Some(error.message().to_owned());
+    }
+}
+
+/// The seed's retry example: 3 retries, 60 s base delay, on queue `default`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetryJob(pub Script);
+
+impl Job for RetryJob {
+    const NAME: &'static str = "RetryJob";
+    const QUEUE: &'static str = "default";
+    const MAX_RETRIES: u32 = 3;
+    const RETRY_DELAY: Duration = Duration::from_secs(60);
+    const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+
+    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
+        self.0.run(ctx).await
+    }
+
+    async fn failed(&self, _ctx: &JobContext, error: &JobError) {
+        self.0.record_failed(error);
+    }
+}
+
+/// A job with a 100 ms time limit and no retries delay to speak of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShortTimeoutJob(pub Script);
+
+impl Job for ShortTimeoutJob {
+    const NAME: &'static str = "ShortTimeoutJob";
+    const QUEUE: &'static str = "default";
+    const MAX_RETRIES: u32 = 1;
+    const RETRY_DELAY: Duration = Duration::from_millis(1);
+    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(100));
+
+    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
+        self.0.run(ctx).await
+    }
+
+    async fn failed(&self, _ctx: &JobContext, error: &JobError) {
+        self.0.record_failed(error);
+    }
+}
+
+/// A job with the type's defaults for queue and retries, used for ordering and counting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlainJob(pub Script);
+
+impl Job for PlainJob {
+    const NAME: &'static str = "PlainJob";
+    const RETRY_DELAY: Duration = Duration::from_millis(1);
+
+    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
+        self.0.run(ctx).await
+    }
+
+    async fn failed(&self, _ctx: &JobContext, error: &JobError) {
+        self.0.record_failed(error);
+    }
+}
+
+/// The registry with every test job.
+pub fn registry() -> orcs_core::Registry {
+    orcs_core::Registry::new()
+        .register::<RetryJob>()
+        .register::<ShortTimeoutJob>()
+        .register::<PlainJob>()
+}

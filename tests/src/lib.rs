@@ -1,0 +1,122 @@
+//! The orcs conformance suite: every semantic rule of the job queue as a named, generic case, run by
+//! every driver.
+//!
+//! A driver's test file instantiates the whole suite in one line:
+//!
+//! ```text
+//! orcs_tests::conformance_tests!(async { Some(orcs_memory::MemoryDriver::new()) });
+//! ```
+//!
+//! The factory expression is evaluated once per case and yields `Option<D>`: `None` means the
+//! driver's service is missing and the case is skipped loudly (a failure under
+//! `ORCS_TEST_REQUIRE_SERVICES=1`; see [`services`]). Every case takes the driver as
+//! `Arc<dyn Driver>`, so the trait-object path is what is tested. The list of cases lives only in
+//! [`conformance_tests!`]: adding a case there enrolls every driver.
+
+pub mod cases;
+pub mod jobs;
+pub mod services;
+
+use std::future::Future;
+use std::time::Duration;
+
+use orcs_core::Driver;
+
+/// Runs a case on a fresh multi-threaded runtime with a generous overall time limit, so that a
+/// hung case fails instead of stalling CI.
+pub fn run<F: Future<Output = ()>>(case: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), case)
+            .await
+            .expect("the case finished within 60 s");
+    });
+}
+
+/// Boxes a driver made by a factory, or reports the skip.
+#[doc(hidden)]
+pub fn __into_driver<D: Driver>(driver: Option<D>) -> Option<orcs_core::BoxDriver> {
+    driver.map(|d| std::sync::Arc::new(d) as orcs_core::BoxDriver)
+}
+
+/// Polls `check` every 5 ms until it returns true or `within` passes; returns the last answer.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Instantiates every conformance case as a `#[test]` in a module `conformance`.
+///
+/// `$make` is an expression of a future yielding `Option<D>` where `D: Driver`; it is evaluated
+/// once per case, so each case gets a fresh driver (its own key prefix, schema or file).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            ids_are_unique_and_time_sortable,
+            higher_priority_runs_first,
+            equal_priorities_run_in_dispatch_order,
+            worker_takes_queues_in_strict_order,
+            delayed_job_is_invisible_until_due,
+            delayed_job_starts_within_50ms_of_due,
+            dispatch_wakes_an_idle_worker,
+            concurrent_claimers_never_share_a_job,
+            claim_gives_a_lease_and_a_fresh_token,
+            stale_token_transitions_are_rejected,
+            retry_backoff_doubles_from_retry_delay,
+            max_retries_3_gives_4_attempts_and_one_failed_call,
+            permanent_error_skips_retries,
+            timeout_cancels_and_counts_a_failed_attempt,
+            lease_expiry_returns_the_job_and_counts_the_attempt,
+            recovery_rechecks_the_lease_deadline,
+            extend_moves_the_lease_deadline,
+            crash_on_the_last_attempt_sends_the_job_to_the_failed_set,
+            exhausted_attempts_reach_the_failed_set_with_details,
+            unknown_job_name_goes_to_the_failed_set_without_blocking,
+            bad_payload_goes_to_the_failed_set_without_blocking,
+            panic_is_a_failed_attempt_not_a_dead_worker,
+            shutdown_lets_short_jobs_finish,
+            shutdown_releases_unfinished_jobs,
+            release_makes_the_job_claimable_at_once_without_counting,
+            counters_are_exact,
+            processed_counts_each_completion_once,
+            clear_removes_pending_and_delayed_and_reports_the_count,
+            failed_jobs_can_be_retried_forgotten_and_flushed,
+            unknown_failed_id_is_not_found,
+            batch_dispatch_is_atomic,
+            worker_runs_jobs_concurrently,
+            worker_limits_stop_it,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    $crate::run(async {
+                        let Some(driver) = $crate::__into_driver($make.await) else { return };
+                        $crate::cases::$case(driver).await;
+                    });
+                }
+            )*
+        }
+    };
+}
