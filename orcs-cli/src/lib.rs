@@ -1,0 +1,1 @@
+//! orcs-cli: being built (see the open issue).

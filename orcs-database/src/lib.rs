@@ -1,0 +1,1 @@
+//! orcs-database: being built (see the open issue).

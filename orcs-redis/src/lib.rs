@@ -1,0 +1,1 @@
+//! orcs-redis: being built (see the open issue).
