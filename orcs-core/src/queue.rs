@@ -49,6 +49,9 @@ pub struct DispatchOptions {
     queue: Option<String>,
     priority: Option<i32>,
     delay: Option<Duration>,
+    max_retries: Option<u32>,
+    retry_delay: Option<Duration>,
+    timeout: Option<Duration>,
 }
 
 impl DispatchOptions {
@@ -75,6 +78,27 @@ impl DispatchOptions {
     #[must_use]
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Uses this many retries instead of `Job::MAX_RETRIES`.
+    #[must_use]
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+
+    /// Uses this backoff base instead of `Job::RETRY_DELAY`.
+    #[must_use]
+    pub fn retry_delay(mut self, retry_delay: Duration) -> Self {
+        self.retry_delay = Some(retry_delay);
+        self
+    }
+
+    /// Uses this per-attempt time limit instead of `Job::TIMEOUT`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }
@@ -246,9 +270,15 @@ impl Queue {
             queue,
             payload,
             priority: options.priority.unwrap_or(defaults.priority),
-            max_retries: defaults.max_retries,
-            retry_delay_ms: u64::try_from(millis(defaults.retry_delay)).unwrap_or(0),
-            timeout_ms: defaults.timeout.map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX)),
+            max_retries: options.max_retries.unwrap_or(defaults.max_retries),
+            retry_delay_ms: u64::try_from(millis(
+                options.retry_delay.unwrap_or(defaults.retry_delay),
+            ))
+            .unwrap_or(0),
+            timeout_ms: options
+                .timeout
+                .or(defaults.timeout)
+                .map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX)),
             dispatched_at: now,
             available_at: now.saturating_add(delay),
         })
