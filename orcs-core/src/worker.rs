@@ -665,6 +665,16 @@ impl Runner {
             }
         };
 
+        // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.
+        if result.is_err() && hard_stop.is_cancelled() {
+            return self
+                .settle(
+                    lease,
+                    |driver, now| async move { driver.release(lease, now).await },
+                    Outcome::Released,
+                )
+                .await;
+        }
         match result {
             Ok(()) => {
                 self.settle(
