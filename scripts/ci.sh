@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# What CI runs (.ci/run): formatting, lints, the test suite with every service required, docs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export ORCS_TEST_REQUIRE_SERVICES=1
+export CARGO_TERM_COLOR=never
+scripts/services.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== tests"
+scripts/test.sh
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+echo "== ci: all checks passed"
