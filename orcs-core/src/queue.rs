@@ -14,6 +14,10 @@ use crate::record::{FailedJob, NewJob, QueueStats};
 /// The queue used when neither the job nor the configuration names one.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// The default limit on a job's serialized payload: 512 KiB. Jobs should carry references
+/// (ids, URLs), not the data itself; every byte is stored, claimed and parsed on each attempt.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+
 /// Longest accepted queue name, in bytes.
 pub const MAX_QUEUE_NAME_LEN: usize = 128;
 
@@ -111,6 +115,7 @@ pub struct Queue {
     driver: BoxDriver,
     clock: Arc<dyn Clock>,
     default_queue: String,
+    max_payload_bytes: usize,
 }
 
 impl fmt::Debug for Queue {
@@ -130,7 +135,12 @@ impl Queue {
 
     /// A queue on a driver chosen at run time.
     pub fn from_driver(driver: BoxDriver) -> Self {
-        Self { driver, clock: Arc::new(SystemClock), default_queue: DEFAULT_QUEUE.to_owned() }
+        Self {
+            driver,
+            clock: Arc::new(SystemClock),
+            default_queue: DEFAULT_QUEUE.to_owned(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
     }
 
     /// Replaces the clock (tests use [`crate::ManualClock`]).
@@ -149,6 +159,13 @@ impl Queue {
         validate_queue_name(&queue)?;
         self.default_queue = queue;
         Ok(self)
+    }
+
+    /// Sets the largest accepted serialized payload (default [`DEFAULT_MAX_PAYLOAD_BYTES`]).
+    #[must_use]
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
     }
 
     /// The driver.
@@ -254,6 +271,17 @@ impl Queue {
         defaults: JobDefaults,
         options: &DispatchOptions,
     ) -> Result<NewJob> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Error::invalid(
+                "payload",
+                format!(
+                    "job {name} serializes to {} bytes, over the limit of {} bytes; pass a reference \
+                     (an id or URL) instead of the data, or raise the limit with Queue::with_max_payload_bytes",
+                    payload.len(),
+                    self.max_payload_bytes
+                ),
+            ));
+        }
         let now = self.now();
         let queue = options.queue.clone().unwrap_or_else(|| {
             if defaults.queue.is_empty() {

@@ -965,6 +965,22 @@ pub async fn batch_dispatch_is_atomic(driver: BoxDriver) {
     check_stats(&queue, "default", (0, 0, 500, 0, 0, 0), "nothing of the rejected batch").await;
 }
 
+/// A job whose payload is over the size limit is refused with a clear error and nothing is stored.
+pub async fn oversized_payload_is_refused_and_nothing_is_stored(driver: BoxDriver) {
+    let queue = system_queue(&driver).with_max_payload_bytes(1024);
+    let (key, _) = probe();
+    let big = PlainJob(Script { probe: format!("{key}{}", "x".repeat(2000)), ..Script::default() });
+    let err = queue.dispatch(big.clone()).await.expect_err("over the limit");
+    assert!(err.to_string().contains("over the limit of 1024 bytes"), "{err}");
+    let err = queue
+        .dispatch_many([plain(&key, 0), big])
+        .await
+        .expect_err("a batch with one job over the limit");
+    assert!(matches!(err, Error::Invalid { what: "payload", .. }), "{err}");
+    check_stats(&queue, "default", (0, 0, 0, 0, 0, 0), "nothing stored").await;
+    queue.dispatch(plain(&key, 1)).await.expect("a small job still goes through");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Worker behaviour
 

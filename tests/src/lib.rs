@@ -100,6 +100,7 @@ macro_rules! conformance_tests {
             failed_jobs_can_be_retried_forgotten_and_flushed,
             unknown_failed_id_is_not_found,
             batch_dispatch_is_atomic,
+            oversized_payload_is_refused_and_nothing_is_stored,
             worker_runs_jobs_concurrently,
             worker_limits_stop_it,
         );
