@@ -1,17 +1,4 @@
-//! The in-process memory driver for orcs.
-//!
-//! It keeps every queue in one mutex-guarded state machine with the same ordering key, fencing
-//! tokens, leases and counters as the persistent drivers, so it doubles as the reference
-//! implementation of the `Driver` contract. Jobs live as long as the process: use it for
-//! development, tests, and applications whose worker runs in the dispatching process.
-//!
-//! ```
-//! use orcs_core::Queue;
-//! use orcs_memory::MemoryDriver;
-//!
-//! let queue = Queue::new(MemoryDriver::new());
-//! # let _ = queue;
-//! ```
+#![doc = include_str!("../README.md")]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
