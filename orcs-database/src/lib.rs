@@ -1,1 +1,163 @@
-//! orcs-database: being built (see the open issue).
+#![doc = include_str!("../README.md")]
+
+mod common;
+mod config;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orcs_core::{
+    Claim, ClaimRequest, Driver, FailedJob, Lease, Millis, NewJob, QueueStats, Result, async_trait,
+};
+
+use crate::common::Shared;
+pub use crate::config::DatabaseConfig;
+
+/// Jobs in a SQLite file or a PostgreSQL database. Clones share the connections.
+#[derive(Debug, Clone)]
+pub struct DatabaseDriver {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: DatabaseConfig,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(sqlite::Store),
+    Postgres(postgres::Store),
+}
+
+/// Runs the same call on whichever backend the driver has.
+macro_rules! on_backend {
+    ($self:ident, $store:ident => $call:expr) => {
+        match &$self.inner.backend {
+            Backend::Sqlite($store) => $call,
+            Backend::Postgres($store) => $call,
+        }
+    };
+}
+
+impl DatabaseDriver {
+    /// Connects to `url` with the default table names, creating the tables if they are missing.
+    ///
+    /// `sqlite://PATH` opens (or creates, with its directory) a SQLite file; `postgres://` and
+    /// `postgresql://` connect to PostgreSQL.
+    ///
+    /// # Errors
+    /// [`orcs_core::Error::Config`] for a URL that names no supported database;
+    /// [`orcs_core::Error::Backend`] when the database cannot be reached or set up.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(DatabaseConfig::new(url)).await
+    }
+
+    /// Connects as [`DatabaseDriver::connect`] does, with the given table names.
+    ///
+    /// # Errors
+    /// As [`DatabaseDriver::connect`], and [`orcs_core::Error::Invalid`] for a table name that
+    /// is not a plain identifier.
+    pub async fn connect_with(config: DatabaseConfig) -> Result<Self> {
+        let kind = config.backend()?;
+        config.validate_tables()?;
+        let shared = Arc::new(Shared::default());
+        let backend = match kind {
+            config::Backend::Sqlite => {
+                Backend::Sqlite(sqlite::Store::connect(&config, shared).await?)
+            }
+            config::Backend::Postgres => {
+                Backend::Postgres(postgres::Store::connect(&config, shared).await?)
+            }
+        };
+        Ok(Self { inner: Arc::new(Inner { config, backend }) })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The configuration the driver was made with.
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.inner.config
+    }
+}
+
+#[async_trait]
+impl Driver for DatabaseDriver {
+    fn name(&self) -> &'static str {
+        common::DRIVER
+    }
+
+    async fn push(&self, jobs: Vec<NewJob>) -> Result<()> {
+        on_backend!(self, s => s.push(jobs).await)
+    }
+
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
+        on_backend!(self, s => s.claim(req).await)
+    }
+
+    async fn complete(&self, lease: &Lease, _now: Millis) -> Result<()> {
+        on_backend!(self, s => s.complete(lease).await)
+    }
+
+    async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, _now: Millis) -> Result<()> {
+        on_backend!(self, s => s.retry(lease, run_at, error).await)
+    }
+
+    async fn fail(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
+        on_backend!(self, s => s.fail_leased(lease, error, now).await)
+    }
+
+    async fn release(&self, lease: &Lease, now: Millis) -> Result<()> {
+        on_backend!(self, s => s.release(lease, now).await)
+    }
+
+    async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
+        on_backend!(self, s => s.extend(lease, until).await)
+    }
+
+    async fn recover(&self, queues: &[String], now: Millis) -> Result<u64> {
+        on_backend!(self, s => s.recover(queues, now).await)
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        on_backend!(self, s => s.wait(queues, timeout).await)
+    }
+
+    async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
+        on_backend!(self, s => s.stats(queue, now).await)
+    }
+
+    async fn queues(&self) -> Result<Vec<String>> {
+        on_backend!(self, s => s.queues().await)
+    }
+
+    async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
+        on_backend!(self, s => s.clear(queue).await)
+    }
+
+    async fn failed(&self, queue: Option<&str>) -> Result<Vec<FailedJob>> {
+        on_backend!(self, s => s.failed(queue).await)
+    }
+
+    async fn retry_failed(&self, id: &str, now: Millis) -> Result<()> {
+        on_backend!(self, s => s.retry_failed(id, now).await)
+    }
+
+    async fn forget_failed(&self, id: &str) -> Result<()> {
+        on_backend!(self, s => s.forget_failed(id).await)
+    }
+
+    async fn flush_failed(&self) -> Result<u64> {
+        on_backend!(self, s => s.flush_failed().await)
+    }
+}

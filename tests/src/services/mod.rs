@@ -4,6 +4,8 @@
 //! `ORCS_TEST_REQUIRE_SERVICES=1` (set by `.ci/run`), when it fails: a green CI run never comes from
 //! skipping.
 
+pub mod postgres;
+
 /// True when missing services must fail the tests (`ORCS_TEST_REQUIRE_SERVICES=1`).
 pub fn services_required() -> bool {
     std::env::var("ORCS_TEST_REQUIRE_SERVICES")

@@ -1,0 +1,222 @@
+//! The PostgreSQL backend: claims with `FOR UPDATE SKIP LOCKED`, wakes idle workers with
+//! `LISTEN`/`NOTIFY`.
+//!
+//! One waiter per process holds the listening connection at a time and passes each notification
+//! on to the others through the in-process wake-up, so a process needs one extra connection
+//! however many workers it runs.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orcs_core::{Error, Lease, Millis, Result};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Row, Transaction};
+use tokio::sync::Mutex;
+
+use crate::common::{Shared, backend, common_ops};
+use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY, redact};
+use crate::sql::{Dialect, Sql};
+
+type Db = sqlx::Postgres;
+type DbRow = sqlx::postgres::PgRow;
+
+/// Serialises schema creation among workers starting at once: concurrent `CREATE TABLE IF NOT
+/// EXISTS` can still fail on PostgreSQL's catalog. The value spells "orcs" and "jobs".
+const SCHEMA_LOCK: i64 = 0x6f72_6373_6a6f_6273;
+
+/// PostgreSQL's longest identifier, which bounds channel names.
+const MAX_CHANNEL_LEN: usize = 63;
+
+pub(crate) struct Store {
+    pool: PgPool,
+    sql: Arc<Sql>,
+    shared: Arc<Shared>,
+    /// The channel the jobs table's dispatches are announced on.
+    channel: String,
+    /// A pool of one connection, used by the listener only (it reconnects through it).
+    listen_pool: PgPool,
+    listener: Mutex<Option<PgListener>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("tables", &self.sql.jobs)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+common_ops!();
+
+impl Store {
+    pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
+        let options = PgConnectOptions::from_str(&config.url).map_err(|e| {
+            Error::config(URL_KEY, format!("{ACCEPTED}: {}", redact(&e.to_string())))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        let sql = Arc::new(Sql::new(
+            Dialect::Postgres,
+            &config.jobs_table,
+            &config.failed_table,
+            &config.counters_table,
+        ));
+        let mut tx = pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for statement in &sql.schema {
+            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let schema: Option<String> = sqlx::query("SELECT current_schema()")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        // Channels are global to the database, so the name includes the schema.
+        let mut channel = format!("orcs:{}.{}", schema.unwrap_or_default(), config.jobs_table);
+        while channel.len() > MAX_CHANNEL_LEN {
+            channel.pop();
+        }
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options);
+        Ok(Self { pool, sql, shared, channel, listen_pool, listener: Mutex::new(None) })
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Db>> {
+        self.pool.begin().await.map_err(backend)
+    }
+
+    /// Wakes this process's idle workers at once and every other process's through `NOTIFY`.
+    async fn announce(&self, queues: &[&str]) -> Result<()> {
+        self.shared.wake.notify_waiters();
+        for queue in queues {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(self.channel.clone())
+                .bind((*queue).to_owned())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn complete(&self, lease: &Lease) -> Result<()> {
+        let done = q(&self.sql.complete_pg)
+            .bind(lease.id.clone())
+            .bind(lease.token.clone())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::LeaseLost { id: lease.id.clone() });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
+        let done = q(&self.sql.fail_pg)
+            .bind(lease.id.clone())
+            .bind(lease.token.clone())
+            .bind(error.to_owned())
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::LeaseLost { id: lease.id.clone() });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notified = self.shared.wake.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Register before looking, so a dispatch between the look and the wait still wakes us.
+        notified.as_mut().enable();
+        let mut guard = self.listener.try_lock().ok();
+        if let Some(listener) = guard.as_mut() {
+            drain(listener);
+        }
+        if self.any_ready(queues).await? {
+            return Ok(());
+        }
+        let mut guard = match guard {
+            Some(guard) => guard,
+            // Another waiter listens and passes notifications on; take over when it is done.
+            None => tokio::select! {
+                () = notified.as_mut() => return Ok(()),
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+                mut guard = self.listener.lock() => {
+                    drain(&mut guard);
+                    if self.any_ready(queues).await? {
+                        return Ok(());
+                    }
+                    guard
+                }
+            },
+        };
+        if guard.is_none() {
+            let mut listener =
+                PgListener::connect_with(&self.listen_pool).await.map_err(backend)?;
+            listener.ignore_pool_close_event(true);
+            listener.listen(&self.channel).await.map_err(backend)?;
+            *guard = Some(listener);
+            // Anything dispatched while the listener was connecting was not heard: look again.
+            if self.any_ready(queues).await? {
+                return Ok(());
+            }
+        }
+        let listener = guard.as_mut().expect("set above");
+        tokio::select! {
+            () = notified.as_mut() => Ok(()),
+            () = tokio::time::sleep_until(deadline) => Ok(()),
+            received = listener.try_recv() => match received {
+                Ok(Some(_)) => {
+                    self.shared.wake.notify_waiters();
+                    Ok(())
+                }
+                // The connection dropped and was re-established: notifications may have been
+                // missed, so let the worker look for itself.
+                Ok(None) => Ok(()),
+                Err(e) => {
+                    *guard = None;
+                    Err(backend(e))
+                }
+            },
+        }
+    }
+}
+
+/// Drops notifications that arrived while nobody was waiting: the check for ready jobs that
+/// follows covers them.
+fn drain(listener: &mut Option<PgListener>) {
+    if let Some(listener) = listener {
+        while listener.next_buffered().is_some() {}
+    }
+}

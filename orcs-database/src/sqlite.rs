@@ -1,0 +1,206 @@
+//! The SQLite backend: one file in WAL mode, shared by every worker process on the machine.
+//!
+//! Writes go through a single pooled connection per process, so this process's writers queue on
+//! the pool (fair and without sleeping) instead of in SQLite's busy handler; other processes are
+//! kept apart by the busy timeout, and every multi-statement write starts with `BEGIN IMMEDIATE`
+//! so it takes the write lock before it reads (a deferred transaction that reads first can fail
+//! with "database is locked" without waiting). Reads use a few more connections, which WAL
+//! lets run beside the writer.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orcs_core::{Error, Lease, Millis, Result};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Transaction};
+
+use crate::common::{Shared, backend, common_ops};
+use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY};
+use crate::sql::{Dialect, Sql};
+
+type Db = sqlx::Sqlite;
+type DbRow = sqlx::sqlite::SqliteRow;
+
+/// How long a write waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an idle worker looks for jobs dispatched by other processes (this process's
+/// dispatches wake it at once).
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+pub(crate) struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    sql: Arc<Sql>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("tables", &self.sql.jobs).finish_non_exhaustive()
+    }
+}
+
+common_ops!();
+
+impl Store {
+    pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
+        let url = config.url.as_str();
+        let rest = &url["sqlite:".len()..];
+        let path = rest.trim_start_matches("//").split(['?', '#']).next().unwrap_or("");
+        if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+            return Err(Error::config(
+                URL_KEY,
+                "an in-memory SQLite database would lose every job when the process ends and \
+                 is invisible to other processes: name a file, such as \
+                 sqlite://storage/queue.db, or use QUEUE_DRIVER=memory",
+            ));
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::config(URL_KEY, format!("{ACCEPTED}: {e}")))?;
+        if let Some(dir) = Path::new(options.get_filename()).parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::config(
+                    URL_KEY,
+                    format!(
+                        "cannot create the directory {} for the SQLite file: {e}",
+                        dir.display()
+                    ),
+                )
+            })?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode, NORMAL loses no committed job when a process crashes; only a power
+            // loss may take back the last transactions, and it makes commits far cheaper.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&writer)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::config(
+                URL_KEY,
+                format!(
+                    "the SQLite file {} is in journal mode {mode:?}, not WAL, so several \
+                     workers cannot share it; put it on a local file system that supports WAL",
+                    options.get_filename().display()
+                ),
+            ));
+        }
+        let sql = Arc::new(Sql::new(
+            Dialect::Sqlite,
+            &config.jobs_table,
+            &config.failed_table,
+            &config.counters_table,
+        ));
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_lazy_with(options);
+        let store = Self { writer, reader, sql, shared };
+        // Several processes may start on a new file at once: IF NOT EXISTS makes every step
+        // idempotent and the immediate transaction makes them take turns.
+        let mut tx = store.begin().await?;
+        for statement in &store.sql.schema {
+            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(store)
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Db>> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
+    }
+
+    /// Wakes this process's idle workers; other processes find the job when they poll.
+    #[allow(clippy::unused_async)]
+    async fn announce(&self, _queues: &[&str]) -> Result<()> {
+        self.shared.wake.notify_waiters();
+        Ok(())
+    }
+
+    pub(crate) async fn complete(&self, lease: &Lease) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let Some(row) = q(&self.sql.delete_leased)
+            .bind(lease.id.clone())
+            .bind(lease.token.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+        else {
+            return Err(Error::LeaseLost { id: lease.id.clone() });
+        };
+        let queue: String = row.try_get(0).map_err(backend)?;
+        q(&self.sql.count_processed).bind(queue).execute(&mut *tx).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let Some(row) = q(&self.sql.copy_to_failed)
+            .bind(lease.id.clone())
+            .bind(lease.token.clone())
+            .bind(error.to_owned())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+        else {
+            return Err(Error::LeaseLost { id: lease.id.clone() });
+        };
+        let queue: String = row.try_get(0).map_err(backend)?;
+        q(&self.sql.delete_job).bind(lease.id.clone()).execute(&mut *tx).await.map_err(backend)?;
+        q(&self.sql.count_failed).bind(queue).execute(&mut *tx).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    pub(crate) async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notified = self.shared.wake.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Register before looking, so a dispatch between the look and the wait still wakes us.
+        notified.as_mut().enable();
+        loop {
+            if self.any_ready(queues).await? {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            tokio::select! {
+                () = notified.as_mut() => return Ok(()),
+                () = tokio::time::sleep((deadline - now).min(POLL_INTERVAL)) => {}
+            }
+        }
+    }
+}
