@@ -82,3 +82,278 @@ mod postgres {
     use super::*;
     orcs_tests::conformance_tests!(postgres_driver());
 }
+
+/// The database driver's own cases, beyond the shared suite: several drivers on one database
+/// (as several processes would be), wake-ups across them, bad rows, setup and configuration.
+mod database {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use orcs_core::{ClaimRequest, Clock, Driver, Error, NewJob, SystemClock};
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// One database, reachable by any number of independent drivers.
+    enum Target {
+        Sqlite(PathBuf),
+        Postgres(String),
+    }
+
+    impl Target {
+        fn sqlite() -> Self {
+            Self::Sqlite(fresh_sqlite_path())
+        }
+
+        async fn postgres() -> Option<Self> {
+            Some(Self::Postgres(postgres_url().await?))
+        }
+
+        fn url(&self) -> String {
+            match self {
+                Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+                Self::Postgres(url) => url.clone(),
+            }
+        }
+
+        /// A driver of its own, as another process would have.
+        async fn driver(&self) -> DatabaseDriver {
+            DatabaseDriver::connect(&self.url()).await.expect("connect")
+        }
+
+        /// Runs raw SQL beside the driver (to damage a row, as an operator might).
+        async fn execute(&self, sql: &str) {
+            let sql = sqlx::AssertSqlSafe(sql.to_owned());
+            match self {
+                Self::Sqlite(_) => {
+                    let mut conn =
+                        sqlx::SqliteConnection::connect(&self.url()).await.expect("open");
+                    sqlx::query(sql).execute(&mut conn).await.expect("execute");
+                }
+                Self::Postgres(url) => {
+                    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+                    sqlx::query(sql).execute(&mut conn).await.expect("execute");
+                }
+            }
+        }
+    }
+
+    fn job(queue: &str, tag: u64) -> NewJob {
+        let now = SystemClock.now();
+        NewJob {
+            id: orcs_core::new_job_id(),
+            name: "PlainJob".to_owned(),
+            queue: queue.to_owned(),
+            payload: format!("{{\"tag\":{tag}}}"),
+            priority: 0,
+            max_retries: 3,
+            retry_delay_ms: 1000,
+            timeout_ms: None,
+            dispatched_at: now,
+            available_at: now,
+        }
+    }
+
+    fn request(queues: &[String], max: usize) -> ClaimRequest<'_> {
+        ClaimRequest {
+            queues,
+            max,
+            now: SystemClock.now(),
+            default_timeout_ms: 60_000,
+            grace_ms: 5_000,
+        }
+    }
+
+    /// Workers in separate processes drain one queue together: every job runs once, no
+    /// "database is locked", and `processed` is exact.
+    async fn drivers_share_one_queue(target: Target) {
+        let first = target.driver().await;
+        first.push((0..400).map(|i| job("default", i)).collect()).await.expect("push");
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let driver = target.driver().await;
+            workers.spawn(async move {
+                let queues = vec!["default".to_owned()];
+                let mut done = Vec::new();
+                loop {
+                    let claim = driver.claim(&request(&queues, 8)).await.expect("claim");
+                    if claim.jobs.is_empty() {
+                        return done;
+                    }
+                    for reserved in claim.jobs {
+                        driver
+                            .complete(&reserved.lease, SystemClock.now())
+                            .await
+                            .expect("complete");
+                        done.push(reserved.record.id);
+                    }
+                }
+            });
+        }
+        let mut seen = HashSet::new();
+        while let Some(done) = workers.join_next().await {
+            for id in done.expect("worker") {
+                assert!(seen.insert(id), "a job ran twice");
+            }
+        }
+        assert_eq!(seen.len(), 400);
+        let stats = first.stats("default", SystemClock.now()).await.expect("stats");
+        assert_eq!((stats.pending, stats.reserved, stats.processed), (0, 0, 400));
+    }
+
+    /// A job dispatched by another process wakes an idle worker: at once through NOTIFY on
+    /// PostgreSQL, within the 50 ms poll on SQLite.
+    async fn dispatch_in_another_process_wakes_a_waiting_worker(target: Target, limit_ms: u128) {
+        let waiting = target.driver().await;
+        let dispatcher = target.driver().await;
+        let queues = vec!["default".to_owned()];
+        let waiter = tokio::spawn(async move {
+            waiting.wait(&queues, Duration::from_secs(10)).await.expect("wait");
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = Instant::now();
+        dispatcher.push(vec![job("default", 0)]).await.expect("push");
+        let woke = waiter.await.expect("waiter");
+        let took = woke.saturating_duration_since(sent).as_millis();
+        assert!(took <= limit_ms, "the waiting worker woke {took} ms after the dispatch");
+    }
+
+    /// A row that cannot be read (here: a negative attempt count) goes to the failed set with
+    /// the reason; the job behind it is claimed normally.
+    async fn unreadable_row_goes_to_the_failed_set(target: Target) {
+        let driver = target.driver().await;
+        let bad = job("default", 0);
+        let good = job("default", 1);
+        let (bad_id, good_id) = (bad.id.clone(), good.id.clone());
+        driver.push(vec![bad, good]).await.expect("push");
+        target.execute(&format!("UPDATE jobs SET attempts = -5 WHERE id = '{bad_id}'")).await;
+        let queues = vec!["default".to_owned()];
+        let claim = driver.claim(&request(&queues, 10)).await.expect("claim");
+        let ids: Vec<&str> = claim.jobs.iter().map(|r| r.record.id.as_str()).collect();
+        assert_eq!(ids, [good_id.as_str()]);
+        let failed = driver.failed(None).await.expect("failed");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].id, bad_id);
+        assert!(
+            failed[0].error.starts_with("unreadable job record: column attempts holds -4"),
+            "{}",
+            failed[0].error
+        );
+        let stats = driver.stats("default", SystemClock.now()).await.expect("stats");
+        assert_eq!((stats.failed, stats.failed_total, stats.reserved), (1, 1, 1));
+    }
+
+    /// Workers starting together on a new database all set it up without tripping over each
+    /// other, and jobs survive every driver going away.
+    async fn setup_is_concurrent_and_jobs_persist(target: Target) {
+        let target = Arc::new(target);
+        let mut starting = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let target = Arc::clone(&target);
+            starting.spawn(async move { target.driver().await });
+        }
+        let drivers: Vec<DatabaseDriver> =
+            starting.join_all().await.into_iter().collect::<Vec<_>>();
+        drivers[0].push((0..5).map(|i| job("mail", i)).collect()).await.expect("push");
+        drop(drivers);
+        let again = target.driver().await;
+        let stats = again.stats("mail", SystemClock.now()).await.expect("stats");
+        assert_eq!(stats.pending, 5, "the jobs outlived every driver");
+        assert_eq!(again.queues().await.expect("queues"), ["mail"]);
+    }
+
+    #[test]
+    fn sqlite_drivers_share_one_queue() {
+        orcs_tests::run(drivers_share_one_queue(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_drivers_share_one_queue() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            drivers_share_one_queue(target).await;
+        });
+    }
+
+    #[test]
+    fn sqlite_dispatch_in_another_process_wakes_a_waiting_worker() {
+        orcs_tests::run(dispatch_in_another_process_wakes_a_waiting_worker(Target::sqlite(), 120));
+    }
+
+    #[test]
+    fn postgres_dispatch_in_another_process_wakes_a_waiting_worker() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            dispatch_in_another_process_wakes_a_waiting_worker(target, 50).await;
+        });
+    }
+
+    #[test]
+    fn sqlite_unreadable_row_goes_to_the_failed_set() {
+        orcs_tests::run(unreadable_row_goes_to_the_failed_set(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_unreadable_row_goes_to_the_failed_set() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            unreadable_row_goes_to_the_failed_set(target).await;
+        });
+    }
+
+    #[test]
+    fn sqlite_setup_is_concurrent_and_jobs_persist() {
+        orcs_tests::run(setup_is_concurrent_and_jobs_persist(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_setup_is_concurrent_and_jobs_persist() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            setup_is_concurrent_and_jobs_persist(target).await;
+        });
+    }
+
+    #[test]
+    fn sqlite_creates_the_file_and_its_directory() {
+        orcs_tests::run(async {
+            let dir = sqlite_dir().join(unique_name("dir"));
+            let path = dir.join("nested").join("queue.db");
+            let driver = DatabaseDriver::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("open");
+            assert!(path.exists(), "the file was created");
+            assert_eq!(driver.backend_name(), "sqlite");
+            drop(driver);
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+
+    fn config_error(result: orcs_core::Result<DatabaseDriver>) -> String {
+        match result {
+            Err(e @ Error::Config { .. }) => {
+                let Error::Config { key, .. } = &e else { unreachable!() };
+                assert_eq!(key, "DATABASE_URL");
+                e.to_string()
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_configuration_errors_that_hide_the_password() {
+        orcs_tests::run(async {
+            let text = config_error(DatabaseDriver::connect("mysql://u:hunter2@h/db").await);
+            assert!(text.contains("sqlite://") && text.contains("postgres://"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            let text =
+                config_error(DatabaseDriver::connect("postgres://u:hunter2@h:notaport/db").await);
+            assert!(!text.contains("hunter2"), "{text}");
+            let text = config_error(DatabaseDriver::connect("sqlite::memory:").await);
+            assert!(text.contains("QUEUE_DRIVER=memory"), "{text}");
+            config_error(DatabaseDriver::connect("localhost/db").await);
+        });
+    }
+}
