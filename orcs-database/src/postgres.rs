@@ -57,6 +57,7 @@ impl Store {
             Error::config(URL_KEY, format!("{ACCEPTED}: {}", redact(&e.to_string())))
         })?;
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
@@ -92,6 +93,7 @@ impl Store {
             channel.pop();
         }
         let listen_pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)

@@ -85,9 +85,11 @@ impl Sql {
                  last_error TEXT)"
             ),
             // The claim order: an index scan from the front of a queue finds the best ready job.
+            // `token` and `reserved_until` are NULL together; see the claim for why this index
+            // names `token`.
             format!(
                 "CREATE INDEX IF NOT EXISTS \"{jobs}_ready\" ON {j} (queue, priority DESC, id) \
-                 WHERE reserved_until IS NULL"
+                 WHERE token IS NULL"
             ),
             // When the next delayed job is due; pending and delayed counts.
             format!(
@@ -125,12 +127,15 @@ impl Sql {
         ];
 
         let skip_locked = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
+        // `token IS NULL` (not the equivalent `reserved_until IS NULL`) makes the `_ready` index
+        // the only one whose predicate the claim implies: with stale statistics the planners
+        // would otherwise pick `_due`, find every ready job and sort them all per claim.
         let claim = format!(
             "UPDATE {j} SET attempts = attempts + 1, \
              reserved_until = $2 + COALESCE(timeout_ms, $3) + $4, \
              token = $5 || id \
              WHERE id IN (SELECT id FROM {j} \
-             WHERE queue = $1 AND reserved_until IS NULL AND available_at <= $2 \
+             WHERE queue = $1 AND token IS NULL AND available_at <= $2 \
              ORDER BY priority DESC, id LIMIT $6{skip_locked}) \
              RETURNING {CLAIM_COLUMNS}"
         );

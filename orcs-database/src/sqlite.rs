@@ -85,6 +85,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT);
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
@@ -112,6 +113,7 @@ impl Store {
             &config.counters_table,
         ));
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_lazy_with(options);
