@@ -1,1 +1,223 @@
-//! orcs-cli: being built (see the open issue).
+//! The `orcs` command line, and the library that builds the same command line around an
+//! application's own jobs.
+//!
+//! The key design decision: a worker can only run the job types compiled into it, so the command
+//! line is a library first. The shipped `orcs` binary is [`App`] with the seed's example jobs
+//! ([`examples`]); an application builds its own worker binary the same way with its own jobs and
+//! gets every command (`queue:work`, `queue:stats`, `queue:clear`, `queue:dispatch`,
+//! `queue:failed`, `queue:retry`, `queue:forget`, `queue:flush`, `demo`) unchanged.
+//!
+//! # Your own worker binary
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//! use std::time::Duration;
+//!
+//! use orcs_core::{Job, JobContext, JobError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct ResizeAvatarJob {
+//!     user_id: u64,
+//! }
+//!
+//! impl Job for ResizeAvatarJob {
+//!     const NAME: &'static str = "ResizeAvatarJob";
+//!     const QUEUE: &'static str = "images";
+//!     const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+//!
+//!     async fn handle(&self, _ctx: &JobContext) -> Result<(), JobError> {
+//!         println!("resizing the avatar of user {}", self.user_id);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> ExitCode {
+//!     // `my-worker queue:work --queue images`, `my-worker queue:dispatch ResizeAvatarJob --data '{"user_id":7}'`, ...
+//!     orcs_cli::App::new().name("my-worker").register::<ResizeAvatarJob>().run()
+//! }
+//! ```
+//!
+//! [`App::register`] also lets `queue:dispatch` check `--data` against the job type before it
+//! dispatches anything. An application that already has a [`Registry`] can call [`run`] with it;
+//! then `--data` is only checked to be a JSON object, and a payload that does not fit goes to the
+//! failed set when a worker claims it.
+//!
+//! Application code that only dispatches uses [`QueueFromEnv`] to connect the way the command
+//! line does (`QUEUE_DRIVER`, `REDIS_URL` or `DATABASE_URL`, `.env`, `config/queue.toml`):
+//!
+//! ```no_run
+//! use orcs_cli::QueueFromEnv as _;
+//! use orcs_core::Queue;
+//!
+//! # async fn f() -> orcs_core::Result<()> {
+//! let queue = Queue::from_env().await?;
+//! # let _ = queue;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Exit codes
+//! 0 when a command ends normally (a worker stopped by SIGINT or SIGTERM included), 1 for a
+//! runtime error (the backend is unreachable, a clear was refused, an id is unknown), 2 for a
+//! usage or configuration error. Errors are printed to stderr as `error: ...`, naming what was
+//! wrong and what to do.
+
+mod cli;
+mod commands;
+mod connect;
+mod demo;
+pub mod examples;
+mod output;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::process::ExitCode;
+
+use orcs_core::{Job, Registry};
+
+pub use connect::{QueueFromEnv, connect, database_url, redis_url};
+
+/// Checks that a JSON payload decodes into one registered job type.
+type Validator = fn(&str) -> Result<(), serde_json::Error>;
+
+fn validate<J: Job>(payload: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<J>(payload).map(drop)
+}
+
+/// The command line around a set of job types: build it, then [`App::run`] it from `main`.
+#[derive(Clone)]
+pub struct App {
+    name: String,
+    registry: Registry,
+    validators: HashMap<&'static str, Validator>,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl App {
+    /// A command line named `orcs` with no job types yet.
+    pub fn new() -> Self {
+        Self::from_registry(Registry::new())
+    }
+
+    /// A command line for the job types of an existing registry. `queue:dispatch` can then only
+    /// check that `--data` is a JSON object; types added with [`App::register`] are checked fully.
+    pub fn from_registry(registry: Registry) -> Self {
+        Self { name: "orcs".to_owned(), registry, validators: HashMap::new() }
+    }
+
+    /// The shipped `orcs` binary: the seed's example jobs ([`examples`]).
+    pub fn examples() -> Self {
+        examples::register(Self::new())
+    }
+
+    /// The program name shown in help and usage messages (default `orcs`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Registers a job type for the worker and for `queue:dispatch`.
+    #[must_use]
+    pub fn register<J: Job>(mut self) -> Self {
+        self.registry = self.registry.register::<J>();
+        self.validators.insert(J::NAME, validate::<J>);
+        self
+    }
+
+    /// The job types this command line runs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs the command named by the process's arguments; returns the exit code for `main`.
+    pub fn run(self) -> ExitCode {
+        self.run_from(std::env::args_os())
+    }
+
+    /// Runs the command named by `args` (the first one is the program name).
+    pub fn run_from<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = match cli::parse(&self.name, args) {
+            Ok(cli) => cli,
+            Err(e) => {
+                // Help and --version print to stdout and succeed; real usage errors exit 2.
+                let _ = e.print();
+                return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+        };
+        init_logging();
+        match commands::run(&self, cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(exit_code(&e))
+            }
+        }
+    }
+}
+
+/// Runs the command line with an application's own registry: `fn main() -> ExitCode { orcs_cli::run(registry) }`.
+pub fn run(registry: Registry) -> ExitCode {
+    App::from_registry(registry).run()
+}
+
+/// A usage error found by the command line itself (exit code 2).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Builds an [`anyhow::Error`] that exits with code 2.
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// 2 for usage and configuration errors anywhere in the chain, 1 for everything else.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let usage = error.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || matches!(
+                cause.downcast_ref::<orcs_core::Error>(),
+                Some(orcs_core::Error::Config { .. } | orcs_core::Error::Invalid { .. })
+            )
+    });
+    if usage { 2 } else { 1 }
+}
+
+/// Logs to stderr at `RUST_LOG` (default `warn`). An application that installed its own
+/// subscriber keeps it.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,199 @@
+//! The command-line grammar (clap derive). Values are checked here where clap can name the flag;
+//! everything that needs the configuration is checked in `commands`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use orcs_core::DriverKind;
+
+const AFTER_HELP: &str = "\
+Configuration, strongest first: flags, then the environment (QUEUE_DRIVER, QUEUE_DEFAULT,
+QUEUE_WORKER_QUEUES, QUEUE_WORKER_SLEEP, QUEUE_WORKER_MAX_JOBS, REDIS_URL, DATABASE_URL; a .env
+file in the working directory is read), then config/queue.toml, then the defaults.
+
+Exit codes: 0 normal stop, 1 runtime error, 2 usage or configuration error.";
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Background job queue: work, inspect and manage queued jobs", after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    /// The queue driver: memory, redis or database [env: QUEUE_DRIVER]
+    #[arg(long, global = true, value_name = "DRIVER", value_parser = parse_driver)]
+    pub(crate) driver: Option<DriverKind>,
+    /// The backend's URL (redis://..., sqlite://..., postgres://...) [env: REDIS_URL or DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// The config file [default: config/queue.toml if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Runs a worker: claims jobs from the queues in order and runs them
+    #[command(name = "queue:work")]
+    Work(WorkArgs),
+    /// Shows the counters of every queue, or of one
+    #[command(name = "queue:stats")]
+    Stats(StatsArgs),
+    /// Removes a queue's pending and delayed jobs
+    #[command(name = "queue:clear")]
+    Clear(ClearArgs),
+    /// Dispatches a registered job with JSON data
+    #[command(name = "queue:dispatch")]
+    Dispatch(DispatchArgs),
+    /// Lists the failed jobs
+    #[command(name = "queue:failed")]
+    Failed(FailedArgs),
+    /// Puts failed jobs back on their queues with fresh attempts
+    #[command(name = "queue:retry")]
+    Retry(RetryArgs),
+    /// Deletes one failed job
+    #[command(name = "queue:forget")]
+    Forget(ForgetArgs),
+    /// Deletes every failed job
+    #[command(name = "queue:flush")]
+    Flush,
+    /// Dispatches a mix of example jobs, works them with a progress bar, and checks the stats
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkArgs {
+    /// Queues to work, in strict order [env: QUEUE_WORKER_QUEUES; default: the default queue]
+    #[arg(long, value_name = "a,b,c")]
+    pub(crate) queue: Option<String>,
+    /// Longest wait between claims when idle, in seconds [env: QUEUE_WORKER_SLEEP; default: 3]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) sleep: Option<Duration>,
+    /// Stop after this many jobs [env: QUEUE_WORKER_MAX_JOBS]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_jobs: Option<u64>,
+    /// Stop claiming after this many seconds
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) max_time: Option<Duration>,
+    /// Stop when no job is ready and none is running
+    #[arg(long)]
+    pub(crate) stop_when_empty: bool,
+    /// Run at most one job, then stop
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Jobs run at once [default: 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub(crate) concurrency: Option<u64>,
+    /// Time limit in seconds for jobs without their own [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+    /// Print no line per job
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) quiet: bool,
+    /// Print one JSON object per job (one per line) instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatsArgs {
+    /// One queue [default: every queue]
+    pub(crate) queue: Option<String>,
+    /// Print JSON: an array of queue stats, or one object when a queue is named
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClearArgs {
+    /// The queue [default: the default queue]
+    pub(crate) queue: Option<String>,
+    /// Clear without asking
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DispatchArgs {
+    /// The job's registered name, e.g. SendEmailJob
+    pub(crate) job: String,
+    /// The job's data: a JSON object
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    pub(crate) data: String,
+    /// Send it to this queue instead of the job type's
+    #[arg(long, value_name = "Q")]
+    pub(crate) queue: Option<String>,
+    /// Use this priority instead of the job type's (higher runs first)
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub(crate) priority: Option<i32>,
+    /// Keep the job invisible to workers for this many seconds
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) delay: Option<Duration>,
+    /// Dispatch this many copies, in atomic batches of up to 1000
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) count: u64,
+    /// Use this many retries instead of the job type's
+    #[arg(long, value_name = "N")]
+    pub(crate) max_retries: Option<u32>,
+    /// Use this backoff base in seconds instead of the job type's
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) retry_delay: Option<Duration>,
+    /// Print the dispatched ids as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FailedArgs {
+    /// Only the failed jobs of this queue
+    #[arg(long, value_name = "Q")]
+    pub(crate) queue: Option<String>,
+    /// Print a JSON array
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// Failed job ids, or `all`
+    #[arg(required = true, value_name = "ID")]
+    pub(crate) ids: Vec<String>,
+    /// With `all`: only the failed jobs of this queue
+    #[arg(long, value_name = "Q")]
+    pub(crate) queue: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ForgetArgs {
+    /// The failed job's id
+    pub(crate) id: String,
+}
+
+pub(crate) fn parse<I, T>(name: &str, args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // The binary name is the application's; clap's `name` is only a default.
+    let command = Cli::command().bin_name(name.to_owned()).display_name(name.to_owned());
+    let matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+fn parse_driver(text: &str) -> Result<DriverKind, String> {
+    text.parse()
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    orcs_core::config::parse_seconds(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,439 @@
+//! The commands: each resolves the configuration (flags over environment over file over
+//! defaults), connects the driver, and prints text or JSON.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+
+use anyhow::{Context as _, Result};
+use orcs_core::config::parse_queue_list;
+use orcs_core::{
+    Config, DispatchOptions, DriverKind, Error, Outcome, Queue, Worker, WorkerEvent,
+    validate_queue_name,
+};
+use serde_json::json;
+
+use crate::cli::{
+    ClearArgs, Cli, Command, DispatchArgs, FailedArgs, ForgetArgs, RetryArgs, StatsArgs, WorkArgs,
+};
+use crate::connect::{connect, database_url, redis_url};
+use crate::output::{self, utc};
+use crate::{App, usage};
+
+/// Jobs per atomic batch of `queue:dispatch --count`.
+const DISPATCH_BATCH: u64 = 1000;
+
+/// What every command needs: the application and the resolved configuration.
+struct Ctx<'a> {
+    app: &'a App,
+    config: Config,
+    /// `--driver` was given (the demo runs in memory unless it was).
+    driver_flag: Option<DriverKind>,
+}
+
+impl Ctx<'_> {
+    /// Connects the configured driver, saying which one failed and how to fix it.
+    async fn queue(&self) -> Result<Queue> {
+        connect(&self.config).await.with_context(|| match self.config.driver {
+            DriverKind::Redis => format!(
+                "cannot use the redis driver at {}; check that Redis is running and REDIS_URL (or --url) is right",
+                redacted(redis_url(&self.config))
+            ),
+            DriverKind::Database => format!(
+                "cannot use the database driver at {}; check DATABASE_URL (or --url) and that the database is reachable",
+                redacted(database_url(&self.config))
+            ),
+            other => format!("cannot start the {other} driver"),
+        })
+    }
+}
+
+/// Hides the password of a URL such as `redis://user:secret@host`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Resolves the configuration and runs the command on a fresh runtime.
+pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(driver) = cli.driver {
+        config.driver = driver;
+    }
+    if let Some(url) = cli.url {
+        match config.driver {
+            DriverKind::Redis => config.redis_url = Some(url),
+            DriverKind::Database => config.database_url = Some(url),
+            _ => tracing::warn!("--url is ignored by the {} driver", config.driver),
+        }
+    }
+    let ctx = Ctx { app, config, driver_flag: cli.driver };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Work(args) => work(&ctx, args).await,
+            Command::Stats(args) => stats(&ctx, args).await,
+            Command::Clear(args) => clear(&ctx, args).await,
+            Command::Dispatch(args) => dispatch(&ctx, args).await,
+            Command::Failed(args) => failed(&ctx, args).await,
+            Command::Retry(args) => retry(&ctx, args).await,
+            Command::Forget(args) => forget(&ctx, args).await,
+            Command::Flush => flush(&ctx).await,
+            Command::Demo => crate::demo::run(&ctx.config, ctx.driver_flag).await,
+        }
+    })
+}
+
+async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
+    let config = &ctx.config;
+    let queues = match &args.queue {
+        Some(list) => parse_queue_list(list).context("--queue")?,
+        None => config.worker_queues(),
+    };
+    let concurrency = match args.concurrency {
+        Some(n) => usize::try_from(n).context("--concurrency is too large")?,
+        None => config.worker.concurrency,
+    };
+    if config.driver == DriverKind::Memory {
+        eprintln!(
+            "warning: the memory driver keeps jobs inside this process: this worker cannot see jobs \
+             dispatched by other processes; set QUEUE_DRIVER (or --driver) to redis or database to share a queue"
+        );
+    }
+    let queue = ctx.queue().await?;
+    let mut worker = Worker::new(queue, ctx.app.registry.clone())
+        .queues(queues.clone())
+        .concurrency(concurrency)
+        .sleep(args.sleep.unwrap_or(config.worker.sleep))
+        .timeout(args.timeout.unwrap_or(config.worker.timeout))
+        .stop_when_empty(args.stop_when_empty);
+    if let Some(max) = args.max_jobs.or(config.worker.max_jobs) {
+        worker = worker.max_jobs(max);
+    }
+    if let Some(max) = args.max_time {
+        worker = worker.max_time(max);
+    }
+    let (json, quiet) = (args.json, args.quiet);
+    if !quiet {
+        let line = format!(
+            "orcs worker: driver {}, queues {}, concurrency {}{}",
+            config.driver,
+            queues.join(","),
+            concurrency,
+            if args.once { ", one job" } else { "" }
+        );
+        // Keep stdout pure JSON lines with --json.
+        if json { eprintln!("{line}") } else { println!("{line}") }
+    }
+    if !quiet {
+        worker = worker.on_event(move |event| print_event(event, json));
+    }
+    if args.once {
+        let event = worker.work_one().await?;
+        if event.is_none() && !quiet && !json {
+            println!("no job was ready");
+        }
+        return Ok(());
+    }
+    let summary = worker.run().await?;
+    if !quiet {
+        let line = format!(
+            "orcs worker stopped: {} done, {} retried, {} failed, {} released",
+            summary.done, summary.retried, summary.failed, summary.released
+        );
+        if json { eprintln!("{line}") } else { println!("{line}") }
+    }
+    Ok(())
+}
+
+/// One line per finished attempt: time, job name, id, duration, DONE/FAIL/RETRY.
+fn print_event(event: &WorkerEvent, json: bool) {
+    let now = orcs_core::millis(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+    );
+    let (error, retry_at) = match &event.outcome {
+        Outcome::Retry { at, error } => (Some(error.as_str()), Some(*at)),
+        Outcome::Failed { error } => (Some(error.as_str()), None),
+        _ => (None, None),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        let mut line = json!({
+            "time": utc(now),
+            "job": event.name,
+            "id": event.id,
+            "queue": event.queue,
+            "attempt": event.attempt,
+            "duration_ms": event.duration.as_secs_f64() * 1000.0,
+            "status": event.outcome.label(),
+        });
+        if let Some(error) = error {
+            line["error"] = json!(error);
+        }
+        if let Some(at) = retry_at {
+            line["retry_at"] = json!(utc(at));
+        }
+        writeln!(out, "{line}")
+    } else {
+        let detail = match (error, retry_at) {
+            (Some(error), Some(at)) => {
+                format!(
+                    "  attempt {}: {}; next attempt at {}",
+                    event.attempt,
+                    output::one_line(error, 120),
+                    utc(at)
+                )
+            }
+            (Some(error), None) => {
+                format!("  attempt {}: {}", event.attempt, output::one_line(error, 120))
+            }
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "{} {} {} {} {}{detail}",
+            utc(now),
+            event.name,
+            event.id,
+            output::duration(event.duration),
+            event.outcome.label()
+        )
+    };
+}
+
+async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
+    if let Some(name) = &args.queue {
+        validate_queue_name(name)?;
+    }
+    let queue = ctx.queue().await?;
+    if let Some(name) = &args.queue {
+        let stats = queue.stats(name).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        } else {
+            print!("{}", output::stats_table(std::slice::from_ref(&stats)));
+        }
+        return Ok(());
+    }
+    let mut all = Vec::new();
+    for name in queue.driver().queues().await? {
+        all.push(queue.stats(&name).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("no queues yet: nothing was dispatched on the {} driver", ctx.config.driver);
+    } else {
+        print!("{}", output::stats_table(&all));
+    }
+    Ok(())
+}
+
+async fn clear(ctx: &Ctx<'_>, args: ClearArgs) -> Result<()> {
+    let name = args.queue.unwrap_or_else(|| ctx.config.default_queue.clone());
+    validate_queue_name(&name)?;
+    let queue = ctx.queue().await?;
+    if !args.force {
+        let stats = queue.stats(&name).await?;
+        let waiting = stats.pending + stats.delayed;
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "refusing to clear queue {name} ({waiting} pending and delayed jobs) without confirmation: \
+                 standard input is not a terminal; pass --force to clear it"
+            );
+        }
+        print!("Clear {waiting} pending and delayed jobs from queue {name}? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            anyhow::bail!("queue {name} was not cleared: not confirmed; answer y, or pass --force");
+        }
+    }
+    let removed = queue.clear(&name).await?;
+    println!("cleared {removed} jobs from queue {name}");
+    Ok(())
+}
+
+async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
+    let registry = &ctx.app.registry;
+    let Some(defaults) = registry.defaults(&args.job) else {
+        return Err(usage(format!(
+            "unknown job {:?}: this binary registers {}; use one of those names (they are case-sensitive)",
+            args.job,
+            registry.names().join(", ")
+        )));
+    };
+    let value: serde_json::Value = serde_json::from_str(&args.data).map_err(|e| {
+        usage(format!(
+            "--data is not valid JSON ({e}); pass a JSON object, e.g. --data '{{\"to\":\"user@example.com\"}}'"
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(usage(format!(
+            "--data must be a JSON object (the job's fields), not {value}; e.g. --data '{{\"to\":\"user@example.com\"}}'"
+        )));
+    }
+    let payload = serde_json::to_string(&value)?;
+    if let Some(check) = ctx.app.validators.get(args.job.as_str()) {
+        check(&payload).map_err(|e| {
+            usage(format!(
+                "--data does not fit job {}: {e}; fix the data (see the job type's fields)",
+                args.job
+            ))
+        })?;
+    }
+    if let Some(name) = &args.queue {
+        validate_queue_name(name)?;
+    }
+    if ctx.config.driver == DriverKind::Memory {
+        return Err(usage(
+            "queue:dispatch cannot use the memory driver: the job would vanish when this command exits, \
+             unseen by any worker; set QUEUE_DRIVER (or --driver) to redis or database",
+        ));
+    }
+
+    let mut options = DispatchOptions::new();
+    if let Some(q) = &args.queue {
+        options = options.queue(q.clone());
+    }
+    if let Some(p) = args.priority {
+        options = options.priority(p);
+    }
+    if let Some(d) = args.delay {
+        options = options.delay(d);
+    }
+    if let Some(n) = args.max_retries {
+        options = options.max_retries(n);
+    }
+    if let Some(d) = args.retry_delay {
+        options = options.retry_delay(d);
+    }
+
+    let queue = ctx.queue().await?;
+    let mut ids = Vec::new();
+    let mut target = String::new();
+    let mut left = args.count;
+    while left > 0 {
+        let batch = left.min(DISPATCH_BATCH);
+        let records = (0..batch)
+            .map(|_| queue.untyped_record(&args.job, payload.clone(), defaults, &options))
+            .collect::<orcs_core::Result<Vec<_>>>()?;
+        if let Some(first) = records.first() {
+            target.clone_from(&first.queue);
+        }
+        ids.extend(records.iter().map(|r| r.id.clone()));
+        queue.dispatch_records(records).await.with_context(|| {
+            format!(
+                "dispatching failed after {} of {} jobs were stored",
+                ids.len() - batch as usize,
+                args.count
+            )
+        })?;
+        left -= batch;
+    }
+
+    if args.json {
+        println!("{}", json!({ "job": args.job, "queue": target, "ids": ids }));
+    } else if let [id] = ids.as_slice() {
+        println!("dispatched {} {id} to queue {target}", args.job);
+    } else {
+        println!(
+            "dispatched {} {} jobs to queue {target} (ids {} to {})",
+            ids.len(),
+            args.job,
+            ids.first().map_or("", String::as_str),
+            ids.last().map_or("", String::as_str)
+        );
+    }
+    Ok(())
+}
+
+async fn failed(ctx: &Ctx<'_>, args: FailedArgs) -> Result<()> {
+    if let Some(name) = &args.queue {
+        validate_queue_name(name)?;
+    }
+    let queue = ctx.queue().await?;
+    let jobs = queue.failed_jobs(args.queue.as_deref()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else if jobs.is_empty() {
+        println!("no failed jobs");
+    } else {
+        print!("{}", output::failed_table(&jobs));
+    }
+    Ok(())
+}
+
+async fn retry(ctx: &Ctx<'_>, args: RetryArgs) -> Result<()> {
+    let all = args.ids.iter().any(|id| id == "all");
+    if all && args.ids.len() > 1 {
+        return Err(usage("queue:retry takes either ids or `all`, not both"));
+    }
+    if args.queue.is_some() && !all {
+        return Err(usage("--queue only applies to `queue:retry all`"));
+    }
+    if let Some(name) = &args.queue {
+        validate_queue_name(name)?;
+    }
+    let queue = ctx.queue().await?;
+    if all {
+        let n = queue.retry_all_failed(args.queue.as_deref()).await?;
+        println!("retried {n} failed jobs");
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    for id in &args.ids {
+        match queue.retry_failed(id).await {
+            Ok(()) => println!("retried job {id}"),
+            Err(Error::NotFound { .. }) => missing.push(id.as_str()),
+            Err(e) => return Err(e).with_context(|| format!("cannot retry job {id}")),
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "no failed job with id {}; list the failed jobs with `queue:failed`",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn forget(ctx: &Ctx<'_>, args: ForgetArgs) -> Result<()> {
+    let queue = ctx.queue().await?;
+    match queue.driver().forget_failed(&args.id).await {
+        Ok(()) => {
+            println!("forgot failed job {}", args.id);
+            Ok(())
+        }
+        Err(Error::NotFound { .. }) => anyhow::bail!(
+            "no failed job with id {}; list the failed jobs with `queue:failed`",
+            args.id
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot forget job {}", args.id)),
+    }
+}
+
+async fn flush(ctx: &Ctx<'_>) -> Result<()> {
+    let queue = ctx.queue().await?;
+    let n = queue.driver().flush_failed().await?;
+    println!("flushed {n} failed jobs");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_hides_passwords_only() {
+        assert_eq!(redacted("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redacted("sqlite://storage/queue.db"), "sqlite://storage/queue.db");
+    }
+}

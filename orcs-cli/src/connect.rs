@@ -1,0 +1,92 @@
+//! Choosing and connecting the driver named by the configuration: the one place that knows every
+//! driver crate. Each backend is behind a cargo feature of the same name.
+
+use std::future::Future;
+
+use orcs_core::config::{DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL};
+use orcs_core::{Config, DriverKind, Error, Queue, Result};
+use orcs_memory::MemoryDriver;
+
+/// The Redis URL to use: `REDIS_URL` or the config file's, else [`DEFAULT_REDIS_URL`].
+pub fn redis_url(config: &Config) -> &str {
+    config.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+}
+
+/// The database URL to use: `DATABASE_URL` or the config file's, else [`DEFAULT_DATABASE_URL`].
+pub fn database_url(config: &Config) -> &str {
+    config.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+}
+
+/// Connects the driver that `config.driver` names and returns a [`Queue`] on it, with the
+/// configured default queue.
+///
+/// # Errors
+/// [`Error::Config`] for a bad URL or a driver not compiled into this binary; a backend error if
+/// the backend cannot be reached.
+pub async fn connect(config: &Config) -> Result<Queue> {
+    let queue = match config.driver {
+        DriverKind::Memory => Queue::new(MemoryDriver::new()),
+        DriverKind::Redis => connect_redis(redis_url(config)).await?,
+        DriverKind::Database => connect_database(database_url(config)).await?,
+        other => {
+            return Err(Error::config(
+                "QUEUE_DRIVER",
+                format!(
+                    "driver {other} is not supported by this build of orcs-cli; use one of: {}",
+                    DriverKind::NAMES
+                ),
+            ));
+        }
+    };
+    queue.with_default_queue(config.default_queue.clone())
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(url: &str) -> Result<Queue> {
+    let config = orcs_redis::RedisConfig::from_url(url)?;
+    Ok(Queue::new(orcs_redis::RedisDriver::connect(config).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis(_url: &str) -> Result<Queue> {
+    Err(not_built("redis"))
+}
+
+#[cfg(feature = "database")]
+async fn connect_database(url: &str) -> Result<Queue> {
+    Ok(Queue::new(orcs_database::DatabaseDriver::connect(url).await?))
+}
+
+#[cfg(not(feature = "database"))]
+async fn connect_database(_url: &str) -> Result<Queue> {
+    Err(not_built("database"))
+}
+
+#[cfg(any(not(feature = "redis"), not(feature = "database")))]
+fn not_built(driver: &str) -> Error {
+    Error::config(
+        "QUEUE_DRIVER",
+        format!(
+            "the {driver} driver is not compiled into this binary; rebuild orcs-cli with `--features {driver}` or choose another driver"
+        ),
+    )
+}
+
+/// `Queue::from_env()`: connects the way the `orcs` command line does.
+///
+/// Reads `.env`, `config/queue.toml` and the environment (`QUEUE_DRIVER`, `QUEUE_DEFAULT`,
+/// `REDIS_URL`, `DATABASE_URL`), in that order of strength, then [`connect`]s.
+pub trait QueueFromEnv: Sized {
+    /// Connects the configured driver.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad setting, or a backend error if the backend cannot be reached.
+    fn from_env() -> impl Future<Output = Result<Self>> + Send;
+}
+
+impl QueueFromEnv for Queue {
+    async fn from_env() -> Result<Self> {
+        let config = Config::load(None)?;
+        connect(&config).await
+    }
+}
