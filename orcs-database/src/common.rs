@@ -64,8 +64,8 @@ pub(crate) fn unsigned<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, S
 }
 
 /// The statements and helpers both backends run the same way. Expanded inside a backend module
-/// that defines `Db`, `DbRow`, and a `Store` with `writer()`, `reader()`, `begin()`,
-/// `announce()` and `fail_leased()`.
+/// that defines `Db`, `DbRow`, `begin(conn)`, and a `Store` with `writer()` (the connection
+/// writes go through), `reader()` (a pool for reads), `announce()` and `fail_leased()`.
 macro_rules! common_ops {
     () => {
         fn q(sql: &::std::sync::Arc<str>) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
@@ -113,7 +113,8 @@ macro_rules! common_ops {
                 if jobs.is_empty() {
                     return Ok(());
                 }
-                let mut tx = self.begin().await?;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
                 for chunk in jobs.chunks(INSERT_CHUNK) {
                     let mut query = dynamic(self.sql.failed_ids(chunk.len()));
                     for job in chunk {
@@ -145,6 +146,8 @@ macro_rules! common_ops {
                     query.execute(&mut *tx).await.map_err(insert_error)?;
                 }
                 tx.commit().await.map_err(backend)?;
+                // Hand the connection back before announcing, which may need one of its own.
+                drop(conn);
                 let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
                 queues.sort_unstable();
                 queues.dedup();
@@ -162,6 +165,8 @@ macro_rules! common_ops {
                 // One token prefix per call; each job's token adds its id, so tokens are unique
                 // per job and per claim.
                 let batch = format!("{}:", orcs_core::new_job_id());
+                let mut conn = self.writer().await?;
+                let mut unreadable = Vec::new();
                 for queue in req.queues {
                     let want = req.max.saturating_sub(claim.jobs.len());
                     if want == 0 {
@@ -174,14 +179,18 @@ macro_rules! common_ops {
                         .bind(duration_ms(req.grace_ms))
                         .bind(batch.clone())
                         .bind(i64::try_from(want).unwrap_or(i64::MAX))
-                        .fetch_all(self.writer())
+                        .fetch_all(&mut *conn)
                         .await
                         .map_err(backend)?;
                     let mut got = Vec::with_capacity(rows.len());
                     for row in &rows {
                         match decode_claimed(row) {
                             Ok(reserved) => got.push(reserved),
-                            Err(reason) => self.fail_unreadable(row, &reason, req.now).await?,
+                            Err(reason) => unreadable.push((
+                                row.try_get::<String, _>(0).ok(),
+                                row.try_get::<String, _>(12).ok(),
+                                reason,
+                            )),
                         }
                     }
                     // RETURNING has no order of its own.
@@ -200,8 +209,12 @@ macro_rules! common_ops {
                     for queue in req.queues {
                         query = query.bind(queue.clone());
                     }
-                    let row = query.fetch_one(self.reader()).await.map_err(backend)?;
+                    let row = query.fetch_one(&mut *conn).await.map_err(backend)?;
                     claim.next_due = row.try_get::<Option<i64>, _>(0).map_err(backend)?;
+                }
+                drop(conn);
+                for (id, token, reason) in unreadable {
+                    self.fail_unreadable(id, token, &reason, req.now).await?;
                 }
                 Ok(claim)
             }
@@ -210,13 +223,12 @@ macro_rules! common_ops {
             /// of stopping the worker or coming back forever.
             async fn fail_unreadable(
                 &self,
-                row: &DbRow,
+                id: Option<String>,
+                token: Option<String>,
                 reason: &str,
                 now: orcs_core::Millis,
             ) -> orcs_core::Result<()> {
-                use sqlx::Row;
-                let (Ok(id), Ok(token)) = (row.try_get::<String, _>(0), row.try_get::<String, _>(12))
-                else {
+                let (Some(id), Some(token)) = (id, token) else {
                     tracing::error!(%reason, "a claimed job row is unreadable, even its id");
                     return Ok(());
                 };
@@ -240,7 +252,7 @@ macro_rules! common_ops {
                     .bind(lease.token.clone())
                     .bind(run_at)
                     .bind(error.to_owned())
-                    .execute(self.writer())
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err($crate::common::backend)?;
                 if done.rows_affected() == 0 {
@@ -258,7 +270,7 @@ macro_rules! common_ops {
                     .bind(lease.id.clone())
                     .bind(lease.token.clone())
                     .bind(now)
-                    .execute(self.writer())
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err($crate::common::backend)?;
                 if done.rows_affected() == 0 {
@@ -276,7 +288,7 @@ macro_rules! common_ops {
                     .bind(lease.id.clone())
                     .bind(lease.token.clone())
                     .bind(until)
-                    .execute(self.writer())
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err($crate::common::backend)?;
                 if done.rows_affected() == 0 {
@@ -298,7 +310,7 @@ macro_rules! common_ops {
                     query = query.bind(queue.clone());
                 }
                 let done =
-                    query.execute(self.writer()).await.map_err($crate::common::backend)?;
+                    query.execute(&mut *self.writer().await?).await.map_err($crate::common::backend)?;
                 let recovered = done.rows_affected();
                 if recovered > 0 {
                     let names: Vec<&str> = queues.iter().map(String::as_str).collect();
@@ -365,7 +377,8 @@ macro_rules! common_ops {
 
             pub(crate) async fn clear(&self, queue: &str) -> orcs_core::Result<u64> {
                 use $crate::common::backend;
-                let mut tx = self.begin().await?;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
                 // Remember the queue, so that it is still listed once it is empty.
                 q(&self.sql.ensure_counter)
                     .bind(queue.to_owned())
@@ -375,6 +388,8 @@ macro_rules! common_ops {
                 let done =
                     q(&self.sql.clear).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
+                // Hand the connection back before announcing, which may need one of its own.
+                drop(conn);
                 Ok(done.rows_affected())
             }
 
@@ -413,7 +428,8 @@ macro_rules! common_ops {
             ) -> orcs_core::Result<()> {
                 use sqlx::Row;
                 use $crate::common::backend;
-                let mut tx = self.begin().await?;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
                 let Some(row) = q(&self.sql.unfail)
                     .bind(id.to_owned())
                     .bind(now)
@@ -426,13 +442,15 @@ macro_rules! common_ops {
                 let queue: String = row.try_get(0).map_err(backend)?;
                 q(&self.sql.forget).bind(id.to_owned()).execute(&mut *tx).await.map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
+                // Hand the connection back before announcing, which may need one of its own.
+                drop(conn);
                 self.announce(&[queue.as_str()]).await
             }
 
             pub(crate) async fn forget_failed(&self, id: &str) -> orcs_core::Result<()> {
                 let done = q(&self.sql.forget)
                     .bind(id.to_owned())
-                    .execute(self.writer())
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err($crate::common::backend)?;
                 if done.rows_affected() == 0 {
@@ -443,7 +461,7 @@ macro_rules! common_ops {
 
             pub(crate) async fn flush_failed(&self) -> orcs_core::Result<u64> {
                 let done = q(&self.sql.flush)
-                    .execute(self.writer())
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err($crate::common::backend)?;
                 Ok(done.rows_affected())

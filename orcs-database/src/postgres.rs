@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orcs_core::{Error, Lease, Millis, Result};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
 use crate::common::{Shared, backend, common_ops};
@@ -50,6 +51,10 @@ impl fmt::Debug for Store {
 }
 
 common_ops!();
+
+async fn begin(conn: &mut PgConnection) -> Result<Transaction<'_, Db>> {
+    conn.begin().await.map_err(backend)
+}
 
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
@@ -101,16 +106,12 @@ impl Store {
         Ok(Self { pool, sql, shared, channel, listen_pool, listener: Mutex::new(None) })
     }
 
-    fn writer(&self) -> &PgPool {
-        &self.pool
+    async fn writer(&self) -> Result<PoolConnection<Db>> {
+        self.pool.acquire().await.map_err(backend)
     }
 
     fn reader(&self) -> &PgPool {
         &self.pool
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Db>> {
-        self.pool.begin().await.map_err(backend)
     }
 
     /// Wakes this process's idle workers at once and every other process's through `NOTIFY`.

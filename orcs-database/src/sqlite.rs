@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use orcs_core::{Error, Lease, Millis, Result};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{Row, Transaction};
+use sqlx::{ConnectOptions, Connection, Row, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::common::{Shared, backend, common_ops};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY};
@@ -34,7 +36,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 pub(crate) struct Store {
-    writer: SqlitePool,
+    /// The one connection this process writes through; the lock is the queue of writers. A
+    /// pool would ping the connection after every statement.
+    writer: Mutex<SqliteConnection>,
     reader: SqlitePool,
     sql: Arc<Sql>,
     shared: Arc<Shared>,
@@ -47,6 +51,12 @@ impl fmt::Debug for Store {
 }
 
 common_ops!();
+
+/// Takes the write lock first, so that the transaction never has to upgrade a read lock (which
+/// fails at once with "database is locked" instead of waiting when another process wrote).
+async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Db>> {
+    conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
+}
 
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
@@ -84,15 +94,9 @@ impl Store {
             // loss may take back the last transactions, and it makes commits far cheaper.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT);
-        let writer = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(backend)?;
+        let mut writer = options.connect().await.map_err(backend)?;
         let mode: String = sqlx::query("PRAGMA journal_mode")
-            .fetch_one(&writer)
+            .fetch_one(&mut writer)
             .await
             .and_then(|row| row.try_get(0))
             .map_err(backend)?;
@@ -117,30 +121,25 @@ impl Store {
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_lazy_with(options);
-        let store = Self { writer, reader, sql, shared };
         // Several processes may start on a new file at once: IF NOT EXISTS makes every step
         // idempotent and the immediate transaction makes them take turns.
-        let mut tx = store.begin().await?;
-        for statement in &store.sql.schema {
+        let mut tx = begin(&mut writer).await?;
+        for statement in &sql.schema {
             sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
-        Ok(store)
+        Ok(Self { writer: Mutex::new(writer), reader, sql, shared })
     }
 
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
+    async fn writer(&self) -> Result<MutexGuard<'_, SqliteConnection>> {
+        Ok(self.writer.lock().await)
     }
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Db>> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
     }
 
     /// Wakes this process's idle workers; other processes find the job when they poll.
@@ -151,7 +150,8 @@ impl Store {
     }
 
     pub(crate) async fn complete(&self, lease: &Lease) -> Result<()> {
-        let mut tx = self.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = begin(&mut conn).await?;
         let Some(row) = q(&self.sql.delete_leased)
             .bind(lease.id.clone())
             .bind(lease.token.clone())
@@ -167,7 +167,8 @@ impl Store {
     }
 
     pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
-        let mut tx = self.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = begin(&mut conn).await?;
         let Some(row) = q(&self.sql.copy_to_failed)
             .bind(lease.id.clone())
             .bind(lease.token.clone())
