@@ -67,13 +67,13 @@ pub(crate) struct WorkArgs {
     #[arg(long, value_name = "a,b,c")]
     pub(crate) queue: Option<String>,
     /// Longest wait between claims when idle, in seconds [env: QUEUE_WORKER_SLEEP; default: 3]
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub(crate) sleep: Option<Duration>,
     /// Stop after this many jobs [env: QUEUE_WORKER_MAX_JOBS]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_jobs: Option<u64>,
     /// Stop claiming after this many seconds
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub(crate) max_time: Option<Duration>,
     /// Stop when no job is ready and none is running
     #[arg(long)]
@@ -85,7 +85,7 @@ pub(crate) struct WorkArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub(crate) concurrency: Option<u64>,
     /// Time limit in seconds for jobs without their own [default: 60]
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub(crate) timeout: Option<Duration>,
     /// Print no line per job
     #[arg(long, conflicts_with = "json")]
@@ -127,7 +127,7 @@ pub(crate) struct DispatchArgs {
     #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub(crate) priority: Option<i32>,
     /// Keep the job invisible to workers for this many seconds
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub(crate) delay: Option<Duration>,
     /// Dispatch this many copies, in atomic batches of up to 1000
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -136,7 +136,7 @@ pub(crate) struct DispatchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) max_retries: Option<u32>,
     /// Use this backoff base in seconds instead of the job type's
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub(crate) retry_delay: Option<Duration>,
     /// Print the dispatched ids as JSON
     #[arg(long)]

@@ -160,21 +160,6 @@ impl Counters {
     }
 }
 
-/// Keeps the deliberate panics of the `simulate` knob out of the demo's output; real panics still
-/// print.
-fn quiet_simulated_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let simulated = info
-            .payload()
-            .downcast_ref::<String>()
-            .is_some_and(|m| m.starts_with("simulated failure"));
-        if !simulated {
-            default(info);
-        }
-    }));
-}
-
 pub(crate) async fn run(config: &Config, driver: Option<DriverKind>) -> Result<()> {
     let mut config = config.clone();
     config.driver = driver.unwrap_or(DriverKind::Memory);
@@ -217,7 +202,6 @@ pub(crate) async fn run(config: &Config, driver: Option<DriverKind>) -> Result<(
     );
     let counters = Arc::new(Counters::default());
     let settled = Arc::new(Notify::new());
-    quiet_simulated_panics();
     let worker = {
         let (counters, settled, bar) = (Arc::clone(&counters), Arc::clone(&settled), bar.clone());
         Worker::new(queue.clone(), crate::examples::registry())

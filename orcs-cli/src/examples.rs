@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::App;
 
 /// Registers every example job with `app`.
-pub fn register(app: App) -> App {
+pub fn register(mut app: App) -> App {
+    app.quiet_simulated_panics = true;
     app.register::<SendEmailJob>()
         .register::<SendWelcomeEmailJob>()
         .register::<ProcessImageJob>()
@@ -56,7 +57,7 @@ impl Simulate {
         }
         if ctx.attempt() <= self.fail_attempts {
             let message = format!(
-                "simulated failure of attempt {} (fails the first {})",
+                "{SIMULATED} of attempt {} (fails the first {})",
                 ctx.attempt(),
                 self.fail_attempts
             );
@@ -67,6 +68,22 @@ impl Simulate {
         }
         Ok(())
     }
+}
+
+/// The start of every deliberate panic's message.
+const SIMULATED: &str = "simulated failure";
+
+/// Keeps the deliberate panics of the `simulate` knob out of stderr (the worker's line for the
+/// attempt already shows them); real panics still print.
+pub(crate) fn quiet_simulated_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let simulated =
+            info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with(SIMULATED));
+        if !simulated {
+            default(info);
+        }
+    }));
 }
 
 async fn simulate(simulate: Option<&Simulate>, ctx: &JobContext) -> Result<(), JobError> {

@@ -92,6 +92,8 @@ pub struct App {
     name: String,
     registry: Registry,
     validators: HashMap<&'static str, Validator>,
+    /// Set by [`examples::register`]: their `simulate` panics are expected, not bugs.
+    quiet_simulated_panics: bool,
 }
 
 impl fmt::Debug for App {
@@ -118,7 +120,12 @@ impl App {
     /// A command line for the job types of an existing registry. `queue:dispatch` can then only
     /// check that `--data` is a JSON object; types added with [`App::register`] are checked fully.
     pub fn from_registry(registry: Registry) -> Self {
-        Self { name: "orcs".to_owned(), registry, validators: HashMap::new() }
+        Self {
+            name: "orcs".to_owned(),
+            registry,
+            validators: HashMap::new(),
+            quiet_simulated_panics: false,
+        }
     }
 
     /// The shipped `orcs` binary: the seed's example jobs ([`examples`]).
@@ -166,6 +173,9 @@ impl App {
             }
         };
         init_logging();
+        if self.quiet_simulated_panics {
+            examples::quiet_simulated_panics();
+        }
         match commands::run(&self, cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
