@@ -18,7 +18,7 @@ pub fn database_url(config: &Config) -> &str {
 }
 
 /// Connects the driver that `config.driver` names and returns a [`Queue`] on it, with the
-/// configured default queue.
+/// configured default queue. The Redis driver also takes its key prefix from `REDIS_PREFIX`.
 ///
 /// # Errors
 /// [`Error::Config`] for a bad URL or a driver not compiled into this binary; a backend error if
@@ -41,9 +41,21 @@ pub async fn connect(config: &Config) -> Result<Queue> {
     queue.with_default_queue(config.default_queue.clone())
 }
 
+/// The Redis key prefix from `REDIS_PREFIX` (as in Laravel), if set: separates several
+/// applications, or test runs, on one Redis.
+pub fn redis_prefix() -> Option<String> {
+    std::env::var(REDIS_PREFIX).ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())
+}
+
+/// The variable that sets the Redis key prefix (default `orcs`).
+pub const REDIS_PREFIX: &str = "REDIS_PREFIX";
+
 #[cfg(feature = "redis")]
 async fn connect_redis(url: &str) -> Result<Queue> {
-    let config = orcs_redis::RedisConfig::from_url(url)?;
+    let mut config = orcs_redis::RedisConfig::from_url(url)?;
+    if let Some(prefix) = redis_prefix() {
+        config = config.with_prefix(prefix);
+    }
     Ok(Queue::new(orcs_redis::RedisDriver::connect(config).await?))
 }
 

@@ -77,7 +77,7 @@ use std::process::ExitCode;
 
 use orcs_core::{Job, Registry};
 
-pub use connect::{QueueFromEnv, connect, database_url, redis_url};
+pub use connect::{QueueFromEnv, REDIS_PREFIX, connect, database_url, redis_prefix, redis_url};
 
 /// Checks that a JSON payload decodes into one registered job type.
 type Validator = fn(&str) -> Result<(), serde_json::Error>;

@@ -18,6 +18,7 @@ const QUEUE_VARS: &[&str] = &[
     "QUEUE_WORKER_SLEEP",
     "QUEUE_WORKER_MAX_JOBS",
     "REDIS_URL",
+    "REDIS_PREFIX",
     "DATABASE_URL",
     "RUST_LOG",
 ];
@@ -27,20 +28,38 @@ struct Sandbox {
     dir: PathBuf,
     /// Global options put before every command (driver, URL).
     global: Vec<String>,
+    /// Variables set for every command.
+    env: Vec<(String, String)>,
 }
 
 impl Sandbox {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(orcs_tests::services::unique_name("orcs-cli-test"));
         std::fs::create_dir_all(&dir).expect("the temp dir is writable");
-        Self { dir, global: Vec::new() }
+        Self { dir, global: Vec::new(), env: Vec::new() }
     }
 
-    /// A sandbox whose commands use a fresh SQLite file.
-    fn sqlite() -> Self {
+    /// A sandbox whose commands use a fresh SQLite file, or `None` (a loud skip) when the binary
+    /// was built without the database driver.
+    fn sqlite() -> Option<Self> {
+        if !cfg!(feature = "database") {
+            return orcs_tests::services::skip(
+                "the database driver",
+                "built without the `database` feature",
+            );
+        }
         let mut sandbox = Self::new();
         let url = format!("sqlite://{}", sandbox.dir.join("queue.db").display());
         sandbox.global = vec!["--driver".into(), "database".into(), "--url".into(), url];
+        Some(sandbox)
+    }
+
+    /// A sandbox whose commands use Redis at `url` under a key prefix of their own.
+    fn redis(url: &str) -> Self {
+        let mut sandbox = Self::new();
+        sandbox.global = vec!["--driver".into(), "redis".into(), "--url".into(), url.to_owned()];
+        sandbox.env =
+            vec![("REDIS_PREFIX".into(), orcs_tests::services::unique_name("orcs-cli-test"))];
         sandbox
     }
 
@@ -54,6 +73,7 @@ impl Sandbox {
         for var in QUEUE_VARS {
             cmd.env_remove(var);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.envs(env.iter().copied());
         cmd
     }
@@ -235,6 +255,7 @@ fn a_broken_env_file_exits_2() {
 
 #[test]
 fn precedence_is_flag_then_env_then_file() {
+    let Some(_) = Sandbox::sqlite() else { return };
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("config")).unwrap();
     std::fs::write(sandbox.path("config/queue.toml"), "driver = \"database\"\n").unwrap();
@@ -269,7 +290,7 @@ fn precedence_is_flag_then_env_then_file() {
 
 #[test]
 fn dispatch_rejects_unknown_jobs_and_bad_data_with_exit_2() {
-    let sandbox = Sandbox::sqlite();
+    let Some(sandbox) = Sandbox::sqlite() else { return };
     sandbox
         .run(&["queue:dispatch", "NoSuchJob"])
         .code(2)
@@ -359,7 +380,7 @@ fn demo_matches_its_stats() {
 
 #[test]
 fn demo_runs_on_the_database_driver_too() {
-    let sandbox = Sandbox::sqlite();
+    let Some(sandbox) = Sandbox::sqlite() else { return };
     sandbox.run(&["demo"]).ok().stdout_has("demo: stats match the dispatched mix");
     // Its counters persist, and a second run compares differences.
     sandbox.run(&["demo"]).ok().stdout_has("demo: stats match the dispatched mix");
@@ -515,12 +536,13 @@ fn round_trip(sandbox: &Sandbox) {
 
 #[test]
 fn round_trip_on_sqlite() {
-    round_trip(&Sandbox::sqlite());
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    round_trip(&sandbox);
 }
 
 #[test]
 fn dispatch_count_is_batched_and_default_timeout_applies() {
-    let sandbox = Sandbox::sqlite();
+    let Some(sandbox) = Sandbox::sqlite() else { return };
     let out = sandbox.json(&["queue:dispatch", "GenerateReportJob", "--count", "2500", "--json"]);
     let ids = out["ids"].as_array().unwrap();
     assert_eq!(ids.len(), 2500);
@@ -544,7 +566,7 @@ fn dispatch_count_is_batched_and_default_timeout_applies() {
 
 #[test]
 fn work_stops_gracefully_on_sigterm() {
-    let sandbox = Sandbox::sqlite();
+    let Some(sandbox) = Sandbox::sqlite() else { return };
     sandbox
         .run(&["queue:dispatch", "GenerateReportJob", "--data", r#"{"simulate":{"work_ms":300}}"#])
         .ok();
@@ -576,6 +598,7 @@ fn work_stops_gracefully_on_sigterm() {
 
 #[test]
 fn unreachable_backends_exit_1() {
+    let Some(_) = Sandbox::sqlite() else { return };
     let sandbox = Sandbox::new();
     // A directory cannot be opened as a SQLite file.
     std::fs::create_dir_all(sandbox.path("dir.db")).unwrap();
@@ -590,30 +613,118 @@ fn unreachable_backends_exit_1() {
         .stderr_has("DATABASE_URL");
 }
 
-/// The Redis URL for tests, or a loud skip.
-fn redis_url_or_skip() -> Option<String> {
-    if let Ok(url) = std::env::var("ORCS_TEST_REDIS_URL") {
-        return Some(url);
+/// A Redis for the tests: `ORCS_TEST_REDIS_URL`, else a `redis-server` from PATH started on a free
+/// loopback port (stopped on drop), else a loud skip.
+struct Redis {
+    url: String,
+    server: Option<std::process::Child>,
+    _dir: Option<Sandbox>,
+}
+
+impl Redis {
+    fn get() -> Option<Self> {
+        if !cfg!(feature = "redis") {
+            return orcs_tests::services::skip(
+                "the redis driver",
+                "built without the `redis` feature",
+            );
+        }
+        if let Ok(url) = std::env::var("ORCS_TEST_REDIS_URL") {
+            return Some(Self { url, server: None, _dir: None });
+        }
+        let dir = Sandbox::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(&dir.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let server = match spawned {
+            Ok(server) => server,
+            Err(e) => {
+                return orcs_tests::services::skip(
+                    "redis",
+                    &format!("set ORCS_TEST_REDIS_URL or put redis-server on PATH ({e})"),
+                );
+            }
+        };
+        let redis = Self {
+            url: format!("redis://127.0.0.1:{port}/"),
+            server: Some(server),
+            _dir: Some(dir),
+        };
+        if wait_for_port(port) {
+            Some(redis)
+        } else {
+            orcs_tests::services::skip(
+                "redis",
+                "the redis-server started for the test did not listen",
+            )
+        }
     }
-    let url = "redis://127.0.0.1:6379/".to_owned();
-    match std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:6379".parse().expect("a valid address"),
-        Duration::from_millis(300),
-    ) {
-        Ok(_) => Some(url),
-        Err(e) => orcs_tests::services::skip("redis", &format!("set ORCS_TEST_REDIS_URL ({e})")),
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.server {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a synchronous test waiting for a child process; no async runtime here"
+)]
+fn wait_for_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 #[test]
 fn round_trip_on_redis() {
-    let Some(url) = redis_url_or_skip() else { return };
-    if !cfg!(feature = "redis") {
-        orcs_tests::services::skip::<()>(
-            "the redis driver",
-            "orcs-cli was built without the redis feature",
-        );
-        return;
-    }
-    let _ = url;
+    let Some(redis) = Redis::get() else { return };
+    round_trip(&Sandbox::redis(&redis.url));
+}
+
+#[test]
+fn demo_runs_on_redis() {
+    let Some(redis) = Redis::get() else { return };
+    let sandbox = Sandbox::redis(&redis.url);
+    sandbox.run(&["demo"]).ok().stdout_has("demo: stats match the dispatched mix");
+}
+
+#[test]
+fn redis_errors_name_the_url() {
+    let Some(_redis) = Redis::get() else { return };
+    let sandbox = Sandbox::new();
+    sandbox
+        .run(&["--driver", "redis", "--url", "http://127.0.0.1:1/", "queue:stats"])
+        .code(2)
+        .stderr_has("REDIS_URL");
+    // Nothing listens on port 1.
+    sandbox
+        .run(&["--driver", "redis", "--url", "redis://127.0.0.1:1/", "queue:stats"])
+        .code(1)
+        .stderr_has("redis driver at redis://127.0.0.1:1/");
 }
