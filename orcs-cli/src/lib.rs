@@ -57,6 +57,36 @@
 //! # }
 //! ```
 //!
+//! # Configuration
+//!
+//! Strongest first: flags (`--driver`, `--url`, and the `queue:work` options), then the
+//! environment (`QUEUE_DRIVER`, `QUEUE_DEFAULT`, `QUEUE_WORKER_QUEUES`, `QUEUE_WORKER_SLEEP`,
+//! `QUEUE_WORKER_MAX_JOBS`, `REDIS_URL`, `REDIS_PREFIX`, `DATABASE_URL`; a `.env` file in the
+//! working directory is read first and never overrides the real environment), then the config
+//! file (`--config FILE`, else `config/queue.toml` if it exists), then the defaults. The file is
+//! the TOML twin of the seed's `config/queue.js`:
+//!
+//! ```toml
+//! driver = "redis"            # memory (default), redis or database
+//! default = "default"         # the queue of jobs that name none
+//!
+//! [redis]
+//! url = "redis://127.0.0.1:6379"
+//!
+//! [database]
+//! url = "sqlite://storage/queue.db"
+//!
+//! [worker]
+//! queues = ["high", "default", "low"]
+//! sleep = 3                   # seconds
+//! max_jobs = 1000
+//! concurrency = 8
+//! timeout = 60                # seconds, for jobs without their own TIMEOUT
+//! ```
+//!
+//! `REDIS_PREFIX` (default `orcs`) separates several applications on one Redis; it has no
+//! config-file key yet.
+//!
 //! # Exit codes
 //! 0 when a command ends normally (a worker stopped by SIGINT or SIGTERM included), 1 for a
 //! runtime error (the backend is unreachable, a clear was refused, an id is unknown), 2 for a
