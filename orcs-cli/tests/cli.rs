@@ -728,3 +728,50 @@ fn redis_errors_name_the_url() {
         .code(1)
         .stderr_has("redis driver at redis://127.0.0.1:1/");
 }
+
+#[test]
+fn clear_asks_on_a_terminal() {
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    // `script` (util-linux) gives the command a pseudo-terminal and forwards our stdin to it.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPING clear_asks_on_a_terminal: `script` is not on PATH");
+        return;
+    }
+    let ask = |answer: &str| {
+        let line = std::iter::once(env!("CARGO_BIN_EXE_orcs"))
+            .chain(sandbox.global.iter().map(String::as_str))
+            .chain(["queue:clear", "reports"])
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = Command::new("script");
+        for var in QUEUE_VARS {
+            child.env_remove(var);
+        }
+        child
+            .args(["-qec", &line, "/dev/null"])
+            .current_dir(&sandbox.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = child.spawn().expect("script runs");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), answer.as_bytes()).unwrap();
+        Run::new(&["queue:clear (terminal)"], child.wait_with_output().unwrap())
+    };
+    sandbox.run(&["queue:dispatch", "GenerateReportJob", "--count", "2"]).ok();
+    ask("n\n").code(1).stdout_has("[y/N]").stdout_has("not cleared");
+    assert_eq!(sandbox.json(&["queue:stats", "reports", "--json"])["pending"], 2);
+    ask("y\n").ok().stdout_has("cleared 2 jobs from queue reports");
+    assert_eq!(sandbox.json(&["queue:stats", "reports", "--json"])["pending"], 0);
+}
+
+#[test]
+fn work_stops_after_max_time() {
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    let started = Instant::now();
+    sandbox
+        .run(&["queue:work", "--max-time", "0.3", "--sleep", "0.05"])
+        .ok()
+        .stdout_has("driver database, queues default, concurrency 1")
+        .stdout_has("orcs worker stopped: 0 done");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
