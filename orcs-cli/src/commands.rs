@@ -66,7 +66,10 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
         match config.driver {
             DriverKind::Redis => config.redis_url = Some(url),
             DriverKind::Database => config.database_url = Some(url),
-            _ => tracing::warn!("--url is ignored by the {} driver", config.driver),
+            _ => eprintln!(
+                "warning: --url is ignored: the {} driver has no URL; pass --driver redis or --driver database with it",
+                config.driver
+            ),
         }
     }
     let ctx = Ctx { app, config, driver_flag: cli.driver };

@@ -190,11 +190,13 @@ pub(crate) async fn run(config: &Config, driver: Option<DriverKind>) -> Result<(
         config.driver
     );
 
-    let bar = if std::io::stdout().is_terminal() {
-        ProgressBar::new(total)
+    // The bar shares stdout with the demo's other lines, and only a terminal gets it.
+    let target = if std::io::stdout().is_terminal() {
+        ProgressDrawTarget::stdout()
     } else {
-        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        ProgressDrawTarget::hidden()
     };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} settled  {msg}")
             .expect("the template is valid")

@@ -1,0 +1,312 @@
+//! `orcs bench`: the benchmark workload of SPEC section 7 on any driver, printing the same JSON keys
+//! as the peer harnesses (BullMQ, apalis) so that one table can hold all three.
+//!
+//! Phases, each timed on its own: (a) enqueue one by one with 64 in flight, (b) enqueue in batches
+//! of 1,000, (c) drain N queued jobs at concurrency 64, (d) latency from dispatch to handler start
+//! at a steady 1,000 jobs/s, and (e) drain 50,000 jobs with a large backlog queued behind them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use orcs_core::{Job, JobContext, JobError, Queue, Registry, Worker};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// The benchmark's queue.
+pub const QUEUE: &str = "bench";
+const INFLIGHT: usize = 64;
+const BULK_CHUNK: usize = 1000;
+const CONCURRENCY: usize = 64;
+const LATENCY_N: usize = 5000;
+const LATENCY_RATE: u64 = 1000;
+const BACKLOG_DRAIN_N: u64 = 50_000;
+
+/// Which phases to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// (a) enqueue one by one, 64 in flight.
+    Single,
+    /// (b) enqueue in batches of 1,000.
+    Bulk,
+    /// (c) drain N queued jobs at concurrency 64.
+    Drain,
+    /// (d) latency at a steady 1,000 jobs/s.
+    Latency,
+    /// (e) drain 50,000 jobs with a backlog of `--backlog` queued.
+    Backlog,
+    /// Enqueue N jobs in batches and leave them queued (to measure the backend's memory per job).
+    Fill,
+}
+
+/// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"x"*60}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BenchJob {
+    i: u64,
+    t: f64,
+    pad: String,
+}
+
+impl BenchJob {
+    fn new(i: u64) -> Self {
+        Self { i, t: epoch_ms(), pad: "x".repeat(60) }
+    }
+}
+
+/// Where handlers report to the running phase (jobs are decoded inside the worker, so they cannot
+/// hold a reference to it).
+#[derive(Debug, Default)]
+struct Recorder {
+    done: AtomicU64,
+    target: AtomicU64,
+    latencies: Mutex<Vec<f64>>,
+    record_latency: std::sync::atomic::AtomicBool,
+    finished: Notify,
+}
+
+static RECORDER: LazyLock<Recorder> = LazyLock::new(Recorder::default);
+
+impl Recorder {
+    fn reset(&self, target: u64, record_latency: bool) {
+        self.done.store(0, Ordering::SeqCst);
+        self.target.store(target, Ordering::SeqCst);
+        self.latencies.lock().expect("latency lock").clear();
+        self.record_latency.store(record_latency, Ordering::SeqCst);
+    }
+}
+
+impl Job for BenchJob {
+    const NAME: &'static str = "BenchJob";
+    const QUEUE: &'static str = QUEUE;
+    const MAX_RETRIES: u32 = 0;
+
+    async fn handle(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        let recorder = &*RECORDER;
+        if recorder.record_latency.load(Ordering::Relaxed) {
+            let latency = epoch_ms() - self.t;
+            recorder.latencies.lock().expect("latency lock").push(latency);
+        }
+        Ok(())
+    }
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0
+}
+
+/// The benchmark's worker; it counts completed jobs (after the driver recorded them, as the
+/// peers count their `completed` events) and wakes the phase at its target.
+fn worker(queue: &Queue, sleep: Duration) -> Worker {
+    Worker::new(queue.clone(), Registry::new().register::<BenchJob>())
+        .queues([QUEUE])
+        .concurrency(CONCURRENCY)
+        .sleep(sleep)
+        .on_event(|event| {
+            if event.outcome == orcs_core::Outcome::Done {
+                let recorder = &*RECORDER;
+                let done = recorder.done.fetch_add(1, Ordering::Relaxed) + 1;
+                if done == recorder.target.load(Ordering::Relaxed) {
+                    recorder.finished.notify_one();
+                }
+            }
+        })
+}
+
+async fn bulk_enqueue(queue: &Queue, n: u64) -> anyhow::Result<()> {
+    let mut start = 0;
+    while start < n {
+        let end = (start + BULK_CHUNK as u64).min(n);
+        queue.dispatch_many((start..end).map(BenchJob::new)).await.context("bulk enqueue")?;
+        start = end;
+    }
+    Ok(())
+}
+
+async fn check_pending(queue: &Queue, expected: u64, phase: &str) -> anyhow::Result<()> {
+    let stats = queue.stats(QUEUE).await?;
+    if stats.pending != expected {
+        bail!("{phase}: expected {expected} pending jobs, found {}", stats.pending);
+    }
+    Ok(())
+}
+
+async fn phase_single(queue: &Queue, n: u64) -> anyhow::Result<f64> {
+    queue.clear(QUEUE).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..INFLIGHT {
+        let (queue, next) = (queue.clone(), Arc::clone(&next));
+        lanes.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, orcs_core::Error>(());
+                }
+                queue.dispatch(BenchJob::new(i)).await?;
+            }
+        });
+    }
+    while let Some(lane) = lanes.join_next().await {
+        lane.context("an enqueue lane panicked")??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    check_pending(queue, n, "single").await?;
+    queue.clear(QUEUE).await?;
+    Ok(secs)
+}
+
+async fn phase_bulk(queue: &Queue, n: u64) -> anyhow::Result<f64> {
+    queue.clear(QUEUE).await?;
+    let started = Instant::now();
+    bulk_enqueue(queue, n).await?;
+    let secs = started.elapsed().as_secs_f64();
+    check_pending(queue, n, "bulk").await?;
+    queue.clear(QUEUE).await?;
+    Ok(secs)
+}
+
+/// Drains `n` jobs with `backlog` queued in all; times from worker start to the n-th completion.
+async fn phase_drain(queue: &Queue, n: u64, backlog: u64) -> anyhow::Result<f64> {
+    queue.clear(QUEUE).await?;
+    bulk_enqueue(queue, backlog).await?;
+    RECORDER.reset(n, false);
+    let finished = RECORDER.finished.notified();
+    let mut finished = std::pin::pin!(finished);
+    finished.as_mut().enable();
+    let started = Instant::now();
+    let handle = worker(queue, Duration::from_secs(1)).spawn();
+    let limit = Duration::from_secs(120.max(n / 500));
+    let outcome = tokio::time::timeout(limit, finished).await;
+    let secs = started.elapsed().as_secs_f64();
+    handle.shutdown().await?;
+    if outcome.is_err() {
+        bail!("drain: only {} of {n} jobs ran within {limit:?}", RECORDER.done.load(Ordering::SeqCst));
+    }
+    queue.clear(QUEUE).await?;
+    Ok(secs)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    // Nearest rank, as the peer harnesses compute it.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+async fn phase_latency(queue: &Queue) -> anyhow::Result<Value> {
+    queue.clear(QUEUE).await?;
+    RECORDER.reset(LATENCY_N as u64, true);
+    let finished = RECORDER.finished.notified();
+    let mut finished = std::pin::pin!(finished);
+    finished.as_mut().enable();
+    let handle = worker(queue, Duration::from_secs(5)).spawn();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut adds = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    while sent.load(Ordering::Relaxed) < LATENCY_N {
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let due = ((elapsed_ms * LATENCY_RATE as f64 / 1000.0) as usize + 1).min(LATENCY_N);
+        while sent.load(Ordering::Relaxed) < due {
+            let i = sent.fetch_add(1, Ordering::Relaxed) as u64;
+            let queue = queue.clone();
+            adds.spawn(async move { queue.dispatch(BenchJob::new(i)).await });
+        }
+        if due < LATENCY_N {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    while let Some(add) = adds.join_next().await {
+        add.context("a dispatch task panicked")??;
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(60), finished).await;
+    handle.shutdown().await?;
+    if outcome.is_err() {
+        bail!("latency: only {} of {LATENCY_N} jobs ran", RECORDER.done.load(Ordering::SeqCst));
+    }
+    let mut lat = RECORDER.latencies.lock().expect("latency lock").clone();
+    lat.sort_by(f64::total_cmp);
+    let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+    Ok(json!({
+        "latency_n": LATENCY_N,
+        "latency_rate": LATENCY_RATE,
+        "latency_p50_ms": r3(percentile(&lat, 50.0)),
+        "latency_p90_ms": r3(percentile(&lat, 90.0)),
+        "latency_p99_ms": r3(percentile(&lat, 99.0)),
+        "latency_max_ms": r3(lat[lat.len() - 1]),
+        "latency_mean_ms": r3(mean),
+        "latency_rate_achieved": r3(LATENCY_N as f64 / send_secs),
+    }))
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn secs_and_rate(out: &mut serde_json::Map<String, Value>, key: &str, n: u64, secs: f64) {
+    out.insert(format!("{key}_secs"), json!(r3(secs)));
+    out.insert(format!("{key}_jps"), json!((n as f64 / secs).round() as u64));
+}
+
+/// Runs the phases on `queue` and returns one JSON object with the peers' keys. A failed phase
+/// leaves `<phase>_error` instead of its figures.
+pub async fn run(queue: &Queue, driver: &str, n: u64, backlog: u64, phases: &[Phase]) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("impl".into(), json!("orcs"));
+    out.insert("impl_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    out.insert("driver".into(), json!(driver));
+    out.insert("runtime".into(), json!("tokio"));
+    out.insert("n".into(), json!(n));
+    out.insert("payload_bytes".into(), json!(serde_json::to_string(&BenchJob::new(n - 1)).map_or(0, |s| s.len())));
+    out.insert("inflight".into(), json!(INFLIGHT));
+    out.insert("bulk_chunk".into(), json!(BULK_CHUNK));
+    out.insert("concurrency".into(), json!(CONCURRENCY));
+    for phase in phases {
+        let result = match phase {
+            Phase::Single => phase_single(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_single", n, s)),
+            Phase::Bulk => phase_bulk(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_bulk", n, s)),
+            Phase::Drain => phase_drain(queue, n, n).await.map(|s| secs_and_rate(&mut out, "drain", n, s)),
+            Phase::Latency => phase_latency(queue).await.map(|fields| {
+                if let Value::Object(fields) = fields {
+                    out.extend(fields);
+                }
+            }),
+            Phase::Backlog => phase_drain(queue, BACKLOG_DRAIN_N, backlog).await.map(|s| {
+                out.insert("backlog".into(), json!(backlog));
+                secs_and_rate(&mut out, "drain_backlog", BACKLOG_DRAIN_N, s);
+            }),
+            Phase::Fill => async {
+                queue.clear(QUEUE).await?;
+                bulk_enqueue(queue, n).await?;
+                check_pending(queue, n, "fill").await
+            }
+            .await,
+        };
+        let name = match phase {
+            Phase::Single => "enqueue_single",
+            Phase::Bulk => "enqueue_bulk",
+            Phase::Drain => "drain",
+            Phase::Latency => "latency",
+            Phase::Backlog => "drain_backlog",
+            Phase::Fill => "fill",
+        };
+        match result {
+            Ok(()) => eprintln!("[orcs] {name}: done"),
+            Err(e) => {
+                eprintln!("[orcs] {name} FAILED: {e:#}");
+                out.insert(format!("{name}_error"), json!(format!("{e:#}")));
+            }
+        }
+    }
+    if phases.contains(&Phase::Fill) {
+        return Value::Object(out);
+    }
+    if let Err(e) = queue.clear(QUEUE).await {
+        eprintln!("[orcs] could not clear the bench queue: {e}");
+    }
+    Value::Object(out)
+}
