@@ -775,3 +775,58 @@ fn work_stops_after_max_time() {
         .stdout_has("orcs worker stopped: 0 done");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// A schema of its own on the test PostgreSQL (made and dropped with `psql`), so the round trip
+/// can share the server with other tests.
+struct PgSchema {
+    url: String,
+    schema: String,
+}
+
+impl PgSchema {
+    fn get() -> Option<Self> {
+        if !cfg!(feature = "database") {
+            return orcs_tests::services::skip(
+                "the database driver",
+                "built without the `database` feature",
+            );
+        }
+        let url = orcs_tests::services::postgres::database_url_or_skip()?;
+        let schema = orcs_tests::services::unique_name("orcs_test");
+        match psql(&url, &format!("CREATE SCHEMA \"{schema}\"")) {
+            Ok(()) => Some(Self { url, schema }),
+            Err(why) => orcs_tests::services::skip("PostgreSQL", &why),
+        }
+    }
+
+    fn sandbox(&self) -> Sandbox {
+        let mut sandbox = Sandbox::new();
+        let url = orcs_tests::services::postgres::with_search_path(&self.url, &self.schema);
+        sandbox.global = vec!["--driver".into(), "database".into(), "--url".into(), url];
+        sandbox
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = psql(&self.url, &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let output = Command::new("psql")
+        .args([url, "-qtAc", sql])
+        .output()
+        .map_err(|e| format!("psql is not on PATH ({e})"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("psql failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+#[test]
+fn round_trip_on_postgres() {
+    let Some(pg) = PgSchema::get() else { return };
+    round_trip(&pg.sandbox());
+}
