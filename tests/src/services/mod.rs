@@ -5,6 +5,7 @@
 //! skipping.
 
 pub mod postgres;
+pub mod redis;
 
 /// True when missing services must fail the tests (`ORCS_TEST_REQUIRE_SERVICES=1`).
 pub fn services_required() -> bool {

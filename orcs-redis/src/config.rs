@@ -1,0 +1,302 @@
+//! `RedisConfig`: where Redis is and how the driver uses it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use orcs_core::{Error, Result};
+use redis::IntoConnectionInfo;
+
+/// The environment variable (and configuration key) that holds the URL; named in every error.
+const URL_KEY: &str = "REDIS_URL";
+
+const ACCEPTED: &str = "use redis://[user:password@]host[:port][/db], or \
+     redis+cluster://[user:password@]host:port,host:port,... for a Redis Cluster";
+
+/// How to reach Redis and how to lay out the queues in it.
+///
+/// Built from a URL ([`RedisConfig::from_url`], also [`FromStr`]) and adjusted with the `with_*`
+/// setters. `Debug` shows the URL with its password replaced by `***`.
+#[non_exhaustive]
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// One `redis://` URL per node: one for a single server, the seed nodes for a cluster.
+    nodes: Vec<String>,
+    cluster: bool,
+    prefix: String,
+    pool_size: usize,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    /// `redis://127.0.0.1:6379`, prefix `orcs`.
+    fn default() -> Self {
+        Self {
+            nodes: vec!["redis://127.0.0.1:6379".to_owned()],
+            cluster: false,
+            prefix: "orcs".to_owned(),
+            pool_size: 16,
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Parses a connection URL.
+    ///
+    /// Accepted: `redis://[user:password@]host[:port][/db]` (a single server; ACL user and
+    /// password, database number), `redis+unix:///path/to/socket` and
+    /// `redis+cluster://[user:password@]host:port,host:port,...` (a Redis Cluster, given by one or
+    /// more seed nodes; no database number, a cluster has only database 0).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `REDIS_URL` and what is accepted; the message never contains the
+    /// password. `rediss://` (TLS) is refused: this build has no TLS stack.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let invalid =
+            |why: &str| Error::config(URL_KEY, format!("{} {why}; {ACCEPTED}", redact(url)));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("has no scheme"))?;
+        let mut config = Self::default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "redis" | "redis+unix" | "unix" => {
+                check_node(url).map_err(&invalid)?;
+                config.nodes = vec![url.to_owned()];
+            }
+            "redis+cluster" => {
+                let (userinfo, hosts) = match rest.rsplit_once('@') {
+                    Some((userinfo, hosts)) => (Some(userinfo), hosts),
+                    None => (None, rest),
+                };
+                let hosts = hosts.trim_end_matches('/');
+                if hosts.contains('/') {
+                    return Err(invalid(
+                        "names a database or path, which a Redis Cluster does not have",
+                    ));
+                }
+                let mut nodes = Vec::new();
+                for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                    let node = match userinfo {
+                        Some(userinfo) => format!("redis://{userinfo}@{host}"),
+                        None => format!("redis://{host}"),
+                    };
+                    check_node(&node).map_err(&invalid)?;
+                    nodes.push(node);
+                }
+                if nodes.is_empty() {
+                    return Err(invalid("names no node"));
+                }
+                config.nodes = nodes;
+                config.cluster = true;
+            }
+            "rediss" | "rediss+cluster" => {
+                return Err(Error::config(
+                    URL_KEY,
+                    format!(
+                        "{} asks for TLS (rediss://), which this build of orcs-redis does not \
+                         support; connect through a TLS tunnel (e.g. stunnel) with redis://, \
+                         or {ACCEPTED}",
+                        redact(url)
+                    ),
+                ));
+            }
+            _ => return Err(invalid("has an unknown scheme")),
+        }
+        Ok(config)
+    }
+
+    /// Sets the key prefix (default `orcs`): every key lives under the hash tag `{prefix:queue}`.
+    ///
+    /// The prefix may not contain `{` or `}`, which would break the hash tags; such characters
+    /// are replaced by `_`.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().replace(['{', '}'], "_");
+        self
+    }
+
+    /// Sets the most command connections kept open (default 16). Each one is multiplexed, so a
+    /// few carry many concurrent calls.
+    #[must_use]
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Sets how long a command may take before it fails as a transient backend error (default
+    /// 5 s). Blocking waits use their own dedicated connections without this limit.
+    #[must_use]
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets how long connecting may take (default 2 s).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// True for a Redis Cluster (`redis+cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The most command connections kept open.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    pub(crate) fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The URL as given, with the password replaced by `***` (for logs and errors).
+    pub fn redacted_url(&self) -> String {
+        if self.cluster {
+            let hosts: Vec<&str> = self
+                .nodes
+                .iter()
+                .map(|n| n.rsplit_once('@').map_or(&n["redis://".len()..], |(_, host)| host))
+                .collect();
+            let userinfo = self.nodes[0]
+                .strip_prefix("redis://")
+                .and_then(|rest| rest.rsplit_once('@'))
+                .map(|(userinfo, _)| format!("{}@", redact_userinfo(userinfo)))
+                .unwrap_or_default();
+            format!("redis+cluster://{userinfo}{}", hosts.join(","))
+        } else {
+            redact(&self.nodes[0])
+        }
+    }
+}
+
+impl FromStr for RedisConfig {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        Self::from_url(url)
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Checks one node URL with redis-rs's own parser; the reason never repeats the URL (it may
+/// hold a password).
+fn check_node(url: &str) -> std::result::Result<(), &'static str> {
+    match url.into_connection_info() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("is not a valid Redis URL"),
+    }
+}
+
+/// `url` with the password (or a bare userinfo, which may be one) replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Without a scheme there is no telling where a password would be: show nothing of it.
+        return "the URL".to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            format!("{scheme}://{}@{host}{path}", redact_userinfo(userinfo))
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn redact_userinfo(userinfo: &str) -> String {
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(url: &str) -> String {
+        match RedisConfig::from_url(url) {
+            Err(e @ Error::Config { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("REDIS_URL"), "{text}");
+                assert!(!text.contains("hunter2"), "the password leaked: {text}");
+                text
+            }
+            other => panic!("expected a configuration error for {url}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_single_server_urls() {
+        let config = RedisConfig::from_url("redis://app:hunter2@10.0.0.5:6380/3").expect("valid");
+        assert!(!config.is_cluster());
+        assert_eq!(config.nodes(), ["redis://app:hunter2@10.0.0.5:6380/3"]);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redis://app:***@10.0.0.5:6380/3"), "{debug}");
+        assert_eq!(RedisConfig::default().redacted_url(), "redis://127.0.0.1:6379");
+        let parsed: RedisConfig = "redis://localhost".parse().expect("valid");
+        assert_eq!(parsed.prefix(), "orcs");
+    }
+
+    #[test]
+    fn parses_cluster_urls() {
+        let config =
+            RedisConfig::from_url("redis+cluster://:hunter2@127.0.0.1:7000,127.0.0.1:7001")
+                .expect("valid");
+        assert!(config.is_cluster());
+        assert_eq!(
+            config.nodes(),
+            ["redis://:hunter2@127.0.0.1:7000", "redis://:hunter2@127.0.0.1:7001"]
+        );
+        assert_eq!(config.redacted_url(), "redis+cluster://:***@127.0.0.1:7000,127.0.0.1:7001");
+        config_error("redis+cluster://:hunter2@127.0.0.1:7000/2");
+        config_error("redis+cluster://");
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_showing_the_password() {
+        let text = config_error("rediss://u:hunter2@host:6380");
+        assert!(text.contains("TLS"), "{text}");
+        let text = config_error("http://u:hunter2@host");
+        assert!(text.contains("redis://") && text.contains("redis+cluster://"), "{text}");
+        config_error("redis://u:hunter2@host:notaport");
+        config_error("hunter2");
+        config_error("redis://hunter2@host:99999999");
+    }
+
+    #[test]
+    fn setters_adjust_the_config() {
+        let config = RedisConfig::default().with_prefix("a{b}").with_pool_size(0);
+        assert_eq!((config.prefix(), config.pool_size()), ("a_b_", 1));
+    }
+}
