@@ -319,40 +319,38 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
     }
 
     let queue = ctx.queue().await?;
+    // Only --json prints every id; otherwise keep the first and last, so a large --count stays small.
     let mut ids = Vec::new();
+    let (mut first, mut last) = (String::new(), String::new());
     let mut target = String::new();
-    let mut left = args.count;
-    while left > 0 {
-        let batch = left.min(DISPATCH_BATCH);
+    let mut stored: u64 = 0;
+    while stored < args.count {
+        let batch = (args.count - stored).min(DISPATCH_BATCH);
         let records = (0..batch)
             .map(|_| queue.untyped_record(&args.job, payload.clone(), defaults, &options))
             .collect::<orcs_core::Result<Vec<_>>>()?;
-        if let Some(first) = records.first() {
-            target.clone_from(&first.queue);
+        if let (Some(head), Some(tail)) = (records.first(), records.last()) {
+            target.clone_from(&head.queue);
+            if stored == 0 {
+                first.clone_from(&head.id);
+            }
+            last.clone_from(&tail.id);
         }
-        ids.extend(records.iter().map(|r| r.id.clone()));
+        if args.json {
+            ids.extend(records.iter().map(|r| r.id.clone()));
+        }
         queue.dispatch_records(records).await.with_context(|| {
-            format!(
-                "dispatching failed after {} of {} jobs were stored",
-                ids.len() - batch as usize,
-                args.count
-            )
+            format!("dispatching failed after {stored} of {} jobs were stored", args.count)
         })?;
-        left -= batch;
+        stored += batch;
     }
 
     if args.json {
         println!("{}", json!({ "job": args.job, "queue": target, "ids": ids }));
-    } else if let [id] = ids.as_slice() {
-        println!("dispatched {} {id} to queue {target}", args.job);
+    } else if stored == 1 {
+        println!("dispatched {} {first} to queue {target}", args.job);
     } else {
-        println!(
-            "dispatched {} {} jobs to queue {target} (ids {} to {})",
-            ids.len(),
-            args.job,
-            ids.first().map_or("", String::as_str),
-            ids.last().map_or("", String::as_str)
-        );
+        println!("dispatched {stored} {} jobs to queue {target} (ids {first} to {last})", args.job);
     }
     Ok(())
 }
