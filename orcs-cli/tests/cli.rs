@@ -613,110 +613,42 @@ fn unreachable_backends_exit_1() {
         .stderr_has("DATABASE_URL");
 }
 
-/// A Redis for the tests: `ORCS_TEST_REDIS_URL`, else a `redis-server` from PATH started on a free
-/// loopback port (stopped on drop), else a loud skip.
-struct Redis {
-    url: String,
-    server: Option<std::process::Child>,
-    _dir: Option<Sandbox>,
-}
-
-impl Redis {
-    fn get() -> Option<Self> {
-        if !cfg!(feature = "redis") {
-            return orcs_tests::services::skip(
-                "the redis driver",
-                "built without the `redis` feature",
-            );
-        }
-        if let Ok(url) = std::env::var("ORCS_TEST_REDIS_URL") {
-            return Some(Self { url, server: None, _dir: None });
-        }
-        let dir = Sandbox::new();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(&dir.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let server = match spawned {
-            Ok(server) => server,
-            Err(e) => {
-                return orcs_tests::services::skip(
-                    "redis",
-                    &format!("set ORCS_TEST_REDIS_URL or put redis-server on PATH ({e})"),
-                );
-            }
-        };
-        let redis = Self {
-            url: format!("redis://127.0.0.1:{port}/"),
-            server: Some(server),
-            _dir: Some(dir),
-        };
-        if wait_for_port(port) {
-            Some(redis)
-        } else {
-            orcs_tests::services::skip(
-                "redis",
-                "the redis-server started for the test did not listen",
-            )
-        }
+/// The test Redis (`ORCS_TEST_REDIS_URL`, else a `redis-server` started for this test process),
+/// or a loud skip.
+fn redis_url() -> Option<String> {
+    if !cfg!(feature = "redis") {
+        return orcs_tests::services::skip("the redis driver", "built without the `redis` feature");
     }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(server) = &mut self.server {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-}
-
-#[expect(
-    clippy::disallowed_methods,
-    reason = "a synchronous test waiting for a child process; no async runtime here"
-)]
-fn wait_for_port(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    orcs_tests::services::redis::redis_url_or_skip()
 }
 
 #[test]
 fn round_trip_on_redis() {
-    let Some(redis) = Redis::get() else { return };
-    round_trip(&Sandbox::redis(&redis.url));
+    let Some(url) = redis_url() else { return };
+    round_trip(&Sandbox::redis(&url));
 }
 
 #[test]
 fn demo_runs_on_redis() {
-    let Some(redis) = Redis::get() else { return };
-    let sandbox = Sandbox::redis(&redis.url);
+    let Some(url) = redis_url() else { return };
+    let sandbox = Sandbox::redis(&url);
+    sandbox.run(&["demo"]).ok().stdout_has("demo: stats match the dispatched mix");
+}
+
+#[test]
+fn demo_runs_on_a_redis_cluster() {
+    if !cfg!(feature = "redis") {
+        orcs_tests::services::skip::<()>("the redis driver", "built without the `redis` feature");
+        return;
+    }
+    let Some(url) = orcs_tests::services::redis::redis_cluster_url_or_skip() else { return };
+    let sandbox = Sandbox::redis(&url);
     sandbox.run(&["demo"]).ok().stdout_has("demo: stats match the dispatched mix");
 }
 
 #[test]
 fn redis_errors_name_the_url() {
-    let Some(_redis) = Redis::get() else { return };
+    let Some(_) = redis_url() else { return };
     let sandbox = Sandbox::new();
     sandbox
         .run(&["--driver", "redis", "--url", "http://127.0.0.1:1/", "queue:stats"])
