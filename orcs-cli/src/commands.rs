@@ -87,7 +87,13 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
             Command::Retry(args) => retry(&ctx, args).await,
             Command::Forget(args) => forget(&ctx, args).await,
             Command::Flush => flush(&ctx).await,
-            Command::Demo => crate::demo::run(&ctx.config, ctx.driver_flag).await,
+            Command::Demo => {
+                // The demo runs the example jobs even in an application's own binary.
+                if !app.quiet_simulated_panics {
+                    crate::examples::quiet_simulated_panics();
+                }
+                crate::demo::run(&ctx.config, ctx.driver_flag).await
+            }
         }
     })
 }
