@@ -36,7 +36,7 @@ impl Default for RedisConfig {
             nodes: vec!["redis://127.0.0.1:6379".to_owned()],
             cluster: false,
             prefix: "orcs".to_owned(),
-            pool_size: 16,
+            pool_size: 4,
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
         }
@@ -117,7 +117,7 @@ impl RedisConfig {
         self
     }
 
-    /// Sets the most command connections kept open (default 16). Each one is multiplexed, so a
+    /// Sets how many command connections are kept open (default 4). Each one is multiplexed, so a
     /// few carry many concurrent calls.
     #[must_use]
     pub fn with_pool_size(mut self, size: usize) -> Self {

@@ -1,6 +1,8 @@
 //! Connections: a deadpool pool of multiplexed connections for commands and scripts, and
 //! dedicated connections for blocking waits.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Runtime, cluster};
@@ -8,12 +10,17 @@ use orcs_core::{Error, Result};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::config::RedisConfig;
 
 /// The name every backend error carries.
 pub(crate) const DRIVER: &str = "redis";
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded data (a cache, idle connections) stays valid after a panic elsewhere.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 pub(crate) fn backend(e: impl Into<orcs_core::BoxError>) -> Error {
     Error::backend(DRIVER, e)
@@ -27,17 +34,30 @@ pub(crate) const BLOCKING_SLACK: Duration = Duration::from_secs(5);
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Where commands go: one server or a cluster.
-pub(crate) enum Backend {
+///
+/// Commands go over a few multiplexed connections shared by every task: deadpool-redis opens
+/// them (with its timeouts), and the driver keeps them instead of checking one out per call,
+/// because each checkout costs a PING round trip. A connection that fails with an I/O error is
+/// dropped from its slot, and the next call opens a new one through the pool.
+pub(crate) struct Backend {
+    kind: Kind,
+    slots: Vec<Mutex<Option<Conn>>>,
+    next: AtomicUsize,
+    /// Bumped whenever a connection is found broken; older blocking connections are discarded.
+    generation: AtomicU64,
+}
+
+enum Kind {
     Single { pool: deadpool_redis::Pool, client: redis::Client },
     Cluster { pool: cluster::Pool, client: Box<ClusterClient> },
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single { .. } => "Backend::Single",
-            Self::Cluster { .. } => "Backend::Cluster",
-        })
+        f.debug_struct("Backend")
+            .field("cluster", &self.is_cluster())
+            .field("connections", &self.slots.len())
+            .finish()
     }
 }
 
@@ -69,7 +89,7 @@ impl Backend {
                 .response_timeout(MAX_WAIT + BLOCKING_SLACK)
                 .build()
                 .map_err(|e| config_error(&e))?;
-            Ok(Self::Cluster { pool, client: Box::new(client) })
+            Ok(Self::with(config, Kind::Cluster { pool, client: Box::new(client) }))
         } else {
             let url = nodes[0].as_str();
             let commands = AsyncConnectionConfig::new()
@@ -85,27 +105,74 @@ impl Backend {
                 .build()
                 .map_err(|e| config_error(&e))?;
             let client = redis::Client::open(url).map_err(|e| config_error(&e))?;
-            Ok(Self::Single { pool, client })
+            Ok(Self::with(config, Kind::Single { pool, client }))
         }
+    }
+
+    fn with(config: &RedisConfig, kind: Kind) -> Self {
+        let slots = (0..config.pool_size()).map(|_| Mutex::new(None)).collect();
+        Self { kind, slots, next: AtomicUsize::new(0), generation: AtomicU64::new(0) }
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster { .. })
+        matches!(self.kind, Kind::Cluster { .. })
     }
 
-    /// A command connection from the pool (a dropped one is replaced by deadpool).
+    /// A shared command connection (round robin over the slots), opened if its slot is empty.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        match self {
-            Self::Single { pool, .. } => pool.get().await.map(Conn::Single).map_err(backend),
-            Self::Cluster { pool, .. } => pool.get().await.map(Conn::Cluster).map_err(backend),
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Some(conn) = lock(&self.slots[slot]).as_ref() {
+            return Ok(conn.clone());
         }
+        let conn = match &self.kind {
+            Kind::Single { pool, .. } => {
+                pool.get().await.map(|c| Conn::Single(deadpool_redis::Connection::take(c)))
+            }
+            Kind::Cluster { pool, .. } => {
+                pool.get().await.map(|c| Conn::Cluster(cluster::Connection::take(c)))
+            }
+        }
+        .map_err(backend)?;
+        *lock(&self.slots[slot]) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `f` on a shared connection; drops the connection if it broke.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut Conn) -> RedisResult<T>,
+    {
+        let mut conn = self.conn().await?;
+        match f(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                if broken(&e) {
+                    self.reset();
+                }
+                Err(backend(e))
+            }
+        }
+    }
+
+    /// Forgets every connection after one broke: a dropped connection usually means a restart
+    /// or a network cut that broke the others too, and each would otherwise fail one call.
+    pub(crate) fn reset(&self) {
+        for slot in &self.slots {
+            lock(slot).take();
+        }
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current connection generation (see [`Backend::reset`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// A new connection for blocking calls: no response timeout of its own (the caller bounds
     /// every call), so a long BLPOP is not cut off by redis-rs's default 500 ms limit.
     pub(crate) async fn blocking(&self, connect_timeout: Duration) -> Result<Blocking> {
-        match self {
-            Self::Single { client, .. } => {
+        match &self.kind {
+            Kind::Single { client, .. } => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(None);
@@ -115,17 +182,23 @@ impl Backend {
                     .map(Blocking::Single)
                     .map_err(backend)
             }
-            Self::Cluster { client, .. } => {
+            Kind::Cluster { client, .. } => {
                 client.get_async_connection().await.map(Blocking::Cluster).map_err(backend)
             }
         }
     }
 }
 
-/// A pooled command connection of either kind.
+/// True for errors after which the connection cannot be trusted any more.
+pub(crate) fn broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
+}
+
+/// A shared command connection of either kind (clones share one socket).
+#[derive(Clone)]
 pub(crate) enum Conn {
-    Single(deadpool_redis::Connection),
-    Cluster(cluster::Connection),
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Conn {

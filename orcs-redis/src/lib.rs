@@ -18,7 +18,7 @@ use orcs_core::{
 use redis::{FromRedisValue, RedisResult, Value};
 
 pub use crate::config::RedisConfig;
-use crate::conn::{BLOCKING_SLACK, Backend, Blocking, MAX_WAIT, backend};
+use crate::conn::{BLOCKING_SLACK, Backend, Blocking, MAX_WAIT, backend, lock};
 use crate::keys::{QueueKeys, decode, encode, registry};
 use crate::scripts::SCRIPTS;
 
@@ -51,6 +51,7 @@ struct Inner {
 struct Waiter {
     conn: Blocking,
     id: String,
+    generation: u64,
 }
 
 impl std::fmt::Debug for Waiter {
@@ -75,8 +76,11 @@ impl RedisDriver {
                 registered: Mutex::new(HashSet::new()),
             }),
         };
-        let mut conn = driver.inner.backend.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(backend)?;
+        let _: String = driver
+            .inner
+            .backend
+            .run(async |conn| redis::cmd("PING").query_async(conn).await)
+            .await?;
         Ok(driver)
     }
 
@@ -90,13 +94,11 @@ impl RedisDriver {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let mut conn = self.inner.backend.conn().await?;
-        cmd.query_async(&mut conn).await.map_err(backend)
+        self.inner.backend.run(async |conn| cmd.query_async(conn).await).await
     }
 
     async fn invoke<T: FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T> {
-        let mut conn = self.inner.backend.conn().await?;
-        call.invoke_async(&mut conn).await.map_err(backend)
+        self.inner.backend.run(async |conn| call.invoke_async(conn).await).await
     }
 
     /// Adds queues to the registry set once per process.
@@ -215,11 +217,15 @@ impl RedisDriver {
 
     /// Takes an idle blocking connection or opens a new one.
     async fn take_waiter(&self) -> Result<Waiter> {
-        if let Some(waiter) = lock(&self.inner.waiters).pop() {
-            return Ok(waiter);
+        let generation = self.inner.backend.generation();
+        while let Some(waiter) = lock(&self.inner.waiters).pop() {
+            // One from before a connection broke is likely broken too.
+            if waiter.generation == generation {
+                return Ok(waiter);
+            }
         }
         let conn = self.inner.backend.blocking(self.inner.config.connect_timeout()).await?;
-        Ok(Waiter { conn, id: orcs_core::new_job_id().to_ascii_lowercase() })
+        Ok(Waiter { conn, id: orcs_core::new_job_id().to_ascii_lowercase(), generation })
     }
 
     fn put_waiter(&self, waiter: Waiter) {
@@ -524,11 +530,8 @@ impl Driver for RedisDriver {
                     pipe.rpush(wake, 1).ignore().pexpire(wake, 60_000).ignore();
                 }
             }
-            let mut conn = self.inner.backend.conn().await;
-            let pushed = match &mut conn {
-                Ok(conn) => pipe.query_async::<()>(conn).await.map_err(backend),
-                Err(e) => Err(backend(e.to_string())),
-            };
+            let pushed =
+                self.inner.backend.run(async |conn| pipe.query_async::<()>(conn).await).await;
             if let Err(e) = pushed {
                 // Without the wake-up the blocked calls end only at the server timeout: drop
                 // their connections instead (closing them unblocks the server side).
@@ -556,14 +559,16 @@ impl Driver for RedisDriver {
                     }
                     self.put_waiter(waiter);
                 }
-                Err(e) => failure = Some(backend(e)),
+                Err(e) => {
+                    if conn::broken(&e) {
+                        self.inner.backend.reset();
+                    }
+                    failure = Some(backend(e));
+                }
             }
         }
         for key in stale {
-            let _: RedisResult<i64> = match self.inner.backend.conn().await {
-                Ok(mut conn) => redis::cmd("DEL").arg(&key).query_async(&mut conn).await,
-                Err(_) => Ok(0),
-            };
+            let _: Result<i64> = self.query(redis::cmd("DEL").arg(&key)).await;
         }
         failure.map_or(Ok(()), Err)
     }
@@ -641,11 +646,6 @@ impl Driver for RedisDriver {
         }
         Ok(total)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded data (a cache, idle connections) stays valid after a panic elsewhere.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn int(value: &Value) -> Option<i64> {

@@ -152,6 +152,9 @@ fn free_port(with_bus: bool) -> Result<u16, String> {
     Err("no free loopback port found".to_owned())
 }
 
+// Blocking is fine here: this runs once per test process while a case's factory waits for
+// the server anyway.
+#[allow(clippy::disallowed_methods)]
 fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> Result<(), ()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -186,4 +189,14 @@ fn command(port: u16, args: &[&str]) -> Option<String> {
         return Some(String::from_utf8_lossy(&body).into_owned());
     }
     Some(first)
+}
+
+/// Starts a new `redis-server` of its own for one test (e.g. to drop its connections or
+/// restart it without disturbing other tests); `None` after a loud skip. It stops with the
+/// test process.
+pub fn private_server_or_skip() -> Option<String> {
+    match start_single() {
+        Ok(url) => Some(url),
+        Err(why) => super::skip("Redis", &why),
+    }
 }
