@@ -71,7 +71,8 @@ pub use error::{BoxError, Error, Result};
 pub use id::new_job_id;
 pub use job::{Job, JobContext, JobError, JobErrorKind};
 pub use queue::{
-    DEFAULT_QUEUE, DispatchOptions, JobDefaults, MAX_QUEUE_NAME_LEN, Queue, validate_queue_name,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, DispatchOptions, JobDefaults, MAX_QUEUE_NAME_LEN,
+    Queue, validate_queue_name,
 };
 pub use record::{Claim, ClaimRequest, FailedJob, JobRecord, Lease, NewJob, QueueStats, Reserved};
 pub use registry::Registry;
