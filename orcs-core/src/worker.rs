@@ -468,6 +468,11 @@ impl Runner {
                 }
             }
 
+            // Collect every job that finished meanwhile, so that one claim fills all free slots:
+            // under load this turns one claim per job into one claim per batch.
+            while let Some(joined) = tasks.try_join_next() {
+                self.record(joined, &mut summary);
+            }
             let free = options.concurrency.saturating_sub(tasks.len());
             let mut idle_for = None;
             if free > 0 {
