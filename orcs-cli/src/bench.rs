@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 /// The benchmark's queue.
-pub const QUEUE: &str = "bench";
+pub(crate) const QUEUE: &str = "bench";
 const INFLIGHT: usize = 64;
 const BULK_CHUNK: usize = 1000;
 const CONCURRENCY: usize = 64;
@@ -26,7 +26,7 @@ const BACKLOG_DRAIN_N: u64 = 50_000;
 
 /// Which phases to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// (a) enqueue one by one, 64 in flight.
     Single,
     /// (b) enqueue in batches of 1,000.
@@ -43,7 +43,7 @@ pub enum Phase {
 
 /// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"x"*60}`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct BenchJob {
+pub(crate) struct BenchJob {
     i: u64,
     t: f64,
     pad: String,
@@ -78,7 +78,7 @@ impl Recorder {
 }
 
 impl Job for BenchJob {
-    const NAME: &'static str = "BenchJob";
+    const NAME: &'static str = "job";
     const QUEUE: &'static str = QUEUE;
     const MAX_RETRIES: u32 = 0;
 
@@ -93,7 +93,11 @@ impl Job for BenchJob {
 }
 
 fn epoch_ms() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
 }
 
 /// The benchmark's worker; it counts completed jobs (after the driver recorded them, as the
@@ -183,7 +187,10 @@ async fn phase_drain(queue: &Queue, n: u64, backlog: u64) -> anyhow::Result<f64>
     let secs = started.elapsed().as_secs_f64();
     handle.shutdown().await?;
     if outcome.is_err() {
-        bail!("drain: only {} of {n} jobs ran within {limit:?}", RECORDER.done.load(Ordering::SeqCst));
+        bail!(
+            "drain: only {} of {n} jobs ran within {limit:?}",
+            RECORDER.done.load(Ordering::SeqCst)
+        );
     }
     queue.clear(QUEUE).await?;
     Ok(secs)
@@ -254,22 +261,37 @@ fn secs_and_rate(out: &mut serde_json::Map<String, Value>, key: &str, n: u64, se
 
 /// Runs the phases on `queue` and returns one JSON object with the peers' keys. A failed phase
 /// leaves `<phase>_error` instead of its figures.
-pub async fn run(queue: &Queue, driver: &str, n: u64, backlog: u64, phases: &[Phase]) -> Value {
+pub(crate) async fn run(
+    queue: &Queue,
+    driver: &str,
+    n: u64,
+    backlog: u64,
+    phases: &[Phase],
+) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("impl".into(), json!("orcs"));
     out.insert("impl_version".into(), json!(env!("CARGO_PKG_VERSION")));
     out.insert("driver".into(), json!(driver));
     out.insert("runtime".into(), json!("tokio"));
     out.insert("n".into(), json!(n));
-    out.insert("payload_bytes".into(), json!(serde_json::to_string(&BenchJob::new(n - 1)).map_or(0, |s| s.len())));
+    out.insert(
+        "payload_bytes".into(),
+        json!(serde_json::to_string(&BenchJob::new(n - 1)).map_or(0, |s| s.len())),
+    );
     out.insert("inflight".into(), json!(INFLIGHT));
     out.insert("bulk_chunk".into(), json!(BULK_CHUNK));
     out.insert("concurrency".into(), json!(CONCURRENCY));
     for phase in phases {
         let result = match phase {
-            Phase::Single => phase_single(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_single", n, s)),
-            Phase::Bulk => phase_bulk(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_bulk", n, s)),
-            Phase::Drain => phase_drain(queue, n, n).await.map(|s| secs_and_rate(&mut out, "drain", n, s)),
+            Phase::Single => phase_single(queue, n)
+                .await
+                .map(|s| secs_and_rate(&mut out, "enqueue_single", n, s)),
+            Phase::Bulk => {
+                phase_bulk(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_bulk", n, s))
+            }
+            Phase::Drain => {
+                phase_drain(queue, n, n).await.map(|s| secs_and_rate(&mut out, "drain", n, s))
+            }
             Phase::Latency => phase_latency(queue).await.map(|fields| {
                 if let Value::Object(fields) = fields {
                     out.extend(fields);
@@ -279,12 +301,14 @@ pub async fn run(queue: &Queue, driver: &str, n: u64, backlog: u64, phases: &[Ph
                 out.insert("backlog".into(), json!(backlog));
                 secs_and_rate(&mut out, "drain_backlog", BACKLOG_DRAIN_N, s);
             }),
-            Phase::Fill => async {
-                queue.clear(QUEUE).await?;
-                bulk_enqueue(queue, n).await?;
-                check_pending(queue, n, "fill").await
+            Phase::Fill => {
+                async {
+                    queue.clear(QUEUE).await?;
+                    bulk_enqueue(queue, n).await?;
+                    check_pending(queue, n, "fill").await
+                }
+                .await
             }
-            .await,
         };
         let name = match phase {
             Phase::Single => "enqueue_single",

@@ -59,6 +59,22 @@ pub(crate) enum Command {
     Flush,
     /// Dispatches a mix of example jobs, works them with a progress bar, and checks the stats
     Demo,
+    /// Runs the benchmark workload (SPEC section 7) on the configured driver and prints one JSON line.
+    /// It clears the `bench` queue before and after each phase: point it at a throwaway backend
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Jobs per phase
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) n: u64,
+    /// Jobs queued in all for the backlog phase (50,000 of them are drained)
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(50_000..))]
+    pub(crate) backlog: u64,
+    /// Phases to run, in order
+    #[arg(long, value_delimiter = ',', default_value = "single,bulk,drain,latency")]
+    pub(crate) phases: Vec<crate::bench::Phase>,
 }
 
 #[derive(Debug, Args)]

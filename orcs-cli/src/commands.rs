@@ -94,6 +94,19 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
                 }
                 crate::demo::run(&ctx.config, ctx.driver_flag).await
             }
+            Command::Bench(args) => {
+                let queue = ctx.queue().await?;
+                let line = crate::bench::run(
+                    &queue,
+                    &ctx.config.driver.to_string(),
+                    args.n,
+                    args.backlog,
+                    &args.phases,
+                )
+                .await;
+                println!("{line}");
+                Ok(())
+            }
         }
     })
 }

@@ -93,6 +93,7 @@
 //! usage or configuration error. Errors are printed to stderr as `error: ...`, naming what was
 //! wrong and what to do.
 
+mod bench;
 mod cli;
 mod commands;
 mod connect;
