@@ -56,6 +56,14 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// [`crate::Error::LeaseLost`] if the lease is stale.
     async fn complete(&self, lease: &Lease, now: Millis) -> Result<()>;
 
+    /// Completes several claimed jobs, one result per lease in the same order, each as
+    /// [`Driver::complete`] would give it. The worker batches jobs that finish together through
+    /// this call; a backend that can do them in one round trip should override it. The default
+    /// completes them one by one, concurrently.
+    async fn complete_many(&self, leases: &[Lease], now: Millis) -> Vec<Result<()>> {
+        futures_util::future::join_all(leases.iter().map(|lease| self.complete(lease, now))).await
+    }
+
     /// Schedules a claimed job's next attempt at `run_at`, recording `error`.
     ///
     /// # Errors

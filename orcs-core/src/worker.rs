@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -298,6 +299,7 @@ impl Worker {
             registry: self.registry,
             options: self.options,
             on_event: self.on_event,
+            completions: None,
         }
     }
 
@@ -339,8 +341,9 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
         self.validate()?;
-        let runner = Arc::new(self.runner());
-        runner.run(shutdown).await
+        let mut runner = self.runner();
+        runner.completions = Some(spawn_completion_writer(runner.queue.clone()));
+        Arc::new(runner).run(shutdown).await
     }
 
     /// Starts the worker on the current runtime; stop and join it with [`WorkerHandle::shutdown`].
@@ -412,6 +415,33 @@ struct Runner {
     registry: Registry,
     options: WorkerOptions,
     on_event: Option<EventFn>,
+    /// Where job tasks send their completions to be written in batches (not for `work_one`).
+    completions: Option<mpsc::UnboundedSender<Completion>>,
+}
+
+/// A finished job waiting to be completed, with the channel its task awaits the result on.
+type Completion = (Lease, oneshot::Sender<Result<()>>);
+
+/// Most completions written in one backend call.
+const COMPLETION_BATCH: usize = 256;
+
+/// Starts the task that writes completions: it takes every completion queued meanwhile and
+/// writes them in one [`crate::Driver::complete_many`] call, so that jobs finishing together cost
+/// one round trip, not one each. It ends when the worker drops its sender.
+fn spawn_completion_writer(queue: Queue) -> mpsc::UnboundedSender<Completion> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+        while rx.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+            let (leases, replies): (Vec<Lease>, Vec<_>) = batch.drain(..).unzip();
+            let results = queue.driver().complete_many(&leases, queue.now()).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // The job task may be gone (its worker was dropped); nothing waits for this.
+                let _ = reply.send(result);
+            }
+        }
+    });
+    tx
 }
 
 /// Backend retries inside one transition, before the attempt is left to lease recovery.
@@ -681,14 +711,7 @@ impl Runner {
                 .await;
         }
         match result {
-            Ok(()) => {
-                self.settle(
-                    lease,
-                    |driver, now| async move { driver.complete(lease, now).await },
-                    Outcome::Done,
-                )
-                .await
-            }
+            Ok(()) => self.settle(lease, |_, now| self.complete(lease, now), Outcome::Done).await,
             Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => {
                 self.fail_for_good(lease, error.message().to_owned(), Some((job, &ctx, &error)))
                     .await
@@ -740,6 +763,19 @@ impl Runner {
             }
         }
         outcome
+    }
+
+    /// Completes through the batching writer when there is one, else directly.
+    async fn complete(&self, lease: &Lease, now: Millis) -> Result<()> {
+        if let Some(completions) = &self.completions {
+            let (reply, result) = oneshot::channel();
+            if completions.send((lease.clone(), reply)).is_ok()
+                && let Ok(result) = result.await
+            {
+                return result;
+            }
+        }
+        self.driver.complete(lease, now).await
     }
 
     /// Runs one transition, retrying transient backend errors a few times.

@@ -26,6 +26,8 @@ use crate::scripts::SCRIPTS;
 const PROMOTE_LIMIT: usize = 1000;
 /// Expired leases recovered per script call.
 const RECOVER_LIMIT: usize = 500;
+/// Most jobs completed by one script call (bounds the time Redis is blocked).
+const COMPLETE_MANY_CHUNK: usize = 500;
 /// Jobs removed per `clear` or `flush` script call, so no call blocks Redis for long.
 const DELETE_LIMIT: usize = 1000;
 /// Failed jobs read per page.
@@ -392,6 +394,60 @@ impl Driver for RedisDriver {
             .arg(&lease.id)
             .arg(&lease.token);
         self.transition(lease, &call).await
+    }
+
+    async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
+        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
+        // One script call per queue: a script may only touch one queue's hash-tagged keys.
+        let mut queues: Vec<&str> = leases.iter().map(|lease| lease.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in queues {
+            let members: Vec<usize> =
+                (0..leases.len()).filter(|&i| leases[i].queue == queue).collect();
+            for chunk in members.chunks(COMPLETE_MANY_CHUNK) {
+                let keys = self.keys(queue);
+                let mut call = SCRIPTS.complete_many.prepare_invoke();
+                call.key(&keys.reserved)
+                    .key(&keys.jobs)
+                    .key(&keys.attempts)
+                    .key(&keys.tokens)
+                    .key(&keys.errors)
+                    .key(&keys.stats);
+                for &i in chunk {
+                    call.arg(&leases[i].id).arg(&leases[i].token);
+                }
+                match self.invoke::<Vec<i64>>(&call).await {
+                    Ok(applied) if applied.len() == chunk.len() => {
+                        for (&i, applied) in chunk.iter().zip(applied) {
+                            results[i] = Some(if applied == 1 {
+                                Ok(())
+                            } else {
+                                Err(Error::LeaseLost { id: leases[i].id.clone() })
+                            });
+                        }
+                    }
+                    Ok(applied) => {
+                        let message = format!(
+                            "the complete script answered {} results for {} jobs",
+                            applied.len(),
+                            chunk.len()
+                        );
+                        for &i in chunk {
+                            results[i] = Some(Err(backend(message.clone())));
+                        }
+                    }
+                    Err(e) => {
+                        // The error is not Clone: each job gets its text; the worker retries each.
+                        let message = e.to_string();
+                        for &i in chunk {
+                            results[i] = Some(Err(backend(message.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        results.into_iter().map(|r| r.expect("every lease belongs to one queue")).collect()
     }
 
     async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, now: Millis) -> Result<()> {

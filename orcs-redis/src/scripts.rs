@@ -118,6 +118,29 @@ redis.call('HINCRBY', KEYS[6], 'processed', 1)
 return 1
 ";
 
+/// Finishes several claimed jobs of one queue, as COMPLETE does for each. KEYS: as COMPLETE.
+/// ARGV: id, token pairs. Returns one 1 or 0 per pair.
+const COMPLETE_MANY: &str = r"
+local out = {}
+local done = 0
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[4], id) == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
+    done = done + 1
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if done > 0 then redis.call('HINCRBY', KEYS[6], 'processed', done) end
+return out
+";
+
 /// Schedules the next attempt. KEYS: reserved, ready, delayed, jobs, tokens, errors, marker.
 /// ARGV: id, token, run_at, error, now. Returns 1, or 0 when the token is stale.
 const RETRY: &str = r"
@@ -279,6 +302,7 @@ pub(crate) struct Scripts {
     pub(crate) push: Script,
     pub(crate) claim: Script,
     pub(crate) complete: Script,
+    pub(crate) complete_many: Script,
     pub(crate) retry: Script,
     pub(crate) fail: Script,
     pub(crate) release: Script,
@@ -300,6 +324,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: with_prelude(PUSH),
     claim: with_prelude(CLAIM),
     complete: Script::new(COMPLETE),
+    complete_many: Script::new(COMPLETE_MANY),
     retry: with_prelude(RETRY),
     fail: Script::new(FAIL),
     release: with_prelude(RELEASE),

@@ -381,6 +381,44 @@ pub async fn stale_token_transitions_are_rejected(driver: BoxDriver) {
     check_stats(&queue, "default", (0, 0, 0, 0, 1, 0), "completed once").await;
 }
 
+/// Completing several jobs at once settles each lease on its own: fresh ones complete (over
+/// several queues), a stale one is rejected and changes nothing, and `processed` counts each once.
+pub async fn complete_many_settles_each_lease_on_its_own(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.dispatch(RetryJob(Script::ok(&key))).await.expect("dispatch");
+    let old = claim_one(&queue, &["default"]).await.expect("a job");
+    clock.set(old.lease.expires_at);
+    assert_eq!(driver.recover(&names(&["default"]), clock.now()).await.expect("recover"), 1);
+    let current = claim_one(&queue, &["default"]).await.expect("the recovered job");
+    for (tag, name) in [(1, "default"), (2, "other")] {
+        queue
+            .dispatch_with(plain(&key, tag), DispatchOptions::new().queue(name))
+            .await
+            .expect("dispatch");
+    }
+    let a = claim_one(&queue, &["default"]).await.expect("a second default job");
+    let b = claim_one(&queue, &["other"]).await.expect("a job on other");
+
+    let leases = [a.lease.clone(), old.lease.clone(), b.lease.clone(), current.lease.clone()];
+    let results = driver.complete_many(&leases, clock.now()).await;
+    assert_eq!(results.len(), 4, "one result per lease");
+    assert!(results[0].is_ok(), "fresh lease on default: {:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(Error::LeaseLost { .. })),
+        "the stale lease is rejected: {:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "fresh lease on other: {:?}", results[2]);
+    assert!(results[3].is_ok(), "the current holder: {:?}", results[3]);
+    check_stats(&queue, "default", (0, 0, 0, 0, 2, 0), "two completed on default").await;
+    check_stats(&queue, "other", (0, 0, 0, 0, 1, 0), "one completed on other").await;
+
+    let again = driver.complete_many(&leases[..1], clock.now()).await;
+    assert!(matches!(again[0], Err(Error::LeaseLost { .. })), "a second complete: {:?}", again[0]);
+    check_stats(&queue, "default", (0, 0, 0, 0, 2, 0), "still two").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Retries
 

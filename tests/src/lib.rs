@@ -79,6 +79,7 @@ macro_rules! conformance_tests {
             concurrent_claimers_never_share_a_job,
             claim_gives_a_lease_and_a_fresh_token,
             stale_token_transitions_are_rejected,
+            complete_many_settles_each_lease_on_its_own,
             retry_backoff_doubles_from_retry_delay,
             max_retries_3_gives_4_attempts_and_one_failed_call,
             permanent_error_skips_retries,
