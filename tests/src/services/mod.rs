@@ -6,6 +6,7 @@
 
 pub mod postgres;
 pub mod redis;
+pub mod restartable;
 
 /// True when missing services must fail the tests (`ORCS_TEST_REQUIRE_SERVICES=1`).
 pub fn services_required() -> bool {
