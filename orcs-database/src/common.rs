@@ -40,6 +40,24 @@ pub(crate) fn backend(error: sqlx::Error) -> Error {
     Error::backend(DRIVER, error)
 }
 
+/// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
+/// The token matters: a stale and a current lease on one job may share a batch.
+pub(crate) fn settled(
+    leases: &[orcs_core::Lease],
+    done: &std::collections::HashSet<(String, String)>,
+) -> Vec<orcs_core::Result<()>> {
+    leases
+        .iter()
+        .map(|lease| {
+            if done.contains(&(lease.id.clone(), lease.token.clone())) {
+                Ok(())
+            } else {
+                Err(Error::LeaseLost { id: lease.id.clone() })
+            }
+        })
+        .collect()
+}
+
 /// A unique violation on insert means a job id is taken; anything else is a backend failure.
 pub(crate) fn insert_error(error: sqlx::Error) -> Error {
     match &error {

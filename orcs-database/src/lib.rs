@@ -109,6 +109,20 @@ impl Driver for DatabaseDriver {
         on_backend!(self, s => s.complete(lease).await)
     }
 
+    async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
+        match on_backend!(self, s => s.complete_many(leases).await) {
+            Ok(results) => results,
+            // The error is not Clone: each job gets its text; the worker retries each.
+            Err(e) => {
+                let message = e.to_string();
+                leases
+                    .iter()
+                    .map(|_| Err(orcs_core::Error::backend(common::DRIVER, message.clone())))
+                    .collect()
+            }
+        }
+    }
+
     async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, _now: Millis) -> Result<()> {
         on_backend!(self, s => s.retry(lease, run_at, error).await)
     }

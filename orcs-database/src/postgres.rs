@@ -141,6 +141,24 @@ impl Store {
         Ok(())
     }
 
+    /// Completes the leases in one statement; a lease whose token no longer matches is lost.
+    pub(crate) async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Result<()>>> {
+        let ids: Vec<String> = leases.iter().map(|lease| lease.id.clone()).collect();
+        let tokens: Vec<String> = leases.iter().map(|lease| lease.token.clone()).collect();
+        let rows = q(&self.sql.complete_many_pg)
+            .bind(ids)
+            .bind(tokens)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let done = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
+            .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
+            .map_err(backend)?;
+        Ok(crate::common::settled(leases, &done))
+    }
+
     pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
         let done = q(&self.sql.fail_pg)
             .bind(lease.id.clone())

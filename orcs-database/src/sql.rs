@@ -40,11 +40,16 @@ pub(crate) struct Sql {
     /// SQLite: the steps of `complete` and `fail` inside one `BEGIN IMMEDIATE` transaction.
     pub(crate) delete_leased: Arc<str>,
     pub(crate) count_processed: Arc<str>,
+    /// Adds `$2` to a queue's processed count (`complete_many`).
+    pub(crate) count_processed_n: Arc<str>,
     pub(crate) copy_to_failed: Arc<str>,
     pub(crate) delete_job: Arc<str>,
     pub(crate) count_failed: Arc<str>,
     /// PostgreSQL: `complete` and `fail` as one statement each.
     pub(crate) complete_pg: Arc<str>,
+    /// PostgreSQL: `complete_many` as one statement over arrays of ids and tokens; returns the
+    /// (id, token) pairs it completed.
+    pub(crate) complete_many_pg: Arc<str>,
     pub(crate) fail_pg: Arc<str>,
 }
 
@@ -195,6 +200,10 @@ impl Sql {
                 "INSERT INTO {c} AS c (queue, processed, failed_total) VALUES ($1, 1, 0) \
                  ON CONFLICT (queue) DO UPDATE SET processed = c.processed + 1"
             )),
+            count_processed_n: s(format!(
+                "INSERT INTO {c} AS c (queue, processed, failed_total) VALUES ($1, $2, 0) \
+                 ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed"
+            )),
             copy_to_failed: s(format!(
                 "INSERT INTO {f} ({moved}, error, failed_at) \
                  SELECT {moved}, $3, $4 FROM {j} WHERE id = $1 AND token = $2 RETURNING queue"
@@ -209,6 +218,14 @@ impl Sql {
                  INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, 1, 0 FROM done \
                  ON CONFLICT (queue) DO UPDATE SET processed = c.processed + 1"
+            )),
+            complete_many_pg: s(format!(
+                "WITH done AS (DELETE FROM {j} WHERE (id, token) IN \
+                 (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) RETURNING id, token, queue), \
+                 counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
+                 SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
+                 ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed) \
+                 SELECT id, token FROM done"
             )),
             fail_pg: s(format!(
                 "WITH moved AS (DELETE FROM {j} WHERE id = $1 AND token = $2 RETURNING {moved}), \

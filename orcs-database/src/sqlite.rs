@@ -166,6 +166,38 @@ impl Store {
         tx.commit().await.map_err(backend)
     }
 
+    /// Completes the leases in one write transaction; a lease whose token no longer matches is lost.
+    pub(crate) async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Result<()>>> {
+        let mut conn = self.writer().await?;
+        let mut tx = begin(&mut conn).await?;
+        let mut done = std::collections::HashSet::new();
+        let mut per_queue: std::collections::BTreeMap<String, i64> =
+            std::collections::BTreeMap::new();
+        for lease in leases {
+            let row = q(&self.sql.delete_leased)
+                .bind(lease.id.clone())
+                .bind(lease.token.clone())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if let Some(row) = row {
+                let queue: String = row.try_get(0).map_err(backend)?;
+                *per_queue.entry(queue).or_default() += 1;
+                done.insert((lease.id.clone(), lease.token.clone()));
+            }
+        }
+        for (queue, n) in per_queue {
+            q(&self.sql.count_processed_n)
+                .bind(queue)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(crate::common::settled(leases, &done))
+    }
+
     pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
         let mut conn = self.writer().await?;
         let mut tx = begin(&mut conn).await?;
