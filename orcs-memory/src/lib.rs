@@ -206,6 +206,19 @@ impl Driver for MemoryDriver {
         Ok(())
     }
 
+    async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
+        // One lock for the batch instead of one per job.
+        let mut state = self.state();
+        leases
+            .iter()
+            .map(|lease| {
+                let stored = state.take_leased(lease)?;
+                state.queue(&stored.job.queue).processed += 1;
+                Ok(())
+            })
+            .collect()
+    }
+
     async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, now: Millis) -> Result<()> {
         {
             let mut state = self.state();
