@@ -127,7 +127,9 @@ async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
              dispatched by other processes; set QUEUE_DRIVER (or --driver) to redis or database to share a queue"
         );
     }
-    let queue = ctx.queue().await?;
+    // A long-running worker waits out a backend outage at start; `--once` reports it at once.
+    let queue = if args.once { Some(ctx.queue().await?) } else { connect_worker(ctx).await? };
+    let Some(queue) = queue else { return Ok(()) };
     let mut worker = Worker::new(queue, ctx.app.registry.clone())
         .queues(queues.clone())
         .concurrency(concurrency)
@@ -171,6 +173,39 @@ async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
         if json { eprintln!("{line}") } else { println!("{line}") }
     }
     Ok(())
+}
+
+/// Connects for `queue:work`. A backend that cannot be reached yet (down, restarting) is an
+/// outage, not a reason to exit: the worker says so on stderr (naming the URL without its
+/// password) and tries again with backoff (0.2 s doubling to 5 s) until the backend answers,
+/// or until SIGINT or SIGTERM, when it returns `None`. Configuration errors still end it.
+async fn connect_worker(ctx: &Ctx<'_>) -> Result<Option<Queue>> {
+    let mut shutdown = std::pin::pin!(orcs_core::shutdown_signal());
+    let mut failures: u32 = 0;
+    loop {
+        let error = match ctx.queue().await {
+            Ok(queue) => {
+                if failures > 0 {
+                    eprintln!("orcs worker: connected after {failures} failed attempts");
+                }
+                return Ok(Some(queue));
+            }
+            Err(e) if e.downcast_ref::<Error>().is_some_and(Error::is_transient) => e,
+            Err(e) => return Err(e),
+        };
+        failures = failures.saturating_add(1);
+        let pause = orcs_core::retry_delay(std::time::Duration::from_millis(200), failures)
+            .min(std::time::Duration::from_secs(5));
+        eprintln!(
+            "orcs worker: the backend is unreachable (attempt {failures}); retrying in {:.1} s, \
+             stop with Ctrl-C or SIGTERM: {error:#}",
+            pause.as_secs_f64()
+        );
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = &mut shutdown => return Ok(None),
+        }
+    }
 }
 
 /// One line per finished attempt: time, job name, id, duration, DONE/FAIL/RETRY.

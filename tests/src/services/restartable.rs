@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub struct RestartableRedis {
     dir: PathBuf,
     port: u16,
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -49,12 +50,23 @@ impl RestartableRedis {
             return Err("no redis-server on PATH; install it (apt-get install redis-server)".into());
         }
         let dir = temp_dir("orcs-redis-restartable")?;
-        Ok(Self { dir, port: free_port()?, child: None })
+        Ok(Self { dir, port: free_port()?, password: None, child: None })
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Makes the server require `password` (`requirepass`) from its next start on; [`Self::url`]
+    /// then carries it.
+    #[must_use]
+    pub fn with_password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `redis://:<password>@127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// The loopback port, the same across restarts.
@@ -82,7 +94,11 @@ impl RestartableRedis {
             return Ok(());
         }
         let log = self.dir.join("redis.log");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", path_str(&self.dir)?])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
@@ -95,10 +111,10 @@ impl RestartableRedis {
             .map_err(|e| format!("cannot start redis-server: {e}"))?;
         watch(child.id())?;
         self.child = Some(child);
-        let port = self.port;
-        wait_until(Duration::from_secs(20), || redis_ready(port)).map_err(|()| {
-            format!("the redis-server on port {port} did not answer; see {}", log.display())
-        })
+        let (port, password) = (self.port, self.password.clone());
+        wait_until(Duration::from_secs(20), || redis_ready(port, password.as_deref())).map_err(
+            |()| format!("the redis-server on port {port} did not answer; see {}", log.display()),
+        )
     }
 
     /// Kills the server with `SIGKILL` (no shutdown, the appendonly file is all that survives)
@@ -462,10 +478,20 @@ fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> Result<(), (
 }
 
 /// `PING` answers `PONG` (not `-LOADING`): the server is up with its data loaded.
-fn redis_ready(port: u16) -> bool {
+fn redis_ready(port: u16, password: Option<&str>) -> bool {
     use std::io::{Read as _, Write as _};
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if let Some(password) = password {
+        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
+        let mut ok = [0u8; 5];
+        if stream.write_all(auth.as_bytes()).is_err()
+            || stream.read_exact(&mut ok).is_err()
+            || &ok != b"+OK\r\n"
+        {
+            return false;
+        }
+    }
     if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
         return false;
     }
