@@ -86,7 +86,7 @@ pub(crate) struct WorkArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub(crate) sleep: Option<Duration>,
     /// Stop after this many jobs [env: QUEUE_WORKER_MAX_JOBS]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_max_jobs, allow_negative_numbers = true)]
     pub(crate) max_jobs: Option<u64>,
     /// Stop claiming after this many seconds
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
@@ -98,7 +98,7 @@ pub(crate) struct WorkArgs {
     #[arg(long)]
     pub(crate) once: bool,
     /// Jobs run at once [default: 1]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, value_name = "N", value_parser = parse_concurrency, allow_negative_numbers = true)]
     pub(crate) concurrency: Option<u64>,
     /// Time limit in seconds for jobs without their own [default: 60]
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
@@ -200,6 +200,27 @@ fn parse_driver(text: &str) -> Result<DriverKind, String> {
     text.parse()
 }
 
+/// The most jobs a worker runs at once.
+const MAX_CONCURRENCY: u64 = 100_000;
+
+fn parse_max_jobs(text: &str) -> Result<u64, String> {
+    parse_count(text, u64::MAX, "use e.g. 100, or leave --max-jobs out for no limit")
+}
+
+fn parse_concurrency(text: &str) -> Result<u64, String> {
+    parse_count(text, MAX_CONCURRENCY, "use a whole number from 1 to 100000, e.g. 16")
+}
+
+/// A whole number from 1 to `max`; the error says what was wrong and what to pass instead.
+fn parse_count(text: &str, max: u64, advice: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(format!("0 is too small; {advice}")),
+        Ok(n) if n > max => Err(format!("{n} is too large; {advice}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number of at least 1; {advice}")),
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     orcs_core::config::parse_seconds(text)
 }
@@ -211,5 +232,14 @@ mod tests {
     #[test]
     fn the_grammar_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn counts_say_what_to_pass() {
+        assert_eq!(parse_concurrency("16"), Ok(16));
+        assert!(parse_concurrency("0").unwrap_err().contains("0 is too small"));
+        assert!(parse_concurrency("100001").unwrap_err().contains("from 1 to 100000"));
+        assert!(parse_max_jobs("-3").unwrap_err().contains("\"-3\" is not a whole number"));
+        assert!(parse_max_jobs("many").unwrap_err().contains("for no limit"));
     }
 }

@@ -30,30 +30,62 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Connects the configured driver, saying which one failed and how to fix it.
+    /// Connects the configured driver, saying which one failed and how to fix it. A
+    /// configuration error (a malformed URL) already names the setting and what it accepts, so
+    /// only backend errors get the hint to check the server.
     async fn queue(&self) -> Result<Queue> {
-        connect(&self.config).await.with_context(|| match self.config.driver {
+        let error = match connect(&self.config).await {
+            Ok(queue) => return Ok(queue),
+            Err(e @ (Error::Config { .. } | Error::Invalid { .. })) => return Err(e.into()),
+            Err(e) => e,
+        };
+        let hint = match self.config.driver {
             DriverKind::Redis => format!(
-                "cannot use the redis driver at {}; check that Redis is running and REDIS_URL (or --url) is right",
+                "cannot use the redis driver at {}; check that Redis is running there and that \
+                 REDIS_URL (or --url) names the right host, port, user and password",
                 redacted(redis_url(&self.config))
             ),
             DriverKind::Database => format!(
-                "cannot use the database driver at {}; check DATABASE_URL (or --url) and that the database is reachable",
+                "cannot use the database driver at {}; check that the database is running and \
+                 reachable and that DATABASE_URL (or --url) names the right host, port, user, \
+                 password and database",
                 redacted(database_url(&self.config))
             ),
             other => format!("cannot start the {other} driver"),
-        })
+        };
+        Err(anyhow::Error::new(error).context(hint))
     }
 }
 
-/// Hides the password of a URL such as `redis://user:secret@host`.
+/// Hides the password of a URL such as `redis://user:secret@host` (and a lone Redis userinfo,
+/// which may be a password, and a `password=` query parameter).
 fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            // For Redis a lone userinfo may be a password; for PostgreSQL it is the user.
+            None if scheme.starts_with("redis") => format!("***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Resolves the configuration and runs the command on a fresh runtime.
@@ -265,7 +297,7 @@ fn print_event(event: &WorkerEvent, json: bool) {
 
 async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
     if let Some(name) = &args.queue {
-        validate_queue_name(name)?;
+        validate_queue_name(name).context("the QUEUE argument")?;
     }
     let queue = ctx.queue().await?;
     if let Some(name) = &args.queue {
@@ -293,7 +325,7 @@ async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
 
 async fn clear(ctx: &Ctx<'_>, args: ClearArgs) -> Result<()> {
     let name = args.queue.unwrap_or_else(|| ctx.config.default_queue.clone());
-    validate_queue_name(&name)?;
+    validate_queue_name(&name).context("the QUEUE argument")?;
     let queue = ctx.queue().await?;
     if !args.force {
         let stats = queue.stats(&name).await?;
@@ -346,7 +378,7 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
         })?;
     }
     if let Some(name) = &args.queue {
-        validate_queue_name(name)?;
+        validate_queue_name(name).context("--queue")?;
     }
     if ctx.config.driver == DriverKind::Memory {
         return Err(usage(
@@ -411,7 +443,7 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
 
 async fn failed(ctx: &Ctx<'_>, args: FailedArgs) -> Result<()> {
     if let Some(name) = &args.queue {
-        validate_queue_name(name)?;
+        validate_queue_name(name).context("--queue")?;
     }
     let queue = ctx.queue().await?;
     let jobs = queue.failed_jobs(args.queue.as_deref()).await?;
@@ -434,7 +466,7 @@ async fn retry(ctx: &Ctx<'_>, args: RetryArgs) -> Result<()> {
         return Err(usage("--queue only applies to `queue:retry all`"));
     }
     if let Some(name) = &args.queue {
-        validate_queue_name(name)?;
+        validate_queue_name(name).context("--queue")?;
     }
     let queue = ctx.queue().await?;
     if all {
@@ -490,5 +522,12 @@ mod tests {
         assert_eq!(redacted("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
         assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
         assert_eq!(redacted("sqlite://storage/queue.db"), "sqlite://storage/queue.db");
+        assert_eq!(redacted("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(redacted("redis://hunter2@h"), "redis://***@h");
+        assert_eq!(
+            redacted("postgres://u@h/db?sslmode=off&password=hunter2"),
+            "postgres://u@h/db?sslmode=off&password=***"
+        );
+        assert_eq!(redacted("redis+cluster://:pw@a:1,b:2"), "redis+cluster://:***@a:1,b:2");
     }
 }

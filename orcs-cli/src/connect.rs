@@ -26,7 +26,7 @@ pub fn database_url(config: &Config) -> &str {
 pub async fn connect(config: &Config) -> Result<Queue> {
     let queue = match config.driver {
         DriverKind::Memory => Queue::new(MemoryDriver::new()),
-        DriverKind::Redis => connect_redis(redis_url(config)).await?,
+        DriverKind::Redis => connect_redis(redis_url(config), config).await?,
         DriverKind::Database => connect_database(database_url(config)).await?,
         other => {
             return Err(Error::config(
@@ -38,7 +38,9 @@ pub async fn connect(config: &Config) -> Result<Queue> {
             ));
         }
     };
-    queue.with_default_queue(config.default_queue.clone())
+    queue
+        .with_max_payload_bytes(config.max_payload_bytes)
+        .with_default_queue(config.default_queue.clone())
 }
 
 /// The Redis key prefix from `REDIS_PREFIX` (as in Laravel), if set: separates several
@@ -51,16 +53,19 @@ pub fn redis_prefix() -> Option<String> {
 pub const REDIS_PREFIX: &str = "REDIS_PREFIX";
 
 #[cfg(feature = "redis")]
-async fn connect_redis(url: &str) -> Result<Queue> {
+async fn connect_redis(url: &str, settings: &Config) -> Result<Queue> {
     let mut config = orcs_redis::RedisConfig::from_url(url)?;
     if let Some(prefix) = redis_prefix() {
         config = config.with_prefix(prefix);
+    }
+    if let Some(path) = &settings.redis_ca_cert {
+        config = config.with_ca_cert_file(path)?;
     }
     Ok(Queue::new(orcs_redis::RedisDriver::connect(config).await?))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn connect_redis(_url: &str) -> Result<Queue> {
+async fn connect_redis(_url: &str, _settings: &Config) -> Result<Queue> {
     Err(not_built("redis"))
 }
 

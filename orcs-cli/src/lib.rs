@@ -210,7 +210,7 @@ impl App {
         match commands::run(&self, cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", describe(&e));
                 ExitCode::from(exit_code(&e))
             }
         }
@@ -239,6 +239,24 @@ pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// The error and its causes on one line, as `{:#}` prints them, but without repeating a cause
+/// that the message before it already quotes (backend errors often embed their source).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        let part = part.trim();
+        if part.is_empty() || text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    text
+}
+
 /// 2 for usage and configuration errors anywhere in the chain, 1 for everything else.
 fn exit_code(error: &anyhow::Error) -> u8 {
     let usage = error.chain().any(|cause| {
@@ -261,4 +279,20 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_skips_causes_already_quoted() {
+        let inner = std::io::Error::other("Connection refused");
+        let outer = anyhow::Error::new(orcs_core::Error::backend("redis", inner))
+            .context("cannot use the redis driver");
+        assert_eq!(
+            describe(&outer),
+            "cannot use the redis driver: redis backend error: Connection refused"
+        );
+    }
 }

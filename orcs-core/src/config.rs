@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::queue::{DEFAULT_QUEUE, validate_queue_name};
+use crate::queue::{DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, validate_queue_name};
 
 /// The config file read when none is named and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/queue.toml";
@@ -93,8 +93,14 @@ pub struct Config {
     pub default_queue: String,
     /// `REDIS_URL`.
     pub redis_url: Option<String>,
+    /// `REDIS_CA_CERT`: a PEM file with the certificate(s) a `rediss://` server's certificate
+    /// must chain to, instead of the system's roots (a private CA or a self-signed server).
+    pub redis_ca_cert: Option<PathBuf>,
     /// `DATABASE_URL`.
     pub database_url: Option<String>,
+    /// The largest accepted serialized payload of a dispatched job, in bytes
+    /// (`QUEUE_MAX_PAYLOAD_BYTES`, default [`DEFAULT_MAX_PAYLOAD_BYTES`], 512 KiB).
+    pub max_payload_bytes: usize,
     /// Worker settings.
     pub worker: WorkerConfig,
     /// The config file that was read, if any.
@@ -107,7 +113,9 @@ impl Default for Config {
             driver: DriverKind::Memory,
             default_queue: DEFAULT_QUEUE.to_owned(),
             redis_url: None,
+            redis_ca_cert: None,
             database_url: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             worker: WorkerConfig {
                 queues: Vec::new(),
                 sleep: Duration::from_secs(3),
@@ -126,7 +134,8 @@ impl Default for Config {
 struct FileConfig {
     driver: Option<String>,
     default: Option<String>,
-    redis: Option<FileUrl>,
+    max_payload_bytes: Option<usize>,
+    redis: Option<FileRedis>,
     database: Option<FileUrl>,
     worker: Option<FileWorker>,
 }
@@ -135,6 +144,13 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileUrl {
     url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    url: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,8 +243,17 @@ impl Config {
                 .map_err(|e| Error::config(key("default"), e.to_string()))?;
             self.default_queue = default;
         }
-        if let Some(url) = file.redis.and_then(|r| r.url) {
-            self.redis_url = Some(url);
+        if let Some(bytes) = file.max_payload_bytes {
+            self.max_payload_bytes =
+                payload_limit(bytes).map_err(|m| Error::config(key("max_payload_bytes"), m))?;
+        }
+        if let Some(redis) = file.redis {
+            if let Some(url) = redis.url {
+                self.redis_url = Some(url);
+            }
+            if let Some(path) = redis.ca_cert {
+                self.redis_ca_cert = Some(path);
+            }
         }
         if let Some(url) = file.database.and_then(|d| d.url) {
             self.database_url = Some(url);
@@ -273,8 +298,24 @@ impl Config {
             validate_queue_name(&v).map_err(|e| Error::config("QUEUE_DEFAULT", e.to_string()))?;
             self.default_queue = v;
         }
+        if let Some(v) = var("QUEUE_MAX_PAYLOAD_BYTES") {
+            let bytes = v.trim().parse::<usize>().map_err(|_| {
+                Error::config(
+                    "QUEUE_MAX_PAYLOAD_BYTES",
+                    format!(
+                        "{v:?} is not a whole number of bytes; use e.g. 1048576 for 1 MiB, or leave \
+                         it empty for the default of {DEFAULT_MAX_PAYLOAD_BYTES}"
+                    ),
+                )
+            })?;
+            self.max_payload_bytes =
+                payload_limit(bytes).map_err(|m| Error::config("QUEUE_MAX_PAYLOAD_BYTES", m))?;
+        }
         if let Some(v) = var("REDIS_URL") {
             self.redis_url = Some(v);
+        }
+        if let Some(v) = var("REDIS_CA_CERT") {
+            self.redis_ca_cert = Some(PathBuf::from(v.trim()));
         }
         if let Some(v) = var("DATABASE_URL") {
             self.database_url = Some(v);
@@ -335,6 +376,17 @@ pub fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
     seconds(value)
 }
 
+fn payload_limit(bytes: usize) -> std::result::Result<usize, String> {
+    if bytes == 0 {
+        Err(format!(
+            "0 would refuse every job; use a positive number of bytes such as \
+             {DEFAULT_MAX_PAYLOAD_BYTES} (the default, 512 KiB)"
+        ))
+    } else {
+        Ok(bytes)
+    }
+}
+
 fn seconds(value: f64) -> std::result::Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         format!(
@@ -363,6 +415,8 @@ mod tests {
         let file = r#"
             driver = "redis"
             default = "mail"
+            [redis]
+            ca_cert = "file-ca.pem"
             [worker]
             queues = ["a", "b"]
             sleep = 5
@@ -382,6 +436,7 @@ mod tests {
         assert_eq!(config.worker.queues, ["a", "b"]);
         assert_eq!(config.worker.sleep, Duration::from_millis(500));
         assert_eq!(config.worker.max_jobs, Some(10), "an empty variable counts as unset");
+        assert_eq!(config.redis_ca_cert, Some(PathBuf::from("file-ca.pem")));
     }
 
     #[test]
@@ -408,11 +463,34 @@ mod tests {
                 "QUEUE_WORKER_QUEUES: invalid queue name: \"\": it is empty",
             ),
             (&[("QUEUE_DEFAULT", "{x}")], "QUEUE_DEFAULT: invalid queue name"),
+            (
+                &[("QUEUE_MAX_PAYLOAD_BYTES", "1MB")],
+                "QUEUE_MAX_PAYLOAD_BYTES: \"1MB\" is not a whole number of bytes",
+            ),
+            (
+                &[("QUEUE_MAX_PAYLOAD_BYTES", "0")],
+                "QUEUE_MAX_PAYLOAD_BYTES: 0 would refuse every job",
+            ),
         ];
         for (vars, expected) in cases {
             let err = Config::from_sources(None, env(vars)).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} should contain {expected:?}");
         }
+    }
+
+    #[test]
+    fn the_payload_limit_comes_from_the_file_or_the_environment() {
+        assert_eq!(Config::default().max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES);
+        let file = Some((Path::new("queue.toml"), "max_payload_bytes = 2048"));
+        assert_eq!(Config::from_sources(file, env(&[])).unwrap().max_payload_bytes, 2048);
+        let config =
+            Config::from_sources(file, env(&[("QUEUE_MAX_PAYLOAD_BYTES", " 4096 ")])).unwrap();
+        assert_eq!(config.max_payload_bytes, 4096, "the environment beats the file");
+        let err =
+            Config::from_sources(Some((Path::new("q.toml"), "max_payload_bytes = 0")), env(&[]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("q.toml: max_payload_bytes: 0 would refuse every job"), "{err}");
     }
 
     #[test]

@@ -276,7 +276,8 @@ impl Queue {
                 "payload",
                 format!(
                     "job {name} serializes to {} bytes, over the limit of {} bytes; pass a reference \
-                     (an id or URL) instead of the data, or raise the limit with Queue::with_max_payload_bytes",
+                     (an id or URL) instead of the data, or raise the limit (QUEUE_MAX_PAYLOAD_BYTES, \
+                     max_payload_bytes in config/queue.toml, or Queue::with_max_payload_bytes)",
                     payload.len(),
                     self.max_payload_bytes
                 ),

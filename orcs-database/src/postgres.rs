@@ -56,15 +56,32 @@ async fn begin(conn: &mut PgConnection) -> Result<Transaction<'_, Db>> {
     conn.begin().await.map_err(backend)
 }
 
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
         let options = PgConnectOptions::from_str(&config.url).map_err(|e| {
             Error::config(URL_KEY, format!("{ACCEPTED}: {}", redact(&e.to_string())))
         })?;
+        // One plain connection first: when the server is down or refuses the login, the pool
+        // would only report that it timed out; this reports why, at once.
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(probe)) => {
+                let _ = probe.close().await;
+            }
+            Ok(Err(e)) => return Err(backend(e)),
+            Err(_) => {
+                return Err(Error::backend(
+                    crate::common::DRIVER,
+                    format!("PostgreSQL did not answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                ));
+            }
+        }
         let pool = PgPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options.clone())
             .await
             .map_err(backend)?;

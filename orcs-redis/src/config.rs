@@ -10,19 +10,27 @@ use redis::IntoConnectionInfo;
 /// The environment variable (and configuration key) that holds the URL; named in every error.
 const URL_KEY: &str = "REDIS_URL";
 
-const ACCEPTED: &str = "use redis://[user:password@]host[:port][/db], or \
-     redis+cluster://[user:password@]host:port,host:port,... for a Redis Cluster";
+/// The environment variable that names a CA certificate file for `rediss://`.
+pub(crate) const CA_KEY: &str = "REDIS_CA_CERT";
+
+const ACCEPTED: &str = "use redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
+     redis+unix:///path/to/redis.sock, or redis+cluster://[user:password@]host:port,host:port,... \
+     for a Redis Cluster";
 
 /// How to reach Redis and how to lay out the queues in it.
 ///
 /// Built from a URL ([`RedisConfig::from_url`], also [`FromStr`]) and adjusted with the `with_*`
-/// setters. `Debug` shows the URL with its password replaced by `***`.
+/// setters. `Debug` and `Display` show the URL with its password replaced by `***`.
 #[non_exhaustive]
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// One `redis://` URL per node: one for a single server, the seed nodes for a cluster.
     nodes: Vec<String>,
     cluster: bool,
+    /// `rediss://`: TLS.
+    tls: bool,
+    /// PEM certificates that the server's certificate must chain to (instead of the system's).
+    ca_cert: Option<Vec<u8>>,
     prefix: String,
     pool_size: usize,
     response_timeout: Duration,
@@ -35,6 +43,8 @@ impl Default for RedisConfig {
         Self {
             nodes: vec!["redis://127.0.0.1:6379".to_owned()],
             cluster: false,
+            tls: false,
+            ca_cert: None,
             prefix: "orcs".to_owned(),
             pool_size: 4,
             response_timeout: Duration::from_secs(5),
@@ -51,9 +61,14 @@ impl RedisConfig {
     /// `redis+cluster://[user:password@]host:port,host:port,...` (a Redis Cluster, given by one or
     /// more seed nodes; no database number, a cluster has only database 0).
     ///
+    /// With the `tls` feature, `rediss://[user:password@]host[:port][/db]` connects to a single
+    /// server over TLS, checking its certificate against the system's roots or the one given with
+    /// [`RedisConfig::with_ca_cert`]; `rediss://...#insecure` skips the check (tests only).
+    ///
     /// # Errors
     /// [`Error::Config`] naming `REDIS_URL` and what is accepted; the message never contains the
-    /// password. `rediss://` (TLS) is refused: this build has no TLS stack.
+    /// password. `rediss://` is refused without the `tls` feature, and `rediss+cluster://` always
+    /// (TLS to a cluster is not supported yet).
     pub fn from_url(url: &str) -> Result<Self> {
         let url = url.trim();
         let invalid =
@@ -91,13 +106,31 @@ impl RedisConfig {
                 config.nodes = nodes;
                 config.cluster = true;
             }
-            "rediss" | "rediss+cluster" => {
+            #[cfg(feature = "tls")]
+            "rediss" => {
+                check_node(url).map_err(&invalid)?;
+                config.nodes = vec![url.to_owned()];
+                config.tls = true;
+            }
+            #[cfg(not(feature = "tls"))]
+            "rediss" => {
                 return Err(Error::config(
                     URL_KEY,
                     format!(
-                        "{} asks for TLS (rediss://), which this build of orcs-redis does not \
-                         support; connect through a TLS tunnel (e.g. stunnel) with redis://, \
-                         or {ACCEPTED}",
+                        "{} asks for TLS (rediss://), which this build does not include: rebuild \
+                         with the `tls` feature of orcs-redis (orcs-cli: `--features tls`), or \
+                         connect through a TLS tunnel (e.g. stunnel) with redis://",
+                        redact(url)
+                    ),
+                ));
+            }
+            "rediss+cluster" => {
+                return Err(Error::config(
+                    URL_KEY,
+                    format!(
+                        "{} asks for TLS to a Redis Cluster, which orcs-redis does not support \
+                         yet; use redis+cluster:// through a TLS tunnel (e.g. stunnel), or \
+                         rediss:// to a single server",
                         redact(url)
                     ),
                 ));
@@ -105,6 +138,65 @@ impl RedisConfig {
             _ => return Err(invalid("has an unknown scheme")),
         }
         Ok(config)
+    }
+
+    /// Trusts the PEM certificate(s) in `pem` (a private CA, or a self-signed server certificate)
+    /// instead of the system's roots, for a `rediss://` URL.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `REDIS_CA_CERT` when the URL is not `rediss://` (the certificate
+    /// would be ignored) or when `pem` holds no PEM certificate.
+    pub fn with_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Result<Self> {
+        let pem = pem.into();
+        if !self.tls {
+            return Err(Error::config(
+                CA_KEY,
+                format!(
+                    "a CA certificate is set but {} does not use TLS: use a rediss:// URL, or \
+                     unset {CA_KEY}",
+                    self.redacted_url()
+                ),
+            ));
+        }
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::config(
+                CA_KEY,
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA's (or the \
+                 self-signed server's) certificate in PEM form",
+            ));
+        }
+        self.ca_cert = Some(pem);
+        Ok(self)
+    }
+
+    /// Reads the PEM certificate(s) to trust from a file: [`RedisConfig::with_ca_cert`].
+    ///
+    /// # Errors
+    /// As [`RedisConfig::with_ca_cert`], and [`Error::Config`] when the file cannot be read.
+    pub fn with_ca_cert_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::config(
+                CA_KEY,
+                format!("cannot read the CA certificate {}: {e}; check the path", path.display()),
+            )
+        })?;
+        self.with_ca_cert(pem).map_err(|e| match e {
+            Error::Config { key, message } => {
+                Error::config(key, format!("{}: {message}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// True for a `rediss://` URL.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn ca_cert(&self) -> Option<&[u8]> {
+        self.ca_cert.as_deref()
     }
 
     /// Sets the key prefix (default `orcs`): every key lives under the hash tag `{prefix:queue}`.
@@ -195,10 +287,18 @@ impl FromStr for RedisConfig {
     }
 }
 
+impl fmt::Display for RedisConfig {
+    /// The URL with its password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted_url())
+    }
+}
+
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.redacted_url())
+            .field("ca_cert", &self.ca_cert.as_ref().map(|_| "(set)"))
             .field("prefix", &self.prefix)
             .field("pool_size", &self.pool_size)
             .field("response_timeout", &self.response_timeout)
@@ -285,13 +385,52 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_without_showing_the_password() {
-        let text = config_error("rediss://u:hunter2@host:6380");
-        assert!(text.contains("TLS"), "{text}");
+        if cfg!(feature = "tls") {
+            let config = RedisConfig::from_url("rediss://u:hunter2@host:6380/2").expect("TLS");
+            assert!(config.is_tls());
+            assert_eq!(config.to_string(), "rediss://u:***@host:6380/2");
+        } else {
+            let text = config_error("rediss://u:hunter2@host:6380");
+            assert!(text.contains("TLS") && text.contains("`tls` feature"), "{text}");
+        }
+        let text = config_error("rediss+cluster://u:hunter2@host:6380,host:6381");
+        assert!(text.contains("TLS to a Redis Cluster") && text.contains("tunnel"), "{text}");
         let text = config_error("http://u:hunter2@host");
         assert!(text.contains("redis://") && text.contains("redis+cluster://"), "{text}");
         config_error("redis://u:hunter2@host:notaport");
         config_error("hunter2");
         config_error("redis://hunter2@host:99999999");
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_password() {
+        for (url, shown) in [
+            ("redis://app:hunter2@10.0.0.5:6380/3", "redis://app:***@10.0.0.5:6380/3"),
+            ("redis://:hunter2@h", "redis://:***@h"),
+            ("redis://hunter2@h", "redis://***@h"),
+            ("redis://app:p@ss:hunter2@h/0", "redis://app:***@h/0"),
+            ("redis+cluster://app:hunter2@a:1,b:2", "redis+cluster://app:***@a:1,b:2"),
+        ] {
+            let config = RedisConfig::from_url(url).expect("valid");
+            assert_eq!(config.to_string(), shown);
+            let debug = format!("{config:?} {config:#?}");
+            assert!(debug.contains(shown), "{debug}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn connection_errors_never_show_the_password() {
+        // Built without connecting: a bad node inside a valid-looking cluster URL, and the
+        // errors of every config setter that names the URL.
+        let text = config_error("redis+cluster://app:hunter2@a:1,b:notaport");
+        assert!(text.contains("redis+cluster://app:***@"), "{text}");
+        let err = RedisConfig::from_url("redis://app:hunter2@h")
+            .expect("valid")
+            .with_ca_cert("-----BEGIN CERTIFICATE-----")
+            .expect_err("not TLS");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("redis://app:***@h"), "{err}");
     }
 
     #[test]

@@ -22,8 +22,87 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A backend error; when the cause is one an operator can fix (wrong password, missing ACL
+/// permission, nothing listening, no answer), the message also says what to do.
 pub(crate) fn backend(e: impl Into<orcs_core::BoxError>) -> Error {
-    Error::backend(DRIVER, e)
+    let source: orcs_core::BoxError = e.into();
+    match advice(&*source) {
+        Some(advice) => Error::backend(DRIVER, Advised { source, advice }),
+        None => Error::backend(DRIVER, source),
+    }
+}
+
+/// What to do about an error, for the causes an operator can fix.
+fn advice(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let redis = if let Some(e) = e.downcast_ref::<redis::RedisError>() {
+        e
+    } else {
+        match e.downcast_ref::<deadpool_redis::PoolError>()? {
+            deadpool_redis::PoolError::Backend(e) => e,
+            deadpool_redis::PoolError::Timeout(_) => return Some(NO_ANSWER),
+            _ => return None,
+        }
+    };
+    match redis.code() {
+        Some("NOAUTH") => {
+            return Some(
+                "this Redis requires a password: put it in REDIS_URL, as \
+                 redis://:PASSWORD@host:port or redis://USER:PASSWORD@host:port",
+            );
+        }
+        Some("WRONGPASS") => return Some(WRONG_CREDENTIALS),
+        Some("NOPERM") => {
+            return Some(
+                "the Redis ACL user lacks a permission orcs needs: grant it the rule given under \
+                 \"ACL\" in orcs-redis's README (keys ~{PREFIX:* and ~{PREFIX}:*, and the commands listed there)",
+            );
+        }
+        _ => {}
+    }
+    let text = redis.to_string();
+    if text.contains("certificate") || text.contains("CertificateRequired") {
+        return Some(
+            "the TLS handshake failed: if the server's certificate comes from a private CA or is \
+             self-signed, set REDIS_CA_CERT (RedisConfig::with_ca_cert_file) to that PEM file; \
+             `rediss://...#insecure` skips the check, for tests only",
+        );
+    }
+    if redis.kind() == redis::ErrorKind::AuthenticationFailed {
+        Some(WRONG_CREDENTIALS)
+    } else if redis.is_connection_refusal() {
+        Some(
+            "nothing accepts connections there: start Redis, or fix the host and port in REDIS_URL",
+        )
+    } else if redis.is_timeout() {
+        Some(NO_ANSWER)
+    } else {
+        None
+    }
+}
+
+const WRONG_CREDENTIALS: &str = "Redis refused the user name or password: put the right ones in \
+     REDIS_URL, as redis://:PASSWORD@host:port (the default user) or redis://USER:PASSWORD@host:port";
+
+const NO_ANSWER: &str = "Redis did not answer in time: check that it runs at the host and port in \
+     REDIS_URL and that no firewall drops the connection";
+
+/// A backend error with advice appended (see [`backend`]).
+#[derive(Debug)]
+struct Advised {
+    source: orcs_core::BoxError,
+    advice: &'static str,
+}
+
+impl std::fmt::Display for Advised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.source, self.advice)
+    }
+}
+
+impl std::error::Error for Advised {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 /// Blocking calls are given this much more time than they asked the server for, as a client-side
@@ -48,7 +127,7 @@ pub(crate) struct Backend {
 }
 
 enum Kind {
-    Single { pool: deadpool_redis::Pool, client: redis::Client },
+    Single { pool: deadpool_redis::Pool, client: Box<redis::Client> },
     Cluster { pool: cluster::Pool, client: Box<ClusterClient> },
 }
 
@@ -91,11 +170,11 @@ impl Backend {
                 .map_err(|e| config_error(&e))?;
             Ok(Self::with(config, Kind::Cluster { pool, client: Box::new(client) }))
         } else {
-            let url = nodes[0].as_str();
+            let info = connection_info(config).map_err(|e| config_error(&e))?;
             let commands = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout()))
                 .set_response_timeout(Some(config.response_timeout()));
-            let manager = deadpool_redis::Manager::new_with_config(url, commands)
+            let manager = deadpool_redis::Manager::new_with_config(info.clone(), commands)
                 .map_err(|e| config_error(&e))?;
             let pool = deadpool_redis::Pool::builder(manager)
                 .max_size(config.pool_size())
@@ -104,8 +183,8 @@ impl Backend {
                 .create_timeout(Some(config.connect_timeout()))
                 .build()
                 .map_err(|e| config_error(&e))?;
-            let client = redis::Client::open(url).map_err(|e| config_error(&e))?;
-            Ok(Self::with(config, Kind::Single { pool, client }))
+            let client = redis::Client::open(info).map_err(|e| config_error(&e))?;
+            Ok(Self::with(config, Kind::Single { pool, client: Box::new(client) }))
         }
     }
 
@@ -187,6 +266,25 @@ impl Backend {
             }
         }
     }
+}
+
+/// Where the single server is and how to reach it: with a CA certificate for `rediss://`, the
+/// TLS parameters that trust it.
+fn connection_info(config: &RedisConfig) -> RedisResult<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo as _;
+    let url = config.nodes()[0].as_str();
+    #[cfg(feature = "tls")]
+    {
+        // rustls needs a process-wide crypto provider; ring is the one this crate enables.
+        // An application that installed its own keeps it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(pem) = config.ca_cert() {
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.to_vec()) };
+            return redis::Client::build_with_tls(url, certs)
+                .map(|client| client.get_connection_info().clone());
+        }
+    }
+    url.into_connection_info()
 }
 
 /// True for errors after which the connection cannot be trusted any more.
