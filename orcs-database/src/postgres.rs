@@ -61,9 +61,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
-        let options = PgConnectOptions::from_str(&config.url).map_err(|e| {
-            Error::config(URL_KEY, format!("{ACCEPTED}: {}", redact(&e.to_string())))
-        })?;
+        let options = PgConnectOptions::from_str(&config.url)
+            .map_err(|e| Error::config(URL_KEY, format!("{ACCEPTED}: {}", redact(&e.to_string()))))?
+            // A queue table goes from empty to large within seconds, faster than autovacuum
+            // refreshes its statistics; planning the claim on stale ones picks a bitmap scan that
+            // reads and sorts every ready job per claim. Without bitmap scans the claim walks the
+            // `_ready` index in order and stops after `max` rows whatever the statistics say.
+            .options([("enable_bitmapscan", "off")]);
         // One plain connection first: when the server is down or refuses the login, the pool
         // would only report that it timed out; this reports why, at once.
         match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
