@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Benchmark JSON lines to a markdown table: median (min-max) per metric, ratio to the baseline.
+
+    summarize.py LABEL=FILE.jsonl [LABEL=FILE.jsonl ...]
+
+The first column is the baseline. Each file holds one JSON line per run (orcs bench, or a peer
+harness with the same keys, or a memory line with `bytes_per_job`).
+"""
+import json
+import statistics
+import sys
+
+METRICS = [
+    ("enqueue_single_jps", "(a) enqueue one by one, 64 in flight (jobs/s)"),
+    ("enqueue_bulk_jps", "(b) enqueue, batches of 1000 (jobs/s)"),
+    ("drain_jps", "(c) drain N queued, concurrency 64 (jobs/s)"),
+    ("drain_backlog_jps", "(e) drain 50,000 with 1,000,000 queued (jobs/s)"),
+    ("latency_p50_ms", "(d) latency p50 at 1000 jobs/s (ms)"),
+    ("latency_p99_ms", "(d) latency p99 at 1000 jobs/s (ms)"),
+    ("bytes_per_job", "Redis memory per queued job (bytes)"),
+]
+
+
+def fmt(x):
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.2f}"
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.strip().startswith("{")]
+    except FileNotFoundError:
+        return []
+
+
+def main(argv):
+    cols = [(a.rpartition("=")[0], load(a.rpartition("=")[2])) for a in argv[1:]]
+    if not cols:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print("| metric | " + " | ".join(f"{label} (runs: {len(runs)})" for label, runs in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for key, name in METRICS:
+        values = [[r[key] for r in runs if isinstance(r.get(key), (int, float))] for _, runs in cols]
+        if not any(values):
+            continue
+        base = statistics.median(values[0]) if values[0] else None
+        cells = []
+        for (label, runs), vals in zip(cols, values):
+            errors = sum(1 for r in runs if any(k.endswith("_error") and key.startswith(k[:-6]) for k in r))
+            if not vals:
+                cells.append(f"FAILED ({errors} runs)" if errors else "-")
+                continue
+            med = statistics.median(vals)
+            cell = f"**{fmt(med)}** ({fmt(min(vals))}-{fmt(max(vals))})"
+            if base and vals is not values[0]:
+                cell += f" x{med / base:.2f}"
+            cells.append(cell)
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
