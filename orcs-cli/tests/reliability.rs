@@ -6,6 +6,7 @@
 //! `queue:stats --json`: nothing lost, nothing run to completion twice, nothing left reserved.
 //!
 //! - `*_backend_restart_mid_drain`: workers keep draining across a `kill -9` of the backend.
+//! - `*_restart_while_idle`: idle workers reconnect and see new jobs at once after a restart.
 //! - `*_down_at_start`: a worker started before its backend says so and retries until it is up.
 //! - `*_sigterm_with_64_in_flight`: a graceful stop hands unfinished jobs back at once.
 //! - `*_kill_9_chaos`: workers are killed at random while jobs over three queues, with priorities,
@@ -437,6 +438,56 @@ fn postgres_backend_restart_mid_drain() {
 fn sqlite_workers_killed_mid_drain() {
     let Some(target) = Target::sqlite() else { return };
     restart_mid_drain(target);
+}
+
+/// Idle workers blocked waiting for a wake-up while the server restarts (a graceful stop this
+/// time, then a start): their waits fail, they reconnect, and a job dispatched afterwards is
+/// picked up at once. `--sleep 60` makes a worker that lost its wake-ups wait a minute.
+fn restart_while_idle(mut target: Target) {
+    let args = ["--queue", "idle", "--sleep", "60", "--timeout", "5", "--quiet"];
+    let mut workers: Vec<WorkerProc> = (0..2).map(|_| target.worker(&args)).collect();
+    target.dispatch(2, &job(0, 0), &["--queue", "idle"]);
+    target.wait_for("the first jobs", Duration::from_secs(15), |t| t.processed == 2);
+    pause(Duration::from_millis(500));
+    match &mut target.server {
+        Server::Redis(s) => s.stop(),
+        Server::Postgres(s) => s.stop(),
+        Server::Sqlite => unreachable!("SQLite has no server"),
+    }
+    pause(Duration::from_secs(2));
+    target.start_backend();
+    // Let the workers notice and reconnect (their backoff is at most a few seconds here).
+    pause(Duration::from_secs(3));
+    let dispatched = Instant::now();
+    target.dispatch(10, &job(0, 0), &["--queue", "idle"]);
+    let totals =
+        target.wait_for("the jobs dispatched after the restart", Duration::from_secs(20), |t| {
+            t.processed == 12
+        });
+    let took = dispatched.elapsed();
+    assert_eq!(totals, Totals { processed: 12, ..Totals::default() }, "{}", target.name);
+    assert!(
+        took < Duration::from_secs(10),
+        "{}: idle workers took {took:?} to see jobs after the restart",
+        target.name
+    );
+    for w in &mut workers {
+        assert!(w.running(), "{}: a worker exited:\n{}", target.name, w.stderr());
+    }
+    stop_all(&mut workers);
+    eprintln!("{}: jobs dispatched after an idle restart done in {took:?}", target.name);
+}
+
+#[test]
+fn redis_restart_while_idle() {
+    let Some(target) = Target::redis(true) else { return };
+    restart_while_idle(target);
+}
+
+#[test]
+fn postgres_restart_while_idle() {
+    let Some(target) = Target::postgres(true) else { return };
+    restart_while_idle(target);
 }
 
 // ---- down at start ----
