@@ -9,6 +9,7 @@
 //! - `*_restart_while_idle`: idle workers reconnect and see new jobs at once after a restart.
 //! - `*_down_at_start`: a worker started before its backend says so and retries until it is up.
 //! - `*_sigterm_with_64_in_flight`: a graceful stop hands unfinished jobs back at once.
+//! - `*_sigterm_during_outage`: a graceful stop with the backend down ends; nothing is lost.
 //! - `*_kill_9_chaos`: workers are killed at random while jobs over three queues, with priorities,
 //!   delays, retries and permanent failures, are drained. The full 60-second version is the
 //!   ignored `*_chaos_full` (see `scripts/chaos.sh` and `RELIABILITY.md`).
@@ -620,6 +621,57 @@ fn postgres_sigterm_with_64_in_flight() {
 fn sqlite_sigterm_with_64_in_flight() {
     let Some(target) = Target::sqlite() else { return };
     sigterm_with_64_in_flight(target);
+}
+
+/// SIGTERM while the server is down: the worker cannot record results or hand jobs back, so it
+/// gives up on them after a few retries (their leases will bring them back) and still exits 0
+/// within its shutdown deadline; once the server is back, a new worker recovers and finishes
+/// every job exactly once.
+fn sigterm_during_outage(mut target: Target) {
+    target.dispatch(20, &job(1500, 0), &["--queue", "out", "--max-retries", "5"]);
+    let args = ["--queue", "out", "--concurrency", "20", "--timeout", "2", "--quiet"];
+    let mut worker = target.worker(&args);
+    target.wait_for("20 jobs in flight", Duration::from_secs(20), |t| t.reserved == 20);
+    match &mut target.server {
+        Server::Redis(s) => s.kill(),
+        Server::Postgres(s) => s.kill(),
+        Server::Sqlite => unreachable!("SQLite has no server"),
+    }
+    let asked = Instant::now();
+    worker.signal("TERM");
+    // The shutdown timeout, then up to 5 s to hand jobs back (the worker's HAND_BACK_TIMEOUT).
+    let status = worker.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}: exit {status:?} after {took:?}\n{}",
+        target.name,
+        worker.stderr()
+    );
+    assert!(took <= SHUTDOWN_TIMEOUT + Duration::from_secs(8), "{}: took {took:?}", target.name);
+    target.start_backend();
+    let mut next = target.worker(&args);
+    let totals = target.wait_for("the recovered jobs", Duration::from_secs(30), |t| {
+        t.idle() && t.processed + t.failed_total >= 20
+    });
+    assert_eq!(totals, Totals { processed: 20, ..Totals::default() }, "{}", target.name);
+    stop_all(std::slice::from_mut(&mut next));
+    eprintln!(
+        "{}: SIGTERM during an outage: exit 0 after {took:?}; all 20 done after",
+        target.name
+    );
+}
+
+#[test]
+fn redis_sigterm_during_outage() {
+    let Some(target) = Target::redis(true) else { return };
+    sigterm_during_outage(target);
+}
+
+#[test]
+fn postgres_sigterm_during_outage() {
+    let Some(target) = Target::postgres(true) else { return };
+    sigterm_during_outage(target);
 }
 
 // ---- kill -9 chaos ----

@@ -329,7 +329,9 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes (or a limit is reached): then stops claiming, lets running
-    /// jobs finish for up to the shutdown timeout, and hands the unfinished ones back.
+    /// jobs finish for up to the shutdown timeout, and hands the unfinished ones back. Handing
+    /// back gets 5 s more; jobs the backend did not take back by then (it is down) are left to
+    /// their leases, and the worker returns anyway.
     ///
     /// A backend that fails transiently (a dropped connection, a restart) is retried with backoff;
     /// the worker keeps going.
@@ -446,6 +448,10 @@ fn spawn_completion_writer(queue: Queue) -> mpsc::UnboundedSender<Completion> {
 
 /// Backend retries inside one transition, before the attempt is left to lease recovery.
 const SETTLE_TRIES: u32 = 5;
+
+/// How long, after the shutdown timeout, jobs get to be handed back before the worker stops
+/// without them (their leases expire and recovery returns them to pending).
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Runner {
     fn claim_request(&self, max: usize, now: Millis) -> ClaimRequest<'_> {
@@ -575,20 +581,34 @@ impl Runner {
         }
 
         // Drain: stop claiming; let running jobs finish, but once a stop was asked for, only up to
-        // the shutdown timeout, after which they are cancelled and handed back.
+        // the shutdown timeout, after which they are cancelled and handed back. Handing back (and
+        // recording results) gets HAND_BACK_TIMEOUT more: a backend that is down must not hold
+        // the worker up, and the jobs' leases bring them back anyway.
         let mut deadline = shutdown_asked.then(|| Instant::now() + options.shutdown_timeout);
+        let mut give_up_at: Option<Instant> = None;
         while !tasks.is_empty() {
             let until_deadline = async {
-                match deadline {
-                    Some(at) if !hard_stop.is_cancelled() => tokio::time::sleep_until(at).await,
-                    _ => std::future::pending().await,
+                match (deadline, give_up_at) {
+                    (_, Some(at)) | (Some(at), None) => tokio::time::sleep_until(at).await,
+                    (None, None) => std::future::pending().await,
                 }
             };
             tokio::select! {
                 Some(joined) = tasks.join_next() => self.record(joined, &mut summary),
                 () = until_deadline => {
+                    if give_up_at.is_some() {
+                        tracing::warn!(
+                            jobs = tasks.len(),
+                            "could not hand these jobs back in time (is the backend down?); \
+                             they return to pending when their leases expire"
+                        );
+                        summary.lost += tasks.len() as u64;
+                        tasks.shutdown().await;
+                        break;
+                    }
                     tracing::info!(jobs = tasks.len(), "shutdown timeout reached; handing unfinished jobs back");
                     hard_stop.cancel();
+                    give_up_at = Some(Instant::now() + HAND_BACK_TIMEOUT);
                 }
                 () = &mut shutdown, if deadline.is_none() => {
                     deadline = Some(Instant::now() + options.shutdown_timeout);
