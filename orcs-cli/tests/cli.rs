@@ -5,171 +5,13 @@
 //! variables, so the repository's `.env` or `config/queue.toml` never leak in.
 
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const QUEUE_VARS: &[&str] = &[
-    "QUEUE_DRIVER",
-    "QUEUE_DEFAULT",
-    "QUEUE_WORKER_QUEUES",
-    "QUEUE_WORKER_SLEEP",
-    "QUEUE_WORKER_MAX_JOBS",
-    "REDIS_URL",
-    "REDIS_PREFIX",
-    "DATABASE_URL",
-    "RUST_LOG",
-];
-
-/// A temporary working directory, removed on drop.
-struct Sandbox {
-    dir: PathBuf,
-    /// Global options put before every command (driver, URL).
-    global: Vec<String>,
-    /// Variables set for every command.
-    env: Vec<(String, String)>,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(orcs_tests::services::unique_name("orcs-cli-test"));
-        std::fs::create_dir_all(&dir).expect("the temp dir is writable");
-        Self { dir, global: Vec::new(), env: Vec::new() }
-    }
-
-    /// A sandbox whose commands use a fresh SQLite file, or `None` (a loud skip) when the binary
-    /// was built without the database driver.
-    fn sqlite() -> Option<Self> {
-        if !cfg!(feature = "database") {
-            return orcs_tests::services::skip(
-                "the database driver",
-                "built without the `database` feature",
-            );
-        }
-        let mut sandbox = Self::new();
-        let url = format!("sqlite://{}", sandbox.dir.join("queue.db").display());
-        sandbox.global = vec!["--driver".into(), "database".into(), "--url".into(), url];
-        Some(sandbox)
-    }
-
-    /// A sandbox whose commands use Redis at `url` under a key prefix of their own.
-    fn redis(url: &str) -> Self {
-        let mut sandbox = Self::new();
-        sandbox.global = vec!["--driver".into(), "redis".into(), "--url".into(), url.to_owned()];
-        sandbox.env =
-            vec![("REDIS_PREFIX".into(), orcs_tests::services::unique_name("orcs-cli-test"))];
-        sandbox
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcs"));
-        cmd.current_dir(&self.dir).args(&self.global).args(args).stdin(Stdio::null());
-        for var in QUEUE_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.envs(env.iter().copied());
-        cmd
-    }
-
-    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let output = self.command(args, env).output().expect("the orcs binary runs");
-        Run::new(args, output)
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.run_env(args, &[])
-    }
-
-    /// Runs a command that must succeed and returns its stdout parsed as JSON.
-    fn json(&self, args: &[&str]) -> Value {
-        let run = self.run(args).ok();
-        serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{}", run.stdout))
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Run {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn new(args: &[&str], output: Output) -> Self {
-        Self {
-            args: args.join(" "),
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    #[track_caller]
-    fn code(self, code: i32) -> Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "`orcs {}` exited {:?}, expected {code}\nstdout:\n{}\nstderr:\n{}",
-            self.args,
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    fn ok(self) -> Self {
-        self.code(0)
-    }
-
-    #[track_caller]
-    fn stderr_has(self, needle: &str) -> Self {
-        assert!(
-            self.stderr.contains(needle),
-            "`orcs {}`: stderr should contain {needle:?}:\n{}",
-            self.args,
-            self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    fn stdout_has(self, needle: &str) -> Self {
-        assert!(
-            self.stdout.contains(needle),
-            "`orcs {}`: stdout should contain {needle:?}:\n{}",
-            self.args,
-            self.stdout
-        );
-        self
-    }
-
-    /// The JSON objects of `queue:work --json`, one per line.
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
-            })
-            .collect()
-    }
-}
+mod common;
+use common::{QUEUE_VARS, Run, Sandbox, redis_url};
 
 fn statuses(lines: &[Value], job: &str) -> Vec<String> {
     lines
@@ -618,15 +460,6 @@ fn unreachable_backends_exit_1() {
         .stderr_has("DATABASE_URL");
 }
 
-/// The test Redis (`ORCS_TEST_REDIS_URL`, else a `redis-server` started for this test process),
-/// or a loud skip.
-fn redis_url() -> Option<String> {
-    if !cfg!(feature = "redis") {
-        return orcs_tests::services::skip("the redis driver", "built without the `redis` feature");
-    }
-    orcs_tests::services::redis::redis_url_or_skip()
-}
-
 #[test]
 fn round_trip_on_redis() {
     let Some(url) = redis_url() else { return };
@@ -713,57 +546,8 @@ fn work_stops_after_max_time() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
-/// A schema of its own on the test PostgreSQL (made and dropped with `psql`), so the round trip
-/// can share the server with other tests.
-struct PgSchema {
-    url: String,
-    schema: String,
-}
-
-impl PgSchema {
-    fn get() -> Option<Self> {
-        if !cfg!(feature = "database") {
-            return orcs_tests::services::skip(
-                "the database driver",
-                "built without the `database` feature",
-            );
-        }
-        let url = orcs_tests::services::postgres::database_url_or_skip()?;
-        let schema = orcs_tests::services::unique_name("orcs_test");
-        match psql(&url, &format!("CREATE SCHEMA \"{schema}\"")) {
-            Ok(()) => Some(Self { url, schema }),
-            Err(why) => orcs_tests::services::skip("PostgreSQL", &why),
-        }
-    }
-
-    fn sandbox(&self) -> Sandbox {
-        let mut sandbox = Sandbox::new();
-        let url = orcs_tests::services::postgres::with_search_path(&self.url, &self.schema);
-        sandbox.global = vec!["--driver".into(), "database".into(), "--url".into(), url];
-        sandbox
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let _ = psql(&self.url, &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
-    }
-}
-
-fn psql(url: &str, sql: &str) -> Result<(), String> {
-    let output = Command::new("psql")
-        .args([url, "-qtAc", sql])
-        .output()
-        .map_err(|e| format!("psql is not on PATH ({e})"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!("psql failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
-    }
-}
-
 #[test]
 fn round_trip_on_postgres() {
-    let Some(pg) = PgSchema::get() else { return };
-    round_trip(&pg.sandbox());
+    let Some(sandbox) = Sandbox::postgres() else { return };
+    round_trip(&sandbox);
 }
