@@ -6,6 +6,8 @@
 //!   leases expire another worker completes them; every job is counted exactly once.
 //! - `postgres_four_workers_drain_5000`, `sqlite_two_workers_drain_5000`: the same on the
 //!   database driver, the workers stopping by themselves when the queue is empty.
+//! - `*_paused_worker_cannot_settle_jobs_it_lost`: a worker stopped with `SIGSTOP` past its
+//!   leases and resumed after another worker ran its jobs: its late results are refused.
 //! - `*_jobs_outlive_their_dispatchers`: jobs dispatched by processes that have all exited are
 //!   still there for a worker started later; and the README path, where `QUEUE_DRIVER=database`
 //!   alone shares `storage/queue.db` between commands run in one directory.
@@ -167,6 +169,58 @@ fn postgres_killed_worker_jobs_run_once() {
 fn sqlite_killed_worker_jobs_run_once() {
     let Some(sandbox) = Sandbox::sqlite() else { return };
     killed_worker_jobs_run_once(&sandbox);
+}
+
+/// Pauses a worker (`SIGSTOP`) holding 8 slow jobs until another worker has run them after their
+/// leases expired, then lets it go on (`SIGCONT`): its late completions and time-outs must be
+/// refused as lost leases, so nothing runs, retries or counts twice.
+fn paused_worker_cannot_settle_jobs_it_lost(sandbox: &Sandbox) {
+    const N: u64 = 8;
+    sandbox.dispatch("GenerateReportJob", N, &["--data", &simulate(1000, 0)]);
+    let args = ["--timeout", "1.5", "--sleep", "0.1", "--queue", "reports", "--concurrency", "8"];
+    let paused = sandbox.spawn(&[&["queue:work", "--json"][..], &args[..]].concat(), &[]);
+    sandbox
+        .poll_stats(Duration::from_secs(10), |t| t.reserved == N)
+        .unwrap_or_else(|last| panic!("the worker never held {N} jobs: {last:?}\n{paused}"));
+    paused.signal("STOP");
+    let rescuer = sandbox.worker(&args);
+    let totals = sandbox
+        .poll_stats(DRAIN_DEADLINE, |t| t.idle() && t.processed + t.failed_total >= N)
+        .unwrap_or_else(|last| panic!("no drain within {DRAIN_DEADLINE:?}: {last:?}\n{rescuer}"));
+    assert!(totals.drained(N), "{totals:?}\n{rescuer}");
+
+    paused.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::json_lines(&paused.stdout()).len() < 8 {
+        assert!(Instant::now() < deadline, "the resumed worker did not settle its jobs:\n{paused}");
+        common::pause(Duration::from_millis(50));
+    }
+    let mut both = [paused, rescuer];
+    stop_all(&mut both);
+    let [paused, rescuer] = &both;
+    for line in common::json_lines(&paused.stdout()) {
+        assert_eq!(line["status"], "LOST", "{line}\n{paused}");
+    }
+    assert_eq!(done_by(rescuer), N, "{rescuer}");
+    assert_eq!(sandbox.stats(), Some(totals), "the resumed worker changed the counters");
+}
+
+#[test]
+fn redis_paused_worker_cannot_settle_jobs_it_lost() {
+    let Some(sandbox) = Sandbox::shared_redis() else { return };
+    paused_worker_cannot_settle_jobs_it_lost(&sandbox);
+}
+
+#[test]
+fn postgres_paused_worker_cannot_settle_jobs_it_lost() {
+    let Some(sandbox) = Sandbox::postgres() else { return };
+    paused_worker_cannot_settle_jobs_it_lost(&sandbox);
+}
+
+#[test]
+fn sqlite_paused_worker_cannot_settle_jobs_it_lost() {
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    paused_worker_cannot_settle_jobs_it_lost(&sandbox);
 }
 
 // ---- persistence ----
