@@ -10,8 +10,9 @@ use orcs_core::DriverKind;
 
 const AFTER_HELP: &str = "\
 Configuration, strongest first: flags, then the environment (QUEUE_DRIVER, QUEUE_DEFAULT,
-QUEUE_WORKER_QUEUES, QUEUE_WORKER_SLEEP, QUEUE_WORKER_MAX_JOBS, REDIS_URL, REDIS_PREFIX, DATABASE_URL; a .env
-file in the working directory is read), then config/queue.toml, then the defaults.
+QUEUE_WORKER_QUEUES, QUEUE_WORKER_SLEEP, QUEUE_WORKER_MAX_JOBS, QUEUE_MAX_PAYLOAD_BYTES, REDIS_URL,
+REDIS_PREFIX, REDIS_CA_CERT, DATABASE_URL; a .env file in the working directory is read), then
+config/queue.toml, then the defaults.
 
 Exit codes: 0 normal stop, 1 runtime error, 2 usage or configuration error.";
 

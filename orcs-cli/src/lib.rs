@@ -61,7 +61,8 @@
 //!
 //! Strongest first: flags (`--driver`, `--url`, and the `queue:work` options), then the
 //! environment (`QUEUE_DRIVER`, `QUEUE_DEFAULT`, `QUEUE_WORKER_QUEUES`, `QUEUE_WORKER_SLEEP`,
-//! `QUEUE_WORKER_MAX_JOBS`, `REDIS_URL`, `REDIS_PREFIX`, `DATABASE_URL`; a `.env` file in the
+//! `QUEUE_WORKER_MAX_JOBS`, `QUEUE_MAX_PAYLOAD_BYTES`, `REDIS_URL`, `REDIS_PREFIX`,
+//! `REDIS_CA_CERT`, `DATABASE_URL`; a `.env` file in the
 //! working directory is read first and never overrides the real environment), then the config
 //! file (`--config FILE`, else `config/queue.toml` if it exists), then the defaults. The file is
 //! the TOML twin of the seed's `config/queue.js`:
@@ -69,9 +70,11 @@
 //! ```toml
 //! driver = "redis"            # memory (default), redis or database
 //! default = "default"         # the queue of jobs that name none
+//! max_payload_bytes = 524288  # the largest payload a dispatch accepts (default 512 KiB)
 //!
 //! [redis]
-//! url = "redis://127.0.0.1:6379"
+//! url = "redis://127.0.0.1:6379"  # rediss://... for TLS, with the `tls` feature
+//! # ca_cert = "ca.pem"        # a private CA for rediss:// (REDIS_CA_CERT)
 //!
 //! [database]
 //! url = "sqlite://storage/queue.db"

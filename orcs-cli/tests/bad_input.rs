@@ -303,6 +303,20 @@ fn cases() -> Vec<Case> {
             "nothing accepts connections there",
             "start Redis",
         ]),
+        case("REDIS_CA_CERT with a plain redis:// URL", &["queue:stats", "--driver", "redis"], 2)
+            .env(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:{dead}"), ("REDIS_CA_CERT", "ca.pem")])
+            .files(&[("ca.pem", "-----BEGIN CERTIFICATE-----\n")])
+            .says(&["REDIS_CA_CERT", "does not use TLS", "use a rediss:// URL"]),
+        case("REDIS_CA_CERT names a missing file", &["queue:stats", "--driver", "redis"], 2)
+            .env(&[("REDIS_URL", "redis://127.0.0.1:{dead}"), ("REDIS_CA_CERT", "missing.pem")])
+            .says(&[
+                "REDIS_CA_CERT",
+                "cannot read the CA certificate missing.pem",
+                "check the path",
+            ]),
+        case("TLS to a Redis Cluster", &["queue:stats", "--driver", "redis"], 2)
+            .env(&[("REDIS_URL", "rediss+cluster://:hunter2@127.0.0.1:{dead}")])
+            .says(&["REDIS_URL", "TLS to a Redis Cluster", "tunnel"]),
         case(
             "Redis needs a password the URL lacks",
             &["queue:stats", "--driver", "redis", "--url", "redis://{auth}"],
