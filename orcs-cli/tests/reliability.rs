@@ -16,29 +16,13 @@
 //!
 //! Servers are stopped, and workers killed, by pid when a test ends (also when it fails).
 
-use std::fmt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Proc, SHUTDOWN_TIMEOUT, Sandbox, Totals, pause, simulate as job, stop_all};
 use orcs_tests::services::restartable::{RestartablePostgres, RestartableRedis};
-use orcs_tests::services::{skip, unique_name};
-use serde_json::Value;
-
-const QUEUE_VARS: &[&str] = &[
-    "QUEUE_DRIVER",
-    "QUEUE_DEFAULT",
-    "QUEUE_WORKER_QUEUES",
-    "QUEUE_WORKER_SLEEP",
-    "QUEUE_WORKER_MAX_JOBS",
-    "REDIS_URL",
-    "REDIS_PREFIX",
-    "DATABASE_URL",
-    "RUST_LOG",
-];
-
-/// The worker's default shutdown timeout (`WorkerOptions::shutdown_timeout`).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+use orcs_tests::services::skip;
 
 // ---- the backend under test ----
 
@@ -48,25 +32,17 @@ enum Server {
     Sqlite,
 }
 
-/// One backend and a temporary working directory (logs, the SQLite file).
+/// One backend and the sandbox whose commands use it.
 struct Target {
     name: &'static str,
+    // Dropped before the server: no command outlives it.
+    sandbox: Sandbox,
     server: Server,
-    dir: PathBuf,
-    /// `--driver X --url URL`.
-    global: Vec<String>,
-    env: Vec<(String, String)>,
 }
 
 impl Target {
-    fn new(name: &'static str, server: Server, driver: &str, url: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique_name(&format!("orcs-reliability-{name}")));
-        std::fs::create_dir_all(&dir).expect("the temp dir is writable");
-        let global = vec!["--driver".into(), driver.into(), "--url".into(), url.into()];
-        Self { name, server, dir, global, env: Vec::new() }
-    }
-
-    /// A private Redis server, started unless `started` is false.
+    /// A private Redis server, started unless `started` is false (then it requires a password,
+    /// which the URL carries, to check that it is never printed).
     fn redis(started: bool) -> Option<Self> {
         if !cfg!(feature = "redis") {
             return skip("the redis driver", "built without the `redis` feature");
@@ -76,10 +52,8 @@ impl Target {
         } else {
             RestartableRedis::stopped_or_skip()?.with_password("s3cret-pw")
         };
-        let url = server.url();
-        let mut target = Self::new("redis", Server::Redis(server), "redis", &url);
-        target.env.push(("REDIS_PREFIX".into(), unique_name("orcs-rel")));
-        Some(target)
+        let sandbox = Sandbox::redis(&server.url());
+        Some(Self { name: "redis", sandbox, server: Server::Redis(server) })
     }
 
     /// A private PostgreSQL cluster, started unless `started` is false.
@@ -94,125 +68,38 @@ impl Target {
         };
         // Trust authentication ignores the password; it is there to check it is never printed.
         let url = server.url().replacen("postgres@", "postgres:s3cret-pw@", 1);
-        Some(Self::new("postgres", Server::Postgres(server), "database", &url))
+        let mut sandbox = Sandbox::new();
+        sandbox.global = vec!["--driver".into(), "database".into(), "--url".into(), url];
+        Some(Self { name: "postgres", sandbox, server: Server::Postgres(server) })
     }
 
     /// A fresh SQLite file.
     fn sqlite() -> Option<Self> {
-        if !cfg!(feature = "database") {
-            return skip("the database driver", "built without the `database` feature");
-        }
-        let dir = std::env::temp_dir().join(unique_name("orcs-reliability-sqlite"));
-        let url = format!("sqlite://{}", dir.join("queue.db").display());
-        let mut target = Self::new("sqlite", Server::Sqlite, "database", &url);
-        let _ = std::fs::remove_dir_all(&target.dir);
-        target.dir = dir;
-        std::fs::create_dir_all(&target.dir).expect("the temp dir is writable");
-        Some(target)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcs"));
-        cmd.current_dir(&self.dir).args(&self.global).args(args).stdin(Stdio::null());
-        for var in QUEUE_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd
-    }
-
-    /// Runs a command to its end (killed after `within`).
-    fn run(&self, args: &[&str], within: Duration) -> Run {
-        let name = unique_name("run");
-        let (out, err) =
-            (self.dir.join(format!("{name}.out")), self.dir.join(format!("{name}.err")));
-        let mut child = self
-            .command(args)
-            .stdout(std::fs::File::create(&out).expect("a log file"))
-            .stderr(std::fs::File::create(&err).expect("a log file"))
-            .spawn()
-            .expect("the orcs binary runs");
-        let status = wait_child(&mut child, within);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let run = Run {
-            args: args.join(" "),
-            code: status.and_then(|s| s.code()),
-            stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&err).unwrap_or_default(),
-        };
-        let _ = std::fs::remove_file(out);
-        let _ = std::fs::remove_file(err);
-        run
+        Some(Self { name: "sqlite", sandbox: Sandbox::sqlite()?, server: Server::Sqlite })
     }
 
     /// `queue:dispatch GenerateReportJob --data DATA --count N` plus `extra`, which must succeed.
+    #[track_caller]
     fn dispatch(&self, count: u64, data: &str, extra: &[&str]) {
-        let count = count.to_string();
-        let mut args =
-            vec!["queue:dispatch", "GenerateReportJob", "--data", data, "--count", &count];
+        let mut args = vec!["--data", data];
         args.extend_from_slice(extra);
-        let run = self.run(&args, Duration::from_secs(60));
-        assert_eq!(run.code, Some(0), "{run}");
+        self.sandbox.dispatch("GenerateReportJob", count, &args);
     }
 
     /// The counters summed over every queue, or `None` while the backend does not answer.
     fn stats(&self) -> Option<Totals> {
-        let run = self.run(&["queue:stats", "--json"], Duration::from_secs(20));
-        if run.code != Some(0) {
-            return None;
-        }
-        let queues: Vec<Value> = serde_json::from_str(&run.stdout).ok()?;
-        let mut totals = Totals::default();
-        for q in &queues {
-            let n = |key: &str| q[key].as_u64().unwrap_or_else(|| panic!("no {key} in {q}"));
-            totals.pending += n("pending");
-            totals.delayed += n("delayed");
-            totals.reserved += n("reserved");
-            totals.failed += n("failed");
-            totals.processed += n("processed");
-            totals.failed_total += n("failed_total");
-        }
-        Some(totals)
+        self.sandbox.stats()
     }
 
     /// Polls the stats until `done` holds; panics with the last figures after `within`.
     #[track_caller]
     fn wait_for(&self, what: &str, within: Duration, done: impl Fn(&Totals) -> bool) -> Totals {
-        let deadline = Instant::now() + within;
-        let mut last = None;
-        loop {
-            if let Some(totals) = self.stats() {
-                if done(&totals) {
-                    return totals;
-                }
-                last = Some(totals);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {what} did not happen within {within:?}; last stats: {last:?}",
-                self.name
-            );
-            pause(Duration::from_millis(200));
-        }
+        self.sandbox.wait_for(&format!("{}: {what}", self.name), within, done)
     }
 
-    /// Starts `orcs queue:work ARGS` in the background, its output going to files.
-    fn worker(&self, args: &[&str]) -> WorkerProc {
-        let name = unique_name("worker");
-        let (out, err) =
-            (self.dir.join(format!("{name}.out")), self.dir.join(format!("{name}.err")));
-        let mut all = vec!["queue:work"];
-        all.extend_from_slice(args);
-        let child = self
-            .command(&all)
-            .stdout(std::fs::File::create(&out).expect("a log file"))
-            .stderr(std::fs::File::create(&err).expect("a log file"))
-            .spawn()
-            .expect("the orcs binary runs");
-        WorkerProc { child, stderr: err }
+    /// Starts `orcs queue:work ARGS` in the background.
+    fn worker(&self, args: &[&str]) -> Proc {
+        self.sandbox.worker(args)
     }
 
     /// Kills the backend (`SIGKILL`), keeps it down for `down`, and starts it again.
@@ -244,132 +131,6 @@ impl Target {
     }
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Run {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "`orcs {}` exited {:?}\nstdout:\n{}\nstderr:\n{}",
-            self.args, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// The counters of `queue:stats --json`, summed over the queues.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Totals {
-    pending: u64,
-    delayed: u64,
-    reserved: u64,
-    failed: u64,
-    processed: u64,
-    failed_total: u64,
-}
-
-impl Totals {
-    /// Nothing is waiting or running.
-    fn idle(&self) -> bool {
-        self.pending == 0 && self.delayed == 0 && self.reserved == 0
-    }
-}
-
-/// A worker process, killed by pid if still running when dropped.
-struct WorkerProc {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl WorkerProc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {} failed", self.pid());
-    }
-
-    /// `kill -9` and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_none()
-    }
-
-    fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
-        wait_child(&mut self.child, within)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        pause(Duration::from_millis(20));
-    }
-}
-
-// The tests run on plain threads; blocking is what they do.
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
-}
-
-/// Job data for `GenerateReportJob`: sleep `work_ms`, fail the first `fail_attempts` attempts.
-fn job(work_ms: u64, fail_attempts: u32) -> String {
-    format!(r#"{{"simulate":{{"work_ms":{work_ms},"fail_attempts":{fail_attempts}}}}}"#)
-}
-
-/// Stops the workers with SIGTERM and checks that each exits 0.
-#[track_caller]
-fn stop_all(workers: &mut [WorkerProc]) {
-    for w in workers.iter() {
-        w.signal("TERM");
-    }
-    for w in workers.iter_mut() {
-        let status = w.wait(SHUTDOWN_TIMEOUT + Duration::from_secs(10));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "worker {} did not exit 0 on SIGTERM: {status:?}\nstderr:\n{}",
-            w.pid(),
-            w.stderr()
-        );
-    }
-}
-
 // ---- backend restart mid-drain ----
 
 /// Dispatches a few thousand jobs, starts three workers, and once a quarter is done "restarts"
@@ -382,7 +143,7 @@ fn restart_mid_drain(mut target: Target) {
     target.dispatch(JOBS, &job(20, 0), &["--queue", "drain", "--max-retries", "5"]);
     let args =
         ["--queue", "drain", "--concurrency", "16", "--timeout", "2", "--sleep", "1", "--quiet"];
-    let mut workers: Vec<WorkerProc> = (0..3).map(|_| target.worker(&args)).collect();
+    let mut workers: Vec<Proc> = (0..3).map(|_| target.worker(&args)).collect();
     let before = target
         .wait_for("a quarter of the drain", Duration::from_secs(30), |t| t.processed >= JOBS / 4);
     assert!(before.processed < JOBS, "{}: the drain ended before the restart", target.name);
@@ -401,7 +162,7 @@ fn restart_mid_drain(mut target: Target) {
         assert!(w.running(), "{}: a worker exited:\n{}", target.name, w.stderr());
     }
     if !matches!(target.server, Server::Sqlite) {
-        let logs: Vec<String> = workers.iter().map(WorkerProc::stderr).collect();
+        let logs: Vec<String> = workers.iter().map(Proc::stderr).collect();
         let logged = logs.iter().flat_map(|l| l.lines()).find(|l| l.contains("WARN"));
         let Some(line) = logged else {
             panic!("{}: no worker logged the outage:\n{}", target.name, logs.join("\n"))
@@ -446,7 +207,7 @@ fn sqlite_workers_killed_mid_drain() {
 /// picked up at once. `--sleep 60` makes a worker that lost its wake-ups wait a minute.
 fn restart_while_idle(mut target: Target) {
     let args = ["--queue", "idle", "--sleep", "60", "--timeout", "5", "--quiet"];
-    let mut workers: Vec<WorkerProc> = (0..2).map(|_| target.worker(&args)).collect();
+    let mut workers: Vec<Proc> = (0..2).map(|_| target.worker(&args)).collect();
     target.dispatch(2, &job(0, 0), &["--queue", "idle"]);
     target.wait_for("the first jobs", Duration::from_secs(15), |t| t.processed == 2);
     pause(Duration::from_millis(500));
@@ -559,12 +320,16 @@ fn postgres_down_at_start() {
 #[test]
 fn sqlite_unusable_path_at_start() {
     let Some(mut target) = Target::sqlite() else { return };
-    let blocker = target.dir.join("not-a-dir");
+    let blocker = target.sandbox.path("not-a-dir");
     std::fs::write(&blocker, "a file where a directory should be").expect("writable");
     let parent = blocker.join("sub");
-    target.global[3] = format!("sqlite://{}", parent.join("queue.db").display());
+    target.sandbox.global[3] = format!("sqlite://{}", parent.join("queue.db").display());
     let started = Instant::now();
-    let run = target.run(&["queue:work", "--sleep", "1", "--quiet"], Duration::from_secs(15));
+    let run = target.sandbox.run_within(
+        &["queue:work", "--sleep", "1", "--quiet"],
+        &[],
+        Duration::from_secs(15),
+    );
     // 2 (a configuration error) by SPEC section 5; 1 would be acceptable too, hanging is not.
     assert!(matches!(run.code, Some(1 | 2)), "{run}");
     assert!(started.elapsed() < Duration::from_secs(10), "{run}");
@@ -780,7 +545,7 @@ fn kill_9_chaos(target: &Target, chaos: Chaos) {
         "1",
         "--quiet",
     ];
-    let mut workers: Vec<WorkerProc> = (0..3).map(|_| target.worker(&args)).collect();
+    let mut workers: Vec<Proc> = (0..3).map(|_| target.worker(&args)).collect();
     let chaos_started = Instant::now();
     let mut kills = 0;
     let (lo, hi) = chaos.kill_every;
