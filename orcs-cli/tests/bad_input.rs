@@ -11,25 +11,17 @@
 //! A case whose service is missing is skipped loudly (a failure under
 //! `ORCS_TEST_REQUIRE_SERVICES=1`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::Sandbox;
 
 /// The password every case that has one uses: it must never be printed.
 const SECRET: &str = "hunter2";
-
-const QUEUE_VARS: &[&str] = &[
-    "QUEUE_DRIVER",
-    "QUEUE_DEFAULT",
-    "QUEUE_WORKER_QUEUES",
-    "QUEUE_WORKER_SLEEP",
-    "QUEUE_WORKER_MAX_JOBS",
-    "QUEUE_MAX_PAYLOAD_BYTES",
-    "REDIS_URL",
-    "REDIS_PREFIX",
-    "DATABASE_URL",
-    "RUST_LOG",
-];
 
 const EMAIL: &str = r#"{"to":"a@example.com","subject":"hi","body":"hello"}"#;
 
@@ -476,14 +468,6 @@ fn dead_port() -> u16 {
     listener.local_addr().expect("an address").port()
 }
 
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Fills in the placeholders, or `None` when a service is missing.
 fn fill(text: &str, dir: &Path, dead: u16) -> Option<String> {
     let services = services();
@@ -499,42 +483,52 @@ fn fill(text: &str, dir: &Path, dead: u16) -> Option<String> {
     Some(out)
 }
 
+/// What a command printed (stdout, then stderr) and how it exited.
 struct Output {
     code: Option<i32>,
     text: String,
 }
 
-fn orcs(dir: &Path, args: &[String], env: &[(String, String)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcs"));
-    cmd.current_dir(dir).args(args).stdin(Stdio::null());
-    for var in QUEUE_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.env("REDIS_PREFIX", orcs_tests::services::unique_name("orcs-bad-input"));
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let output = cmd.output().expect("the orcs binary runs");
-    Output {
-        code: output.status.code(),
-        text: format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+/// A sandbox (a fresh working directory) whose commands also ignore the variables that
+/// `common` does not know of, and use a Redis key prefix of their own.
+fn sandbox() -> Sandbox {
+    let mut sandbox = Sandbox::new();
+    // An empty variable counts as unset.
+    sandbox.env = vec![
+        ("QUEUE_MAX_PAYLOAD_BYTES".to_owned(), String::new()),
+        ("REDIS_CA_CERT".to_owned(), String::new()),
+        ("REDIS_PREFIX".to_owned(), orcs_tests::services::unique_name("orcs-bad-input")),
+    ];
+    sandbox
+}
+
+/// Runs `orcs ARGS` in the sandbox; a command still running after 60 s fails the test.
+fn orcs(sandbox: &Sandbox, args: &[String], env: &[(String, String)]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run = sandbox.run_within(&args, &env, Duration::from_secs(60));
+    assert!(
+        run.code.is_some(),
+        "`orcs {}` did not end within 60 s:\n{}{}",
+        run.args,
+        run.stdout,
+        run.stderr
+    );
+    Output { code: run.code, text: format!("{}{}", run.stdout, run.stderr) }
 }
 
 /// Runs one case; returns false if it was skipped.
 fn run_case(case: &Case) -> bool {
-    let dir = Dir(std::env::temp_dir().join(orcs_tests::services::unique_name("orcs-bad-input")));
-    std::fs::create_dir_all(&dir.0).expect("the temp dir is writable");
+    let sandbox = sandbox();
+    let dir = &sandbox.dir;
     let dead = dead_port();
     let fill_all =
-        |items: &[&str]| items.iter().map(|a| fill(a, &dir.0, dead)).collect::<Option<Vec<_>>>();
+        |items: &[&str]| items.iter().map(|a| fill(a, dir, dead)).collect::<Option<Vec<_>>>();
     let Some(args) = fill_all(case.args) else { return false };
     let Some(env) = case
         .env
         .iter()
-        .map(|(k, v)| Some(((*k).to_owned(), fill(v, &dir.0, dead)?)))
+        .map(|(k, v)| Some(((*k).to_owned(), fill(v, dir, dead)?)))
         .collect::<Option<Vec<_>>>()
     else {
         return false;
@@ -544,7 +538,7 @@ fn run_case(case: &Case) -> bool {
         return false;
     }
     for (path, text) in case.files {
-        let path = dir.0.join(path);
+        let path = dir.join(path);
         std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
         std::fs::write(path, text).expect("the file is written");
     }
@@ -552,7 +546,7 @@ fn run_case(case: &Case) -> bool {
     let step = |step: &Step| match *step {
         Step::Orcs(args) | Step::Check(args, _) => {
             let args = fill_all(args).expect("the case's own services are there");
-            let out = orcs(&dir.0, &args, &[]);
+            let out = orcs(&sandbox, &args, &[]);
             assert_eq!(
                 out.code,
                 Some(0),
@@ -573,7 +567,7 @@ fn run_case(case: &Case) -> bool {
         }
         Step::Sql(sql) => {
             let status = Command::new("sqlite3")
-                .arg(dir.0.join("queue.db"))
+                .arg(dir.join("queue.db"))
                 .arg(sql)
                 .status()
                 .expect("sqlite3 runs");
@@ -582,7 +576,7 @@ fn run_case(case: &Case) -> bool {
     };
     case.before.iter().for_each(step);
 
-    let out = orcs(&dir.0, &args, &env);
+    let out = orcs(&sandbox, &args, &env);
     let shown = format!("{what}: `orcs {}` (env {env:?})", args.join(" "));
     assert_eq!(
         out.code,
@@ -648,9 +642,8 @@ fn passwords_never_reach_the_output() {
     ];
     let mut ran = 0;
     for &(driver, url, secret) in urls {
-        let dir = Dir(std::env::temp_dir().join(orcs_tests::services::unique_name("orcs-secret")));
-        std::fs::create_dir_all(&dir.0).expect("the temp dir is writable");
-        let Some(url) = fill(url, &dir.0, dead_port()) else { continue };
+        let sandbox = sandbox();
+        let Some(url) = fill(url, &sandbox.dir, dead_port()) else { continue };
         let var = if driver == "redis" { "REDIS_URL" } else { "DATABASE_URL" };
         for command in commands {
             let mut args: Vec<String> = command.iter().map(|a| (*a).to_owned()).collect();
@@ -658,7 +651,7 @@ fn passwords_never_reach_the_output() {
             for level in ["trace", "debug"] {
                 let env =
                     [(var.to_owned(), url.clone()), ("RUST_LOG".to_owned(), level.to_owned())];
-                let out = orcs(&dir.0, &args, &env);
+                let out = orcs(&sandbox, &args, &env);
                 let shown = format!("`orcs {}` with {var}={url} RUST_LOG={level}", args.join(" "));
                 assert!(!out.text.contains(secret), "{shown} printed the password:\n{}", out.text);
                 assert!(!out.text.contains("panicked"), "{shown} panicked:\n{}", out.text);
@@ -666,7 +659,7 @@ fn passwords_never_reach_the_output() {
             }
             // The same URL given with --url.
             args.push(format!("--url={url}"));
-            let out = orcs(&dir.0, &args, &[]);
+            let out = orcs(&sandbox, &args, &[]);
             assert!(
                 !out.text.contains(secret),
                 "`orcs {}` printed the password:\n{}",
