@@ -2,12 +2,13 @@
 //!
 //! - `redis_four_workers_drain_20000`: horizontal scaling, four `queue:work` processes on one
 //!   Redis drain 20,000 jobs, each completed exactly once.
-//! - `*_killed_worker_jobs_run_once`: a worker holding jobs is killed with `SIGKILL`; once the
-//!   leases expire another worker completes them; every job is counted exactly once.
 //! - `postgres_four_workers_drain_5000`, `sqlite_two_workers_drain_5000`: the same on the
 //!   database driver, the workers stopping by themselves when the queue is empty.
-//! - `*_paused_worker_cannot_settle_jobs_it_lost`: a worker stopped with `SIGSTOP` past its
-//!   leases and resumed after another worker ran its jobs: its late results are refused.
+//! - `*_concurrent_dispatchers_and_workers`: four `queue:dispatch` processes write while the
+//!   workers drain.
+//! - `*_lost_workers_jobs_run_once`: of two workers holding jobs, one is killed (`SIGKILL`) and
+//!   one paused (`SIGSTOP`); once the leases expire another worker completes their jobs, each
+//!   counted exactly once; resumed, the paused worker's late results are refused.
 //! - `*_jobs_outlive_their_dispatchers`: jobs dispatched by processes that have all exited are
 //!   still there for a worker started later; and the README path, where `QUEUE_DRIVER=database`
 //!   alone shares `storage/queue.db` between commands run in one directory.
@@ -58,11 +59,7 @@ fn redis_four_workers_drain_20000() {
         sandbox.workers(4, &["--queue", "reports", "--concurrency", "16", "--sleep", "0.1"]);
     sandbox.dispatch("GenerateReportJob", N, &[]);
     let dispatched = started.elapsed();
-    let totals = sandbox
-        .poll_stats(DRAIN_DEADLINE, |t| t.idle() && t.processed + t.failed_total >= N)
-        .unwrap_or_else(|last| {
-            panic!("no drain within {DRAIN_DEADLINE:?}: {last:?}\nfirst worker: {}", workers[0])
-        });
+    let totals = sandbox.wait_drained(&mut workers, N, DRAIN_DEADLINE);
     let drained = started.elapsed();
     stop_all(&mut workers);
     assert!(totals.drained(N), "{totals:?}");
@@ -106,88 +103,84 @@ fn drain_with_stop_when_empty(sandbox: &Sandbox, workers: usize, n: u64) {
     eprintln!("dispatched in {dispatched:?}, drained in {drained:?}");
 }
 
-// ---- a worker killed while holding jobs ----
+/// Four `queue:dispatch` processes write at once (1,250 jobs each, in batches) while `workers`
+/// processes claim and complete: no dispatch fails on contention (SQLite's single writer, row
+/// locks) and every job completes exactly once.
+fn concurrent_dispatchers_and_workers(sandbox: &Sandbox, workers: usize) {
+    const N: u64 = 5000;
+    let mut procs =
+        sandbox.workers(workers, &["--queue", "reports", "--concurrency", "8", "--sleep", "0.1"]);
+    let mut dispatchers: Vec<Proc> = (0..4)
+        .map(|_| sandbox.spawn(&["queue:dispatch", "GenerateReportJob", "--count", "1250"], &[]))
+        .collect();
+    for d in &mut dispatchers {
+        let status = d.wait(DRAIN_DEADLINE);
+        assert!(status.is_some_and(|s| s.success()), "exit {status:?}: {d}");
+    }
+    let totals = sandbox.wait_drained(&mut procs, N, DRAIN_DEADLINE);
+    stop_all(&mut procs);
+    assert!(totals.drained(N), "{totals:?}");
+    check_shares(&procs, N, 1);
+}
+
+#[test]
+fn redis_concurrent_dispatchers_and_workers() {
+    let Some(sandbox) = Sandbox::shared_redis() else { return };
+    concurrent_dispatchers_and_workers(&sandbox, 4);
+}
+
+#[test]
+fn postgres_concurrent_dispatchers_and_workers() {
+    let Some(sandbox) = Sandbox::postgres() else { return };
+    concurrent_dispatchers_and_workers(&sandbox, 4);
+}
+
+#[test]
+fn sqlite_concurrent_dispatchers_and_workers() {
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    concurrent_dispatchers_and_workers(&sandbox, 2);
+}
+
+// ---- workers lost while holding jobs ----
 
 /// The worker's margin over a job's timeout that makes its lease (`WorkerOptions::lease_grace`;
 /// `queue:work` has no flag for it).
 const LEASE_GRACE: Duration = Duration::from_secs(5);
 
-/// Starts a worker that claims 16 of 32 slow jobs (1 s each, a 1.5 s timeout, so a lease of
-/// 1.5 s + [`LEASE_GRACE`]), kills it with `SIGKILL` while it holds them, and starts another
-/// worker: it runs the rest at once and the killed worker's jobs once their leases expire.
-/// Every job completes exactly once; the lost attempt is not a failure (3 retries are left).
-fn killed_worker_jobs_run_once(sandbox: &Sandbox) {
-    const N: u64 = 32;
+/// Two workers each claim 8 of 24 slow jobs (1 s each, a 1.5 s timeout, so a lease of
+/// 1.5 s + [`LEASE_GRACE`]); then one is killed (`SIGKILL`) and the other paused (`SIGSTOP`)
+/// while they hold them. A third worker runs the 8 left at once, and the 16 held ones once their
+/// leases expire: every job completes exactly once, and the lost attempt is not a failure
+/// (3 retries are left). Resumed (`SIGCONT`) after that, the paused worker's late completions
+/// and time-outs are refused as lost leases (`LOST`): nothing runs, retries or counts twice.
+fn lost_workers_jobs_run_once(sandbox: &Sandbox) {
+    const N: u64 = 24;
     let started = Instant::now();
     sandbox.dispatch("GenerateReportJob", N, &["--data", &simulate(1000, 0)]);
-    let timeout = ["--timeout", "1.5", "--sleep", "0.1", "--queue", "reports"];
-    let mut victim = sandbox.worker(&[&timeout[..], &["--concurrency", "16"]].concat());
-    let held = sandbox
-        .poll_stats(Duration::from_secs(10), |t| t.reserved == 16)
-        .unwrap_or_else(|last| panic!("the worker never held 16 jobs: {last:?}\n{victim}"));
-    victim.kill();
-    let killed_at = Instant::now();
-    // The leases outlive the worker: its jobs stay reserved, nobody runs them yet.
-    let after_kill = sandbox.stats().expect("the backend answers");
-    assert!(after_kill.reserved > 0, "the kill came too late: {held:?} then {after_kill:?}");
-    assert_eq!(
-        after_kill.processed + after_kill.reserved + after_kill.pending,
-        N,
-        "{after_kill:?}"
-    );
+    let args = ["--timeout", "1.5", "--sleep", "0.1", "--queue", "reports", "--concurrency"];
+    let mut killed = sandbox.worker(&[&args[..], &["8"]].concat());
+    let paused = sandbox.spawn(&[&["queue:work", "--json"][..], &args[..], &["8"]].concat(), &[]);
+    let held =
+        sandbox.poll_stats(Duration::from_secs(10), |t| t.reserved == 16).unwrap_or_else(|last| {
+            panic!("the workers never held 16 jobs: {last:?}\n{killed}\n{paused}")
+        });
+    killed.kill();
+    paused.signal("STOP");
+    let lost_at = Instant::now();
+    // The leases outlive the workers: their jobs stay reserved, nobody runs them yet.
+    let after = sandbox.stats().expect("the backend answers");
+    assert!(after.reserved > 8, "the workers were stopped too late: {held:?} then {after:?}");
+    assert_eq!(after.processed + after.reserved + after.pending, N, "{after:?}");
 
-    let mut rescuer = sandbox.worker(&[&timeout[..], &["--concurrency", "32"]].concat());
-    let totals = sandbox
-        .poll_stats(DRAIN_DEADLINE, |t| t.idle() && t.processed + t.failed_total >= N)
-        .unwrap_or_else(|last| panic!("no drain within {DRAIN_DEADLINE:?}: {last:?}\n{rescuer}"));
-    let recovered_after = killed_at.elapsed();
-    rescuer.stop();
+    let mut rescuer = sandbox.worker(&[&args[..], &["16"]].concat());
+    let totals = sandbox.wait_drained(std::slice::from_mut(&mut rescuer), N, DRAIN_DEADLINE);
+    let recovered_after = lost_at.elapsed();
     assert!(totals.drained(N), "{totals:?}\n{rescuer}");
-    assert_eq!(sandbox.stats(), Some(totals));
-    // The rescuer ran everything the victim had not completed, including what it held.
-    assert_eq!(done_by(&rescuer), N - after_kill.processed, "{after_kill:?}\n{rescuer}");
+    // Were the leases ignored, the rescuer would have finished in about 2 s.
     assert!(
         recovered_after + Duration::from_millis(500) >= LEASE_GRACE,
         "the held jobs ran again after {recovered_after:?}, before their leases could expire"
     );
-    eprintln!("recovered {recovered_after:?} after the kill; {:?} in all", started.elapsed());
-}
-
-#[test]
-fn redis_killed_worker_jobs_run_once() {
-    let Some(sandbox) = Sandbox::shared_redis() else { return };
-    killed_worker_jobs_run_once(&sandbox);
-}
-
-#[test]
-fn postgres_killed_worker_jobs_run_once() {
-    let Some(sandbox) = Sandbox::postgres() else { return };
-    killed_worker_jobs_run_once(&sandbox);
-}
-
-#[test]
-fn sqlite_killed_worker_jobs_run_once() {
-    let Some(sandbox) = Sandbox::sqlite() else { return };
-    killed_worker_jobs_run_once(&sandbox);
-}
-
-/// Pauses a worker (`SIGSTOP`) holding 8 slow jobs until another worker has run them after their
-/// leases expired, then lets it go on (`SIGCONT`): its late completions and time-outs must be
-/// refused as lost leases, so nothing runs, retries or counts twice.
-fn paused_worker_cannot_settle_jobs_it_lost(sandbox: &Sandbox) {
-    const N: u64 = 8;
-    sandbox.dispatch("GenerateReportJob", N, &["--data", &simulate(1000, 0)]);
-    let args = ["--timeout", "1.5", "--sleep", "0.1", "--queue", "reports", "--concurrency", "8"];
-    let paused = sandbox.spawn(&[&["queue:work", "--json"][..], &args[..]].concat(), &[]);
-    sandbox
-        .poll_stats(Duration::from_secs(10), |t| t.reserved == N)
-        .unwrap_or_else(|last| panic!("the worker never held {N} jobs: {last:?}\n{paused}"));
-    paused.signal("STOP");
-    let rescuer = sandbox.worker(&args);
-    let totals = sandbox
-        .poll_stats(DRAIN_DEADLINE, |t| t.idle() && t.processed + t.failed_total >= N)
-        .unwrap_or_else(|last| panic!("no drain within {DRAIN_DEADLINE:?}: {last:?}\n{rescuer}"));
-    assert!(totals.drained(N), "{totals:?}\n{rescuer}");
 
     paused.signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -201,26 +194,28 @@ fn paused_worker_cannot_settle_jobs_it_lost(sandbox: &Sandbox) {
     for line in common::json_lines(&paused.stdout()) {
         assert_eq!(line["status"], "LOST", "{line}\n{paused}");
     }
-    assert_eq!(done_by(rescuer), N, "{rescuer}");
+    // The rescuer ran everything the killed worker had not completed, including what it held.
+    assert_eq!(done_by(rescuer), N - after.processed, "{after:?}\n{rescuer}");
     assert_eq!(sandbox.stats(), Some(totals), "the resumed worker changed the counters");
+    eprintln!("recovered {recovered_after:?} after the loss; {:?} in all", started.elapsed());
 }
 
 #[test]
-fn redis_paused_worker_cannot_settle_jobs_it_lost() {
+fn redis_lost_workers_jobs_run_once() {
     let Some(sandbox) = Sandbox::shared_redis() else { return };
-    paused_worker_cannot_settle_jobs_it_lost(&sandbox);
+    lost_workers_jobs_run_once(&sandbox);
 }
 
 #[test]
-fn postgres_paused_worker_cannot_settle_jobs_it_lost() {
+fn postgres_lost_workers_jobs_run_once() {
     let Some(sandbox) = Sandbox::postgres() else { return };
-    paused_worker_cannot_settle_jobs_it_lost(&sandbox);
+    lost_workers_jobs_run_once(&sandbox);
 }
 
 #[test]
-fn sqlite_paused_worker_cannot_settle_jobs_it_lost() {
+fn sqlite_lost_workers_jobs_run_once() {
     let Some(sandbox) = Sandbox::sqlite() else { return };
-    paused_worker_cannot_settle_jobs_it_lost(&sandbox);
+    lost_workers_jobs_run_once(&sandbox);
 }
 
 // ---- persistence ----

@@ -10,7 +10,8 @@
 //!   kills it if the test process itself dies, so no worker outlives the run.
 //! - Counters: [`Sandbox::dispatch`] queues N copies of a job in one command;
 //!   [`Sandbox::stats`] sums `queue:stats --json` over every queue into [`Totals`];
-//!   [`Sandbox::wait_for`] polls them until a condition holds or a deadline passes.
+//!   [`Sandbox::wait_for`] polls them until a condition holds or a deadline passes;
+//!   [`Sandbox::wait_drained`] until N jobs are done, failing at once if a worker exits early.
 
 // Each test file uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -250,6 +251,32 @@ impl Sandbox {
         self.poll_stats(within, done).unwrap_or_else(|last| {
             panic!("{what} did not happen within {within:?}; last stats: {last:?}")
         })
+    }
+
+    /// Polls the stats until nothing is waiting or running and `n` jobs were processed or
+    /// failed, then returns them. Panics, with the workers' output, when one of `workers` exits
+    /// meanwhile (a worker that stops early would otherwise only show as a timeout) or after
+    /// `within`.
+    #[track_caller]
+    pub(crate) fn wait_drained(&self, workers: &mut [Proc], n: u64, within: Duration) -> Totals {
+        let deadline = Instant::now() + within;
+        loop {
+            let step =
+                deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            match self.poll_stats(step, |t| t.idle() && t.processed + t.failed_total >= n) {
+                Ok(totals) => return totals,
+                Err(last) => {
+                    if let Some(dead) = workers.iter_mut().position(|w| !w.running()) {
+                        let dead = &workers[dead];
+                        panic!("a worker exited before the drain ended ({last:?}): {dead}");
+                    }
+                    if Instant::now() >= deadline {
+                        let all: Vec<String> = workers.iter().map(ToString::to_string).collect();
+                        panic!("no drain within {within:?}: {last:?}\n{}", all.join("\n"));
+                    }
+                }
+            }
+        }
     }
 }
 
