@@ -441,8 +441,12 @@ impl Driver for RedisDriver {
                         }
                     }
                     Err(e) => {
-                        // The error is not Clone: each job gets its text; the worker retries each.
-                        let message = e.to_string();
+                        // The error is not Clone: each job gets its text (without the "redis
+                        // backend error" prefix, which `backend` adds again); the worker retries each.
+                        let message = match &e {
+                            Error::Backend { source, .. } => source.to_string(),
+                            other => other.to_string(),
+                        };
                         for &i in chunk {
                             results[i] = Some(Err(backend(message.clone())));
                         }
