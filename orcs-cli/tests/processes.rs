@@ -9,6 +9,8 @@
 //! - `*_lost_workers_jobs_run_once`: of two workers holding jobs, one is killed (`SIGKILL`) and
 //!   one paused (`SIGSTOP`); once the leases expire another worker completes their jobs, each
 //!   counted exactly once; resumed, the paused worker's late results are refused.
+//! - `*_idle_workers_wake_up`: workers sleeping up to 10 s run a job dispatched by another
+//!   process within milliseconds, and a delayed one when it is due (Redis, PostgreSQL).
 //! - `*_jobs_outlive_their_dispatchers`: jobs dispatched by processes that have all exited are
 //!   still there for a worker started later; and the README path, where `QUEUE_DRIVER=database`
 //!   alone shares `storage/queue.db` between commands run in one directory.
@@ -216,6 +218,51 @@ fn postgres_lost_workers_jobs_run_once() {
 fn sqlite_lost_workers_jobs_run_once() {
     let Some(sandbox) = Sandbox::sqlite() else { return };
     lost_workers_jobs_run_once(&sandbox);
+}
+
+// ---- waking idle workers ----
+
+/// Idle workers whose `--sleep` is 10 s run a job another process dispatches within a fraction of
+/// that (Redis: the blocking wake-up key; PostgreSQL: LISTEN/NOTIFY), and a delayed one when it
+/// becomes due, neither early nor at the end of their sleep.
+fn idle_workers_wake_up(sandbox: &Sandbox) {
+    const WAKE_WITHIN: Duration = Duration::from_secs(3);
+    let mut workers = sandbox.workers(2, &["--queue", "reports", "--sleep", "10"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !workers.iter().all(|w| w.stdout().contains("orcs worker:")) {
+        assert!(Instant::now() < deadline, "the workers did not start:\n{}", workers[0]);
+        common::pause(Duration::from_millis(50));
+    }
+    // Let both make their first (empty) claim and go to sleep.
+    common::pause(Duration::from_secs(1));
+    for round in 1..=2 {
+        let dispatched = Instant::now();
+        sandbox.dispatch("GenerateReportJob", 1, &[]);
+        sandbox.wait_for(&format!("the job of round {round} running"), WAKE_WITHIN, |t| {
+            t.processed == round
+        });
+        eprintln!("round {round}: ran {:?} after the dispatch began", dispatched.elapsed());
+    }
+    let dispatched = Instant::now();
+    sandbox.dispatch("GenerateReportJob", 1, &["--delay", "1"]);
+    sandbox.wait_for("the delayed job running", WAKE_WITHIN, |t| t.processed == 3);
+    let ran_after = dispatched.elapsed();
+    assert!(ran_after >= Duration::from_secs(1), "the delayed job ran early: {ran_after:?}");
+    eprintln!("delayed 1 s: ran {ran_after:?} after the dispatch began");
+    stop_all(&mut workers);
+    assert!(sandbox.stats().expect("the backend answers").drained(3));
+}
+
+#[test]
+fn redis_idle_workers_wake_up() {
+    let Some(sandbox) = Sandbox::shared_redis() else { return };
+    idle_workers_wake_up(&sandbox);
+}
+
+#[test]
+fn postgres_idle_workers_wake_up() {
+    let Some(sandbox) = Sandbox::postgres() else { return };
+    idle_workers_wake_up(&sandbox);
 }
 
 // ---- persistence ----
