@@ -121,17 +121,21 @@ impl Sandbox {
     /// Runs a command to its end; one still running after `within` is killed and reported with
     /// `code: None`.
     pub(crate) fn run_within(&self, args: &[&str], env: &[(&str, &str)], within: Duration) -> Run {
-        let mut proc = self.spawn(args, env);
+        let mut proc = self.start(args, env);
         let status = proc.wait(within);
         if status.is_none() {
             proc.kill();
         }
-        Run {
+        let run = Run {
             args: args.join(" "),
             code: status.and_then(|s| s.code()),
             stdout: proc.stdout(),
             stderr: proc.stderr(),
-        }
+        };
+        // Polls run hundreds of commands; keep the sandbox to the workers' logs.
+        let _ = std::fs::remove_file(&proc.stdout);
+        let _ = std::fs::remove_file(&proc.stderr);
+        run
     }
 
     /// Runs a command to its end (at most [`RUN_DEADLINE`]) with extra variables.
@@ -157,6 +161,14 @@ impl Sandbox {
     /// Starts `orcs GLOBAL ARGS` in the background, its stdout and stderr going to files in the
     /// sandbox.
     pub(crate) fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let proc = self.start(args, env);
+        watch(proc.pid());
+        proc
+    }
+
+    /// [`Sandbox::spawn`] without the watchdog, for commands that end by themselves (those of
+    /// [`Sandbox::run_within`], e.g. every `queue:stats` poll) and would only add a shell each.
+    fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let name = unique_name("proc");
         let (out, err) =
             (self.dir.join(format!("{name}.out")), self.dir.join(format!("{name}.err")));
@@ -166,7 +178,6 @@ impl Sandbox {
             .stderr(std::fs::File::create(&err).expect("a log file"))
             .spawn()
             .expect("the orcs binary runs");
-        watch(child.id());
         Proc { child, args: args.join(" "), stdout: out, stderr: err }
     }
 
