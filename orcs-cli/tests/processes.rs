@@ -2,8 +2,9 @@
 //!
 //! - `redis_four_workers_drain_20000`: horizontal scaling, four `queue:work` processes on one
 //!   Redis drain 20,000 jobs, each completed exactly once.
-//! - `postgres_four_workers_drain_5000`, `sqlite_two_workers_drain_5000`: the same on the
-//!   database driver, the workers stopping by themselves when the queue is empty.
+//! - `postgres_four_workers_drain_5000`, `sqlite_two_workers_drain_5000`,
+//!   `redis_cluster_two_workers_drain_5000`: the same on the database driver and on a Redis
+//!   Cluster, the workers stopping by themselves when the queue is empty.
 //! - `*_concurrent_dispatchers_and_workers`: four `queue:dispatch` processes write while the
 //!   workers drain.
 //! - `*_lost_workers_jobs_run_once`: of two workers holding jobs, one is killed (`SIGKILL`) and
@@ -69,6 +70,19 @@ fn redis_four_workers_drain_20000() {
     assert_eq!(sandbox.stats(), Some(totals));
     check_shares(&workers, N, 4);
     eprintln!("dispatched in {dispatched:?}, drained in {drained:?}");
+}
+
+#[test]
+fn redis_cluster_two_workers_drain_5000() {
+    if !cfg!(feature = "redis") {
+        orcs_tests::services::skip::<()>("the redis driver", "built without the `redis` feature");
+        return;
+    }
+    let Some(url) = orcs_tests::services::redis::redis_cluster_url_or_skip() else { return };
+    let sandbox = Sandbox::redis(&url);
+    drain_with_stop_when_empty(&sandbox, 2, 5000);
+    // Idle workers on a cluster still wake on a dispatch from another process.
+    idle_workers_wake_up(&Sandbox::redis(&url));
 }
 
 #[test]
