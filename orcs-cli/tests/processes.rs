@@ -56,10 +56,13 @@ fn check_shares(workers: &[Proc], n: u64, min_busy: usize) {
 fn redis_four_workers_drain_20000() {
     const N: u64 = 20_000;
     let Some(sandbox) = Sandbox::shared_redis() else { return };
-    let started = Instant::now();
-    // The workers are up first, so dispatching, claiming and completing overlap.
+    // The workers are up (connected) first, so dispatching, claiming and completing overlap.
     let mut workers =
         sandbox.workers(4, &["--queue", "reports", "--concurrency", "16", "--sleep", "0.1"]);
+    for w in &mut workers {
+        w.wait_output("orcs worker:", Duration::from_secs(10));
+    }
+    let started = Instant::now();
     sandbox.dispatch("GenerateReportJob", N, &[]);
     let dispatched = started.elapsed();
     let totals = sandbox.wait_drained(&mut workers, N, DRAIN_DEADLINE);
@@ -242,10 +245,8 @@ fn sqlite_lost_workers_jobs_run_once() {
 fn idle_workers_wake_up(sandbox: &Sandbox) {
     const WAKE_WITHIN: Duration = Duration::from_secs(3);
     let mut workers = sandbox.workers(2, &["--queue", "reports", "--sleep", "10"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !workers.iter().all(|w| w.stdout().contains("orcs worker:")) {
-        assert!(Instant::now() < deadline, "the workers did not start:\n{}", workers[0]);
-        common::pause(Duration::from_millis(50));
+    for w in &mut workers {
+        w.wait_output("orcs worker:", Duration::from_secs(10));
     }
     // Let both make their first (empty) claim and go to sleep.
     common::pause(Duration::from_secs(1));

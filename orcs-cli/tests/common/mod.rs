@@ -455,6 +455,19 @@ impl Proc {
         }
     }
 
+    /// Waits until the process has printed `needle` (to stdout or stderr), e.g. a worker's
+    /// `orcs worker:` line, printed once it is connected. Panics if it exits first or after
+    /// `within`.
+    #[track_caller]
+    pub(crate) fn wait_output(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.stdout().contains(needle) && !self.stderr().contains(needle) {
+            assert!(self.running(), "exited before printing {needle:?}: {self}");
+            assert!(Instant::now() < deadline, "printed no {needle:?} within {within:?}: {self}");
+            pause(Duration::from_millis(20));
+        }
+    }
+
     /// `SIGTERM`, then waits for an exit 0 (panics with the output otherwise).
     #[track_caller]
     pub(crate) fn stop(&mut self) {
