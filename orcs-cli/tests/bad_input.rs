@@ -489,16 +489,11 @@ struct Output {
     text: String,
 }
 
-/// A sandbox (a fresh working directory) whose commands also ignore the variables that
-/// `common` does not know of, and use a Redis key prefix of their own.
+/// A sandbox (a fresh working directory) whose commands use a Redis key prefix of their own.
 fn sandbox() -> Sandbox {
     let mut sandbox = Sandbox::new();
-    // An empty variable counts as unset.
-    sandbox.env = vec![
-        ("QUEUE_MAX_PAYLOAD_BYTES".to_owned(), String::new()),
-        ("REDIS_CA_CERT".to_owned(), String::new()),
-        ("REDIS_PREFIX".to_owned(), orcs_tests::services::unique_name("orcs-bad-input")),
-    ];
+    sandbox.env =
+        vec![("REDIS_PREFIX".to_owned(), orcs_tests::services::unique_name("orcs-bad-input"))];
     sandbox
 }
 

@@ -40,6 +40,11 @@ pub(crate) fn backend(error: sqlx::Error) -> Error {
     Error::backend(DRIVER, error)
 }
 
+/// Statements slower than this are logged at debug level, not sqlx's default warning: workers
+/// contending for one queue wait on each other's locks by design, and a warning per wait (with
+/// the whole SQL) is noise on a worker's stderr.
+pub(crate) const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
 /// The token matters: a stale and a current lease on one job may share a batch.
 pub(crate) fn settled(

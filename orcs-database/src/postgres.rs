@@ -13,7 +13,7 @@ use std::time::Duration;
 use orcs_core::{Error, Lease, Millis, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Connection, Row, Transaction};
+use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
 use crate::common::{Shared, backend, common_ops};
@@ -67,7 +67,8 @@ impl Store {
             // refreshes its statistics; planning the claim on stale ones picks a bitmap scan that
             // reads and sorts every ready job per claim. Without bitmap scans the claim walks the
             // `_ready` index in order and stops after `max` rows whatever the statistics say.
-            .options([("enable_bitmapscan", "off")]);
+            .options([("enable_bitmapscan", "off")])
+            .log_slow_statements(log::LevelFilter::Debug, crate::common::SLOW_STATEMENT);
         // One plain connection first: when the server is down or refuses the login, the pool
         // would only report that it timed out; this reports why, at once.
         match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {

@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::common::{Shared, backend, common_ops};
+use crate::common::{SLOW_STATEMENT, Shared, backend, common_ops};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY};
 use crate::sql::{Dialect, Sql};
 
@@ -93,7 +93,8 @@ impl Store {
             // In WAL mode, NORMAL loses no committed job when a process crashes; only a power
             // loss may take back the last transactions, and it makes commits far cheaper.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
         let mut writer = options.connect().await.map_err(backend)?;
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(&mut writer)

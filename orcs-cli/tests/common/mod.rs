@@ -31,8 +31,10 @@ pub(crate) const QUEUE_VARS: &[&str] = &[
     "QUEUE_WORKER_QUEUES",
     "QUEUE_WORKER_SLEEP",
     "QUEUE_WORKER_MAX_JOBS",
+    "QUEUE_MAX_PAYLOAD_BYTES",
     "REDIS_URL",
     "REDIS_PREFIX",
+    "REDIS_CA_CERT",
     "DATABASE_URL",
     "RUST_LOG",
 ];
