@@ -15,7 +15,8 @@ fn orcs(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bench_on_the_memory_driver_prints_the_peer_keys() {
-    let out = orcs(&["--driver", "memory", "bench", "--n", "2000", "--phases", "single,bulk,drain"]);
+    let out =
+        orcs(&["--driver", "memory", "bench", "--n", "2000", "--phases", "single,bulk,drain"]);
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let line: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     assert_eq!(line["impl"], "orcs");
