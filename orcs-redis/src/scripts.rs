@@ -49,15 +49,19 @@ for k in pairs(touched) do arm(KEYS[k + 4]) end
 return false
 ";
 
-/// Promotes due delayed jobs (at most ARGV[5]), then claims up to ARGV[2] ready jobs.
+/// Promotes due delayed jobs (at most ARGV[5]), then claims up to ARGV[2] ready jobs (at most
+/// 1000 per call, which keeps every `unpack` far below Lua's stack limit).
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at. ARGV: now, max, default timeout ms, grace ms, promotion limit.
 /// Returns {next_due or nil, then 6 per job: id, record, attempt, token, lease deadline, last
 /// error or nil}.
+///
+/// Each step works on the whole batch in one command (HMGET, HSET and ZADD of many fields), so
+/// the cost of a call grows with the jobs it claims, not with the commands it makes per job.
 const CLAIM: &str = r"
 local now = tonumber(ARGV[1])
-local max = tonumber(ARGV[2])
+local max = math.min(tonumber(ARGV[2]), 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 if #due > 0 then
   for _, id in ipairs(due) do
@@ -67,14 +71,15 @@ if #due > 0 then
   redis.call('ZREM', KEYS[2], unpack(due))
 end
 local out = {false}
-local claimed = 0
-while claimed < max do
-  local popped = redis.call('ZPOPMIN', KEYS[1], max - claimed)
+local ids, blobs = {}, {}
+while #ids < max do
+  local popped = redis.call('ZPOPMIN', KEYS[1], max - #ids)
   if #popped == 0 then break end
-  for i = 1, #popped, 2 do
-    local id = popped[i]
-    local blob = redis.call('HGET', KEYS[4], id)
-    if not blob then
+  local batch = {}
+  for i = 1, #popped, 2 do batch[#batch + 1] = popped[i] end
+  local records = redis.call('HMGET', KEYS[4], unpack(batch))
+  for i, id in ipairs(batch) do
+    if not records[i] then
       -- An id without a record cannot run: it goes to the failed set with the reason.
       local seq = redis.call('HINCRBY', KEYS[8], 'failseq', 1)
       redis.call('ZADD', KEYS[10], seq, id)
@@ -82,24 +87,42 @@ while claimed < max do
       redis.call('HSET', KEYS[7], id, 'unreadable job record: its data is missing from ' .. KEYS[4])
       redis.call('HINCRBY', KEYS[8], 'failed_total', 1)
     else
-      local _, timeout = header(blob)
-      local attempt = redis.call('HINCRBY', KEYS[5], id, 1)
-      local token = redis.call('HINCRBY', KEYS[8], 'tokens', 1)
-      redis.call('HSET', KEYS[6], id, token)
-      local deadline = math.min(now + (timeout or tonumber(ARGV[3])) + tonumber(ARGV[4]), 9007199254740991)
-      redis.call('ZADD', KEYS[3], deadline, id)
-      local n = #out
-      out[n + 1] = id
-      out[n + 2] = blob
-      out[n + 3] = attempt
-      out[n + 4] = token
-      out[n + 5] = deadline
-      out[n + 6] = redis.call('HGET', KEYS[7], id)
-      claimed = claimed + 1
+      ids[#ids + 1] = id
+      blobs[#ids] = records[i]
     end
   end
 end
-if claimed > 0 and redis.call('ZCARD', KEYS[1]) > 0 then arm(KEYS[9]) end
+if #ids > 0 then
+  local attempts = redis.call('HMGET', KEYS[5], unpack(ids))
+  -- Tokens come from one counter: this call takes the #ids numbers up to `last`.
+  local last = redis.call('HINCRBY', KEYS[8], 'tokens', #ids)
+  local errors = {}
+  if redis.call('EXISTS', KEYS[7]) == 1 then errors = redis.call('HMGET', KEYS[7], unpack(ids)) end
+  local attempt_fields, token_fields, leases = {}, {}, {}
+  for i, id in ipairs(ids) do
+    local _, timeout = header(blobs[i])
+    local attempt = (tonumber(attempts[i]) or 0) + 1
+    local token = last - #ids + i
+    local deadline = math.min(now + (timeout or tonumber(ARGV[3])) + tonumber(ARGV[4]), 9007199254740991)
+    attempt_fields[#attempt_fields + 1] = id
+    attempt_fields[#attempt_fields + 1] = attempt
+    token_fields[#token_fields + 1] = id
+    token_fields[#token_fields + 1] = token
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
+    local n = #out
+    out[n + 1] = id
+    out[n + 2] = blobs[i]
+    out[n + 3] = attempt
+    out[n + 4] = token
+    out[n + 5] = deadline
+    out[n + 6] = errors[i] or false
+  end
+  redis.call('HSET', KEYS[5], unpack(attempt_fields))
+  redis.call('HSET', KEYS[6], unpack(token_fields))
+  redis.call('ZADD', KEYS[3], unpack(leases))
+end
+if #ids > 0 and redis.call('ZCARD', KEYS[1]) > 0 then arm(KEYS[9]) end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if next_due[2] then out[1] = tonumber(next_due[2]) end
 return out
@@ -119,25 +142,30 @@ return 1
 ";
 
 /// Finishes several claimed jobs of one queue, as COMPLETE does for each. KEYS: as COMPLETE.
-/// ARGV: id, token pairs. Returns one 1 or 0 per pair.
+/// ARGV: id, token pairs (at most 500). Returns one 1 or 0 per pair. The token check reads all
+/// tokens in one HMGET, and the removals are one command per key for the whole batch.
 const COMPLETE_MANY: &str = r"
-local out = {}
-local done = 0
-for i = 1, #ARGV, 2 do
-  local id = ARGV[i]
-  if redis.call('HGET', KEYS[4], id) == ARGV[i + 1] then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
-    redis.call('HDEL', KEYS[4], id)
-    redis.call('HDEL', KEYS[5], id)
-    done = done + 1
-    out[#out + 1] = 1
+local ids = {}
+for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local current = redis.call('HMGET', KEYS[4], unpack(ids))
+local out, done, seen = {}, {}, {}
+for i, id in ipairs(ids) do
+  if current[i] == ARGV[2 * i] and not seen[id] then
+    seen[id] = true
+    done[#done + 1] = id
+    out[i] = 1
   else
-    out[#out + 1] = 0
+    out[i] = 0
   end
 end
-if done > 0 then redis.call('HINCRBY', KEYS[6], 'processed', done) end
+if #done > 0 then
+  redis.call('ZREM', KEYS[1], unpack(done))
+  redis.call('HDEL', KEYS[2], unpack(done))
+  redis.call('HDEL', KEYS[3], unpack(done))
+  redis.call('HDEL', KEYS[4], unpack(done))
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HDEL', KEYS[5], unpack(done)) end
+  redis.call('HINCRBY', KEYS[6], 'processed', #done)
+end
 return out
 ";
 
