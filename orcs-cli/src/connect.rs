@@ -27,7 +27,7 @@ pub async fn connect(config: &Config) -> Result<Queue> {
     let queue = match config.driver {
         DriverKind::Memory => Queue::new(MemoryDriver::new()),
         DriverKind::Redis => connect_redis(redis_url(config), config).await?,
-        DriverKind::Database => connect_database(database_url(config)).await?,
+        DriverKind::Database => connect_database(config).await?,
         other => {
             return Err(Error::config(
                 "QUEUE_DRIVER",
@@ -70,12 +70,21 @@ async fn connect_redis(_url: &str, _settings: &Config) -> Result<Queue> {
 }
 
 #[cfg(feature = "database")]
-async fn connect_database(url: &str) -> Result<Queue> {
-    Ok(Queue::new(orcs_database::DatabaseDriver::connect(url).await?))
+async fn connect_database(settings: &Config) -> Result<Queue> {
+    let mut config = orcs_database::DatabaseConfig::new(database_url(settings));
+    if let Some(table) = &settings.database_table {
+        // Counters follow the jobs table, so that two applications with their own tables in one
+        // database keep their own counts.
+        config = config.with_jobs_table(table).with_counters_table(format!("{table}_counters"));
+    }
+    if let Some(table) = &settings.database_failed_table {
+        config = config.with_failed_table(table);
+    }
+    Ok(Queue::new(orcs_database::DatabaseDriver::connect_with(config).await?))
 }
 
 #[cfg(not(feature = "database"))]
-async fn connect_database(_url: &str) -> Result<Queue> {
+async fn connect_database(_settings: &Config) -> Result<Queue> {
     Err(not_built("database"))
 }
 

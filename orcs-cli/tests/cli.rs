@@ -551,3 +551,38 @@ fn round_trip_on_postgres() {
     let Some(sandbox) = Sandbox::postgres() else { return };
     round_trip(&sandbox);
 }
+
+#[test]
+fn database_tables_come_from_the_config_file() {
+    let Some(_) = Sandbox::sqlite() else { return };
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("config")).unwrap();
+    std::fs::write(
+        sandbox.path("config/queue.toml"),
+        "driver = \"database\"\n[database]\nurl = \"sqlite://app.db\"\ntable = \"app_jobs\"\nfailed_table = \"app_failed\"\n",
+    )
+    .unwrap();
+    sandbox.dispatch("GenerateReportJob", 3, &[]);
+    sandbox.run(&["queue:work", "--queue", "reports", "--stop-when-empty"]).ok();
+    let totals = sandbox.stats().expect("stats");
+    assert_eq!((totals.processed, totals.pending), (3, 0), "{totals:?}");
+
+    let tables = Command::new("sqlite3")
+        .arg(sandbox.path("app.db"))
+        .arg("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .output()
+        .expect("sqlite3 runs");
+    let tables =
+        String::from_utf8_lossy(&tables.stdout).split_whitespace().collect::<Vec<_>>().join(",");
+    assert_eq!(
+        tables, "app_failed,app_jobs,app_jobs_counters",
+        "the configured tables, and only them"
+    );
+
+    std::fs::write(sandbox.path("config/queue.toml"), "[database]\ntable = \"app-jobs\"\n")
+        .unwrap();
+    sandbox
+        .run(&["--driver", "database", "queue:stats"])
+        .code(2)
+        .stderr_has("\"app-jobs\": use letters, digits and underscores");
+}

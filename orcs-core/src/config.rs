@@ -98,6 +98,10 @@ pub struct Config {
     pub redis_ca_cert: Option<PathBuf>,
     /// `DATABASE_URL`.
     pub database_url: Option<String>,
+    /// The database driver's jobs table (`[database] table`; the driver's default is `jobs`).
+    pub database_table: Option<String>,
+    /// The database driver's failed-jobs table (`[database] failed_table`; default `failed_jobs`).
+    pub database_failed_table: Option<String>,
     /// The largest accepted serialized payload of a dispatched job, in bytes
     /// (`QUEUE_MAX_PAYLOAD_BYTES`, default [`DEFAULT_MAX_PAYLOAD_BYTES`], 512 KiB).
     pub max_payload_bytes: usize,
@@ -115,6 +119,8 @@ impl Default for Config {
             redis_url: None,
             redis_ca_cert: None,
             database_url: None,
+            database_table: None,
+            database_failed_table: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             worker: WorkerConfig {
                 queues: Vec::new(),
@@ -136,14 +142,16 @@ struct FileConfig {
     default: Option<String>,
     max_payload_bytes: Option<usize>,
     redis: Option<FileRedis>,
-    database: Option<FileUrl>,
+    database: Option<FileDatabase>,
     worker: Option<FileWorker>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileUrl {
+struct FileDatabase {
     url: Option<String>,
+    table: Option<String>,
+    failed_table: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,8 +263,13 @@ impl Config {
                 self.redis_ca_cert = Some(path);
             }
         }
-        if let Some(url) = file.database.and_then(|d| d.url) {
-            self.database_url = Some(url);
+        if let Some(database) = file.database {
+            if let Some(url) = database.url {
+                self.database_url = Some(url);
+            }
+            self.database_table = database.table.or(self.database_table.take());
+            self.database_failed_table =
+                database.failed_table.or(self.database_failed_table.take());
         }
         if let Some(worker) = file.worker {
             if let Some(queues) = worker.queues {
@@ -491,6 +504,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("q.toml: max_payload_bytes: 0 would refuse every job"), "{err}");
+    }
+
+    #[test]
+    fn database_tables_come_from_the_file() {
+        let file = "[database]\nurl = \"sqlite://q.db\"\ntable = \"app_jobs\"\nfailed_table = \"app_failed\"";
+        let config = Config::from_sources(Some((Path::new("queue.toml"), file)), env(&[])).unwrap();
+        assert_eq!(config.database_url.as_deref(), Some("sqlite://q.db"));
+        assert_eq!(config.database_table.as_deref(), Some("app_jobs"));
+        assert_eq!(config.database_failed_table.as_deref(), Some("app_failed"));
+        assert_eq!(Config::default().database_table, None, "the driver's default applies");
     }
 
     #[test]
