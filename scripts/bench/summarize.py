@@ -40,7 +40,11 @@ def main(argv):
     if not cols:
         print(__doc__, file=sys.stderr)
         return 2
-    print("| metric | " + " | ".join(f"{label} (runs: {len(runs)})" for label, runs in cols) + " |")
+    # Memory lines (`bytes_per_job` only) are extra measurements of a run, not runs of their own.
+    def runs_of(runs):
+        return sum(1 for r in runs if "bytes_per_job" not in r)
+
+    print("| metric | " + " | ".join(f"{label} (runs: {runs_of(runs)})" for label, runs in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for key, name in METRICS:
         values = [[r[key] for r in runs if isinstance(r.get(key), (int, float))] for _, runs in cols]
