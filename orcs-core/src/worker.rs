@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -315,7 +315,7 @@ impl Worker {
         runner.driver.recover(&runner.options.queues, now).await?;
         let claim = runner.driver.claim(&runner.claim_request(1, now)).await?;
         let Some(reserved) = claim.jobs.into_iter().next() else { return Ok(None) };
-        let event = runner.execute(reserved, CancellationToken::new()).await;
+        let event = runner.execute(reserved, CancellationToken::new(), None).await;
         runner.emit(&event);
         Ok(Some(event))
     }
@@ -446,6 +446,22 @@ fn spawn_completion_writer(queue: Queue) -> mpsc::UnboundedSender<Completion> {
     tx
 }
 
+/// A running job's hold on one of the worker's `concurrency` slots. The job lets go of it when
+/// its code has finished, before its result is recorded, so that the worker's next claim overlaps
+/// that write instead of waiting for it (two round trips per batch become one).
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Give the permit back before waking the worker loop, so it sees the free slot.
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
 /// Backend retries inside one transition, before the attempt is left to lease recovery.
 const SETTLE_TRIES: u32 = 5;
 
@@ -484,6 +500,11 @@ impl Runner {
         let mut backend_backoff = BackendBackoff::default();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut shutdown_asked = false;
+        // `concurrency` slots for running job code; see `Slot`. Jobs whose result is still being
+        // recorded hold no slot, but at most `concurrency` of them are let pile up.
+        let slots = Arc::new(Semaphore::new(options.concurrency));
+        let slot_freed = Arc::new(Notify::new());
+        let most_tasks = options.concurrency.saturating_mul(2);
 
         loop {
             if options.max_jobs.is_some_and(|max| claimed >= max)
@@ -509,7 +530,7 @@ impl Runner {
             while let Some(joined) = tasks.try_join_next() {
                 self.record(joined, &mut summary);
             }
-            let free = options.concurrency.saturating_sub(tasks.len());
+            let free = slots.available_permits().min(most_tasks.saturating_sub(tasks.len()));
             let mut idle_for = None;
             if free > 0 {
                 let want = options.max_jobs.map_or(free, |max| {
@@ -536,7 +557,16 @@ impl Runner {
                                 claimed += 1;
                                 let runner = Arc::clone(&self);
                                 let stop = hard_stop.clone();
-                                tasks.spawn(async move { runner.execute(reserved, stop).await });
+                                let slot =
+                                    Arc::clone(&slots).try_acquire_owned().ok().map(|permit| {
+                                        Slot {
+                                            permit: Some(permit),
+                                            freed: Arc::clone(&slot_freed),
+                                        }
+                                    });
+                                tasks.spawn(
+                                    async move { runner.execute(reserved, stop, slot).await },
+                                );
                             }
                             continue;
                         }
@@ -571,6 +601,7 @@ impl Runner {
             };
             tokio::select! {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => self.record(joined, &mut summary),
+                () = slot_freed.notified() => {}
                 () = wait_for_work => {}
                 () = max_time_left => {}
                 () = &mut shutdown => {
@@ -633,7 +664,12 @@ impl Runner {
         }
     }
 
-    async fn execute(&self, reserved: Reserved, hard_stop: CancellationToken) -> WorkerEvent {
+    async fn execute(
+        &self,
+        reserved: Reserved,
+        hard_stop: CancellationToken,
+        slot: Option<Slot>,
+    ) -> WorkerEvent {
         let Reserved { record, lease } = reserved;
         let started = Instant::now();
         let span = tracing::info_span!(
@@ -643,7 +679,7 @@ impl Runner {
             queue = %record.queue,
             attempt = record.attempt,
         );
-        let outcome = self.run_attempt(&record, &lease, hard_stop).instrument(span).await;
+        let outcome = self.run_attempt(&record, &lease, hard_stop, slot).instrument(span).await;
         WorkerEvent {
             id: record.id,
             name: record.name,
@@ -660,6 +696,7 @@ impl Runner {
         record: &JobRecord,
         lease: &Lease,
         hard_stop: CancellationToken,
+        slot: Option<Slot>,
     ) -> Outcome {
         let job = match self.registry.decode(&record.name, &record.payload) {
             Some(Ok(job)) => job,
@@ -719,6 +756,8 @@ impl Runner {
                 return self.settle(lease, |driver, now| async move { driver.release(lease, now).await }, Outcome::Released).await;
             }
         };
+        // The job's code is done: its slot can take the next job while the result is recorded.
+        drop(slot);
 
         // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.
         if result.is_err() && hard_stop.is_cancelled() {
