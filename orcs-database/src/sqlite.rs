@@ -58,6 +58,29 @@ async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Db>> {
     conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
 }
 
+/// Setup steps tried on `SQLITE_BUSY` before giving up. Processes opening a new file at once can
+/// meet "database is locked" before the busy timeout applies (switching the file to WAL takes an
+/// exclusive lock without waiting); every setup step is idempotent, so it is simply tried again.
+const SETUP_TRIES: u32 = 20;
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("5"))
+}
+
+/// Pause before setup try `n` (1-based): 10 ms doubling, at most 200 ms.
+fn setup_pause(n: u32) -> Duration {
+    Duration::from_millis((10u64 << n.min(5)).min(200))
+}
+
+/// Creates the tables and indexes in one immediate transaction (so processes take turns).
+async fn create_schema(conn: &mut SqliteConnection, sql: &Sql) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    for statement in &sql.schema {
+        sqlx::query(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
         let url = config.url.as_str();
@@ -95,7 +118,16 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
-        let mut writer = options.connect().await.map_err(backend)?;
+        let mut tries = 1;
+        let mut writer = loop {
+            match options.connect().await {
+                Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
+                    tokio::time::sleep(setup_pause(tries)).await;
+                    tries += 1;
+                }
+                connected => break connected.map_err(backend)?,
+            }
+        };
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(&mut writer)
             .await
@@ -124,14 +156,16 @@ impl Store {
             .connect_lazy_with(options);
         // Several processes may start on a new file at once: IF NOT EXISTS makes every step
         // idempotent and the immediate transaction makes them take turns.
-        let mut tx = begin(&mut writer).await?;
-        for statement in &sql.schema {
-            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+        let mut tries = 1;
+        loop {
+            match create_schema(&mut writer, &sql).await {
+                Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
+                    tokio::time::sleep(setup_pause(tries)).await;
+                    tries += 1;
+                }
+                created => break created.map_err(backend)?,
+            }
         }
-        tx.commit().await.map_err(backend)?;
         Ok(Self { writer: Mutex::new(writer), reader, sql, shared })
     }
 
