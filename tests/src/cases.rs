@@ -741,7 +741,9 @@ pub async fn panic_is_a_failed_attempt_not_a_dead_worker(driver: BoxDriver) {
     let summary = handle.shutdown().await.expect("the worker survived the panic");
     assert_eq!((summary.done, summary.retried), (2, 1));
     let events = events.lock().expect("lock");
-    let first = events.iter().find(|e| e.id == panicky).expect("the panicking attempt");
+    // Events arrive in the order the worker collects finished tasks, not in attempt order.
+    let first =
+        events.iter().find(|e| e.id == panicky && e.attempt == 1).expect("the panicking attempt");
     match &first.outcome {
         Outcome::Retry { error, .. } => assert_eq!(error, "panicked: panic requested on attempt 1"),
         other => panic!("a panic is a retryable failed attempt, got {other:?}"),
