@@ -69,9 +69,35 @@ impl Error {
         Self::Backend { driver, source: source.into() }
     }
 
+    /// This error again, for one item of a batch call that failed as a whole (`Error` is not
+    /// `Clone`: its source is boxed). A backend error keeps its driver and its source's text, so it
+    /// stays transient and the worker retries the item; any other failure of the batch call
+    /// becomes a backend error of `driver` with its text.
+    pub fn for_batch_item(&self, driver: &'static str) -> Self {
+        match self {
+            Self::Backend { driver, source } => Self::backend(driver, source.to_string()),
+            other => Self::backend(driver, other.to_string()),
+        }
+    }
+
     /// True when trying the same operation again later may succeed (a dropped connection, a
     /// restarting server), so the worker backs off and retries instead of giving up.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Backend { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_item_copy_keeps_the_driver_and_the_text() {
+        let failed = Error::backend("redis", std::io::Error::other("broken pipe"));
+        let copy = failed.for_batch_item("database");
+        assert!(copy.is_transient(), "the item is retried like the batch would be");
+        assert_eq!(copy.to_string(), "redis backend error: broken pipe");
+        let other = Error::invalid("payload", "too big").for_batch_item("redis");
+        assert_eq!(other.to_string(), "redis backend error: invalid payload: too big");
     }
 }

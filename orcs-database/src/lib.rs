@@ -112,18 +112,7 @@ impl Driver for DatabaseDriver {
     async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
         match on_backend!(self, s => s.complete_many(leases).await) {
             Ok(results) => results,
-            // The error is not Clone: each job gets its text (without the "database backend
-            // error" prefix, which `Error::backend` adds again); the worker retries each.
-            Err(e) => {
-                let message = match &e {
-                    orcs_core::Error::Backend { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                };
-                leases
-                    .iter()
-                    .map(|_| Err(orcs_core::Error::backend(common::DRIVER, message.clone())))
-                    .collect()
-            }
+            Err(e) => leases.iter().map(|_| Err(e.for_batch_item(common::DRIVER))).collect(),
         }
     }
 

@@ -402,12 +402,11 @@ impl Driver for RedisDriver {
     async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
         let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
         // One script call per queue: a script may only touch one queue's hash-tagged keys.
-        let mut queues: Vec<&str> = leases.iter().map(|lease| lease.queue.as_str()).collect();
-        queues.sort_unstable();
-        queues.dedup();
-        for queue in queues {
-            let members: Vec<usize> =
-                (0..leases.len()).filter(|&i| leases[i].queue == queue).collect();
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, lease) in leases.iter().enumerate() {
+            by_queue.entry(lease.queue.as_str()).or_default().push(i);
+        }
+        for (queue, members) in by_queue {
             for chunk in members.chunks(COMPLETE_MANY_CHUNK) {
                 let keys = self.keys(queue);
                 let mut call = SCRIPTS.complete_many.prepare_invoke();
@@ -441,14 +440,8 @@ impl Driver for RedisDriver {
                         }
                     }
                     Err(e) => {
-                        // The error is not Clone: each job gets its text (without the "redis
-                        // backend error" prefix, which `backend` adds again); the worker retries each.
-                        let message = match &e {
-                            Error::Backend { source, .. } => source.to_string(),
-                            other => other.to_string(),
-                        };
                         for &i in chunk {
-                            results[i] = Some(Err(backend(message.clone())));
+                            results[i] = Some(Err(e.for_batch_item(conn::DRIVER)));
                         }
                     }
                 }
