@@ -228,14 +228,7 @@ async fn connect_worker(ctx: &Ctx<'_>) -> Result<Option<Queue>> {
         failures = failures.saturating_add(1);
         let pause = orcs_core::retry_delay(std::time::Duration::from_millis(200), failures)
             .min(std::time::Duration::from_secs(5));
-        // The causes on one line, skipping those the message before already quotes.
-        let mut why = String::new();
-        for cause in error.chain().map(ToString::to_string) {
-            if !why.contains(cause.trim()) {
-                why.push_str(if why.is_empty() { "" } else { ": " });
-                why.push_str(cause.trim());
-            }
-        }
+        let why = crate::describe(&error);
         eprintln!(
             "orcs worker: the backend is unreachable (attempt {failures}); retrying in {:.1} s, \
              stop with Ctrl-C or SIGTERM: {why}",

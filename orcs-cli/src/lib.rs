@@ -244,7 +244,7 @@ pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
 
 /// The error and its causes on one line, as `{:#}` prints them, but without repeating a cause
 /// that the message before it already quotes (backend errors often embed their source).
-fn describe(error: &anyhow::Error) -> String {
+pub(crate) fn describe(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let part = cause.to_string();
