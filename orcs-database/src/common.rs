@@ -45,24 +45,6 @@ pub(crate) fn backend(error: sqlx::Error) -> Error {
 /// the whole SQL) is noise on a worker's stderr.
 pub(crate) const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
-/// The token matters: a stale and a current lease on one job may share a batch.
-pub(crate) fn settled(
-    leases: &[orcs_core::Lease],
-    done: &std::collections::HashSet<(String, String)>,
-) -> Vec<orcs_core::Result<()>> {
-    leases
-        .iter()
-        .map(|lease| {
-            if done.contains(&(lease.id.clone(), lease.token.clone())) {
-                Ok(())
-            } else {
-                Err(Error::LeaseLost { id: lease.id.clone() })
-            }
-        })
-        .collect()
-}
-
 /// A unique violation on insert means a job id is taken; anything else is a backend failure.
 pub(crate) fn insert_error(error: sqlx::Error) -> Error {
     match &error {

@@ -27,6 +27,24 @@ type DbRow = sqlx::postgres::PgRow;
 /// EXISTS` can still fail on PostgreSQL's catalog. The value spells "orcs" and "jobs".
 const SCHEMA_LOCK: i64 = 0x6f72_6373_6a6f_6273;
 
+/// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
+/// The token matters: a stale and a current lease on one job may share a batch.
+fn settled(
+    leases: &[Lease],
+    done: &std::collections::HashSet<(String, String)>,
+) -> Vec<Result<()>> {
+    leases
+        .iter()
+        .map(|lease| {
+            if done.contains(&(lease.id.clone(), lease.token.clone())) {
+                Ok(())
+            } else {
+                Err(Error::LeaseLost { id: lease.id.clone() })
+            }
+        })
+        .collect()
+}
+
 /// PostgreSQL's longest identifier, which bounds channel names.
 const MAX_CHANNEL_LEN: usize = 63;
 
@@ -178,7 +196,7 @@ impl Store {
             .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
             .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
             .map_err(backend)?;
-        Ok(crate::common::settled(leases, &done))
+        Ok(settled(leases, &done))
     }
 
     pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {

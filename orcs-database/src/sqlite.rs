@@ -58,27 +58,48 @@ async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Db>> {
     conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
 }
 
-/// Setup steps tried on `SQLITE_BUSY` before giving up. Processes opening a new file at once can
-/// meet "database is locked" before the busy timeout applies (switching the file to WAL takes an
-/// exclusive lock without waiting); every setup step is idempotent, so it is simply tried again.
+/// Setup tries on `SQLITE_BUSY` before giving up. Processes opening a new file at once can meet
+/// "database is locked" before the busy timeout applies (switching the file to WAL takes an
+/// exclusive lock without waiting); every setup step is idempotent, so setup is simply run again.
 const SETUP_TRIES: u32 = 20;
 
-fn is_busy(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("5"))
+/// `SQLITE_BUSY` ("database is locked") from a setup step.
+fn is_busy(e: &Error) -> bool {
+    matches!(e, Error::Backend { source, .. } if matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("5")
+    ))
 }
 
-/// Pause before setup try `n` (1-based): 10 ms doubling, at most 200 ms.
-fn setup_pause(n: u32) -> Duration {
-    Duration::from_millis((10u64 << n.min(5)).min(200))
-}
-
-/// Creates the tables and indexes in one immediate transaction (so processes take turns).
-async fn create_schema(conn: &mut SqliteConnection, sql: &Sql) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for statement in &sql.schema {
-        sqlx::query(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *tx).await?;
+/// Opens the writer connection, checks that the file is in WAL mode, and creates the tables and
+/// indexes. IF NOT EXISTS makes every step idempotent and the immediate transaction makes
+/// processes starting on a new file at once take turns.
+async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<SqliteConnection> {
+    let mut writer = options.connect().await.map_err(backend)?;
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&mut writer)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::config(
+            URL_KEY,
+            format!(
+                "the SQLite file {} is in journal mode {mode:?}, not WAL, so several \
+                 workers cannot share it; put it on a local file system that supports WAL",
+                options.get_filename().display()
+            ),
+        ));
     }
-    tx.commit().await
+    let mut tx = begin(&mut writer).await?;
+    for statement in &sql.schema {
+        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(writer)
 }
 
 impl Store {
@@ -118,54 +139,28 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
-        let mut tries = 1;
-        let mut writer = loop {
-            match options.connect().await {
-                Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
-                    tokio::time::sleep(setup_pause(tries)).await;
-                    tries += 1;
-                }
-                connected => break connected.map_err(backend)?,
-            }
-        };
-        let mode: String = sqlx::query("PRAGMA journal_mode")
-            .fetch_one(&mut writer)
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(backend)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::config(
-                URL_KEY,
-                format!(
-                    "the SQLite file {} is in journal mode {mode:?}, not WAL, so several \
-                     workers cannot share it; put it on a local file system that supports WAL",
-                    options.get_filename().display()
-                ),
-            ));
-        }
         let sql = Arc::new(Sql::new(
             Dialect::Sqlite,
             &config.jobs_table,
             &config.failed_table,
             &config.counters_table,
         ));
+        let mut tries = 1;
+        let writer = loop {
+            match open_writer(&options, &sql).await {
+                Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
+                    let pause = Duration::from_millis((10u64 << tries.min(5)).min(200));
+                    tokio::time::sleep(pause).await;
+                    tries += 1;
+                }
+                opened => break opened?,
+            }
+        };
         let reader = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_lazy_with(options);
-        // Several processes may start on a new file at once: IF NOT EXISTS makes every step
-        // idempotent and the immediate transaction makes them take turns.
-        let mut tries = 1;
-        loop {
-            match create_schema(&mut writer, &sql).await {
-                Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
-                    tokio::time::sleep(setup_pause(tries)).await;
-                    tries += 1;
-                }
-                created => break created.map_err(backend)?,
-            }
-        }
         Ok(Self { writer: Mutex::new(writer), reader, sql, shared })
     }
 
@@ -205,7 +200,7 @@ impl Store {
     pub(crate) async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Result<()>>> {
         let mut conn = self.writer().await?;
         let mut tx = begin(&mut conn).await?;
-        let mut done = std::collections::HashSet::new();
+        let mut results = Vec::with_capacity(leases.len());
         let mut per_queue: std::collections::BTreeMap<String, i64> =
             std::collections::BTreeMap::new();
         for lease in leases {
@@ -215,11 +210,14 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend)?;
-            if let Some(row) = row {
-                let queue: String = row.try_get(0).map_err(backend)?;
-                *per_queue.entry(queue).or_default() += 1;
-                done.insert((lease.id.clone(), lease.token.clone()));
-            }
+            results.push(match row {
+                Some(row) => {
+                    let queue: String = row.try_get(0).map_err(backend)?;
+                    *per_queue.entry(queue).or_default() += 1;
+                    Ok(())
+                }
+                None => Err(Error::LeaseLost { id: lease.id.clone() }),
+            });
         }
         for (queue, n) in per_queue {
             q(&self.sql.count_processed_n)
@@ -230,7 +228,7 @@ impl Store {
                 .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
-        Ok(crate::common::settled(leases, &done))
+        Ok(results)
     }
 
     pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
