@@ -1,4 +1,5 @@
-//! The storage contract every backend implements.
+//! The storage contract every backend implements: the hot path ([`Driver`]) and the admin
+//! surface ([`Admin`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,23 +9,28 @@ use async_trait::async_trait;
 
 use crate::clock::Millis;
 use crate::error::Result;
-use crate::record::{Claim, ClaimRequest, FailedJob, Lease, NewJob, QueueStats};
+use crate::record::{
+    Capabilities, Claim, ClaimRequest, FailedJob, FailedQuery, JobInfo, Lease, ListRequest,
+    NewJob, PushOutcome, QueueStats, Settle,
+};
 
 /// A driver chosen at run time (`QUEUE_DRIVER`).
 pub type BoxDriver = Arc<dyn Driver>;
 
-/// A queue backend: stores job records and moves them through their lifecycle.
+/// A queue backend's hot path: stores job records and moves them through their lifecycle.
 ///
 /// The trait is `#[async_trait]` so that it works both generically and as `Arc<dyn Driver>`; the
 /// allocation per call is negligible next to a network round trip. Every method takes the current
-/// time from its caller, so the clock is injectable. A driver deals only in storage-neutral
-/// records; typed jobs live in orcs-core.
+/// time from its caller, so the clock is injectable and a driver never reads one. A driver deals
+/// only in storage-neutral records; typed jobs live in orcs-core.
 ///
 /// # Guarantees (every driver)
-/// - Claims are atomic: no two claims hold the same job at once; each claim gets a new token.
+/// - Claims are atomic: no two claims hold the same job at once; each claim gets a new token. A
+///   claim never returns more jobs than asked for, and skips paused queues.
 /// - Among ready jobs of a queue, higher priority first, then dispatch order (the id's order).
-/// - Transitions of a claimed job name its [`Lease`]; a lease that expired and was claimed again
-///   (or a job that is gone) yields [`crate::Error::LeaseLost`] and changes nothing, so each job
+/// - Every transition of a claimed job goes through [`Driver::settle`], naming its [`Lease`]; a
+///   lease that expired and was claimed again (or a job that is gone) yields
+///   [`crate::Error::LeaseLost`] and changes nothing, side effects included, so each job
 ///   completes at most once per dispatch and at least once in all.
 /// - A job whose lease ran out becomes claimable again through [`Driver::recover`]; its attempt is
 ///   counted.
@@ -32,61 +38,61 @@ pub type BoxDriver = Arc<dyn Driver>;
 /// The conformance suite in `orcs-tests` is the executable form of this contract.
 ///
 /// # Cancel safety
-/// A cancelled call may or may not have taken effect; it never takes effect halfway (each call is
-/// one atomic step in the backend).
+/// A cancelled call may or may not have taken effect; it never takes effect halfway (each call, or
+/// each settle of a batch, is one atomic step in the backend).
 #[async_trait]
-pub trait Driver: Send + Sync + fmt::Debug + 'static {
+pub trait Driver: Admin + fmt::Debug + 'static {
     /// The driver's short name (`memory`, `redis`, `database`).
     fn name(&self) -> &'static str;
 
-    /// Stores jobs, all or none.
+    /// What this driver supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Stores jobs; the answer has one outcome per job, in order. A job whose id already exists
+    /// (in any state, the failed set included, or earlier in the same push) is reported as
+    /// [`PushOutcome::Duplicate`] and changes nothing.
     ///
     /// # Errors
-    /// A backend error; then none of the jobs was stored.
-    async fn push(&self, jobs: Vec<NewJob>) -> Result<()>;
+    /// A backend error; then none of the jobs was stored. (A push larger than
+    /// [`Capabilities::atomic_push_limit`] is stored in steps; see the driver's documentation.)
+    async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>>;
 
     /// Claims up to `req.max` ready jobs from the queues in order, giving each a lease.
     ///
-    /// Due delayed jobs are promoted first. The answer also tells when the next delayed job is due.
+    /// Due delayed jobs are promoted first, in claim order (priority, then id), so a promotion
+    /// never lets a lower-priority job overtake a higher one. Paused queues are skipped, inside
+    /// the same atomic step. The answer also tells when the next delayed job is due.
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim>;
 
-    /// Marks a claimed job done and removes it; counts it as processed.
+    /// Settles claimed jobs: one result per [`Settle`], in order. Each settle is one atomic step
+    /// that checks the lease's token, applies the transition and carries out its effects, or
+    /// changes nothing.
+    ///
+    /// The worker batches attempts that end together through this call; a backend should do the
+    /// batch in as few round trips as it can.
+    ///
+    /// # Errors (per item)
+    /// [`crate::Error::LeaseLost`] if the lease is stale; [`crate::Error::Unsupported`] if the
+    /// effects cannot be made atomic on this backend (another queue on a Redis Cluster).
+    async fn settle(&self, batch: &[Settle], now: Millis) -> Vec<Result<()>>;
+
+    /// Settles one claimed job; see [`Driver::settle`].
     ///
     /// # Errors
-    /// [`crate::Error::LeaseLost`] if the lease is stale.
-    async fn complete(&self, lease: &Lease, now: Millis) -> Result<()>;
-
-    /// Completes several claimed jobs, one result per lease in the same order, each as
-    /// [`Driver::complete`] would give it. The worker batches jobs that finish together through
-    /// this call; a backend that can do them in one round trip should override it. The default
-    /// completes them one by one, concurrently.
-    async fn complete_many(&self, leases: &[Lease], now: Millis) -> Vec<Result<()>> {
-        futures_util::future::join_all(leases.iter().map(|lease| self.complete(lease, now))).await
+    /// As [`Driver::settle`].
+    async fn settle_one(&self, settle: Settle, now: Millis) -> Result<()> {
+        let mut results = self.settle(std::slice::from_ref(&settle), now).await;
+        results.pop().unwrap_or_else(|| {
+            Err(crate::Error::invalid("settle", "the driver returned no result; this is a bug"))
+        })
     }
-
-    /// Schedules a claimed job's next attempt at `run_at`, recording `error`.
-    ///
-    /// # Errors
-    /// [`crate::Error::LeaseLost`] if the lease is stale.
-    async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, now: Millis) -> Result<()>;
-
-    /// Moves a claimed job to the failed set with `error`.
-    ///
-    /// # Errors
-    /// [`crate::Error::LeaseLost`] if the lease is stale.
-    async fn fail(&self, lease: &Lease, error: &str, now: Millis) -> Result<()>;
-
-    /// Hands a claimed job back unfinished (shutdown): it is claimable at once and the interrupted
-    /// attempt is not counted.
-    ///
-    /// # Errors
-    /// [`crate::Error::LeaseLost`] if the lease is stale.
-    async fn release(&self, lease: &Lease, now: Millis) -> Result<()>;
 
     /// Moves a lease's deadline to `until` and returns the new lease.
     ///
     /// # Errors
-    /// [`crate::Error::LeaseLost`] if the lease is stale or already expired at `now`.
+    /// [`crate::Error::LeaseLost`] if the lease's token is no longer the job's (it was recovered
+    /// and claimed again, or the job is gone). An expired lease whose job was not claimed again
+    /// is still extended: only the token decides.
     async fn extend(&self, lease: &Lease, until: Millis, now: Millis) -> Result<Lease>;
 
     /// Makes jobs whose lease expired at or before `now` claimable again, re-checking each expiry
@@ -95,24 +101,46 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
 
     /// Waits until a job may have become ready on one of `queues` (a dispatch woke it) or until
     /// `timeout` passed. May return early; callers claim again either way.
-    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()>;
+    async fn wait(&self, queues: &[String], now: Millis, timeout: Duration) -> Result<()>;
 
+    /// The backend's own clock (Redis `TIME`, PostgreSQL `now()`), for measuring this machine's
+    /// skew against it; `None` for a backend without one (memory, SQLite).
+    async fn server_time(&self) -> Result<Option<Millis>> {
+        Ok(None)
+    }
+}
+
+/// The admin surface: looking at queues and managing them. Every call is bounded in cost by its
+/// page (or is a single-key operation), so it is safe on a queue of millions.
+#[async_trait]
+pub trait Admin: Send + Sync {
     /// The counters of one queue at `now`.
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats>;
 
-    /// The names of the queues that hold or held jobs, sorted.
+    /// The names of the queues that hold or held jobs (or were paused), sorted.
     async fn queues(&self) -> Result<Vec<String>>;
+
+    /// One job by id, in whatever state it is; `None` if no such job exists (it completed, was
+    /// forgotten or never existed).
+    async fn get(&self, id: &str, now: Millis) -> Result<Option<JobInfo>>;
+
+    /// A page of one queue's pending, delayed or reserved jobs, in claim, due or lease order.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] for [`crate::JobState::Failed`]: use [`Admin::failed`].
+    async fn list(&self, req: &ListRequest, now: Millis) -> Result<Vec<JobInfo>>;
 
     /// Removes a queue's pending and delayed jobs; returns how many.
     async fn clear(&self, queue: &str, now: Millis) -> Result<u64>;
 
-    /// The failed set, oldest first, optionally for one queue only.
-    async fn failed(&self, queue: Option<&str>) -> Result<Vec<FailedJob>>;
+    /// A page of the failed set, oldest first.
+    async fn failed(&self, query: &FailedQuery) -> Result<Vec<FailedJob>>;
 
     /// Moves a failed job back to its queue with fresh attempts, ready at `now`.
     ///
     /// # Errors
-    /// [`crate::Error::NotFound`] if no failed job has this id.
+    /// [`crate::Error::NotFound`] if no failed job has this id (also when another caller retried
+    /// it at the same moment: exactly one of them succeeds).
     async fn retry_failed(&self, id: &str, now: Millis) -> Result<()>;
 
     /// Deletes one failed job.
@@ -123,4 +151,8 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes every failed job; returns how many.
     async fn flush_failed(&self) -> Result<u64>;
+
+    /// Pauses or resumes a queue. The flag is kept in the backend's per-queue metadata; every
+    /// worker honours it from its next claim. Resuming wakes idle workers.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
 }

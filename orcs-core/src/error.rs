@@ -50,6 +50,28 @@ pub enum Error {
         /// The client's error.
         #[source]
         source: BoxError,
+        /// Whether trying again later may succeed (a dropped connection, a restarting server, a
+        /// lock timeout) as opposed to an error that repeats until someone acts (a permission,
+        /// a missing table, a script error).
+        transient: bool,
+    },
+    /// The driver cannot do this atomically (or at all) on this backend; nothing was changed.
+    /// [`crate::Driver::capabilities`] tells in advance.
+    #[error("the {driver} driver does not support {what}")]
+    Unsupported {
+        /// The driver.
+        driver: &'static str,
+        /// What was asked for, and what to do instead.
+        what: String,
+    },
+    /// The backend holds data in a storage layout this build does not know (written by a newer
+    /// orcs, or not by orcs at all).
+    #[error("{driver} storage version mismatch: {message}")]
+    Version {
+        /// The driver.
+        driver: &'static str,
+        /// The versions found and expected, and what to do.
+        message: String,
     },
 }
 
@@ -64,9 +86,20 @@ impl Error {
         Self::Config { key: key.into(), message: message.into() }
     }
 
-    /// Builds an [`Error::Backend`].
+    /// Builds a transient [`Error::Backend`]: the operation may succeed if tried again.
     pub fn backend(driver: &'static str, source: impl Into<BoxError>) -> Self {
-        Self::Backend { driver, source: source.into() }
+        Self::Backend { driver, source: source.into(), transient: true }
+    }
+
+    /// Builds a permanent [`Error::Backend`]: the backend refused the operation for a reason that
+    /// repeats until someone acts (permissions, schema, a script error).
+    pub fn backend_permanent(driver: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Backend { driver, source: source.into(), transient: false }
+    }
+
+    /// Builds an [`Error::Unsupported`].
+    pub fn unsupported(driver: &'static str, what: impl Into<String>) -> Self {
+        Self::Unsupported { driver, what: what.into() }
     }
 
     /// This error again, for one item of a batch call that failed as a whole (`Error` is not
@@ -75,15 +108,21 @@ impl Error {
     /// becomes a backend error of `driver` with its text.
     pub fn for_batch_item(&self, driver: &'static str) -> Self {
         match self {
-            Self::Backend { driver, source } => Self::backend(driver, source.to_string()),
+            Self::Backend { driver, source, transient } => {
+                Self::Backend { driver, source: source.to_string().into(), transient: *transient }
+            }
+            Self::LeaseLost { id } => Self::LeaseLost { id: id.clone() },
+            Self::NotFound { id } => Self::NotFound { id: id.clone() },
+            Self::Unsupported { driver, what } => Self::Unsupported { driver, what: what.clone() },
             other => Self::backend(driver, other.to_string()),
         }
     }
 
     /// True when trying the same operation again later may succeed (a dropped connection, a
-    /// restarting server), so the worker backs off and retries instead of giving up.
+    /// restarting server, a lock timeout), so the worker backs off and retries instead of giving
+    /// up. Drivers classify their clients' errors; anything else is not transient.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Backend { .. })
+        matches!(self, Self::Backend { transient: true, .. })
     }
 }
 
@@ -99,5 +138,15 @@ mod tests {
         assert_eq!(copy.to_string(), "redis backend error: broken pipe");
         let other = Error::invalid("payload", "too big").for_batch_item("redis");
         assert_eq!(other.to_string(), "redis backend error: invalid payload: too big");
+        let lost = Error::LeaseLost { id: "j1".into() }.for_batch_item("redis");
+        assert!(matches!(lost, Error::LeaseLost { .. }), "a lost lease stays a lost lease");
+    }
+
+    #[test]
+    fn only_transient_backend_errors_are_retried() {
+        assert!(Error::backend("redis", "connection reset").is_transient());
+        assert!(!Error::backend_permanent("redis", "NOPERM").is_transient());
+        assert!(!Error::unsupported("redis", "x").is_transient());
+        assert!(!Error::NotFound { id: "x".into() }.is_transient());
     }
 }

@@ -1,11 +1,15 @@
-//! Storage-neutral job records: what a driver stores and hands back. Drivers never see user job types.
+//! Storage-neutral records: what a driver stores and hands back. Drivers never see user job types.
+//!
+//! Every record is `#[non_exhaustive]`: build one with its constructor (or `Default`) and set the
+//! public fields, so that a field added later breaks no caller.
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 
 /// A job as dispatched, ready to be stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NewJob {
     /// Unique, time-sortable id (a ULID).
     pub id: String,
@@ -29,8 +33,30 @@ pub struct NewJob {
     pub available_at: Millis,
 }
 
+impl NewJob {
+    /// A job ready at `now` with priority 0, no retries, no backoff and the worker's timeout.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        queue: impl Into<String>,
+        payload: impl Into<String>,
+        now: Millis,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            queue: queue.into(),
+            payload: payload.into(),
+            dispatched_at: now,
+            available_at: now,
+            ..Self::default()
+        }
+    }
+}
+
 /// A claimed job, as a worker receives it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct JobRecord {
     /// Unique id.
     pub id: String,
@@ -57,6 +83,23 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The claimed form of a stored job at attempt `attempt`.
+    pub fn from_new(job: &NewJob, attempt: u32, last_error: Option<String>) -> Self {
+        Self {
+            id: job.id.clone(),
+            name: job.name.clone(),
+            queue: job.queue.clone(),
+            payload: job.payload.clone(),
+            priority: job.priority,
+            attempt,
+            max_retries: job.max_retries,
+            retry_delay_ms: job.retry_delay_ms,
+            timeout_ms: job.timeout_ms,
+            dispatched_at: job.dispatched_at,
+            last_error,
+        }
+    }
+
     /// The number of attempts the job gets in all.
     pub fn max_attempts(&self) -> u32 {
         self.max_retries.saturating_add(1)
@@ -64,7 +107,8 @@ impl JobRecord {
 }
 
 /// Proof of a claim: every later transition of the job names it, and a stale one is rejected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Lease {
     /// The claimed job.
     pub id: String,
@@ -76,8 +120,21 @@ pub struct Lease {
     pub expires_at: Millis,
 }
 
+impl Lease {
+    /// A lease on job `id` of `queue`.
+    pub fn new(
+        id: impl Into<String>,
+        queue: impl Into<String>,
+        token: impl Into<String>,
+        expires_at: Millis,
+    ) -> Self {
+        Self { id: id.into(), queue: queue.into(), token: token.into(), expires_at }
+    }
+}
+
 /// A job handed to a worker with its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reserved {
     /// The job.
     pub record: JobRecord,
@@ -85,8 +142,16 @@ pub struct Reserved {
     pub lease: Lease,
 }
 
+impl Reserved {
+    /// A claimed job with its lease.
+    pub fn new(record: JobRecord, lease: Lease) -> Self {
+        Self { record, lease }
+    }
+}
+
 /// What a worker asks for when it claims jobs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClaimRequest<'a> {
     /// Queues in strict order: jobs come from the first non-empty queue first.
     pub queues: &'a [String],
@@ -100,7 +165,12 @@ pub struct ClaimRequest<'a> {
     pub grace_ms: u64,
 }
 
-impl ClaimRequest<'_> {
+impl<'a> ClaimRequest<'a> {
+    /// Up to `max` jobs from `queues` at `now`, with a 60 s default timeout and a 5 s grace.
+    pub fn new(queues: &'a [String], max: usize, now: Millis) -> Self {
+        Self { queues, max, now, default_timeout_ms: 60_000, grace_ms: 5_000 }
+    }
+
     /// The lease deadline of a job claimed now with the given own timeout.
     pub fn lease_until(&self, timeout_ms: Option<u64>) -> Millis {
         let length = timeout_ms.unwrap_or(self.default_timeout_ms).saturating_add(self.grace_ms);
@@ -110,16 +180,240 @@ impl ClaimRequest<'_> {
 
 /// The answer to a claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Claim {
-    /// The claimed jobs, best first.
+    /// The claimed jobs, best first. Never more than asked for; a worker still hands any surplus
+    /// back rather than trust that.
     pub jobs: Vec<Reserved>,
-    /// When the next delayed job of the claimed queues becomes due, if any is waiting, so an idle
-    /// worker can wake up for it instead of polling.
+    /// When the next delayed job of the claimed (unpaused) queues becomes due, if any is waiting,
+    /// so an idle worker can wake up for it instead of polling.
     pub next_due: Option<Millis>,
 }
 
-/// A job in the failed set.
+/// What a push did with one job, in the order the jobs were given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PushOutcome {
+    /// The job was stored.
+    Stored,
+    /// A job with this id already exists (pending, delayed, running or failed); nothing was
+    /// changed. `id` is the job that holds it.
+    Duplicate {
+        /// The existing job's id.
+        id: String,
+    },
+}
+
+/// How a claimed job's attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transition {
+    /// Done: the job is deleted and counted as processed.
+    Complete,
+    /// Failed, with attempts left: the job is delayed until `run_at`, recording `error`.
+    Retry {
+        /// When the next attempt becomes claimable.
+        run_at: Millis,
+        /// The attempt's error.
+        error: String,
+    },
+    /// Failed for good: the job moves to the failed set with `error`.
+    Fail {
+        /// Why it failed.
+        error: String,
+    },
+    /// Handed back unfinished (shutdown, a surplus claim, a job type this worker lacks): the
+    /// interrupted attempt is not counted and the job is claimable at `run_at`.
+    Release {
+        /// When the job becomes claimable again (`now` for at once).
+        run_at: Millis,
+    },
+}
+
+/// Side effects carried out in the same atomic step as a [`Transition`], and only if the lease
+/// was still valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Effects {
+    /// Jobs to store (the next step of a chain, a callback), each as a push would. A job whose id
+    /// already exists is left as it is.
+    pub enqueue: Vec<NewJob>,
+}
+
+/// One token-checked transition of a claimed job with its side effects: the single entry point
+/// through which every attempt is settled ([`crate::Driver::settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settle {
+    /// The claim being settled.
+    pub lease: Lease,
+    /// How the attempt ended.
+    pub transition: Transition,
+    /// What else happens in the same atomic step.
+    pub effects: Effects,
+}
+
+impl Settle {
+    /// Settles `lease` with `transition` and no side effects.
+    pub fn new(lease: Lease, transition: Transition) -> Self {
+        Self { lease, transition, effects: Effects::default() }
+    }
+
+    /// Completes the job.
+    pub fn complete(lease: Lease) -> Self {
+        Self::new(lease, Transition::Complete)
+    }
+
+    /// Schedules the next attempt at `run_at`.
+    pub fn retry(lease: Lease, run_at: Millis, error: impl Into<String>) -> Self {
+        Self::new(lease, Transition::Retry { run_at, error: error.into() })
+    }
+
+    /// Moves the job to the failed set.
+    pub fn fail(lease: Lease, error: impl Into<String>) -> Self {
+        Self::new(lease, Transition::Fail { error: error.into() })
+    }
+
+    /// Hands the job back, claimable at `run_at`, without counting the attempt.
+    pub fn release(lease: Lease, run_at: Millis) -> Self {
+        Self::new(lease, Transition::Release { run_at })
+    }
+
+    /// Also stores `jobs` in the same atomic step.
+    #[must_use]
+    pub fn enqueue(mut self, jobs: impl IntoIterator<Item = NewJob>) -> Self {
+        self.effects.enqueue.extend(jobs);
+        self
+    }
+}
+
+/// Where a job is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Ready to be claimed (or due: a delayed job whose time has come counts as pending).
+    Pending,
+    /// Waiting for its delay or retry backoff.
+    Delayed,
+    /// Held by a worker under a lease.
+    Reserved,
+    /// In the failed set.
+    Failed,
+}
+
+impl JobState {
+    /// The state's lowercase name, as the CLI prints and parses it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delayed => "delayed",
+            Self::Reserved => "reserved",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One job as the admin surface shows it ([`crate::Admin::get`], [`crate::Admin::list`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JobInfo {
+    /// The stored job as dispatched (`available_at` is its current due time for a pending or
+    /// delayed job).
+    pub job: NewJob,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The last attempt's error, or the failure reason of a failed job.
+    pub last_error: Option<String>,
+    /// When the current lease runs out (reserved jobs).
+    pub lease_expires_at: Option<Millis>,
+    /// When it failed (failed jobs).
+    pub failed_at: Option<Millis>,
+}
+
+impl JobInfo {
+    /// A job in `state` after `attempts` attempts.
+    pub fn new(job: NewJob, state: JobState, attempts: u32) -> Self {
+        Self { job, state, attempts, last_error: None, lease_expires_at: None, failed_at: None }
+    }
+}
+
+/// A page of one queue's live jobs in one state ([`crate::Admin::list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListRequest {
+    /// The queue.
+    pub queue: String,
+    /// Pending (in claim order), delayed (by due time) or reserved (by lease deadline). Failed
+    /// jobs are listed by [`crate::Admin::failed`].
+    pub state: JobState,
+    /// Jobs to skip.
+    pub offset: u64,
+    /// Most jobs to return (a driver may cap it at [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+impl ListRequest {
+    /// The first `limit` jobs of `queue` in `state`.
+    pub fn new(queue: impl Into<String>, state: JobState, limit: usize) -> Self {
+        Self { queue: queue.into(), state, offset: 0, limit }
+    }
+
+    /// Skips the first `offset` jobs.
+    #[must_use]
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+}
+
+/// A page of the failed set ([`crate::Admin::failed`]), oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailedQuery {
+    /// One queue only, or every queue.
+    pub queue: Option<String>,
+    /// Failed jobs to skip.
+    pub offset: u64,
+    /// Most failed jobs to return (a driver may cap it at [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+impl FailedQuery {
+    /// The oldest `limit` failed jobs of every queue.
+    pub fn new(limit: usize) -> Self {
+        Self { queue: None, offset: 0, limit }
+    }
+
+    /// Of one queue only.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Skips the first `offset` failed jobs.
+    #[must_use]
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+}
+
+/// The largest page an admin call returns, whatever the caller asked for.
+pub const MAX_PAGE: usize = 1_000;
+
+/// A job in the failed set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FailedJob {
     /// The job's id (kept from dispatch).
     pub id: String,
@@ -137,8 +431,24 @@ pub struct FailedJob {
     pub failed_at: Millis,
 }
 
+impl FailedJob {
+    /// The failed-set entry of `job` after `attempts` attempts.
+    pub fn new(job: &NewJob, attempts: u32, error: impl Into<String>, failed_at: Millis) -> Self {
+        Self {
+            id: job.id.clone(),
+            queue: job.queue.clone(),
+            name: job.name.clone(),
+            payload: job.payload.clone(),
+            attempts,
+            error: error.into(),
+            failed_at,
+        }
+    }
+}
+
 /// The counters of one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct QueueStats {
     /// The queue's name.
     pub queue: String,
@@ -154,4 +464,33 @@ pub struct QueueStats {
     pub processed: u64,
     /// Jobs moved to the failed set since the queue was created.
     pub failed_total: u64,
+    /// Whether workers skip the queue ([`crate::Admin::set_paused`]).
+    pub paused: bool,
+}
+
+impl QueueStats {
+    /// All-zero counters of `queue`.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self { queue: queue.into(), ..Self::default() }
+    }
+}
+
+/// What a driver supports, so callers can choose instead of being silently weakened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Jobs survive a restart of the process (and of the backend, as configured).
+    pub durable: bool,
+    /// Several processes share the queues.
+    pub shared: bool,
+    /// One atomic step can touch jobs of different queues (a settle whose effects enqueue on
+    /// another queue, a batch across queues). False on a Redis Cluster, whose queues live on
+    /// different nodes; such a call returns [`crate::Error::Unsupported`] there.
+    pub cross_queue_atomic: bool,
+    /// The most jobs one push stores in a single atomic step; `None` for no limit. A larger
+    /// push is stored in steps of this size (see the driver's documentation).
+    pub atomic_push_limit: Option<usize>,
+    /// The backend has a clock of its own ([`crate::Driver::server_time`]), against which worker
+    /// clocks are checked for skew.
+    pub server_clock: bool,
 }

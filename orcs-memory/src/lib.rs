@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use orcs_core::{
-    Claim, ClaimRequest, Driver, Error, FailedJob, JobRecord, Lease, Millis, NewJob, QueueStats,
-    Reserved, Result, async_trait,
+    Admin, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery, JobInfo,
+    JobRecord, JobState as State_, Lease, ListRequest, MAX_PAGE, Millis, NewJob, PushOutcome,
+    QueueStats, Reserved, Result, Settle, Transition, async_trait,
 };
 use tokio::sync::Notify;
 
@@ -45,6 +46,8 @@ struct QueueState {
     failed: u64,
     processed: u64,
     failed_total: u64,
+    /// Per-queue metadata: claims skip a paused queue.
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -127,6 +130,72 @@ impl State {
         Ok(stored)
     }
 
+    /// Stores a job as a push would; false if its id is taken (live or failed).
+    fn insert_new(&mut self, job: NewJob, now: Millis) -> bool {
+        if self.jobs.contains_key(&job.id) || self.failed_index.contains_key(&job.id) {
+            return false;
+        }
+        let available_at = job.available_at;
+        self.enqueue(job, 0, None, available_at, now);
+        true
+    }
+
+    /// One settle: the token check, the transition and its effects, or nothing.
+    fn settle(&mut self, settle: &Settle, now: Millis) -> Result<()> {
+        let stored = self.take_leased(&settle.lease)?;
+        match &settle.transition {
+            Transition::Complete => self.queue(&stored.job.queue).processed += 1,
+            Transition::Retry { run_at, error } => {
+                self.enqueue(stored.job, stored.attempts, Some(error.clone()), *run_at, now);
+            }
+            Transition::Fail { error } => {
+                let failed = FailedJob::new(&stored.job, stored.attempts, error.clone(), now);
+                let queue = self.queue(&stored.job.queue);
+                queue.failed += 1;
+                queue.failed_total += 1;
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                self.failed_index.insert(stored.job.id.clone(), seq);
+                self.failed.insert(seq, FailedEntry { job: stored.job, failed });
+            }
+            Transition::Release { run_at } => {
+                // The interrupted attempt does not count: the job did not fail, the worker stopped.
+                let attempts = stored.attempts.saturating_sub(1);
+                self.enqueue(stored.job, attempts, stored.last_error, *run_at, now);
+            }
+            other => {
+                return Err(Error::unsupported("memory", format!("the transition {other:?}")));
+            }
+        }
+        for job in &settle.effects.enqueue {
+            self.insert_new(job.clone(), now);
+        }
+        Ok(())
+    }
+
+    fn info(&self, id: &str) -> Option<JobInfo> {
+        if let Some(stored) = self.jobs.get(id) {
+            let mut job = stored.job.clone();
+            let (state, lease) = match &stored.state {
+                JobState::Ready => (State_::Pending, None),
+                JobState::Delayed(at) => {
+                    job.available_at = *at;
+                    (State_::Delayed, None)
+                }
+                JobState::Reserved { until, .. } => (State_::Reserved, Some(*until)),
+            };
+            let mut info = JobInfo::new(job, state, stored.attempts);
+            info.last_error = stored.last_error.clone();
+            info.lease_expires_at = lease;
+            return Some(info);
+        }
+        let entry = self.failed.get(self.failed_index.get(id)?)?;
+        let mut info = JobInfo::new(entry.job.clone(), State_::Failed, entry.failed.attempts);
+        info.last_error = Some(entry.failed.error.clone());
+        info.failed_at = Some(entry.failed.failed_at);
+        Some(info)
+    }
+
     fn promote_due(&mut self, queue: &str, now: Millis) {
         let Some(q) = self.queues.get_mut(queue) else { return };
         while let Some((at, id)) = q.delayed.first().cloned() {
@@ -148,30 +217,37 @@ impl Driver for MemoryDriver {
         "memory"
     }
 
-    async fn push(&self, jobs: Vec<NewJob>) -> Result<()> {
-        {
+    fn capabilities(&self) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        capabilities.cross_queue_atomic = true;
+        capabilities
+    }
+
+    async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        let outcomes = {
             let mut state = self.state();
-            for job in &jobs {
-                if state.jobs.contains_key(&job.id) || state.failed_index.contains_key(&job.id) {
-                    return Err(Error::invalid(
-                        "job id",
-                        format!("{} is already in use; let orcs make ids", job.id),
-                    ));
-                }
-            }
-            for job in jobs {
-                let (available_at, now) = (job.available_at, job.dispatched_at);
-                state.enqueue(job, 0, None, available_at, now);
-            }
-        }
+            jobs.into_iter()
+                .map(|job| {
+                    let (id, now) = (job.id.clone(), job.dispatched_at);
+                    if state.insert_new(job, now) {
+                        PushOutcome::Stored
+                    } else {
+                        PushOutcome::Duplicate { id }
+                    }
+                })
+                .collect()
+        };
         self.inner.ready.notify_waiters();
-        Ok(())
+        Ok(outcomes)
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
         let mut state = self.state();
         let mut claim = Claim::default();
         for queue in req.queues {
+            if state.queues.get(queue.as_str()).is_some_and(|q| q.paused) {
+                continue;
+            }
             state.promote_due(queue, req.now);
             while claim.jobs.len() < req.max {
                 let Some(q) = state.queues.get_mut(queue.as_str()) else { break };
@@ -182,13 +258,11 @@ impl Driver for MemoryDriver {
                 let until = req.lease_until(stored.job.timeout_ms);
                 stored.attempts += 1;
                 stored.state = JobState::Reserved { token: token.clone(), until };
-                let record = record(stored);
+                let record =
+                    JobRecord::from_new(&stored.job, stored.attempts, stored.last_error.clone());
                 let queue_name = stored.job.queue.clone();
                 state.queue(queue).reserved.insert((until, id.clone()));
-                claim.jobs.push(Reserved {
-                    record,
-                    lease: Lease { id, queue: queue_name, token, expires_at: until },
-                });
+                claim.jobs.push(Reserved::new(record, Lease::new(id, queue_name, token, until)));
             }
             if let Some(q) = state.queues.get(queue.as_str())
                 && let Some((at, _)) = q.delayed.first()
@@ -199,68 +273,24 @@ impl Driver for MemoryDriver {
         Ok(claim)
     }
 
-    async fn complete(&self, lease: &Lease, _now: Millis) -> Result<()> {
-        let mut state = self.state();
-        let stored = state.take_leased(lease)?;
-        state.queue(&stored.job.queue).processed += 1;
-        Ok(())
-    }
-
-    async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
+    async fn settle(&self, batch: &[Settle], now: Millis) -> Vec<Result<()>> {
         // One lock for the batch instead of one per job.
-        let mut state = self.state();
-        leases
-            .iter()
-            .map(|lease| {
-                let stored = state.take_leased(lease)?;
-                state.queue(&stored.job.queue).processed += 1;
-                Ok(())
-            })
-            .collect()
-    }
-
-    async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, now: Millis) -> Result<()> {
-        {
+        let results: Vec<Result<()>> = {
             let mut state = self.state();
-            let stored = state.take_leased(lease)?;
-            state.enqueue(stored.job, stored.attempts, Some(error.to_owned()), run_at, now);
-        }
-        self.inner.ready.notify_waiters();
-        Ok(())
-    }
-
-    async fn fail(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
-        let mut state = self.state();
-        let stored = state.take_leased(lease)?;
-        let failed = FailedJob {
-            id: stored.job.id.clone(),
-            queue: stored.job.queue.clone(),
-            name: stored.job.name.clone(),
-            payload: stored.job.payload.clone(),
-            attempts: stored.attempts,
-            error: error.to_owned(),
-            failed_at: now,
+            batch.iter().map(|settle| state.settle(settle, now)).collect()
         };
-        let queue = state.queue(&stored.job.queue);
-        queue.failed += 1;
-        queue.failed_total += 1;
-        state.next_seq += 1;
-        let seq = state.next_seq;
-        state.failed_index.insert(stored.job.id.clone(), seq);
-        state.failed.insert(seq, FailedEntry { job: stored.job, failed });
-        Ok(())
-    }
-
-    async fn release(&self, lease: &Lease, now: Millis) -> Result<()> {
-        {
-            let mut state = self.state();
-            let stored = state.take_leased(lease)?;
-            // The interrupted attempt does not count: the job did not fail, the worker stopped.
-            let attempts = stored.attempts.saturating_sub(1);
-            state.enqueue(stored.job, attempts, stored.last_error, now, now);
+        let wakes = batch.iter().zip(&results).any(|(settle, result)| {
+            result.is_ok()
+                && (!settle.effects.enqueue.is_empty()
+                    || matches!(
+                        settle.transition,
+                        Transition::Retry { .. } | Transition::Release { .. }
+                    ))
+        });
+        if wakes {
+            self.inner.ready.notify_waiters();
         }
-        self.inner.ready.notify_waiters();
-        Ok(())
+        results
     }
 
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
@@ -272,7 +302,9 @@ impl Driver for MemoryDriver {
             lease.id.clone(),
             Stored { state: JobState::Reserved { token: lease.token.clone(), until }, ..stored },
         );
-        Ok(Lease { expires_at: until, ..lease.clone() })
+        let mut extended = lease.clone();
+        extended.expires_at = until;
+        Ok(extended)
     }
 
     async fn recover(&self, queues: &[String], now: Millis) -> Result<u64> {
@@ -304,43 +336,72 @@ impl Driver for MemoryDriver {
         Ok(recovered)
     }
 
-    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+    async fn wait(&self, queues: &[String], now: Millis, timeout: Duration) -> Result<()> {
         let notified = self.inner.ready.notified();
         let mut notified = std::pin::pin!(notified);
         // Register before looking, so a push between the look and the wait still wakes us.
         notified.as_mut().enable();
         {
             let state = self.state();
-            if queues
-                .iter()
-                .any(|q| state.queues.get(q.as_str()).is_some_and(|q| !q.ready.is_empty()))
-            {
+            let ready = |q: &QueueState| {
+                !q.paused
+                    && (!q.ready.is_empty() || q.delayed.first().is_some_and(|(at, _)| *at <= now))
+            };
+            if queues.iter().any(|q| state.queues.get(q.as_str()).is_some_and(ready)) {
                 return Ok(());
             }
         }
         let _ = tokio::time::timeout(timeout, notified).await;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Admin for MemoryDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
         let state = self.state();
-        let Some(q) = state.queues.get(queue) else {
-            return Ok(QueueStats { queue: queue.to_owned(), ..QueueStats::default() });
-        };
+        let mut stats = QueueStats::new(queue);
+        let Some(q) = state.queues.get(queue) else { return Ok(stats) };
         let due = q.delayed.range(..(now.saturating_add(1), String::new())).count() as u64;
-        Ok(QueueStats {
-            queue: queue.to_owned(),
-            pending: q.ready.len() as u64 + due,
-            delayed: q.delayed.len() as u64 - due,
-            reserved: q.reserved.len() as u64,
-            failed: q.failed,
-            processed: q.processed,
-            failed_total: q.failed_total,
-        })
+        stats.pending = q.ready.len() as u64 + due;
+        stats.delayed = q.delayed.len() as u64 - due;
+        stats.reserved = q.reserved.len() as u64;
+        stats.failed = q.failed;
+        stats.processed = q.processed;
+        stats.failed_total = q.failed_total;
+        stats.paused = q.paused;
+        Ok(stats)
     }
 
     async fn queues(&self) -> Result<Vec<String>> {
         Ok(self.state().queues.keys().cloned().collect())
+    }
+
+    async fn get(&self, id: &str, _now: Millis) -> Result<Option<JobInfo>> {
+        Ok(self.state().info(id))
+    }
+
+    async fn list(&self, req: &ListRequest, _now: Millis) -> Result<Vec<JobInfo>> {
+        let state = self.state();
+        let Some(q) = state.queues.get(req.queue.as_str()) else { return Ok(Vec::new()) };
+        let ids: Box<dyn Iterator<Item = &String>> = match req.state {
+            State_::Pending => Box::new(q.ready.iter().map(|(_, id)| id)),
+            State_::Delayed => Box::new(q.delayed.iter().map(|(_, id)| id)),
+            State_::Reserved => Box::new(q.reserved.iter().map(|(_, id)| id)),
+            other => {
+                return Err(Error::invalid(
+                    "job state",
+                    format!(
+                        "list shows pending, delayed or reserved jobs, not {other}; use failed()"
+                    ),
+                ));
+            }
+        };
+        Ok(ids
+            .skip(usize::try_from(req.offset).unwrap_or(usize::MAX))
+            .take(req.limit.min(MAX_PAGE))
+            .filter_map(|id| state.info(id))
+            .collect())
     }
 
     async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
@@ -357,12 +418,14 @@ impl Driver for MemoryDriver {
         Ok(ids.len() as u64)
     }
 
-    async fn failed(&self, queue: Option<&str>) -> Result<Vec<FailedJob>> {
+    async fn failed(&self, query: &FailedQuery) -> Result<Vec<FailedJob>> {
         let state = self.state();
         Ok(state
             .failed
             .values()
-            .filter(|entry| queue.is_none_or(|q| entry.failed.queue == q))
+            .filter(|entry| query.queue.as_deref().is_none_or(|q| entry.failed.queue == q))
+            .skip(usize::try_from(query.offset).unwrap_or(usize::MAX))
+            .take(query.limit.min(MAX_PAGE))
             .map(|entry| entry.failed.clone())
             .collect())
     }
@@ -401,21 +464,12 @@ impl Driver for MemoryDriver {
         }
         Ok(count)
     }
-}
 
-fn record(stored: &Stored) -> JobRecord {
-    let job = &stored.job;
-    JobRecord {
-        id: job.id.clone(),
-        name: job.name.clone(),
-        queue: job.queue.clone(),
-        payload: job.payload.clone(),
-        priority: job.priority,
-        attempt: stored.attempts,
-        max_retries: job.max_retries,
-        retry_delay_ms: job.retry_delay_ms,
-        timeout_ms: job.timeout_ms,
-        dispatched_at: job.dispatched_at,
-        last_error: stored.last_error.clone(),
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.state().queue(queue).paused = paused;
+        if !paused {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(())
     }
 }

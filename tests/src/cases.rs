@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use orcs_core::{
-    BoxDriver, Clock, DispatchOptions, Error, JobDefaults, Lease, ManualClock, Outcome, Queue,
-    QueueStats, Reserved, SystemClock, Worker, WorkerEvent,
+    BoxDriver, Clock, DispatchOptions, Error, FailedJob, FailedQuery, JobDefaults, JobState, Lease,
+    ListRequest, ManualClock, Millis, NewJob, Outcome, PushOutcome, Queue, QueueStats, Reserved,
+    Settle, SystemClock, Worker, WorkerEvent,
 };
 
 use crate::eventually;
@@ -45,14 +46,53 @@ fn worker(queue: &Queue, queues: &[&str]) -> Worker {
 
 async fn claim(queue: &Queue, queues: &[&str], max: usize) -> Vec<Reserved> {
     let queues = names(queues);
-    let request = orcs_core::ClaimRequest {
-        queues: &queues,
-        max,
-        now: queue.now(),
-        default_timeout_ms: DEFAULT_TIMEOUT_MS,
-        grace_ms: GRACE_MS,
-    };
-    queue.driver().claim(&request).await.expect("claim").jobs
+    claim_at(queue.driver(), &queues, max, queue.now()).await.jobs
+}
+
+async fn claim_at(
+    driver: &BoxDriver,
+    queues: &[String],
+    max: usize,
+    now: Millis,
+) -> orcs_core::Claim {
+    let mut request = orcs_core::ClaimRequest::new(queues, max, now);
+    request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
+    request.grace_ms = GRACE_MS;
+    driver.claim(&request).await.expect("claim")
+}
+
+/// The whole failed set (of one queue), oldest first.
+async fn failed_jobs(queue: &Queue, of: Option<&str>) -> Vec<FailedJob> {
+    let mut query = FailedQuery::new(orcs_core::MAX_PAGE);
+    query.queue = of.map(str::to_owned);
+    queue.failed_jobs(&query).await.expect("failed")
+}
+
+async fn complete(driver: &BoxDriver, lease: &Lease, now: Millis) -> orcs_core::Result<()> {
+    driver.settle_one(Settle::complete(lease.clone()), now).await
+}
+
+async fn retry(
+    driver: &BoxDriver,
+    lease: &Lease,
+    at: Millis,
+    error: &str,
+    now: Millis,
+) -> orcs_core::Result<()> {
+    driver.settle_one(Settle::retry(lease.clone(), at, error), now).await
+}
+
+async fn fail(
+    driver: &BoxDriver,
+    lease: &Lease,
+    error: &str,
+    now: Millis,
+) -> orcs_core::Result<()> {
+    driver.settle_one(Settle::fail(lease.clone(), error), now).await
+}
+
+async fn release(driver: &BoxDriver, lease: &Lease, now: Millis) -> orcs_core::Result<()> {
+    driver.settle_one(Settle::release(lease.clone(), now), now).await
 }
 
 async fn claim_one(queue: &Queue, queues: &[&str]) -> Option<Reserved> {
@@ -222,20 +262,13 @@ pub async fn delayed_job_is_invisible_until_due(driver: BoxDriver) {
     check_stats(&queue, "default", (0, 1, 0, 0, 0, 0), "after a delayed dispatch").await;
 
     let queues = names(&["default"]);
-    let request = |now| orcs_core::ClaimRequest {
-        queues: &queues,
-        max: 1,
-        now,
-        default_timeout_ms: DEFAULT_TIMEOUT_MS,
-        grace_ms: GRACE_MS,
-    };
-    let early = driver.claim(&request(start + 29_999)).await.expect("claim");
+    let early = claim_at(&driver, &queues, 1, start + 29_999).await;
     assert!(early.jobs.is_empty(), "not claimable 1 ms before it is due");
     assert_eq!(early.next_due, Some(start + 30_000), "the claim reports when the next job is due");
 
     clock.set(start + 30_000);
     check_stats(&queue, "default", (1, 0, 0, 0, 0, 0), "once due, before any claim").await;
-    let due = driver.claim(&request(start + 30_000)).await.expect("claim");
+    let due = claim_at(&driver, &queues, 1, start + 30_000).await;
     assert_eq!(due.jobs.len(), 1, "claimable exactly when due");
     assert_eq!(due.jobs[0].record.id, id);
     assert_eq!(due.next_due, None);
@@ -341,7 +374,7 @@ pub async fn claim_gives_a_lease_and_a_fresh_token(driver: BoxDriver) {
     );
     assert_ne!(with_timeout.lease.token, without.lease.token);
 
-    driver.release(&with_timeout.lease, now).await.expect("release");
+    release(&driver, &with_timeout.lease, now).await.expect("release");
     let again = claim_one(&queue, &["default"]).await.expect("the released job");
     assert_eq!(again.record.id, with_timeout.record.id);
     assert_ne!(again.lease.token, with_timeout.lease.token, "a new claim gets a new token");
@@ -365,25 +398,22 @@ pub async fn stale_token_transitions_are_rejected(driver: BoxDriver) {
 
     let now = clock.now();
     let stale: &Lease = &old.lease;
-    check_lease_lost(driver.complete(stale, now).await, "complete");
-    check_lease_lost(driver.retry(stale, now, "stale", now).await, "retry");
-    check_lease_lost(driver.fail(stale, "stale", now).await, "fail");
-    check_lease_lost(driver.release(stale, now).await, "release");
+    check_lease_lost(complete(&driver, stale, now).await, "complete");
+    check_lease_lost(retry(&driver, stale, now, "stale", now).await, "retry");
+    check_lease_lost(fail(&driver, stale, "stale", now).await, "fail");
+    check_lease_lost(release(&driver, stale, now).await, "release");
     check_lease_lost(driver.extend(stale, now + 1_000_000, now).await, "extend");
     check_stats(&queue, "default", (0, 0, 1, 0, 0, 0), "after stale transitions").await;
-    assert!(
-        queue.failed_jobs(None).await.expect("failed").is_empty(),
-        "a stale fail moved nothing"
-    );
+    assert!(failed_jobs(&queue, None).await.is_empty(), "a stale fail moved nothing");
 
-    driver.complete(&new.lease, now).await.expect("the current holder completes");
-    check_lease_lost(driver.complete(&new.lease, now).await, "a second complete");
+    complete(&driver, &new.lease, now).await.expect("the current holder completes");
+    check_lease_lost(complete(&driver, &new.lease, now).await, "a second complete");
     check_stats(&queue, "default", (0, 0, 0, 0, 1, 0), "completed once").await;
 }
 
-/// Completing several jobs at once settles each lease on its own: fresh ones complete (over
+/// Settling several jobs at once settles each lease on its own: fresh ones complete (over
 /// several queues), a stale one is rejected and changes nothing, and `processed` counts each once.
-pub async fn complete_many_settles_each_lease_on_its_own(driver: BoxDriver) {
+pub async fn settle_batch_settles_each_lease_on_its_own(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
     queue.dispatch(RetryJob(Script::ok(&key))).await.expect("dispatch");
@@ -401,7 +431,8 @@ pub async fn complete_many_settles_each_lease_on_its_own(driver: BoxDriver) {
     let b = claim_one(&queue, &["other"]).await.expect("a job on other");
 
     let leases = [a.lease.clone(), old.lease.clone(), b.lease.clone(), current.lease.clone()];
-    let results = driver.complete_many(&leases, clock.now()).await;
+    let settles: Vec<Settle> = leases.iter().cloned().map(Settle::complete).collect();
+    let results = driver.settle(&settles, clock.now()).await;
     assert_eq!(results.len(), 4, "one result per lease");
     assert!(results[0].is_ok(), "fresh lease on default: {:?}", results[0]);
     assert!(
@@ -414,7 +445,7 @@ pub async fn complete_many_settles_each_lease_on_its_own(driver: BoxDriver) {
     check_stats(&queue, "default", (0, 0, 0, 0, 2, 0), "two completed on default").await;
     check_stats(&queue, "other", (0, 0, 0, 0, 1, 0), "one completed on other").await;
 
-    let again = driver.complete_many(&leases[..1], clock.now()).await;
+    let again = driver.settle(&settles[..1], clock.now()).await;
     assert!(matches!(again[0], Err(Error::LeaseLost { .. })), "a second complete: {:?}", again[0]);
     check_stats(&queue, "default", (0, 0, 0, 0, 2, 0), "still two").await;
 }
@@ -488,7 +519,7 @@ pub async fn permanent_error_skips_retries(driver: BoxDriver) {
     assert!(work_one(&queue, &["default"]).await.is_none(), "no retry is scheduled");
     assert_eq!(probe.started(), 1);
     assert_eq!(probe.failed_calls.load(Ordering::SeqCst), 1);
-    let failed = queue.failed_jobs(None).await.expect("failed");
+    let failed = failed_jobs(&queue, None).await;
     assert_eq!((failed.len(), failed[0].attempts), (1, 1));
     assert_eq!(failed[0].error, "permanent failure requested");
 }
@@ -526,7 +557,7 @@ pub async fn timeout_cancels_and_counts_a_failed_attempt(driver: BoxDriver) {
     );
     assert_eq!(probe.started(), 2);
     assert_eq!(probe.failed_calls.load(Ordering::SeqCst), 1);
-    let failed = queue.failed_jobs(None).await.expect("failed");
+    let failed = failed_jobs(&queue, None).await;
     assert_eq!((failed[0].attempts, failed[0].error.as_str()), (2, "timed out after 100 ms"));
 }
 
@@ -566,8 +597,8 @@ pub async fn recovery_rechecks_the_lease_deadline(driver: BoxDriver) {
     let queues = names(&["default"]);
     assert_eq!(driver.recover(&queues, early.lease.expires_at).await.expect("recover"), 1);
     check_stats(&queue, "default", (1, 0, 1, 0, 0, 0), "only the expired one").await;
-    driver.complete(&late.lease, clock.now()).await.expect("the live lease still works");
-    check_lease_lost(driver.complete(&early.lease, clock.now()).await, "complete after recovery");
+    complete(&driver, &late.lease, clock.now()).await.expect("the live lease still works");
+    check_lease_lost(complete(&driver, &early.lease, clock.now()).await, "complete after recovery");
     assert_eq!(
         driver.recover(&queues, late.lease.expires_at + 1).await.expect("recover"),
         0,
@@ -616,7 +647,7 @@ pub async fn crash_on_the_last_attempt_sends_the_job_to_the_failed_set(driver: B
     }
     assert_eq!(probe.started(), 0, "handle did not run a 5th time");
     assert_eq!(probe.failed_calls.load(Ordering::SeqCst), 1);
-    let failed = queue.failed_jobs(Some("default")).await.expect("failed");
+    let failed = failed_jobs(&queue, Some("default")).await;
     assert_eq!((failed.len(), failed[0].id.as_str()), (1, id.as_str()));
 }
 
@@ -637,7 +668,7 @@ pub async fn exhausted_attempts_reach_the_failed_set_with_details(driver: BoxDri
     while work_one(&queue, &["mail"]).await.is_some() {
         clock.advance(Duration::from_secs(1));
     }
-    let failed = queue.failed_jobs(None).await.expect("failed");
+    let failed = failed_jobs(&queue, None).await;
     assert_eq!(failed.len(), 1);
     let entry = &failed[0];
     assert_eq!(
@@ -676,20 +707,42 @@ async fn drain(queue: &Queue, queues: &[&str]) -> Vec<WorkerEvent> {
     events
 }
 
-/// A job whose name is not registered goes to the failed set with the reason; the job behind it runs.
-pub async fn unknown_job_name_goes_to_the_failed_set_without_blocking(driver: BoxDriver) {
-    let queue = system_queue(&driver);
+/// A job whose type this worker does not register (a newer worker's, in a rolling deploy) is
+/// handed back with a delay, its attempt not counted, and the job behind it runs; once it has
+/// waited the worker's patience since dispatch, it fails with the reason.
+pub async fn unknown_job_type_is_deferred_then_failed_after_patience(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
     let (key, probe) = probe();
     let bad = dispatch_raw(&queue, "NoSuchJob", "{}").await;
     let good = queue.dispatch(plain(&key, 0)).await.expect("dispatch");
-    let events = drain(&queue, &["default"]).await;
-    let outcomes: Vec<(&str, &str)> =
-        events.iter().map(|e| (e.id.as_str(), e.outcome.label())).collect();
-    assert_eq!(outcomes, [(bad.as_str(), "FAIL"), (good.as_str(), "DONE")]);
-    assert_eq!(probe.started(), 1);
-    let failed = queue.failed_jobs(None).await.expect("failed");
-    assert!(failed[0].error.starts_with("unknown job name \"NoSuchJob\""), "{}", failed[0].error);
-    check_stats(&queue, "default", (0, 0, 0, 1, 1, 1), "after draining").await;
+    let patient = || {
+        worker(&queue, &["default"]).unknown_jobs(Duration::from_secs(10), Duration::from_secs(60))
+    };
+    let first = patient().work_one().await.expect("work_one").expect("a job");
+    assert_eq!((first.id.as_str(), first.outcome.label()), (bad.as_str(), "DEFER"));
+    assert_eq!(first.outcome, Outcome::Deferred { at: clock.now() + 10_000 });
+    let second = patient().work_one().await.expect("work_one").expect("a job");
+    assert_eq!((second.id.as_str(), second.outcome.label()), (good.as_str(), "DONE"));
+    assert_eq!(probe.started(), 1, "the known job ran");
+    check_stats(&queue, "default", (0, 1, 0, 0, 1, 0), "the unknown one waits").await;
+    assert!(patient().work_one().await.expect("work_one").is_none(), "not before its delay");
+
+    clock.advance(Duration::from_secs(10));
+    let again = patient().work_one().await.expect("work_one").expect("the deferred job");
+    assert_eq!((again.attempt, again.outcome.label()), (1, "DEFER"), "no attempt was used");
+
+    clock.advance(Duration::from_secs(60));
+    let last = patient().work_one().await.expect("work_one").expect("the deferred job");
+    assert_eq!((last.id.as_str(), last.outcome.label()), (bad.as_str(), "FAIL"));
+    let failed = failed_jobs(&queue, None).await;
+    assert!(
+        failed[0]
+            .error
+            .starts_with("unknown job name \"NoSuchJob\": no worker registered it within 60 s"),
+        "{}",
+        failed[0].error
+    );
+    check_stats(&queue, "default", (0, 0, 0, 1, 1, 1), "after patience ran out").await;
 }
 
 /// A payload that does not deserialize goes to the failed set with the reason; the queue flows on.
@@ -703,7 +756,7 @@ pub async fn bad_payload_goes_to_the_failed_set_without_blocking(driver: BoxDriv
         drain(&queue, &["default"]).await.iter().map(|e| e.outcome.label()).collect();
     assert_eq!(labels, ["FAIL", "FAIL", "DONE"]);
     assert_eq!(probe.started(), 1);
-    let failed = queue.failed_jobs(None).await.expect("failed");
+    let failed = failed_jobs(&queue, None).await;
     let ids: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
     assert_eq!(ids, [not_json.as_str(), missing.as_str()]);
     for entry in &failed {
@@ -811,7 +864,7 @@ pub async fn release_makes_the_job_claimable_at_once_without_counting(driver: Bo
     let (key, _) = probe();
     queue.dispatch(plain(&key, 0)).await.expect("dispatch");
     let held = claim_one(&queue, &["default"]).await.expect("a job");
-    driver.release(&held.lease, clock.now()).await.expect("release");
+    release(&driver, &held.lease, clock.now()).await.expect("release");
     check_stats(&queue, "default", (1, 0, 0, 0, 0, 0), "released").await;
     let again = claim_one(&queue, &["default"]).await.expect("claimable at once");
     assert_eq!((again.record.id, again.record.attempt), (held.record.id, 1));
@@ -833,13 +886,13 @@ pub async fn counters_are_exact(driver: BoxDriver) {
     let b = claim_one(&queue, &["default"]).await.expect("b");
     check_stats(&queue, "default", (1, 2, 2, 0, 0, 0), "two claimed").await;
     let now = clock.now();
-    driver.complete(&a.lease, now).await.expect("complete");
-    driver.fail(&b.lease, "boom", now).await.expect("fail");
+    complete(&driver, &a.lease, now).await.expect("complete");
+    fail(&driver, &b.lease, "boom", now).await.expect("fail");
     check_stats(&queue, "default", (1, 2, 0, 1, 1, 1), "one done, one failed").await;
     clock.advance(Duration::from_secs(60));
     check_stats(&queue, "default", (2, 1, 0, 1, 1, 1), "one delayed job came due").await;
     let c = claim_one(&queue, &["default"]).await.expect("c");
-    driver.retry(&c.lease, clock.now() + 1000, "again", clock.now()).await.expect("retry");
+    retry(&driver, &c.lease, clock.now() + 1000, "again", clock.now()).await.expect("retry");
     check_stats(&queue, "default", (1, 2, 0, 1, 1, 1), "a retry waits as delayed").await;
     queue.retry_failed(&b.record.id).await.expect("retry failed");
     check_stats(
@@ -860,10 +913,10 @@ pub async fn processed_counts_each_completion_once(driver: BoxDriver) {
     let held = claim(&queue, &["default"], 10).await;
     let now = queue.now();
     for reserved in &held {
-        driver.complete(&reserved.lease, now).await.expect("complete");
+        complete(&driver, &reserved.lease, now).await.expect("complete");
     }
     for reserved in &held {
-        check_lease_lost(driver.complete(&reserved.lease, now).await, "a repeated complete");
+        check_lease_lost(complete(&driver, &reserved.lease, now).await, "a repeated complete");
     }
     check_stats(&queue, "default", (0, 0, 0, 0, 10, 0), "ten completions").await;
 }
@@ -887,7 +940,7 @@ pub async fn clear_removes_pending_and_delayed_and_reports_the_count(driver: Box
     assert_eq!(queue.clear("default").await.expect("clear"), 5);
     check_stats(&queue, "default", (0, 0, 1, 0, 0, 0), "cleared").await;
     check_stats(&queue, "other", (1, 0, 0, 0, 0, 0), "another queue").await;
-    driver.complete(&running.lease, queue.now()).await.expect("the running job still completes");
+    complete(&driver, &running.lease, queue.now()).await.expect("the running job still completes");
     assert_eq!(queue.clear("default").await.expect("clear"), 0, "nothing left");
     assert!(claim_one(&queue, &["default"]).await.is_none());
 }
@@ -915,13 +968,9 @@ pub async fn failed_jobs_can_be_retried_forgotten_and_flushed(driver: BoxDriver)
     let (key, _) = probe();
     let ids = fail_jobs(&queue, &key, 3).await;
     clock.advance(Duration::from_secs(1));
-    let listed: Vec<String> =
-        queue.failed_jobs(None).await.expect("failed").into_iter().map(|f| f.id).collect();
+    let listed: Vec<String> = failed_jobs(&queue, None).await.into_iter().map(|f| f.id).collect();
     assert_eq!(listed, ids, "oldest first");
-    assert!(
-        queue.failed_jobs(Some("other")).await.expect("failed").is_empty(),
-        "filtered by queue"
-    );
+    assert!(failed_jobs(&queue, Some("other")).await.is_empty(), "filtered by queue");
 
     queue.retry_failed(&ids[0]).await.expect("retry");
     check_stats(&queue, "default", (1, 0, 0, 2, 0, 3), "one retried").await;
@@ -933,11 +982,10 @@ pub async fn failed_jobs_can_be_retried_forgotten_and_flushed(driver: BoxDriver)
     );
 
     queue.driver().forget_failed(&ids[1]).await.expect("forget");
-    let left: Vec<String> =
-        queue.failed_jobs(None).await.expect("failed").into_iter().map(|f| f.id).collect();
+    let left: Vec<String> = failed_jobs(&queue, None).await.into_iter().map(|f| f.id).collect();
     assert_eq!(left, [ids[2].clone()]);
     assert_eq!(queue.driver().flush_failed().await.expect("flush"), 1);
-    assert!(queue.failed_jobs(None).await.expect("failed").is_empty());
+    assert!(failed_jobs(&queue, None).await.is_empty());
     check_stats(&queue, "default", (0, 0, 1, 0, 0, 3), "flushed").await;
 
     let more = fail_jobs(&queue, &key, 2).await;
@@ -1069,4 +1117,393 @@ pub async fn worker_limits_stop_it(driver: BoxDriver) {
         .expect("worker");
     assert_eq!(summary.attempts(), 0);
     assert!(timed.elapsed() < Duration::from_secs(3), "max_time stopped an idle worker");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. The v2 contract: push outcomes, settle with effects, per-queue metadata, the admin surface
+
+fn new_job(queue: &Queue, id: &str, on: &str, tag: u64) -> NewJob {
+    let mut job =
+        NewJob::new(id, "PlainJob", on, format!(r#"{{"probe":"none","tag":{tag}}}"#), queue.now());
+    job.max_retries = 3;
+    job
+}
+
+/// A push answers per job: a job whose id exists (pending, running or failed, or earlier in the
+/// same push) is a duplicate and changes nothing; the others are stored.
+pub async fn push_reports_duplicates_per_job(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let a = new_job(&queue, "01J0000000000000000000000A", "default", 1);
+    let outcomes = driver.push(vec![a.clone()]).await.expect("push");
+    assert_eq!(outcomes, [PushOutcome::Stored]);
+
+    let mut changed = a.clone();
+    changed.payload = r#"{"probe":"none","tag":99}"#.to_owned();
+    let b = new_job(&queue, "01J0000000000000000000000B", "default", 2);
+    let outcomes = driver.push(vec![b.clone(), changed, b.clone()]).await.expect("push");
+    assert_eq!(
+        outcomes,
+        [
+            PushOutcome::Stored,
+            PushOutcome::Duplicate { id: a.id.clone() },
+            PushOutcome::Duplicate { id: b.id.clone() },
+        ]
+    );
+    check_stats(&queue, "default", (2, 0, 0, 0, 0, 0), "two stored").await;
+    let held = claim(&queue, &["default"], 10).await;
+    assert_eq!(tag_of(&held[0]), 1, "the first payload was kept");
+
+    fail(&driver, &held[0].lease, "boom", clock.now()).await.expect("fail");
+    let outcomes = driver.push(vec![a.clone()]).await.expect("push");
+    assert_eq!(
+        outcomes,
+        [PushOutcome::Duplicate { id: a.id.clone() }],
+        "a failed job holds its id"
+    );
+    let outcomes = driver.push(vec![b.clone()]).await.expect("push");
+    assert_eq!(
+        outcomes,
+        [PushOutcome::Duplicate { id: b.id.clone() }],
+        "a running job holds its id"
+    );
+    let ids = queue.dispatch_records(vec![a.clone()]).await.expect("dispatch");
+    assert_eq!(ids, [a.id.clone()], "dispatch answers the id of the job that holds it");
+    check_stats(&queue, "default", (0, 0, 1, 1, 0, 1), "nothing changed").await;
+}
+
+/// A settle's effects (follow-up jobs) happen in the same atomic step as its transition, for
+/// every transition, and not at all when the lease is stale.
+pub async fn settle_effects_are_atomic_with_the_transition(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let cross = driver.capabilities().cross_queue_atomic;
+    let next_queue = if cross { "next" } else { "default" };
+    queue
+        .dispatch_records(
+            (1..=4)
+                .map(|t| new_job(&queue, &format!("01J00000000000000000000{t:03}"), "default", t))
+                .collect(),
+        )
+        .await
+        .expect("dispatch");
+    let held = claim(&queue, &["default"], 4).await;
+    assert_eq!(held.len(), 4);
+    let now = clock.now();
+    let follow =
+        |t: u64| new_job(&queue, &format!("01J00000000000000000001{t:03}"), next_queue, 100 + t);
+    let settles = vec![
+        Settle::complete(held[0].lease.clone()).enqueue([follow(1)]),
+        Settle::retry(held[1].lease.clone(), now + 1_000, "again").enqueue([follow(2)]),
+        Settle::fail(held[2].lease.clone(), "boom").enqueue([follow(3)]),
+        Settle::release(held[3].lease.clone(), now + 5_000).enqueue([follow(4)]),
+    ];
+    let results = driver.settle(&settles, now).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut stale = Lease::clone(&held[0].lease);
+    stale.token = "not-the-token".to_owned();
+    let result = driver.settle_one(Settle::complete(stale).enqueue([follow(5)]), now).await;
+    check_lease_lost(result, "a settle with effects");
+    assert!(
+        driver.get(&follow(5).id, now).await.expect("get").is_none(),
+        "the stale settle's follow-up was not stored"
+    );
+
+    let follow_ups: Vec<u64> =
+        claim(&queue, &[next_queue], 10).await.iter().map(tag_of).filter(|t| *t > 100).collect();
+    assert_eq!(follow_ups, [101, 102, 103, 104], "each transition stored its follow-up");
+    let released =
+        driver.get(&held[3].record.id, now).await.expect("get").expect("the released job");
+    assert_eq!(
+        (released.state, released.job.available_at, released.attempts),
+        (JobState::Delayed, now + 5_000, 0),
+        "a release with a delay waits and does not count the attempt"
+    );
+    if !cross {
+        return;
+    }
+    let s = stats(&queue, "default").await;
+    assert_eq!((s.processed, s.failed, s.delayed), (1, 1, 2), "transitions as usual");
+}
+
+/// A paused queue is skipped by every claim (a later queue in the list is served) and reports
+/// no next due time; resuming makes its jobs claimable and wakes an idle waiter.
+pub async fn paused_queue_is_skipped_until_resumed(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue
+        .dispatch_with(plain(&key, 1), DispatchOptions::new().queue("first"))
+        .await
+        .expect("dispatch");
+    queue
+        .dispatch_with(
+            plain(&key, 9),
+            DispatchOptions::new().queue("first").delay(Duration::from_secs(5)),
+        )
+        .await
+        .expect("dispatch");
+    queue
+        .dispatch_with(plain(&key, 2), DispatchOptions::new().queue("second"))
+        .await
+        .expect("dispatch");
+    queue.pause("first").await.expect("pause");
+    queue.pause("only-paused").await.expect("pause an empty queue");
+    assert!(stats(&queue, "first").await.paused, "stats show the pause");
+    assert!(!stats(&queue, "second").await.paused);
+    let listed = driver.queues().await.expect("queues");
+    assert!(listed.contains(&"only-paused".to_owned()), "a paused queue is listed: {listed:?}");
+
+    let queues = names(&["first", "second"]);
+    let got = claim_at(&driver, &queues, 10, clock.now()).await;
+    assert_eq!(got.jobs.iter().map(tag_of).collect::<Vec<_>>(), [2], "only the unpaused queue");
+    assert_eq!(got.next_due, None, "a paused queue's delayed job wakes nobody");
+
+    let waiter = {
+        let driver = Arc::clone(&driver);
+        let queues = queues.clone();
+        let now = clock.now();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            driver.wait(&queues, now, Duration::from_secs(5)).await.expect("wait");
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    queue.resume("first").await.expect("resume");
+    let waited = waiter.await.expect("waiter");
+    assert!(waited < Duration::from_secs(3), "resuming woke the waiter ({waited:?})");
+    assert!(!stats(&queue, "first").await.paused);
+    let got = claim_at(&driver, &queues, 10, clock.now()).await;
+    assert_eq!(got.jobs.iter().map(tag_of).collect::<Vec<_>>(), [1], "claimable once resumed");
+}
+
+/// `get` shows a job in each state with what an operator needs; an unknown id is `None`.
+pub async fn get_shows_a_job_in_every_state(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let now = clock.now();
+    let pending = queue
+        .dispatch_with(plain(&key, 1), DispatchOptions::new().priority(5))
+        .await
+        .expect("dispatch");
+    let delayed =
+        queue.dispatch_after(Duration::from_secs(30), plain(&key, 2)).await.expect("dispatch");
+    let failing = queue
+        .dispatch_with(plain(&key, 3), DispatchOptions::new().queue("other"))
+        .await
+        .expect("dispatch");
+
+    let info = queue.get(&pending).await.expect("get").expect("pending job");
+    assert_eq!((info.state, info.attempts, info.job.priority), (JobState::Pending, 0, 5));
+    assert_eq!((info.job.name.as_str(), info.job.queue.as_str()), ("PlainJob", "default"));
+    assert_eq!(info.job.available_at, now);
+    let info = queue.get(&delayed).await.expect("get").expect("delayed job");
+    assert_eq!((info.state, info.job.available_at), (JobState::Delayed, now + 30_000));
+
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(held.record.id, pending);
+    let info = queue.get(&pending).await.expect("get").expect("reserved job");
+    assert_eq!((info.state, info.attempts), (JobState::Reserved, 1));
+    assert_eq!(info.lease_expires_at, Some(held.lease.expires_at));
+
+    let other = claim_one(&queue, &["other"]).await.expect("a job");
+    clock.advance(Duration::from_secs(1));
+    fail(&driver, &other.lease, "it broke", clock.now()).await.expect("fail");
+    let info = queue.get(&failing).await.expect("get").expect("failed job");
+    assert_eq!((info.state, info.attempts), (JobState::Failed, 1));
+    assert_eq!((info.last_error.as_deref(), info.failed_at), (Some("it broke"), Some(clock.now())));
+    assert_eq!(info.job.payload, other.record.payload);
+
+    complete(&driver, &held.lease, clock.now()).await.expect("complete");
+    assert!(queue.get(&pending).await.expect("get").is_none(), "a completed job is gone");
+    assert!(queue.get("01J00000000000000000000000").await.expect("get").is_none());
+}
+
+/// `list` pages a queue's jobs by state in the order workers see them; `failed` pages the failed
+/// set oldest first, per queue or overall.
+pub async fn list_and_failed_are_paged_in_order(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    for (tag, priority) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 1)] {
+        queue
+            .dispatch_with(plain(&key, tag), DispatchOptions::new().priority(priority))
+            .await
+            .expect("dispatch");
+    }
+    for (tag, secs) in [(6, 30), (7, 10), (8, 20)] {
+        queue.dispatch_after(Duration::from_secs(secs), plain(&key, tag)).await.expect("dispatch");
+    }
+    let tags = |jobs: &[orcs_core::JobInfo]| -> Vec<u64> {
+        jobs.iter()
+            .map(|j| {
+                serde_json::from_str::<serde_json::Value>(&j.job.payload).expect("json")["tag"]
+                    .as_u64()
+                    .expect("tag")
+            })
+            .collect()
+    };
+    let page = queue.list(&ListRequest::new("default", JobState::Pending, 2)).await.expect("list");
+    assert_eq!(tags(&page), [2, 4], "pending in claim order, first page");
+    let page = queue
+        .list(&ListRequest::new("default", JobState::Pending, 10).offset(2))
+        .await
+        .expect("list");
+    assert_eq!(tags(&page), [5, 1, 3], "the rest");
+    assert!(page.iter().all(|j| j.state == JobState::Pending));
+    let page = queue.list(&ListRequest::new("default", JobState::Delayed, 10)).await.expect("list");
+    assert_eq!(tags(&page), [7, 8, 6], "delayed by due time");
+
+    let held = claim(&queue, &["default"], 2).await;
+    let page =
+        queue.list(&ListRequest::new("default", JobState::Reserved, 10)).await.expect("list");
+    assert_eq!(tags(&page), [2, 4]);
+    assert!(page.iter().all(|j| j.lease_expires_at.is_some()));
+    assert!(
+        matches!(
+            queue.list(&ListRequest::new("default", JobState::Failed, 10)).await,
+            Err(Error::Invalid { .. })
+        ),
+        "failed jobs are listed by failed()"
+    );
+
+    for reserved in &held {
+        clock.advance(Duration::from_millis(1));
+        fail(&driver, &reserved.lease, "boom", clock.now()).await.expect("fail");
+    }
+    queue
+        .dispatch_with(plain(&key, 9), DispatchOptions::new().queue("other"))
+        .await
+        .expect("dispatch");
+    let other = claim_one(&queue, &["other"]).await.expect("a job");
+    clock.advance(Duration::from_millis(1));
+    fail(&driver, &other.lease, "boom", clock.now()).await.expect("fail");
+    let ids = |page: Vec<FailedJob>| page.into_iter().map(|f| f.id).collect::<Vec<_>>();
+    let all = ids(queue.failed_jobs(&FailedQuery::new(10)).await.expect("failed"));
+    assert_eq!(
+        all,
+        [held[0].record.id.clone(), held[1].record.id.clone(), other.record.id.clone()]
+    );
+    let second = ids(queue.failed_jobs(&FailedQuery::new(1).offset(1)).await.expect("failed"));
+    assert_eq!(second, [held[1].record.id.clone()]);
+    let of_other =
+        ids(queue.failed_jobs(&FailedQuery::new(10).queue("other")).await.expect("failed"));
+    assert_eq!(of_other, [other.record.id.clone()]);
+}
+
+/// Promoting due delayed jobs never lets a lower-priority job overtake a higher one, even with
+/// more due jobs than a driver promotes at once.
+pub async fn promotion_never_inverts_priority(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let start = clock.now();
+    queue
+        .dispatch_many_with(
+            (0..1_200).map(|i| plain(&key, i)),
+            DispatchOptions::new().delay(Duration::from_secs(1)),
+        )
+        .await
+        .expect("dispatch");
+    queue
+        .dispatch_with(
+            plain(&key, 5_000),
+            DispatchOptions::new().priority(10).delay(Duration::from_secs(2)),
+        )
+        .await
+        .expect("dispatch");
+    clock.set(start + 3_000);
+    let first = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(tag_of(&first), 5_000, "the high-priority due job comes first");
+    let next = claim(&queue, &["default"], 3).await;
+    assert_eq!(next.iter().map(tag_of).collect::<Vec<_>>(), [0, 1, 2], "then dispatch order");
+}
+
+/// Several callers retrying one failed job at once: exactly one succeeds, the others are told
+/// it is not (any longer) in the failed set, and the job is pending once.
+pub async fn concurrent_retry_failed_of_one_id_succeeds_once(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let id = queue.dispatch(plain(&key, 1)).await.expect("dispatch");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    fail(&driver, &held.lease, "boom", clock.now()).await.expect("fail");
+    let now = clock.now();
+    let calls = (0..8).map(|_| {
+        let driver = Arc::clone(&driver);
+        let id = id.clone();
+        tokio::spawn(async move { driver.retry_failed(&id, now).await })
+    });
+    let mut ok = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(Error::NotFound { .. }) => {}
+            Err(other) => panic!("a concurrent retry is Ok or NotFound, got {other:?}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one retry took");
+    check_stats(&queue, "default", (1, 0, 0, 0, 0, 1), "pending once").await;
+}
+
+/// A claim never returns more than asked for, and a worker never runs more than `concurrency`
+/// jobs at once (a probe counts the jobs running at the same time).
+pub async fn claims_and_workers_respect_their_limits(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, probe) = probe();
+    queue
+        .dispatch_many(
+            (0..40).map(|i| PlainJob(Script { work_ms: 20, tag: i, ..Script::ok(&key) })),
+        )
+        .await
+        .expect("dispatch");
+    for max in [1, 3, 7] {
+        let got = claim(&queue, &["default"], max).await;
+        assert_eq!(got.len(), max, "a claim of {max}");
+        for reserved in got {
+            release(&driver, &reserved.lease, queue.now()).await.expect("release");
+        }
+    }
+    let summary = worker(&queue, &["default"])
+        .concurrency(4)
+        .stop_when_empty(true)
+        .run()
+        .await
+        .expect("worker");
+    assert_eq!(summary.done, 40);
+    let most = probe.max_running.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&most), "at most 4 ran at once, saw {most}");
+}
+
+/// On a timeout the job is asked to stop (`ctx.cancelled()`) and gets the cancel grace to clean
+/// up before its future is dropped; the attempt still counts as timed out.
+pub async fn timeout_asks_the_job_to_stop_before_dropping_it(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, probe) = probe();
+    queue
+        .dispatch(ShortTimeoutJob(Script { work_ms: 30_000, cleanup_ms: 50, ..Script::ok(&key) }))
+        .await
+        .expect("dispatch");
+    let event = worker(&queue, &["default"])
+        .cancel_grace(Duration::from_millis(500))
+        .work_one()
+        .await
+        .expect("work_one")
+        .expect("a job");
+    assert_eq!(event.outcome.label(), "RETRY");
+    assert_eq!(probe.cleanups.load(Ordering::SeqCst), 1, "the job finished its clean-up");
+
+    let (key, second) = crate::jobs::probe();
+    queue
+        .dispatch_with(
+            ShortTimeoutJob(Script { work_ms: 30_000, cleanup_ms: 2_000, ..Script::ok(&key) }),
+            DispatchOptions::new().max_retries(0),
+        )
+        .await
+        .expect("dispatch");
+    let started = Instant::now();
+    let event = worker(&queue, &["default"])
+        .cancel_grace(Duration::from_millis(100))
+        .work_one()
+        .await
+        .expect("work_one")
+        .expect("a job");
+    assert_eq!(event.outcome.label(), "FAIL");
+    assert!(started.elapsed() < Duration::from_millis(1_500), "a job over its grace is dropped");
+    assert_eq!(second.cleanups.load(Ordering::SeqCst), 0, "its clean-up was cut short");
 }

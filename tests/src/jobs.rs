@@ -20,6 +20,12 @@ pub struct Probe {
     pub failed_calls: AtomicU32,
     /// The error passed to the last `failed` call.
     pub failed_error: Mutex<Option<String>>,
+    /// Attempts running right now.
+    pub running: AtomicU32,
+    /// The most attempts that ran at the same time.
+    pub max_running: AtomicU32,
+    /// Attempts that saw `ctx.cancelled()` fire and finished their clean-up.
+    pub cleanups: AtomicU32,
 }
 
 impl Probe {
@@ -84,6 +90,26 @@ pub struct Script {
     /// Free-form tag for ordering checks.
     #[serde(default)]
     pub tag: u64,
+    /// When cancelled, spend this long cleaning up (not cancellable) before returning.
+    #[serde(default)]
+    pub cleanup_ms: u64,
+}
+
+/// Counts an attempt as running until dropped (also when the worker drops the job's future).
+struct Running(Arc<Probe>);
+
+impl Running {
+    fn start(probe: Arc<Probe>) -> Self {
+        let now = probe.running.fetch_add(1, Ordering::SeqCst) + 1;
+        probe.max_running.fetch_max(now, Ordering::SeqCst);
+        Self(probe)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Script {
@@ -99,10 +125,17 @@ impl Script {
             ctx.attempt(),
             SystemClock.now(),
         ));
+        let _running = Running::start(Arc::clone(&probe));
         if self.work_ms > 0 {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(self.work_ms)) => {}
-                () = ctx.cancelled() => return Err(JobError::retry("cancelled")),
+                () = ctx.cancelled() => {
+                    if self.cleanup_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(self.cleanup_ms)).await;
+                        probe.cleanups.fetch_add(1, Ordering::SeqCst);
+                    }
+                    return Err(JobError::retry("cancelled"));
+                }
             }
         }
         if self.permanent {

@@ -79,7 +79,7 @@ macro_rules! conformance_tests {
             concurrent_claimers_never_share_a_job,
             claim_gives_a_lease_and_a_fresh_token,
             stale_token_transitions_are_rejected,
-            complete_many_settles_each_lease_on_its_own,
+            settle_batch_settles_each_lease_on_its_own,
             retry_backoff_doubles_from_retry_delay,
             max_retries_3_gives_4_attempts_and_one_failed_call,
             permanent_error_skips_retries,
@@ -89,7 +89,7 @@ macro_rules! conformance_tests {
             extend_moves_the_lease_deadline,
             crash_on_the_last_attempt_sends_the_job_to_the_failed_set,
             exhausted_attempts_reach_the_failed_set_with_details,
-            unknown_job_name_goes_to_the_failed_set_without_blocking,
+            unknown_job_type_is_deferred_then_failed_after_patience,
             bad_payload_goes_to_the_failed_set_without_blocking,
             panic_is_a_failed_attempt_not_a_dead_worker,
             shutdown_lets_short_jobs_finish,
@@ -104,6 +104,15 @@ macro_rules! conformance_tests {
             oversized_payload_is_refused_and_nothing_is_stored,
             worker_runs_jobs_concurrently,
             worker_limits_stop_it,
+            push_reports_duplicates_per_job,
+            settle_effects_are_atomic_with_the_transition,
+            paused_queue_is_skipped_until_resumed,
+            get_shows_a_job_in_every_state,
+            list_and_failed_are_paged_in_order,
+            promotion_never_inverts_priority,
+            concurrent_retry_failed_of_one_id_succeeds_once,
+            claims_and_workers_respect_their_limits,
+            timeout_asks_the_job_to_stop_before_dropping_it,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

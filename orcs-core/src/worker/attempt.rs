@@ -1,0 +1,251 @@
+//! One attempt of one claimed job: decode, run `handle` under its time limit with panics caught,
+//! then settle it (complete, retry with backoff, fail for good and call `failed` once, or hand it
+//! back).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::events::{Outcome, WorkerEvent};
+use super::run_loop::{BackendBackoff, Runner, Slot, duration_ms};
+use crate::backoff::retry_delay;
+use crate::clock::millis;
+use crate::error::{Error, Result};
+use crate::job::{JobContext, JobError};
+use crate::record::{JobRecord, Lease, Reserved, Settle};
+use crate::registry::ErasedJob;
+
+/// Backend retries inside one settle, before the attempt is left to lease recovery.
+const SETTLE_TRIES: u32 = 5;
+
+impl Runner {
+    pub(super) async fn execute(
+        &self,
+        reserved: Reserved,
+        hard_stop: CancellationToken,
+        slot: Option<Slot>,
+    ) -> WorkerEvent {
+        let Reserved { record, lease } = reserved;
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "job",
+            name = %record.name,
+            id = %record.id,
+            queue = %record.queue,
+            attempt = record.attempt,
+        );
+        let outcome = self.run_attempt(&record, &lease, hard_stop, slot).instrument(span).await;
+        WorkerEvent {
+            id: record.id,
+            name: record.name,
+            queue: record.queue,
+            attempt: record.attempt,
+            duration: started.elapsed(),
+            outcome,
+        }
+    }
+
+    /// One attempt of one job, from decoding to its settled outcome.
+    async fn run_attempt(
+        &self,
+        record: &JobRecord,
+        lease: &Lease,
+        hard_stop: CancellationToken,
+        slot: Option<Slot>,
+    ) -> Outcome {
+        let job = match self.registry.decode(&record.name, &record.payload) {
+            Some(Ok(job)) => job,
+            Some(Err(e)) => {
+                let error = format!(
+                    "payload does not deserialize into job type {}: {e}; fix the dispatcher, then forget or retry the job",
+                    record.name
+                );
+                return self.fail_for_good(lease, error, None).await;
+            }
+            None => return self.defer_unknown(record, lease).await,
+        };
+        let ctx = JobContext {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            queue: record.queue.clone(),
+            attempt: record.attempt,
+            max_attempts: record.max_attempts(),
+            cancel: hard_stop.child_token(),
+        };
+        if record.attempt > record.max_attempts() {
+            // The worker that ran the last attempt died holding the job (its lease expired).
+            let error = JobError::retry(format!(
+                "attempts exhausted: attempt {} of {} was lost with its worker (lease expired){}",
+                record.attempt - 1,
+                record.max_attempts(),
+                record
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            ));
+            return self
+                .fail_for_good(lease, error.message().to_owned(), Some((job, &ctx, &error)))
+                .await;
+        }
+
+        let limit = record.timeout_ms.map_or(self.options.default_timeout, Duration::from_millis);
+        let grace = self.options.cancel_grace;
+        let result = {
+        let mut run = std::pin::pin!(AssertUnwindSafe(job.handle(&ctx)).catch_unwind());
+        let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
+            Err(panic) => Err(JobError::panicked(&panic_message(panic.as_ref()))),
+            Ok(result) => result,
+        };
+        // On a timeout or at the shutdown deadline the job is asked to stop first
+        // (`ctx.cancelled()` fires) and gets `cancel_grace` to wind down before it is dropped.
+        tokio::select! {
+            ran = &mut run => caught(ran),
+            () = tokio::time::sleep(limit) => {
+                ctx.cancel.cancel();
+                let _ = tokio::time::timeout(grace, &mut run).await;
+                Err(JobError::timeout(limit))
+            }
+            () = hard_stop.cancelled() => {
+                match tokio::time::timeout(grace, &mut run).await {
+                    Ok(ran) => caught(ran),
+                    Err(_) => Err(JobError::retry("stopped at the shutdown deadline")),
+                }
+            }
+        }
+        };
+        // The job's code is done: its slot can take the next job while the result is recorded.
+        drop(slot);
+
+        // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.
+        if result.is_err() && hard_stop.is_cancelled() {
+            let now = self.queue.now();
+            return self.settle(Settle::release(lease.clone(), now), Outcome::Released).await;
+        }
+        match result {
+            Ok(()) => self.settle(Settle::complete(lease.clone()), Outcome::Done).await,
+            Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => {
+                self.fail_for_good(lease, error.message().to_owned(), Some((job, &ctx, &error)))
+                    .await
+            }
+            Err(error) => {
+                let delay =
+                    retry_delay(Duration::from_millis(record.retry_delay_ms), record.attempt);
+                let at = self.queue.now().saturating_add(millis(delay));
+                let message = error.message().to_owned();
+                let outcome = Outcome::Retry { at, error: message.clone() };
+                self.settle(Settle::retry(lease.clone(), at, message), outcome).await
+            }
+        }
+    }
+
+    /// A job whose type this worker does not register: during a rolling deploy it is usually a
+    /// new type that newer workers know. It is handed back with a delay, its attempt not
+    /// counted, until it has waited `unknown_job_patience` since it was dispatched; then it
+    /// fails with the reason.
+    async fn defer_unknown(&self, record: &JobRecord, lease: &Lease) -> Outcome {
+        let now = self.queue.now();
+        let waited = now.saturating_sub(record.dispatched_at);
+        let patience = millis(self.options.unknown_job_patience);
+        if waited >= patience {
+            let error = format!(
+                "unknown job name {:?}: no worker registered it within {} s of its dispatch \
+                 (this worker registers {:?}); register the job type with Registry::register or \
+                 fix the dispatcher, then retry the job",
+                record.name,
+                patience / 1000,
+                self.registry.names()
+            );
+            return self.fail_for_good(lease, error, None).await;
+        }
+        let at = now.saturating_add(millis(self.options.unknown_job_delay));
+        tracing::warn!(
+            name = %record.name,
+            retry_in_ms = duration_ms(self.options.unknown_job_delay),
+            "this worker does not register the job's type; handing it back for a worker that does"
+        );
+        self.settle(Settle::release(lease.clone(), at), Outcome::Deferred { at }).await
+    }
+
+    /// Moves the job to the failed set, then, if that took, runs its `failed` hook once.
+    async fn fail_for_good(
+        &self,
+        lease: &Lease,
+        error: String,
+        hook: Option<(Arc<dyn ErasedJob>, &JobContext, &JobError)>,
+    ) -> Outcome {
+        let outcome = self
+            .settle(Settle::fail(lease.clone(), error.clone()), Outcome::Failed { error })
+            .await;
+        if let (Outcome::Failed { .. }, Some((job, ctx, job_error))) = (&outcome, hook) {
+            let limit = self.options.default_timeout;
+            let hook = AssertUnwindSafe(job.failed(ctx, job_error)).catch_unwind();
+            match tokio::time::timeout(limit, hook).await {
+                Ok(Ok(())) => {}
+                Ok(Err(panic)) => {
+                    tracing::error!(panic = %panic_message(panic.as_ref()), "the job's failed hook panicked")
+                }
+                Err(_) => tracing::error!(
+                    limit_ms = limit.as_millis() as u64,
+                    "the job's failed hook timed out"
+                ),
+            }
+        }
+        outcome
+    }
+
+    /// Writes one settle through the batching writer when there is one, else directly.
+    async fn write(&self, settle: &Settle) -> Result<()> {
+        if let Some(settles) = &self.settles {
+            let (reply, result) = oneshot::channel();
+            if settles.send((settle.clone(), reply)).is_ok()
+                && let Ok(result) = result.await
+            {
+                return result;
+            }
+        }
+        self.driver.settle_one(settle.clone(), self.queue.now()).await
+    }
+
+    /// Settles the attempt, retrying transient backend errors a few times.
+    async fn settle(&self, settle: Settle, success: Outcome) -> Outcome {
+        let mut backoff = BackendBackoff::default();
+        for attempt in 1..=SETTLE_TRIES {
+            match self.write(&settle).await {
+                Ok(()) => return success,
+                Err(Error::LeaseLost { .. }) => {
+                    tracing::warn!(
+                        outcome = success.label(),
+                        "lease lost: the job was claimed again after its lease expired; this result is dropped"
+                    );
+                    return Outcome::LeaseLost;
+                }
+                Err(e) if e.is_transient() && attempt < SETTLE_TRIES => {
+                    tracing::warn!(error = %e, "could not record the job's result; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => {
+                    tracing::error!(id = %settle.lease.id, error = %e, "could not record the job's result; the job will be recovered when its lease expires");
+                    return Outcome::LeaseLost;
+                }
+            }
+        }
+        Outcome::LeaseLost
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

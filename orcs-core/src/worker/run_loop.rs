@@ -1,0 +1,393 @@
+//! The worker loop: claims jobs into free slots, recovers expired leases, waits when idle,
+//! writes settles in batches, and drains on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{WorkerEvent, WorkerSummary};
+use super::options::WorkerOptions;
+use super::EventFn;
+use crate::backoff::retry_delay;
+use crate::clock::Millis;
+use crate::driver::BoxDriver;
+use crate::error::Result;
+use crate::queue::Queue;
+use crate::record::{ClaimRequest, Reserved, Settle};
+use crate::registry::Registry;
+
+/// The state shared by the worker loop and its job tasks.
+pub(super) struct Runner {
+    pub(super) queue: Queue,
+    pub(super) driver: BoxDriver,
+    pub(super) registry: Registry,
+    pub(super) options: WorkerOptions,
+    pub(super) on_event: Option<EventFn>,
+    /// Where job tasks send their settles to be written in batches (not for `work_one`).
+    pub(super) settles: Option<mpsc::UnboundedSender<Pending>>,
+}
+
+/// A settle waiting to be written, with the channel its task awaits the result on.
+pub(super) type Pending = (Settle, oneshot::Sender<Result<()>>);
+
+/// Most settles written in one backend call.
+const SETTLE_BATCH: usize = 256;
+
+/// Writes settles: takes every settle queued meanwhile and writes them in one
+/// [`crate::Driver::settle`] call, so that jobs finishing together cost one round trip, not one
+/// each. Runs inside the worker's own task set; ends when `done` fires and the queue is empty.
+async fn write_settles(
+    queue: Queue,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    done: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, SETTLE_BATCH) => if n == 0 { return },
+            () = done.cancelled() => {
+                // Every job task has ended: write what they left, then stop.
+                while let Ok(item) = rx.try_recv() {
+                    batch.push(item);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+            }
+        }
+        let (settles, replies): (Vec<Settle>, Vec<_>) = batch.drain(..).unzip();
+        let results = queue.driver().settle(&settles, queue.now()).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The job task may be gone (its worker was dropped); nothing waits for this.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// A running job's hold on one of the worker's `concurrency` slots. The job lets go of it when
+/// its code has finished, before its result is recorded, so that the worker's next claim overlaps
+/// that write instead of waiting for it (two round trips per batch become one).
+pub(super) struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Give the permit back before waking the worker loop, so it sees the free slot.
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
+/// How long, after the shutdown timeout, jobs get to be handed back before the worker stops
+/// without them (their leases expire and recovery returns them to pending).
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the worker compares its clock with the backend's.
+const CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Runner {
+    pub(super) fn new(queue: Queue, registry: Registry, options: WorkerOptions, on_event: Option<EventFn>) -> Self {
+        Self { driver: queue.driver().clone(), queue, registry, options, on_event, settles: None }
+    }
+
+    pub(super) fn claim_request(&self, max: usize, now: Millis) -> ClaimRequest<'_> {
+        let mut request = ClaimRequest::new(&self.options.queues, max, now);
+        request.default_timeout_ms = duration_ms(self.options.default_timeout);
+        request.grace_ms = duration_ms(self.options.lease_grace);
+        request
+    }
+
+    pub(super) fn emit(&self, event: &WorkerEvent) {
+        if let Some(f) = &self.on_event {
+            f(event);
+        }
+    }
+
+    /// Measures this machine's clock against the backend's and warns past the threshold: a skew
+    /// larger than the lease grace makes workers recover each other's live jobs.
+    pub(super) async fn check_clock(&self) {
+        let before = self.queue.now();
+        let server = match self.driver.server_time().await {
+            Ok(Some(server)) => server,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the backend's clock");
+                return;
+            }
+        };
+        let after = self.queue.now();
+        // The server read its clock somewhere within the round trip: compare with the middle.
+        let skew = (before + (after - before) / 2) - server;
+        let limit = duration_ms(self.options.clock_skew_warning);
+        if skew.unsigned_abs() > limit {
+            tracing::warn!(
+                skew_ms = skew,
+                backend = self.driver.name(),
+                "this machine's clock is {} ms {} the backend's; leases are judged by the \
+                 workers' clocks, so a skew near the lease grace ({} ms) lets workers recover \
+                 each other's live jobs: synchronise the clocks (NTP)",
+                skew.abs(),
+                if skew > 0 { "ahead of" } else { "behind" },
+                duration_ms(self.options.lease_grace),
+            );
+        }
+    }
+
+    /// Runs the worker loop with its settle writer beside it in one task set: nothing is
+    /// detached, and the writer finishes what the job tasks left before the worker returns.
+    pub(super) async fn run_with_writer(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<WorkerSummary> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.settles = Some(tx);
+        let done = CancellationToken::new();
+        let mut background = JoinSet::new();
+        background.spawn(write_settles(self.queue.clone(), rx, done.clone()));
+        let result = Arc::new(self).run(shutdown).await;
+        done.cancel();
+        // The writer gets the hand-back deadline too: a backend that is down must not hold the
+        // worker up (the leases bring the jobs back).
+        if tokio::time::timeout(HAND_BACK_TIMEOUT, background.join_next()).await.is_err() {
+            tracing::warn!("could not write the last results in time (is the backend down?)");
+            background.shutdown().await;
+        }
+        result
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<WorkerSummary> {
+        let options = &self.options;
+        let started = Instant::now();
+        let hard_stop = CancellationToken::new();
+        let mut tasks: JoinSet<WorkerEvent> = JoinSet::new();
+        let mut summary = WorkerSummary::default();
+        let mut claimed: u64 = 0;
+        let mut next_recover = started;
+        let mut next_clock_check = started;
+        let mut backend_backoff = BackendBackoff::default();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut shutdown_asked = false;
+        // `concurrency` slots for running job code; see `Slot`. Jobs whose result is still being
+        // recorded hold no slot, but at most `concurrency` of them are let pile up.
+        let slots = Arc::new(Semaphore::new(options.concurrency));
+        let slot_freed = Arc::new(Notify::new());
+        let most_tasks = options.concurrency.saturating_mul(2);
+
+        loop {
+            if options.max_jobs.is_some_and(|max| claimed >= max)
+                || options.max_time.is_some_and(|max| started.elapsed() >= max)
+            {
+                break;
+            }
+            let now_instant = Instant::now();
+            if now_instant >= next_clock_check {
+                next_clock_check = now_instant + CLOCK_CHECK_INTERVAL;
+                self.check_clock().await;
+            }
+            if now_instant >= next_recover {
+                next_recover = now_instant + options.recover_interval;
+                match self.driver.recover(&options.queues, self.queue.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "recovered jobs whose lease expired"),
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, "lease recovery failed; will try again")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+
+            // Collect every job that finished meanwhile, so that one claim fills all free slots:
+            // under load this turns one claim per job into one claim per batch.
+            while let Some(joined) = tasks.try_join_next() {
+                self.record(joined, &mut summary);
+            }
+            let free = slots.available_permits().min(most_tasks.saturating_sub(tasks.len()));
+            let mut idle_for = None;
+            if free > 0 {
+                let want = options.max_jobs.map_or(free, |max| {
+                    free.min(usize::try_from(max - claimed).unwrap_or(usize::MAX))
+                });
+                let now = self.queue.now();
+                match self.driver.claim(&self.claim_request(want, now)).await {
+                    Ok(claim) => {
+                        backend_backoff.reset();
+                        if claim.jobs.is_empty() {
+                            if options.stop_when_empty && tasks.is_empty() {
+                                break;
+                            }
+                            let mut wait = options.sleep;
+                            if let Some(due) = claim.next_due {
+                                wait = wait.min(Duration::from_millis(
+                                    u64::try_from(due - now).unwrap_or(0),
+                                ));
+                            }
+                            wait = wait.min(next_recover.saturating_duration_since(Instant::now()));
+                            idle_for = Some(wait);
+                        } else {
+                            let mut jobs = claim.jobs;
+                            if jobs.len() > want {
+                                // A driver must not hand out more than asked; if one does, the
+                                // surplus goes back at once rather than overrun `concurrency`.
+                                let surplus = jobs.split_off(want);
+                                tracing::warn!(
+                                    asked = want,
+                                    surplus = surplus.len(),
+                                    "the claim returned more jobs than asked; handing the surplus back"
+                                );
+                                self.hand_back(surplus).await;
+                            }
+                            for reserved in jobs {
+                                claimed += 1;
+                                let runner = Arc::clone(&self);
+                                let stop = hard_stop.clone();
+                                let slot =
+                                    Arc::clone(&slots).try_acquire_owned().ok().map(|permit| {
+                                        Slot {
+                                            permit: Some(permit),
+                                            freed: Arc::clone(&slot_freed),
+                                        }
+                                    });
+                                tasks.spawn(
+                                    async move { runner.execute(reserved, stop, slot).await },
+                                );
+                            }
+                            continue;
+                        }
+                    }
+                    Err(e) if e.is_transient() => {
+                        let pause = backend_backoff.next();
+                        tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "claim failed; retrying");
+                        idle_for = Some(pause);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+
+            // Wait for whatever comes first: a job finishing, a wake-up, the idle timeout, a stop.
+            let wait_for_work = async {
+                match idle_for {
+                    Some(timeout) if !timeout.is_zero() => {
+                        if let Err(e) = self.driver.wait(&options.queues, self.queue.now(), timeout).await {
+                            tracing::warn!(error = %e, "waiting for jobs failed");
+                            tokio::time::sleep(timeout.min(Duration::from_millis(500))).await;
+                        }
+                    }
+                    Some(_) => {}
+                    None => std::future::pending().await,
+                }
+            };
+            let max_time_left = async {
+                match options.max_time {
+                    Some(max) => tokio::time::sleep_until(started + max).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => self.record(joined, &mut summary),
+                () = slot_freed.notified() => {}
+                () = wait_for_work => {}
+                () = max_time_left => {}
+                () = &mut shutdown => {
+                    shutdown_asked = true;
+                    break;
+                }
+            }
+        }
+
+        // Drain: stop claiming; let running jobs finish, but once a stop was asked for, only up to
+        // the shutdown timeout, after which they are cancelled and handed back. Handing back (and
+        // recording results) gets HAND_BACK_TIMEOUT more: a backend that is down must not hold
+        // the worker up, and the jobs' leases bring them back anyway.
+        let mut deadline = shutdown_asked.then(|| Instant::now() + options.shutdown_timeout);
+        let mut give_up_at: Option<Instant> = None;
+        while !tasks.is_empty() {
+            let until_deadline = async {
+                match (deadline, give_up_at) {
+                    (_, Some(at)) | (Some(at), None) => tokio::time::sleep_until(at).await,
+                    (None, None) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(joined) = tasks.join_next() => self.record(joined, &mut summary),
+                () = until_deadline => {
+                    if give_up_at.is_some() {
+                        tracing::warn!(
+                            jobs = tasks.len(),
+                            "could not hand these jobs back in time (is the backend down?); \
+                             they return to pending when their leases expire"
+                        );
+                        summary.lost += tasks.len() as u64;
+                        tasks.shutdown().await;
+                        break;
+                    }
+                    tracing::info!(jobs = tasks.len(), "shutdown timeout reached; handing unfinished jobs back");
+                    hard_stop.cancel();
+                    give_up_at = Some(Instant::now() + HAND_BACK_TIMEOUT);
+                }
+                () = &mut shutdown, if deadline.is_none() => {
+                    deadline = Some(Instant::now() + options.shutdown_timeout);
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Releases claimed jobs this worker will not run, without counting their attempt.
+    async fn hand_back(&self, jobs: Vec<Reserved>) {
+        let now = self.queue.now();
+        let settles: Vec<Settle> =
+            jobs.into_iter().map(|r| Settle::release(r.lease, now)).collect();
+        for result in self.driver.settle(&settles, now).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not hand a surplus job back; its lease will");
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        joined: std::result::Result<WorkerEvent, tokio::task::JoinError>,
+        summary: &mut WorkerSummary,
+    ) {
+        match joined {
+            Ok(event) => {
+                summary.count(&event.outcome);
+                self.emit(&event);
+            }
+            // Panics in jobs are caught inside the task; reaching this is a bug in orcs.
+            Err(e) => tracing::error!(error = %e, "a job task ended abnormally"),
+        }
+    }
+}
+
+pub(super) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Exponential pauses (100 ms doubling to 5 s) while the backend is unreachable.
+#[derive(Debug, Default)]
+pub(super) struct BackendBackoff {
+    failures: u32,
+}
+
+impl BackendBackoff {
+    pub(super) fn next(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        retry_delay(Duration::from_millis(100), self.failures).min(Duration::from_secs(5))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
