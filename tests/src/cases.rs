@@ -1507,3 +1507,20 @@ pub async fn timeout_asks_the_job_to_stop_before_dropping_it(driver: BoxDriver) 
     assert!(started.elapsed() < Duration::from_millis(1_500), "a job over its grace is dropped");
     assert_eq!(second.cleanups.load(Ordering::SeqCst), 0, "its clean-up was cut short");
 }
+
+/// A backend with a clock of its own lets every worker measure its skew: near zero for the
+/// system clock, and the offset of a clock set ahead. Without one there is nothing to measure.
+pub async fn clock_skew_is_measured_against_the_backend(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let skew = queue.clock_skew().await.expect("clock_skew");
+    if !driver.capabilities().server_clock {
+        assert_eq!(skew, None, "no server clock, no skew");
+        return;
+    }
+    let skew = skew.expect("a server clock gives a skew");
+    assert!(skew.abs() < 1_000, "the system clock agrees with the backend's: {skew} ms");
+    let (ahead, clock) = manual_queue(&driver);
+    clock.advance(Duration::from_secs(60));
+    let skew = ahead.clock_skew().await.expect("clock_skew").expect("a skew");
+    assert!((59_000..61_000).contains(&skew), "a clock 60 s ahead is seen as such: {skew} ms");
+}

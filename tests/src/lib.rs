@@ -113,6 +113,7 @@ macro_rules! conformance_tests {
             concurrent_retry_failed_of_one_id_succeeds_once,
             claims_and_workers_respect_their_limits,
             timeout_asks_the_job_to_stop_before_dropping_it,
+            clock_skew_is_measured_against_the_backend,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -98,27 +98,27 @@ impl Runner {
         let limit = record.timeout_ms.map_or(self.options.default_timeout, Duration::from_millis);
         let grace = self.options.cancel_grace;
         let result = {
-        let mut run = std::pin::pin!(AssertUnwindSafe(job.handle(&ctx)).catch_unwind());
-        let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
-            Err(panic) => Err(JobError::panicked(&panic_message(panic.as_ref()))),
-            Ok(result) => result,
-        };
-        // On a timeout or at the shutdown deadline the job is asked to stop first
-        // (`ctx.cancelled()` fires) and gets `cancel_grace` to wind down before it is dropped.
-        tokio::select! {
-            ran = &mut run => caught(ran),
-            () = tokio::time::sleep(limit) => {
-                ctx.cancel.cancel();
-                let _ = tokio::time::timeout(grace, &mut run).await;
-                Err(JobError::timeout(limit))
-            }
-            () = hard_stop.cancelled() => {
-                match tokio::time::timeout(grace, &mut run).await {
-                    Ok(ran) => caught(ran),
-                    Err(_) => Err(JobError::retry("stopped at the shutdown deadline")),
+            let mut run = std::pin::pin!(AssertUnwindSafe(job.handle(&ctx)).catch_unwind());
+            let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
+                Err(panic) => Err(JobError::panicked(&panic_message(panic.as_ref()))),
+                Ok(result) => result,
+            };
+            // On a timeout or at the shutdown deadline the job is asked to stop first
+            // (`ctx.cancelled()` fires) and gets `cancel_grace` to wind down before it is dropped.
+            tokio::select! {
+                ran = &mut run => caught(ran),
+                () = tokio::time::sleep(limit) => {
+                    ctx.cancel.cancel();
+                    let _ = tokio::time::timeout(grace, &mut run).await;
+                    Err(JobError::timeout(limit))
+                }
+                () = hard_stop.cancelled() => {
+                    match tokio::time::timeout(grace, &mut run).await {
+                        Ok(ran) => caught(ran),
+                        Err(_) => Err(JobError::retry("stopped at the shutdown deadline")),
+                    }
                 }
             }
-        }
         };
         // The job's code is done: its slot can take the next job while the result is recorded.
         drop(slot);

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -10,9 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::EventFn;
 use super::events::{WorkerEvent, WorkerSummary};
 use super::options::WorkerOptions;
-use super::EventFn;
 use crate::backoff::retry_delay;
 use crate::clock::Millis;
 use crate::driver::BoxDriver;
@@ -30,6 +31,8 @@ pub(super) struct Runner {
     pub(super) on_event: Option<EventFn>,
     /// Where job tasks send their settles to be written in batches (not for `work_one`).
     pub(super) settles: Option<mpsc::UnboundedSender<Pending>>,
+    /// Set when the drain gave up on handing jobs back (the backend is down).
+    gave_up: AtomicBool,
 }
 
 /// A settle waiting to be written, with the channel its task awaits the result on.
@@ -94,8 +97,21 @@ const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Runner {
-    pub(super) fn new(queue: Queue, registry: Registry, options: WorkerOptions, on_event: Option<EventFn>) -> Self {
-        Self { driver: queue.driver().clone(), queue, registry, options, on_event, settles: None }
+    pub(super) fn new(
+        queue: Queue,
+        registry: Registry,
+        options: WorkerOptions,
+        on_event: Option<EventFn>,
+    ) -> Self {
+        Self {
+            driver: queue.driver().clone(),
+            queue,
+            registry,
+            options,
+            on_event,
+            settles: None,
+            gave_up: AtomicBool::new(false),
+        }
     }
 
     pub(super) fn claim_request(&self, max: usize, now: Millis) -> ClaimRequest<'_> {
@@ -114,18 +130,14 @@ impl Runner {
     /// Measures this machine's clock against the backend's and warns past the threshold: a skew
     /// larger than the lease grace makes workers recover each other's live jobs.
     pub(super) async fn check_clock(&self) {
-        let before = self.queue.now();
-        let server = match self.driver.server_time().await {
-            Ok(Some(server)) => server,
+        let skew = match self.queue.clock_skew().await {
+            Ok(Some(skew)) => skew,
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "could not read the backend's clock");
                 return;
             }
         };
-        let after = self.queue.now();
-        // The server read its clock somewhere within the round trip: compare with the middle.
-        let skew = (before + (after - before) / 2) - server;
         let limit = duration_ms(self.options.clock_skew_warning);
         if skew.unsigned_abs() > limit {
             tracing::warn!(
@@ -152,12 +164,15 @@ impl Runner {
         let done = CancellationToken::new();
         let mut background = JoinSet::new();
         background.spawn(write_settles(self.queue.clone(), rx, done.clone()));
-        let result = Arc::new(self).run(shutdown).await;
+        let runner = Arc::new(self);
+        let result = Arc::clone(&runner).run(shutdown).await;
         done.cancel();
-        // The writer gets the hand-back deadline too: a backend that is down must not hold the
-        // worker up (the leases bring the jobs back).
-        if tokio::time::timeout(HAND_BACK_TIMEOUT, background.join_next()).await.is_err() {
-            tracing::warn!("could not write the last results in time (is the backend down?)");
+        // Every job task waited for its settle, so the writer has nothing left, unless the drain
+        // gave up on a backend that is down: then it must not hold the worker up (the leases
+        // bring the jobs back).
+        let patience =
+            if runner.gave_up.load(Ordering::Relaxed) { Duration::ZERO } else { HAND_BACK_TIMEOUT };
+        if tokio::time::timeout(patience, background.join_next()).await.is_err() {
             background.shutdown().await;
         }
         result
@@ -278,7 +293,9 @@ impl Runner {
             let wait_for_work = async {
                 match idle_for {
                     Some(timeout) if !timeout.is_zero() => {
-                        if let Err(e) = self.driver.wait(&options.queues, self.queue.now(), timeout).await {
+                        if let Err(e) =
+                            self.driver.wait(&options.queues, self.queue.now(), timeout).await
+                        {
                             tracing::warn!(error = %e, "waiting for jobs failed");
                             tokio::time::sleep(timeout.min(Duration::from_millis(500))).await;
                         }
@@ -328,6 +345,7 @@ impl Runner {
                              they return to pending when their leases expire"
                         );
                         summary.lost += tasks.len() as u64;
+                        self.gave_up.store(true, Ordering::Relaxed);
                         tasks.shutdown().await;
                         break;
                     }
