@@ -22,13 +22,66 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A backend error; when the cause is one an operator can fix (wrong password, missing ACL
-/// permission, nothing listening, no answer), the message also says what to do.
+/// A backend error, classified as transient or permanent (see [`transient`]); when the cause is
+/// one an operator can fix (wrong password, missing ACL permission, nothing listening, no
+/// answer), the message also says what to do.
 pub(crate) fn backend(e: impl Into<orcs_core::BoxError>) -> Error {
     let source: orcs_core::BoxError = e.into();
-    match advice(&*source) {
-        Some(advice) => Error::backend(DRIVER, Advised { source, advice }),
-        None => Error::backend(DRIVER, source),
+    let transient = transient(&*source);
+    let source = match advice(&*source) {
+        Some(advice) => Box::new(Advised { source, advice }),
+        None => source,
+    };
+    if transient {
+        Error::backend(DRIVER, source)
+    } else {
+        Error::backend_permanent(DRIVER, source)
+    }
+}
+
+/// A transient backend error of the driver's own making (a wait that did not end).
+pub(crate) fn backend_transient(message: impl Into<String>) -> Error {
+    Error::backend(DRIVER, message.into())
+}
+
+/// True when trying again later may succeed: the connection failed (I/O, dropped, refused,
+/// timed out, no pooled connection in time) or the server is passing through a state (loading
+/// its data set, busy with a script, a cluster failover or resharding). Everything else repeats
+/// until someone acts: permissions (NOPERM), credentials, wrong key types, script errors
+/// (`ERR`), replies that do not parse, and the driver's own protocol errors.
+fn transient(e: &(dyn std::error::Error + 'static)) -> bool {
+    let redis = if let Some(e) = e.downcast_ref::<redis::RedisError>() {
+        e
+    } else {
+        match e.downcast_ref::<deadpool_redis::PoolError>() {
+            Some(deadpool_redis::PoolError::Backend(e)) => e,
+            Some(deadpool_redis::PoolError::Timeout(_)) => return true,
+            _ => return false,
+        }
+    };
+    redis_transient(redis)
+}
+
+pub(crate) fn redis_transient(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+        return true;
+    }
+    match e.kind() {
+        ErrorKind::Server(kind) => matches!(
+            kind,
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        ),
+        ErrorKind::ClusterConnectionNotFound => true,
+        // A script running past lua-time-limit answers BUSY to everyone else until it ends.
+        ErrorKind::Extension => e.code() == Some("BUSY"),
+        _ => false,
     }
 }
 
@@ -249,7 +302,7 @@ impl Backend {
 
     /// A new connection for blocking calls: no response timeout of its own (the caller bounds
     /// every call), so a long BLPOP is not cut off by redis-rs's default 500 ms limit.
-    pub(crate) async fn blocking(&self, connect_timeout: Duration) -> Result<Blocking> {
+    pub(crate) async fn blocking(&self, connect_timeout: Duration) -> Result<Conn> {
         match &self.kind {
             Kind::Single { client, .. } => {
                 let config = AsyncConnectionConfig::new()
@@ -258,11 +311,11 @@ impl Backend {
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .map(Blocking::Single)
+                    .map(Conn::Single)
                     .map_err(backend)
             }
             Kind::Cluster { client, .. } => {
-                client.get_async_connection().await.map(Blocking::Cluster).map_err(backend)
+                client.get_async_connection().await.map(Conn::Cluster).map_err(backend)
             }
         }
     }
@@ -292,7 +345,8 @@ pub(crate) fn broken(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
 }
 
-/// A shared command connection of either kind (clones share one socket).
+/// A connection of either kind: shared for commands and scripts (clones share one socket), or
+/// dedicated to one blocking wait.
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(MultiplexedConnection),
@@ -327,36 +381,41 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A dedicated connection for blocking waits.
-pub(crate) enum Blocking {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-impl ConnectionLike for Blocking {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+    use super::*;
+
+    fn server(kind: ServerErrorKind) -> RedisError {
+        RedisError::from((ErrorKind::Server(kind), "test"))
     }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+    #[test]
+    fn errors_are_classified() {
+        let transient = [
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            server(ServerErrorKind::BusyLoading),
+            server(ServerErrorKind::TryAgain),
+            server(ServerErrorKind::ClusterDown),
+            server(ServerErrorKind::MasterDown),
+            server(ServerErrorKind::ReadOnly),
+        ];
+        for e in transient {
+            assert!(backend(e.clone()).is_transient(), "{e:?} is transient");
         }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        let permanent = [
+            server(ServerErrorKind::NoPerm),
+            server(ServerErrorKind::ResponseError),
+            RedisError::from((ErrorKind::AuthenticationFailed, "test")),
+            RedisError::from((ErrorKind::UnexpectedReturnType, "test")),
+            RedisError::from((ErrorKind::Parse, "test")),
+        ];
+        for e in permanent {
+            assert!(!backend(e.clone()).is_transient(), "{e:?} is permanent");
         }
+        assert!(!backend("an unexpected reply").is_transient());
     }
 }

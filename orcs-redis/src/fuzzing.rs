@@ -15,18 +15,7 @@ use crate::keys::{decode, encode};
 /// When the round trip does not hold: the bug the fuzzer looks for.
 pub fn decode_record(bytes: &[u8]) -> Result<(), String> {
     let stored = decode(bytes)?;
-    let job = NewJob {
-        id: String::new(),
-        name: stored.name.clone(),
-        queue: String::new(),
-        payload: stored.payload.clone(),
-        priority: stored.priority,
-        max_retries: stored.max_retries,
-        retry_delay_ms: stored.retry_delay_ms,
-        timeout_ms: stored.timeout_ms,
-        dispatched_at: stored.dispatched_at,
-        available_at: stored.dispatched_at,
-    };
+    let job = stored.clone().into_job(String::new(), "");
     let again = decode(encode(&job).as_bytes()).expect("an encoded record decodes");
     assert_eq!(again, stored, "decode(encode(decode(x))) != decode(x)");
     Ok(())
@@ -46,7 +35,8 @@ pub fn round_trip(job: &NewJob) {
             stored.max_retries,
             stored.retry_delay_ms,
             stored.timeout_ms,
-            stored.dispatched_at
+            stored.dispatched_at,
+            stored.available_at
         ),
         (
             job.name.as_str(),
@@ -55,7 +45,8 @@ pub fn round_trip(job: &NewJob) {
             job.max_retries,
             job.retry_delay_ms,
             job.timeout_ms,
-            job.dispatched_at
+            job.dispatched_at,
+            job.available_at
         )
     );
 }

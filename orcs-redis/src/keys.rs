@@ -18,6 +18,7 @@ pub(crate) struct QueueKeys {
     pub(crate) marker: String,
     pub(crate) failed: String,
     pub(crate) failed_at: String,
+    pub(crate) meta: String,
 }
 
 impl QueueKeys {
@@ -36,6 +37,7 @@ impl QueueKeys {
             marker: key("marker"),
             failed: key("failed"),
             failed_at: key("failed_at"),
+            meta: key("meta"),
             tag,
         }
     }
@@ -51,19 +53,32 @@ pub(crate) fn registry(prefix: &str) -> String {
     format!("{{{prefix}}}:queues")
 }
 
-/// Encodes a job's fixed part as one string:
-/// `priority|timeout|max_retries|retry_delay_ms|dispatched_at|name_len|<name><payload>`.
+/// The key holding the storage layout version of a prefix.
+pub(crate) fn version_key(prefix: &str) -> String {
+    format!("{{{prefix}}}:version")
+}
+
+/// The storage layout this build reads and writes (see "Versions" in the README). Layout 1 had
+/// no version key and untagged records; layout 2 reads it as it is.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
+
+/// The version tag every record written by this build starts with.
+const RECORD_TAG: &str = "v2|";
+
+/// Encodes a job's fixed part as one string, tagged with the record version:
+/// `v2|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|name_len|<name><payload>`.
 ///
-/// The scripts read only the first two fields (to re-queue by priority and to set the lease);
+/// The scripts read only the priority and timeout (to re-queue by priority and to set the lease);
 /// the payload goes last, unescaped, so encoding is a copy.
 pub(crate) fn encode(job: &NewJob) -> String {
     let timeout = job.timeout_ms.map(|t| t.to_string()).unwrap_or_default();
     format!(
-        "{}|{timeout}|{}|{}|{}|{}|{}{}",
+        "{RECORD_TAG}{}|{timeout}|{}|{}|{}|{}|{}|{}{}",
         job.priority,
         job.max_retries,
         job.retry_delay_ms,
         job.dispatched_at,
+        job.available_at,
         job.name.len(),
         job.name,
         job.payload
@@ -80,6 +95,8 @@ pub(crate) struct Stored {
     pub(crate) retry_delay_ms: u64,
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) dispatched_at: Millis,
+    /// When the job was first due (layout 1 records did not keep it: their dispatch time).
+    pub(crate) available_at: Millis,
 }
 
 impl Stored {
@@ -90,19 +107,18 @@ impl Stored {
         attempt: u32,
         last_error: Option<String>,
     ) -> JobRecord {
-        JobRecord {
-            id,
-            name: self.name,
-            queue: queue.to_owned(),
-            payload: self.payload,
-            priority: self.priority,
-            attempt,
-            max_retries: self.max_retries,
-            retry_delay_ms: self.retry_delay_ms,
-            timeout_ms: self.timeout_ms,
-            dispatched_at: self.dispatched_at,
-            last_error,
-        }
+        JobRecord::from_new(&self.into_job(id, queue), attempt, last_error)
+    }
+
+    /// The job as dispatched, due at `available_at`.
+    pub(crate) fn into_job(self, id: String, queue: &str) -> NewJob {
+        let mut job = NewJob::new(id, self.name, queue, self.payload, self.dispatched_at);
+        job.priority = self.priority;
+        job.max_retries = self.max_retries;
+        job.retry_delay_ms = self.retry_delay_ms;
+        job.timeout_ms = self.timeout_ms;
+        job.available_at = self.available_at;
+        job
     }
 }
 
@@ -111,7 +127,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("unreadable job record: not UTF-8 ({e})"))?;
     let bad = |what: &str| format!("unreadable job record: {what}");
-    let mut fields = text.splitn(7, '|');
+    // A tagged record (layout 2) keeps its due time; an untagged one is from layout 1.
+    let (text, tagged) = match text.strip_prefix('v') {
+        Some(rest) => match rest.strip_prefix("2|") {
+            Some(rest) => (rest, true),
+            None => return Err(bad("an unknown record version (written by a newer orcs?)")),
+        },
+        None => (text, false),
+    };
+    let mut fields = text.splitn(if tagged { 8 } else { 7 }, '|');
     let mut next = |what: &str| fields.next().ok_or_else(|| bad(&format!("no {what} field")));
     let priority = next("priority")?.parse().map_err(|_| bad("bad priority"))?;
     let timeout = next("timeout")?;
@@ -123,6 +147,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let max_retries = next("max_retries")?.parse().map_err(|_| bad("bad max_retries"))?;
     let retry_delay_ms = next("retry_delay")?.parse().map_err(|_| bad("bad retry_delay"))?;
     let dispatched_at = next("dispatched_at")?.parse().map_err(|_| bad("bad dispatched_at"))?;
+    let available_at = if tagged {
+        next("available_at")?.parse().map_err(|_| bad("bad available_at"))?
+    } else {
+        dispatched_at
+    };
     let name_len: usize = next("name length")?.parse().map_err(|_| bad("bad name length"))?;
     let rest = next("name")?;
     if !rest.is_char_boundary(name_len.min(rest.len())) || name_len > rest.len() {
@@ -137,6 +166,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         retry_delay_ms,
         timeout_ms,
         dispatched_at,
+        available_at,
     })
 }
 
@@ -145,18 +175,13 @@ mod tests {
     use super::*;
 
     fn job(name: &str, payload: &str, timeout_ms: Option<u64>) -> NewJob {
-        NewJob {
-            id: "01J".to_owned(),
-            name: name.to_owned(),
-            queue: "default".to_owned(),
-            payload: payload.to_owned(),
-            priority: -7,
-            max_retries: 3,
-            retry_delay_ms: 60_000,
-            timeout_ms,
-            dispatched_at: 1_700_000_000_123,
-            available_at: 1_700_000_000_123,
-        }
+        let mut job = NewJob::new("01J", name, "default", payload, 1_700_000_000_123);
+        job.priority = -7;
+        job.max_retries = 3;
+        job.retry_delay_ms = 60_000;
+        job.timeout_ms = timeout_ms;
+        job.available_at = 1_700_000_000_456;
+        job
     }
 
     #[test]
@@ -174,7 +199,17 @@ mod tests {
             );
             assert_eq!((stored.priority, stored.max_retries), (-7, 3));
             assert_eq!(stored.dispatched_at, 1_700_000_000_123);
+            assert_eq!(stored.available_at, 1_700_000_000_456);
+            assert!(encoded.starts_with("v2|"), "{encoded}");
         }
+    }
+
+    #[test]
+    fn untagged_layout_1_records_still_decode() {
+        let stored = decode(b"-7|30000|3|60000|1700000000123|4|Mailhi").expect("decodes");
+        assert_eq!((stored.name.as_str(), stored.payload.as_str()), ("Mail", "hi"));
+        assert_eq!(stored.available_at, stored.dispatched_at);
+        assert!(decode(b"v9|1|2|3").expect_err("bad").contains("unknown record version"));
     }
 
     #[test]
@@ -191,5 +226,7 @@ mod tests {
         assert_eq!(keys.ready, "{orcs:emails}:ready");
         assert_eq!(keys.wake("w1"), "{orcs:emails}:wake:w1");
         assert_eq!(registry("orcs"), "{orcs}:queues");
+        assert_eq!(version_key("orcs"), "{orcs}:version");
+        assert_eq!(keys.meta, "{orcs:emails}:meta");
     }
 }

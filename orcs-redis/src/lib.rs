@@ -6,35 +6,36 @@ mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod keys;
+mod reply;
 mod scripts;
+mod wait;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use orcs_core::{
-    Claim, ClaimRequest, Driver, Error, FailedJob, Lease, Millis, NewJob, QueueStats, Reserved,
-    Result, async_trait,
+    Admin, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery, JobInfo,
+    JobState, Lease, ListRequest, MAX_PAGE, Millis, NewJob, PushOutcome, QueueStats, Reserved,
+    Result, Settle, async_trait,
 };
-use redis::{FromRedisValue, RedisResult, Value};
+use redis::cluster_routing::Slot;
+use redis::{FromRedisValue, Value};
 
 pub use crate::config::RedisConfig;
-use crate::conn::{BLOCKING_SLACK, Backend, Blocking, MAX_WAIT, backend, lock};
-use crate::keys::{QueueKeys, decode, encode, registry};
-use crate::scripts::SCRIPTS;
+use crate::conn::{Backend, DRIVER, lock};
+use crate::keys::{LAYOUT_VERSION, QueueKeys, decode, registry, version_key};
+use crate::reply::{count, int, protocol, text};
+use crate::scripts::{DELETE_LIMIT, RECOVER_LIMIT, SettleItem};
+use crate::wait::Waiter;
 
-/// Due delayed jobs promoted per claim call; the rest follow on the next calls.
-const PROMOTE_LIMIT: usize = 1000;
-/// Expired leases recovered per script call.
-const RECOVER_LIMIT: usize = 500;
-/// Most jobs completed by one script call (bounds the time Redis is blocked).
-const COMPLETE_MANY_CHUNK: usize = 500;
-/// Jobs removed per `clear` or `flush` script call, so no call blocks Redis for long.
-const DELETE_LIMIT: usize = 1000;
-/// Failed jobs read per page.
-const FAILED_PAGE: usize = 500;
+/// Most jobs one push script call stores ([`Capabilities::atomic_push_limit`]): bounds the time
+/// one call holds Redis.
+const PUSH_CHUNK: usize = 1000;
+/// Push script calls in flight at once for a large push.
+const PUSH_WINDOW: usize = 4;
+/// Most settles of one queue in one script call (bounds the time Redis is blocked).
+const SETTLE_CHUNK: usize = 500;
 
 /// Queues in Redis, shared by any number of worker processes. Clones share one pool.
 #[derive(Debug, Clone)]
@@ -52,25 +53,13 @@ struct Inner {
     registered: Mutex<HashSet<String>>,
 }
 
-/// A dedicated connection for blocking waits, with the id of its private wake-up lists.
-struct Waiter {
-    conn: Blocking,
-    id: String,
-    generation: u64,
-}
-
-impl std::fmt::Debug for Waiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiter").field("id", &self.id).finish_non_exhaustive()
-    }
-}
-
 impl RedisDriver {
-    /// Connects to Redis (or a Redis Cluster) and checks that it answers.
+    /// Connects to Redis (or a Redis Cluster), checks that it answers and that the key prefix
+    /// holds the storage layout this build knows (a new prefix is marked with it).
     ///
     /// # Errors
     /// [`Error::Config`] for an unusable configuration; [`Error::Backend`] when Redis does not
-    /// answer.
+    /// answer; [`Error::Version`] when the prefix holds another storage layout.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let commands = Backend::new(&config)?;
         let driver = Self {
@@ -81,17 +70,48 @@ impl RedisDriver {
                 registered: Mutex::new(HashSet::new()),
             }),
         };
-        let _: String = driver
-            .inner
-            .backend
-            .run(async |conn| redis::cmd("PING").query_async(conn).await)
-            .await?;
+        let _: String = driver.query(&redis::cmd("PING")).await?;
+        driver.check_version().await?;
         Ok(driver)
     }
 
     /// The configuration the driver was made with.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
+    }
+
+    /// Marks a new prefix with [`LAYOUT_VERSION`], or checks the mark of an existing one.
+    async fn check_version(&self) -> Result<()> {
+        let key = version_key(self.inner.config.prefix());
+        let set: Option<String> =
+            self.query(redis::cmd("SET").arg(&key).arg(LAYOUT_VERSION).arg("NX")).await?;
+        if set.is_some() {
+            return Ok(());
+        }
+        let found: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        match found {
+            // Deleted between the two commands: nothing to check against.
+            None => Ok(()),
+            Some(found) if found == LAYOUT_VERSION.to_string() => Ok(()),
+            Some(found) => {
+                let what = match found.parse::<u32>() {
+                    Ok(v) if v > LAYOUT_VERSION => {
+                        "a newer orcs wrote it: upgrade this orcs to that version".to_owned()
+                    }
+                    Ok(_) => "an older orcs wrote it: drain its queues with that version first"
+                        .to_owned(),
+                    Err(_) => "it was not written by orcs".to_owned(),
+                };
+                Err(Error::Version {
+                    driver: DRIVER,
+                    message: format!(
+                        "the key {key} holds storage layout {found:?}, but this build of orcs reads \
+                         and writes layout {LAYOUT_VERSION}; {what}, or give this deployment a \
+                         prefix of its own (REDIS_PREFIX, RedisConfig::with_prefix)"
+                    ),
+                })
+            }
+        }
     }
 
     fn keys(&self, queue: &str) -> QueueKeys {
@@ -110,7 +130,11 @@ impl RedisDriver {
     async fn register(&self, queues: &[&str]) -> Result<()> {
         let new: Vec<&str> = {
             let known = lock(&self.inner.registered);
-            queues.iter().copied().filter(|q| !known.contains(*q)).collect()
+            let mut new: Vec<&str> =
+                queues.iter().copied().filter(|q| !known.contains(*q)).collect();
+            new.sort_unstable();
+            new.dedup();
+            new
         };
         if new.is_empty() {
             return Ok(());
@@ -129,28 +153,55 @@ impl RedisDriver {
         Ok(queues)
     }
 
-    /// Stores the jobs of `groups` (one per queue) in one script call: atomic across queues.
-    async fn push_groups(&self, groups: &[(&str, Vec<&NewJob>)]) -> Result<()> {
-        let mut call = SCRIPTS.push.prepare_invoke();
-        for (index, (queue, jobs)) in groups.iter().enumerate() {
-            let keys = self.keys(queue);
-            call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs).key(&keys.marker);
-            for job in jobs {
-                let ready = job.available_at <= job.dispatched_at;
-                call.arg(index).arg(&job.id);
-                if ready {
-                    call.arg("r").arg(-i64::from(job.priority));
-                } else {
-                    call.arg("d").arg(job.available_at);
-                }
-                call.arg(encode(job));
-            }
+    /// True when two queues' keys live in different slots of a cluster (never on one server).
+    fn apart(&self, a: &str, b: &str) -> bool {
+        self.inner.backend.is_cluster()
+            && a != b
+            && Slot::for_key(self.keys(a).ready) != Slot::for_key(self.keys(b).ready)
+    }
+
+    /// The script calls of one push chunk: one call, or one per queue on a cluster (whose
+    /// queues live in different slots). Each call comes with its jobs' indices in reply order.
+    fn push_calls<'a>(
+        &self,
+        chunk: &[(usize, &'a NewJob)],
+    ) -> Vec<(Vec<(usize, &'a NewJob)>, redis::ScriptInvocation<'static>)> {
+        let mut by_queue: BTreeMap<&str, Vec<(usize, &'a NewJob)>> = BTreeMap::new();
+        for &(index, job) in chunk {
+            by_queue.entry(job.queue.as_str()).or_default().push((index, job));
         }
-        let duplicate: Option<String> = self.invoke(&call).await?;
-        match duplicate {
-            None => Ok(()),
-            Some(id) => {
-                Err(Error::invalid("job id", format!("{id} is already in use; let orcs make ids")))
+        let groups: Vec<Vec<(usize, &NewJob)>> = by_queue.into_values().collect();
+        let calls: Vec<Vec<Vec<(usize, &NewJob)>>> = if self.inner.backend.is_cluster() {
+            groups.into_iter().map(|g| vec![g]).collect()
+        } else {
+            vec![groups]
+        };
+        calls
+            .into_iter()
+            .map(|groups| {
+                let script_groups: Vec<(QueueKeys, Vec<&NewJob>)> = groups
+                    .iter()
+                    .map(|g| (self.keys(&g[0].1.queue), g.iter().map(|(_, j)| *j).collect()))
+                    .collect();
+                let order = groups.into_iter().flatten().collect();
+                (order, scripts::push(&script_groups))
+            })
+            .collect()
+    }
+
+    /// Removes the jobs a failed push stored, as far as they are untouched; best effort, as the
+    /// connection may be what failed.
+    async fn unstore(&self, stored: &[&NewJob]) {
+        let mut by_queue: BTreeMap<&str, Vec<&NewJob>> = BTreeMap::new();
+        for job in stored {
+            by_queue.entry(job.queue.as_str()).or_default().push(job);
+        }
+        for (queue, jobs) in by_queue {
+            let keys = self.keys(queue);
+            for chunk in jobs.chunks(PUSH_CHUNK) {
+                if let Err(e) = self.invoke::<i64>(&scripts::unstore(&keys, chunk)).await {
+                    tracing::warn!(queue, error = %e, jobs = chunk.len(), "could not remove the stored part of a failed push");
+                }
             }
         }
     }
@@ -164,40 +215,31 @@ impl RedisDriver {
         unreadable: &mut Vec<(Lease, String)>,
     ) -> Result<()> {
         let keys = self.keys(queue);
-        let mut call = SCRIPTS.claim.prepare_invoke();
-        call.key(&keys.ready)
-            .key(&keys.delayed)
-            .key(&keys.reserved)
-            .key(&keys.jobs)
-            .key(&keys.attempts)
-            .key(&keys.tokens)
-            .key(&keys.errors)
-            .key(&keys.stats)
-            .key(&keys.marker)
-            .key(&keys.failed)
-            .key(&keys.failed_at)
-            .arg(req.now)
-            .arg(want)
-            .arg(req.default_timeout_ms.min(1 << 50))
-            .arg(req.grace_ms.min(1 << 50))
-            .arg(PROMOTE_LIMIT);
-        let reply: Vec<Value> = self.invoke(&call).await?;
+        let call = scripts::claim(&keys, req, want);
+        // Each call promotes a bounded chunk of due jobs; while more remain due it claims
+        // nothing (see the claim script), so this loop ends once every due job was promoted.
+        let reply = loop {
+            let reply: Vec<Value> = self.invoke(&call).await?;
+            if reply.get(1).and_then(int) != Some(1) {
+                break reply;
+            }
+        };
         let mut reply = reply.into_iter();
         if let Some(due) = reply.next().and_then(|v| int(&v)) {
             claim.next_due = Some(claim.next_due.map_or(due, |d: Millis| d.min(due)));
         }
-        let rest: Vec<Value> = reply.collect();
+        let rest: Vec<Value> = reply.skip(1).collect();
         for job in rest.chunks(6) {
             let [id, blob, attempt, token, deadline, error] = job else {
                 return Err(protocol("claim", "a job entry of 6 fields"));
             };
             let id = text(id).ok_or_else(|| protocol("claim", "a job id"))?;
-            let lease = Lease {
-                id: id.clone(),
-                queue: queue.to_owned(),
-                token: int(token).ok_or_else(|| protocol("claim", "a token"))?.to_string(),
-                expires_at: int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?,
-            };
+            let lease = Lease::new(
+                id.clone(),
+                queue,
+                int(token).ok_or_else(|| protocol("claim", "a token"))?.to_string(),
+                int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?,
+            );
             let attempt = int(attempt).and_then(|a| u32::try_from(a).ok()).unwrap_or(u32::MAX);
             let decoded = match blob {
                 Value::BulkString(bytes) => decode(bytes),
@@ -206,7 +248,7 @@ impl RedisDriver {
             match decoded {
                 Ok(stored) => {
                     let record = stored.into_record(id, queue, attempt, text(error));
-                    claim.jobs.push(Reserved { record, lease });
+                    claim.jobs.push(Reserved::new(record, lease));
                 }
                 Err(reason) => unreadable.push((lease, reason)),
             }
@@ -214,100 +256,61 @@ impl RedisDriver {
         Ok(())
     }
 
-    /// Runs a token-checked transition script; 0 means the lease is stale.
-    async fn transition(&self, lease: &Lease, call: &redis::ScriptInvocation<'_>) -> Result<()> {
-        let applied: i64 = self.invoke(call).await?;
-        if applied == 1 { Ok(()) } else { Err(Error::LeaseLost { id: lease.id.clone() }) }
-    }
-
-    /// Takes an idle blocking connection or opens a new one.
-    async fn take_waiter(&self) -> Result<Waiter> {
-        let generation = self.inner.backend.generation();
-        while let Some(waiter) = lock(&self.inner.waiters).pop() {
-            // One from before a connection broke is likely broken too.
-            if waiter.generation == generation {
-                return Ok(waiter);
-            }
-        }
-        let conn = self.inner.backend.blocking(self.inner.config.connect_timeout()).await?;
-        Ok(Waiter { conn, id: orcs_core::new_job_id().to_ascii_lowercase(), generation })
-    }
-
-    fn put_waiter(&self, waiter: Waiter) {
-        lock(&self.inner.waiters).push(waiter);
-    }
-
-    /// Runs `f(queue)` for each queue, each a bounded script call repeated until it returns
-    /// fewer than `limit`; returns the sum.
-    async fn drain_in_steps(
+    /// Settles items of one queue (at most [`SETTLE_CHUNK`]) in one script call.
+    async fn settle_queue(
         &self,
         queue: &str,
-        limit: usize,
-        script: &redis::Script,
-        keys: impl Fn(&QueueKeys) -> Vec<String>,
-    ) -> Result<u64> {
-        let keys = keys(&self.keys(queue));
-        let mut total = 0;
-        loop {
-            let mut call = script.prepare_invoke();
-            for key in &keys {
-                call.key(key);
-            }
-            let step: u64 = self.invoke(call.arg(limit)).await?;
-            total += step;
-            if step < limit as u64 {
-                return Ok(total);
-            }
+        batch: &[Settle],
+        members: &[usize],
+        now: Millis,
+        results: &mut [Option<Result<()>>],
+    ) {
+        let mut groups: Vec<String> = Vec::new();
+        let mut items = Vec::with_capacity(members.len());
+        for &i in members {
+            let settle = &batch[i];
+            let effects = settle
+                .effects
+                .enqueue
+                .iter()
+                .map(|job| {
+                    let group = groups.iter().position(|q| *q == job.queue).unwrap_or_else(|| {
+                        groups.push(job.queue.clone());
+                        groups.len() - 1
+                    });
+                    (group, job)
+                })
+                .collect();
+            items.push(SettleItem {
+                id: &settle.lease.id,
+                token: &settle.lease.token,
+                transition: &settle.transition,
+                effects,
+            });
         }
-    }
-
-    fn failed_keys(keys: &QueueKeys) -> Vec<String> {
-        vec![
-            keys.failed.clone(),
-            keys.failed_at.clone(),
-            keys.jobs.clone(),
-            keys.attempts.clone(),
-            keys.errors.clone(),
-        ]
-    }
-
-    async fn failed_of(&self, queue: &str) -> Result<Vec<FailedJob>> {
-        let keys = self.keys(queue);
-        let mut out = Vec::new();
-        let mut start = 0;
-        loop {
-            let mut call = SCRIPTS.failed_page.prepare_invoke();
-            for key in Self::failed_keys(&keys) {
-                call.key(key);
+        let group_keys: Vec<QueueKeys> = groups.iter().map(|q| self.keys(q)).collect();
+        let call = scripts::settle(&self.keys(queue), &group_keys, &items, now);
+        match self.invoke::<Vec<i64>>(&call).await {
+            Ok(applied) if applied.len() == members.len() => {
+                for (&i, applied) in members.iter().zip(applied) {
+                    results[i] = Some(if applied == 1 {
+                        Ok(())
+                    } else {
+                        Err(Error::LeaseLost { id: batch[i].lease.id.clone() })
+                    });
+                }
             }
-            let page: Vec<Value> =
-                self.invoke(call.arg(start).arg(start + FAILED_PAGE - 1)).await?;
-            let count = page.len() / 5;
-            for entry in page.chunks(5) {
-                let [id, blob, attempts, error, failed_at] = entry else {
-                    return Err(protocol("failed", "an entry of 5 fields"));
-                };
-                let (name, payload) = match blob {
-                    Value::BulkString(bytes) => match decode(bytes) {
-                        Ok(stored) => (stored.name, stored.payload),
-                        Err(_) => (String::new(), String::from_utf8_lossy(bytes).into_owned()),
-                    },
-                    _ => (String::new(), String::new()),
-                };
-                out.push(FailedJob {
-                    id: text(id).unwrap_or_default(),
-                    queue: queue.to_owned(),
-                    name,
-                    payload,
-                    attempts: int(attempts).and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
-                    error: text(error).unwrap_or_default(),
-                    failed_at: int(failed_at).unwrap_or(0),
-                });
+            Ok(applied) => {
+                let message = format!("{} results for {} settles", applied.len(), members.len());
+                for &i in members {
+                    results[i] = Some(Err(protocol("settle", &message)));
+                }
             }
-            if count < FAILED_PAGE {
-                return Ok(out);
+            Err(e) => {
+                for &i in members {
+                    results[i] = Some(Err(e.for_batch_item(DRIVER)));
+                }
             }
-            start += FAILED_PAGE;
         }
     }
 
@@ -316,51 +319,139 @@ impl RedisDriver {
     async fn on_failed(
         &self,
         id: &str,
-        script: &redis::Script,
-        extra: impl Fn(&QueueKeys) -> Vec<String> + Send + Sync,
+        call: impl Fn(&QueueKeys) -> redis::ScriptInvocation<'static>,
     ) -> Result<()> {
         for queue in self.registered_queues().await? {
-            let keys = self.keys(&queue);
-            let mut call = script.prepare_invoke();
-            for key in Self::failed_keys(&keys).into_iter().chain(extra(&keys)) {
-                call.key(key);
-            }
-            let applied: i64 = self.invoke(call.arg(id)).await?;
+            let applied: i64 = self.invoke(&call(&self.keys(&queue))).await?;
             if applied == 1 {
                 return Ok(());
             }
         }
         Err(Error::NotFound { id: id.to_owned() })
     }
+
+    /// Failed jobs of one queue, `first..=last` in failure order.
+    async fn failed_of(&self, queue: &str, first: u64, last: u64) -> Result<Vec<FailedJob>> {
+        let page: Vec<Value> =
+            self.invoke(&scripts::failed_page(&self.keys(queue), first, last)).await?;
+        let mut out = Vec::with_capacity(page.len() / 5);
+        for entry in page.chunks(5) {
+            let [id, blob, attempts, error, failed_at] = entry else {
+                return Err(protocol("failed page", "an entry of 5 fields"));
+            };
+            let id = text(id).unwrap_or_default();
+            let job = job_of(id, queue, blob);
+            out.push(FailedJob::new(
+                &job,
+                count(attempts),
+                text(error).unwrap_or_default(),
+                int(failed_at).unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Runs a bounded deleting script until it deletes fewer than [`DELETE_LIMIT`].
+    async fn drain(&self, call: &redis::ScriptInvocation<'_>) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let step: u64 = self.invoke(call).await?;
+            total += step;
+            if step < DELETE_LIMIT as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// The stored job behind a record; a record that does not decode shows as a nameless job whose
+/// payload is the raw record, so an operator still sees it.
+fn job_of(id: String, queue: &str, blob: &Value) -> NewJob {
+    match blob {
+        Value::BulkString(bytes) => match decode(bytes) {
+            Ok(stored) => stored.into_job(id, queue),
+            Err(_) => NewJob::new(id, "", queue, String::from_utf8_lossy(bytes), 0),
+        },
+        _ => NewJob::new(id, "", queue, "", 0),
+    }
 }
 
 #[async_trait]
 impl Driver for RedisDriver {
     fn name(&self) -> &'static str {
-        "redis"
+        DRIVER
     }
 
-    async fn push(&self, jobs: Vec<NewJob>) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let mut by_queue: BTreeMap<&str, Vec<&NewJob>> = BTreeMap::new();
-        for job in &jobs {
-            by_queue.entry(job.queue.as_str()).or_default().push(job);
-        }
-        let groups: Vec<(&str, Vec<&NewJob>)> = by_queue.into_iter().collect();
-        let names: Vec<&str> = groups.iter().map(|(q, _)| *q).collect();
-        self.register(&names).await?;
-        if self.inner.backend.is_cluster() && groups.len() > 1 {
-            // Keys of different queues live in different slots: one script call per queue, so
-            // a batch spanning queues is atomic per queue only on a cluster.
-            for group in groups {
-                self.push_groups(std::slice::from_ref(&group)).await?;
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.durable = true;
+        caps.shared = true;
+        caps.cross_queue_atomic = !self.inner.backend.is_cluster();
+        caps.atomic_push_limit = Some(PUSH_CHUNK);
+        caps.server_clock = true;
+        caps
+    }
+
+    async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        let mut outcomes: Vec<Option<PushOutcome>> = vec![None; jobs.len()];
+        // A repeated id within the push is a duplicate of its first occurrence, whatever the
+        // queue; the scripts see each id once.
+        let mut seen = HashSet::new();
+        let mut fresh = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            if seen.insert(job.id.as_str()) {
+                fresh.push((index, job));
+            } else {
+                outcomes[index] = Some(PushOutcome::Duplicate { id: job.id.clone() });
             }
-            Ok(())
-        } else {
-            self.push_groups(&groups).await
         }
+        let names: Vec<&str> = fresh.iter().map(|(_, j)| j.queue.as_str()).collect();
+        self.register(&names).await?;
+        let calls: Vec<_> = fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c)).collect();
+        let mut stored: Vec<&NewJob> = Vec::new();
+        let mut failure = None;
+        // Several calls in flight at once (pipelined over the shared connections); every call of
+        // a window is awaited, so a failure leaves no call whose effect is unknown.
+        for window in calls.chunks(PUSH_WINDOW) {
+            let replies = futures_util::future::join_all(
+                window.iter().map(|(_, call)| self.invoke::<Vec<i64>>(call)),
+            )
+            .await;
+            for ((order, _), reply) in window.iter().zip(replies) {
+                match reply {
+                    Ok(flags) if flags.len() == order.len() => {
+                        for (&(index, job), flag) in order.iter().zip(flags) {
+                            outcomes[index] = Some(if flag == 1 {
+                                stored.push(job);
+                                PushOutcome::Stored
+                            } else {
+                                PushOutcome::Duplicate { id: job.id.clone() }
+                            });
+                        }
+                    }
+                    Ok(flags) => {
+                        // Which of them were stored is unknown: remove what matches.
+                        stored.extend(order.iter().map(|(_, job)| *job));
+                        let message = format!("{} outcomes for {} jobs", flags.len(), order.len());
+                        failure.get_or_insert(protocol("push", &message));
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = failure {
+            self.unstore(&stored).await;
+            return Err(e);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| protocol("push", "an outcome for every job")))
+            .collect()
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
@@ -377,7 +468,7 @@ impl Driver for RedisDriver {
         // with the reason, and the jobs behind it flow on.
         for (lease, reason) in unreadable {
             tracing::warn!(id = %lease.id, queue = %lease.queue, %reason, "moving an unreadable job to the failed set");
-            match self.fail(&lease, &reason, req.now).await {
+            match self.settle_one(Settle::fail(lease, reason), req.now).await {
                 Ok(()) | Err(Error::LeaseLost { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -385,142 +476,74 @@ impl Driver for RedisDriver {
         Ok(claim)
     }
 
-    async fn complete(&self, lease: &Lease, _now: Millis) -> Result<()> {
-        let keys = self.keys(&lease.queue);
-        let mut call = SCRIPTS.complete.prepare_invoke();
-        call.key(&keys.reserved)
-            .key(&keys.jobs)
-            .key(&keys.attempts)
-            .key(&keys.tokens)
-            .key(&keys.errors)
-            .key(&keys.stats)
-            .arg(&lease.id)
-            .arg(&lease.token);
-        self.transition(lease, &call).await
-    }
-
-    async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
-        let mut results: Vec<Option<Result<()>>> = leases.iter().map(|_| None).collect();
-        // One script call per queue: a script may only touch one queue's hash-tagged keys.
-        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, lease) in leases.iter().enumerate() {
-            by_queue.entry(lease.queue.as_str()).or_default().push(i);
+    async fn settle(&self, batch: &[Settle], now: Millis) -> Vec<Result<()>> {
+        let mut results: Vec<Option<Result<()>>> = batch.iter().map(|_| None).collect();
+        // On a cluster a script reaches one slot only: an effect bound for another slot cannot
+        // be stored atomically with the settle, so that item is refused and nothing changes.
+        for (i, settle) in batch.iter().enumerate() {
+            if let Some(job) =
+                settle.effects.enqueue.iter().find(|j| self.apart(&j.queue, &settle.lease.queue))
+            {
+                results[i] = Some(Err(Error::unsupported(
+                    DRIVER,
+                    format!(
+                        "settling a job of queue {:?} with an effect that enqueues on queue {:?} \
+                         on a Redis Cluster, where the two queues live in different hash slots: \
+                         enqueue effects on the settled job's own queue (or on a queue whose keys \
+                         hash to the same slot), or use a standalone Redis for cross-queue effects",
+                        settle.lease.queue, job.queue
+                    ),
+                )));
+            }
         }
-        for (queue, members) in by_queue {
-            for chunk in members.chunks(COMPLETE_MANY_CHUNK) {
-                let keys = self.keys(queue);
-                let mut call = SCRIPTS.complete_many.prepare_invoke();
-                call.key(&keys.reserved)
-                    .key(&keys.jobs)
-                    .key(&keys.attempts)
-                    .key(&keys.tokens)
-                    .key(&keys.errors)
-                    .key(&keys.stats);
-                for &i in chunk {
-                    call.arg(&leases[i].id).arg(&leases[i].token);
-                }
-                match self.invoke::<Vec<i64>>(&call).await {
-                    Ok(applied) if applied.len() == chunk.len() => {
-                        for (&i, applied) in chunk.iter().zip(applied) {
-                            results[i] = Some(if applied == 1 {
-                                Ok(())
-                            } else {
-                                Err(Error::LeaseLost { id: leases[i].id.clone() })
-                            });
-                        }
-                    }
-                    Ok(applied) => {
-                        let message = format!(
-                            "the complete script answered {} results for {} jobs",
-                            applied.len(),
-                            chunk.len()
-                        );
-                        for &i in chunk {
-                            results[i] = Some(Err(backend(message.clone())));
-                        }
-                    }
-                    Err(e) => {
-                        for &i in chunk {
-                            results[i] = Some(Err(e.for_batch_item(conn::DRIVER)));
-                        }
-                    }
+        let effect_queues: Vec<&str> = batch
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .flat_map(|(s, _)| s.effects.enqueue.iter().map(|j| j.queue.as_str()))
+            .collect();
+        if let Err(e) = self.register(&effect_queues).await {
+            for (settle, result) in batch.iter().zip(results.iter_mut()) {
+                if result.is_none() && !settle.effects.enqueue.is_empty() {
+                    *result = Some(Err(e.for_batch_item(DRIVER)));
                 }
             }
         }
-        results.into_iter().map(|r| r.expect("every lease belongs to one queue")).collect()
-    }
-
-    async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, now: Millis) -> Result<()> {
-        let keys = self.keys(&lease.queue);
-        let mut call = SCRIPTS.retry.prepare_invoke();
-        call.key(&keys.reserved)
-            .key(&keys.ready)
-            .key(&keys.delayed)
-            .key(&keys.jobs)
-            .key(&keys.tokens)
-            .key(&keys.errors)
-            .key(&keys.marker)
-            .arg(&lease.id)
-            .arg(&lease.token)
-            .arg(run_at)
-            .arg(error)
-            .arg(now);
-        self.transition(lease, &call).await
-    }
-
-    async fn fail(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
-        let keys = self.keys(&lease.queue);
-        let mut call = SCRIPTS.fail.prepare_invoke();
-        call.key(&keys.reserved)
-            .key(&keys.tokens)
-            .key(&keys.errors)
-            .key(&keys.stats)
-            .key(&keys.failed)
-            .key(&keys.failed_at)
-            .arg(&lease.id)
-            .arg(&lease.token)
-            .arg(error)
-            .arg(now);
-        self.transition(lease, &call).await
-    }
-
-    async fn release(&self, lease: &Lease, _now: Millis) -> Result<()> {
-        let keys = self.keys(&lease.queue);
-        let mut call = SCRIPTS.release.prepare_invoke();
-        call.key(&keys.reserved)
-            .key(&keys.ready)
-            .key(&keys.jobs)
-            .key(&keys.attempts)
-            .key(&keys.tokens)
-            .key(&keys.marker)
-            .arg(&lease.id)
-            .arg(&lease.token);
-        self.transition(lease, &call).await
+        // One script call per queue (and per chunk): a script may only touch one queue's
+        // hash-tagged keys on a cluster, and the calls stay short.
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, settle) in batch.iter().enumerate() {
+            if results[i].is_none() {
+                by_queue.entry(settle.lease.queue.as_str()).or_default().push(i);
+            }
+        }
+        for (queue, members) in by_queue {
+            for chunk in members.chunks(SETTLE_CHUNK) {
+                self.settle_queue(queue, batch, chunk, now, &mut results).await;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(protocol("settle", "a result for every item"))))
+            .collect()
     }
 
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
-        let keys = self.keys(&lease.queue);
-        let mut call = SCRIPTS.extend.prepare_invoke();
-        call.key(&keys.reserved).key(&keys.tokens).arg(&lease.id).arg(&lease.token).arg(until);
-        self.transition(lease, &call).await?;
-        Ok(Lease { expires_at: until, ..lease.clone() })
+        let call = scripts::extend(&self.keys(&lease.queue), &lease.id, &lease.token, until);
+        let applied: i64 = self.invoke(&call).await?;
+        if applied != 1 {
+            return Err(Error::LeaseLost { id: lease.id.clone() });
+        }
+        let mut extended = lease.clone();
+        extended.expires_at = until;
+        Ok(extended)
     }
 
     async fn recover(&self, queues: &[String], now: Millis) -> Result<u64> {
         let mut total = 0;
         for queue in queues {
-            let keys = self.keys(queue);
+            let call = scripts::recover(&self.keys(queue), now);
             loop {
-                let mut call = SCRIPTS.recover.prepare_invoke();
-                call.key(&keys.reserved)
-                    .key(&keys.ready)
-                    .key(&keys.jobs)
-                    .key(&keys.attempts)
-                    .key(&keys.tokens)
-                    .key(&keys.errors)
-                    .key(&keys.marker)
-                    .arg(now)
-                    .arg(RECOVER_LIMIT);
                 let step: u64 = self.invoke(&call).await?;
                 total += step;
                 if step < RECOVER_LIMIT as u64 {
@@ -531,197 +554,158 @@ impl Driver for RedisDriver {
         Ok(total)
     }
 
-    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
-        if queues.is_empty() || timeout.is_zero() {
-            return Ok(());
-        }
-        let timeout = timeout.min(MAX_WAIT);
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Redis ends a blocking call up to ~100 ms late (its timer runs at `hz`), too late for
-        // delayed jobs: the client keeps the deadline and wakes its own BLPOP through a private
-        // list. The server-side timeout is only a backstop.
-        let server_timeout = (timeout + BLOCKING_SLACK).as_secs_f64();
-        // One BLPOP over every queue's marker on a single server; on a cluster the markers live
-        // in different slots, so one dedicated connection per queue.
-        let groups: Vec<&[String]> =
-            if self.inner.backend.is_cluster() { queues.chunks(1).collect() } else { vec![queues] };
-        let mut waiters = Vec::with_capacity(groups.len());
-        for _ in &groups {
-            match self.take_waiter().await {
-                Ok(waiter) => waiters.push(waiter),
-                Err(e) => {
-                    waiters.into_iter().for_each(|w| self.put_waiter(w));
-                    return Err(e);
-                }
-            }
-        }
-        let mut wakes = Vec::with_capacity(groups.len());
-        let mut pending = FuturesUnordered::new();
-        for (index, (mut waiter, group)) in waiters.into_iter().zip(&groups).enumerate() {
-            let mut keys: Vec<String> = group.iter().map(|q| self.keys(q).marker).collect();
-            let wake = self.keys(&group[0]).wake(&waiter.id);
-            keys.push(wake.clone());
-            wakes.push(wake);
-            pending.push(async move {
-                let popped: RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
-                    .arg(&keys)
-                    .arg(server_timeout)
-                    .query_async(&mut waiter.conn)
-                    .await;
-                (index, waiter, popped)
-            });
-        }
-        let mut done = Vec::with_capacity(groups.len());
-        tokio::select! {
-            Some(first) = pending.next() => done.push(first),
-            () = tokio::time::sleep_until(deadline) => {}
-        }
-        let mut woken = HashSet::new();
-        let mut failure = None;
-        if !pending.is_empty() {
-            let mut pipe = redis::pipe();
-            for (index, wake) in wakes.iter().enumerate() {
-                if done.iter().all(|(i, _, _)| *i != index) {
-                    woken.insert(index);
-                    pipe.rpush(wake, 1).ignore().pexpire(wake, 60_000).ignore();
-                }
-            }
-            let pushed =
-                self.inner.backend.run(async |conn| pipe.query_async::<()>(conn).await).await;
-            if let Err(e) = pushed {
-                // Without the wake-up the blocked calls end only at the server timeout: drop
-                // their connections instead (closing them unblocks the server side).
-                drop(pending);
-                return Err(e);
-            }
-            let drained = tokio::time::timeout(BLOCKING_SLACK, async {
-                while let Some(next) = pending.next().await {
-                    done.push(next);
-                }
-            })
-            .await;
-            if drained.is_err() {
-                failure = Some(backend("a blocking wait did not end after its wake-up"));
-            }
-        }
-        let mut stale = Vec::new();
-        for (index, waiter, popped) in done {
-            match popped {
-                Ok(popped) => {
-                    let woke_itself = popped.is_some_and(|(key, _)| key == wakes[index]);
-                    if woken.contains(&index) && !woke_itself {
-                        // A marker won the race with our wake-up, which is still queued.
-                        stale.push(wakes[index].clone());
-                    }
-                    self.put_waiter(waiter);
-                }
-                Err(e) => {
-                    if conn::broken(&e) {
-                        self.inner.backend.reset();
-                    }
-                    failure = Some(backend(e));
-                }
-            }
-        }
-        for key in stale {
-            let _: Result<i64> = self.query(redis::cmd("DEL").arg(&key)).await;
-        }
-        failure.map_or(Ok(()), Err)
+    async fn wait(&self, queues: &[String], _now: Millis, timeout: Duration) -> Result<()> {
+        self.wait_for_markers(queues, timeout).await
     }
 
+    async fn server_time(&self) -> Result<Option<Millis>> {
+        let (secs, micros): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
+        Ok(Some(secs.saturating_mul(1000).saturating_add(micros / 1000)))
+    }
+}
+
+#[async_trait]
+impl Admin for RedisDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
-        let keys = self.keys(queue);
-        let mut call = SCRIPTS.stats.prepare_invoke();
-        call.key(&keys.ready)
-            .key(&keys.delayed)
-            .key(&keys.reserved)
-            .key(&keys.failed)
-            .key(&keys.stats)
-            .arg(now);
-        let counts: Vec<u64> = self.invoke(&call).await?;
-        let [ready, due, delayed, reserved, failed, processed, failed_total] = counts[..] else {
-            return Err(protocol("stats", "7 counters"));
+        let counts: Vec<u64> = self.invoke(&scripts::stats(&self.keys(queue), now)).await?;
+        let [ready, due, delayed, reserved, failed, processed, failed_total, paused] = counts[..]
+        else {
+            return Err(protocol("stats", "8 counters"));
         };
-        Ok(QueueStats {
-            queue: queue.to_owned(),
-            pending: ready + due,
-            delayed: delayed - due,
-            reserved,
-            failed,
-            processed,
-            failed_total,
-        })
+        let mut stats = QueueStats::new(queue);
+        stats.pending = ready + due;
+        stats.delayed = delayed.saturating_sub(due);
+        stats.reserved = reserved;
+        stats.failed = failed;
+        stats.processed = processed;
+        stats.failed_total = failed_total;
+        stats.paused = paused == 1;
+        Ok(stats)
     }
 
     async fn queues(&self) -> Result<Vec<String>> {
         self.registered_queues().await
     }
 
-    async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
-        self.drain_in_steps(queue, DELETE_LIMIT, &SCRIPTS.clear, |k| {
-            vec![
-                k.ready.clone(),
-                k.delayed.clone(),
-                k.jobs.clone(),
-                k.attempts.clone(),
-                k.errors.clone(),
-            ]
-        })
-        .await
+    async fn get(&self, id: &str, now: Millis) -> Result<Option<JobInfo>> {
+        // The id does not tell the queue: ask each queue (one bounded script call each).
+        for queue in self.registered_queues().await? {
+            let reply: Value = self.invoke(&scripts::get(&self.keys(&queue), id)).await?;
+            let Value::Array(fields) = reply else { continue };
+            let [place, blob, score, attempts, error, failed_at] = &fields[..] else {
+                return Err(protocol("get", "6 fields"));
+            };
+            let score = int(score).unwrap_or(0);
+            let mut job = job_of(id.to_owned(), &queue, blob);
+            let state = match text(place).as_deref() {
+                Some("ready") => JobState::Pending,
+                Some("delayed") => {
+                    job.available_at = score;
+                    if score <= now { JobState::Pending } else { JobState::Delayed }
+                }
+                Some("reserved") => JobState::Reserved,
+                Some("failed") => JobState::Failed,
+                _ => return Err(protocol("get", "the job's place")),
+            };
+            let mut info = JobInfo::new(job, state, count(attempts));
+            info.last_error = text(error);
+            match state {
+                JobState::Reserved => info.lease_expires_at = Some(score),
+                JobState::Failed => info.failed_at = int(failed_at),
+                _ => {}
+            }
+            return Ok(Some(info));
+        }
+        Ok(None)
     }
 
-    async fn failed(&self, queue: Option<&str>) -> Result<Vec<FailedJob>> {
-        let queues = match queue {
-            Some(queue) => vec![queue.to_owned()],
-            None => self.registered_queues().await?,
+    async fn list(&self, req: &ListRequest, _now: Millis) -> Result<Vec<JobInfo>> {
+        let keys = self.keys(&req.queue);
+        let set = match req.state {
+            JobState::Pending => &keys.ready,
+            JobState::Delayed => &keys.delayed,
+            JobState::Reserved => &keys.reserved,
+            other => {
+                return Err(Error::invalid(
+                    "job state",
+                    format!(
+                        "list shows pending, delayed or reserved jobs, not {other}: use `failed` for the failed set"
+                    ),
+                ));
+            }
         };
-        let mut all = Vec::new();
-        for queue in queues {
-            all.extend(self.failed_of(&queue).await?);
+        let limit = req.limit.min(MAX_PAGE) as u64;
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        // Each queue's list is in failure order; across queues, order by failure time (a
-        // stable sort keeps each queue's own order for equal times).
+        let last = req.offset.saturating_add(limit - 1);
+        let page: Vec<Value> = self.invoke(&scripts::list(&keys, set, req.offset, last)).await?;
+        let mut out = Vec::with_capacity(page.len() / 5);
+        for entry in page.chunks(5) {
+            let [id, score, blob, attempts, error] = entry else {
+                return Err(protocol("list", "an entry of 5 fields"));
+            };
+            let score = int(score).unwrap_or(0);
+            let mut job = job_of(text(id).unwrap_or_default(), &req.queue, blob);
+            if req.state == JobState::Delayed {
+                job.available_at = score;
+            }
+            let mut info = JobInfo::new(job, req.state, count(attempts));
+            info.last_error = text(error);
+            if req.state == JobState::Reserved {
+                info.lease_expires_at = Some(score);
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
+        self.drain(&scripts::clear(&self.keys(queue))).await
+    }
+
+    async fn failed(&self, query: &FailedQuery) -> Result<Vec<FailedJob>> {
+        let limit = query.limit.min(MAX_PAGE) as u64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = query.offset.saturating_add(limit - 1);
+        if let Some(queue) = &query.queue {
+            return self.failed_of(queue, query.offset, last).await;
+        }
+        // Across queues: the first offset+limit of each queue hold the page; merge them by
+        // failure time (a stable sort keeps each queue's own order for equal times).
+        let mut all = Vec::new();
+        for queue in self.registered_queues().await? {
+            all.extend(self.failed_of(&queue, 0, last).await?);
+        }
         all.sort_by_key(|f| f.failed_at);
-        Ok(all)
+        Ok(all
+            .into_iter()
+            .skip(usize::try_from(query.offset).unwrap_or(usize::MAX))
+            .take(limit as usize)
+            .collect())
     }
 
     async fn retry_failed(&self, id: &str, _now: Millis) -> Result<()> {
-        self.on_failed(id, &SCRIPTS.retry_failed, |k| vec![k.ready.clone(), k.marker.clone()]).await
+        self.on_failed(id, |keys| scripts::retry_failed(keys, id)).await
     }
 
     async fn forget_failed(&self, id: &str) -> Result<()> {
-        self.on_failed(id, &SCRIPTS.forget_failed, |_| Vec::new()).await
+        self.on_failed(id, |keys| scripts::forget_failed(keys, id)).await
     }
 
     async fn flush_failed(&self) -> Result<u64> {
         let mut total = 0;
         for queue in self.registered_queues().await? {
-            total += self
-                .drain_in_steps(&queue, DELETE_LIMIT, &SCRIPTS.flush_failed, Self::failed_keys)
-                .await?;
+            total += self.drain(&scripts::flush_failed(&self.keys(&queue))).await?;
         }
         Ok(total)
     }
-}
 
-fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.register(&[queue]).await?;
+        let _: i64 = self.invoke(&scripts::set_paused(&self.keys(queue), paused)).await?;
+        Ok(())
     }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn protocol(script: &str, expected: &str) -> Error {
-    backend(format!("unexpected reply from the {script} script: expected {expected}"))
 }

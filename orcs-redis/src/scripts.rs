@@ -1,76 +1,152 @@
-//! The Lua scripts: each one atomic, bounded, touching only the keys passed in KEYS (all of one
-//! queue, so one hash slot). redis-rs calls them by SHA and loads them on NOSCRIPT.
+//! The Lua scripts: each one atomic, bounded, touching only the keys passed in KEYS. redis-rs
+//! calls them by SHA and loads them on NOSCRIPT.
+//!
+//! Each script comes with one function that builds its call, so the order of its KEYS and ARGV
+//! is written once, next to the script that reads them.
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use orcs_core::{ClaimRequest, Millis, NewJob, Transition};
+use redis::{Script, ScriptInvocation};
+
+use crate::keys::{QueueKeys, encode};
 
 /// Helpers prepended to every script that needs them.
 const PRELUDE: &str = r"
--- A record starts with 'priority|timeout|'; a damaged one reads as priority 0 and no own
--- timeout, and is failed by the client when it cannot parse it.
+-- A record starts with 'v2|priority|timeout|' (layout 1: 'priority|timeout|'); a damaged one
+-- reads as priority 0 and no own timeout, and is failed by the client when it cannot parse it.
 local function header(blob)
   if not blob then return 0, nil end
-  local p, t = string.match(blob, '^(-?%d+)|(%d*)|')
+  local p, t = string.match(blob, '^v%d+|(-?%d+)|(%d*)|')
+  if not p then p, t = string.match(blob, '^(-?%d+)|(%d*)|') end
   return tonumber(p) or 0, tonumber(t)
 end
 -- One item in the marker list wakes one blocked worker; more would only wake them for nothing.
 local function arm(marker)
   if redis.call('LLEN', marker) == 0 then redis.call('RPUSH', marker, '1') end
 end
+-- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker),
+-- unless its id is in use there; 1 if stored, 0 for a duplicate.
+local function store(k, id, where, score, record)
+  if redis.call('HEXISTS', KEYS[k + 3], id) == 1 then return 0 end
+  redis.call('HSET', KEYS[k + 3], id, record)
+  if where == 'r' then
+    redis.call('ZADD', KEYS[k + 1], score, id)
+  else
+    redis.call('ZADD', KEYS[k + 2], score, id)
+  end
+  return 1
+end
 ";
 
-/// Stores a batch, all or none. Jobs may belong to several queues (a single server only).
+/// The four keys a job is stored under, in the order `store` reads them.
+fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
+    call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs).key(&keys.marker);
+}
+
+/// The five arguments `store` takes for one job of group `group`.
+fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob) {
+    call.arg(group).arg(&job.id);
+    // A job due by its dispatch goes straight to the ready set; a delayed one waits (and a
+    // waiter woken by the marker learns its due time from the next claim).
+    if job.available_at <= job.dispatched_at {
+        call.arg("r").arg(-i64::from(job.priority));
+    } else {
+        call.arg("d").arg(job.available_at);
+    }
+    call.arg(encode(job));
+}
+
+/// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
 /// KEYS, 4 per queue group g (0-based): ready, delayed, jobs, marker.
 /// ARGV, 5 per job: group, id, 'r' or 'd', score (-priority or available_at), record.
-/// Returns nil, or the id that is already in use (then nothing was stored).
+/// Returns one 1 (stored) or 0 (duplicate) per job.
 const PUSH: &str = r"
-local n = #ARGV / 5
-for i = 0, n - 1 do
-  local b = i * 5
-  local k = tonumber(ARGV[b + 1]) * 4
-  if redis.call('HEXISTS', KEYS[k + 3], ARGV[b + 2]) == 1 then return ARGV[b + 2] end
-end
-local touched = {}
-for i = 0, n - 1 do
-  local b = i * 5
-  local k = tonumber(ARGV[b + 1]) * 4
-  local id = ARGV[b + 2]
-  redis.call('HSET', KEYS[k + 3], id, ARGV[b + 5])
-  if ARGV[b + 3] == 'r' then
-    redis.call('ZADD', KEYS[k + 1], ARGV[b + 4], id)
-  else
-    redis.call('ZADD', KEYS[k + 2], ARGV[b + 4], id)
-  end
-  touched[k] = true
+local out, touched = {}, {}
+for b = 1, #ARGV, 5 do
+  local k = tonumber(ARGV[b]) * 4
+  out[#out + 1] = store(k, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
+  if out[#out] == 1 then touched[k] = true end
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
-return false
+return out
 ";
 
-/// Promotes due delayed jobs (at most ARGV[5]), then claims up to ARGV[2] ready jobs (at most
-/// 1000 per call, which keeps every `unpack` far below Lua's stack limit).
+/// The push of `groups`: each a queue and its jobs (at most 1000 in all, checked by the caller).
+pub(crate) fn push(groups: &[(QueueKeys, Vec<&NewJob>)]) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.push.prepare_invoke();
+    for (index, (keys, jobs)) in groups.iter().enumerate() {
+        group_keys(&mut call, keys);
+        for job in jobs {
+            job_args(&mut call, index, job);
+        }
+    }
+    call
+}
+
+/// Removes jobs a failed large push stored, if they are still untouched (same record, not
+/// claimed). KEYS: ready, delayed, jobs. ARGV: id, record pairs. Returns how many it removed.
+const UNSTORE: &str = r"
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[3], id) == ARGV[i + 1] then
+    local n = redis.call('ZREM', KEYS[1], id) + redis.call('ZREM', KEYS[2], id)
+    if n > 0 then
+      redis.call('HDEL', KEYS[3], id)
+      removed = removed + 1
+    end
+  end
+end
+return removed
+";
+
+/// The compensation of `jobs` of queue `keys`.
+pub(crate) fn unstore(keys: &QueueKeys, jobs: &[&NewJob]) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.unstore.prepare_invoke();
+    call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs);
+    for job in jobs {
+        call.arg(&job.id).arg(encode(job));
+    }
+    call
+}
+
+/// Claims up to ARGV[2] ready jobs (at most 1000 per call, which keeps every `unpack` far below
+/// Lua's stack limit), after promoting due delayed jobs; nothing on a paused queue.
+///
+/// Promotion takes at most ARGV[5] due jobs, oldest due first. If more remain due after that,
+/// the call claims nothing and answers `more` = 1: one of those left could outrank every ready
+/// job, so claiming now could invert priorities. The client calls again; each call promotes
+/// another chunk, so every call stays bounded and the claim happens once all due jobs compete.
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at. ARGV: now, max, default timeout ms, grace ms, promotion limit.
-/// Returns {next_due or nil, then 6 per job: id, record, attempt, token, lease deadline, last
-/// error or nil}.
+/// failed_at, meta. ARGV: now, max, default timeout ms, grace ms, promotion limit.
+/// Returns {next_due or nil, more, then 6 per job: id, record, attempt, token, lease deadline,
+/// last error or nil}.
 ///
 /// Each step works on the whole batch in one command (HMGET, HSET and ZADD of many fields), so
 /// the cost of a call grows with the jobs it claims, not with the commands it makes per job.
 const CLAIM: &str = r"
+if redis.call('HGET', KEYS[12], 'paused') == '1' then return {false, 0} end
 local now = tonumber(ARGV[1])
 local max = math.min(tonumber(ARGV[2]), 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+local limit = tonumber(ARGV[5])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
 if #due > 0 then
-  for _, id in ipairs(due) do
-    local p = header(redis.call('HGET', KEYS[4], id))
-    redis.call('ZADD', KEYS[1], -p, id)
+  local records = redis.call('HMGET', KEYS[4], unpack(due))
+  local fields = {}
+  for i, id in ipairs(due) do
+    fields[#fields + 1] = -header(records[i])
+    fields[#fields + 1] = id
   end
+  redis.call('ZADD', KEYS[1], unpack(fields))
   redis.call('ZREM', KEYS[2], unpack(due))
+  if #due == limit and redis.call('ZCOUNT', KEYS[2], '-inf', now) > 0 then
+    return {false, 1}
+  end
 end
-local out = {false}
+local out = {false, 0}
 local ids, blobs = {}, {}
 while #ids < max do
   local popped = redis.call('ZPOPMIN', KEYS[1], max - #ids)
@@ -128,97 +204,162 @@ if next_due[2] then out[1] = tonumber(next_due[2]) end
 return out
 ";
 
-/// Finishes a claimed job. KEYS: reserved, jobs, attempts, tokens, errors, stats.
-/// ARGV: id, token. Returns 1, or 0 when the token is stale (nothing changed).
-const COMPLETE: &str = r"
-if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HINCRBY', KEYS[6], 'processed', 1)
-return 1
-";
+/// Due delayed jobs promoted per claim call; see [`CLAIM`].
+pub(crate) const PROMOTE_LIMIT: usize = 1000;
 
-/// Finishes several claimed jobs of one queue, as COMPLETE does for each. KEYS: as COMPLETE.
-/// ARGV: id, token pairs (at most 500). Returns one 1 or 0 per pair. The token check reads all
-/// tokens in one HMGET, and the removals are one command per key for the whole batch.
-const COMPLETE_MANY: &str = r"
-local ids = {}
-for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
-local current = redis.call('HMGET', KEYS[4], unpack(ids))
-local out, done, seen = {}, {}, {}
-for i, id in ipairs(ids) do
-  if current[i] == ARGV[2 * i] and not seen[id] then
-    seen[id] = true
-    done[#done + 1] = id
-    out[i] = 1
+/// The claim of up to `want` jobs of queue `keys`.
+pub(crate) fn claim(
+    keys: &QueueKeys,
+    req: &ClaimRequest<'_>,
+    want: usize,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.claim.prepare_invoke();
+    call.key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.reserved)
+        .key(&keys.jobs)
+        .key(&keys.attempts)
+        .key(&keys.tokens)
+        .key(&keys.errors)
+        .key(&keys.stats)
+        .key(&keys.marker)
+        .key(&keys.failed)
+        .key(&keys.failed_at)
+        .key(&keys.meta)
+        .arg(req.now)
+        .arg(want)
+        .arg(req.default_timeout_ms.min(1 << 50))
+        .arg(req.grace_ms.min(1 << 50))
+        .arg(PROMOTE_LIMIT);
+    call
+}
+
+/// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
+/// effects) untouched.
+///
+/// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
+/// failed_at of the settled queue (1-11), then 4 per effect group g (0-based): ready, delayed,
+/// jobs, marker.
+/// ARGV: now, then per item: id, token, kind ('c'omplete, 'r'etry, 'f'ail, re'l'ease), run_at,
+/// error, number of effect jobs, then 5 per effect job as PUSH takes them.
+/// Returns one 1 (applied) or 0 (stale token) per item. A duplicate effect job is skipped.
+const SETTLE: &str = r"
+local now = tonumber(ARGV[1])
+local out, touched = {}, {}
+local i = 2
+while i <= #ARGV do
+  local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local run_at, err, effects = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
+  local first = i + 6
+  i = first + effects * 5
+  if redis.call('HGET', KEYS[6], id) ~= token then
+    out[#out + 1] = 0
   else
-    out[i] = 0
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[6], id)
+    if kind == 'c' then
+      redis.call('HDEL', KEYS[4], id)
+      redis.call('HDEL', KEYS[5], id)
+      redis.call('HDEL', KEYS[7], id)
+      redis.call('HINCRBY', KEYS[8], 'processed', 1)
+    elseif kind == 'f' then
+      redis.call('HSET', KEYS[7], id, err)
+      local seq = redis.call('HINCRBY', KEYS[8], 'failseq', 1)
+      redis.call('ZADD', KEYS[10], seq, id)
+      redis.call('HSET', KEYS[11], id, now)
+      redis.call('HINCRBY', KEYS[8], 'failed_total', 1)
+    else
+      if kind == 'r' then
+        redis.call('HSET', KEYS[7], id, err)
+      elseif redis.call('HINCRBY', KEYS[5], id, -1) < 0 then
+        redis.call('HSET', KEYS[5], id, 0)
+      end
+      if run_at <= now then
+        redis.call('ZADD', KEYS[2], -header(redis.call('HGET', KEYS[4], id)), id)
+      else
+        redis.call('ZADD', KEYS[3], run_at, id)
+      end
+      arm(KEYS[9])
+    end
+    for j = first, i - 1, 5 do
+      local k = 11 + tonumber(ARGV[j]) * 4
+      if store(k, ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4]) == 1 then touched[k] = true end
+    end
+    out[#out + 1] = 1
   end
 end
-if #done > 0 then
-  redis.call('ZREM', KEYS[1], unpack(done))
-  redis.call('HDEL', KEYS[2], unpack(done))
-  redis.call('HDEL', KEYS[3], unpack(done))
-  redis.call('HDEL', KEYS[4], unpack(done))
-  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HDEL', KEYS[5], unpack(done)) end
-  redis.call('HINCRBY', KEYS[6], 'processed', #done)
-end
+for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
 ";
 
-/// Schedules the next attempt. KEYS: reserved, ready, delayed, jobs, tokens, errors, marker.
-/// ARGV: id, token, run_at, error, now. Returns 1, or 0 when the token is stale.
-const RETRY: &str = r"
-if redis.call('HGET', KEYS[5], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HSET', KEYS[6], ARGV[1], ARGV[4])
-if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then
-  local p = header(redis.call('HGET', KEYS[4], ARGV[1]))
-  redis.call('ZADD', KEYS[2], -p, ARGV[1])
-else
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-end
-arm(KEYS[7])
-return 1
-";
+/// One settle as the SETTLE script takes it: the lease's id and token, the transition, and its
+/// effect jobs with the index of their queue group.
+pub(crate) struct SettleItem<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) transition: &'a Transition,
+    pub(crate) effects: Vec<(usize, &'a NewJob)>,
+}
 
-/// Moves a claimed job to the failed set. KEYS: reserved, tokens, errors, stats, failed,
-/// failed_at. ARGV: id, token, error, now. Returns 1, or 0 when the token is stale.
-const FAIL: &str = r"
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-local seq = redis.call('HINCRBY', KEYS[4], 'failseq', 1)
-redis.call('ZADD', KEYS[5], seq, ARGV[1])
-redis.call('HSET', KEYS[6], ARGV[1], ARGV[4])
-redis.call('HINCRBY', KEYS[4], 'failed_total', 1)
-return 1
-";
-
-/// Hands a claimed job back, claimable at once, its attempt uncounted.
-/// KEYS: reserved, ready, jobs, attempts, tokens, marker. ARGV: id, token.
-const RELEASE: &str = r"
-if redis.call('HGET', KEYS[5], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-if redis.call('HINCRBY', KEYS[4], ARGV[1], -1) < 0 then redis.call('HSET', KEYS[4], ARGV[1], 0) end
-local p = header(redis.call('HGET', KEYS[3], ARGV[1]))
-redis.call('ZADD', KEYS[2], -p, ARGV[1])
-arm(KEYS[6])
-return 1
-";
+/// The settle of `items` of queue `keys`, whose effects go to `groups` (by index).
+pub(crate) fn settle(
+    keys: &QueueKeys,
+    groups: &[QueueKeys],
+    items: &[SettleItem<'_>],
+    now: Millis,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.settle.prepare_invoke();
+    call.key(&keys.reserved)
+        .key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.jobs)
+        .key(&keys.attempts)
+        .key(&keys.tokens)
+        .key(&keys.errors)
+        .key(&keys.stats)
+        .key(&keys.marker)
+        .key(&keys.failed)
+        .key(&keys.failed_at);
+    for group in groups {
+        group_keys(&mut call, group);
+    }
+    call.arg(now);
+    for item in items {
+        let (kind, run_at, error) = match item.transition {
+            Transition::Complete => ("c", now, ""),
+            Transition::Retry { run_at, error } => ("r", *run_at, error.as_str()),
+            Transition::Fail { error } => ("f", now, error.as_str()),
+            Transition::Release { run_at } => ("l", *run_at, ""),
+            // A transition this build does not know: as a release at once, which loses nothing.
+            _ => ("l", now, ""),
+        };
+        call.arg(item.id).arg(item.token).arg(kind).arg(run_at).arg(error);
+        call.arg(item.effects.len());
+        for (group, job) in &item.effects {
+            job_args(&mut call, *group, job);
+        }
+    }
+    call
+}
 
 /// Moves a lease's deadline. KEYS: reserved, tokens. ARGV: id, token, until.
+/// Returns 1, or 0 when the token is stale.
 const EXTEND: &str = r"
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 ";
+
+pub(crate) fn extend(
+    keys: &QueueKeys,
+    id: &str,
+    token: &str,
+    until: Millis,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.extend.prepare_invoke();
+    call.key(&keys.reserved).key(&keys.tokens).arg(id).arg(token).arg(until);
+    call
+}
 
 /// Returns jobs whose lease ran out by ARGV[1] to the ready set (at most ARGV[2] per call),
 /// re-checking each deadline here, atomically. The lost attempt stays counted.
@@ -240,10 +381,29 @@ if #expired > 0 then arm(KEYS[7]) end
 return #expired / 2
 ";
 
-/// The counters at ARGV[1]. KEYS: ready, delayed, reserved, failed, stats.
-/// Returns {ready, due delayed, all delayed, reserved, failed, processed, failed_total}.
+/// Expired leases recovered per script call.
+pub(crate) const RECOVER_LIMIT: usize = 500;
+
+pub(crate) fn recover(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.recover.prepare_invoke();
+    call.key(&keys.reserved)
+        .key(&keys.ready)
+        .key(&keys.jobs)
+        .key(&keys.attempts)
+        .key(&keys.tokens)
+        .key(&keys.errors)
+        .key(&keys.marker)
+        .arg(now)
+        .arg(RECOVER_LIMIT);
+    call
+}
+
+/// The counters at ARGV[1]. KEYS: ready, delayed, reserved, failed, stats, meta.
+/// Returns {ready, due delayed, all delayed, reserved, failed, processed, failed_total, paused}.
 const STATS: &str = r"
 local counters = redis.call('HMGET', KEYS[5], 'processed', 'failed_total')
+local paused = 0
+if redis.call('HGET', KEYS[6], 'paused') == '1' then paused = 1 end
 return {
   redis.call('ZCARD', KEYS[1]),
   redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1]),
@@ -252,8 +412,103 @@ return {
   redis.call('ZCARD', KEYS[4]),
   tonumber(counters[1] or '0'),
   tonumber(counters[2] or '0'),
+  paused,
 }
 ";
+
+pub(crate) fn stats(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.stats.prepare_invoke();
+    call.key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.reserved)
+        .key(&keys.failed)
+        .key(&keys.stats)
+        .key(&keys.meta)
+        .arg(now);
+    call
+}
+
+/// Pauses (ARGV[1] = '1') or resumes a queue. KEYS: meta, marker. Resuming arms the marker, so
+/// idle workers wake and claim.
+const SET_PAUSED: &str = r"
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'paused', '1')
+else
+  redis.call('HDEL', KEYS[1], 'paused')
+  arm(KEYS[2])
+end
+return 1
+";
+
+pub(crate) fn set_paused(keys: &QueueKeys, paused: bool) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.set_paused.prepare_invoke();
+    call.key(&keys.meta).key(&keys.marker).arg(if paused { "1" } else { "0" });
+    call
+}
+
+/// One job by id. KEYS: jobs, ready, delayed, reserved, failed, failed_at, attempts, errors.
+/// ARGV: id. Returns nil when the queue has no such job, else {where ('ready', 'delayed',
+/// 'reserved', 'failed'), record, score in that set, attempts, last error, failed_at}.
+const GET: &str = r"
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return false end
+local where, score = false, false
+local sets = {'ready', 'delayed', 'reserved', 'failed'}
+for i = 1, 4 do
+  score = redis.call('ZSCORE', KEYS[i + 1], ARGV[1])
+  if score then where = sets[i] break end
+end
+if not where then return false end
+return {
+  where, record, score,
+  redis.call('HGET', KEYS[7], ARGV[1]) or false,
+  redis.call('HGET', KEYS[8], ARGV[1]) or false,
+  redis.call('HGET', KEYS[6], ARGV[1]) or false,
+}
+";
+
+pub(crate) fn get(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.get.prepare_invoke();
+    call.key(&keys.jobs)
+        .key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.reserved)
+        .key(&keys.failed)
+        .key(&keys.failed_at)
+        .key(&keys.attempts)
+        .key(&keys.errors)
+        .arg(id);
+    call
+}
+
+/// A page of one of a queue's sorted sets (ready, delayed or reserved) in its order.
+/// KEYS: the set, jobs, attempts, errors. ARGV: first index, last index.
+/// Returns 5 per job: id, score, record, attempts, last error.
+const LIST: &str = r"
+local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
+local out = {}
+for i = 1, #page, 2 do
+  local id = page[i]
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = page[i + 1]
+  out[n + 3] = redis.call('HGET', KEYS[2], id) or false
+  out[n + 4] = redis.call('HGET', KEYS[3], id) or false
+  out[n + 5] = redis.call('HGET', KEYS[4], id) or false
+end
+return out
+";
+
+pub(crate) fn list(
+    keys: &QueueKeys,
+    set: &str,
+    first: u64,
+    last: u64,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.list.prepare_invoke();
+    call.key(set).key(&keys.jobs).key(&keys.attempts).key(&keys.errors).arg(first).arg(last);
+    call
+}
 
 /// Removes up to ARGV[1] pending, then delayed jobs. KEYS: ready, delayed, jobs, attempts,
 /// errors. Returns how many; the caller repeats until fewer than ARGV[1] were removed.
@@ -274,6 +529,29 @@ end
 return removed
 ";
 
+/// Jobs removed per `clear` or `flush` script call, so no call blocks Redis for long.
+pub(crate) const DELETE_LIMIT: usize = 1000;
+
+pub(crate) fn clear(keys: &QueueKeys) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.clear.prepare_invoke();
+    call.key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.jobs)
+        .key(&keys.attempts)
+        .key(&keys.errors)
+        .arg(DELETE_LIMIT);
+    call
+}
+
+/// The keys of a queue's failed set, in the order the failed-set scripts read them.
+fn failed_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
+    call.key(&keys.failed)
+        .key(&keys.failed_at)
+        .key(&keys.jobs)
+        .key(&keys.attempts)
+        .key(&keys.errors);
+}
+
 /// A page of the failed set, oldest first. KEYS: failed, failed_at, jobs, attempts, errors.
 /// ARGV: first index, last index. Returns 5 per job: id, record, attempts, error, failed_at.
 const FAILED_PAGE: &str = r"
@@ -282,17 +560,24 @@ local out = {}
 for _, id in ipairs(ids) do
   local n = #out
   out[n + 1] = id
-  out[n + 2] = redis.call('HGET', KEYS[3], id)
-  out[n + 3] = redis.call('HGET', KEYS[4], id)
-  out[n + 4] = redis.call('HGET', KEYS[5], id)
-  out[n + 5] = redis.call('HGET', KEYS[2], id)
+  out[n + 2] = redis.call('HGET', KEYS[3], id) or false
+  out[n + 3] = redis.call('HGET', KEYS[4], id) or false
+  out[n + 4] = redis.call('HGET', KEYS[5], id) or false
+  out[n + 5] = redis.call('HGET', KEYS[2], id) or false
 end
 return out
 ";
 
+pub(crate) fn failed_page(keys: &QueueKeys, first: u64, last: u64) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.failed_page.prepare_invoke();
+    failed_keys(&mut call, keys);
+    call.arg(first).arg(last);
+    call
+}
+
 /// Moves a failed job back to the ready set with fresh attempts.
 /// KEYS: failed, failed_at, jobs, attempts, errors, ready, marker. ARGV: id.
-/// Returns 1, or 0 when the id is not in the failed set.
+/// Returns 1, or 0 when the id is not in the failed set (so of concurrent callers one wins).
 const RETRY_FAILED: &str = r"
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -305,6 +590,13 @@ arm(KEYS[7])
 return 1
 ";
 
+pub(crate) fn retry_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.retry_failed.prepare_invoke();
+    failed_keys(&mut call, keys);
+    call.key(&keys.ready).key(&keys.marker).arg(id);
+    call
+}
+
 /// Deletes one failed job. KEYS: failed, failed_at, jobs, attempts, errors. ARGV: id.
 /// Returns 1, or 0 when the id is not in the failed set.
 const FORGET_FAILED: &str = r"
@@ -312,6 +604,13 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 for k = 2, 5 do redis.call('HDEL', KEYS[k], ARGV[1]) end
 return 1
 ";
+
+pub(crate) fn forget_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.forget_failed.prepare_invoke();
+    failed_keys(&mut call, keys);
+    call.arg(id);
+    call
+}
 
 /// Deletes up to ARGV[1] failed jobs. KEYS: failed, failed_at, jobs, attempts, errors.
 /// Returns how many; the caller repeats until fewer were deleted.
@@ -323,42 +622,49 @@ end
 return #popped / 2
 ";
 
+pub(crate) fn flush_failed(keys: &QueueKeys) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.flush_failed.prepare_invoke();
+    failed_keys(&mut call, keys);
+    call.arg(DELETE_LIMIT);
+    call
+}
+
 /// Every script, compiled once per process (the SHA is computed here, the load happens on the
 /// first NOSCRIPT answer of each server).
 #[derive(Debug)]
-pub(crate) struct Scripts {
-    pub(crate) push: Script,
-    pub(crate) claim: Script,
-    pub(crate) complete: Script,
-    pub(crate) complete_many: Script,
-    pub(crate) retry: Script,
-    pub(crate) fail: Script,
-    pub(crate) release: Script,
-    pub(crate) extend: Script,
-    pub(crate) recover: Script,
-    pub(crate) stats: Script,
-    pub(crate) clear: Script,
-    pub(crate) failed_page: Script,
-    pub(crate) retry_failed: Script,
-    pub(crate) forget_failed: Script,
-    pub(crate) flush_failed: Script,
+struct Scripts {
+    push: Script,
+    unstore: Script,
+    claim: Script,
+    settle: Script,
+    extend: Script,
+    recover: Script,
+    stats: Script,
+    set_paused: Script,
+    get: Script,
+    list: Script,
+    clear: Script,
+    failed_page: Script,
+    retry_failed: Script,
+    forget_failed: Script,
+    flush_failed: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: with_prelude(PUSH),
+    unstore: Script::new(UNSTORE),
     claim: with_prelude(CLAIM),
-    complete: Script::new(COMPLETE),
-    complete_many: Script::new(COMPLETE_MANY),
-    retry: with_prelude(RETRY),
-    fail: Script::new(FAIL),
-    release: with_prelude(RELEASE),
+    settle: with_prelude(SETTLE),
     extend: Script::new(EXTEND),
     recover: with_prelude(RECOVER),
     stats: Script::new(STATS),
+    set_paused: with_prelude(SET_PAUSED),
+    get: Script::new(GET),
+    list: Script::new(LIST),
     clear: Script::new(CLEAR),
     failed_page: Script::new(FAILED_PAGE),
     retry_failed: with_prelude(RETRY_FAILED),

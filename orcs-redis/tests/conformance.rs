@@ -35,35 +35,30 @@ mod cluster {
 mod redis_driver {
     use std::time::{Duration, Instant};
 
-    use orcs_core::{ClaimRequest, Clock, Driver, Error, NewJob, SystemClock};
+    use orcs_core::{
+        Admin, ClaimRequest, Clock, Driver, Error, FailedQuery, JobState, ListRequest, NewJob,
+        PushOutcome, Settle, SystemClock,
+    };
     use redis::AsyncCommands;
 
     use super::*;
 
     fn job(queue: &str, tag: u64) -> NewJob {
         let now = SystemClock.now();
-        NewJob {
-            id: orcs_core::new_job_id(),
-            name: "PlainJob".to_owned(),
-            queue: queue.to_owned(),
-            payload: format!("{{\"tag\":{tag}}}"),
-            priority: 0,
-            max_retries: 3,
-            retry_delay_ms: 1000,
-            timeout_ms: None,
-            dispatched_at: now,
-            available_at: now,
-        }
+        let mut job = NewJob::new(
+            orcs_core::new_job_id(),
+            "PlainJob",
+            queue,
+            format!("{{\"tag\":{tag}}}"),
+            now,
+        );
+        job.max_retries = 3;
+        job.retry_delay_ms = 1000;
+        job
     }
 
     fn request(queues: &[String], max: usize) -> ClaimRequest<'_> {
-        ClaimRequest {
-            queues,
-            max,
-            now: SystemClock.now(),
-            default_timeout_ms: 60_000,
-            grace_ms: 5_000,
-        }
+        ClaimRequest::new(queues, max, SystemClock.now())
     }
 
     fn names(queues: &[&str]) -> Vec<String> {
@@ -117,7 +112,7 @@ mod redis_driver {
             let claim = driver.claim(&request(&queues, 10)).await.expect("claim");
             let ids: Vec<&str> = claim.jobs.iter().map(|r| r.record.id.as_str()).collect();
             assert_eq!(ids, [good_id.as_str()]);
-            let failed = driver.failed(None).await.expect("failed");
+            let failed = driver.failed(&FailedQuery::new(100)).await.expect("failed");
             let reasons: Vec<(&str, &str)> =
                 failed.iter().map(|f| (f.id.as_str(), f.error.as_str())).collect();
             assert_eq!(reasons.len(), 2, "{reasons:?}");
@@ -134,7 +129,7 @@ mod redis_driver {
         let Some((waiting, dispatcher, _)) = pair(url).await else { return };
         let queues = names(&["high", "low"]);
         let waiter = tokio::spawn(async move {
-            waiting.wait(&queues, Duration::from_secs(10)).await.expect("wait");
+            waiting.wait(&queues, SystemClock.now(), Duration::from_secs(10)).await.expect("wait");
             Instant::now()
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,7 +163,10 @@ mod redis_driver {
             let queues = names(&["default"]);
             for _ in 0..3 {
                 let started = Instant::now();
-                driver.wait(&queues, Duration::from_millis(120)).await.expect("wait");
+                driver
+                    .wait(&queues, SystemClock.now(), Duration::from_millis(120))
+                    .await
+                    .expect("wait");
                 let took = started.elapsed();
                 assert!(
                     took >= Duration::from_millis(115) && took < Duration::from_millis(170),
@@ -187,7 +185,7 @@ mod redis_driver {
             let driver = driver_at(Some(url.clone())).await.expect("a driver");
             let queues = names(&["default"]);
             driver.push(vec![job("default", 0)]).await.expect("push");
-            driver.wait(&queues, Duration::from_millis(20)).await.expect("wait");
+            driver.wait(&queues, SystemClock.now(), Duration::from_millis(20)).await.expect("wait");
             let mut admin = raw(&url).await;
             let _: i64 = redis::cmd("CLIENT")
                 .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
@@ -200,9 +198,13 @@ mod redis_driver {
                 assert!(e.is_transient(), "a dropped connection is transient: {e}");
                 driver.push(vec![job("default", 1)]).await.expect("push after reconnecting");
             }
-            if let Err(e) = driver.wait(&queues, Duration::from_millis(20)).await {
+            if let Err(e) = driver.wait(&queues, SystemClock.now(), Duration::from_millis(20)).await
+            {
                 assert!(e.is_transient(), "a dropped connection is transient: {e}");
-                driver.wait(&queues, Duration::from_millis(20)).await.expect("wait again");
+                driver
+                    .wait(&queues, SystemClock.now(), Duration::from_millis(20))
+                    .await
+                    .expect("wait again");
             }
             let stats = driver.stats("default", SystemClock.now()).await.expect("stats");
             assert_eq!(stats.pending, 2, "no job was lost");
@@ -228,17 +230,154 @@ mod redis_driver {
             let marker: i64 = conn.llen(format!("{{{prefix}:mail}}:marker")).await.expect("llen");
             assert_eq!(marker, 1);
             assert_eq!(driver.queues().await.expect("queues"), ["mail", "other"]);
-            assert!(matches!(
-                driver
-                    .push(vec![NewJob { queue: "mail".to_owned(), ..job("mail", 2) }, {
-                        let mut again = job("mail", 3);
-                        again.id = id.clone();
-                        again
-                    }])
-                    .await,
-                Err(Error::Invalid { what: "job id", .. })
-            ));
-            assert_eq!(driver.stats("mail", SystemClock.now()).await.expect("stats").pending, 1);
+            let mut again = job("mail", 3);
+            again.id = id.clone();
+            let outcomes = driver.push(vec![job("mail", 2), again]).await.expect("push");
+            assert_eq!(outcomes[0], PushOutcome::Stored);
+            assert_eq!(outcomes[1], PushOutcome::Duplicate { id: id.clone() });
+            assert_eq!(driver.stats("mail", SystemClock.now()).await.expect("stats").pending, 2);
+            driver.set_paused("mail", true).await.expect("pause");
+            let paused: String =
+                conn.hget(format!("{{{prefix}:mail}}:meta"), "paused").await.expect("hget");
+            assert_eq!(paused, "1");
+            let version: String =
+                conn.get(format!("{{{prefix}}}:version")).await.expect("get the version");
+            assert_eq!(version, "2");
+            let record: String =
+                conn.hget(format!("{{{prefix}:mail}}:jobs"), &id).await.expect("hget the record");
+            assert!(record.starts_with("v2|7|"), "{record}");
+        });
+    }
+
+    /// A push larger than one script call's limit is stored in chunks, all of it, and claims
+    /// come out in claim order across the chunks.
+    async fn large_push_is_stored_in_chunks(driver: Option<RedisDriver>) {
+        let Some(driver) = driver else { return };
+        assert_eq!(driver.capabilities().atomic_push_limit, Some(1000));
+        let jobs: Vec<NewJob> = (0..2_500).map(|tag| job("bulk", tag)).collect();
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let outcomes = driver.push(jobs).await.expect("push 2,500 jobs");
+        assert_eq!(outcomes.len(), 2_500);
+        assert!(outcomes.iter().all(|o| *o == PushOutcome::Stored), "every job is new");
+        let now = SystemClock.now();
+        assert_eq!(driver.stats("bulk", now).await.expect("stats").pending, 2_500);
+        let queues = names(&["bulk"]);
+        let mut claimed = Vec::new();
+        while claimed.len() < 2_500 {
+            let claim = driver.claim(&request(&queues, 1000)).await.expect("claim");
+            assert!(!claim.jobs.is_empty(), "jobs left unclaimed after {}", claimed.len());
+            claimed.extend(claim.jobs.into_iter().map(|r| r.record.id));
+        }
+        assert_eq!(claimed, ids, "claimed in dispatch order across chunks");
+    }
+
+    #[test]
+    fn large_push_is_stored_in_chunks_on_a_server() {
+        orcs_tests::run(async { large_push_is_stored_in_chunks(single().await).await });
+    }
+
+    #[test]
+    fn large_push_is_stored_in_chunks_on_a_cluster() {
+        orcs_tests::run(async { large_push_is_stored_in_chunks(cluster().await).await });
+    }
+
+    /// More due delayed jobs than one claim call promotes, and a high-priority one due last:
+    /// the first claim still returns the high-priority job.
+    #[test]
+    fn promotion_beyond_one_chunk_keeps_priority() {
+        orcs_tests::run(async {
+            let Some(driver) = single().await else { return };
+            let now = SystemClock.now();
+            let mut jobs: Vec<NewJob> = (0..1_200)
+                .map(|tag| {
+                    let mut low = job("promo", tag);
+                    low.available_at = now + 10 + i64::try_from(tag).expect("small");
+                    low
+                })
+                .collect();
+            let mut high = job("promo", 9_999);
+            high.priority = 10;
+            high.available_at = now + 5_000;
+            let high_id = high.id.clone();
+            jobs.push(high);
+            driver.push(jobs).await.expect("push");
+            let queues = names(&["promo"]);
+            let mut req = ClaimRequest::new(&queues, 1, now + 10_000);
+            req.default_timeout_ms = 1_000;
+            let claim = driver.claim(&req).await.expect("claim");
+            assert_eq!(claim.jobs.len(), 1);
+            assert_eq!(claim.jobs[0].record.id, high_id);
+            let stats = driver.stats("promo", now + 10_000).await.expect("stats");
+            assert_eq!((stats.pending, stats.delayed, stats.reserved), (1_200, 0, 1));
+        });
+    }
+
+    /// On a cluster, a settle whose effect enqueues on a queue in another slot is refused as
+    /// unsupported and changes nothing; an effect on the job's own queue is stored.
+    #[test]
+    fn cross_slot_effects_are_unsupported_on_a_cluster() {
+        orcs_tests::run(async {
+            let Some(driver) = cluster().await else { return };
+            assert!(!driver.capabilities().cross_queue_atomic);
+            driver.push(vec![job("a", 0), job("a", 1)]).await.expect("push");
+            let queues = names(&["a"]);
+            let claim = driver.claim(&request(&queues, 2)).await.expect("claim");
+            let [first, second] = &claim.jobs[..] else { panic!("two jobs claimed") };
+            // Find a queue in another slot than `a` (most are).
+            let other = (0..100)
+                .map(|n| format!("other{n}"))
+                .find(|q| {
+                    let slot = |q: &str| {
+                        redis::cluster_routing::Slot::for_key(format!(
+                            "{{{}:{q}}}:ready",
+                            driver.config().prefix()
+                        ))
+                    };
+                    slot(q) != slot("a")
+                })
+                .expect("a queue in another slot");
+            let settle = Settle::complete(first.lease.clone()).enqueue([job(&other, 2)]);
+            let err = driver.settle_one(settle, SystemClock.now()).await.expect_err("cross slot");
+            assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+            assert!(err.to_string().contains("standalone Redis"), "{err}");
+            let now = SystemClock.now();
+            assert_eq!(driver.stats("a", now).await.expect("stats").reserved, 2, "nothing changed");
+            assert_eq!(driver.stats(&other, now).await.expect("stats").pending, 0);
+            let settle = Settle::complete(second.lease.clone()).enqueue([job("a", 3)]);
+            driver.settle_one(settle, now).await.expect("an effect on the own queue");
+            let stats = driver.stats("a", now).await.expect("stats");
+            assert_eq!((stats.pending, stats.reserved, stats.processed), (1, 1, 1));
+        });
+    }
+
+    /// Pages of pending jobs in claim order, and `get` in every state.
+    #[test]
+    fn list_pages_and_get_follow_the_job() {
+        orcs_tests::run(async {
+            let Some(driver) = single().await else { return };
+            let jobs: Vec<NewJob> = (0..5).map(|tag| job("pages", tag)).collect();
+            let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+            driver.push(jobs).await.expect("push");
+            let now = SystemClock.now();
+            let page = driver
+                .list(&ListRequest::new("pages", JobState::Pending, 2).offset(2), now)
+                .await
+                .expect("list");
+            let listed: Vec<&str> = page.iter().map(|i| i.job.id.as_str()).collect();
+            assert_eq!(listed, [ids[2].as_str(), ids[3].as_str()]);
+            let info = driver.get(&ids[0], now).await.expect("get").expect("exists");
+            assert_eq!((info.state, info.attempts), (JobState::Pending, 0));
+            let queues = names(&["pages"]);
+            let claim = driver.claim(&request(&queues, 1)).await.expect("claim");
+            let lease = claim.jobs[0].lease.clone();
+            let info = driver.get(&ids[0], now).await.expect("get").expect("exists");
+            assert_eq!(info.state, JobState::Reserved);
+            assert_eq!(info.lease_expires_at, Some(lease.expires_at));
+            driver.settle_one(Settle::fail(lease, "boom"), now).await.expect("fail");
+            let info = driver.get(&ids[0], now).await.expect("get").expect("exists");
+            assert_eq!((info.state, info.last_error.as_deref()), (JobState::Failed, Some("boom")));
+            assert!(driver.get("nope", now).await.expect("get").is_none());
+            assert!(driver.server_time().await.expect("TIME").is_some());
         });
     }
 }

@@ -17,7 +17,7 @@ const SECRET: &str = "hunter2";
 /// The ACL rule the README gives for the key prefix `prefix`.
 fn acl_rule(prefix: &str) -> String {
     format!(
-        "resetkeys ~{{{prefix}:* ~{{{prefix}}}:* resetchannels -@all +@read +@write +@scripting +@connection -@dangerous"
+        "resetkeys ~{{{prefix}:* ~{{{prefix}}}:* resetchannels -@all +@read +@write +@scripting +@connection -@dangerous +time"
     )
 }
 
@@ -72,18 +72,9 @@ mod acl {
 
 fn job(queue: &str) -> NewJob {
     let now = orcs_core::Clock::now(&orcs_core::SystemClock);
-    NewJob {
-        id: orcs_core::new_job_id(),
-        name: "PlainJob".to_owned(),
-        queue: queue.to_owned(),
-        payload: "{}".to_owned(),
-        priority: 0,
-        max_retries: 0,
-        retry_delay_ms: 1000,
-        timeout_ms: None,
-        dispatched_at: now,
-        available_at: now,
-    }
+    let mut job = NewJob::new(orcs_core::new_job_id(), "PlainJob", queue, "{}", now);
+    job.retry_delay_ms = 1000;
+    job
 }
 
 #[tokio::test]
@@ -105,8 +96,31 @@ async fn the_acl_user_is_really_restricted() {
     };
     let text = format!("{err}");
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(!err.is_transient(), "a missing permission repeats until someone acts: {err:?}");
     assert!(text.contains("lacks a permission") && text.contains("ACL"), "{text}");
     assert!(!text.contains(SECRET), "the password leaked: {text}");
+}
+
+/// A denied command inside the driver's own use (here TIME, once the rule leaves it out) is a
+/// permanent error too, as is a denied key on a working connection: the worker must not retry
+/// it forever as if Redis were away.
+#[tokio::test]
+async fn denied_keys_and_commands_are_permanent_errors() {
+    let Some(host) = acl_server() else { return };
+    let url = format!("redis://{host}");
+    let mut args = vec!["ACL", "SETUSER", "notime", "on", ">hunter2"];
+    let rule = acl_rule("orcs-acl").replace("~{orcs-acl:* ~{orcs-acl}:*", "~{orcs-acl*");
+    let rule = rule.replace(" +time", " -time");
+    args.extend(rule.split(' '));
+    admin(&url, &args).expect("ACL SETUSER");
+    let config = RedisConfig::from_url(&format!("redis://notime:{SECRET}@{host}"))
+        .expect("a valid URL")
+        .with_prefix(unique_name("orcs-acl"));
+    let driver = RedisDriver::connect(config).await.expect("the restricted user connects");
+    driver.push(vec![job("default")]).await.expect("its own keys are allowed");
+    let err = driver.server_time().await.expect_err("TIME is denied");
+    assert!(matches!(err, Error::Backend { transient: false, .. }), "{err:?}");
+    assert!(err.to_string().contains("lacks a permission"), "{err}");
 }
 
 #[test]
@@ -303,7 +317,7 @@ mod tls {
             .with_prefix(unique_name("orcs-tls"));
         let driver = RedisDriver::connect(config).await.expect("connect without checking");
         driver.push(vec![job("default")]).await.expect("a dispatch over TLS");
-        assert_eq!(driver.stats("default", 0).await.expect("stats").pending, 1);
+        assert_eq!(orcs_core::Admin::stats(&driver, "default", 0).await.expect("stats").pending, 1);
     }
 
     #[test]

@@ -1167,7 +1167,11 @@ pub async fn push_reports_duplicates_per_job(driver: BoxDriver) {
         "a running job holds its id"
     );
     let ids = queue.dispatch_records(vec![a.clone()]).await.expect("dispatch");
-    assert_eq!(ids, [a.id.clone()], "dispatch answers the id of the job that holds it");
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&a.id),
+        "dispatch answers the id of the job that holds it"
+    );
     check_stats(&queue, "default", (0, 0, 1, 1, 0, 1), "nothing changed").await;
 }
 
@@ -1382,10 +1386,10 @@ pub async fn list_and_failed_are_paged_in_order(driver: BoxDriver) {
         [held[0].record.id.clone(), held[1].record.id.clone(), other.record.id.clone()]
     );
     let second = ids(queue.failed_jobs(&FailedQuery::new(1).offset(1)).await.expect("failed"));
-    assert_eq!(second, [held[1].record.id.clone()]);
+    assert_eq!(second, std::slice::from_ref(&held[1].record.id));
     let of_other =
         ids(queue.failed_jobs(&FailedQuery::new(10).queue("other")).await.expect("failed"));
-    assert_eq!(of_other, [other.record.id.clone()]);
+    assert_eq!(of_other, std::slice::from_ref(&other.record.id));
 }
 
 /// Promoting due delayed jobs never lets a lower-priority job overtake a higher one, even with
