@@ -5,8 +5,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::DriverKind;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use orcs_core::DriverKind;
 
 const AFTER_HELP: &str = "\
 Configuration, strongest first: flags, then the environment (QUEUE_DRIVER, QUEUE_DEFAULT,
@@ -165,10 +165,19 @@ pub(crate) struct FailedArgs {
     /// Only the failed jobs of this queue
     #[arg(long, value_name = "Q")]
     pub(crate) queue: Option<String>,
-    /// Print a JSON array
+    /// Show at most this many failed jobs, oldest first
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAILED_LIMIT, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) limit: u64,
+    /// Skip this many of the oldest failed jobs first (the next page starts at offset + limit)
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_offset, allow_negative_numbers = true)]
+    pub(crate) offset: u64,
+    /// Print the page as a JSON array
     #[arg(long)]
     pub(crate) json: bool,
 }
+
+/// `queue:failed`'s page size unless `--limit` says otherwise.
+pub(crate) const DEFAULT_FAILED_LIMIT: u64 = 100;
 
 #[derive(Debug, Args)]
 pub(crate) struct RetryArgs {
@@ -208,6 +217,16 @@ fn parse_max_jobs(text: &str) -> Result<u64, String> {
     parse_count(text, u64::MAX, "use e.g. 100, or leave --max-jobs out for no limit")
 }
 
+fn parse_limit(text: &str) -> Result<u64, String> {
+    parse_count(text, u64::MAX, "use a whole number such as 100, and --offset to page on")
+}
+
+fn parse_offset(text: &str) -> Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| {
+        format!("{text:?} is not a whole number of 0 or more; use e.g. 100 to skip the first 100")
+    })
+}
+
 fn parse_concurrency(text: &str) -> Result<u64, String> {
     parse_count(text, MAX_CONCURRENCY, "use a whole number from 1 to 100000, e.g. 16")
 }
@@ -223,7 +242,7 @@ fn parse_count(text: &str, max: u64, advice: &str) -> Result<u64, String> {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    orcs_core::config::parse_seconds(text)
+    crate::config::parse_seconds(text)
 }
 
 #[cfg(test)]
@@ -242,5 +261,8 @@ mod tests {
         assert!(parse_concurrency("100001").unwrap_err().contains("from 1 to 100000"));
         assert!(parse_max_jobs("-3").unwrap_err().contains("\"-3\" is not a whole number"));
         assert!(parse_max_jobs("many").unwrap_err().contains("for no limit"));
+        assert_eq!(parse_offset("0"), Ok(0));
+        assert!(parse_offset("-1").unwrap_err().contains("\"-1\" is not a whole number of 0"));
+        assert!(parse_limit("0").unwrap_err().contains("--offset to page on"));
     }
 }

@@ -4,9 +4,8 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, Result};
-use orcs_core::config::parse_queue_list;
 use orcs_core::{
-    Config, DispatchOptions, DriverKind, Error, Outcome, Queue, Worker, WorkerEvent,
+    DispatchOptions, Error, FailedJob, FailedQuery, MAX_PAGE, Outcome, Queue, Worker, WorkerEvent,
     validate_queue_name,
 };
 use serde_json::json;
@@ -14,6 +13,7 @@ use serde_json::json;
 use crate::cli::{
     ClearArgs, Cli, Command, DispatchArgs, FailedArgs, ForgetArgs, RetryArgs, StatsArgs, WorkArgs,
 };
+use crate::config::{Config, DriverKind, MAX_PAYLOAD_BYTES_VAR, parse_queue_list};
 use crate::connect::{connect, database_url, redis_url};
 use crate::output::{self, utc};
 use crate::{App, usage};
@@ -199,8 +199,8 @@ async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
     let summary = worker.run().await?;
     if !quiet {
         let line = format!(
-            "orcs worker stopped: {} done, {} retried, {} failed, {} released",
-            summary.done, summary.retried, summary.failed, summary.released
+            "orcs worker stopped: {} done, {} retried, {} failed, {} released, {} deferred",
+            summary.done, summary.retried, summary.failed, summary.released, summary.deferred
         );
         if json { eprintln!("{line}") } else { println!("{line}") }
     }
@@ -241,7 +241,8 @@ async fn connect_worker(ctx: &Ctx<'_>) -> Result<Option<Queue>> {
     }
 }
 
-/// One line per finished attempt: time, job name, id, duration, DONE/FAIL/RETRY.
+/// One line per finished attempt: time, job name, id, duration, DONE/RETRY/FAIL/RELEASED/DEFER/LOST.
+/// In JSON, `retry_at` is when a retried or deferred job becomes claimable again.
 fn print_event(event: &WorkerEvent, json: bool) {
     let now = orcs_core::millis(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
@@ -249,6 +250,7 @@ fn print_event(event: &WorkerEvent, json: bool) {
     let (error, retry_at) = match &event.outcome {
         Outcome::Retry { at, error } => (Some(error.as_str()), Some(*at)),
         Outcome::Failed { error } => (Some(error.as_str()), None),
+        Outcome::Deferred { at } => (None, Some(*at)),
         _ => (None, None),
     };
     let mut out = std::io::stdout().lock();
@@ -282,7 +284,12 @@ fn print_event(event: &WorkerEvent, json: bool) {
             (Some(error), None) => {
                 format!("  attempt {}: {}", event.attempt, output::one_line(error, 120))
             }
-            _ => String::new(),
+            // A deferred job's type is not registered in this binary: say so, so that a rolling
+            // deploy's old worker is not mistaken for a broken job.
+            (None, Some(at)) => {
+                format!("  job type not registered in this worker; handed back until {}", utc(at))
+            }
+            (None, None) => String::new(),
         };
         writeln!(
             out,
@@ -415,20 +422,24 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
         let batch = (args.count - stored).min(DISPATCH_BATCH);
         let records = (0..batch)
             .map(|_| queue.untyped_record(&args.job, payload.clone(), defaults, &options))
-            .collect::<orcs_core::Result<Vec<_>>>()?;
-        if let (Some(head), Some(tail)) = (records.first(), records.last()) {
+            .collect::<orcs_core::Result<Vec<_>>>()
+            .map_err(|e| in_cli_terms(e, &args.job, payload.len(), &ctx.config))?;
+        if let Some(head) = records.first() {
             target.clone_from(&head.queue);
-            if stored == 0 {
-                first.clone_from(&head.id);
-            }
-            last.clone_from(&tail.id);
         }
-        if args.json {
-            ids.extend(records.iter().map(|r| r.id.clone()));
-        }
-        queue.dispatch_records(records).await.with_context(|| {
+        // The driver answers each record's id: its own, or an existing job's for a duplicate.
+        let stored_ids = queue.dispatch_records(records).await.with_context(|| {
             format!("dispatching failed after {stored} of {} jobs were stored", args.count)
         })?;
+        if let (Some(head), Some(tail)) = (stored_ids.first(), stored_ids.last()) {
+            if stored == 0 {
+                first.clone_from(head);
+            }
+            last.clone_from(tail);
+        }
+        if args.json {
+            ids.extend(stored_ids);
+        }
         stored += batch;
     }
 
@@ -442,20 +453,112 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A dispatch error re-described for the command line: the library's payload-limit error names
+/// the Rust setter (`Queue::with_max_payload_bytes`), while here the limit comes from the
+/// environment or the config file, so name those instead.
+fn in_cli_terms(error: Error, job: &str, bytes: usize, config: &Config) -> anyhow::Error {
+    match error {
+        Error::Invalid { what: "payload", .. } => {
+            let file = config.file.as_deref().map_or_else(
+                || crate::config::DEFAULT_CONFIG_FILE.to_owned(),
+                |path| path.display().to_string(),
+            );
+            Error::invalid(
+                "payload",
+                format!(
+                    "job {job} serializes to {bytes} bytes, over the limit of {} bytes; pass a \
+                     reference (an id or URL) instead of the data, or raise the limit with \
+                     {MAX_PAYLOAD_BYTES_VAR} or max_payload_bytes in {file}",
+                    config.max_payload_bytes
+                ),
+            )
+            .into()
+        }
+        other => other.into(),
+    }
+}
+
 async fn failed(ctx: &Ctx<'_>, args: FailedArgs) -> Result<()> {
     if let Some(name) = &args.queue {
         validate_queue_name(name).context("--queue")?;
     }
     let queue = ctx.queue().await?;
-    let jobs = queue.failed_jobs(args.queue.as_deref()).await?;
+    let filter = args.queue.as_deref();
+    let jobs = failed_page(&queue, filter, args.offset, args.limit).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
-    } else if jobs.is_empty() {
-        println!("no failed jobs");
-    } else {
-        print!("{}", output::failed_table(&jobs));
+        return Ok(());
     }
+    let shown = jobs.len() as u64;
+    let end = args.offset.saturating_add(shown);
+    // A short page that shows something ends the set, so the total is known without counting;
+    // otherwise the stats count it (and a failure meanwhile cannot make it less than shown).
+    let total = if shown < args.limit && (shown > 0 || args.offset == 0) {
+        end
+    } else {
+        failed_count(&queue, filter).await?.max(if shown > 0 { end } else { 0 })
+    };
+    let of = match filter {
+        Some(name) => format!("{total} in queue {name}"),
+        None => total.to_string(),
+    };
+    if total == 0 {
+        match filter {
+            Some(name) => println!("no failed jobs in queue {name}"),
+            None => println!("no failed jobs"),
+        }
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        println!(
+            "no failed jobs at offset {}: there are {of}; use an --offset below {total}",
+            args.offset
+        );
+        return Ok(());
+    }
+    print!("{}", output::failed_table(&jobs));
+    println!("{}", output::page_footer(args.offset, shown, total, &of, args.limit));
     Ok(())
+}
+
+/// `limit` failed jobs from `offset` on, oldest first, in as many calls as the drivers' page cap
+/// ([`MAX_PAGE`]) needs.
+async fn failed_page(
+    queue: &Queue,
+    filter: Option<&str>,
+    offset: u64,
+    limit: u64,
+) -> orcs_core::Result<Vec<FailedJob>> {
+    let mut jobs = Vec::new();
+    loop {
+        let remaining = limit.saturating_sub(jobs.len() as u64);
+        if remaining == 0 {
+            return Ok(jobs);
+        }
+        let ask = usize::try_from(remaining).unwrap_or(usize::MAX).min(MAX_PAGE);
+        let mut query = FailedQuery::new(ask).offset(offset.saturating_add(jobs.len() as u64));
+        if let Some(name) = filter {
+            query = query.queue(name);
+        }
+        let page = queue.failed_jobs(&query).await?;
+        let last = page.len() < ask;
+        jobs.extend(page);
+        if last {
+            return Ok(jobs);
+        }
+    }
+}
+
+/// How many failed jobs there are: in one queue, or summed over every queue.
+async fn failed_count(queue: &Queue, filter: Option<&str>) -> orcs_core::Result<u64> {
+    if let Some(name) = filter {
+        return Ok(queue.stats(name).await?.failed);
+    }
+    let mut total = 0;
+    for name in queue.driver().queues().await? {
+        total += queue.stats(&name).await?.failed;
+    }
+    Ok(total)
 }
 
 async fn retry(ctx: &Ctx<'_>, args: RetryArgs) -> Result<()> {

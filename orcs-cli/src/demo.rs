@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use orcs_core::{Config, DispatchOptions, DriverKind, Outcome, Queue, QueueStats, Worker};
+use orcs_core::{DispatchOptions, Outcome, Queue, QueueStats, Worker};
 use tokio::sync::Notify;
 
+use crate::config::{Config, DriverKind};
 use crate::connect::connect;
 use crate::examples::{
     GenerateReportJob, ImageOperation, ProcessImageJob, SendEmailJob, SendWelcomeEmailJob, Simulate,
@@ -306,13 +307,10 @@ mod tests {
     fn compare_names_each_difference() {
         let mut expected = Expected::default();
         expected.add("emails", 2, 1, 0);
-        let after = [QueueStats {
-            queue: "emails".into(),
-            processed: 2,
-            failed: 0,
-            failed_total: 1,
-            ..QueueStats::default()
-        }];
+        let mut emails = QueueStats::new("emails");
+        emails.processed = 2;
+        emails.failed_total = 1;
+        let after = [emails];
         let problems = compare(&expected, &BTreeMap::new(), &after);
         assert_eq!(problems, ["emails failed is 0, expected 1"]);
     }

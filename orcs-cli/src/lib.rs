@@ -64,8 +64,9 @@
 //! `QUEUE_WORKER_MAX_JOBS`, `QUEUE_MAX_PAYLOAD_BYTES`, `REDIS_URL`, `REDIS_PREFIX`,
 //! `REDIS_CA_CERT`, `DATABASE_URL`; a `.env` file in the
 //! working directory is read first and never overrides the real environment), then the config
-//! file (`--config FILE`, else `config/queue.toml` if it exists), then the defaults. The file is
-//! the TOML twin of the seed's `config/queue.js`:
+//! file (`--config FILE`, else `config/queue.toml` if it exists), then the defaults. [`Config`]
+//! resolves all but the flags and builds each driver's settings; the file is the TOML twin of the
+//! seed's `config/queue.js`:
 //!
 //! ```toml
 //! driver = "redis"            # memory (default), redis or database
@@ -99,6 +100,7 @@
 mod bench;
 mod cli;
 mod commands;
+pub mod config;
 mod connect;
 mod demo;
 pub mod examples;
@@ -111,6 +113,7 @@ use std::process::ExitCode;
 
 use orcs_core::{Job, Registry};
 
+pub use config::{Config, DriverKind};
 pub use connect::{QueueFromEnv, REDIS_PREFIX, connect, database_url, redis_prefix, redis_url};
 
 /// Checks that a JSON payload decodes into one registered job type.

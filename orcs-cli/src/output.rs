@@ -113,6 +113,26 @@ pub(crate) fn failed_table(jobs: &[FailedJob]) -> String {
     )
 }
 
+/// The line under a page of `queue:failed`: which of how many failed jobs (`of`: `250`, or `250
+/// in queue images`) are shown, and the flags for the next page when there is one.
+pub(crate) fn page_footer(offset: u64, shown: u64, total: u64, of: &str, limit: u64) -> String {
+    let end = offset + shown;
+    let mut line = if shown == 1 {
+        format!("showing failed job {end} of {of}")
+    } else {
+        format!("showing failed jobs {}-{end} of {of}", offset + 1)
+    };
+    if end < total {
+        let limit = if limit == crate::cli::DEFAULT_FAILED_LIMIT {
+            String::new()
+        } else {
+            format!(" --limit {limit}")
+        };
+        let _ = write!(line, "; see the next page with --offset {end}{limit}");
+    }
+    line
+}
+
 /// The first line of `text`, at most `max` characters, marked with `...` when cut.
 pub(crate) fn one_line(text: &str, max: usize) -> String {
     let first = text.lines().next().unwrap_or("");
@@ -139,6 +159,20 @@ mod tests {
     fn tables_align_numbers_right() {
         let text = table(&["queue", "n"], &[vec!["emails".into(), "12".into()]], &[false, true]);
         assert_eq!(text, "queue    n\nemails  12\n");
+    }
+
+    #[test]
+    fn page_footers_say_how_to_see_more() {
+        assert_eq!(page_footer(0, 3, 3, "3", 100), "showing failed jobs 1-3 of 3");
+        assert_eq!(page_footer(4, 1, 5, "5", 2), "showing failed job 5 of 5");
+        assert_eq!(
+            page_footer(0, 100, 250, "250", 100),
+            "showing failed jobs 1-100 of 250; see the next page with --offset 100"
+        );
+        assert_eq!(
+            page_footer(10, 5, 30, "30 in queue q", 5),
+            "showing failed jobs 11-15 of 30 in queue q; see the next page with --offset 15 --limit 5"
+        );
     }
 
     #[test]

@@ -65,8 +65,7 @@ mod worker;
 
 pub use backoff::retry_delay;
 pub use clock::{Clock, ManualClock, Millis, SystemClock, millis};
-pub use config::{Config, DriverKind};
-pub use driver::{BoxDriver, Driver};
+pub use driver::{Admin, BoxDriver, Driver};
 pub use error::{BoxError, Error, Result};
 pub use id::new_job_id;
 pub use job::{Job, JobContext, JobError, JobErrorKind};
@@ -74,7 +73,11 @@ pub use queue::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, DispatchOptions, JobDefaults, MAX_QUEUE_NAME_LEN,
     Queue, validate_queue_name,
 };
-pub use record::{Claim, ClaimRequest, FailedJob, JobRecord, Lease, NewJob, QueueStats, Reserved};
+pub use record::{
+    Capabilities, Claim, ClaimRequest, Effects, FailedJob, FailedQuery, JobInfo, JobRecord,
+    JobState, Lease, ListRequest, MAX_PAGE, NewJob, PushOutcome, QueueStats, Reserved, Settle,
+    Transition,
+};
 pub use registry::Registry;
 pub use worker::{
     Outcome, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerSummary, shutdown_signal,

@@ -9,7 +9,9 @@ use crate::driver::{BoxDriver, Driver};
 use crate::error::{Error, Result};
 use crate::id::new_job_id;
 use crate::job::Job;
-use crate::record::{FailedJob, NewJob, QueueStats};
+use crate::record::{
+    FailedJob, FailedQuery, JobInfo, ListRequest, NewJob, PushOutcome, QueueStats,
+};
 
 /// The queue used when neither the job nor the configuration names one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -17,6 +19,9 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// The default limit on a job's serialized payload: 512 KiB. Jobs should carry references
 /// (ids, URLs), not the data itself; every byte is stored, claimed and parsed on each attempt.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+
+/// How many failed jobs [`Queue::retry_all_failed`] reads per call.
+const PAGE: usize = 500;
 
 /// Longest accepted queue name, in bytes.
 pub const MAX_QUEUE_NAME_LEN: usize = 128;
@@ -211,9 +216,8 @@ impl Queue {
     /// As [`Queue::dispatch`].
     pub async fn dispatch_with<J: Job>(&self, job: J, options: DispatchOptions) -> Result<String> {
         let record = self.record(&job, &options, self.now())?;
-        let id = record.id.clone();
-        self.driver.push(vec![record]).await?;
-        Ok(id)
+        let mut ids = self.dispatch_records(vec![record]).await?;
+        Ok(ids.pop().unwrap_or_default())
     }
 
     /// Dispatches many jobs in one atomic batch (one round trip); returns their ids in order.
@@ -241,23 +245,43 @@ impl Queue {
             .into_iter()
             .map(|job| self.record(&job, &options, now))
             .collect::<Result<Vec<_>>>()?;
-        let ids = records.iter().map(|r| r.id.clone()).collect();
-        self.dispatch_records(records).await?;
-        Ok(ids)
+        self.dispatch_records(records).await
     }
 
-    /// Dispatches prepared records as one atomic batch (used by the CLI, whose jobs are untyped).
+    /// Dispatches prepared records as one atomic batch (used by the CLI, whose jobs are untyped);
+    /// returns, per record, the id of the job that holds it: its own, or the existing job's when
+    /// the id was already taken.
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad queue name, or a backend error.
-    pub async fn dispatch_records(&self, records: Vec<NewJob>) -> Result<()> {
+    pub async fn dispatch_records(&self, records: Vec<NewJob>) -> Result<Vec<String>> {
         for record in &records {
             validate_queue_name(&record.queue)?;
         }
         if records.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.driver.push(records).await
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let outcomes = self.driver.push(records).await?;
+        if outcomes.len() != ids.len() {
+            return Err(Error::invalid(
+                "push outcome",
+                format!(
+                    "the {} driver answered {} outcomes for {} jobs; this is a driver bug",
+                    self.driver.name(),
+                    outcomes.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        Ok(ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(own, outcome)| match outcome {
+                PushOutcome::Duplicate { id } => id,
+                _ => own,
+            })
+            .collect())
     }
 
     /// Builds the stored record of an untyped job: what [`Queue::dispatch_with`] does for a typed one.
@@ -276,8 +300,8 @@ impl Queue {
                 "payload",
                 format!(
                     "job {name} serializes to {} bytes, over the limit of {} bytes; pass a reference \
-                     (an id or URL) instead of the data, or raise the limit (QUEUE_MAX_PAYLOAD_BYTES, \
-                     max_payload_bytes in config/queue.toml, or Queue::with_max_payload_bytes)",
+                     (an id or URL) instead of the data, or raise the limit with \
+                     Queue::with_max_payload_bytes",
                     payload.len(),
                     self.max_payload_bytes
                 ),
@@ -293,24 +317,17 @@ impl Queue {
         });
         validate_queue_name(&queue)?;
         let delay = options.delay.map_or(0, millis);
-        Ok(NewJob {
-            id: new_job_id(),
-            name: name.to_owned(),
-            queue,
-            payload,
-            priority: options.priority.unwrap_or(defaults.priority),
-            max_retries: options.max_retries.unwrap_or(defaults.max_retries),
-            retry_delay_ms: u64::try_from(millis(
-                options.retry_delay.unwrap_or(defaults.retry_delay),
-            ))
-            .unwrap_or(0),
-            timeout_ms: options
-                .timeout
-                .or(defaults.timeout)
-                .map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX)),
-            dispatched_at: now,
-            available_at: now.saturating_add(delay),
-        })
+        let mut job = NewJob::new(new_job_id(), name, queue, payload, now);
+        job.priority = options.priority.unwrap_or(defaults.priority);
+        job.max_retries = options.max_retries.unwrap_or(defaults.max_retries);
+        job.retry_delay_ms =
+            u64::try_from(millis(options.retry_delay.unwrap_or(defaults.retry_delay))).unwrap_or(0);
+        job.timeout_ms = options
+            .timeout
+            .or(defaults.timeout)
+            .map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX));
+        job.available_at = now.saturating_add(delay);
+        Ok(job)
     }
 
     fn record<J: Job>(
@@ -342,12 +359,60 @@ impl Queue {
         self.driver.clear(queue, self.now()).await
     }
 
-    /// The failed set, optionally for one queue.
+    /// A page of the failed set, oldest first.
     ///
     /// # Errors
     /// A backend error.
-    pub async fn failed_jobs(&self, queue: Option<&str>) -> Result<Vec<FailedJob>> {
-        self.driver.failed(queue).await
+    pub async fn failed_jobs(&self, query: &FailedQuery) -> Result<Vec<FailedJob>> {
+        self.driver.failed(query).await
+    }
+
+    /// One job by id, in whatever state it is.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn get(&self, id: &str) -> Result<Option<JobInfo>> {
+        self.driver.get(id, self.now()).await
+    }
+
+    /// A page of one queue's pending, delayed or reserved jobs.
+    ///
+    /// # Errors
+    /// A backend error, or [`Error::Invalid`] for the failed state.
+    pub async fn list(&self, request: &ListRequest) -> Result<Vec<JobInfo>> {
+        self.driver.list(request, self.now()).await
+    }
+
+    /// How far this queue's clock is ahead of the backend's, in milliseconds (negative: behind);
+    /// `None` for a backend without a clock of its own. Leases are judged by the workers' clocks,
+    /// so a skew near the lease grace lets workers recover each other's live jobs.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn clock_skew(&self) -> Result<Option<i64>> {
+        let before = self.now();
+        let Some(server) = self.driver.server_time().await? else { return Ok(None) };
+        let after = self.now();
+        // The server read its clock somewhere within the round trip: compare with the middle.
+        Ok(Some(before + (after - before) / 2 - server))
+    }
+
+    /// Pauses a queue: every worker skips it from its next claim until it is resumed.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad queue name, or a backend error.
+    pub async fn pause(&self, queue: &str) -> Result<()> {
+        validate_queue_name(queue)?;
+        self.driver.set_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue and wakes idle workers.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad queue name, or a backend error.
+    pub async fn resume(&self, queue: &str) -> Result<()> {
+        validate_queue_name(queue)?;
+        self.driver.set_paused(queue, false).await
     }
 
     /// Puts a failed job back on its queue with fresh attempts.
@@ -364,15 +429,25 @@ impl Queue {
     /// A backend error.
     pub async fn retry_all_failed(&self, queue: Option<&str>) -> Result<u64> {
         let mut count = 0;
-        for job in self.driver.failed(queue).await? {
-            match self.driver.retry_failed(&job.id, self.now()).await {
-                Ok(()) => count += 1,
-                // Another process retried or forgot it meanwhile.
-                Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+        // Retried jobs leave the set, so each round reads the first page again. Jobs another
+        // process retried or forgot meanwhile answer NotFound; a round that retried nothing ends
+        // the loop, so jobs failing meanwhile cannot keep it going forever.
+        let mut query = FailedQuery::new(PAGE);
+        query.queue = queue.map(str::to_owned);
+        loop {
+            let page = self.driver.failed(&query).await?;
+            let before = count;
+            for job in &page {
+                match self.driver.retry_failed(&job.id, self.now()).await {
+                    Ok(()) => count += 1,
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if page.len() < PAGE || count == before {
+                return Ok(count);
             }
         }
-        Ok(count)
     }
 }
 
