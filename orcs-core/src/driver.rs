@@ -14,7 +14,7 @@ use crate::record::{
     NewJob, PushOutcome, QueueStats, Settle,
 };
 
-/// A driver chosen at run time (`QUEUE_DRIVER`).
+/// A driver chosen at run time (the `orcs` command picks one from its configuration).
 pub type BoxDriver = Arc<dyn Driver>;
 
 /// A queue backend's hot path: stores job records and moves them through their lifecycle.

@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// No job (or failed job) with this id exists.
-    #[error("job {id} not found: check the id with `orcs queue:failed` or `orcs queue:stats`")]
+    #[error("job {id} not found: it finished or was removed, or the id is wrong")]
     NotFound {
         /// The id that was looked up.
         id: String,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The registry key, stored with every job: keep it stable across deploys.
     const NAME: &'static str;
-    /// The queue the job goes to; empty means the queue's default (`QUEUE_DEFAULT`, else `default`).
+    /// The queue the job goes to; empty means the queue's default ([`crate::Queue::with_default_queue`], else `default`).
     const QUEUE: &'static str = "";
     /// Higher runs first among ready jobs of a queue.
     const PRIORITY: i32 = 0;
@@ -23,7 +23,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const MAX_RETRIES: u32 = 3;
     /// The backoff base: attempt n is retried after `RETRY_DELAY * 2^(n-1)`.
     const RETRY_DELAY: Duration = Duration::from_secs(60);
-    /// The time limit of one attempt; `None` takes the worker's `--timeout` (60 s by default).
+    /// The time limit of one attempt; `None` takes the worker's default ([`crate::Worker::timeout`], 60 s).
     const TIMEOUT: Option<Duration> = None;
 
     /// Runs the job.

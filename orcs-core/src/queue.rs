@@ -27,7 +27,7 @@ const PAGE: usize = 500;
 pub const MAX_QUEUE_NAME_LEN: usize = 128;
 
 /// Checks a queue name: non-empty, at most [`MAX_QUEUE_NAME_LEN`] bytes, printable, without
-/// whitespace, commas or braces (commas separate `--queue` lists; braces would break Redis hash tags).
+/// whitespace, commas or braces (commas separate queue lists; braces would break Redis hash tags).
 ///
 /// # Errors
 /// [`Error::Invalid`] naming the problem.
@@ -155,7 +155,7 @@ impl Queue {
         self
     }
 
-    /// Sets the queue for jobs whose type names none (`QUEUE_DEFAULT`).
+    /// Sets the queue for jobs whose type names none.
     ///
     /// # Errors
     /// [`Error::Invalid`] if the name is not a valid queue name.

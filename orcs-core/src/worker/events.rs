@@ -35,7 +35,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The short label printed by `queue:work`: DONE, RETRY, FAIL, RELEASED, DEFER or LOST.
+    /// A short label for logs: DONE, RETRY, FAIL, RELEASED, DEFER or LOST.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Done => "DONE",

@@ -183,7 +183,7 @@ impl Worker {
         Runner::new(self.queue, self.registry, self.options, self.on_event)
     }
 
-    /// Claims one ready job and runs it to its end (`queue:work --once`); `None` if none was ready.
+    /// Claims one ready job and runs it to its end; `None` if none was ready.
     /// Expired leases are recovered first. Never waits for a job.
     ///
     /// # Errors
