@@ -1,15 +1,19 @@
-//! What the two backends share: helpers, and the operations whose code is the same for both,
-//! written once in [`common_ops!`] and expanded in each backend module against its own sqlx types.
+//! What the two backends share: helpers, error classification, row decoding, and the operations
+//! whose code is the same for both, written once in [`common_ops!`] and expanded in each backend
+//! module against its own sqlx types.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::borrow::Cow;
 
-use orcs_core::{Clock, Error, Millis, SystemClock};
+use orcs_core::{Error, FailedJob, JobInfo, JobRecord, JobState, Lease, Millis, NewJob, Reserved};
+use sqlx::Row;
 use tokio::sync::Notify;
+
+use crate::sql::{DELAYED, READY, RESERVED};
 
 /// The driver name in errors.
 pub(crate) const DRIVER: &str = "database";
 
-/// Jobs per `INSERT` statement: 10 parameters each stays far below both backends' limits.
+/// Jobs per `INSERT` statement: 11 parameters each stays far below both backends' limits.
 pub(crate) const INSERT_CHUNK: usize = 500;
 
 /// Durations are stored as signed milliseconds; anything longer than a century is a century, so
@@ -21,39 +25,54 @@ const MAX_DURATION_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 pub(crate) struct Shared {
     /// Wakes this process's idle workers when a job may have become ready.
     pub(crate) wake: Notify,
-    /// The caller's clock minus the system clock at the last claim. `wait` has no `now` argument,
-    /// so it checks for ready jobs at the time the workers' clock would show.
-    clock_offset: AtomicI64,
 }
 
-impl Shared {
-    pub(crate) fn observe_now(&self, now: Millis) {
-        self.clock_offset.store(now.saturating_sub(SystemClock.now()), Ordering::Relaxed);
-    }
-
-    pub(crate) fn estimated_now(&self) -> Millis {
-        SystemClock.now().saturating_add(self.clock_offset.load(Ordering::Relaxed))
-    }
-}
-
+/// A backend error, classified: transient when trying again later may succeed.
 pub(crate) fn backend(error: sqlx::Error) -> Error {
-    Error::backend(DRIVER, error)
+    if is_transient(&error) {
+        Error::backend(DRIVER, error)
+    } else {
+        Error::backend_permanent(DRIVER, error)
+    }
+}
+
+/// Connection trouble, pool exhaustion, server shutdown or overload, serialization failures,
+/// deadlocks and busy locks pass; schema, permission, syntax, constraint and decoding errors
+/// repeat until someone acts.
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or(Cow::Borrowed(""));
+            if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                transient_sqlstate(&code)
+            } else {
+                // SQLite: the primary result code is the low byte of an extended one.
+                code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATEs that pass: class 08 (connection), 40001/40P01 (serialization,
+/// deadlock), 57P01-57P03 (shutdown, cannot connect now), class 53 (resources), 55P03 (lock not
+/// available).
+pub(crate) fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03")
 }
 
 /// Statements slower than this are logged at debug level, not sqlx's default warning: workers
 /// contending for one queue wait on each other's locks by design, and a warning per wait (with
 /// the whole SQL) is noise on a worker's stderr.
 pub(crate) const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A unique violation on insert means a job id is taken; anything else is a backend failure.
-pub(crate) fn insert_error(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            Error::invalid("job id", "an id in the batch is already in use; let orcs make ids")
-        }
-        _ => backend(error),
-    }
-}
 
 pub(crate) fn duration_ms(ms: u64) -> i64 {
     i64::try_from(ms.min(MAX_DURATION_MS)).expect("a century of milliseconds fits in i64")
@@ -68,9 +87,165 @@ pub(crate) fn unsigned<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, S
     T::try_from(value).map_err(|_| format!("column {column} holds {value}, out of range"))
 }
 
+/// The `state` a new job is stored in: delayed when dispatched with a delay (a claim promotes
+/// it once due), else ready. A push has no `now`; the job's own dispatch time stands in.
+pub(crate) fn initial_state(job: &NewJob) -> i32 {
+    if job.available_at > job.dispatched_at { DELAYED } else { READY }
+}
+
+/// A page size within [`orcs_core::MAX_PAGE`] and an offset, as SQL integers.
+pub(crate) fn page(limit: usize, offset: u64) -> (i64, i64) {
+    let limit = limit.min(orcs_core::MAX_PAGE);
+    (i64::try_from(limit).unwrap_or(0), i64::try_from(offset).unwrap_or(i64::MAX))
+}
+
+fn text<R: Row>(row: &R, i: usize) -> Result<String, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get::<String, _>(i).map_err(|e| e.to_string())
+}
+
+fn int<R: Row>(row: &R, i: usize) -> Result<i64, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get::<i64, _>(i).map_err(|e| e.to_string())
+}
+
+/// The row types of both backends decode the same column types.
+pub(crate) trait DbRow: Row
+where
+    usize: sqlx::ColumnIndex<Self>,
+{
+    fn get_text(&self, i: usize) -> Result<String, String>;
+    fn get_opt_text(&self, i: usize) -> Result<Option<String>, String>;
+    fn get_int(&self, i: usize) -> Result<i64, String>;
+    fn get_opt_int(&self, i: usize) -> Result<Option<i64>, String>;
+    fn get_i32(&self, i: usize) -> Result<i32, String>;
+}
+
+macro_rules! impl_db_row {
+    ($row:ty) => {
+        impl DbRow for $row {
+            fn get_text(&self, i: usize) -> Result<String, String> {
+                text(self, i)
+            }
+            fn get_opt_text(&self, i: usize) -> Result<Option<String>, String> {
+                self.try_get::<Option<String>, _>(i).map_err(|e| e.to_string())
+            }
+            fn get_int(&self, i: usize) -> Result<i64, String> {
+                int(self, i)
+            }
+            fn get_opt_int(&self, i: usize) -> Result<Option<i64>, String> {
+                self.try_get::<Option<i64>, _>(i).map_err(|e| e.to_string())
+            }
+            fn get_i32(&self, i: usize) -> Result<i32, String> {
+                self.try_get::<i32, _>(i).map_err(|e| e.to_string())
+            }
+        }
+    };
+}
+
+impl_db_row!(sqlx::postgres::PgRow);
+impl_db_row!(sqlx::sqlite::SqliteRow);
+
+/// Reads a claimed row (the claim's `RETURNING` columns); an error names what is wrong with it.
+pub(crate) fn decode_claimed<R: DbRow>(row: &R) -> Result<Reserved, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let id = row.get_text(0)?;
+    let queue = row.get_text(2)?;
+    let mut record = JobRecord::default();
+    record.id.clone_from(&id);
+    record.name = row.get_text(1)?;
+    record.queue.clone_from(&queue);
+    record.payload = row.get_text(3)?;
+    record.priority = row.get_i32(4)?;
+    record.attempt = unsigned("attempts", row.get_int(5)?)?;
+    record.max_retries = unsigned("max_retries", row.get_int(6)?)?;
+    record.retry_delay_ms = unsigned("retry_delay_ms", row.get_int(7)?)?;
+    record.timeout_ms = row.get_opt_int(8)?.map(|t| unsigned("timeout_ms", t)).transpose()?;
+    record.dispatched_at = row.get_int(9)?;
+    record.last_error = row.get_opt_text(10)?;
+    let lease = Lease::new(id, queue, row.get_text(12)?, row.get_int(11)?);
+    Ok(Reserved::new(record, lease))
+}
+
+/// The stored job of a row whose first ten columns are id, queue, name, payload, priority,
+/// attempts, max_retries, retry_delay_ms, timeout_ms, dispatched_at; with its attempt count.
+fn decode_job<R: DbRow>(row: &R) -> Result<(NewJob, u32), String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let dispatched_at = row.get_int(9)?;
+    let mut job = NewJob::new(
+        row.get_text(0)?,
+        row.get_text(2)?,
+        row.get_text(1)?,
+        row.get_text(3)?,
+        dispatched_at,
+    );
+    job.priority = row.get_i32(4)?;
+    job.max_retries = unsigned("max_retries", row.get_int(6)?)?;
+    job.retry_delay_ms = unsigned("retry_delay_ms", row.get_int(7)?)?;
+    job.timeout_ms = row.get_opt_int(8)?.map(|t| unsigned("timeout_ms", t)).transpose()?;
+    // The count is shown, not acted on: a damaged one (the reason a claim moved the job to the
+    // failed set) must not hide the job from the admin surface.
+    let attempts = u32::try_from(row.get_int(5)?.max(0)).unwrap_or(u32::MAX);
+    Ok((job, attempts))
+}
+
+/// Reads a row of [`crate::sql::INFO_COLUMNS`] at `now`.
+pub(crate) fn decode_info<R: DbRow>(row: &R, now: Millis) -> Result<JobInfo, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let (mut job, attempts) = decode_job(row)?;
+    job.available_at = row.get_int(10)?;
+    let reserved_until = row.get_opt_int(11)?;
+    let state = match row.get_i32(12)? {
+        READY => JobState::Pending,
+        DELAYED if job.available_at <= now => JobState::Pending,
+        DELAYED => JobState::Delayed,
+        RESERVED => JobState::Reserved,
+        other => return Err(format!("column state holds {other}, not 0, 1 or 2")),
+    };
+    let mut info = JobInfo::new(job, state, attempts);
+    info.last_error = row.get_opt_text(13)?;
+    if state == JobState::Reserved {
+        info.lease_expires_at = reserved_until;
+    }
+    Ok(info)
+}
+
+/// Reads a row of [`crate::sql::FAILED_COLUMNS`]: the failed-set entry and its job.
+pub(crate) fn decode_failed<R: DbRow>(row: &R) -> Result<(FailedJob, JobInfo), String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let (job, attempts) = decode_job(row)?;
+    let error = row.get_text(10)?;
+    let failed_at = row.get_int(11)?;
+    let failed = FailedJob::new(&job, attempts, error.clone(), failed_at);
+    let mut info = JobInfo::new(job, JobState::Failed, attempts);
+    info.last_error = Some(error);
+    info.failed_at = Some(failed_at);
+    Ok((failed, info))
+}
+
+/// A row that does not decode is a permanent backend error naming what is wrong.
+pub(crate) fn unreadable(reason: String) -> Error {
+    Error::backend_permanent(DRIVER, format!("unreadable row: {reason}"))
+}
+
 /// The statements and helpers both backends run the same way. Expanded inside a backend module
-/// that defines `Db`, `DbRow`, `begin(conn)`, and a `Store` with `writer()` (the connection
-/// writes go through), `reader()` (a pool for reads), `announce()` and `fail_leased()`.
+/// that defines `Db`, `Conn`, `begin(conn)`, and a `Store` with `sql`, `shared`, `writer()`
+/// (the connection writes go through), `reader()` (a pool for reads) and
+/// `notify_in(conn, queues)` (announces to other processes, inside the caller's transaction).
 macro_rules! common_ops {
     () => {
         fn q(sql: &::std::sync::Arc<str>) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
@@ -81,59 +256,100 @@ macro_rules! common_ops {
             sqlx::query(sqlx::AssertSqlSafe(sql))
         }
 
-        /// Reads a claimed row; an error names what is wrong with it.
-        fn decode_claimed(row: &DbRow) -> ::std::result::Result<orcs_core::Reserved, String> {
+        /// What one settle did, when its token matched: the queues that gained a ready job.
+        type Settled = ::std::result::Result<Vec<String>, orcs_core::Error>;
+
+        /// Brings the tables up to [`crate::sql::LATEST_VERSION`] on `conn`, inside the caller's
+        /// transaction, which holds the setup lock: each migration runs once, however many
+        /// drivers start together. Expects `table_exists(conn, name)` and `NOW_MS` (the
+        /// database's clock in milliseconds, as SQL) from the backend module.
+        async fn migrate(conn: &mut Conn, sql: &$crate::sql::Sql) -> orcs_core::Result<()> {
             use sqlx::Row;
-            use $crate::common::unsigned;
-            let text = |i: usize| -> ::std::result::Result<String, String> {
-                row.try_get::<String, _>(i).map_err(|e| e.to_string())
-            };
-            let int = |i: usize| -> ::std::result::Result<i64, String> {
-                row.try_get::<i64, _>(i).map_err(|e| e.to_string())
-            };
-            let id = text(0)?;
-            let queue = text(2)?;
-            let timeout_ms = row.try_get::<Option<i64>, _>(8).map_err(|e| e.to_string())?;
-            let record = orcs_core::JobRecord {
-                id: id.clone(),
-                name: text(1)?,
-                queue: queue.clone(),
-                payload: text(3)?,
-                priority: row.try_get::<i32, _>(4).map_err(|e| e.to_string())?,
-                attempt: unsigned("attempts", int(5)?)?,
-                max_retries: unsigned("max_retries", int(6)?)?,
-                retry_delay_ms: unsigned("retry_delay_ms", int(7)?)?,
-                timeout_ms: timeout_ms.map(|t| unsigned("timeout_ms", t)).transpose()?,
-                dispatched_at: int(9)?,
-                last_error: row.try_get::<Option<String>, _>(10).map_err(|e| e.to_string())?,
-            };
-            let lease = orcs_core::Lease { id, queue, token: text(12)?, expires_at: int(11)? };
-            Ok(orcs_core::Reserved { record, lease })
+            use $crate::common::{backend, DRIVER};
+            use $crate::sql::LATEST_VERSION;
+            let migrations_name = format!("{}_migrations", sql.jobs_name);
+            let had_jobs = table_exists(conn, &sql.jobs_name).await?;
+            let had_migrations = table_exists(conn, &migrations_name).await?;
+            dynamic(sql.create_migrations.clone()).execute(&mut *conn).await.map_err(backend)?;
+            let current: i64 = dynamic(format!(
+                "SELECT COALESCE(MAX(version), 0) FROM {}",
+                sql.migrations_table
+            ))
+            .fetch_one(&mut *conn)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(backend)?;
+            if current > LATEST_VERSION {
+                return Err(orcs_core::Error::Version {
+                    driver: DRIVER,
+                    message: format!(
+                        "the tables of {} are at storage version {current}, written by a newer \
+                         orcs; this build knows versions up to {LATEST_VERSION}: upgrade the \
+                         workers, or use other tables (DatabaseConfig::with_jobs_table)",
+                        sql.jobs
+                    ),
+                });
+            }
+            if current == 0 && had_jobs && !had_migrations {
+                // Made by the previous release (no migrations table): it is version 1 if it has
+                // that release's columns, and is upgraded in place; anything else is not orcs's.
+                if let Err(e) = dynamic(sql.legacy_shape.clone()).execute(&mut *conn).await {
+                    return Err(orcs_core::Error::Version {
+                        driver: DRIVER,
+                        message: format!(
+                            "the table {} exists but is not an orcs jobs table ({e}): drop or \
+                             rename it, or name another table (DatabaseConfig::with_jobs_table)",
+                            sql.jobs
+                        ),
+                    });
+                }
+            }
+            for migration in sql.migrations.iter().filter(|m| m.version > current) {
+                for statement in &migration.statements {
+                    dynamic(statement.clone()).execute(&mut *conn).await.map_err(backend)?;
+                }
+                dynamic(format!(
+                    "INSERT INTO {} (version, applied_at) VALUES ($1, {NOW_MS})",
+                    sql.migrations_table
+                ))
+                .bind(migration.version)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+                tracing::info!(version = migration.version, tables = %sql.jobs, "applied a storage migration");
+            }
+            Ok(())
         }
 
         impl Store {
-            pub(crate) async fn push(&self, jobs: Vec<orcs_core::NewJob>) -> orcs_core::Result<()> {
+            /// Stores `jobs` on `conn` (inside the caller's transaction): one outcome per job. An
+            /// id in the failed set, already stored, or earlier in `jobs` is a duplicate.
+            async fn insert_jobs(
+                &self,
+                conn: &mut Conn,
+                jobs: &[orcs_core::NewJob],
+            ) -> orcs_core::Result<(Vec<orcs_core::PushOutcome>, Vec<String>)> {
+                use ::std::collections::HashSet;
                 use sqlx::Row;
-                use $crate::common::{backend, duration_ms, insert_error, INSERT_CHUNK};
-                if jobs.is_empty() {
-                    return Ok(());
-                }
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
+                use $crate::common::{backend, duration_ms, initial_state, INSERT_CHUNK};
+                let mut taken: HashSet<String> = HashSet::new();
                 for chunk in jobs.chunks(INSERT_CHUNK) {
                     let mut query = dynamic(self.sql.failed_ids(chunk.len()));
                     for job in chunk {
                         query = query.bind(job.id.clone());
                     }
-                    if let Some(row) = query.fetch_optional(&mut *tx).await.map_err(backend)? {
-                        let id: String = row.try_get(0).map_err(backend)?;
-                        return Err(orcs_core::Error::invalid(
-                            "job id",
-                            format!("{id} is already in use; let orcs make ids"),
-                        ));
+                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                        taken.insert(row.try_get::<String, _>(0).map_err(backend)?);
                     }
                 }
-                for chunk in jobs.chunks(INSERT_CHUNK) {
+                // The first of several jobs with one id is the one stored.
+                let mut seen: HashSet<&str> = HashSet::new();
+                let fresh: Vec<&orcs_core::NewJob> = jobs
+                    .iter()
+                    .filter(|job| !taken.contains(&job.id) && seen.insert(job.id.as_str()))
+                    .collect();
+                let mut stored: HashSet<String> = HashSet::new();
+                for chunk in fresh.chunks(INSERT_CHUNK) {
                     let mut query = dynamic(self.sql.insert(chunk.len()));
                     for job in chunk {
                         query = query
@@ -146,36 +362,84 @@ macro_rules! common_ops {
                             .bind(duration_ms(job.retry_delay_ms))
                             .bind(job.timeout_ms.map(duration_ms))
                             .bind(job.dispatched_at)
-                            .bind(job.available_at);
+                            .bind(job.available_at)
+                            .bind(initial_state(job));
                     }
-                    query.execute(&mut *tx).await.map_err(insert_error)?;
+                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                        stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
+                    }
                 }
-                tx.commit().await.map_err(backend)?;
-                // Hand the connection back before announcing, which may need one of its own.
-                drop(conn);
-                let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-                queues.sort_unstable();
-                queues.dedup();
-                self.announce(&queues).await
+                let mut queues = Vec::new();
+                let outcomes = jobs
+                    .iter()
+                    .map(|job| {
+                        // `remove`: a later job with the same id is a duplicate of this one.
+                        if stored.remove(&job.id) {
+                            if !queues.contains(&job.queue) {
+                                queues.push(job.queue.clone());
+                            }
+                            orcs_core::PushOutcome::Stored
+                        } else {
+                            orcs_core::PushOutcome::Duplicate { id: job.id.clone() }
+                        }
+                    })
+                    .collect();
+                Ok((outcomes, queues))
             }
 
-            pub(crate) async fn claim(
+            pub(crate) async fn push(
                 &self,
+                jobs: Vec<orcs_core::NewJob>,
+            ) -> orcs_core::Result<Vec<orcs_core::PushOutcome>> {
+                use $crate::common::backend;
+                if jobs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
+                let (outcomes, queues) = self.insert_jobs(&mut tx, &jobs).await?;
+                self.notify_in(&mut tx, &queues).await?;
+                tx.commit().await.map_err(backend)?;
+                drop(conn);
+                if !queues.is_empty() {
+                    self.shared.wake.notify_waiters();
+                }
+                Ok(outcomes)
+            }
+
+            /// Claims on `conn` from each queue in turn: promotes the queue's due delayed jobs,
+            /// then takes the best ready ones. Returns the claim and the rows that could not be
+            /// read (id, token, reason).
+            async fn claim_on(
+                &self,
+                conn: &mut Conn,
                 req: &orcs_core::ClaimRequest<'_>,
-            ) -> orcs_core::Result<orcs_core::Claim> {
+            ) -> orcs_core::Result<(orcs_core::Claim, Vec<(Option<String>, Option<String>, String)>)> {
                 use sqlx::Row;
-                use $crate::common::{backend, duration_ms};
-                self.shared.observe_now(req.now);
+                use $crate::common::{backend, decode_claimed, duration_ms};
+                use $crate::sql::PROMOTE_CHUNK;
                 let mut claim = orcs_core::Claim::default();
                 // One token prefix per call; each job's token adds its id, so tokens are unique
                 // per job and per claim.
                 let batch = format!("{}:", orcs_core::new_job_id());
-                let mut conn = self.writer().await?;
                 let mut unreadable = Vec::new();
                 for queue in req.queues {
                     let want = req.max.saturating_sub(claim.jobs.len());
                     if want == 0 {
                         break;
+                    }
+                    // Every due job is promoted before the claim picks, so a due job of higher
+                    // priority is never passed over; each job is promoted once.
+                    loop {
+                        let done = q(&self.sql.promote)
+                            .bind(queue.clone())
+                            .bind(req.now)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(backend)?;
+                        if done.rows_affected() < PROMOTE_CHUNK {
+                            break;
+                        }
                     }
                     let rows = q(&self.sql.claim)
                         .bind(queue.clone())
@@ -217,71 +481,156 @@ macro_rules! common_ops {
                     let row = query.fetch_one(&mut *conn).await.map_err(backend)?;
                     claim.next_due = row.try_get::<Option<i64>, _>(0).map_err(backend)?;
                 }
-                drop(conn);
-                for (id, token, reason) in unreadable {
-                    self.fail_unreadable(id, token, &reason, req.now).await?;
-                }
-                Ok(claim)
+                Ok((claim, unreadable))
             }
 
-            /// A claimed row that cannot be read goes to the failed set with the reason instead
-            /// of stopping the worker or coming back forever.
+            /// Claimed rows that cannot be read go to the failed set with the reason instead of
+            /// stopping the worker or coming back forever.
             async fn fail_unreadable(
                 &self,
-                id: Option<String>,
-                token: Option<String>,
-                reason: &str,
+                unreadable: Vec<(Option<String>, Option<String>, String)>,
                 now: orcs_core::Millis,
             ) -> orcs_core::Result<()> {
-                let (Some(id), Some(token)) = (id, token) else {
-                    tracing::error!(%reason, "a claimed job row is unreadable, even its id");
-                    return Ok(());
-                };
-                tracing::error!(job = %id, %reason, "a claimed job row is unreadable; moving it to the failed set");
-                let lease = orcs_core::Lease { id, queue: String::new(), token, expires_at: now };
-                let error = format!("unreadable job record: {reason}");
-                match self.fail_leased(&lease, &error, now).await {
-                    Ok(()) | Err(orcs_core::Error::LeaseLost { .. }) => Ok(()),
-                    Err(e) => Err(e),
+                for (id, token, reason) in unreadable {
+                    let (Some(id), Some(token)) = (id, token) else {
+                        tracing::error!(%reason, "a claimed job row is unreadable, even its id");
+                        continue;
+                    };
+                    tracing::error!(job = %id, %reason, "a claimed job row is unreadable; moving it to the failed set");
+                    let lease = orcs_core::Lease::new(id, String::new(), token, now);
+                    let error = format!("unreadable job record: {reason}");
+                    match self.settle_each(&[orcs_core::Settle::fail(lease, error)], now).await {
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
+                Ok(())
             }
 
-            pub(crate) async fn retry(
+            /// Applies one settle on `conn` (inside the caller's transaction). The outer error is
+            /// a backend failure (the transaction must be abandoned); the inner one a lost lease,
+            /// which changed nothing.
+            async fn settle_on(
                 &self,
-                lease: &orcs_core::Lease,
-                run_at: orcs_core::Millis,
-                error: &str,
-            ) -> orcs_core::Result<()> {
-                let done = q(&self.sql.retry)
-                    .bind(lease.id.clone())
-                    .bind(lease.token.clone())
-                    .bind(run_at)
-                    .bind(error.to_owned())
-                    .execute(&mut *self.writer().await?)
-                    .await
-                    .map_err($crate::common::backend)?;
-                if done.rows_affected() == 0 {
-                    return Err(orcs_core::Error::LeaseLost { id: lease.id.clone() });
-                }
-                self.announce(&[lease.queue.as_str()]).await
-            }
-
-            pub(crate) async fn release(
-                &self,
-                lease: &orcs_core::Lease,
+                conn: &mut Conn,
+                item: &orcs_core::Settle,
                 now: orcs_core::Millis,
-            ) -> orcs_core::Result<()> {
-                let done = q(&self.sql.release)
-                    .bind(lease.id.clone())
-                    .bind(lease.token.clone())
-                    .bind(now)
-                    .execute(&mut *self.writer().await?)
-                    .await
-                    .map_err($crate::common::backend)?;
-                if done.rows_affected() == 0 {
-                    return Err(orcs_core::Error::LeaseLost { id: lease.id.clone() });
+            ) -> orcs_core::Result<Settled> {
+                use sqlx::Row;
+                use orcs_core::Transition;
+                use $crate::common::backend;
+                let lease = &item.lease;
+                let lost = || Ok(Err(orcs_core::Error::LeaseLost { id: lease.id.clone() }));
+                let mut ready = Vec::new();
+                match &item.transition {
+                    Transition::Complete => {
+                        let Some(row) = q(&self.sql.delete_leased)
+                            .bind(lease.id.clone())
+                            .bind(lease.token.clone())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(backend)?
+                        else {
+                            return lost();
+                        };
+                        let queue: String = row.try_get(0).map_err(backend)?;
+                        q(&self.sql.count_processed).bind(queue).execute(&mut *conn).await.map_err(backend)?;
+                    }
+                    Transition::Retry { run_at, error } => {
+                        let Some(row) = q(&self.sql.retry)
+                            .bind(lease.id.clone())
+                            .bind(lease.token.clone())
+                            .bind(*run_at)
+                            .bind(error.clone())
+                            .bind(now)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(backend)?
+                        else {
+                            return lost();
+                        };
+                        if *run_at <= now {
+                            ready.push(row.try_get::<String, _>(0).map_err(backend)?);
+                        }
+                    }
+                    Transition::Release { run_at } => {
+                        let Some(row) = q(&self.sql.release)
+                            .bind(lease.id.clone())
+                            .bind(lease.token.clone())
+                            .bind(*run_at)
+                            .bind(now)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(backend)?
+                        else {
+                            return lost();
+                        };
+                        if *run_at <= now {
+                            ready.push(row.try_get::<String, _>(0).map_err(backend)?);
+                        }
+                    }
+                    Transition::Fail { error } => {
+                        let Some(row) = q(&self.sql.copy_to_failed)
+                            .bind(lease.id.clone())
+                            .bind(lease.token.clone())
+                            .bind(error.clone())
+                            .bind(now)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(backend)?
+                        else {
+                            return lost();
+                        };
+                        let queue: String = row.try_get(0).map_err(backend)?;
+                        q(&self.sql.delete_job).bind(lease.id.clone()).execute(&mut *conn).await.map_err(backend)?;
+                        q(&self.sql.count_failed).bind(queue).execute(&mut *conn).await.map_err(backend)?;
+                    }
+                    other => {
+                        return Ok(Err(orcs_core::Error::unsupported(
+                            $crate::common::DRIVER,
+                            format!("the transition {other:?}; upgrade orcs-database"),
+                        )));
+                    }
                 }
-                self.announce(&[lease.queue.as_str()]).await
+                if !item.effects.enqueue.is_empty() {
+                    let (_, queues) = self.insert_jobs(conn, &item.effects.enqueue).await?;
+                    ready.extend(queues);
+                }
+                Ok(Ok(ready))
+            }
+
+            /// Settles a batch in one transaction, each item token-checked on its own. A backend
+            /// failure rolls the whole batch back and is every item's answer.
+            async fn settle_each(
+                &self,
+                batch: &[orcs_core::Settle],
+                now: orcs_core::Millis,
+            ) -> orcs_core::Result<Vec<orcs_core::Result<()>>> {
+                use $crate::common::backend;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
+                let mut results = Vec::with_capacity(batch.len());
+                let mut ready: Vec<String> = Vec::new();
+                for item in batch {
+                    match self.settle_on(&mut tx, item, now).await? {
+                        Ok(queues) => {
+                            for queue in queues {
+                                if !ready.contains(&queue) {
+                                    ready.push(queue);
+                                }
+                            }
+                            results.push(Ok(()));
+                        }
+                        Err(e) => results.push(Err(e)),
+                    }
+                }
+                self.notify_in(&mut tx, &ready).await?;
+                tx.commit().await.map_err(backend)?;
+                drop(conn);
+                if !ready.is_empty() {
+                    self.shared.wake.notify_waiters();
+                }
+                Ok(results)
             }
 
             pub(crate) async fn extend(
@@ -299,7 +648,9 @@ macro_rules! common_ops {
                 if done.rows_affected() == 0 {
                     return Err(orcs_core::Error::LeaseLost { id: lease.id.clone() });
                 }
-                Ok(orcs_core::Lease { expires_at: until, ..lease.clone() })
+                let mut extended = lease.clone();
+                extended.expires_at = until;
+                Ok(extended)
             }
 
             pub(crate) async fn recover(
@@ -307,6 +658,8 @@ macro_rules! common_ops {
                 queues: &[String],
                 now: orcs_core::Millis,
             ) -> orcs_core::Result<u64> {
+                use sqlx::Row;
+                use $crate::common::backend;
                 if queues.is_empty() {
                     return Ok(0);
                 }
@@ -314,29 +667,41 @@ macro_rules! common_ops {
                 for queue in queues {
                     query = query.bind(queue.clone());
                 }
-                let done =
-                    query.execute(&mut *self.writer().await?).await.map_err($crate::common::backend)?;
-                let recovered = done.rows_affected();
-                if recovered > 0 {
-                    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
-                    self.announce(&names).await?;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
+                let rows = query.fetch_all(&mut *tx).await.map_err(backend)?;
+                let mut ready: Vec<String> = Vec::new();
+                for row in &rows {
+                    let queue: String = row.try_get(0).map_err(backend)?;
+                    if !ready.contains(&queue) {
+                        ready.push(queue);
+                    }
                 }
-                Ok(recovered)
+                self.notify_in(&mut tx, &ready).await?;
+                tx.commit().await.map_err(backend)?;
+                drop(conn);
+                if !rows.is_empty() {
+                    self.shared.wake.notify_waiters();
+                }
+                Ok(rows.len() as u64)
             }
 
-            /// Whether one of `queues` has a ready job at the workers' estimated time.
-            async fn any_ready(&self, queues: &[String]) -> orcs_core::Result<bool> {
+            /// Whether one of `queues` has a claimable job at `now`.
+            async fn any_ready(
+                &self,
+                queues: &[String],
+                now: orcs_core::Millis,
+            ) -> orcs_core::Result<bool> {
+                use sqlx::Row;
                 if queues.is_empty() {
                     return Ok(false);
                 }
-                let mut query =
-                    dynamic(self.sql.any_ready(queues.len())).bind(self.shared.estimated_now());
+                let mut query = dynamic(self.sql.any_ready(queues.len())).bind(now);
                 for queue in queues {
                     query = query.bind(queue.clone());
                 }
-                let row =
-                    query.fetch_optional(self.reader()).await.map_err($crate::common::backend)?;
-                Ok(row.is_some())
+                let row = query.fetch_one(self.reader()).await.map_err($crate::common::backend)?;
+                Ok(row.try_get::<i32, _>(0).map_err($crate::common::backend)? != 0)
             }
 
             pub(crate) async fn stats(
@@ -353,15 +718,15 @@ macro_rules! common_ops {
                     .await
                     .map_err(backend)?;
                 let get = |i: usize| row.try_get::<i64, _>(i).map(count).map_err(backend);
-                Ok(orcs_core::QueueStats {
-                    queue: queue.to_owned(),
-                    pending: get(0)?,
-                    delayed: get(1)?,
-                    reserved: get(2)?,
-                    failed: get(3)?,
-                    processed: get(4)?,
-                    failed_total: get(5)?,
-                })
+                let mut stats = orcs_core::QueueStats::new(queue);
+                stats.pending = get(0)?;
+                stats.delayed = get(1)?;
+                stats.reserved = get(2)?;
+                stats.failed = get(3)?;
+                stats.processed = get(4)?;
+                stats.failed_total = get(5)?;
+                stats.paused = row.try_get::<bool, _>(6).map_err(backend)?;
+                Ok(stats)
             }
 
             pub(crate) async fn queues(&self) -> orcs_core::Result<Vec<String>> {
@@ -380,6 +745,61 @@ macro_rules! common_ops {
                 Ok(names)
             }
 
+            pub(crate) async fn get(
+                &self,
+                id: &str,
+                now: orcs_core::Millis,
+            ) -> orcs_core::Result<Option<orcs_core::JobInfo>> {
+                use $crate::common::{backend, decode_failed, decode_info, unreadable};
+                if let Some(row) = q(&self.sql.get_job)
+                    .bind(id.to_owned())
+                    .fetch_optional(self.reader())
+                    .await
+                    .map_err(backend)?
+                {
+                    return decode_info(&row, now).map(Some).map_err(unreadable);
+                }
+                // Not live: it may have failed (a job moves from one table to the other in one
+                // transaction, so it is in one of them unless it completed in between).
+                let row = q(&self.sql.get_failed)
+                    .bind(id.to_owned())
+                    .fetch_optional(self.reader())
+                    .await
+                    .map_err(backend)?;
+                row.map(|row| decode_failed(&row).map(|(_, info)| info))
+                    .transpose()
+                    .map_err(unreadable)
+            }
+
+            pub(crate) async fn list(
+                &self,
+                req: &orcs_core::ListRequest,
+                now: orcs_core::Millis,
+            ) -> orcs_core::Result<Vec<orcs_core::JobInfo>> {
+                use orcs_core::JobState;
+                use $crate::common::{backend, decode_info, page, unreadable};
+                let sql = match req.state {
+                    JobState::Pending => &self.sql.list_pending,
+                    JobState::Delayed => &self.sql.list_delayed,
+                    JobState::Reserved => &self.sql.list_reserved,
+                    _ => {
+                        return Err(orcs_core::Error::invalid(
+                            "job state",
+                            "failed jobs are listed by `failed` (orcs queue:failed), not `list`",
+                        ));
+                    }
+                };
+                let (limit, offset) = page(req.limit, req.offset);
+                let rows = q(sql)
+                    .bind(req.queue.clone())
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(|row| decode_info(row, now).map_err(unreadable)).collect()
+            }
+
             pub(crate) async fn clear(&self, queue: &str) -> orcs_core::Result<u64> {
                 use $crate::common::backend;
                 let mut conn = self.writer().await?;
@@ -393,37 +813,26 @@ macro_rules! common_ops {
                 let done =
                     q(&self.sql.clear).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
-                // Hand the connection back before announcing, which may need one of its own.
-                drop(conn);
                 Ok(done.rows_affected())
             }
 
             pub(crate) async fn failed(
                 &self,
-                queue: Option<&str>,
+                query: &orcs_core::FailedQuery,
             ) -> orcs_core::Result<Vec<orcs_core::FailedJob>> {
-                use sqlx::Row;
-                use $crate::common::backend;
-                let query = match queue {
-                    Some(queue) => q(&self.sql.failed_of_queue).bind(queue.to_owned()),
-                    None => q(&self.sql.failed_all),
+                use $crate::common::{backend, decode_failed, page, unreadable};
+                let (limit, offset) = page(query.limit, query.offset);
+                let statement = match &query.queue {
+                    Some(queue) => q(&self.sql.failed_page_of_queue)
+                        .bind(limit)
+                        .bind(offset)
+                        .bind(queue.clone()),
+                    None => q(&self.sql.failed_page).bind(limit).bind(offset),
                 };
-                let rows = query.fetch_all(self.reader()).await.map_err(backend)?;
+                let rows = statement.fetch_all(self.reader()).await.map_err(backend)?;
                 rows.iter()
-                    .map(|row| {
-                        Ok(orcs_core::FailedJob {
-                            id: row.try_get(0)?,
-                            queue: row.try_get(1)?,
-                            name: row.try_get(2)?,
-                            payload: row.try_get(3)?,
-                            attempts: u32::try_from(row.try_get::<i64, _>(4)?)
-                                .unwrap_or(u32::MAX),
-                            error: row.try_get(5)?,
-                            failed_at: row.try_get(6)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(backend)
+                    .map(|row| decode_failed(row).map(|(failed, _)| failed).map_err(unreadable))
+                    .collect()
             }
 
             pub(crate) async fn retry_failed(
@@ -437,19 +846,32 @@ macro_rules! common_ops {
                 let mut tx = begin(&mut conn).await?;
                 let Some(row) = q(&self.sql.unfail)
                     .bind(id.to_owned())
-                    .bind(now)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(backend)?
                 else {
                     return Err(orcs_core::Error::NotFound { id: id.to_owned() });
                 };
-                let queue: String = row.try_get(0).map_err(backend)?;
-                q(&self.sql.forget).bind(id.to_owned()).execute(&mut *tx).await.map_err(backend)?;
+                let queue: String = row.try_get(1).map_err(backend)?;
+                q(&self.sql.requeue)
+                    .bind(row.try_get::<String, _>(0).map_err(backend)?)
+                    .bind(queue.clone())
+                    .bind(row.try_get::<String, _>(2).map_err(backend)?)
+                    .bind(row.try_get::<String, _>(3).map_err(backend)?)
+                    .bind(row.try_get::<i32, _>(4).map_err(backend)?)
+                    .bind(row.try_get::<i64, _>(6).map_err(backend)?)
+                    .bind(row.try_get::<i64, _>(7).map_err(backend)?)
+                    .bind(row.try_get::<Option<i64>, _>(8).map_err(backend)?)
+                    .bind(row.try_get::<i64, _>(9).map_err(backend)?)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                self.notify_in(&mut tx, std::slice::from_ref(&queue)).await?;
                 tx.commit().await.map_err(backend)?;
-                // Hand the connection back before announcing, which may need one of its own.
                 drop(conn);
-                self.announce(&[queue.as_str()]).await
+                self.shared.wake.notify_waiters();
+                Ok(())
             }
 
             pub(crate) async fn forget_failed(&self, id: &str) -> orcs_core::Result<()> {
@@ -471,8 +893,49 @@ macro_rules! common_ops {
                     .map_err($crate::common::backend)?;
                 Ok(done.rows_affected())
             }
+
+            pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> orcs_core::Result<()> {
+                use $crate::common::backend;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
+                q(&self.sql.set_paused)
+                    .bind(queue.to_owned())
+                    .bind(paused)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if !paused {
+                    self.notify_in(&mut tx, &[queue.to_owned()]).await?;
+                }
+                tx.commit().await.map_err(backend)?;
+                drop(conn);
+                if !paused {
+                    self.shared.wake.notify_waiters();
+                }
+                Ok(())
+            }
         }
     };
 }
 
 pub(crate) use common_ops;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_contention_errors_are_transient_schema_errors_are_not() {
+        for code in ["08006", "08001", "40001", "40P01", "57P01", "57P03", "53300", "55P03"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["42P01", "42703", "42501", "42601", "23505", "22P02", "3F000"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(!is_transient(&sqlx::Error::PoolClosed));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!backend(sqlx::Error::ColumnNotFound("state".into())).is_transient());
+    }
+}

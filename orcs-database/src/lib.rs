@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orcs_core::{
-    Claim, ClaimRequest, Driver, FailedJob, Lease, Millis, NewJob, QueueStats, Result, async_trait,
+    Admin, Capabilities, Claim, ClaimRequest, Driver, FailedJob, FailedQuery, JobInfo, Lease,
+    ListRequest, Millis, NewJob, PushOutcome, QueueStats, Result, Settle, async_trait,
 };
 
 use crate::common::Shared;
@@ -97,7 +98,19 @@ impl Driver for DatabaseDriver {
         common::DRIVER
     }
 
-    async fn push(&self, jobs: Vec<NewJob>) -> Result<()> {
+    fn capabilities(&self) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        capabilities.durable = true;
+        // SQLite: the processes of one machine sharing the file; PostgreSQL: any number.
+        capabilities.shared = true;
+        capabilities.cross_queue_atomic = true;
+        // A push is one transaction, whatever its size.
+        capabilities.atomic_push_limit = None;
+        capabilities.server_clock = matches!(self.inner.backend, Backend::Postgres(_));
+        capabilities
+    }
+
+    async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
         on_backend!(self, s => s.push(jobs).await)
     }
 
@@ -105,27 +118,14 @@ impl Driver for DatabaseDriver {
         on_backend!(self, s => s.claim(req).await)
     }
 
-    async fn complete(&self, lease: &Lease, _now: Millis) -> Result<()> {
-        on_backend!(self, s => s.complete(lease).await)
-    }
-
-    async fn complete_many(&self, leases: &[Lease], _now: Millis) -> Vec<Result<()>> {
-        match on_backend!(self, s => s.complete_many(leases).await) {
-            Ok(results) => results,
-            Err(e) => leases.iter().map(|_| Err(e.for_batch_item(common::DRIVER))).collect(),
+    async fn settle(&self, batch: &[Settle], now: Millis) -> Vec<Result<()>> {
+        if batch.is_empty() {
+            return Vec::new();
         }
-    }
-
-    async fn retry(&self, lease: &Lease, run_at: Millis, error: &str, _now: Millis) -> Result<()> {
-        on_backend!(self, s => s.retry(lease, run_at, error).await)
-    }
-
-    async fn fail(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
-        on_backend!(self, s => s.fail_leased(lease, error, now).await)
-    }
-
-    async fn release(&self, lease: &Lease, now: Millis) -> Result<()> {
-        on_backend!(self, s => s.release(lease, now).await)
+        match on_backend!(self, s => s.settle(batch, now).await) {
+            Ok(results) => results,
+            Err(e) => batch.iter().map(|_| Err(e.for_batch_item(common::DRIVER))).collect(),
+        }
     }
 
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
@@ -136,10 +136,20 @@ impl Driver for DatabaseDriver {
         on_backend!(self, s => s.recover(queues, now).await)
     }
 
-    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
-        on_backend!(self, s => s.wait(queues, timeout).await)
+    async fn wait(&self, queues: &[String], now: Millis, timeout: Duration) -> Result<()> {
+        on_backend!(self, s => s.wait(queues, now, timeout).await)
     }
 
+    async fn server_time(&self) -> Result<Option<Millis>> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.server_time().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Admin for DatabaseDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
         on_backend!(self, s => s.stats(queue, now).await)
     }
@@ -148,12 +158,20 @@ impl Driver for DatabaseDriver {
         on_backend!(self, s => s.queues().await)
     }
 
+    async fn get(&self, id: &str, now: Millis) -> Result<Option<JobInfo>> {
+        on_backend!(self, s => s.get(id, now).await)
+    }
+
+    async fn list(&self, req: &ListRequest, now: Millis) -> Result<Vec<JobInfo>> {
+        on_backend!(self, s => s.list(req, now).await)
+    }
+
     async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
         on_backend!(self, s => s.clear(queue).await)
     }
 
-    async fn failed(&self, queue: Option<&str>) -> Result<Vec<FailedJob>> {
-        on_backend!(self, s => s.failed(queue).await)
+    async fn failed(&self, query: &FailedQuery) -> Result<Vec<FailedJob>> {
+        on_backend!(self, s => s.failed(query).await)
     }
 
     async fn retry_failed(&self, id: &str, now: Millis) -> Result<()> {
@@ -166,5 +184,9 @@ impl Driver for DatabaseDriver {
 
     async fn flush_failed(&self) -> Result<u64> {
         on_backend!(self, s => s.flush_failed().await)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        on_backend!(self, s => s.set_paused(queue, paused).await)
     }
 }

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orcs_core::{Error, Lease, Millis, Result};
+use orcs_core::{Error, Lease, Millis, Result, Settle, Transition};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
@@ -21,21 +21,38 @@ use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY, redact};
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Postgres;
-type DbRow = sqlx::postgres::PgRow;
+type Conn = PgConnection;
 
-/// Serialises schema creation among workers starting at once: concurrent `CREATE TABLE IF NOT
-/// EXISTS` can still fail on PostgreSQL's catalog. The value spells "orcs" and "jobs".
+/// Serialises setup (migrations) among workers starting at once. The value spells "orcs" and
+/// "jobs".
 const SCHEMA_LOCK: i64 = 0x6f72_6373_6a6f_6273;
+
+/// The database's clock in milliseconds, for the migrations table.
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
+
+/// A `NOTIFY` payload is limited to 8000 bytes; waiters only need to be woken, so a long queue
+/// name is cut short rather than failing the write that announces it.
+const MAX_PAYLOAD: usize = 1000;
+
+async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
+    sqlx::query("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("\"{name}\""))
+        .fetch_one(conn)
+        .await
+        .and_then(|row| row.try_get::<bool, _>(0))
+        .map_err(backend)
+}
 
 /// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
 /// The token matters: a stale and a current lease on one job may share a batch.
 fn settled(
-    leases: &[Lease],
+    batch: &[Settle],
     done: &std::collections::HashSet<(String, String)>,
 ) -> Vec<Result<()>> {
-    leases
+    batch
         .iter()
-        .map(|lease| {
+        .map(|item| {
+            let lease: &Lease = &item.lease;
             if done.contains(&(lease.id.clone(), lease.token.clone())) {
                 Ok(())
             } else {
@@ -120,12 +137,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        for statement in &sql.schema {
-            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        migrate(&mut tx, &sql).await?;
         let schema: Option<String> = sqlx::query("SELECT current_schema()")
             .fetch_one(&mut *tx)
             .await
@@ -154,37 +166,56 @@ impl Store {
         &self.pool
     }
 
-    /// Wakes this process's idle workers at once and every other process's through `NOTIFY`.
-    async fn announce(&self, queues: &[&str]) -> Result<()> {
-        self.shared.wake.notify_waiters();
-        for queue in queues {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(self.channel.clone())
-                .bind((*queue).to_owned())
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
+    /// Announces `queues` to every other process's waiters with `NOTIFY`, inside the caller's
+    /// transaction: PostgreSQL delivers it on commit, and a failure rolls the write back instead
+    /// of reporting a committed write as failed.
+    async fn notify_in(&self, conn: &mut Conn, queues: &[String]) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    pub(crate) async fn complete(&self, lease: &Lease) -> Result<()> {
-        let done = q(&self.sql.complete_pg)
-            .bind(lease.id.clone())
-            .bind(lease.token.clone())
-            .execute(&self.pool)
+        let payloads: Vec<String> = queues
+            .iter()
+            .map(|queue| {
+                let mut end = queue.len().min(MAX_PAYLOAD);
+                while !queue.is_char_boundary(end) {
+                    end -= 1;
+                }
+                queue[..end].to_owned()
+            })
+            .collect();
+        q(&self.sql.notify_pg)
+            .bind(self.channel.clone())
+            .bind(payloads)
+            .execute(conn)
             .await
             .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::LeaseLost { id: lease.id.clone() });
-        }
         Ok(())
     }
 
-    /// Completes the leases in one statement; a lease whose token no longer matches is lost.
-    pub(crate) async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Result<()>>> {
-        let ids: Vec<String> = leases.iter().map(|lease| lease.id.clone()).collect();
-        let tokens: Vec<String> = leases.iter().map(|lease| lease.token.clone()).collect();
+    pub(crate) async fn claim(
+        &self,
+        req: &orcs_core::ClaimRequest<'_>,
+    ) -> Result<orcs_core::Claim> {
+        // No transaction: each statement is atomic, the promotion is idempotent and commits
+        // before the claim picks, and the drain saves two round trips per claim.
+        let mut conn = self.writer().await?;
+        let (claim, unreadable) = self.claim_on(&mut conn, req).await?;
+        drop(conn);
+        self.fail_unreadable(unreadable, req.now).await?;
+        Ok(claim)
+    }
+
+    /// A batch of plain completions (the drain's hot path) is one statement; anything else is
+    /// one transaction with each item token-checked and its effects stored.
+    pub(crate) async fn settle(&self, batch: &[Settle], now: Millis) -> Result<Vec<Result<()>>> {
+        let plain = batch.iter().all(|item| {
+            matches!(item.transition, Transition::Complete) && item.effects.enqueue.is_empty()
+        });
+        if !plain {
+            return self.settle_each(batch, now).await;
+        }
+        let ids: Vec<String> = batch.iter().map(|item| item.lease.id.clone()).collect();
+        let tokens: Vec<String> = batch.iter().map(|item| item.lease.token.clone()).collect();
         let rows = q(&self.sql.complete_many_pg)
             .bind(ids)
             .bind(tokens)
@@ -196,25 +227,23 @@ impl Store {
             .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
             .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
             .map_err(backend)?;
-        Ok(settled(leases, &done))
+        Ok(settled(batch, &done))
     }
 
-    pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
-        let done = q(&self.sql.fail_pg)
-            .bind(lease.id.clone())
-            .bind(lease.token.clone())
-            .bind(error.to_owned())
-            .bind(now)
-            .execute(&self.pool)
+    pub(crate) async fn server_time(&self) -> Result<Option<Millis>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NOW_MS}")))
+            .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::LeaseLost { id: lease.id.clone() });
-        }
-        Ok(())
+        Ok(Some(row.try_get::<i64, _>(0).map_err(backend)?))
     }
 
-    pub(crate) async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+    pub(crate) async fn wait(
+        &self,
+        queues: &[String],
+        now: Millis,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let notified = self.shared.wake.notified();
         let mut notified = std::pin::pin!(notified);
@@ -224,7 +253,7 @@ impl Store {
         if let Some(listener) = guard.as_mut() {
             drain(listener);
         }
-        if self.any_ready(queues).await? {
+        if self.any_ready(queues, now).await? {
             return Ok(());
         }
         let mut guard = match guard {
@@ -235,7 +264,7 @@ impl Store {
                 () = tokio::time::sleep_until(deadline) => return Ok(()),
                 mut guard = self.listener.lock() => {
                     drain(&mut guard);
-                    if self.any_ready(queues).await? {
+                    if self.any_ready(queues, now).await? {
                         return Ok(());
                     }
                     guard
@@ -249,7 +278,7 @@ impl Store {
             listener.listen(&self.channel).await.map_err(backend)?;
             *guard = Some(listener);
             // Anything dispatched while the listener was connecting was not heard: look again.
-            if self.any_ready(queues).await? {
+            if self.any_ready(queues, now).await? {
                 return Ok(());
             }
         }

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orcs_core::{Error, Lease, Millis, Result};
+use orcs_core::{Error, Millis, Result, Settle};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -26,7 +26,19 @@ use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY};
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Sqlite;
-type DbRow = sqlx::sqlite::SqliteRow;
+type Conn = SqliteConnection;
+
+/// The database's clock in milliseconds, for the migrations table.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1")
+        .bind(name.to_owned())
+        .fetch_optional(conn)
+        .await
+        .map_err(backend)?;
+    Ok(row.is_some())
+}
 
 /// How long a write waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,9 +83,8 @@ fn is_busy(e: &Error) -> bool {
     ))
 }
 
-/// Opens the writer connection, checks that the file is in WAL mode, and creates the tables and
-/// indexes. IF NOT EXISTS makes every step idempotent and the immediate transaction makes
-/// processes starting on a new file at once take turns.
+/// Opens the writer connection, checks that the file is in WAL mode, and applies the migrations.
+/// The immediate transaction makes processes starting on a new file at once take turns.
 async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<SqliteConnection> {
     let mut writer = options.connect().await.map_err(backend)?;
     let mode: String = sqlx::query("PRAGMA journal_mode")
@@ -92,12 +103,7 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
         ));
     }
     let mut tx = begin(&mut writer).await?;
-    for statement in &sql.schema {
-        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-    }
+    migrate(&mut tx, sql).await?;
     tx.commit().await.map_err(backend)?;
     Ok(writer)
 }
@@ -172,93 +178,46 @@ impl Store {
         &self.reader
     }
 
-    /// Wakes this process's idle workers; other processes find the job when they poll.
+    /// Other processes find new jobs when they poll; this process's waiters are woken by the
+    /// caller after the commit.
     #[allow(clippy::unused_async)]
-    async fn announce(&self, _queues: &[&str]) -> Result<()> {
-        self.shared.wake.notify_waiters();
+    async fn notify_in(&self, _conn: &mut Conn, _queues: &[String]) -> Result<()> {
         Ok(())
     }
 
-    pub(crate) async fn complete(&self, lease: &Lease) -> Result<()> {
+    pub(crate) async fn claim(
+        &self,
+        req: &orcs_core::ClaimRequest<'_>,
+    ) -> Result<orcs_core::Claim> {
+        // One write transaction for the promotions and the claims: one commit (one fsync of
+        // the WAL at most) per claim.
         let mut conn = self.writer().await?;
         let mut tx = begin(&mut conn).await?;
-        let Some(row) = q(&self.sql.delete_leased)
-            .bind(lease.id.clone())
-            .bind(lease.token.clone())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-        else {
-            return Err(Error::LeaseLost { id: lease.id.clone() });
-        };
-        let queue: String = row.try_get(0).map_err(backend)?;
-        q(&self.sql.count_processed).bind(queue).execute(&mut *tx).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)
-    }
-
-    /// Completes the leases in one write transaction; a lease whose token no longer matches is lost.
-    pub(crate) async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Result<()>>> {
-        let mut conn = self.writer().await?;
-        let mut tx = begin(&mut conn).await?;
-        let mut results = Vec::with_capacity(leases.len());
-        let mut per_queue: std::collections::BTreeMap<String, i64> =
-            std::collections::BTreeMap::new();
-        for lease in leases {
-            let row = q(&self.sql.delete_leased)
-                .bind(lease.id.clone())
-                .bind(lease.token.clone())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            results.push(match row {
-                Some(row) => {
-                    let queue: String = row.try_get(0).map_err(backend)?;
-                    *per_queue.entry(queue).or_default() += 1;
-                    Ok(())
-                }
-                None => Err(Error::LeaseLost { id: lease.id.clone() }),
-            });
-        }
-        for (queue, n) in per_queue {
-            q(&self.sql.count_processed_n)
-                .bind(queue)
-                .bind(n)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        let (claim, unreadable) = self.claim_on(&mut tx, req).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(results)
+        drop(conn);
+        self.fail_unreadable(unreadable, req.now).await?;
+        Ok(claim)
     }
 
-    pub(crate) async fn fail_leased(&self, lease: &Lease, error: &str, now: Millis) -> Result<()> {
-        let mut conn = self.writer().await?;
-        let mut tx = begin(&mut conn).await?;
-        let Some(row) = q(&self.sql.copy_to_failed)
-            .bind(lease.id.clone())
-            .bind(lease.token.clone())
-            .bind(error.to_owned())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-        else {
-            return Err(Error::LeaseLost { id: lease.id.clone() });
-        };
-        let queue: String = row.try_get(0).map_err(backend)?;
-        q(&self.sql.delete_job).bind(lease.id.clone()).execute(&mut *tx).await.map_err(backend)?;
-        q(&self.sql.count_failed).bind(queue).execute(&mut *tx).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)
+    /// The whole batch is one write transaction, each item token-checked on its own.
+    pub(crate) async fn settle(&self, batch: &[Settle], now: Millis) -> Result<Vec<Result<()>>> {
+        self.settle_each(batch, now).await
     }
 
-    pub(crate) async fn wait(&self, queues: &[String], timeout: Duration) -> Result<()> {
+    pub(crate) async fn wait(
+        &self,
+        queues: &[String],
+        now: Millis,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let notified = self.shared.wake.notified();
         let mut notified = std::pin::pin!(notified);
         // Register before looking, so a dispatch between the look and the wait still wakes us.
         notified.as_mut().enable();
         loop {
-            if self.any_ready(queues).await? {
+            if self.any_ready(queues, now).await? {
                 return Ok(());
             }
             let now = tokio::time::Instant::now();

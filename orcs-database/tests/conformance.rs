@@ -90,7 +90,9 @@ mod database {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use orcs_core::{ClaimRequest, Clock, Driver, Error, NewJob, SystemClock};
+    use orcs_core::{
+        Admin, ClaimRequest, Clock, Driver, Error, FailedQuery, NewJob, Settle, SystemClock,
+    };
     use sqlx::Connection;
 
     use super::*;
@@ -126,9 +128,12 @@ mod database {
         async fn execute(&self, sql: &str) {
             let sql = sqlx::AssertSqlSafe(sql.to_owned());
             match self {
-                Self::Sqlite(_) => {
-                    let mut conn =
-                        sqlx::SqliteConnection::connect(&self.url()).await.expect("open");
+                Self::Sqlite(path) => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir).expect("the test directory");
+                    }
+                    let url = format!("{}?mode=rwc", self.url());
+                    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
                     sqlx::query(sql).execute(&mut conn).await.expect("execute");
                 }
                 Self::Postgres(url) => {
@@ -140,29 +145,20 @@ mod database {
     }
 
     fn job(queue: &str, tag: u64) -> NewJob {
-        let now = SystemClock.now();
-        NewJob {
-            id: orcs_core::new_job_id(),
-            name: "PlainJob".to_owned(),
-            queue: queue.to_owned(),
-            payload: format!("{{\"tag\":{tag}}}"),
-            priority: 0,
-            max_retries: 3,
-            retry_delay_ms: 1000,
-            timeout_ms: None,
-            dispatched_at: now,
-            available_at: now,
-        }
+        let mut job = NewJob::new(
+            orcs_core::new_job_id(),
+            "PlainJob",
+            queue,
+            format!("{{\"tag\":{tag}}}"),
+            SystemClock.now(),
+        );
+        job.max_retries = 3;
+        job.retry_delay_ms = 1000;
+        job
     }
 
     fn request(queues: &[String], max: usize) -> ClaimRequest<'_> {
-        ClaimRequest {
-            queues,
-            max,
-            now: SystemClock.now(),
-            default_timeout_ms: 60_000,
-            grace_ms: 5_000,
-        }
+        ClaimRequest::new(queues, max, SystemClock.now())
     }
 
     /// Workers in separate processes drain one queue together: every job runs once, no
@@ -183,7 +179,7 @@ mod database {
                     }
                     for reserved in claim.jobs {
                         driver
-                            .complete(&reserved.lease, SystemClock.now())
+                            .settle_one(Settle::complete(reserved.lease), SystemClock.now())
                             .await
                             .expect("complete");
                         done.push(reserved.record.id);
@@ -209,7 +205,7 @@ mod database {
         let dispatcher = target.driver().await;
         let queues = vec!["default".to_owned()];
         let waiter = tokio::spawn(async move {
-            waiting.wait(&queues, Duration::from_secs(10)).await.expect("wait");
+            waiting.wait(&queues, SystemClock.now(), Duration::from_secs(10)).await.expect("wait");
             Instant::now()
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -233,7 +229,7 @@ mod database {
         let claim = driver.claim(&request(&queues, 10)).await.expect("claim");
         let ids: Vec<&str> = claim.jobs.iter().map(|r| r.record.id.as_str()).collect();
         assert_eq!(ids, [good_id.as_str()]);
-        let failed = driver.failed(None).await.expect("failed");
+        let failed = driver.failed(&FailedQuery::new(10)).await.expect("failed");
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].id, bad_id);
         assert!(
@@ -262,6 +258,256 @@ mod database {
         let stats = again.stats("mail", SystemClock.now()).await.expect("stats");
         assert_eq!(stats.pending, 5, "the jobs outlived every driver");
         assert_eq!(again.queues().await.expect("queues"), ["mail"]);
+    }
+
+    /// The previous release's tables, as it created them (no migrations table).
+    fn legacy_schema(postgres: bool) -> Vec<String> {
+        let (text_c, int) =
+            if postgres { ("TEXT COLLATE \"C\"", "BIGINT") } else { ("TEXT", "INTEGER") };
+        let seq = if postgres {
+            "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        } else {
+            "seq INTEGER PRIMARY KEY"
+        };
+        vec![
+            format!(
+                "CREATE TABLE jobs (id {text_c} NOT NULL PRIMARY KEY, queue {text_c} NOT NULL, \
+                 name TEXT NOT NULL, payload TEXT NOT NULL, priority INTEGER NOT NULL, \
+                 attempts {int} NOT NULL DEFAULT 0, max_retries {int} NOT NULL, \
+                 retry_delay_ms {int} NOT NULL, timeout_ms {int}, dispatched_at {int} NOT NULL, \
+                 available_at {int} NOT NULL, reserved_until {int}, token TEXT, last_error TEXT)"
+            ),
+            "CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE token IS NULL"
+                .to_owned(),
+            "CREATE INDEX jobs_due ON jobs (queue, available_at) WHERE reserved_until IS NULL"
+                .to_owned(),
+            "CREATE INDEX jobs_leased ON jobs (queue, reserved_until) \
+             WHERE reserved_until IS NOT NULL"
+                .to_owned(),
+            format!(
+                "CREATE TABLE failed_jobs ({seq}, id {text_c} NOT NULL UNIQUE, \
+                 queue {text_c} NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL, \
+                 priority INTEGER NOT NULL, attempts {int} NOT NULL, max_retries {int} NOT NULL, \
+                 retry_delay_ms {int} NOT NULL, timeout_ms {int}, dispatched_at {int} NOT NULL, \
+                 error TEXT NOT NULL, failed_at {int} NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE job_counters (queue {text_c} NOT NULL PRIMARY KEY, \
+                 processed {int} NOT NULL DEFAULT 0, failed_total {int} NOT NULL DEFAULT 0)"
+            ),
+        ]
+    }
+
+    /// A database made by the previous release (tables, no migrations table) is upgraded in
+    /// place: its ready, delayed and running jobs keep their states.
+    async fn previous_release_tables_are_upgraded(target: Target) {
+        let postgres = matches!(target, Target::Postgres(_));
+        for statement in legacy_schema(postgres) {
+            target.execute(&statement).await;
+        }
+        let now = SystemClock.now();
+        let insert = "INSERT INTO jobs (id, queue, name, payload, priority, attempts, \
+                      max_retries, retry_delay_ms, dispatched_at, available_at, reserved_until, \
+                      token) VALUES ";
+        target
+            .execute(&format!(
+                "{insert} ('01J00000000000000000000001', 'mail', 'PlainJob', '{{}}', 0, 0, 3, \
+                 1000, {now}, {now}, NULL, NULL), \
+                 ('01J00000000000000000000002', 'mail', 'PlainJob', '{{}}', 9, 0, 3, 1000, \
+                 {now}, {}, NULL, NULL), \
+                 ('01J00000000000000000000003', 'mail', 'PlainJob', '{{}}', 0, 1, 3, 1000, \
+                 {now}, {now}, {}, 'tok')",
+                now + 3_600_000,
+                now + 60_000
+            ))
+            .await;
+        let driver = target.driver().await;
+        let stats = driver.stats("mail", now).await.expect("stats");
+        assert_eq!((stats.pending, stats.delayed, stats.reserved), (1, 1, 1));
+        let queues = vec!["mail".to_owned()];
+        let claim = driver.claim(&ClaimRequest::new(&queues, 10, now)).await.expect("claim");
+        let ids: Vec<&str> = claim.jobs.iter().map(|r| r.record.id.as_str()).collect();
+        assert_eq!(ids, ["01J00000000000000000000001"], "the delayed job still waits");
+        assert_eq!(claim.next_due, Some(now + 3_600_000));
+        // The upgrade is recorded: a second driver finds nothing to do.
+        drop(target.driver().await);
+        assert_eq!(migration_versions(&target).await, [1, 2]);
+    }
+
+    /// The versions recorded in the migrations table, each once.
+    async fn migration_versions(target: &Target) -> Vec<i64> {
+        use sqlx::Row;
+        let sql = "SELECT version FROM jobs_migrations ORDER BY version";
+        match target {
+            Target::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&target.url()).await.expect("open");
+                sqlx::query(sql)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("versions")
+                    .iter()
+                    .map(|r| r.get::<i64, _>(0))
+                    .collect()
+            }
+            Target::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+                sqlx::query(sql)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("versions")
+                    .iter()
+                    .map(|r| r.get::<i64, _>(0))
+                    .collect()
+            }
+        }
+    }
+
+    /// Tables at a version this build does not know, or a `jobs` table that is not orcs's, are
+    /// refused with a version error instead of being used or altered.
+    async fn unknown_storage_is_refused(target: Target, foreign: Target) {
+        drop(target.driver().await);
+        target.execute("INSERT INTO jobs_migrations (version, applied_at) VALUES (99, 0)").await;
+        match DatabaseDriver::connect(&target.url()).await {
+            Err(Error::Version { message, .. }) => {
+                assert!(message.contains("99") && message.contains("newer"), "{message}");
+            }
+            other => panic!("expected a version error, got {other:?}"),
+        }
+        foreign.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, owner TEXT)").await;
+        match DatabaseDriver::connect(&foreign.url()).await {
+            Err(Error::Version { message, .. }) => {
+                assert!(message.contains("not an orcs jobs table"), "{message}");
+            }
+            other => panic!("expected a version error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sqlite_previous_release_tables_are_upgraded() {
+        orcs_tests::run(previous_release_tables_are_upgraded(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_previous_release_tables_are_upgraded() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            previous_release_tables_are_upgraded(target).await;
+        });
+    }
+
+    #[test]
+    fn sqlite_unknown_storage_is_refused() {
+        orcs_tests::run(unknown_storage_is_refused(Target::sqlite(), Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_unknown_storage_is_refused() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            let Some(foreign) = Target::postgres().await else { return };
+            unknown_storage_is_refused(target, foreign).await;
+        });
+    }
+
+    /// Many drivers starting together on a fresh schema: every one connects, and each migration
+    /// is recorded once.
+    #[test]
+    fn postgres_concurrent_setup_applies_each_migration_once() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            let target = Arc::new(target);
+            let mut starting = tokio::task::JoinSet::new();
+            for _ in 0..12 {
+                let target = Arc::clone(&target);
+                starting.spawn(async move { DatabaseDriver::connect(&target.url()).await });
+            }
+            for started in starting.join_all().await {
+                started.expect("every driver sets up");
+            }
+            assert_eq!(migration_versions(&target).await, [1, 2]);
+        });
+    }
+
+    /// The wake-up is part of the write: a queue name too long for a `NOTIFY` payload still
+    /// dispatches (stored once, reported Ok, listeners woken); before, the notification was sent
+    /// after the commit and its failure reported a stored job as an error.
+    #[test]
+    fn postgres_notify_is_sent_with_the_write() {
+        orcs_tests::run(async {
+            use sqlx::Row;
+            let Some(target) = Target::postgres().await else { return };
+            let Target::Postgres(url) = &target else { unreachable!() };
+            let driver = target.driver().await;
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+            let schema: String = sqlx::query("SELECT current_schema()")
+                .fetch_one(&mut conn)
+                .await
+                .expect("schema")
+                .get(0);
+            let mut channel = format!("orcs:{schema}.jobs");
+            channel.truncate(63);
+            let mut listener = sqlx::postgres::PgListener::connect(url).await.expect("listen");
+            listener.listen(&channel).await.expect("listen");
+
+            let queue = "q".repeat(9_000);
+            let outcomes = driver.push(vec![job(&queue, 1)]).await.expect("push");
+            assert_eq!(outcomes, [orcs_core::PushOutcome::Stored]);
+            let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+                .await
+                .expect("a notification within 5 s")
+                .expect("a notification");
+            assert!(
+                queue.starts_with(heard.payload()),
+                "the payload is the queue's name, cut short"
+            );
+            // Delivered on commit: the job is visible by the time anyone hears of it.
+            let stored: i64 = sqlx::query("SELECT COUNT(*) FROM jobs")
+                .fetch_one(&mut conn)
+                .await
+                .expect("count")
+                .get(0);
+            assert_eq!(stored, 1);
+        });
+    }
+
+    /// Errors that repeat until someone acts (a missing table, a missing privilege) are
+    /// permanent, so a worker reports them instead of retrying forever.
+    #[test]
+    fn postgres_schema_and_permission_errors_are_permanent() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            let driver = target.driver().await;
+            target.execute("DROP TABLE jobs CASCADE").await;
+            match driver.stats("default", SystemClock.now()).await {
+                Err(e @ Error::Backend { .. }) => {
+                    assert!(!e.is_transient(), "an undefined table is permanent: {e}");
+                }
+                other => panic!("expected a backend error, got {other:?}"),
+            }
+            let Target::Postgres(url) = &target else { unreachable!() };
+            let Some(rest) = url.strip_prefix("postgres://postgres@") else { return };
+            target
+                .execute(
+                    "DO $$ BEGIN CREATE ROLE orcs_test_noperm LOGIN; \
+                     EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+                )
+                .await;
+            // It may look at the schema, not at the tables in it.
+            target
+                .execute(
+                    "DO $$ BEGIN EXECUTE format('GRANT USAGE ON SCHEMA %I TO orcs_test_noperm', \
+                     current_schema()); END $$",
+                )
+                .await;
+            let unprivileged = format!("postgres://orcs_test_noperm@{rest}");
+            match DatabaseDriver::connect(&unprivileged).await {
+                Err(e @ Error::Backend { .. }) => {
+                    assert!(!e.is_transient(), "a missing privilege is permanent: {e}");
+                    assert!(e.to_string().contains("permission denied"), "{e}");
+                }
+                other => panic!("expected a permission error, got {other:?}"),
+            }
+        });
     }
 
     #[test]
