@@ -3,7 +3,11 @@
 //! A test that cannot reach its service prints a `SKIPPING` line and passes, unless
 //! `ORCS_TEST_REQUIRE_SERVICES=1` (set by `.ci/run`), when it fails: a green CI run never comes from
 //! skipping.
+//!
+//! With `ORCS_TEST_DOCKER=1` (and the `docker` feature), the shared Redis server and the
+//! PostgreSQL server are containers instead (see [`docker`]); an explicit URL variable still wins.
 
+pub mod docker;
 pub mod postgres;
 pub mod redis;
 pub mod restartable;

@@ -1,7 +1,8 @@
 //! Finding the PostgreSQL server the database driver's tests use.
 //!
-//! The URL comes from `ORCS_TEST_DATABASE_URL`; when it is unset, the local server at
-//! [`DEFAULT_URL`] is used if it answers. Each test then works in a schema of its own (see
+//! The URL comes from `ORCS_TEST_DATABASE_URL`; when it is unset, under `ORCS_TEST_DOCKER=1` a
+//! PostgreSQL container started once per test process is used (see [`super::docker`]), else the
+//! local server at [`DEFAULT_URL`] if it answers. Each test then works in a schema of its own (see
 //! [`with_search_path`]), so tests can share one database and run in parallel.
 
 use std::net::{TcpStream, ToSocketAddrs};
@@ -20,6 +21,12 @@ pub fn database_url_or_skip() -> Option<String> {
         && !url.is_empty()
     {
         return Some(url);
+    }
+    if super::docker::docker_requested() {
+        return match super::docker::postgres_url() {
+            Ok(url) => Some(url),
+            Err(why) => super::skip("PostgreSQL (Docker)", &why),
+        };
     }
     if answers("127.0.0.1:5432") {
         return Some(DEFAULT_URL.to_owned());

@@ -1,10 +1,14 @@
 //! Finding the Redis server (and Redis Cluster) the Redis driver's tests use.
 //!
-//! A single server: `ORCS_TEST_REDIS_URL` if set; otherwise a `redis-server` from `PATH` started
-//! once per test process on a free loopback port. A cluster: `ORCS_TEST_REDIS_CLUSTER_URL`
+//! A single server: `ORCS_TEST_REDIS_URL` if set; otherwise, under `ORCS_TEST_DOCKER=1`, a Redis
+//! container started once per test process (see [`super::docker`]); otherwise a `redis-server`
+//! from `PATH` started once per test process on a free loopback port. Either way every case works
+//! under a key prefix of its own. A cluster: `ORCS_TEST_REDIS_CLUSTER_URL`
 //! (`redis+cluster://host:port,...`) if set; otherwise three `redis-server`s started once per
 //! test process and joined into a 3-master cluster with `redis-cli --cluster create`. Otherwise
-//! the tests skip loudly (a failure under `ORCS_TEST_REQUIRE_SERVICES=1`).
+//! the tests skip loudly (a failure under `ORCS_TEST_REQUIRE_SERVICES=1`). The cluster and the
+//! private servers ([`private_server_or_skip`]: ACL, TLS, dropped connections) are always local
+//! `redis-server` processes, containers or not.
 //!
 //! Every server started here is watched by a shell loop that stops it as soon as the test
 //! process is gone, so no server outlives the run, even after a crash or a kill.
@@ -27,6 +31,12 @@ pub fn redis_url_or_skip() -> Option<String> {
     static LOCAL: OnceLock<Result<String, String>> = OnceLock::new();
     if let Some(url) = from_env(URL_VAR) {
         return Some(url);
+    }
+    if super::docker::docker_requested() {
+        return match super::docker::redis_url() {
+            Ok(url) => Some(url),
+            Err(why) => super::skip("Redis (Docker)", &why),
+        };
     }
     match LOCAL.get_or_init(start_single) {
         Ok(url) => Some(url.clone()),
