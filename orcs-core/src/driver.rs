@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::record::{
-    Capabilities, Claim, ClaimRequest, FailedJob, FailedQuery, JobInfo, Lease, ListRequest,
-    NewJob, PushOutcome, QueueStats, Settle,
+    CancelOutcome, Capabilities, Claim, ClaimRequest, FailedJob, FailedQuery, JobInfo, Lease,
+    ListRequest, NewJob, PushOutcome, QueueLimits, QueueStats, Settle, Touch,
 };
 
 /// A driver chosen at run time (the `orcs` command picks one from its configuration).
@@ -50,7 +50,9 @@ pub trait Driver: Admin + fmt::Debug + 'static {
 
     /// Stores jobs; the answer has one outcome per job, in order. A job whose id already exists
     /// (in any state, the failed set included, or earlier in the same push) is reported as
-    /// [`PushOutcome::Duplicate`] and changes nothing.
+    /// [`PushOutcome::Duplicate`] and changes nothing; so is a job whose unique key is held by
+    /// another job of its queue (the answer names the holder). A `Period` key whose time is up
+    /// is free.
     ///
     /// # Errors
     /// A backend error; then none of the jobs was stored. (A push larger than
@@ -60,8 +62,11 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     /// Claims up to `req.max` ready jobs from the queues in order, giving each a lease.
     ///
     /// Due delayed jobs are promoted first, in claim order (priority, then id), so a promotion
-    /// never lets a lower-priority job overtake a higher one. Paused queues are skipped, inside
-    /// the same atomic step. The answer also tells when the next delayed job is due.
+    /// never lets a lower-priority job overtake a higher one. Inside the same atomic step, paused
+    /// queues are skipped, a queue's concurrency limit counts its reserved jobs and its rate
+    /// limit the starts in the last window (each claimed job is a start), and a claimed job's
+    /// `Started` unique key frees. The answer also tells when the next delayed job is due or a
+    /// rate window reopens.
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim>;
 
     /// Settles claimed jobs: one result per [`Settle`], in order. Each settle is one atomic step
@@ -85,6 +90,14 @@ pub trait Driver: Admin + fmt::Debug + 'static {
         results.pop().unwrap_or_else(|| {
             Err(crate::Error::invalid("settle", "the driver returned no result; this is a bug"))
         })
+    }
+
+    /// Reports on running jobs: stores the progress each one reported (token-checked; a stale
+    /// lease is skipped) and answers the ids, among them, whose cancel was asked for. A worker
+    /// calls it about twice a second while it runs jobs.
+    async fn touch(&self, running: &[Touch], now: Millis) -> Result<Vec<String>> {
+        let _ = (running, now);
+        Err(crate::Error::unsupported(self.name(), "progress and cancel (touch)"))
     }
 
     /// Moves a lease's deadline to `until` and returns the new lease.
@@ -155,4 +168,21 @@ pub trait Admin: Send + Sync {
     /// Pauses or resumes a queue. The flag is kept in the backend's per-queue metadata; every
     /// worker honours it from its next claim. Resuming wakes idle workers.
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
+    /// Sets (or, with [`QueueLimits::none`], clears) a queue's limits, kept in its metadata and
+    /// enforced by every claim from the next on.
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        let _ = (queue, limits);
+        Err(crate::Error::unsupported("this", "queue limits"))
+    }
+
+    /// Cancels a job: a pending or delayed one is deleted ([`CancelOutcome::Removed`]); a running
+    /// one is marked so that its worker stops it ([`CancelOutcome::Requested`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] if no pending, delayed or running job has this id.
+    async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome> {
+        let _ = (id, now);
+        Err(crate::Error::unsupported("this", "cancel"))
+    }
 }

@@ -33,6 +33,13 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// the failed set at once.
     fn handle(&self, ctx: &JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
 
+    /// The unique key this job holds while it waits (or runs), if any: a dispatch whose key is
+    /// held by a job of the same queue stores nothing and returns the holder's id.
+    /// [`crate::DispatchOptions::unique`] overrides it per dispatch.
+    fn unique(&self) -> Option<crate::Unique> {
+        None
+    }
+
     /// Runs once after the job's last attempt failed, before nothing else is tried.
     fn failed(&self, ctx: &JobContext, error: &JobError) -> impl Future<Output = ()> + Send {
         let _ = (ctx, error);
@@ -49,6 +56,15 @@ pub struct JobContext {
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) cancel: CancellationToken,
+    pub(crate) shared: std::sync::Arc<Shared>,
+}
+
+/// What a running job shares with its worker beyond its own context: the progress it reported
+/// and not yet sent, and whether someone asked to cancel it.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) progress: std::sync::Mutex<Option<String>>,
+    pub(crate) cancel_requested: CancellationToken,
 }
 
 impl JobContext {
@@ -66,7 +82,22 @@ impl JobContext {
             attempt,
             max_attempts: attempt,
             cancel: CancellationToken::new(),
+            shared: std::sync::Arc::default(),
         }
+    }
+
+    /// Reports the job's progress (any JSON value: a percentage, a step, counts). The worker
+    /// stores the latest value with the job about twice a second, not on every call, so calling
+    /// it often is cheap. `queue:show` and [`crate::Queue::get`] show it.
+    pub fn progress(&self, value: serde_json::Value) {
+        let mut progress = self.shared.progress.lock().unwrap_or_else(|p| p.into_inner());
+        *progress = Some(value.to_string());
+    }
+
+    /// True once someone cancelled this job ([`crate::Queue::cancel`]); `ctx.cancelled()` has
+    /// fired too.
+    pub fn is_cancel_requested(&self) -> bool {
+        self.shared.cancel_requested.is_cancelled()
     }
 
     /// The job's id.
@@ -94,7 +125,7 @@ impl JobContext {
         self.max_attempts
     }
 
-    /// True once the worker asked the job to stop (timeout or shutdown).
+    /// True once the worker asked the job to stop (timeout, shutdown or a cancel).
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
@@ -110,6 +141,7 @@ impl JobContext {
 pub struct JobError {
     kind: JobErrorKind,
     message: String,
+    snooze: Option<Duration>,
 }
 
 /// The kinds of [`JobError`].
@@ -124,28 +156,46 @@ pub enum JobErrorKind {
     Timeout,
     /// `handle` panicked (retryable).
     Panicked,
+    /// The job asked to run again later without using an attempt ([`JobError::snooze`]).
+    Snooze,
 }
 
 impl JobError {
     /// A failure that may succeed on a later attempt.
     pub fn retry(message: impl fmt::Display) -> Self {
-        Self { kind: JobErrorKind::Retryable, message: message.to_string() }
+        Self { kind: JobErrorKind::Retryable, message: message.to_string(), snooze: None }
     }
 
     /// A failure that will not succeed: the job goes to the failed set without further attempts.
     pub fn fatal(message: impl fmt::Display) -> Self {
-        Self { kind: JobErrorKind::Permanent, message: message.to_string() }
+        Self { kind: JobErrorKind::Permanent, message: message.to_string(), snooze: None }
+    }
+
+    /// Not a failure: run the job again after `delay` without using an attempt (waiting for a
+    /// resource, a rate limit of another service).
+    pub fn snooze(delay: Duration) -> Self {
+        Self {
+            kind: JobErrorKind::Snooze,
+            message: format!("snoozed for {} ms", delay.as_millis()),
+            snooze: Some(delay),
+        }
+    }
+
+    /// How long the job asked to wait, for a snooze.
+    pub fn snooze_for(&self) -> Option<Duration> {
+        self.snooze
     }
 
     pub(crate) fn timeout(limit: Duration) -> Self {
         Self {
             kind: JobErrorKind::Timeout,
             message: format!("timed out after {} ms", limit.as_millis()),
+            snooze: None,
         }
     }
 
     pub(crate) fn panicked(message: &str) -> Self {
-        Self { kind: JobErrorKind::Panicked, message: format!("panicked: {message}") }
+        Self { kind: JobErrorKind::Panicked, message: format!("panicked: {message}"), snooze: None }
     }
 
     /// The kind of failure.

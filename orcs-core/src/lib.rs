@@ -74,9 +74,9 @@ pub use queue::{
     Queue, validate_queue_name,
 };
 pub use record::{
-    Capabilities, Claim, ClaimRequest, Effects, FailedJob, FailedQuery, JobInfo, JobRecord,
-    JobState, Lease, ListRequest, MAX_PAGE, NewJob, PushOutcome, QueueStats, Reserved, Settle,
-    Transition,
+    CancelOutcome, Capabilities, Claim, ClaimRequest, Effects, FailedJob, FailedQuery, JobInfo,
+    JobRecord, JobState, Lease, ListRequest, MAX_PAGE, NewJob, PushOutcome, QueueLimits,
+    QueueStats, RateLimit, Reserved, Settle, Touch, Transition, Unique, UniqueUntil,
 };
 pub use registry::Registry;
 pub use worker::{

@@ -61,6 +61,7 @@ pub struct DispatchOptions {
     max_retries: Option<u32>,
     retry_delay: Option<Duration>,
     timeout: Option<Duration>,
+    unique: Option<crate::record::Unique>,
 }
 
 impl DispatchOptions {
@@ -101,6 +102,14 @@ impl DispatchOptions {
     #[must_use]
     pub fn retry_delay(mut self, retry_delay: Duration) -> Self {
         self.retry_delay = Some(retry_delay);
+        self
+    }
+
+    /// Holds the unique `key` (per queue) until `until`: while another job of the queue holds it,
+    /// the dispatch stores nothing and returns the holder's id. Overrides `Job::unique`.
+    #[must_use]
+    pub fn unique(mut self, key: impl Into<String>, until: crate::record::UniqueUntil) -> Self {
+        self.unique = Some(crate::record::Unique::new(key, until));
         self
     }
 
@@ -327,6 +336,7 @@ impl Queue {
             .or(defaults.timeout)
             .map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX));
         job.available_at = now.saturating_add(delay);
+        job.unique = options.unique.clone();
         Ok(job)
     }
 
@@ -340,6 +350,9 @@ impl Queue {
         let mut record = self.untyped_record(J::NAME, payload, JobDefaults::of::<J>(), options)?;
         record.dispatched_at = now;
         record.available_at = now.saturating_add(options.delay.map_or(0, millis));
+        if record.unique.is_none() {
+            record.unique = job.unique();
+        }
         Ok(record)
     }
 
@@ -395,6 +408,37 @@ impl Queue {
         let after = self.now();
         // The server read its clock somewhere within the round trip: compare with the middle.
         Ok(Some(before + (after - before) / 2 - server))
+    }
+
+    /// Cancels a job from any process: a pending or delayed one is deleted; a running one is
+    /// stopped by its worker within a second (`ctx.cancelled()` fires) and ends as cancelled,
+    /// without a retry.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if no pending, delayed or running job has this id, or a backend error.
+    pub async fn cancel(&self, id: &str) -> Result<crate::record::CancelOutcome> {
+        self.driver.cancel(id, self.now()).await
+    }
+
+    /// Sets a queue's limits across every worker (or clears them with
+    /// [`crate::QueueLimits::none`]).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad queue name or a zero limit, or a backend error.
+    pub async fn set_limits(&self, queue: &str, limits: crate::record::QueueLimits) -> Result<()> {
+        validate_queue_name(queue)?;
+        if limits.concurrency == Some(0) {
+            return Err(Error::invalid("concurrency limit", "0 would stop the queue; pause it instead, or use 1 or more"));
+        }
+        if let Some(rate) = limits.rate
+            && (rate.limit == 0 || rate.period_ms == 0)
+        {
+            return Err(Error::invalid(
+                "rate limit",
+                "both the number of starts and the period must be above 0; pause the queue to stop it",
+            ));
+        }
+        self.driver.set_limits(queue, &limits).await
     }
 
     /// Pauses a queue: every worker skips it from its next claim until it is resumed.

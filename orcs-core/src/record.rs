@@ -31,6 +31,49 @@ pub struct NewJob {
     pub dispatched_at: Millis,
     /// When the job becomes claimable (after its delay).
     pub available_at: Millis,
+    /// The unique key the job holds, if any: a push whose key is held stores nothing.
+    pub unique: Option<Unique>,
+}
+
+/// When a unique key frees again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum UniqueUntil {
+    /// When a worker starts the job (its claim): one job waiting at a time.
+    Started,
+    /// When the job ends for good: completed, failed for good, cancelled or removed.
+    Finished,
+    /// This many milliseconds after the dispatch, whatever the job does.
+    Period(u64),
+}
+
+/// A unique key: while a job holds it, a dispatch with the same key in the same queue stores
+/// nothing and is answered with the holder's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Unique {
+    /// The key; unique per queue.
+    pub key: String,
+    /// When it frees.
+    pub until: UniqueUntil,
+}
+
+impl Unique {
+    /// A key held until `until`.
+    pub fn new(key: impl Into<String>, until: UniqueUntil) -> Self {
+        Self { key: key.into(), until }
+    }
+
+    /// When a `Period` key frees for a job dispatched at `dispatched_at`; `None` for the others.
+    pub fn expires_at(&self, dispatched_at: Millis) -> Option<Millis> {
+        match self.until {
+            UniqueUntil::Period(ms) => {
+                Some(dispatched_at.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl NewJob {
@@ -222,12 +265,15 @@ pub enum Transition {
         /// Why it failed.
         error: String,
     },
-    /// Handed back unfinished (shutdown, a surplus claim, a job type this worker lacks): the
-    /// interrupted attempt is not counted and the job is claimable at `run_at`.
+    /// Handed back unfinished (shutdown, a surplus claim, a job type this worker lacks, a snooze):
+    /// the interrupted attempt is not counted and the job is claimable at `run_at`.
     Release {
         /// When the job becomes claimable again (`now` for at once).
         run_at: Millis,
     },
+    /// Cancelled while it ran ([`crate::Admin::cancel`]): the job is deleted, not retried, its
+    /// unique key freed, and counted as cancelled.
+    Cancel,
 }
 
 /// Side effects carried out in the same atomic step as a [`Transition`], and only if the lease
@@ -267,6 +313,11 @@ impl Settle {
     /// Schedules the next attempt at `run_at`.
     pub fn retry(lease: Lease, run_at: Millis, error: impl Into<String>) -> Self {
         Self::new(lease, Transition::Retry { run_at, error: error.into() })
+    }
+
+    /// Ends a cancelled job.
+    pub fn cancel(lease: Lease) -> Self {
+        Self::new(lease, Transition::Cancel)
     }
 
     /// Moves the job to the failed set.
@@ -337,12 +388,101 @@ pub struct JobInfo {
     pub lease_expires_at: Option<Millis>,
     /// When it failed (failed jobs).
     pub failed_at: Option<Millis>,
+    /// The last progress a running job reported (JSON), if any.
+    pub progress: Option<String>,
+    /// A cancel was asked for while the job runs; its worker stops it.
+    pub cancel_requested: bool,
 }
 
 impl JobInfo {
     /// A job in `state` after `attempts` attempts.
     pub fn new(job: NewJob, state: JobState, attempts: u32) -> Self {
-        Self { job, state, attempts, last_error: None, lease_expires_at: None, failed_at: None }
+        Self {
+            job,
+            state,
+            attempts,
+            last_error: None,
+            lease_expires_at: None,
+            failed_at: None,
+            progress: None,
+            cancel_requested: false,
+        }
+    }
+}
+
+/// What [`crate::Admin::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The job was pending or delayed: it is deleted, its unique key freed, counted as cancelled.
+    Removed,
+    /// The job is running: its worker is asked to stop it (within a second) and it then ends as
+    /// cancelled.
+    Requested,
+}
+
+/// A running job's periodic report to the backend ([`crate::Driver::touch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Touch {
+    /// The claim.
+    pub lease: Lease,
+    /// New progress (JSON) to store, if it changed since the last report.
+    pub progress: Option<String>,
+}
+
+impl Touch {
+    /// A report on `lease`, with new progress if any.
+    pub fn new(lease: Lease, progress: Option<String>) -> Self {
+        Self { lease, progress }
+    }
+}
+
+/// A rate limit: at most `limit` starts in any window of `period_ms`, wherever it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Starts allowed per window.
+    pub limit: u32,
+    /// The window, in milliseconds.
+    pub period_ms: u64,
+}
+
+impl RateLimit {
+    /// At most `limit` starts per `period_ms` milliseconds.
+    pub fn new(limit: u32, period_ms: u64) -> Self {
+        Self { limit, period_ms }
+    }
+}
+
+/// A queue's limits across every worker, kept in the backend and enforced inside the claim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueLimits {
+    /// At most this many of the queue's jobs run at once (reserved), across all workers.
+    pub concurrency: Option<u32>,
+    /// At most this many starts (claims) per window.
+    pub rate: Option<RateLimit>,
+}
+
+impl QueueLimits {
+    /// No limits.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// With a concurrency limit.
+    #[must_use]
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// With a rate limit.
+    #[must_use]
+    pub fn rate(mut self, rate: RateLimit) -> Self {
+        self.rate = Some(rate);
+        self
     }
 }
 
@@ -466,6 +606,10 @@ pub struct QueueStats {
     pub failed_total: u64,
     /// Whether workers skip the queue ([`crate::Admin::set_paused`]).
     pub paused: bool,
+    /// Jobs cancelled since the queue was created.
+    pub cancelled: u64,
+    /// The queue's limits ([`crate::Admin::set_limits`]).
+    pub limits: QueueLimits,
 }
 
 impl QueueStats {

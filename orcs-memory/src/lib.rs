@@ -1,14 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use orcs_core::{
-    Admin, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery, JobInfo,
-    JobRecord, JobState as State_, Lease, ListRequest, MAX_PAGE, Millis, NewJob, PushOutcome,
-    QueueStats, Reserved, Result, Settle, Transition, async_trait,
+    Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery,
+    JobInfo, JobRecord, JobState as State_, Lease, ListRequest, MAX_PAGE, Millis, NewJob,
+    PushOutcome, QueueLimits, QueueStats, Reserved, Result, Settle, Touch, Transition, UniqueUntil,
+    async_trait,
 };
 use tokio::sync::Notify;
 
@@ -48,6 +49,47 @@ struct QueueState {
     failed_total: u64,
     /// Per-queue metadata: claims skip a paused queue.
     paused: bool,
+    /// Per-queue metadata: the limits every claim enforces.
+    limits: QueueLimits,
+    /// Start times inside the rate limit's window, oldest first.
+    starts: VecDeque<Millis>,
+    cancelled: u64,
+    /// Held unique keys: key -> (holder's id, expiry of a `Period` key).
+    unique: HashMap<String, (String, Option<Millis>)>,
+}
+
+impl QueueState {
+    /// How many more jobs the queue's limits let a claim at `now` take, and when a rate-limited
+    /// queue can start again if it cannot now.
+    fn allowance(&mut self, now: Millis) -> (usize, Option<Millis>) {
+        let mut allowed = usize::MAX;
+        if let Some(n) = self.limits.concurrency {
+            allowed = (n as usize).saturating_sub(self.reserved.len());
+        }
+        let mut reopens = None;
+        if let Some(rate) = self.limits.rate {
+            let window = i64::try_from(rate.period_ms).unwrap_or(i64::MAX);
+            while self.starts.front().is_some_and(|at| *at <= now.saturating_sub(window)) {
+                self.starts.pop_front();
+            }
+            let left = (rate.limit as usize).saturating_sub(self.starts.len());
+            if left == 0 {
+                reopens = self.starts.front().map(|at| at.saturating_add(window));
+            }
+            allowed = allowed.min(left);
+        }
+        (allowed, reopens)
+    }
+
+    /// Frees `job`'s unique key if `until` says this moment frees it and the job still holds it.
+    fn free_key(&mut self, job: &NewJob, moment: UniqueUntil) {
+        if let Some(unique) = &job.unique
+            && unique.until == moment
+            && self.unique.get(&unique.key).is_some_and(|(holder, _)| *holder == job.id)
+        {
+            self.unique.remove(&unique.key);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -56,6 +98,8 @@ struct Stored {
     attempts: u32,
     last_error: Option<String>,
     state: JobState,
+    progress: Option<String>,
+    cancel_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +155,9 @@ impl State {
             queue.delayed.insert((available_at, id.clone()));
             JobState::Delayed(available_at)
         };
-        self.jobs.insert(id, Stored { job, attempts, last_error, state });
+        let stored =
+            Stored { job, attempts, last_error, state, progress: None, cancel_requested: false };
+        self.jobs.insert(id, stored);
     }
 
     /// Takes a claimed job out of the reserved set if `lease` is its current claim.
@@ -130,21 +176,54 @@ impl State {
         Ok(stored)
     }
 
-    /// Stores a job as a push would; false if its id is taken (live or failed).
-    fn insert_new(&mut self, job: NewJob, now: Millis) -> bool {
+    /// Stores a job as a push would; if its id or its unique key is taken, answers the holder.
+    fn insert_new(&mut self, job: NewJob, now: Millis) -> PushOutcome {
         if self.jobs.contains_key(&job.id) || self.failed_index.contains_key(&job.id) {
-            return false;
+            return PushOutcome::Duplicate { id: job.id };
+        }
+        if let Some(unique) = &job.unique {
+            let queue = self.queue(&job.queue);
+            if let Some((holder, expires)) = queue.unique.get(&unique.key)
+                && expires.is_none_or(|at| at > now)
+            {
+                return PushOutcome::Duplicate { id: holder.clone() };
+            }
+            let held = (job.id.clone(), unique.expires_at(job.dispatched_at));
+            queue.unique.insert(unique.key.clone(), held);
         }
         let available_at = job.available_at;
         self.enqueue(job, 0, None, available_at, now);
-        true
+        PushOutcome::Stored
+    }
+
+    /// Deletes a pending or delayed job (cancel, clear), freeing its key.
+    fn remove_waiting(&mut self, id: &str) -> Option<Stored> {
+        let stored = self.jobs.remove(id)?;
+        let queue = self.queue(&stored.job.queue);
+        match stored.state {
+            JobState::Ready => queue.ready.remove(&(Reverse(stored.job.priority), id.to_owned())),
+            JobState::Delayed(at) => queue.delayed.remove(&(at, id.to_owned())),
+            JobState::Reserved { .. } => unreachable!("only waiting jobs are removed"),
+        };
+        queue.free_key(&stored.job, UniqueUntil::Finished);
+        queue.free_key(&stored.job, UniqueUntil::Started);
+        Some(stored)
     }
 
     /// One settle: the token check, the transition and its effects, or nothing.
     fn settle(&mut self, settle: &Settle, now: Millis) -> Result<()> {
         let stored = self.take_leased(&settle.lease)?;
         match &settle.transition {
-            Transition::Complete => self.queue(&stored.job.queue).processed += 1,
+            Transition::Complete => {
+                let queue = self.queue(&stored.job.queue);
+                queue.processed += 1;
+                queue.free_key(&stored.job, UniqueUntil::Finished);
+            }
+            Transition::Cancel => {
+                let queue = self.queue(&stored.job.queue);
+                queue.cancelled += 1;
+                queue.free_key(&stored.job, UniqueUntil::Finished);
+            }
             Transition::Retry { run_at, error } => {
                 self.enqueue(stored.job, stored.attempts, Some(error.clone()), *run_at, now);
             }
@@ -153,6 +232,7 @@ impl State {
                 let queue = self.queue(&stored.job.queue);
                 queue.failed += 1;
                 queue.failed_total += 1;
+                queue.free_key(&stored.job, UniqueUntil::Finished);
                 self.next_seq += 1;
                 let seq = self.next_seq;
                 self.failed_index.insert(stored.job.id.clone(), seq);
@@ -187,6 +267,8 @@ impl State {
             let mut info = JobInfo::new(job, state, stored.attempts);
             info.last_error = stored.last_error.clone();
             info.lease_expires_at = lease;
+            info.progress = stored.progress.clone();
+            info.cancel_requested = stored.cancel_requested;
             return Some(info);
         }
         let entry = self.failed.get(self.failed_index.get(id)?)?;
@@ -228,12 +310,8 @@ impl Driver for MemoryDriver {
             let mut state = self.state();
             jobs.into_iter()
                 .map(|job| {
-                    let (id, now) = (job.id.clone(), job.dispatched_at);
-                    if state.insert_new(job, now) {
-                        PushOutcome::Stored
-                    } else {
-                        PushOutcome::Duplicate { id }
-                    }
+                    let now = job.dispatched_at;
+                    state.insert_new(job, now)
                 })
                 .collect()
         };
@@ -249,7 +327,17 @@ impl Driver for MemoryDriver {
                 continue;
             }
             state.promote_due(queue, req.now);
-            while claim.jobs.len() < req.max {
+            let (allowed, reopens) = state
+                .queues
+                .get_mut(queue.as_str())
+                .map_or((usize::MAX, None), |q| q.allowance(req.now));
+            if let Some(at) = reopens
+                && state.queues.get(queue.as_str()).is_some_and(|q| !q.ready.is_empty())
+            {
+                claim.next_due = Some(claim.next_due.map_or(at, |due: Millis| due.min(at)));
+            }
+            let until_full = claim.jobs.len().saturating_add(allowed).min(req.max);
+            while claim.jobs.len() < until_full {
                 let Some(q) = state.queues.get_mut(queue.as_str()) else { break };
                 let Some((_, id)) = q.ready.pop_first() else { break };
                 state.next_seq += 1;
@@ -261,7 +349,13 @@ impl Driver for MemoryDriver {
                 let record =
                     JobRecord::from_new(&stored.job, stored.attempts, stored.last_error.clone());
                 let queue_name = stored.job.queue.clone();
-                state.queue(queue).reserved.insert((until, id.clone()));
+                let job = stored.job.clone();
+                let q = state.queue(queue);
+                q.reserved.insert((until, id.clone()));
+                q.free_key(&job, UniqueUntil::Started);
+                if q.limits.rate.is_some() {
+                    q.starts.push_back(req.now);
+                }
                 claim.jobs.push(Reserved::new(record, Lease::new(id, queue_name, token, until)));
             }
             if let Some(q) = state.queues.get(queue.as_str())
@@ -274,23 +368,52 @@ impl Driver for MemoryDriver {
     }
 
     async fn settle(&self, batch: &[Settle], now: Millis) -> Vec<Result<()>> {
-        // One lock for the batch instead of one per job.
+        // One lock for the batch instead of one per job. A settle wakes waiters when it makes a
+        // job claimable, or frees a slot of a queue with a concurrency limit.
+        let mut wakes = false;
         let results: Vec<Result<()>> = {
             let mut state = self.state();
-            batch.iter().map(|settle| state.settle(settle, now)).collect()
+            batch
+                .iter()
+                .map(|settle| {
+                    let result = state.settle(settle, now);
+                    wakes |= result.is_ok()
+                        && (!settle.effects.enqueue.is_empty()
+                            || matches!(
+                                settle.transition,
+                                Transition::Retry { .. } | Transition::Release { .. }
+                            )
+                            || state
+                                .queues
+                                .get(settle.lease.queue.as_str())
+                                .is_some_and(|q| q.limits.concurrency.is_some()));
+                    result
+                })
+                .collect()
         };
-        let wakes = batch.iter().zip(&results).any(|(settle, result)| {
-            result.is_ok()
-                && (!settle.effects.enqueue.is_empty()
-                    || matches!(
-                        settle.transition,
-                        Transition::Retry { .. } | Transition::Release { .. }
-                    ))
-        });
         if wakes {
             self.inner.ready.notify_waiters();
         }
         results
+    }
+
+    async fn touch(&self, running: &[Touch], _now: Millis) -> Result<Vec<String>> {
+        let mut state = self.state();
+        let mut cancelled = Vec::new();
+        for touch in running {
+            let Some(stored) = state.jobs.get_mut(&touch.lease.id) else { continue };
+            if !matches!(&stored.state, JobState::Reserved { token, .. } if *token == touch.lease.token)
+            {
+                continue;
+            }
+            if let Some(progress) = &touch.progress {
+                stored.progress = Some(progress.clone());
+            }
+            if stored.cancel_requested {
+                cancelled.push(touch.lease.id.clone());
+            }
+        }
+        Ok(cancelled)
     }
 
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
@@ -318,6 +441,14 @@ impl Driver for MemoryDriver {
                         break;
                     }
                     q.reserved.pop_first();
+                    if state.jobs.get(&id).is_some_and(|s| s.cancel_requested) {
+                        // Cancelled while its worker was lost: it ends here instead of running again.
+                        let stored = state.jobs.remove(&id).expect("checked above");
+                        let q = state.queue(queue);
+                        q.cancelled += 1;
+                        q.free_key(&stored.job, UniqueUntil::Finished);
+                        continue;
+                    }
                     let stored = state.jobs.get_mut(&id).expect("a reserved id has a job");
                     stored.state = JobState::Ready;
                     stored.last_error = Some(format!(
@@ -343,11 +474,13 @@ impl Driver for MemoryDriver {
         notified.as_mut().enable();
         {
             let state = self.state();
-            let ready = |q: &QueueState| {
+            let mut state = state;
+            let claimable = |q: &mut QueueState| {
                 !q.paused
                     && (!q.ready.is_empty() || q.delayed.first().is_some_and(|(at, _)| *at <= now))
+                    && q.allowance(now).0 > 0
             };
-            if queues.iter().any(|q| state.queues.get(q.as_str()).is_some_and(ready)) {
+            if queues.iter().any(|q| state.queues.get_mut(q.as_str()).is_some_and(claimable)) {
                 return Ok(());
             }
         }
@@ -370,6 +503,8 @@ impl Admin for MemoryDriver {
         stats.processed = q.processed;
         stats.failed_total = q.failed_total;
         stats.paused = q.paused;
+        stats.cancelled = q.cancelled;
+        stats.limits = q.limits;
         Ok(stats)
     }
 
@@ -413,7 +548,11 @@ impl Admin for MemoryDriver {
             .chain(std::mem::take(&mut q.delayed).into_iter().map(|(_, id)| id))
             .collect();
         for id in &ids {
-            state.jobs.remove(id);
+            if let Some(stored) = state.jobs.remove(id) {
+                let queue = state.queue(&stored.job.queue);
+                queue.free_key(&stored.job, UniqueUntil::Finished);
+                queue.free_key(&stored.job, UniqueUntil::Started);
+            }
         }
         Ok(ids.len() as u64)
     }
@@ -463,6 +602,29 @@ impl Admin for MemoryDriver {
             q.failed = 0;
         }
         Ok(count)
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        self.state().queue(queue).limits = *limits;
+        // Looser limits may let idle workers claim.
+        self.inner.ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn cancel(&self, id: &str, _now: Millis) -> Result<CancelOutcome> {
+        let mut state = self.state();
+        match state.jobs.get_mut(id) {
+            None => Err(Error::NotFound { id: id.to_owned() }),
+            Some(stored) if matches!(stored.state, JobState::Reserved { .. }) => {
+                stored.cancel_requested = true;
+                Ok(CancelOutcome::Requested)
+            }
+            Some(_) => {
+                let stored = state.remove_waiting(id).expect("found above");
+                state.queue(&stored.job.queue).cancelled += 1;
+                Ok(CancelOutcome::Removed)
+            }
+        }
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use orcs_core::{
     BoxDriver, Clock, DispatchOptions, Error, FailedJob, FailedQuery, JobDefaults, JobState, Lease,
-    ListRequest, ManualClock, Millis, NewJob, Outcome, PushOutcome, Queue, QueueStats, Reserved,
-    Settle, SystemClock, Worker, WorkerEvent,
+    ListRequest, ManualClock, Millis, NewJob, Outcome, PushOutcome, Queue, QueueLimits, QueueStats,
+    Reserved, Settle, SystemClock, UniqueUntil, Worker, WorkerEvent,
 };
 
 use crate::eventually;
@@ -1527,4 +1527,399 @@ pub async fn clock_skew_is_measured_against_the_backend(driver: BoxDriver) {
     clock.advance(Duration::from_secs(60));
     let skew = ahead.clock_skew().await.expect("clock_skew").expect("a skew");
     assert!((59_000..61_000).contains(&skew), "a clock 60 s ahead is seen as such: {skew} ms");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16. Flow control (SPEC 8.1, 8.2): unique keys, limits, snooze, cancel, progress
+
+fn unique(key: &str, until: UniqueUntil) -> DispatchOptions {
+    DispatchOptions::new().unique(key, until)
+}
+
+/// A `Started` key holds while the job waits: a second dispatch gets the holder's id and stores
+/// nothing; once a worker starts the job the key is free again.
+pub async fn unique_key_holds_until_started(driver: BoxDriver) {
+    let (queue, _clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let first = queue
+        .dispatch_with(plain(&key, 1), unique("k", UniqueUntil::Started))
+        .await
+        .expect("dispatch");
+    let again = queue
+        .dispatch_with(plain(&key, 2), unique("k", UniqueUntil::Started))
+        .await
+        .expect("dispatch");
+    assert_eq!(again, first, "the duplicate gets the holder's id");
+    check_stats(&queue, "default", (1, 0, 0, 0, 0, 0), "one stored").await;
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(tag_of(&held), 1);
+    let third = queue
+        .dispatch_with(plain(&key, 3), unique("k", UniqueUntil::Started))
+        .await
+        .expect("dispatch");
+    assert_ne!(third, first, "started: the key is free");
+    let info = queue.get(&third).await.expect("get").expect("the new job");
+    assert_eq!(info.job.unique, Some(orcs_core::Unique::new("k", UniqueUntil::Started)));
+}
+
+/// A `Finished` key holds through retries, releases and lease recovery, and frees on every
+/// terminal path: complete, fail for good, cancel (running or waiting), clear.
+pub async fn unique_key_frees_on_every_terminal_path(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let until = UniqueUntil::Finished;
+    let dispatch = |tag| {
+        let queue = queue.clone();
+        let key = key.clone();
+        async move { queue.dispatch_with(plain(&key, tag), unique("k", until)).await.expect("dispatch") }
+    };
+    let holder = dispatch(1).await;
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(dispatch(2).await, holder, "running: held");
+    retry(&driver, &held.lease, clock.now(), "again", clock.now()).await.expect("retry");
+    assert_eq!(dispatch(3).await, holder, "after a retry: held");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    clock.set(held.lease.expires_at);
+    driver.recover(&names(&["default"]), clock.now()).await.expect("recover");
+    assert_eq!(dispatch(4).await, holder, "after lease recovery: held");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    release(&driver, &held.lease, clock.now()).await.expect("release");
+    assert_eq!(dispatch(5).await, holder, "after a release: held");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    complete(&driver, &held.lease, clock.now()).await.expect("complete");
+
+    let next = dispatch(6).await;
+    assert_ne!(next, holder, "completed: free");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    fail(&driver, &held.lease, "boom", clock.now()).await.expect("fail");
+    let next = dispatch(7).await;
+    assert_ne!(next, held.record.id, "failed for good: free");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    driver.settle_one(Settle::cancel(held.lease.clone()), clock.now()).await.expect("cancel");
+    let waiting = dispatch(8).await;
+    assert_ne!(waiting, held.record.id, "cancelled while running: free");
+    queue.cancel(&waiting).await.expect("cancel a waiting job");
+    let waiting = dispatch(9).await;
+    assert_eq!(queue.clear("default").await.expect("clear"), 1);
+    assert_ne!(dispatch(10).await, waiting, "cleared: free");
+}
+
+/// A `Period` key holds for its period after the dispatch, whatever the job does, then frees.
+pub async fn unique_key_for_a_period_expires_by_time(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let period = UniqueUntil::Period(10_000);
+    let holder = queue.dispatch_with(plain(&key, 1), unique("k", period)).await.expect("dispatch");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    complete(&driver, &held.lease, clock.now()).await.expect("complete");
+    clock.advance(Duration::from_millis(9_999));
+    let again = queue.dispatch_with(plain(&key, 2), unique("k", period)).await.expect("dispatch");
+    assert_eq!(again, holder, "the period is not over, the job's end does not matter");
+    clock.advance(Duration::from_millis(1));
+    let next = queue.dispatch_with(plain(&key, 3), unique("k", period)).await.expect("dispatch");
+    assert_ne!(next, holder, "the period is over");
+    check_stats(&queue, "default", (1, 0, 0, 0, 1, 0), "the new one waits").await;
+}
+
+/// Keys are per queue, and a batch answers per job: a key taken earlier in the same batch makes
+/// a later job a duplicate of the earlier one.
+pub async fn unique_keys_are_per_queue_and_per_job_in_a_batch(driver: BoxDriver) {
+    let (queue, _clock) = manual_queue(&driver);
+    let mut jobs = Vec::new();
+    for (tag, on) in [(1, "default"), (2, "default"), (3, "other"), (4, "default")] {
+        let mut job = new_job(&queue, &orcs_core::new_job_id(), on, tag);
+        job.unique =
+            Some(orcs_core::Unique::new(if tag == 4 { "j" } else { "k" }, UniqueUntil::Finished));
+        jobs.push(job);
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let outcomes = driver.push(jobs).await.expect("push");
+    assert_eq!(
+        outcomes,
+        [
+            PushOutcome::Stored,
+            PushOutcome::Duplicate { id: ids[0].clone() },
+            PushOutcome::Stored,
+            PushOutcome::Stored,
+        ],
+        "per job; another queue has its own keys"
+    );
+    check_stats(&queue, "default", (2, 0, 0, 0, 0, 0), "two on default").await;
+    check_stats(&queue, "other", (1, 0, 0, 0, 0, 0), "one on other").await;
+}
+
+/// Many dispatchers racing on one key, round after round: exactly one job per round, and every
+/// caller gets that job's id.
+pub async fn concurrent_dispatchers_on_one_key_store_one_job(driver: BoxDriver) {
+    const DISPATCHERS: usize = 64;
+    const ROUNDS: usize = 50;
+    let queue = system_queue(&driver);
+    let (key, _) = probe();
+    for round in 0..ROUNDS {
+        let calls: Vec<_> = (0..DISPATCHERS)
+            .map(|i| {
+                let queue = queue.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    queue
+                        .dispatch_with(
+                            plain(&key, i as u64),
+                            unique(&format!("round-{round}"), UniqueUntil::Finished),
+                        )
+                        .await
+                        .expect("dispatch")
+                })
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for call in calls {
+            ids.insert(call.await.expect("task"));
+        }
+        assert_eq!(ids.len(), 1, "round {round}: every caller got the one holder's id");
+    }
+    let s = stats(&queue, "default").await;
+    assert_eq!(s.pending, ROUNDS as u64, "one job per round");
+}
+
+/// A concurrency limit caps the queue's reserved jobs across every claim; a finished job or an
+/// expired lease frees its slot. Limits show in stats and can be cleared.
+pub async fn concurrency_limit_caps_jobs_running_at_once(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.dispatch_many((0..10).map(|i| plain(&key, i))).await.expect("dispatch");
+    queue.set_limits("default", QueueLimits::none().concurrency(2)).await.expect("limit");
+    assert_eq!(stats(&queue, "default").await.limits.concurrency, Some(2));
+    let first = claim(&queue, &["default"], 10).await;
+    assert_eq!(first.len(), 2, "two at once");
+    assert!(claim(&queue, &["default"], 10).await.is_empty(), "no slot left for another claim");
+    complete(&driver, &first[0].lease, clock.now()).await.expect("complete");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(claim(&queue, &["default"], 10).await.len(), 1, "a finished job frees its slot");
+    clock.set(first[1].lease.expires_at);
+    driver.recover(&names(&["default"]), clock.now()).await.expect("recover");
+    assert_eq!(
+        claim(&queue, &["default"], 10).await.len(),
+        1,
+        "a dead worker's slot frees at recovery"
+    );
+    queue.set_limits("default", QueueLimits::none()).await.expect("clear limits");
+    assert_eq!(stats(&queue, "default").await.limits, QueueLimits::none());
+    assert_eq!(claim(&queue, &["default"], 10).await.len(), 7, "no limit: the rest");
+}
+
+/// A rate limit of N per window lets no window, wherever it starts, hold more than N starts,
+/// and the claim says when the window reopens.
+pub async fn rate_limit_allows_n_starts_in_any_window(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let start = clock.now();
+    queue.dispatch_many((0..40).map(|i| plain(&key, i))).await.expect("dispatch");
+    queue
+        .set_limits("default", QueueLimits::none().rate(orcs_core::RateLimit::new(5, 1_000)))
+        .await
+        .expect("limit");
+    let queues = names(&["default"]);
+    let mut starts: Vec<Millis> = Vec::new();
+    // Claims at uneven times, as many as allowed each time.
+    for offset in [0, 300, 999, 1_000, 1_250, 1_999, 2_000, 2_001, 2_600, 3_100] {
+        clock.set(start + offset);
+        let got = claim_at(&driver, &queues, 3, clock.now()).await;
+        for reserved in &got.jobs {
+            starts.push(clock.now());
+            complete(&driver, &reserved.lease, clock.now()).await.expect("complete");
+        }
+        if got.jobs.is_empty() {
+            let due = got.next_due.expect("a rate-limited claim says when to come back");
+            assert!(
+                due > clock.now() && due <= clock.now() + 1_000,
+                "reopens within the window: {due}"
+            );
+        }
+    }
+    for (i, from) in starts.iter().enumerate() {
+        let in_window = starts[i..].iter().filter(|at| **at < from + 1_000).count();
+        assert!(in_window <= 5, "the window from {from} holds {in_window} starts: {starts:?}");
+    }
+    assert!(starts.len() >= 15, "the limit lets 5 per second through: {starts:?}");
+}
+
+/// An idle worker held back by a limit wakes when a slot or a token frees, not after `sleep`.
+pub async fn limited_workers_wake_when_a_slot_or_token_frees(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, probe) = probe();
+    queue.set_limits("default", QueueLimits::none().concurrency(1)).await.expect("limit");
+    queue
+        .dispatch_many(
+            (0..3).map(|i| PlainJob(Script { work_ms: 200, tag: i, ..Script::ok(&key) })),
+        )
+        .await
+        .expect("dispatch");
+    let started = Instant::now();
+    let summary = worker(&queue, &["default"])
+        .concurrency(4)
+        .sleep(Duration::from_secs(10))
+        .stop_when_empty(true)
+        .run()
+        .await
+        .expect("worker");
+    assert_eq!(summary.done, 3);
+    assert_eq!(probe.max_running.load(Ordering::SeqCst), 1, "one at a time");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woke as slots freed: {:?}",
+        started.elapsed()
+    );
+
+    queue
+        .set_limits("default", QueueLimits::none().rate(orcs_core::RateLimit::new(1, 300)))
+        .await
+        .expect("limit");
+    queue.dispatch_many((0..3).map(|i| plain(&key, i))).await.expect("dispatch");
+    let started = Instant::now();
+    let summary = worker(&queue, &["default"])
+        .concurrency(4)
+        .sleep(Duration::from_secs(10))
+        .max_jobs(3)
+        .run()
+        .await
+        .expect("worker");
+    assert_eq!(summary.done, 3);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(550), "one start per 300 ms: {took:?}");
+    assert!(took < Duration::from_secs(5), "woke as tokens freed: {took:?}");
+}
+
+/// A job can snooze: it runs again after the delay, and no attempt was used.
+pub async fn snooze_runs_the_job_again_without_using_an_attempt(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, probe) = probe();
+    let id = queue
+        .dispatch(PlainJob(Script { snooze_first_ms: 5_000, ..Script::ok(&key) }))
+        .await
+        .expect("dispatch");
+    let first = work_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(first.outcome, Outcome::Snoozed { at: clock.now() + 5_000 });
+    check_stats(&queue, "default", (0, 1, 0, 0, 0, 0), "snoozed").await;
+    clock.advance(Duration::from_secs(5));
+    let second = work_one(&queue, &["default"]).await.expect("the job again");
+    assert_eq!((second.id, second.attempt, second.outcome), (id, 1, Outcome::Done));
+    assert_eq!(probe.started(), 2);
+}
+
+/// Cancelling a pending or delayed job deletes it, frees its key and counts it; an unknown or
+/// failed id is not found.
+pub async fn cancel_removes_waiting_jobs(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let pending = queue.dispatch(plain(&key, 1)).await.expect("dispatch");
+    let delayed =
+        queue.dispatch_after(Duration::from_secs(60), plain(&key, 2)).await.expect("dispatch");
+    let failing = queue
+        .dispatch_with(plain(&key, 3), DispatchOptions::new().queue("other"))
+        .await
+        .expect("dispatch");
+    assert_eq!(queue.cancel(&pending).await.expect("cancel"), orcs_core::CancelOutcome::Removed);
+    assert_eq!(queue.cancel(&delayed).await.expect("cancel"), orcs_core::CancelOutcome::Removed);
+    assert!(queue.get(&pending).await.expect("get").is_none(), "gone");
+    let s = stats(&queue, "default").await;
+    assert_eq!((s.pending, s.delayed, s.cancelled), (0, 0, 2));
+    let held = claim_one(&queue, &["other"]).await.expect("a job");
+    fail(&driver, &held.lease, "boom", clock.now()).await.expect("fail");
+    assert!(matches!(queue.cancel(&failing).await, Err(Error::NotFound { .. })), "a failed job");
+    assert!(matches!(queue.cancel(&pending).await, Err(Error::NotFound { .. })), "a cancelled one");
+}
+
+/// Cancelling a running job from anywhere: its worker sees `ctx.cancelled()` within about a
+/// second, the attempt ends as cancelled, nothing is retried, and it is counted.
+pub async fn cancel_stops_a_running_job_within_a_second(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, probe) = probe();
+    let id = queue
+        .dispatch(RetryJob(Script { work_ms: 30_000, ..Script::ok(&key) }))
+        .await
+        .expect("dispatch");
+    let handle = worker(&queue, &["default"]).concurrency(2).spawn();
+    assert!(
+        eventually(Duration::from_secs(5), || async { probe.started() == 1 }).await,
+        "the job started"
+    );
+    let info = queue.get(&id).await.expect("get").expect("running");
+    assert_eq!(info.state, JobState::Reserved);
+    let asked = Instant::now();
+    assert_eq!(queue.cancel(&id).await.expect("cancel"), orcs_core::CancelOutcome::Requested);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            queue.get(&id).await.expect("get").is_none()
+        })
+        .await,
+        "the job ended"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(1_500),
+        "within a second: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(probe.saw_cancel.load(Ordering::SeqCst), 1, "the job saw the cancel request");
+    let summary = handle.shutdown().await.expect("worker");
+    assert_eq!((summary.cancelled, summary.retried, summary.failed), (1, 0, 0));
+    let s = stats(&queue, "default").await;
+    assert_eq!((s.cancelled, s.pending, s.delayed, s.failed), (1, 0, 0, 0), "not retried, counted");
+}
+
+/// A job whose worker died after a cancel was asked for ends at lease recovery instead of
+/// running again.
+pub async fn cancel_of_a_job_whose_worker_died_ends_it_at_recovery(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let id = queue
+        .dispatch_with(plain(&key, 1), unique("k", UniqueUntil::Finished))
+        .await
+        .expect("dispatch");
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(queue.cancel(&id).await.expect("cancel"), orcs_core::CancelOutcome::Requested);
+    assert!(queue.get(&id).await.expect("get").expect("still there").cancel_requested);
+    clock.set(held.lease.expires_at);
+    driver.recover(&names(&["default"]), clock.now()).await.expect("recover");
+    assert!(queue.get(&id).await.expect("get").is_none(), "ended at recovery");
+    assert!(claim_one(&queue, &["default"]).await.is_none(), "not run again");
+    assert_eq!(stats(&queue, "default").await.cancelled, 1);
+    let next = queue
+        .dispatch_with(plain(&key, 2), unique("k", UniqueUntil::Finished))
+        .await
+        .expect("dispatch");
+    assert_ne!(next, id, "its key is free");
+}
+
+/// Progress a job reports is stored with it (the worker sends it about twice a second) and
+/// shown by `get`; a report on a stale lease changes nothing.
+pub async fn progress_is_stored_with_the_job(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, probe) = probe();
+    let id = queue
+        .dispatch(PlainJob(Script { work_ms: 30_000, progress: Some(3), ..Script::ok(&key) }))
+        .await
+        .expect("dispatch");
+    let handle = worker(&queue, &["default"]).spawn();
+    assert!(eventually(Duration::from_secs(5), || async { probe.started() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            queue.get(&id).await.expect("get").and_then(|i| i.progress).is_some()
+        })
+        .await,
+        "progress was stored"
+    );
+    let info = queue.get(&id).await.expect("get").expect("running");
+    let progress: serde_json::Value =
+        serde_json::from_str(info.progress.as_deref().expect("progress")).expect("JSON");
+    assert_eq!(progress, serde_json::json!({ "step": 3 }));
+    let mut stale = Lease::new(id.clone(), "default", "not-the-token", 0);
+    stale.expires_at = queue.now() + 60_000;
+    let cancelled = driver
+        .touch(&[orcs_core::Touch::new(stale, Some("\"stale\"".to_owned()))], queue.now())
+        .await
+        .expect("touch");
+    assert!(cancelled.is_empty());
+    let info = queue.get(&id).await.expect("get").expect("running");
+    assert_eq!(info.progress.as_deref(), Some(r#"{"step":3}"#), "a stale lease changes nothing");
+    handle.shutdown().await.expect("worker");
 }

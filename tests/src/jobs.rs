@@ -26,6 +26,8 @@ pub struct Probe {
     pub max_running: AtomicU32,
     /// Attempts that saw `ctx.cancelled()` fire and finished their clean-up.
     pub cleanups: AtomicU32,
+    /// Attempts that saw a cancel request (`ctx.is_cancel_requested()`).
+    pub saw_cancel: AtomicU32,
 }
 
 impl Probe {
@@ -93,6 +95,12 @@ pub struct Script {
     /// When cancelled, spend this long cleaning up (not cancellable) before returning.
     #[serde(default)]
     pub cleanup_ms: u64,
+    /// On the first run only, snooze for this long.
+    #[serde(default)]
+    pub snooze_first_ms: u64,
+    /// Report this progress value (as `{"step": n}`) before working.
+    #[serde(default)]
+    pub progress: Option<u64>,
 }
 
 /// Counts an attempt as running until dropped (also when the worker drops the job's future).
@@ -126,10 +134,17 @@ impl Script {
             SystemClock.now(),
         ));
         let _running = Running::start(Arc::clone(&probe));
+        if self.snooze_first_ms > 0 && probe.started() == 1 {
+            return Err(JobError::snooze(Duration::from_millis(self.snooze_first_ms)));
+        }
+        if let Some(step) = self.progress {
+            ctx.progress(serde_json::json!({ "step": step }));
+        }
         if self.work_ms > 0 {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(self.work_ms)) => {}
                 () = ctx.cancelled() => {
+                    probe.saw_cancel.fetch_add(u32::from(ctx.is_cancel_requested()), Ordering::SeqCst);
                     if self.cleanup_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(self.cleanup_ms)).await;
                         probe.cleanups.fetch_add(1, Ordering::SeqCst);

@@ -114,6 +114,19 @@ macro_rules! conformance_tests {
             claims_and_workers_respect_their_limits,
             timeout_asks_the_job_to_stop_before_dropping_it,
             clock_skew_is_measured_against_the_backend,
+            unique_key_holds_until_started,
+            unique_key_frees_on_every_terminal_path,
+            unique_key_for_a_period_expires_by_time,
+            unique_keys_are_per_queue_and_per_job_in_a_batch,
+            concurrent_dispatchers_on_one_key_store_one_job,
+            concurrency_limit_caps_jobs_running_at_once,
+            rate_limit_allows_n_starts_in_any_window,
+            limited_workers_wake_when_a_slot_or_token_frees,
+            snooze_runs_the_job_again_without_using_an_attempt,
+            cancel_removes_waiting_jobs,
+            cancel_stops_a_running_job_within_a_second,
+            cancel_of_a_job_whose_worker_died_ends_it_at_recovery,
+            progress_is_stored_with_the_job,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -77,7 +77,10 @@ impl Runner {
             attempt: record.attempt,
             max_attempts: record.max_attempts(),
             cancel: hard_stop.child_token(),
+            shared: Arc::default(),
         };
+        // Reported on by the run loop's touch (progress, cancel) while the job runs.
+        let _running = self.running(lease, &ctx);
         if record.attempt > record.max_attempts() {
             // The worker that ran the last attempt died holding the job (its lease expired).
             let error = JobError::retry(format!(
@@ -97,6 +100,7 @@ impl Runner {
 
         let limit = record.timeout_ms.map_or(self.options.default_timeout, Duration::from_millis);
         let grace = self.options.cancel_grace;
+        let cancel_requested = ctx.shared.cancel_requested.clone();
         let result = {
             let mut run = std::pin::pin!(AssertUnwindSafe(job.handle(&ctx)).catch_unwind());
             let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
@@ -123,6 +127,9 @@ impl Runner {
         // The job's code is done: its slot can take the next job while the result is recorded.
         drop(slot);
 
+        if result.is_err() && cancel_requested.is_cancelled() {
+            return self.settle(Settle::cancel(lease.clone()), Outcome::Cancelled).await;
+        }
         // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.
         if result.is_err() && hard_stop.is_cancelled() {
             let now = self.queue.now();
@@ -130,6 +137,11 @@ impl Runner {
         }
         match result {
             Ok(()) => self.settle(Settle::complete(lease.clone()), Outcome::Done).await,
+            Err(error) if error.snooze_for().is_some() => {
+                let delay = error.snooze_for().unwrap_or_default();
+                let at = self.queue.now().saturating_add(millis(delay));
+                self.settle(Settle::release(lease.clone(), at), Outcome::Snoozed { at }).await
+            }
             Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => {
                 self.fail_for_good(lease, error.message().to_owned(), Some((job, &ctx, &error)))
                     .await

@@ -24,6 +24,13 @@ pub enum Outcome {
     },
     /// Handed back unfinished at shutdown.
     Released,
+    /// The job asked to run again at `at` ([`crate::JobError::snooze`]); no attempt was used.
+    Snoozed {
+        /// When the job becomes claimable again.
+        at: Millis,
+    },
+    /// Cancelled while it ran ([`crate::Queue::cancel`]): deleted, not retried.
+    Cancelled,
     /// Handed back because this worker does not register the job's type (a rolling deploy);
     /// claimable again at `at`, the attempt not counted.
     Deferred {
@@ -35,7 +42,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A short label for logs: DONE, RETRY, FAIL, RELEASED, DEFER or LOST.
+    /// A short label for logs: DONE, RETRY, FAIL, RELEASED, DEFER, SNOOZE, CANCEL or LOST.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Done => "DONE",
@@ -43,6 +50,8 @@ impl Outcome {
             Self::Failed { .. } => "FAIL",
             Self::Released => "RELEASED",
             Self::Deferred { .. } => "DEFER",
+            Self::Snoozed { .. } => "SNOOZE",
+            Self::Cancelled => "CANCEL",
             Self::LeaseLost => "LOST",
         }
     }
@@ -80,6 +89,10 @@ pub struct WorkerSummary {
     pub lost: u64,
     /// Jobs of a type this worker does not register, handed back for another worker.
     pub deferred: u64,
+    /// Jobs that snoozed.
+    pub snoozed: u64,
+    /// Jobs cancelled while they ran.
+    pub cancelled: u64,
 }
 
 impl WorkerSummary {
@@ -91,6 +104,8 @@ impl WorkerSummary {
             Outcome::Released => self.released += 1,
             Outcome::LeaseLost => self.lost += 1,
             Outcome::Deferred { .. } => self.deferred += 1,
+            Outcome::Snoozed { .. } => self.snoozed += 1,
+            Outcome::Cancelled => self.cancelled += 1,
         }
     }
 

@@ -1,9 +1,10 @@
 //! The worker loop: claims jobs into free slots, recovers expired leases, waits when idle,
 //! writes settles in batches, and drains on shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -19,7 +20,9 @@ use crate::clock::Millis;
 use crate::driver::BoxDriver;
 use crate::error::Result;
 use crate::queue::Queue;
-use crate::record::{ClaimRequest, Reserved, Settle};
+use crate::error::Error;
+use crate::job::{JobContext, Shared};
+use crate::record::{ClaimRequest, Lease, Reserved, Settle, Touch};
 use crate::registry::Registry;
 
 /// The state shared by the worker loop and its job tasks.
@@ -33,6 +36,29 @@ pub(super) struct Runner {
     pub(super) settles: Option<mpsc::UnboundedSender<Pending>>,
     /// Set when the drain gave up on handing jobs back (the backend is down).
     gave_up: AtomicBool,
+    /// The jobs running now, by id, for the periodic touch (progress, cancel requests).
+    running: Mutex<HashMap<String, RunningJob>>,
+    /// Whether the driver answers touch (set false on `Unsupported`).
+    touch_supported: AtomicBool,
+}
+
+/// What the run loop knows of a running job.
+struct RunningJob {
+    lease: Lease,
+    cancel: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+/// Removes a job from [`Runner::running`] when its attempt ends, however it ends.
+pub(super) struct RunningGuard<'a> {
+    runner: &'a Runner,
+    id: String,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.runner.running_jobs().remove(&self.id);
+    }
 }
 
 /// A settle waiting to be written, with the channel its task awaits the result on.
@@ -93,6 +119,10 @@ impl Drop for Slot {
 /// without them (their leases expire and recovery returns them to pending).
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a worker reports on its running jobs (progress) and learns of cancels: a cancelled
+/// job sees `ctx.cancelled()` within about this long.
+const TOUCH_INTERVAL: Duration = Duration::from_millis(400);
+
 /// How often the worker compares its clock with the backend's.
 const CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -111,6 +141,8 @@ impl Runner {
             on_event,
             settles: None,
             gave_up: AtomicBool::new(false),
+            running: Mutex::default(),
+            touch_supported: AtomicBool::new(true),
         }
     }
 
@@ -119,6 +151,53 @@ impl Runner {
         request.default_timeout_ms = duration_ms(self.options.default_timeout);
         request.grace_ms = duration_ms(self.options.lease_grace);
         request
+    }
+
+    fn running_jobs(&self) -> MutexGuard<'_, HashMap<String, RunningJob>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a job as running until the guard drops.
+    pub(super) fn running(&self, lease: &Lease, ctx: &JobContext) -> RunningGuard<'_> {
+        let job = RunningJob {
+            lease: lease.clone(),
+            cancel: ctx.cancel.clone(),
+            shared: Arc::clone(&ctx.shared),
+        };
+        self.running_jobs().insert(lease.id.clone(), job);
+        RunningGuard { runner: self, id: lease.id.clone() }
+    }
+
+    /// Sends the running jobs' new progress and stops those whose cancel was asked for.
+    async fn touch(&self) {
+        if !self.touch_supported.load(Ordering::Relaxed) {
+            return;
+        }
+        let touches: Vec<Touch> = self
+            .running_jobs()
+            .values()
+            .map(|job| {
+                let progress = job.shared.progress.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Touch::new(job.lease.clone(), progress)
+            })
+            .collect();
+        if touches.is_empty() {
+            return;
+        }
+        match self.driver.touch(&touches, self.queue.now()).await {
+            Ok(cancelled) => {
+                let running = self.running_jobs();
+                for id in cancelled {
+                    if let Some(job) = running.get(&id) {
+                        tracing::info!(id = %id, "the job was cancelled; asking it to stop");
+                        job.shared.cancel_requested.cancel();
+                        job.cancel.cancel();
+                    }
+                }
+            }
+            Err(Error::Unsupported { .. }) => self.touch_supported.store(false, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "could not report on running jobs"),
+        }
     }
 
     pub(super) fn emit(&self, event: &WorkerEvent) {
@@ -190,6 +269,7 @@ impl Runner {
         let mut claimed: u64 = 0;
         let mut next_recover = started;
         let mut next_clock_check = started;
+        let mut next_touch = started + TOUCH_INTERVAL;
         let mut backend_backoff = BackendBackoff::default();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut shutdown_asked = false;
@@ -209,6 +289,10 @@ impl Runner {
             if now_instant >= next_clock_check {
                 next_clock_check = now_instant + CLOCK_CHECK_INTERVAL;
                 self.check_clock().await;
+            }
+            if now_instant >= next_touch {
+                next_touch = now_instant + TOUCH_INTERVAL;
+                self.touch().await;
             }
             if now_instant >= next_recover {
                 next_recover = now_instant + options.recover_interval;
@@ -248,6 +332,9 @@ impl Runner {
                                 ));
                             }
                             wait = wait.min(next_recover.saturating_duration_since(Instant::now()));
+                            if !tasks.is_empty() {
+                                wait = wait.min(next_touch.saturating_duration_since(Instant::now()));
+                            }
                             idle_for = Some(wait);
                         } else {
                             let mut jobs = claim.jobs;
@@ -314,6 +401,7 @@ impl Runner {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => self.record(joined, &mut summary),
                 () = slot_freed.notified() => {}
                 () = wait_for_work => {}
+                () = tokio::time::sleep_until(next_touch), if !tasks.is_empty() => {}
                 () = max_time_left => {}
                 () = &mut shutdown => {
                     shutdown_asked = true;
