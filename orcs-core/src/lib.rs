@@ -63,7 +63,7 @@ mod record;
 mod registry;
 mod worker;
 
-pub use backoff::retry_delay;
+pub use backoff::{jittered, retry_delay};
 pub use clock::{Clock, ManualClock, Millis, SystemClock, millis};
 pub use driver::{Admin, BoxDriver, Driver};
 pub use error::{BoxError, Error, Result};

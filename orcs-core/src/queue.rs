@@ -428,7 +428,10 @@ impl Queue {
     pub async fn set_limits(&self, queue: &str, limits: crate::record::QueueLimits) -> Result<()> {
         validate_queue_name(queue)?;
         if limits.concurrency == Some(0) {
-            return Err(Error::invalid("concurrency limit", "0 would stop the queue; pause it instead, or use 1 or more"));
+            return Err(Error::invalid(
+                "concurrency limit",
+                "0 would stop the queue; pause it instead, or use 1 or more",
+            ));
         }
         if let Some(rate) = limits.rate
             && (rate.limit == 0 || rate.period_ms == 0)

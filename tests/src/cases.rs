@@ -42,6 +42,8 @@ fn worker(queue: &Queue, queues: &[&str]) -> Worker {
         .queues(names(queues))
         .timeout(Duration::from_millis(DEFAULT_TIMEOUT_MS))
         .lease_grace(Duration::from_millis(GRACE_MS))
+        // The cases check the exact backoff schedule; jitter has its own case.
+        .retry_jitter(false)
 }
 
 async fn claim(queue: &Queue, queues: &[&str], max: usize) -> Vec<Reserved> {
@@ -1922,4 +1924,71 @@ pub async fn progress_is_stored_with_the_job(driver: BoxDriver) {
     let info = queue.get(&id).await.expect("get").expect("running");
     assert_eq!(info.progress.as_deref(), Some(r#"{"step":3}"#), "a stale lease changes nothing");
     handle.shutdown().await.expect("worker");
+}
+
+/// Retries are spread by jitter by default (within ±20% of the schedule), so jobs failing
+/// together do not all retry in the same millisecond.
+pub async fn retry_backoff_is_jittered_by_default(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue
+        .dispatch_many(
+            (0..20).map(|i| RetryJob(Script { fail_attempts: 1, tag: i, ..Script::ok(&key) })),
+        )
+        .await
+        .expect("dispatch");
+    let mut retry_at = HashSet::new();
+    for _ in 0..20 {
+        let event = worker(&queue, &["default"])
+            .retry_jitter(true)
+            .work_one()
+            .await
+            .expect("work")
+            .expect("a job");
+        let Outcome::Retry { at, .. } = event.outcome else {
+            panic!("a retry, got {:?}", event.outcome)
+        };
+        let delay = at - clock.now();
+        assert!((48_000..72_000).contains(&delay), "60 s ± 20%: {delay} ms");
+        retry_at.insert(at);
+    }
+    assert!(retry_at.len() > 10, "spread: {} distinct retry times of 20", retry_at.len());
+}
+
+/// A second stop signal (`run_until_forced`) hands running jobs back at once instead of waiting
+/// for the shutdown timeout.
+pub async fn a_forced_stop_hands_jobs_back_without_waiting(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, probe) = probe();
+    queue
+        .dispatch_many(
+            (0..3).map(|i| PlainJob(Script { work_ms: 30_000, tag: i, ..Script::ok(&key) })),
+        )
+        .await
+        .expect("dispatch");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (force, forced) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(
+        worker(&queue, &["default"])
+            .concurrency(4)
+            .shutdown_timeout(Duration::from_secs(30))
+            .run_until_forced(
+                async move {
+                    let _ = stopped.await;
+                },
+                async move {
+                    let _ = forced.await;
+                },
+            ),
+    );
+    assert!(eventually(Duration::from_secs(5), || async { probe.started() == 3 }).await);
+    stop.send(()).expect("the worker listens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!running.is_finished(), "a first signal waits for the running jobs");
+    let asked = Instant::now();
+    force.send(()).expect("the worker listens");
+    let summary = running.await.expect("task").expect("worker");
+    assert!(asked.elapsed() < Duration::from_secs(5), "forced: {:?}", asked.elapsed());
+    assert_eq!((summary.done, summary.released), (0, 3));
+    check_stats(&queue, "default", (3, 0, 0, 0, 0, 0), "handed back").await;
 }

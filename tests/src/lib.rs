@@ -127,6 +127,8 @@ macro_rules! conformance_tests {
             cancel_stops_a_running_job_within_a_second,
             cancel_of_a_job_whose_worker_died_ends_it_at_recovery,
             progress_is_stored_with_the_job,
+            retry_backoff_is_jittered_by_default,
+            a_forced_stop_hands_jobs_back_without_waiting,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 
 use super::events::{Outcome, WorkerEvent};
 use super::run_loop::{BackendBackoff, Runner, Slot, duration_ms};
-use crate::backoff::retry_delay;
+use crate::backoff::{jittered, retry_delay};
 use crate::clock::millis;
 use crate::error::{Error, Result};
 use crate::job::{JobContext, JobError};
@@ -147,8 +147,11 @@ impl Runner {
                     .await
             }
             Err(error) => {
-                let delay =
+                let mut delay =
                     retry_delay(Duration::from_millis(record.retry_delay_ms), record.attempt);
+                if self.options.retry_jitter {
+                    delay = jittered(delay, &format!("{}:{}", record.id, record.attempt));
+                }
                 let at = self.queue.now().saturating_add(millis(delay));
                 let message = error.message().to_owned();
                 let outcome = Outcome::Retry { at, error: message.clone() };

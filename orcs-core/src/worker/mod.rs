@@ -159,6 +159,15 @@ impl Worker {
         self
     }
 
+    /// Whether each retry's backoff is moved by up to ±20% (default: on), so that jobs failing
+    /// together (an outage of a service they call) do not retry in the same millisecond. Off
+    /// gives the exact schedule `RETRY_DELAY * 2^(n-1)`.
+    #[must_use]
+    pub fn retry_jitter(mut self, on: bool) -> Self {
+        self.options.retry_jitter = on;
+        self
+    }
+
     /// Calls `f` after every attempt (the CLI prints its per-job lines from here).
     #[must_use]
     pub fn on_event(mut self, f: impl Fn(&WorkerEvent) + Send + Sync + 'static) -> Self {
@@ -224,7 +233,22 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
         self.validate()?;
-        self.runner().run_with_writer(shutdown).await
+        self.runner().run_with_writer(shutdown, std::future::pending()).await
+    }
+
+    /// [`Worker::run_until`] with a second signal, `force`: once it completes, running jobs are
+    /// asked to stop at once (`ctx.cancelled()` fires, then the cancel grace) and handed back,
+    /// without waiting for the shutdown timeout. The `orcs` command forces on a second Ctrl-C.
+    ///
+    /// # Errors
+    /// As [`Worker::run_until`].
+    pub async fn run_until_forced(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+        force: impl Future<Output = ()> + Send,
+    ) -> Result<WorkerSummary> {
+        self.validate()?;
+        self.runner().run_with_writer(shutdown, force).await
     }
 
     /// Starts the worker on the current runtime; stop and join it with [`WorkerHandle::shutdown`].

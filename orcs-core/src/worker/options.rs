@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     pub unknown_job_patience: Duration,
     /// A clock skew against the backend above this is logged as a warning.
     pub clock_skew_warning: Duration,
+    /// Moves each retry's backoff by up to ±20% so jobs failing together spread out.
+    pub retry_jitter: bool,
 }
 
 impl Default for WorkerOptions {
@@ -55,6 +57,7 @@ impl Default for WorkerOptions {
             unknown_job_delay: Duration::from_secs(10),
             unknown_job_patience: Duration::from_secs(3600),
             clock_skew_warning: Duration::from_secs(1),
+            retry_jitter: true,
         }
     }
 }

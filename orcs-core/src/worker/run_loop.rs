@@ -18,10 +18,10 @@ use super::options::WorkerOptions;
 use crate::backoff::retry_delay;
 use crate::clock::Millis;
 use crate::driver::BoxDriver;
-use crate::error::Result;
-use crate::queue::Queue;
 use crate::error::Error;
+use crate::error::Result;
 use crate::job::{JobContext, Shared};
+use crate::queue::Queue;
 use crate::record::{ClaimRequest, Lease, Reserved, Settle, Touch};
 use crate::registry::Registry;
 
@@ -237,6 +237,7 @@ impl Runner {
     pub(super) async fn run_with_writer(
         mut self,
         shutdown: impl Future<Output = ()> + Send,
+        force: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.settles = Some(tx);
@@ -244,7 +245,7 @@ impl Runner {
         let mut background = JoinSet::new();
         background.spawn(write_settles(self.queue.clone(), rx, done.clone()));
         let runner = Arc::new(self);
-        let result = Arc::clone(&runner).run(shutdown).await;
+        let result = Arc::clone(&runner).run(shutdown, force).await;
         done.cancel();
         // Every job task waited for its settle, so the writer has nothing left, unless the drain
         // gave up on a backend that is down: then it must not hold the worker up (the leases
@@ -260,6 +261,7 @@ impl Runner {
     async fn run(
         self: Arc<Self>,
         shutdown: impl Future<Output = ()> + Send,
+        force: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
         let options = &self.options;
         let started = Instant::now();
@@ -271,7 +273,10 @@ impl Runner {
         let mut next_clock_check = started;
         let mut next_touch = started + TOUCH_INTERVAL;
         let mut backend_backoff = BackendBackoff::default();
+        let mut outage = Outage::default();
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut force = std::pin::pin!(force);
+        let mut forced = false;
         let mut shutdown_asked = false;
         // `concurrency` slots for running job code; see `Slot`. Jobs whose result is still being
         // recorded hold no slot, but at most `concurrency` of them are let pile up.
@@ -299,9 +304,7 @@ impl Runner {
                 match self.driver.recover(&options.queues, self.queue.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(jobs = n, "recovered jobs whose lease expired"),
-                    Err(e) if e.is_transient() => {
-                        tracing::warn!(error = %e, "lease recovery failed; will try again")
-                    }
+                    Err(e) if e.is_transient() => outage.failed(&e),
                     Err(e) => return Err(e),
                 }
             }
@@ -321,6 +324,7 @@ impl Runner {
                 match self.driver.claim(&self.claim_request(want, now)).await {
                     Ok(claim) => {
                         backend_backoff.reset();
+                        outage.recovered();
                         if claim.jobs.is_empty() {
                             if options.stop_when_empty && tasks.is_empty() {
                                 break;
@@ -333,7 +337,8 @@ impl Runner {
                             }
                             wait = wait.min(next_recover.saturating_duration_since(Instant::now()));
                             if !tasks.is_empty() {
-                                wait = wait.min(next_touch.saturating_duration_since(Instant::now()));
+                                wait =
+                                    wait.min(next_touch.saturating_duration_since(Instant::now()));
                             }
                             idle_for = Some(wait);
                         } else {
@@ -369,7 +374,7 @@ impl Runner {
                     }
                     Err(e) if e.is_transient() => {
                         let pause = backend_backoff.next();
-                        tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "claim failed; retrying");
+                        outage.failed(&e);
                         idle_for = Some(pause);
                     }
                     Err(e) => return Err(e),
@@ -383,7 +388,7 @@ impl Runner {
                         if let Err(e) =
                             self.driver.wait(&options.queues, self.queue.now(), timeout).await
                         {
-                            tracing::warn!(error = %e, "waiting for jobs failed");
+                            tracing::debug!(error = %e, "waiting for jobs failed");
                             tokio::time::sleep(timeout.min(Duration::from_millis(500))).await;
                         }
                     }
@@ -407,6 +412,11 @@ impl Runner {
                     shutdown_asked = true;
                     break;
                 }
+                () = &mut force => {
+                    shutdown_asked = true;
+                    forced = true;
+                    break;
+                }
             }
         }
 
@@ -414,7 +424,9 @@ impl Runner {
         // the shutdown timeout, after which they are cancelled and handed back. Handing back (and
         // recording results) gets HAND_BACK_TIMEOUT more: a backend that is down must not hold
         // the worker up, and the jobs' leases bring them back anyway.
-        let mut deadline = shutdown_asked.then(|| Instant::now() + options.shutdown_timeout);
+        let mut deadline = shutdown_asked.then(|| {
+            Instant::now() + if forced { Duration::ZERO } else { options.shutdown_timeout }
+        });
         let mut give_up_at: Option<Instant> = None;
         while !tasks.is_empty() {
             let until_deadline = async {
@@ -443,6 +455,11 @@ impl Runner {
                 }
                 () = &mut shutdown, if deadline.is_none() => {
                     deadline = Some(Instant::now() + options.shutdown_timeout);
+                }
+                () = &mut force, if !forced && give_up_at.is_none() => {
+                    // A second stop signal: cancel the running jobs now instead of waiting.
+                    forced = true;
+                    deadline = Some(Instant::now());
                 }
             }
         }
@@ -479,6 +496,40 @@ impl Runner {
 
 pub(super) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Says once that the backend is unreachable and once that it is back, instead of a warning per
+/// failed call (a worker retries several times a second).
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<Instant>,
+    failures: u32,
+}
+
+impl Outage {
+    fn failed(&mut self, error: &Error) {
+        self.failures = self.failures.saturating_add(1);
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::warn!(
+                error = %error,
+                "the backend is unreachable; retrying with backoff (100 ms doubling to 5 s) until it is back"
+            );
+        } else {
+            tracing::debug!(error = %error, failures = self.failures, "the backend is still unreachable");
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::warn!(
+                failed_calls = self.failures,
+                down_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "reconnected: the backend is reachable again"
+            );
+            self.failures = 0;
+        }
+    }
 }
 
 /// Exponential pauses (100 ms doubling to 5 s) while the backend is unreachable.
