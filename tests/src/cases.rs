@@ -282,22 +282,32 @@ pub async fn delayed_job_starts_within_50ms_of_due(driver: BoxDriver) {
     let (key, probe) = probe();
     let handle = worker(&queue, &["default"]).concurrency(4).sleep(Duration::from_secs(30)).spawn();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let due_at_least = SystemClock.now() + 300;
-    let id =
-        queue.dispatch_after(Duration::from_millis(300), plain(&key, 0)).await.expect("dispatch");
-    let due_at_most = SystemClock.now() + 300;
+    // Five jobs due 150 ms apart: each must wake the idle worker on time. One late sample on a
+    // loaded machine is noise; the median says whether the worker wakes for due jobs or polls.
+    let mut due = Vec::new();
+    for i in 0..5_u64 {
+        let delay = 300 + 150 * i;
+        let at_least = SystemClock.now() + delay as i64;
+        let id = queue
+            .dispatch_after(Duration::from_millis(delay), plain(&key, i))
+            .await
+            .expect("dispatch");
+        due.push((id, at_least, SystemClock.now() + delay as i64));
+    }
     assert!(
-        eventually(Duration::from_secs(3), || async { probe.started() == 1 }).await,
-        "the delayed job ran"
+        eventually(Duration::from_secs(5), || async { probe.started() == 5 }).await,
+        "the delayed jobs ran"
     );
     handle.shutdown().await.expect("worker");
-    let started = probe.first_start(&id).expect("started");
-    assert!(started >= due_at_least, "started {} ms before it was due", due_at_least - started);
-    assert!(
-        started <= due_at_most + 50,
-        "started {} ms after it was due (limit 50)",
-        started - due_at_most
-    );
+    let mut lateness = Vec::new();
+    for (id, at_least, at_most) in &due {
+        let started = probe.first_start(id).expect("started");
+        assert!(started >= *at_least, "started {} ms before it was due", at_least - started);
+        lateness.push(started - at_most);
+    }
+    lateness.sort_unstable();
+    assert!(lateness[2] <= 50, "median lateness {} ms (limit 50): {lateness:?}", lateness[2]);
+    assert!(lateness[4] < 1_000, "every job well before the 30 s poll: {lateness:?}");
 }
 
 /// A dispatch wakes an idle worker at once instead of waiting for its next poll.
@@ -305,16 +315,28 @@ pub async fn dispatch_wakes_an_idle_worker(driver: BoxDriver) {
     let queue = system_queue(&driver);
     let (key, probe) = probe();
     let handle = worker(&queue, &["default"]).sleep(Duration::from_secs(30)).spawn();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let sent = SystemClock.now();
-    let id = queue.dispatch(plain(&key, 0)).await.expect("dispatch");
-    assert!(
-        eventually(Duration::from_secs(3), || async { probe.started() == 1 }).await,
-        "the job ran"
-    );
+    let mut waits = Vec::new();
+    // Five rounds, the worker idle before each: the median is the wake-up time, robust to one
+    // slow sample on a loaded machine.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let sent = SystemClock.now();
+        let id = queue.dispatch(plain(&key, i)).await.expect("dispatch");
+        let count = i as usize + 1;
+        assert!(
+            eventually(Duration::from_secs(3), || async { probe.started() == count }).await,
+            "the job ran"
+        );
+        waits.push(probe.first_start(&id).expect("started") - sent);
+    }
     handle.shutdown().await.expect("worker");
-    let waited = probe.first_start(&id).expect("started") - sent;
-    assert!(waited <= 50, "an idle worker took {waited} ms to start a dispatched job (limit 50)");
+    waits.sort_unstable();
+    assert!(
+        waits[2] <= 50,
+        "an idle worker's median wake-up took {} ms (limit 50): {waits:?}",
+        waits[2]
+    );
+    assert!(waits[4] < 1_000, "every job well before the 30 s poll: {waits:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
