@@ -5,6 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::error::BoxError;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -137,11 +139,39 @@ impl JobContext {
 }
 
 /// Why an attempt failed: a job's own error, as opposed to [`crate::Error`] for infrastructure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Built from an error, it keeps the error (its [`JobError::source`]) and its whole cause chain in
+/// the message (`outer: inner: root`), which the failed set stores.
+#[derive(Debug, Clone)]
 pub struct JobError {
     kind: JobErrorKind,
     message: String,
     snooze: Option<Duration>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PartialEq for JobError {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, &self.message, self.snooze) == (other.kind, &other.message, other.snooze)
+    }
+}
+
+impl Eq for JobError {}
+
+/// The message of `error` followed by those of its causes, as `outer: inner: root` (a cause whose
+/// message its wrapper already ends with is not repeated).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    message
 }
 
 /// The kinds of [`JobError`].
@@ -161,14 +191,26 @@ pub enum JobErrorKind {
 }
 
 impl JobError {
-    /// A failure that may succeed on a later attempt.
-    pub fn retry(message: impl fmt::Display) -> Self {
-        Self { kind: JobErrorKind::Retryable, message: message.to_string(), snooze: None }
+    fn from_error(kind: JobErrorKind, error: BoxError) -> Self {
+        let source: std::sync::Arc<dyn std::error::Error + Send + Sync> = std::sync::Arc::from(error);
+        Self { kind, message: chain(source.as_ref()), snooze: None, source: Some(source) }
+    }
+
+    /// A failure that may succeed on a later attempt: a message (`&str`, `String`) or any error,
+    /// `anyhow::Error` included, whose cause chain is kept.
+    pub fn retry(error: impl Into<BoxError>) -> Self {
+        Self::from_error(JobErrorKind::Retryable, error.into())
     }
 
     /// A failure that will not succeed: the job goes to the failed set without further attempts.
-    pub fn fatal(message: impl fmt::Display) -> Self {
-        Self { kind: JobErrorKind::Permanent, message: message.to_string(), snooze: None }
+    /// Takes a message or an error, as [`JobError::retry`].
+    pub fn fatal(error: impl Into<BoxError>) -> Self {
+        Self::from_error(JobErrorKind::Permanent, error.into())
+    }
+
+    /// The error this failure was built from, if any (for a message, the message as an error).
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
     }
 
     /// Not a failure: run the job again after `delay` without using an attempt (waiting for a
@@ -178,6 +220,7 @@ impl JobError {
             kind: JobErrorKind::Snooze,
             message: format!("snoozed for {} ms", delay.as_millis()),
             snooze: Some(delay),
+            source: None,
         }
     }
 
@@ -191,11 +234,17 @@ impl JobError {
             kind: JobErrorKind::Timeout,
             message: format!("timed out after {} ms", limit.as_millis()),
             snooze: None,
+            source: None,
         }
     }
 
     pub(crate) fn panicked(message: &str) -> Self {
-        Self { kind: JobErrorKind::Panicked, message: format!("panicked: {message}"), snooze: None }
+        Self {
+            kind: JobErrorKind::Panicked,
+            message: format!("panicked: {message}"),
+            snooze: None,
+            source: None,
+        }
     }
 
     /// The kind of failure.
@@ -208,7 +257,7 @@ impl JobError {
         self.kind == JobErrorKind::Permanent
     }
 
-    /// The message.
+    /// The message, with the cause chain of the error it was built from.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -220,10 +269,53 @@ impl fmt::Display for JobError {
     }
 }
 
-/// Any error converts into a retryable [`JobError`], so `?` works in `handle`.
-/// (For that reason `JobError` itself does not implement `std::error::Error`, as with `anyhow`.)
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+/// Any error converts into a retryable [`JobError`] keeping its cause chain, so `?` works in
+/// `handle` on a `std::error::Error + Send + Sync + 'static`, on `anyhow::Error` and on a
+/// `Box<dyn Error + Send + Sync>`. (For that reason `JobError` itself does not implement
+/// `std::error::Error`, as with `anyhow`.)
+impl<E: Into<BoxError>> From<E> for JobError {
     fn from(error: E) -> Self {
         Self::retry(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("could not send the mail")]
+    struct SendFailed(#[source] std::io::Error);
+
+    fn send() -> Result<(), SendFailed> {
+        Err(SendFailed(std::io::Error::other("connection refused")))
+    }
+
+    fn with_anyhow() -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        send().context("welcome mail for user 7")
+    }
+
+    fn handle(use_anyhow: bool) -> Result<(), JobError> {
+        if use_anyhow {
+            with_anyhow()?;
+        }
+        send()?;
+        Ok(())
+    }
+
+    #[test]
+    fn question_mark_keeps_the_cause_chain() {
+        let error = handle(false).expect_err("fails");
+        assert_eq!(error.message(), "could not send the mail: connection refused");
+        assert_eq!(error.kind(), JobErrorKind::Retryable);
+        assert!(error.source().is_some_and(|e| e.source().is_some()), "the chain is there");
+        let error = handle(true).expect_err("fails");
+        assert_eq!(
+            error.message(),
+            "welcome mail for user 7: could not send the mail: connection refused"
+        );
+        let fatal = JobError::fatal(format!("bad input {}", 3));
+        assert_eq!((fatal.message(), fatal.is_permanent()), ("bad input 3", true));
     }
 }
