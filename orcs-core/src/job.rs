@@ -35,6 +35,12 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// the failed set at once.
     fn handle(&self, ctx: &JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
 
+    /// Declares the application state the job reads with [`JobContext::state`], so that a worker
+    /// whose registry lacks it refuses to start: `needs.state::<PgPool>();`.
+    fn needs(needs: &mut crate::registry::Needs) {
+        let _ = needs;
+    }
+
     /// The unique key this job holds while it waits (or runs), if any: a dispatch whose key is
     /// held by a job of the same queue stores nothing and returns the holder's id.
     /// [`crate::DispatchOptions::unique`] overrides it per dispatch.
@@ -59,6 +65,7 @@ pub struct JobContext {
     pub(crate) max_attempts: u32,
     pub(crate) cancel: CancellationToken,
     pub(crate) shared: std::sync::Arc<Shared>,
+    pub(crate) state: crate::registry::State,
 }
 
 /// What a running job shares with its worker beyond its own context: the progress it reported
@@ -85,7 +92,32 @@ impl JobContext {
             max_attempts: attempt,
             cancel: CancellationToken::new(),
             shared: std::sync::Arc::default(),
+            state: crate::registry::State::default(),
         }
+    }
+
+    /// Gives a context built with [`JobContext::new`] the application's state of a registry, for
+    /// calling `handle` directly in tests.
+    #[must_use]
+    pub fn with_state_of(mut self, registry: &crate::Registry) -> Self {
+        self.state = registry.shared_state().clone();
+        self
+    }
+
+    /// The application's state of type `T`, given to the worker with
+    /// [`crate::Registry::state`] (declare it in [`Job::needs`] so a worker without it refuses to
+    /// start).
+    ///
+    /// # Errors
+    /// A permanent [`JobError`] naming the type if the worker was not given it.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, JobError> {
+        self.state.get::<T>().ok_or_else(|| {
+            JobError::fatal(format!(
+                "the worker was not given state of type {}: add it with Registry::state(value) \
+                 and declare it in Job::needs",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// Reports the job's progress (any JSON value: a percentage, a step, counts). The worker
@@ -192,7 +224,8 @@ pub enum JobErrorKind {
 
 impl JobError {
     fn from_error(kind: JobErrorKind, error: BoxError) -> Self {
-        let source: std::sync::Arc<dyn std::error::Error + Send + Sync> = std::sync::Arc::from(error);
+        let source: std::sync::Arc<dyn std::error::Error + Send + Sync> =
+            std::sync::Arc::from(error);
         Self { kind, message: chain(source.as_ref()), snooze: None, source: Some(source) }
     }
 

@@ -58,6 +58,7 @@ mod driver;
 mod error;
 mod id;
 mod job;
+mod middleware;
 mod queue;
 mod record;
 mod registry;
@@ -69,6 +70,7 @@ pub use driver::{Admin, BoxDriver, Driver};
 pub use error::{BoxError, Error, Result};
 pub use id::new_job_id;
 pub use job::{Job, JobContext, JobError, JobErrorKind};
+pub use middleware::{Middleware, Next, TraceLayer};
 pub use queue::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, DispatchOptions, JobDefaults, MAX_QUEUE_NAME_LEN,
     Queue, validate_queue_name,
@@ -78,7 +80,7 @@ pub use record::{
     JobRecord, JobState, Lease, ListRequest, MAX_PAGE, NewJob, PushOutcome, QueueLimits,
     QueueStats, RateLimit, Reserved, Settle, Touch, Transition, Unique, UniqueUntil,
 };
-pub use registry::Registry;
+pub use registry::{Needs, Registry};
 pub use worker::{
     Outcome, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerSummary, shutdown_signal,
 };

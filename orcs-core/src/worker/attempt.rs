@@ -10,7 +10,6 @@ use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use super::events::{Outcome, WorkerEvent};
 use super::run_loop::{BackendBackoff, Runner, Slot, duration_ms};
@@ -18,6 +17,7 @@ use crate::backoff::{jittered, retry_delay};
 use crate::clock::millis;
 use crate::error::{Error, Result};
 use crate::job::{JobContext, JobError};
+use crate::middleware::Next;
 use crate::record::{JobRecord, Lease, Reserved, Settle};
 use crate::registry::ErasedJob;
 
@@ -33,14 +33,7 @@ impl Runner {
     ) -> WorkerEvent {
         let Reserved { record, lease } = reserved;
         let started = Instant::now();
-        let span = tracing::info_span!(
-            "job",
-            name = %record.name,
-            id = %record.id,
-            queue = %record.queue,
-            attempt = record.attempt,
-        );
-        let outcome = self.run_attempt(&record, &lease, hard_stop, slot).instrument(span).await;
+        let outcome = self.run_attempt(&record, &lease, hard_stop, slot).await;
         WorkerEvent {
             id: record.id,
             name: record.name,
@@ -78,6 +71,7 @@ impl Runner {
             max_attempts: record.max_attempts(),
             cancel: hard_stop.child_token(),
             shared: Arc::default(),
+            state: self.registry.shared_state().clone(),
         };
         // Reported on by the run loop's touch (progress, cancel) while the job runs.
         let _running = self.running(lease, &ctx);
@@ -102,7 +96,8 @@ impl Runner {
         let grace = self.options.cancel_grace;
         let cancel_requested = ctx.shared.cancel_requested.clone();
         let result = {
-            let mut run = std::pin::pin!(AssertUnwindSafe(job.handle(&ctx)).catch_unwind());
+            let mut run =
+                std::pin::pin!(AssertUnwindSafe(self.handle(job.as_ref(), &ctx)).catch_unwind());
             let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
                 Err(panic) => Err(JobError::panicked(&panic_message(panic.as_ref()))),
                 Ok(result) => result,
@@ -158,6 +153,16 @@ impl Runner {
                 self.settle(Settle::retry(lease.clone(), at, message), outcome).await
             }
         }
+    }
+
+    /// Runs `handle` through the worker's layers (none: directly).
+    fn handle<'a>(
+        &'a self,
+        job: &'a dyn ErasedJob,
+        ctx: &'a JobContext,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), JobError>> + Send + 'a>>
+    {
+        Next::new(job, &self.layers).run(ctx)
     }
 
     /// A job whose type this worker does not register: during a rolling deploy it is usually a
@@ -236,6 +241,7 @@ impl Runner {
                 Ok(()) => return success,
                 Err(Error::LeaseLost { .. }) => {
                     tracing::warn!(
+                        id = %settle.lease.id,
                         outcome = success.label(),
                         "lease lost: the job was claimed again after its lease expired; this result is dropped"
                     );

@@ -21,6 +21,7 @@ pub use options::WorkerOptions;
 use run_loop::Runner;
 
 use crate::error::{Error, Result};
+use crate::middleware::{Middleware, TraceLayer};
 use crate::queue::{Queue, validate_queue_name};
 use crate::registry::Registry;
 
@@ -36,6 +37,7 @@ pub struct Worker {
     registry: Registry,
     options: WorkerOptions,
     on_event: Option<EventFn>,
+    layers: Vec<Arc<dyn Middleware>>,
 }
 
 impl fmt::Debug for Worker {
@@ -55,7 +57,7 @@ impl Worker {
             queues: vec![queue.default_queue().to_owned()],
             ..WorkerOptions::default()
         };
-        Self { queue, registry, options, on_event: None }
+        Self { queue, registry, options, on_event: None, layers: vec![Arc::new(TraceLayer)] }
     }
 
     /// Replaces every option at once.
@@ -168,6 +170,22 @@ impl Worker {
         self
     }
 
+    /// Adds a layer around every attempt's `handle`. Layers run in the order they are added, the
+    /// first outermost; the built-in [`TraceLayer`] (a span per attempt) comes first unless
+    /// [`Worker::without_default_layers`] removed it.
+    #[must_use]
+    pub fn layer(mut self, layer: impl Middleware) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Removes every layer added so far, the built-in [`TraceLayer`] included.
+    #[must_use]
+    pub fn without_default_layers(mut self) -> Self {
+        self.layers.clear();
+        self
+    }
+
     /// Calls `f` after every attempt (the CLI prints its per-job lines from here).
     #[must_use]
     pub fn on_event(mut self, f: impl Fn(&WorkerEvent) + Send + Sync + 'static) -> Self {
@@ -185,11 +203,12 @@ impl Worker {
         if self.options.concurrency == 0 {
             return Err(Error::invalid("concurrency", "0; use 1 or more"));
         }
+        self.registry.check_state()?;
         Ok(())
     }
 
     fn runner(self) -> Runner {
-        Runner::new(self.queue, self.registry, self.options, self.on_event)
+        Runner::new(self.queue, self.registry, self.options, self.on_event, self.layers)
     }
 
     /// Claims one ready job and runs it to its end; `None` if none was ready.

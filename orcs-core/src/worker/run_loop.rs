@@ -21,6 +21,7 @@ use crate::driver::BoxDriver;
 use crate::error::Error;
 use crate::error::Result;
 use crate::job::{JobContext, Shared};
+use crate::middleware::Middleware;
 use crate::queue::Queue;
 use crate::record::{ClaimRequest, Lease, Reserved, Settle, Touch};
 use crate::registry::Registry;
@@ -32,6 +33,8 @@ pub(super) struct Runner {
     pub(super) registry: Registry,
     pub(super) options: WorkerOptions,
     pub(super) on_event: Option<EventFn>,
+    /// The middleware around every attempt's `handle`, outermost first.
+    pub(super) layers: Vec<Arc<dyn Middleware>>,
     /// Where job tasks send their settles to be written in batches (not for `work_one`).
     pub(super) settles: Option<mpsc::UnboundedSender<Pending>>,
     /// Set when the drain gave up on handing jobs back (the backend is down).
@@ -132,8 +135,10 @@ impl Runner {
         registry: Registry,
         options: WorkerOptions,
         on_event: Option<EventFn>,
+        layers: Vec<Arc<dyn Middleware>>,
     ) -> Self {
         Self {
+            layers,
             driver: queue.driver().clone(),
             queue,
             registry,
