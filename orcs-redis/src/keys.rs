@@ -1,6 +1,6 @@
 //! The key layout (documented in the README) and the record encoding.
 
-use orcs_core::{JobRecord, Millis, NewJob};
+use orcs_core::{JobRecord, Millis, NewJob, Unique, UniqueUntil};
 
 /// Every key of one queue. All share the hash tag `{prefix:queue}`, so they live in one cluster
 /// slot and a script may touch them together.
@@ -19,6 +19,12 @@ pub(crate) struct QueueKeys {
     pub(crate) failed: String,
     pub(crate) failed_at: String,
     pub(crate) meta: String,
+    pub(crate) unique: String,
+    pub(crate) unique_expiry: String,
+    pub(crate) unique_of: String,
+    pub(crate) progress: String,
+    pub(crate) cancel: String,
+    pub(crate) starts: String,
 }
 
 impl QueueKeys {
@@ -38,6 +44,12 @@ impl QueueKeys {
             failed: key("failed"),
             failed_at: key("failed_at"),
             meta: key("meta"),
+            unique: key("unique"),
+            unique_expiry: key("unique_expiry"),
+            unique_of: key("unique_of"),
+            progress: key("progress"),
+            cancel: key("cancel"),
+            starts: key("starts"),
             tag,
         }
     }
@@ -83,6 +95,32 @@ pub(crate) fn encode(job: &NewJob) -> String {
         job.name,
         job.payload
     )
+}
+
+/// A job's unique key as the scripts keep it in `unique_of`: `<mode>|<period ms>|<key>`, mode
+/// `s` (until started), `f` (until finished) or `p` (for a period). The scripts read the mode
+/// and the key; the period is kept so that `get` shows the job as dispatched.
+pub(crate) fn encode_unique(unique: &Unique) -> String {
+    let (mode, ms) = match unique.until {
+        UniqueUntil::Started => ('s', 0),
+        UniqueUntil::Period(ms) => ('p', ms),
+        // Finished, and any mode a later orcs adds: held until the job ends, the safe side.
+        _ => ('f', 0),
+    };
+    format!("{mode}|{ms}|{}", unique.key)
+}
+
+/// Decodes [`encode_unique`]'s output; `None` for anything else.
+pub(crate) fn decode_unique(spec: &str) -> Option<Unique> {
+    let mut fields = spec.splitn(3, '|');
+    let (mode, ms, key) = (fields.next()?, fields.next()?, fields.next()?);
+    let until = match mode {
+        "s" => UniqueUntil::Started,
+        "f" => UniqueUntil::Finished,
+        "p" => UniqueUntil::Period(ms.parse().ok()?),
+        _ => return None,
+    };
+    Some(Unique::new(key, until))
 }
 
 /// The fixed part of a stored job.
@@ -218,6 +256,20 @@ mod tests {
         assert!(decode(b"1|2|3").expect_err("bad").contains("no retry_delay"));
         assert!(decode(b"x|||||").expect_err("bad").contains("bad priority"));
         assert!(decode(b"0||3|10|5|99|ab").expect_err("bad").contains("cut short"));
+    }
+
+    #[test]
+    fn unique_keys_round_trip() {
+        for unique in [
+            Unique::new("user:1|x", UniqueUntil::Started),
+            Unique::new("", UniqueUntil::Finished),
+            Unique::new("k", UniqueUntil::Period(60_000)),
+        ] {
+            assert_eq!(decode_unique(&encode_unique(&unique)), Some(unique));
+        }
+        assert_eq!(encode_unique(&Unique::new("a", UniqueUntil::Period(5))), "p|5|a");
+        assert_eq!(decode_unique("x|0|k"), None);
+        assert_eq!(decode_unique("p|soon|k"), None);
     }
 
     #[test]

@@ -10,21 +10,22 @@ mod reply;
 mod scripts;
 mod wait;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orcs_core::{
-    Admin, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery, JobInfo,
-    JobState, Lease, ListRequest, MAX_PAGE, Millis, NewJob, PushOutcome, QueueStats, Reserved,
-    Result, Settle, async_trait,
+    Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery,
+    JobInfo, JobState, Lease, ListRequest, MAX_PAGE, Millis, NewJob, PushOutcome, QueueLimits,
+    QueueStats, RateLimit, Reserved, Result, Settle, Touch, async_trait,
 };
 use redis::cluster_routing::Slot;
 use redis::{FromRedisValue, Value};
 
 pub use crate::config::RedisConfig;
 use crate::conn::{Backend, DRIVER, lock};
-use crate::keys::{LAYOUT_VERSION, QueueKeys, decode, registry, version_key};
+use crate::keys::{LAYOUT_VERSION, QueueKeys, decode, decode_unique, registry, version_key};
 use crate::reply::{count, int, protocol, text};
 use crate::scripts::{DELETE_LIMIT, RECOVER_LIMIT, SettleItem};
 use crate::wait::Waiter;
@@ -405,6 +406,26 @@ impl Driver for RedisDriver {
                 outcomes[index] = Some(PushOutcome::Duplicate { id: job.id.clone() });
             }
         }
+        // A push of one call stores its jobs in order, so the script finds a unique key taken by
+        // an earlier job of the push. Calls of a larger push run concurrently, in no order: there
+        // the second job with a queue's key is answered here as a duplicate of the first.
+        if fresh.len() > PUSH_CHUNK {
+            let mut keys: HashMap<(&str, &str), &str> = HashMap::new();
+            fresh.retain(|&(index, job)| {
+                let Some(unique) = &job.unique else { return true };
+                match keys.entry((job.queue.as_str(), unique.key.as_str())) {
+                    Entry::Occupied(first) => {
+                        outcomes[index] =
+                            Some(PushOutcome::Duplicate { id: (*first.get()).to_owned() });
+                        false
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(job.id.as_str());
+                        true
+                    }
+                }
+            });
+        }
         let names: Vec<&str> = fresh.iter().map(|(_, j)| j.queue.as_str()).collect();
         self.register(&names).await?;
         let calls: Vec<_> = fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c)).collect();
@@ -414,18 +435,24 @@ impl Driver for RedisDriver {
         // a window is awaited, so a failure leaves no call whose effect is unknown.
         for window in calls.chunks(PUSH_WINDOW) {
             let replies = futures_util::future::join_all(
-                window.iter().map(|(_, call)| self.invoke::<Vec<i64>>(call)),
+                window.iter().map(|(_, call)| self.invoke::<Vec<Value>>(call)),
             )
             .await;
             for ((order, _), reply) in window.iter().zip(replies) {
                 match reply {
                     Ok(flags) if flags.len() == order.len() => {
                         for (&(index, job), flag) in order.iter().zip(flags) {
-                            outcomes[index] = Some(if flag == 1 {
-                                stored.push(job);
-                                PushOutcome::Stored
-                            } else {
-                                PushOutcome::Duplicate { id: job.id.clone() }
+                            // 1: stored; 0: its id is in use; else the unique key's holder.
+                            // (An id may be digits: only an integer reply is a flag.)
+                            outcomes[index] = Some(match flag {
+                                Value::Int(1) => {
+                                    stored.push(job);
+                                    PushOutcome::Stored
+                                }
+                                Value::Int(_) => PushOutcome::Duplicate { id: job.id.clone() },
+                                holder => PushOutcome::Duplicate {
+                                    id: text(&holder).unwrap_or_else(|| job.id.clone()),
+                                },
                             });
                         }
                     }
@@ -528,6 +555,34 @@ impl Driver for RedisDriver {
             .collect()
     }
 
+    async fn touch(&self, running: &[Touch], _now: Millis) -> Result<Vec<String>> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_queue: BTreeMap<&str, Vec<&Touch>> = BTreeMap::new();
+        for touch in running {
+            by_queue.entry(touch.lease.queue.as_str()).or_default().push(touch);
+        }
+        let groups: Vec<(QueueKeys, Vec<&Touch>)> =
+            by_queue.into_iter().map(|(queue, touches)| (self.keys(queue), touches)).collect();
+        if !self.inner.backend.is_cluster() {
+            return self.invoke(&scripts::touch(&groups)).await;
+        }
+        // On a cluster each queue lives in its own slot: one call per queue, all in flight at
+        // once, so the touch still costs one round trip.
+        let calls: Vec<_> =
+            groups.iter().map(|group| scripts::touch(std::slice::from_ref(group))).collect();
+        let replies = futures_util::future::join_all(
+            calls.iter().map(|call| self.invoke::<Vec<String>>(call)),
+        )
+        .await;
+        let mut cancelled = Vec::new();
+        for reply in replies {
+            cancelled.extend(reply?);
+        }
+        Ok(cancelled)
+    }
+
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
         let call = scripts::extend(&self.keys(&lease.queue), &lease.id, &lease.token, until);
         let applied: i64 = self.invoke(&call).await?;
@@ -567,11 +622,27 @@ impl Driver for RedisDriver {
 #[async_trait]
 impl Admin for RedisDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
-        let counts: Vec<u64> = self.invoke(&scripts::stats(&self.keys(queue), now)).await?;
-        let [ready, due, delayed, reserved, failed, processed, failed_total, paused] = counts[..]
+        let counts: Vec<i64> = self.invoke(&scripts::stats(&self.keys(queue), now)).await?;
+        let [
+            ready,
+            due,
+            delayed,
+            reserved,
+            failed,
+            processed,
+            failed_total,
+            paused,
+            cancelled,
+            concurrency,
+            rate,
+            period,
+        ] = counts[..]
         else {
-            return Err(protocol("stats", "8 counters"));
+            return Err(protocol("stats", "12 counters"));
         };
+        let [ready, due, delayed, reserved, failed, processed, failed_total, cancelled] =
+            [ready, due, delayed, reserved, failed, processed, failed_total, cancelled]
+                .map(|n| u64::try_from(n).unwrap_or(0));
         let mut stats = QueueStats::new(queue);
         stats.pending = ready + due;
         stats.delayed = delayed.saturating_sub(due);
@@ -580,6 +651,13 @@ impl Admin for RedisDriver {
         stats.processed = processed;
         stats.failed_total = failed_total;
         stats.paused = paused == 1;
+        stats.cancelled = cancelled;
+        let mut limits = QueueLimits::none();
+        limits.concurrency = u32::try_from(concurrency).ok();
+        if let (Ok(limit), Ok(period)) = (u32::try_from(rate), u64::try_from(period)) {
+            limits.rate = Some(RateLimit::new(limit, period));
+        }
+        stats.limits = limits;
         Ok(stats)
     }
 
@@ -592,11 +670,14 @@ impl Admin for RedisDriver {
         for queue in self.registered_queues().await? {
             let reply: Value = self.invoke(&scripts::get(&self.keys(&queue), id)).await?;
             let Value::Array(fields) = reply else { continue };
-            let [place, blob, score, attempts, error, failed_at] = &fields[..] else {
-                return Err(protocol("get", "6 fields"));
+            let [place, blob, score, attempts, error, failed_at, unique, progress, cancel] =
+                &fields[..]
+            else {
+                return Err(protocol("get", "9 fields"));
             };
             let score = int(score).unwrap_or(0);
             let mut job = job_of(id.to_owned(), &queue, blob);
+            job.unique = text(unique).and_then(|spec| decode_unique(&spec));
             let state = match text(place).as_deref() {
                 Some("ready") => JobState::Pending,
                 Some("delayed") => {
@@ -609,6 +690,8 @@ impl Admin for RedisDriver {
             };
             let mut info = JobInfo::new(job, state, count(attempts));
             info.last_error = text(error);
+            info.progress = text(progress);
+            info.cancel_requested = int(cancel) == Some(1);
             match state {
                 JobState::Reserved => info.lease_expires_at = Some(score),
                 JobState::Failed => info.failed_at = int(failed_at),
@@ -640,18 +723,21 @@ impl Admin for RedisDriver {
         }
         let last = req.offset.saturating_add(limit - 1);
         let page: Vec<Value> = self.invoke(&scripts::list(&keys, set, req.offset, last)).await?;
-        let mut out = Vec::with_capacity(page.len() / 5);
-        for entry in page.chunks(5) {
-            let [id, score, blob, attempts, error] = entry else {
-                return Err(protocol("list", "an entry of 5 fields"));
+        let mut out = Vec::with_capacity(page.len() / 8);
+        for entry in page.chunks(8) {
+            let [id, score, blob, attempts, error, unique, progress, cancel] = entry else {
+                return Err(protocol("list", "an entry of 8 fields"));
             };
             let score = int(score).unwrap_or(0);
             let mut job = job_of(text(id).unwrap_or_default(), &req.queue, blob);
+            job.unique = text(unique).and_then(|spec| decode_unique(&spec));
             if req.state == JobState::Delayed {
                 job.available_at = score;
             }
             let mut info = JobInfo::new(job, req.state, count(attempts));
             info.last_error = text(error);
+            info.progress = text(progress);
+            info.cancel_requested = int(cancel) == Some(1);
             if req.state == JobState::Reserved {
                 info.lease_expires_at = Some(score);
             }
@@ -707,5 +793,26 @@ impl Admin for RedisDriver {
         self.register(&[queue]).await?;
         let _: i64 = self.invoke(&scripts::set_paused(&self.keys(queue), paused)).await?;
         Ok(())
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        self.register(&[queue]).await?;
+        let _: i64 = self.invoke(&scripts::set_limits(&self.keys(queue), limits)).await?;
+        Ok(())
+    }
+
+    async fn cancel(&self, id: &str, _now: Millis) -> Result<CancelOutcome> {
+        // The id does not tell the queue: ask each queue, as `get` does.
+        for queue in self.registered_queues().await? {
+            let outcome: i64 = self.invoke(&scripts::cancel(&self.keys(&queue), id)).await?;
+            match outcome {
+                1 => return Ok(CancelOutcome::Removed),
+                2 => return Ok(CancelOutcome::Requested),
+                // In this queue's failed set: nothing left to cancel.
+                -1 => break,
+                _ => {}
+            }
+        }
+        Err(Error::NotFound { id: id.to_owned() })
     }
 }

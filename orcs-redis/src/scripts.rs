@@ -6,10 +6,10 @@
 
 use std::sync::LazyLock;
 
-use orcs_core::{ClaimRequest, Millis, NewJob, Transition};
+use orcs_core::{ClaimRequest, Millis, NewJob, QueueLimits, Touch, Transition};
 use redis::{Script, ScriptInvocation};
 
-use crate::keys::{QueueKeys, encode};
+use crate::keys::{QueueKeys, encode, encode_unique};
 
 /// Helpers prepended to every script that needs them.
 const PRELUDE: &str = r"
@@ -25,26 +25,80 @@ end
 local function arm(marker)
   if redis.call('LLEN', marker) == 0 then redis.call('RPUSH', marker, '1') end
 end
--- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker),
--- unless its id is in use there; 1 if stored, 0 for a duplicate.
-local function store(k, id, where, score, record)
-  if redis.call('HEXISTS', KEYS[k + 3], id) == 1 then return 0 end
-  redis.call('HSET', KEYS[k + 3], id, record)
-  if where == 'r' then
-    redis.call('ZADD', KEYS[k + 1], score, id)
+-- Frees the unique key job `id` holds if its mode (in `unique_of`) is one of `modes` and the
+-- job still holds it; a Period key also leaves `expiry` (nil where no caller frees Period keys).
+local function free_key(unique, expiry, unique_of, id, modes)
+  local spec = redis.call('HGET', unique_of, id)
+  if not spec then return end
+  local mode, key = string.match(spec, '^(%a)|%d*|(.*)$')
+  if mode and string.find(modes, mode, 1, true) and redis.call('HGET', unique, key) == id then
+    redis.call('HDEL', unique, key)
+    if mode == 'p' and expiry then redis.call('ZREM', expiry, key) end
+  end
+end
+-- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
+-- unique, unique_expiry, unique_of), from its 9 arguments starting at ARGV[b] (group, id,
+-- 'r' or 'd', score, record, unique spec or '', unique key, Period expiry or '', now).
+-- Returns 1 if stored, 0 if its id is in use, or the id of the job holding its unique key.
+local function store(k, b)
+  local id = ARGV[b + 1]
+  -- HSETNX checks the id and stores the record in one command; a key held by another job
+  -- takes the record out again.
+  if redis.call('HSETNX', KEYS[k + 3], id, ARGV[b + 4]) == 0 then return 0 end
+  local spec = ARGV[b + 5]
+  if spec ~= '' then
+    local key, expires, now = ARGV[b + 6], ARGV[b + 7], tonumber(ARGV[b + 8])
+    if expires ~= '' then
+      -- Each Period push deletes up to four Period keys whose time is up (only Period pushes
+      -- add them), so they do not pile up.
+      local old = redis.call('ZRANGEBYSCORE', KEYS[k + 6], '-inf', now, 'LIMIT', 0, 4)
+      for _, o in ipairs(old) do
+        redis.call('HDEL', KEYS[k + 5], o)
+        redis.call('ZREM', KEYS[k + 6], o)
+      end
+    end
+    if redis.call('HSETNX', KEYS[k + 5], key, id) == 0 then
+      local holder = redis.call('HGET', KEYS[k + 5], key)
+      local exp = redis.call('ZSCORE', KEYS[k + 6], key)
+      local held
+      if exp then
+        held = now < tonumber(exp)
+      else
+        -- A Started or Finished key is held while its job lives; a holder without a record
+        -- (deleted by an older orcs, say) frees it.
+        held = redis.call('HEXISTS', KEYS[k + 3], holder) == 1
+      end
+      if held then
+        redis.call('HDEL', KEYS[k + 3], id)
+        return holder
+      end
+      redis.call('HSET', KEYS[k + 5], key, id)
+      if exp and expires == '' then redis.call('ZREM', KEYS[k + 6], key) end
+    end
+    if expires ~= '' then redis.call('ZADD', KEYS[k + 6], expires, key) end
+    redis.call('HSET', KEYS[k + 7], id, spec)
+  end
+  if ARGV[b + 2] == 'r' then
+    redis.call('ZADD', KEYS[k + 1], ARGV[b + 3], id)
   else
-    redis.call('ZADD', KEYS[k + 2], score, id)
+    redis.call('ZADD', KEYS[k + 2], ARGV[b + 3], id)
   end
   return 1
 end
 ";
 
-/// The four keys a job is stored under, in the order `store` reads them.
+/// The keys a job is stored under, in the order `store` reads them.
 fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
-    call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs).key(&keys.marker);
+    call.key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.jobs)
+        .key(&keys.marker)
+        .key(&keys.unique)
+        .key(&keys.unique_expiry)
+        .key(&keys.unique_of);
 }
 
-/// The five arguments `store` takes for one job of group `group`.
+/// The 9 arguments `store` takes for one job of group `group`.
 fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob) {
     call.arg(group).arg(&job.id);
     // A job due by its dispatch goes straight to the ready set; a delayed one waits (and a
@@ -55,18 +109,32 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob) {
         call.arg("d").arg(job.available_at);
     }
     call.arg(encode(job));
+    match &job.unique {
+        Some(unique) => {
+            call.arg(encode_unique(unique)).arg(&unique.key);
+            match unique.expires_at(job.dispatched_at) {
+                Some(at) => call.arg(at),
+                None => call.arg(""),
+            };
+            // A push's "now" is the job's dispatch time.
+            call.arg(job.dispatched_at);
+        }
+        None => {
+            call.arg("").arg("").arg("").arg("");
+        }
+    }
 }
 
 /// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
-/// KEYS, 4 per queue group g (0-based): ready, delayed, jobs, marker.
-/// ARGV, 5 per job: group, id, 'r' or 'd', score (-priority or available_at), record.
-/// Returns one 1 (stored) or 0 (duplicate) per job.
+/// KEYS, 7 per queue group g (0-based): ready, delayed, jobs, marker, unique, unique_expiry,
+/// unique_of. ARGV, 9 per job as `store` takes them.
+/// Returns per job 1 (stored), 0 (duplicate id) or the id of the job holding its unique key.
 const PUSH: &str = r"
 local out, touched = {}, {}
-for b = 1, #ARGV, 5 do
-  local k = tonumber(ARGV[b]) * 4
-  out[#out + 1] = store(k, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
+for b = 1, #ARGV, 9 do
+  local k = tonumber(ARGV[b]) * 7
+  out[#out + 1] = store(k, b)
   if out[#out] == 1 then touched[k] = true end
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
@@ -86,7 +154,8 @@ pub(crate) fn push(groups: &[(QueueKeys, Vec<&NewJob>)]) -> ScriptInvocation<'st
 }
 
 /// Removes jobs a failed large push stored, if they are still untouched (same record, not
-/// claimed). KEYS: ready, delayed, jobs. ARGV: id, record pairs. Returns how many it removed.
+/// claimed), and gives back the unique keys they took. KEYS: ready, delayed, jobs, unique,
+/// unique_expiry, unique_of. ARGV: id, record pairs. Returns how many it removed.
 const UNSTORE: &str = r"
 local removed = 0
 for i = 1, #ARGV, 2 do
@@ -95,6 +164,8 @@ for i = 1, #ARGV, 2 do
     local n = redis.call('ZREM', KEYS[1], id) + redis.call('ZREM', KEYS[2], id)
     if n > 0 then
       redis.call('HDEL', KEYS[3], id)
+      free_key(KEYS[4], KEYS[5], KEYS[6], id, 'sfp')
+      redis.call('HDEL', KEYS[6], id)
       removed = removed + 1
     end
   end
@@ -105,7 +176,12 @@ return removed
 /// The compensation of `jobs` of queue `keys`.
 pub(crate) fn unstore(keys: &QueueKeys, jobs: &[&NewJob]) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.unstore.prepare_invoke();
-    call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs);
+    call.key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.jobs)
+        .key(&keys.unique)
+        .key(&keys.unique_expiry)
+        .key(&keys.unique_of);
     for job in jobs {
         call.arg(&job.id).arg(encode(job));
     }
@@ -115,22 +191,32 @@ pub(crate) fn unstore(keys: &QueueKeys, jobs: &[&NewJob]) -> ScriptInvocation<'s
 /// Claims up to ARGV[2] ready jobs (at most 1000 per call, which keeps every `unpack` far below
 /// Lua's stack limit), after promoting due delayed jobs; nothing on a paused queue.
 ///
+/// The queue's settings come with one `HMGET` of `meta`. A concurrency limit takes at most the
+/// limit minus the reserved jobs (a `ZCARD`); a rate limit prunes the start log to the window and
+/// takes at most the limit minus the starts left in it, then logs one start per claimed job
+/// (member = its token, unique per queue). A claimed job's Started unique key frees, looked up
+/// only when the queue has keyed jobs at all.
+///
 /// Promotion takes at most ARGV[5] due jobs, oldest due first. If more remain due after that,
 /// the call claims nothing and answers `more` = 1: one of those left could outrank every ready
 /// job, so claiming now could invert priorities. The client calls again; each call promotes
 /// another chunk, so every call stays bounded and the claim happens once all due jobs compete.
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at, meta. ARGV: now, max, default timeout ms, grace ms, promotion limit.
+/// failed_at, meta, unique, unique_of, starts. ARGV: now, max, default timeout ms, grace ms,
+/// promotion limit.
 /// Returns {next_due or nil, more, then 6 per job: id, record, attempt, token, lease deadline,
-/// last error or nil}.
+/// last error or nil}; next_due is the earliest of the next delayed job's due time and, when
+/// the rate limit holds back ready jobs, the time its window frees a start.
 ///
 /// Each step works on the whole batch in one command (HMGET, HSET and ZADD of many fields), so
 /// the cost of a call grows with the jobs it claims, not with the commands it makes per job.
 const CLAIM: &str = r"
-if redis.call('HGET', KEYS[12], 'paused') == '1' then return {false, 0} end
+local meta = redis.call('HMGET', KEYS[12], 'paused', 'concurrency', 'rate_limit', 'rate_period')
+if meta[1] == '1' then return {false, 0} end
 local now = tonumber(ARGV[1])
 local max = math.min(tonumber(ARGV[2]), 1000)
+local concurrency, rate, period = tonumber(meta[2]), tonumber(meta[3]), tonumber(meta[4])
 local limit = tonumber(ARGV[5])
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
 if #due > 0 then
@@ -147,6 +233,14 @@ if #due > 0 then
   end
 end
 local out = {false, 0}
+-- What the limits leave room for, before this claim.
+local room = math.huge
+if concurrency then room = concurrency - redis.call('ZCARD', KEYS[3]) end
+if rate and period then
+  redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now - period)
+  room = math.min(room, rate - redis.call('ZCARD', KEYS[15]))
+end
+max = math.min(max, room)
 local ids, blobs = {}, {}
 while #ids < max do
   local popped = redis.call('ZPOPMIN', KEYS[1], max - #ids)
@@ -174,7 +268,7 @@ if #ids > 0 then
   local last = redis.call('HINCRBY', KEYS[8], 'tokens', #ids)
   local errors = {}
   if redis.call('EXISTS', KEYS[7]) == 1 then errors = redis.call('HMGET', KEYS[7], unpack(ids)) end
-  local attempt_fields, token_fields, leases = {}, {}, {}
+  local attempt_fields, token_fields, leases, starts = {}, {}, {}, {}
   for i, id in ipairs(ids) do
     local _, timeout = header(blobs[i])
     local attempt = (tonumber(attempts[i]) or 0) + 1
@@ -186,6 +280,8 @@ if #ids > 0 then
     token_fields[#token_fields + 1] = token
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
+    starts[#starts + 1] = now
+    starts[#starts + 1] = token
     local n = #out
     out[n + 1] = id
     out[n + 2] = blobs[i]
@@ -197,10 +293,29 @@ if #ids > 0 then
   redis.call('HSET', KEYS[5], unpack(attempt_fields))
   redis.call('HSET', KEYS[6], unpack(token_fields))
   redis.call('ZADD', KEYS[3], unpack(leases))
+  if rate and period then redis.call('ZADD', KEYS[15], unpack(starts)) end
+  if redis.call('EXISTS', KEYS[14]) == 1 then
+    local specs = redis.call('HMGET', KEYS[14], unpack(ids))
+    for i, id in ipairs(ids) do
+      if specs[i] and string.sub(specs[i], 1, 2) == 's|' then
+        local key = string.sub(specs[i], string.find(specs[i], '|', 3, true) + 1)
+        if redis.call('HGET', KEYS[13], key) == id then redis.call('HDEL', KEYS[13], key) end
+      end
+    end
+  end
 end
-if #ids > 0 and redis.call('ZCARD', KEYS[1]) > 0 then arm(KEYS[9]) end
+local ready = redis.call('ZCARD', KEYS[1])
+-- Another idle worker is woken only if the limits leave it something to claim.
+if #ids > 0 and ready > 0 and room > #ids then arm(KEYS[9]) end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if next_due[2] then out[1] = tonumber(next_due[2]) end
+if rate and period and ready > 0 and redis.call('ZCARD', KEYS[15]) >= rate then
+  local oldest = redis.call('ZRANGE', KEYS[15], 0, 0, 'WITHSCORES')
+  if oldest[2] then
+    local reopens = tonumber(oldest[2]) + period
+    if not out[1] or reopens < out[1] then out[1] = reopens end
+  end
+end
 return out
 ";
 
@@ -226,6 +341,9 @@ pub(crate) fn claim(
         .key(&keys.failed)
         .key(&keys.failed_at)
         .key(&keys.meta)
+        .key(&keys.unique)
+        .key(&keys.unique_of)
+        .key(&keys.starts)
         .arg(req.now)
         .arg(want)
         .arg(req.default_timeout_ms.min(1 << 50))
@@ -237,37 +355,55 @@ pub(crate) fn claim(
 /// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
 /// effects) untouched.
 ///
+/// The per-job extras (unique keys, progress, cancel requests) are looked at only when the queue
+/// has any (one `EXISTS` each per call), and the queue's waiters are woken when it has a
+/// concurrency limit (a slot freed), so the complete path of a plain queue stays as it was.
+///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at of the settled queue (1-11), then 4 per effect group g (0-based): ready, delayed,
-/// jobs, marker.
-/// ARGV: now, then per item: id, token, kind ('c'omplete, 'r'etry, 'f'ail, re'l'ease), run_at,
-/// error, number of effect jobs, then 5 per effect job as PUSH takes them.
+/// failed_at, unique, unique_of, meta, progress, cancel of the settled queue (1-16), then 7 per
+/// effect group g (0-based) as `store` reads them.
+/// ARGV: now, then per item: id, token, kind ('c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel
+/// 'x'), run_at, error, number of effect jobs, then 9 per effect job as PUSH takes them.
 /// Returns one 1 (applied) or 0 (stale token) per item. A duplicate effect job is skipped.
 const SETTLE: &str = r"
 local now = tonumber(ARGV[1])
-local out, touched = {}, {}
+local keyed = redis.call('EXISTS', KEYS[13]) == 1
+local extras = redis.call('EXISTS', KEYS[15]) + redis.call('EXISTS', KEYS[16]) > 0
+local limited = redis.call('HEXISTS', KEYS[14], 'concurrency') == 1
+local out, touched, settled = {}, {}, false
 local i = 2
 while i <= #ARGV do
   local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local run_at, err, effects = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
   local first = i + 6
-  i = first + effects * 5
+  i = first + effects * 9
   if redis.call('HGET', KEYS[6], id) ~= token then
     out[#out + 1] = 0
   else
+    settled = true
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[6], id)
-    if kind == 'c' then
+    if kind == 'c' or kind == 'x' then
       redis.call('HDEL', KEYS[4], id)
       redis.call('HDEL', KEYS[5], id)
       redis.call('HDEL', KEYS[7], id)
-      redis.call('HINCRBY', KEYS[8], 'processed', 1)
+      if keyed then
+        free_key(KEYS[12], nil, KEYS[13], id, 'f')
+        redis.call('HDEL', KEYS[13], id)
+      end
+      if extras then
+        redis.call('HDEL', KEYS[15], id)
+        redis.call('SREM', KEYS[16], id)
+      end
+      redis.call('HINCRBY', KEYS[8], kind == 'c' and 'processed' or 'cancelled', 1)
     elseif kind == 'f' then
       redis.call('HSET', KEYS[7], id, err)
       local seq = redis.call('HINCRBY', KEYS[8], 'failseq', 1)
       redis.call('ZADD', KEYS[10], seq, id)
       redis.call('HSET', KEYS[11], id, now)
       redis.call('HINCRBY', KEYS[8], 'failed_total', 1)
+      if keyed then free_key(KEYS[12], nil, KEYS[13], id, 'f') end
+      if extras then redis.call('SREM', KEYS[16], id) end
     else
       if kind == 'r' then
         redis.call('HSET', KEYS[7], id, err)
@@ -281,14 +417,16 @@ while i <= #ARGV do
       end
       arm(KEYS[9])
     end
-    for j = first, i - 1, 5 do
-      local k = 11 + tonumber(ARGV[j]) * 4
-      if store(k, ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4]) == 1 then touched[k] = true end
+    for j = first, i - 1, 9 do
+      local k = 16 + tonumber(ARGV[j]) * 7
+      if store(k, j) == 1 then touched[k] = true end
     end
     out[#out + 1] = 1
   end
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
+-- A slot of a concurrency-limited queue freed: wake a worker the limit held back.
+if limited and settled then arm(KEYS[9]) end
 return out
 ";
 
@@ -319,7 +457,12 @@ pub(crate) fn settle(
         .key(&keys.stats)
         .key(&keys.marker)
         .key(&keys.failed)
-        .key(&keys.failed_at);
+        .key(&keys.failed_at)
+        .key(&keys.unique)
+        .key(&keys.unique_of)
+        .key(&keys.meta)
+        .key(&keys.progress)
+        .key(&keys.cancel);
     for group in groups {
         group_keys(&mut call, group);
     }
@@ -330,6 +473,7 @@ pub(crate) fn settle(
             Transition::Retry { run_at, error } => ("r", *run_at, error.as_str()),
             Transition::Fail { error } => ("f", now, error.as_str()),
             Transition::Release { run_at } => ("l", *run_at, ""),
+            Transition::Cancel => ("x", now, ""),
             // A transition this build does not know: as a release at once, which loses nothing.
             _ => ("l", now, ""),
         };
@@ -362,21 +506,31 @@ pub(crate) fn extend(
 }
 
 /// Returns jobs whose lease ran out by ARGV[1] to the ready set (at most ARGV[2] per call),
-/// re-checking each deadline here, atomically. The lost attempt stays counted.
-/// KEYS: reserved, ready, jobs, attempts, tokens, errors, marker. Returns how many.
+/// re-checking each deadline here, atomically. The lost attempt stays counted. A job whose
+/// cancel was asked for is deleted instead and counted as cancelled (its key freed).
+/// KEYS: reserved, ready, jobs, attempts, tokens, errors, marker, stats, unique, unique_of,
+/// progress, cancel. Returns how many.
 const RECOVER: &str = r"
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 for i = 1, #expired, 2 do
   local id = expired[i]
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[5], id)
-  local attempt = redis.call('HGET', KEYS[4], id) or '0'
-  redis.call('HSET', KEYS[6], id, string.format(
-    'lease expired at %.0f: the worker running attempt %s stopped responding',
-    tonumber(expired[i + 1]), attempt))
-  local p = header(redis.call('HGET', KEYS[3], id))
-  redis.call('ZADD', KEYS[2], -p, id)
+  if redis.call('SREM', KEYS[12], id) == 1 then
+    for _, k in ipairs({3, 4, 6, 11}) do redis.call('HDEL', KEYS[k], id) end
+    free_key(KEYS[9], nil, KEYS[10], id, 'f')
+    redis.call('HDEL', KEYS[10], id)
+    redis.call('HINCRBY', KEYS[8], 'cancelled', 1)
+  else
+    local attempt = redis.call('HGET', KEYS[4], id) or '0'
+    redis.call('HSET', KEYS[6], id, string.format(
+      'lease expired at %.0f: the worker running attempt %s stopped responding',
+      tonumber(expired[i + 1]), attempt))
+    local p = header(redis.call('HGET', KEYS[3], id))
+    redis.call('ZADD', KEYS[2], -p, id)
+  end
 end
+-- Jobs became ready, or slots of a concurrency limit freed: wake a worker.
 if #expired > 0 then arm(KEYS[7]) end
 return #expired / 2
 ";
@@ -393,17 +547,24 @@ pub(crate) fn recover(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static
         .key(&keys.tokens)
         .key(&keys.errors)
         .key(&keys.marker)
+        .key(&keys.stats)
+        .key(&keys.unique)
+        .key(&keys.unique_of)
+        .key(&keys.progress)
+        .key(&keys.cancel)
         .arg(now)
         .arg(RECOVER_LIMIT);
     call
 }
 
 /// The counters at ARGV[1]. KEYS: ready, delayed, reserved, failed, stats, meta.
-/// Returns {ready, due delayed, all delayed, reserved, failed, processed, failed_total, paused}.
+/// Returns {ready, due delayed, all delayed, reserved, failed, processed, failed_total, paused,
+/// cancelled, concurrency limit, rate limit, rate period}, a limit that is not set as -1.
 const STATS: &str = r"
-local counters = redis.call('HMGET', KEYS[5], 'processed', 'failed_total')
+local counters = redis.call('HMGET', KEYS[5], 'processed', 'failed_total', 'cancelled')
+local meta = redis.call('HMGET', KEYS[6], 'paused', 'concurrency', 'rate_limit', 'rate_period')
 local paused = 0
-if redis.call('HGET', KEYS[6], 'paused') == '1' then paused = 1 end
+if meta[1] == '1' then paused = 1 end
 return {
   redis.call('ZCARD', KEYS[1]),
   redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1]),
@@ -413,6 +574,10 @@ return {
   tonumber(counters[1] or '0'),
   tonumber(counters[2] or '0'),
   paused,
+  tonumber(counters[3] or '0'),
+  tonumber(meta[2] or '-1'),
+  tonumber(meta[3] or '-1'),
+  tonumber(meta[4] or '-1'),
 }
 ";
 
@@ -446,9 +611,113 @@ pub(crate) fn set_paused(keys: &QueueKeys, paused: bool) -> ScriptInvocation<'st
     call
 }
 
-/// One job by id. KEYS: jobs, ready, delayed, reserved, failed, failed_at, attempts, errors.
+/// Sets or clears a queue's limits in `meta` (an empty argument clears that field) and arms
+/// the marker, as a raised limit may let idle workers claim. KEYS: meta, marker.
+/// ARGV: concurrency, rate limit, rate period.
+const SET_LIMITS: &str = r"
+local fields = {'concurrency', 'rate_limit', 'rate_period'}
+for i = 1, 3 do
+  if ARGV[i] == '' then
+    redis.call('HDEL', KEYS[1], fields[i])
+  else
+    redis.call('HSET', KEYS[1], fields[i], ARGV[i])
+  end
+end
+arm(KEYS[2])
+return 1
+";
+
+pub(crate) fn set_limits(keys: &QueueKeys, limits: &QueueLimits) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.set_limits.prepare_invoke();
+    call.key(&keys.meta).key(&keys.marker);
+    match limits.concurrency {
+        Some(n) => call.arg(n),
+        None => call.arg(""),
+    };
+    match limits.rate {
+        Some(rate) => call.arg(rate.limit).arg(rate.period_ms.min(1 << 50)),
+        None => call.arg("").arg(""),
+    };
+    call
+}
+
+/// Cancels one job. KEYS: jobs, ready, delayed, reserved, attempts, errors, stats, unique,
+/// unique_of, progress, cancel. ARGV: id.
+/// Returns 1 for a pending or delayed job, deleted (its Started or Finished key freed,
+/// `cancelled` counted); 2 for a reserved one, which gets the cancel flag its worker's next
+/// touch reports; -1 for a failed one; 0 when the queue has no such job.
+const CANCEL: &str = r"
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id) == 0 then return 0 end
+if redis.call('ZREM', KEYS[2], id) + redis.call('ZREM', KEYS[3], id) > 0 then
+  for _, k in ipairs({1, 5, 6, 10}) do redis.call('HDEL', KEYS[k], id) end
+  redis.call('SREM', KEYS[11], id)
+  free_key(KEYS[8], nil, KEYS[9], id, 'sf')
+  redis.call('HDEL', KEYS[9], id)
+  redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
+  return 1
+end
+if redis.call('ZSCORE', KEYS[4], id) then
+  redis.call('SADD', KEYS[11], id)
+  return 2
+end
+return -1
+";
+
+pub(crate) fn cancel(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.cancel.prepare_invoke();
+    call.key(&keys.jobs)
+        .key(&keys.ready)
+        .key(&keys.delayed)
+        .key(&keys.reserved)
+        .key(&keys.attempts)
+        .key(&keys.errors)
+        .key(&keys.stats)
+        .key(&keys.unique)
+        .key(&keys.unique_of)
+        .key(&keys.progress)
+        .key(&keys.cancel)
+        .arg(id);
+    call
+}
+
+/// Reports on running jobs. KEYS, 3 per queue group g (0-based): tokens, progress, cancel.
+/// ARGV, 5 per touch: group, id, token, '1' if progress follows else '0', progress.
+/// A stale token is skipped. Returns the ids (of valid touches) whose cancel was asked for.
+const TOUCH: &str = r"
+local out = {}
+for b = 1, #ARGV, 5 do
+  local k = tonumber(ARGV[b]) * 3
+  local id = ARGV[b + 1]
+  if redis.call('HGET', KEYS[k + 1], id) == ARGV[b + 2] then
+    if ARGV[b + 3] == '1' then redis.call('HSET', KEYS[k + 2], id, ARGV[b + 4]) end
+    if redis.call('SISMEMBER', KEYS[k + 3], id) == 1 then out[#out + 1] = id end
+  end
+end
+return out
+";
+
+/// The touch of `groups`: each a queue and its touches (several queues only on one server).
+pub(crate) fn touch(groups: &[(QueueKeys, Vec<&Touch>)]) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.touch.prepare_invoke();
+    for (index, (keys, touches)) in groups.iter().enumerate() {
+        call.key(&keys.tokens).key(&keys.progress).key(&keys.cancel);
+        for touch in touches {
+            call.arg(index).arg(&touch.lease.id).arg(&touch.lease.token);
+            match &touch.progress {
+                Some(progress) => call.arg("1").arg(progress),
+                None => call.arg("0").arg(""),
+            };
+        }
+    }
+    call
+}
+
+/// One job by id. KEYS: jobs, ready, delayed, reserved, failed, failed_at, attempts, errors,
+/// unique_of, progress, cancel.
 /// ARGV: id. Returns nil when the queue has no such job, else {where ('ready', 'delayed',
-/// 'reserved', 'failed'), record, score in that set, attempts, last error, failed_at}.
+/// 'reserved', 'failed'), record, score in that set, attempts, last error, failed_at, unique
+/// spec, progress, cancel requested (1 or 0)}.
 const GET: &str = r"
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return false end
@@ -464,6 +733,9 @@ return {
   redis.call('HGET', KEYS[7], ARGV[1]) or false,
   redis.call('HGET', KEYS[8], ARGV[1]) or false,
   redis.call('HGET', KEYS[6], ARGV[1]) or false,
+  redis.call('HGET', KEYS[9], ARGV[1]) or false,
+  redis.call('HGET', KEYS[10], ARGV[1]) or false,
+  redis.call('SISMEMBER', KEYS[11], ARGV[1]),
 }
 ";
 
@@ -477,13 +749,17 @@ pub(crate) fn get(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
         .key(&keys.failed_at)
         .key(&keys.attempts)
         .key(&keys.errors)
+        .key(&keys.unique_of)
+        .key(&keys.progress)
+        .key(&keys.cancel)
         .arg(id);
     call
 }
 
 /// A page of one of a queue's sorted sets (ready, delayed or reserved) in its order.
-/// KEYS: the set, jobs, attempts, errors. ARGV: first index, last index.
-/// Returns 5 per job: id, score, record, attempts, last error.
+/// KEYS: the set, jobs, attempts, errors, unique_of, progress, cancel. ARGV: first index, last
+/// index. Returns 8 per job: id, score, record, attempts, last error, unique spec, progress,
+/// cancel requested (1 or 0).
 const LIST: &str = r"
 local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
 local out = {}
@@ -495,6 +771,9 @@ for i = 1, #page, 2 do
   out[n + 3] = redis.call('HGET', KEYS[2], id) or false
   out[n + 4] = redis.call('HGET', KEYS[3], id) or false
   out[n + 5] = redis.call('HGET', KEYS[4], id) or false
+  out[n + 6] = redis.call('HGET', KEYS[5], id) or false
+  out[n + 7] = redis.call('HGET', KEYS[6], id) or false
+  out[n + 8] = redis.call('SISMEMBER', KEYS[7], id)
 end
 return out
 ";
@@ -506,22 +785,36 @@ pub(crate) fn list(
     last: u64,
 ) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.list.prepare_invoke();
-    call.key(set).key(&keys.jobs).key(&keys.attempts).key(&keys.errors).arg(first).arg(last);
+    call.key(set)
+        .key(&keys.jobs)
+        .key(&keys.attempts)
+        .key(&keys.errors)
+        .key(&keys.unique_of)
+        .key(&keys.progress)
+        .key(&keys.cancel)
+        .arg(first)
+        .arg(last);
     call
 }
 
-/// Removes up to ARGV[1] pending, then delayed jobs. KEYS: ready, delayed, jobs, attempts,
-/// errors. Returns how many; the caller repeats until fewer than ARGV[1] were removed.
+/// Removes up to ARGV[1] pending, then delayed jobs, freeing their Started and Finished unique
+/// keys. KEYS: ready, delayed, jobs, attempts, errors, unique, unique_of, progress, cancel.
+/// Returns how many; the caller repeats until fewer than ARGV[1] were removed.
 const CLEAR: &str = r"
 local limit = tonumber(ARGV[1])
 local removed = 0
+local keyed = redis.call('EXISTS', KEYS[7]) == 1
 for z = 1, 2 do
   if removed < limit then
     local popped = redis.call('ZPOPMIN', KEYS[z], limit - removed)
     for i = 1, #popped, 2 do
-      redis.call('HDEL', KEYS[3], popped[i])
-      redis.call('HDEL', KEYS[4], popped[i])
-      redis.call('HDEL', KEYS[5], popped[i])
+      local id = popped[i]
+      for _, k in ipairs({3, 4, 5, 8}) do redis.call('HDEL', KEYS[k], id) end
+      redis.call('SREM', KEYS[9], id)
+      if keyed then
+        free_key(KEYS[6], nil, KEYS[7], id, 'sf')
+        redis.call('HDEL', KEYS[7], id)
+      end
     end
     removed = removed + #popped / 2
   end
@@ -539,6 +832,10 @@ pub(crate) fn clear(keys: &QueueKeys) -> ScriptInvocation<'static> {
         .key(&keys.jobs)
         .key(&keys.attempts)
         .key(&keys.errors)
+        .key(&keys.unique)
+        .key(&keys.unique_of)
+        .key(&keys.progress)
+        .key(&keys.cancel)
         .arg(DELETE_LIMIT);
     call
 }
@@ -549,11 +846,14 @@ fn failed_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
         .key(&keys.failed_at)
         .key(&keys.jobs)
         .key(&keys.attempts)
-        .key(&keys.errors);
+        .key(&keys.errors)
+        .key(&keys.unique_of)
+        .key(&keys.progress);
 }
 
-/// A page of the failed set, oldest first. KEYS: failed, failed_at, jobs, attempts, errors.
-/// ARGV: first index, last index. Returns 5 per job: id, record, attempts, error, failed_at.
+/// A page of the failed set, oldest first. KEYS: failed, failed_at, jobs, attempts, errors (and
+/// unique_of, progress, unused here). ARGV: first index, last index. Returns 5 per job: id,
+/// record, attempts, error, failed_at.
 const FAILED_PAGE: &str = r"
 local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
 local out = {}
@@ -575,9 +875,10 @@ pub(crate) fn failed_page(keys: &QueueKeys, first: u64, last: u64) -> ScriptInvo
     call
 }
 
-/// Moves a failed job back to the ready set with fresh attempts.
-/// KEYS: failed, failed_at, jobs, attempts, errors, ready, marker. ARGV: id.
-/// Returns 1, or 0 when the id is not in the failed set (so of concurrent callers one wins).
+/// Moves a failed job back to the ready set with fresh attempts. It does not take its unique key
+/// again. KEYS: failed, failed_at, jobs, attempts, errors, unique_of, progress, ready, marker.
+/// ARGV: id. Returns 1, or 0 when the id is not in the failed set (so of concurrent callers one
+/// wins).
 const RETRY_FAILED: &str = r"
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -585,8 +886,8 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 local p = header(redis.call('HGET', KEYS[3], ARGV[1]))
-redis.call('ZADD', KEYS[6], -p, ARGV[1])
-arm(KEYS[7])
+redis.call('ZADD', KEYS[8], -p, ARGV[1])
+arm(KEYS[9])
 return 1
 ";
 
@@ -597,11 +898,11 @@ pub(crate) fn retry_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'stat
     call
 }
 
-/// Deletes one failed job. KEYS: failed, failed_at, jobs, attempts, errors. ARGV: id.
-/// Returns 1, or 0 when the id is not in the failed set.
+/// Deletes one failed job. KEYS: failed, failed_at, jobs, attempts, errors, unique_of,
+/// progress. ARGV: id. Returns 1, or 0 when the id is not in the failed set.
 const FORGET_FAILED: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-for k = 2, 5 do redis.call('HDEL', KEYS[k], ARGV[1]) end
+for k = 2, 7 do redis.call('HDEL', KEYS[k], ARGV[1]) end
 return 1
 ";
 
@@ -612,12 +913,12 @@ pub(crate) fn forget_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'sta
     call
 }
 
-/// Deletes up to ARGV[1] failed jobs. KEYS: failed, failed_at, jobs, attempts, errors.
-/// Returns how many; the caller repeats until fewer were deleted.
+/// Deletes up to ARGV[1] failed jobs. KEYS: failed, failed_at, jobs, attempts, errors,
+/// unique_of, progress. Returns how many; the caller repeats until fewer were deleted.
 const FLUSH_FAILED: &str = r"
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
 for i = 1, #popped, 2 do
-  for k = 2, 5 do redis.call('HDEL', KEYS[k], popped[i]) end
+  for k = 2, 7 do redis.call('HDEL', KEYS[k], popped[i]) end
 end
 return #popped / 2
 ";
@@ -641,6 +942,9 @@ struct Scripts {
     recover: Script,
     stats: Script,
     set_paused: Script,
+    set_limits: Script,
+    cancel: Script,
+    touch: Script,
     get: Script,
     list: Script,
     clear: Script,
@@ -656,16 +960,19 @@ fn with_prelude(body: &str) -> Script {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: with_prelude(PUSH),
-    unstore: Script::new(UNSTORE),
+    unstore: with_prelude(UNSTORE),
     claim: with_prelude(CLAIM),
     settle: with_prelude(SETTLE),
     extend: Script::new(EXTEND),
     recover: with_prelude(RECOVER),
     stats: Script::new(STATS),
     set_paused: with_prelude(SET_PAUSED),
+    set_limits: with_prelude(SET_LIMITS),
+    cancel: with_prelude(CANCEL),
+    touch: Script::new(TOUCH),
     get: Script::new(GET),
     list: Script::new(LIST),
-    clear: Script::new(CLEAR),
+    clear: with_prelude(CLEAR),
     failed_page: Script::new(FAILED_PAGE),
     retry_failed: with_prelude(RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),

@@ -36,8 +36,9 @@ mod redis_driver {
     use std::time::{Duration, Instant};
 
     use orcs_core::{
-        Admin, ClaimRequest, Clock, Driver, Error, FailedQuery, JobState, ListRequest, NewJob,
-        PushOutcome, Settle, SystemClock,
+        Admin, CancelOutcome, ClaimRequest, Clock, Driver, Error, FailedQuery, JobState,
+        ListRequest, NewJob, PushOutcome, QueueLimits, RateLimit, Settle, SystemClock, Touch,
+        Unique, UniqueUntil,
     };
     use redis::AsyncCommands;
 
@@ -378,6 +379,220 @@ mod redis_driver {
             assert_eq!((info.state, info.last_error.as_deref()), (JobState::Failed, Some("boom")));
             assert!(driver.get("nope", now).await.expect("get").is_none());
             assert!(driver.server_time().await.expect("TIME").is_some());
+        });
+    }
+
+    fn keyed(queue: &str, tag: u64, key: &str, until: UniqueUntil) -> NewJob {
+        let mut job = job(queue, tag);
+        job.unique = Some(Unique::new(key, until));
+        job
+    }
+
+    /// The unique keys' documented layout: key -> holder, the holder's spec, Period expiries;
+    /// a finished job's key and spec go, and expired Period keys are pruned by later pushes.
+    #[test]
+    fn unique_keys_follow_the_documented_layout() {
+        orcs_tests::run(async {
+            let Some(url) = services::redis::redis_url_or_skip() else { return };
+            let prefix = unique_name("orcs-test");
+            let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
+            let driver = RedisDriver::connect(config).await.expect("connect");
+            let tag = format!("{{{prefix}:keys}}");
+            let finished = keyed("keys", 0, "f-key", UniqueUntil::Finished);
+            let period = keyed("keys", 1, "p-key", UniqueUntil::Period(5));
+            let (f_id, p_id, p_at) = (finished.id.clone(), period.id.clone(), period.dispatched_at);
+            driver.push(vec![finished, period]).await.expect("push");
+            let mut conn = raw(&url).await;
+            let holder: String = conn.hget(format!("{tag}:unique"), "f-key").await.expect("hget");
+            assert_eq!(holder, f_id);
+            let spec: String = conn.hget(format!("{tag}:unique_of"), &f_id).await.expect("hget");
+            assert_eq!(spec, "f|0|f-key");
+            let spec: String = conn.hget(format!("{tag}:unique_of"), &p_id).await.expect("hget");
+            assert_eq!(spec, "p|5|p-key");
+            let expiry: f64 =
+                conn.zscore(format!("{tag}:unique_expiry"), "p-key").await.expect("zscore");
+            assert_eq!(expiry as i64, p_at + 5);
+
+            let queues = names(&["keys"]);
+            let claim = driver.claim(&request(&queues, 2)).await.expect("claim");
+            for reserved in &claim.jobs {
+                driver
+                    .settle_one(Settle::complete(reserved.lease.clone()), SystemClock.now())
+                    .await
+                    .expect("complete");
+            }
+            let left: Vec<String> = conn.hkeys(format!("{tag}:unique")).await.expect("hkeys");
+            assert_eq!(left, ["p-key"], "the Finished key freed, the Period key holds");
+            let specs: i64 = conn.hlen(format!("{tag}:unique_of")).await.expect("hlen");
+            assert_eq!(specs, 0, "completed jobs leave no spec behind");
+
+            // A Period push after the period prunes the expired key, though it uses another key.
+            let mut later = keyed("keys", 2, "other", UniqueUntil::Period(60_000));
+            later.dispatched_at = p_at + 10;
+            later.available_at = later.dispatched_at;
+            driver.push(vec![later]).await.expect("push");
+            let left: Vec<String> = conn.hkeys(format!("{tag}:unique")).await.expect("hkeys");
+            assert_eq!(left, ["other"]);
+            let expiries: Vec<String> =
+                conn.zrange(format!("{tag}:unique_expiry"), 0, -1).await.expect("zrange");
+            assert_eq!(expiries, ["other"]);
+        });
+    }
+
+    /// A key whose holder has no record any more (deleted by hand, or by an older orcs that did
+    /// not know keys) is free.
+    #[test]
+    fn a_holder_without_a_record_frees_its_key() {
+        orcs_tests::run(async {
+            let Some(url) = services::redis::redis_url_or_skip() else { return };
+            let prefix = unique_name("orcs-test");
+            let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
+            let driver = RedisDriver::connect(config).await.expect("connect");
+            let first = keyed("gone", 0, "k", UniqueUntil::Finished);
+            let first_id = first.id.clone();
+            driver.push(vec![first]).await.expect("push");
+            let again = keyed("gone", 1, "k", UniqueUntil::Finished);
+            assert_eq!(
+                driver.push(vec![again]).await.expect("push"),
+                [PushOutcome::Duplicate { id: first_id.clone() }]
+            );
+            let mut conn = raw(&url).await;
+            let tag = format!("{{{prefix}:gone}}");
+            let _: () = conn.hdel(format!("{tag}:jobs"), &first_id).await.expect("hdel");
+            let _: () = conn.zrem(format!("{tag}:ready"), &first_id).await.expect("zrem");
+            let third = keyed("gone", 2, "k", UniqueUntil::Finished);
+            assert_eq!(driver.push(vec![third]).await.expect("push"), [PushOutcome::Stored]);
+        });
+    }
+
+    /// A push of several calls (run concurrently, in no order) still answers a repeated key
+    /// as a duplicate of its first job in the push.
+    async fn large_push_dedupes_unique_keys(driver: Option<RedisDriver>) {
+        let Some(driver) = driver else { return };
+        let jobs: Vec<NewJob> = (0..2_500)
+            .map(|tag| keyed("bulk", tag, &format!("k{}", tag % 1_200), UniqueUntil::Finished))
+            .collect();
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let outcomes = driver.push(jobs).await.expect("push");
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let expected = if i < 1_200 {
+                PushOutcome::Stored
+            } else {
+                PushOutcome::Duplicate { id: ids[i % 1_200].clone() }
+            };
+            assert_eq!(*outcome, expected, "job {i}");
+        }
+        assert_eq!(driver.stats("bulk", SystemClock.now()).await.expect("stats").pending, 1_200);
+    }
+
+    #[test]
+    fn large_push_dedupes_unique_keys_on_a_server() {
+        orcs_tests::run(async { large_push_dedupes_unique_keys(single().await).await });
+    }
+
+    #[test]
+    fn large_push_dedupes_unique_keys_on_a_cluster() {
+        orcs_tests::run(async { large_push_dedupes_unique_keys(cluster().await).await });
+    }
+
+    /// One touch reports on jobs of several queues (in different slots on a cluster): progress
+    /// is stored, the cancelled job is answered, a stale lease is skipped.
+    async fn touch_spans_queues(driver: Option<RedisDriver>) {
+        let Some(driver) = driver else { return };
+        driver.push(vec![job("ta", 0), job("tb", 1)]).await.expect("push");
+        let queues = names(&["ta", "tb"]);
+        let claim = driver.claim(&request(&queues, 2)).await.expect("claim");
+        let [a, b] = &claim.jobs[..] else { panic!("two jobs claimed") };
+        let now = SystemClock.now();
+        assert_eq!(
+            driver.cancel(&b.record.id, now).await.expect("cancel"),
+            CancelOutcome::Requested
+        );
+        let mut stale = a.lease.clone();
+        stale.token = "stale".to_owned();
+        let touches = [
+            Touch::new(a.lease.clone(), Some(r#"{"a":1}"#.to_owned())),
+            Touch::new(b.lease.clone(), Some(r#"{"b":2}"#.to_owned())),
+            Touch::new(stale, Some(r#""stale""#.to_owned())),
+        ];
+        let cancelled = driver.touch(&touches, now).await.expect("touch");
+        assert_eq!(cancelled, std::slice::from_ref(&b.record.id));
+        let info = driver.get(&a.record.id, now).await.expect("get").expect("a");
+        assert_eq!((info.progress.as_deref(), info.cancel_requested), (Some(r#"{"a":1}"#), false));
+        let info = driver.get(&b.record.id, now).await.expect("get").expect("b");
+        assert_eq!((info.progress.as_deref(), info.cancel_requested), (Some(r#"{"b":2}"#), true));
+        let listed =
+            driver.list(&ListRequest::new("tb", JobState::Reserved, 10), now).await.expect("list");
+        assert!(listed[0].cancel_requested);
+        driver.settle_one(Settle::cancel(b.lease.clone()), now).await.expect("cancel settle");
+        assert!(driver.get(&b.record.id, now).await.expect("get").is_none());
+        assert_eq!(driver.stats("tb", now).await.expect("stats").cancelled, 1);
+        assert!(driver.touch(&[], now).await.expect("an empty touch").is_empty());
+    }
+
+    #[test]
+    fn touch_spans_queues_on_a_server() {
+        orcs_tests::run(async { touch_spans_queues(single().await).await });
+    }
+
+    #[test]
+    fn touch_spans_queues_on_a_cluster() {
+        orcs_tests::run(async { touch_spans_queues(cluster().await).await });
+    }
+
+    /// Limits live in the queue's `meta` hash; a settle on a concurrency-limited queue arms its
+    /// marker (a slot freed), and the rate limit's start log keeps only the window.
+    #[test]
+    fn limits_follow_the_documented_layout() {
+        orcs_tests::run(async {
+            let Some(url) = services::redis::redis_url_or_skip() else { return };
+            let prefix = unique_name("orcs-test");
+            let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
+            let driver = RedisDriver::connect(config).await.expect("connect");
+            let tag = format!("{{{prefix}:lim}}");
+            let limits = QueueLimits::none().concurrency(3).rate(RateLimit::new(2, 1_000));
+            driver.set_limits("lim", &limits).await.expect("limits");
+            let mut conn = raw(&url).await;
+            let meta: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(format!("{tag}:meta"))
+                .arg(&["concurrency", "rate_limit", "rate_period"][..])
+                .query_async(&mut conn)
+                .await
+                .expect("hmget");
+            assert_eq!(meta, [Some("3".to_owned()), Some("2".to_owned()), Some("1000".to_owned())]);
+            assert_eq!(
+                driver.queues().await.expect("queues"),
+                ["lim"],
+                "a limited queue is listed"
+            );
+            driver.push((0..5).map(|tag| job("lim", tag)).collect()).await.expect("push");
+            let queues = names(&["lim"]);
+            let now = SystemClock.now();
+            let claim = driver.claim(&ClaimRequest::new(&queues, 5, now)).await.expect("claim");
+            assert_eq!(claim.jobs.len(), 2, "the rate allows two");
+            let starts: i64 = conn.zcard(format!("{tag}:starts")).await.expect("zcard");
+            assert_eq!(starts, 2);
+            assert_eq!(claim.next_due, Some(now + 1_000), "the window reopens");
+            let _: () = conn.del(format!("{tag}:marker")).await.expect("del");
+            driver
+                .settle_one(Settle::complete(claim.jobs[0].lease.clone()), now)
+                .await
+                .expect("complete");
+            let marker: i64 = conn.llen(format!("{tag}:marker")).await.expect("llen");
+            assert_eq!(marker, 1, "a settle on a limited queue wakes a waiter");
+            let later = now + 5_000;
+            let claim = driver.claim(&ClaimRequest::new(&queues, 5, later)).await.expect("claim");
+            assert_eq!(claim.jobs.len(), 2, "a new window: two more (3 running at most)");
+            let starts: Vec<String> =
+                conn.zrange(format!("{tag}:starts"), 0, -1).await.expect("zrange");
+            assert_eq!(starts.len(), 2, "the log keeps only the window: {starts:?}");
+            let claim =
+                driver.claim(&ClaimRequest::new(&queues, 5, later + 5_000)).await.expect("claim");
+            assert!(claim.jobs.is_empty(), "three running: the concurrency limit holds");
+            assert_eq!(claim.next_due, None, "held by concurrency, a settle wakes the worker");
+            driver.set_limits("lim", &QueueLimits::none()).await.expect("clear");
+            let meta: i64 = conn.hlen(format!("{tag}:meta")).await.expect("hlen");
+            assert_eq!(meta, 0);
         });
     }
 }
