@@ -66,7 +66,15 @@ async fn drain(url: &str, run: usize, delayed: usize) -> orcs_core::Result<Durat
 }
 
 async fn drop_tables(url: &str, prefix: &str) {
-    let tables = ["jobs", "failed", "counters", "jobs_queues", "jobs_migrations"];
+    let tables = [
+        "jobs",
+        "failed",
+        "counters",
+        "jobs_queues",
+        "jobs_unique",
+        "jobs_starts",
+        "jobs_migrations",
+    ];
     let script = tables
         .iter()
         .map(|t| format!("DROP TABLE IF EXISTS \"{prefix}_{t}\""))

@@ -4,16 +4,19 @@
 
 use std::borrow::Cow;
 
-use orcs_core::{Error, FailedJob, JobInfo, JobRecord, JobState, Lease, Millis, NewJob, Reserved};
+use orcs_core::{
+    Error, FailedJob, JobInfo, JobRecord, JobState, Lease, Millis, NewJob, Reserved, Unique,
+    UniqueUntil,
+};
 use sqlx::Row;
 use tokio::sync::Notify;
 
-use crate::sql::{DELAYED, READY, RESERVED};
+use crate::sql::{DELAYED, READY, RESERVED, UNIQUE_FINISHED, UNIQUE_PERIOD, UNIQUE_STARTED};
 
 /// The driver name in errors.
 pub(crate) const DRIVER: &str = "database";
 
-/// Jobs per `INSERT` statement: 11 parameters each stays far below both backends' limits.
+/// Jobs per `INSERT` statement: 14 parameters each stays far below both backends' limits.
 pub(crate) const INSERT_CHUNK: usize = 500;
 
 /// Durations are stored as signed milliseconds; anything longer than a century is a century, so
@@ -27,8 +30,24 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
 }
 
+/// How a write to a read-only SQLite file is reported (`SQLITE_READONLY`).
+pub(crate) const SQLITE_READ_ONLY: &str = "the SQLite file is read-only";
+
 /// A backend error, classified: transient when trying again later may succeed.
 pub(crate) fn backend(error: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &error
+        && db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        && db.code().and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| c & 0xff == 8)
+    {
+        return Error::backend_permanent(
+            DRIVER,
+            format!(
+                "{SQLITE_READ_ONLY} ({}): make the file and its directory writable for the \
+                 worker's user",
+                db.message()
+            ),
+        );
+    }
     if is_transient(&error) {
         Error::backend(DRIVER, error)
     } else {
@@ -93,6 +112,80 @@ pub(crate) fn initial_state(job: &NewJob) -> i32 {
     if job.available_at > job.dispatched_at { DELAYED } else { READY }
 }
 
+/// A queue's limits as stored: concurrency, and (starts, period in ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) concurrency: Option<i64>,
+    pub(crate) rate: Option<(i64, i64)>,
+}
+
+impl Limits {
+    /// The limits in the metadata columns; `None` when the queue has none (the claim's fast
+    /// path).
+    pub(crate) fn from_columns(
+        concurrency: Option<i64>,
+        rate_limit: Option<i64>,
+        rate_period_ms: Option<i64>,
+    ) -> Option<Self> {
+        let rate = rate_limit.zip(rate_period_ms);
+        (concurrency.is_some() || rate.is_some()).then_some(Self { concurrency, rate })
+    }
+
+    /// How many jobs a claim asking for `want` may take with `reserved` jobs running and
+    /// `started` starts in the rate window.
+    pub(crate) fn room(&self, want: usize, reserved: i64, started: i64) -> i64 {
+        let mut room = i64::try_from(want).unwrap_or(i64::MAX);
+        if let Some(concurrency) = self.concurrency {
+            room = room.min(concurrency - reserved);
+        }
+        if let Some((limit, _)) = self.rate {
+            room = room.min(limit - started);
+        }
+        room.max(0)
+    }
+}
+
+/// A job's unique key as columns: (key, mode, period in ms).
+pub(crate) type UniqueColumns = (Option<String>, Option<i32>, Option<i64>);
+
+/// The columns that store `job.unique`.
+pub(crate) fn unique_columns(job: &NewJob) -> Result<UniqueColumns, Error> {
+    let Some(unique) = &job.unique else {
+        return Ok((None, None, None));
+    };
+    let (mode, ms) = match unique.until {
+        UniqueUntil::Started => (UNIQUE_STARTED, None),
+        UniqueUntil::Finished => (UNIQUE_FINISHED, None),
+        UniqueUntil::Period(ms) => (UNIQUE_PERIOD, Some(duration_ms(ms))),
+        other => {
+            return Err(Error::unsupported(
+                DRIVER,
+                format!("the unique key lifetime {other:?}; upgrade orcs-database"),
+            ));
+        }
+    };
+    Ok((Some(unique.key.clone()), Some(mode), ms))
+}
+
+/// Reads the unique key stored in columns `i`, `i + 1`, `i + 2` (key, mode, period).
+fn decode_unique<R: DbRow>(row: &R, i: usize) -> Result<Option<Unique>, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let Some(key) = row.get_opt_text(i)? else {
+        return Ok(None);
+    };
+    let until = match row.get_opt_i32(i + 1)? {
+        Some(UNIQUE_STARTED) => UniqueUntil::Started,
+        Some(UNIQUE_FINISHED) => UniqueUntil::Finished,
+        Some(UNIQUE_PERIOD) => {
+            UniqueUntil::Period(unsigned("unique_ms", row.get_opt_int(i + 2)?.unwrap_or(0))?)
+        }
+        other => return Err(format!("column unique_mode holds {other:?}, not 0, 1 or 2")),
+    };
+    Ok(Some(Unique::new(key, until)))
+}
+
 /// A page size within [`orcs_core::MAX_PAGE`] and an offset, as SQL integers.
 pub(crate) fn page(limit: usize, offset: u64) -> (i64, i64) {
     let limit = limit.min(orcs_core::MAX_PAGE);
@@ -125,6 +218,8 @@ where
     fn get_int(&self, i: usize) -> Result<i64, String>;
     fn get_opt_int(&self, i: usize) -> Result<Option<i64>, String>;
     fn get_i32(&self, i: usize) -> Result<i32, String>;
+    fn get_opt_i32(&self, i: usize) -> Result<Option<i32>, String>;
+    fn get_bool(&self, i: usize) -> Result<bool, String>;
 }
 
 macro_rules! impl_db_row {
@@ -144,6 +239,12 @@ macro_rules! impl_db_row {
             }
             fn get_i32(&self, i: usize) -> Result<i32, String> {
                 self.try_get::<i32, _>(i).map_err(|e| e.to_string())
+            }
+            fn get_opt_i32(&self, i: usize) -> Result<Option<i32>, String> {
+                self.try_get::<Option<i32>, _>(i).map_err(|e| e.to_string())
+            }
+            fn get_bool(&self, i: usize) -> Result<bool, String> {
+                self.try_get::<bool, _>(i).map_err(|e| e.to_string())
             }
         }
     };
@@ -214,11 +315,14 @@ where
         RESERVED => JobState::Reserved,
         other => return Err(format!("column state holds {other}, not 0, 1 or 2")),
     };
+    job.unique = decode_unique(row, 14)?;
     let mut info = JobInfo::new(job, state, attempts);
     info.last_error = row.get_opt_text(13)?;
     if state == JobState::Reserved {
         info.lease_expires_at = reserved_until;
     }
+    info.progress = row.get_opt_text(17)?;
+    info.cancel_requested = row.get_bool(18)?;
     Ok(info)
 }
 
@@ -227,7 +331,8 @@ pub(crate) fn decode_failed<R: DbRow>(row: &R) -> Result<(FailedJob, JobInfo), S
 where
     usize: sqlx::ColumnIndex<R>,
 {
-    let (job, attempts) = decode_job(row)?;
+    let (mut job, attempts) = decode_job(row)?;
+    job.unique = decode_unique(row, 12)?;
     let error = row.get_text(10)?;
     let failed_at = row.get_int(11)?;
     let failed = FailedJob::new(&job, attempts, error.clone(), failed_at);
@@ -261,8 +366,9 @@ macro_rules! common_ops {
 
         /// Brings the tables up to [`crate::sql::LATEST_VERSION`] on `conn`, inside the caller's
         /// transaction, which holds the setup lock: each migration runs once, however many
-        /// drivers start together. Expects `table_exists(conn, name)` and `NOW_MS` (the
-        /// database's clock in milliseconds, as SQL) from the backend module.
+        /// drivers start together. Expects `table_exists(conn, name)`, `table_columns(conn,
+        /// name)` (empty for no such table) and `NOW_MS` (the database's clock in milliseconds,
+        /// as SQL) from the backend module.
         async fn migrate(conn: &mut Conn, sql: &$crate::sql::Sql) -> orcs_core::Result<()> {
             use sqlx::Row;
             use $crate::common::{backend, DRIVER};
@@ -290,18 +396,56 @@ macro_rules! common_ops {
                     ),
                 });
             }
-            if current == 0 && had_jobs && !had_migrations {
-                // Made by the previous release (no migrations table): it is version 1 if it has
-                // that release's columns, and is upgraded in place; anything else is not orcs's.
-                if let Err(e) = dynamic(sql.legacy_shape.clone()).execute(&mut *conn).await {
-                    return Err(orcs_core::Error::Version {
-                        driver: DRIVER,
-                        message: format!(
-                            "the table {} exists but is not an orcs jobs table ({e}): drop or \
-                             rename it, or name another table (DatabaseConfig::with_jobs_table)",
-                            sql.jobs
-                        ),
-                    });
+            if current == 0 && !had_migrations {
+                // Tables made by the previous release (no migrations table) are version 1 if they
+                // have that release's columns, and are upgraded in place. A table of the same
+                // name with other columns belongs to another application (Laravel has `jobs`
+                // and `failed_jobs` tables too): refuse it, changing nothing.
+                use $crate::sql::{COUNTERS_V1_COLUMNS, FAILED_V1_COLUMNS, JOBS_V1_COLUMNS};
+                let tables: [(&str, &[&str], &str); 3] = [
+                    (
+                        &sql.jobs_name,
+                        &JOBS_V1_COLUMNS,
+                        "choose another table name (DatabaseConfig::with_jobs_table; the orcs \
+                         command: [database] table in config/queue.toml)",
+                    ),
+                    (
+                        &sql.failed_name,
+                        &FAILED_V1_COLUMNS,
+                        "choose another name for the failed-jobs table \
+                         (DatabaseConfig::with_failed_table)",
+                    ),
+                    (
+                        &sql.counters_name,
+                        &COUNTERS_V1_COLUMNS,
+                        "choose another name for the counters table \
+                         (DatabaseConfig::with_counters_table)",
+                    ),
+                ];
+                for (table, needed, fix) in tables {
+                    if table != sql.jobs_name.as_str() || had_jobs {
+                        let columns = table_columns(conn, table).await?;
+                        if columns.is_empty() {
+                            continue;
+                        }
+                        let missing: Vec<&str> = needed
+                            .iter()
+                            .copied()
+                            .filter(|c| !columns.iter().any(|have| have.eq_ignore_ascii_case(c)))
+                            .collect();
+                        if !missing.is_empty() {
+                            return Err(orcs_core::Error::Version {
+                                driver: DRIVER,
+                                message: format!(
+                                    "the table \"{table}\" already exists with another shape \
+                                     (columns {}; orcs needs {} as well), so it probably belongs \
+                                     to another application; nothing was changed: {fix}",
+                                    columns.join(", "),
+                                    missing.join(", "),
+                                ),
+                            });
+                        }
+                    }
                 }
             }
             for migration in sql.migrations.iter().filter(|m| m.version > current) {
@@ -323,35 +467,30 @@ macro_rules! common_ops {
 
         impl Store {
             /// Stores `jobs` on `conn` (inside the caller's transaction): one outcome per job. An
-            /// id in the failed set, already stored, or earlier in `jobs` is a duplicate.
+            /// id in the failed set, already stored, or earlier in `jobs` is a duplicate; so is a
+            /// job whose unique key another job of its queue holds (the answer names the holder).
             async fn insert_jobs(
                 &self,
                 conn: &mut Conn,
                 jobs: &[orcs_core::NewJob],
             ) -> orcs_core::Result<(Vec<orcs_core::PushOutcome>, Vec<String>)> {
-                use ::std::collections::HashSet;
+                use ::std::collections::{HashMap, HashSet};
                 use sqlx::Row;
-                use $crate::common::{backend, duration_ms, initial_state, INSERT_CHUNK};
-                let mut taken: HashSet<String> = HashSet::new();
-                for chunk in jobs.chunks(INSERT_CHUNK) {
-                    let mut query = dynamic(self.sql.failed_ids(chunk.len()));
-                    for job in chunk {
-                        query = query.bind(job.id.clone());
-                    }
-                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                        taken.insert(row.try_get::<String, _>(0).map_err(backend)?);
-                    }
+                use $crate::common::{backend, duration_ms, initial_state, unique_columns, INSERT_CHUNK};
+                let mut keys = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    keys.push(unique_columns(job)?);
                 }
                 // The first of several jobs with one id is the one stored.
                 let mut seen: HashSet<&str> = HashSet::new();
-                let fresh: Vec<&orcs_core::NewJob> = jobs
-                    .iter()
-                    .filter(|job| !taken.contains(&job.id) && seen.insert(job.id.as_str()))
-                    .collect();
+                let fresh: Vec<usize> =
+                    (0..jobs.len()).filter(|&i| seen.insert(jobs[i].id.as_str())).collect();
                 let mut stored: HashSet<String> = HashSet::new();
                 for chunk in fresh.chunks(INSERT_CHUNK) {
                     let mut query = dynamic(self.sql.insert(chunk.len()));
-                    for job in chunk {
+                    for &i in chunk {
+                        let job = &jobs[i];
+                        let (key, mode, ms) = keys[i].clone();
                         query = query
                             .bind(job.id.clone())
                             .bind(job.queue.clone())
@@ -363,11 +502,95 @@ macro_rules! common_ops {
                             .bind(job.timeout_ms.map(duration_ms))
                             .bind(job.dispatched_at)
                             .bind(job.available_at)
-                            .bind(initial_state(job));
+                            .bind(initial_state(job))
+                            .bind(key)
+                            .bind(mode)
+                            .bind(ms);
                     }
                     for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
                         stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
                     }
+                }
+                // The failed set is looked at after the insert, so that a `fail` of the same id
+                // racing this push is seen: the insert either met the live row (a duplicate) or
+                // waited for the fail's delete to commit, and this later statement then sees
+                // the row it moved to the failed set.
+                let mut unstore: Vec<String> = Vec::new();
+                let inserted: Vec<String> = stored.iter().cloned().collect();
+                for chunk in inserted.chunks(INSERT_CHUNK) {
+                    let mut query = dynamic(self.sql.failed_ids(chunk.len()));
+                    for id in chunk {
+                        query = query.bind(id.clone());
+                    }
+                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                        let id = row.try_get::<String, _>(0).map_err(backend)?;
+                        stored.remove(&id);
+                        unstore.push(id);
+                    }
+                }
+                // Unique keys: the first stored job of the push with a key tries to take it
+                // (in key order, so concurrent pushes lock keys in one order); a later job of the
+                // push with the same key is a duplicate of whoever ends up holding it.
+                let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+                let mut followers: Vec<(usize, usize)> = Vec::new();
+                for &i in &fresh {
+                    let job = &jobs[i];
+                    if let (Some(unique), true) = (&job.unique, stored.contains(&job.id)) {
+                        match first.get(&(job.queue.as_str(), unique.key.as_str())) {
+                            Some(&leader) => followers.push((i, leader)),
+                            None => {
+                                first.insert((job.queue.as_str(), unique.key.as_str()), i);
+                            }
+                        }
+                    }
+                }
+                // Job index -> the id of the job holding its key.
+                let mut held_by: HashMap<usize, String> = HashMap::new();
+                if !first.is_empty() {
+                    let mut takers: Vec<((&str, &str), usize)> =
+                        first.iter().map(|(k, &i)| (*k, i)).collect();
+                    takers.sort_unstable();
+                    for chunk in takers.chunks(INSERT_CHUNK) {
+                        let mut query = dynamic(self.sql.take_keys(chunk.len()));
+                        for &((queue, key), i) in chunk {
+                            let job = &jobs[i];
+                            let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
+                            query = query
+                                .bind(queue.to_owned())
+                                .bind(key.to_owned())
+                                .bind(job.id.clone())
+                                .bind(job.dispatched_at)
+                                .bind(expires);
+                        }
+                        for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                            let queue: String = row.try_get(0).map_err(backend)?;
+                            let key: String = row.try_get(1).map_err(backend)?;
+                            let holder: String = row.try_get(2).map_err(backend)?;
+                            if let Some(&i) = first.get(&(queue.as_str(), key.as_str()))
+                                && jobs[i].id != holder
+                            {
+                                held_by.insert(i, holder);
+                            }
+                        }
+                    }
+                    for (i, leader) in followers {
+                        let holder = held_by.get(&leader).cloned().unwrap_or_else(|| jobs[leader].id.clone());
+                        held_by.insert(i, holder);
+                    }
+                }
+                let mut refused: HashMap<&str, String> = HashMap::new();
+                for (i, holder) in held_by {
+                    stored.remove(&jobs[i].id);
+                    unstore.push(jobs[i].id.clone());
+                    refused.insert(jobs[i].id.as_str(), holder);
+                }
+                // Rows this push inserted and then found to be duplicates; nobody saw them.
+                for chunk in unstore.chunks(INSERT_CHUNK) {
+                    let mut query = dynamic(self.sql.delete_ids(chunk.len()));
+                    for id in chunk {
+                        query = query.bind(id.clone());
+                    }
+                    query.execute(&mut *conn).await.map_err(backend)?;
                 }
                 let mut queues = Vec::new();
                 let outcomes = jobs
@@ -379,6 +602,8 @@ macro_rules! common_ops {
                                 queues.push(job.queue.clone());
                             }
                             orcs_core::PushOutcome::Stored
+                        } else if let Some(holder) = refused.remove(job.id.as_str()) {
+                            orcs_core::PushOutcome::Duplicate { id: holder }
                         } else {
                             orcs_core::PushOutcome::Duplicate { id: job.id.clone() }
                         }
@@ -408,8 +633,8 @@ macro_rules! common_ops {
             }
 
             /// Claims on `conn` from each queue in turn: promotes the queue's due delayed jobs,
-            /// then takes the best ready ones. Returns the claim and the rows that could not be
-            /// read (id, token, reason).
+            /// then takes the best ready ones (within the queue's limits, if it has any).
+            /// Returns the claim and the rows that could not be read (id, token, reason).
             async fn claim_on(
                 &self,
                 conn: &mut Conn,
@@ -417,12 +642,14 @@ macro_rules! common_ops {
             ) -> orcs_core::Result<(orcs_core::Claim, Vec<(Option<String>, Option<String>, String)>)> {
                 use sqlx::Row;
                 use $crate::common::{backend, decode_claimed, duration_ms};
-                use $crate::sql::PROMOTE_CHUNK;
+                use $crate::sql::{Dialect, UNIQUE_STARTED};
                 let mut claim = orcs_core::Claim::default();
                 // One token prefix per call; each job's token adds its id, so tokens are unique
                 // per job and per claim.
                 let batch = format!("{}:", orcs_core::new_job_id());
                 let mut unreadable = Vec::new();
+                // When a rate-limited queue's window reopens, if one is blocked.
+                let mut reopens: Option<orcs_core::Millis> = None;
                 for queue in req.queues {
                     let want = req.max.saturating_sub(claim.jobs.len());
                     if want == 0 {
@@ -430,29 +657,43 @@ macro_rules! common_ops {
                     }
                     // Every due job is promoted before the claim picks, so a due job of higher
                     // priority is never passed over; each job is promoted once.
-                    loop {
-                        let done = q(&self.sql.promote)
+                    let limits = self.promote_due(conn, queue, req.now).await?;
+                    let rows = if let Some(limits) = limits {
+                        let (rows, next) =
+                            self.claim_limited(conn, queue, req, want, &batch, limits).await?;
+                        if let Some(next) = next {
+                            reopens = Some(reopens.map_or(next, |r| r.min(next)));
+                        }
+                        rows
+                    } else {
+                        q(&self.sql.claim)
                             .bind(queue.clone())
                             .bind(req.now)
-                            .execute(&mut *conn)
+                            .bind(duration_ms(req.default_timeout_ms))
+                            .bind(duration_ms(req.grace_ms))
+                            .bind(batch.clone())
+                            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                            .fetch_all(&mut *conn)
                             .await
-                            .map_err(backend)?;
-                        if done.rows_affected() < PROMOTE_CHUNK {
-                            break;
-                        }
-                    }
-                    let rows = q(&self.sql.claim)
-                        .bind(queue.clone())
-                        .bind(req.now)
-                        .bind(duration_ms(req.default_timeout_ms))
-                        .bind(duration_ms(req.grace_ms))
-                        .bind(batch.clone())
-                        .bind(i64::try_from(want).unwrap_or(i64::MAX))
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(backend)?;
+                            .map_err(backend)?
+                    };
                     let mut got = Vec::with_capacity(rows.len());
                     for row in &rows {
+                        // PostgreSQL frees `Started` keys inside the claim statement; SQLite
+                        // here, in the claim's transaction.
+                        if self.sql.dialect == Dialect::Sqlite
+                            && row.try_get::<Option<i32>, _>(14).ok().flatten() == Some(UNIQUE_STARTED)
+                            && let (Ok(id), Ok(Some(key))) =
+                                (row.try_get::<String, _>(0), row.try_get::<Option<String>, _>(13))
+                        {
+                            q(&self.sql.free_key)
+                                .bind(queue.clone())
+                                .bind(key)
+                                .bind(id)
+                                .execute(&mut *conn)
+                                .await
+                                .map_err(backend)?;
+                        }
                         match decode_claimed(row) {
                             Ok(reserved) => got.push(reserved),
                             Err(reason) => unreadable.push((
@@ -480,8 +721,34 @@ macro_rules! common_ops {
                     }
                     let row = query.fetch_one(&mut *conn).await.map_err(backend)?;
                     claim.next_due = row.try_get::<Option<i64>, _>(0).map_err(backend)?;
+                    if let Some(at) = reopens {
+                        claim.next_due = Some(claim.next_due.map_or(at, |due| due.min(at)));
+                    }
                 }
                 Ok((claim, unreadable))
+            }
+
+            /// When a rate-limited queue may start a job again: the oldest start of its window
+            /// plus the period, if the window is full at `now`.
+            async fn rate_reopens(
+                &self,
+                conn: &mut Conn,
+                queue: &str,
+                now: orcs_core::Millis,
+                rate: (i64, i64),
+            ) -> orcs_core::Result<Option<orcs_core::Millis>> {
+                use sqlx::Row;
+                use $crate::common::backend;
+                let (limit, period) = rate;
+                let row = q(&self.sql.rate_window)
+                    .bind(queue.to_owned())
+                    .bind(now.saturating_sub(period))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+                let oldest: Option<i64> = row.try_get(0).map_err(backend)?;
+                let started: i64 = row.try_get(1).map_err(backend)?;
+                Ok(oldest.filter(|_| started >= limit).map(|at| at.saturating_add(period)))
             }
 
             /// Claimed rows that cannot be read go to the failed set with the reason instead of
@@ -509,7 +776,8 @@ macro_rules! common_ops {
 
             /// Applies one settle on `conn` (inside the caller's transaction). The outer error is
             /// a backend failure (the transaction must be abandoned); the inner one a lost lease,
-            /// which changed nothing.
+            /// which changed nothing. On success: the queues whose waiters to wake (a job became
+            /// ready, or a concurrency-limited queue got a free slot).
             async fn settle_on(
                 &self,
                 conn: &mut Conn,
@@ -523,7 +791,7 @@ macro_rules! common_ops {
                 let lost = || Ok(Err(orcs_core::Error::LeaseLost { id: lease.id.clone() }));
                 let mut ready = Vec::new();
                 match &item.transition {
-                    Transition::Complete => {
+                    Transition::Complete | Transition::Cancel => {
                         let Some(row) = q(&self.sql.delete_leased)
                             .bind(lease.id.clone())
                             .bind(lease.token.clone())
@@ -534,7 +802,17 @@ macro_rules! common_ops {
                             return lost();
                         };
                         let queue: String = row.try_get(0).map_err(backend)?;
-                        q(&self.sql.count_processed).bind(queue).execute(&mut *conn).await.map_err(backend)?;
+                        let key: Option<String> = row.try_get(1).map_err(backend)?;
+                        let counter = if matches!(item.transition, Transition::Cancel) {
+                            q(&self.sql.count_cancelled).bind(queue.clone()).bind(1_i64)
+                        } else {
+                            q(&self.sql.count_processed).bind(queue.clone())
+                        };
+                        counter.execute(&mut *conn).await.map_err(backend)?;
+                        self.free_key(conn, &queue, key, &lease.id).await?;
+                        if row.try_get::<bool, _>(2).map_err(backend)? {
+                            ready.push(queue);
+                        }
                     }
                     Transition::Retry { run_at, error } => {
                         let Some(row) = q(&self.sql.retry)
@@ -549,7 +827,7 @@ macro_rules! common_ops {
                         else {
                             return lost();
                         };
-                        if *run_at <= now {
+                        if *run_at <= now || row.try_get::<bool, _>(1).map_err(backend)? {
                             ready.push(row.try_get::<String, _>(0).map_err(backend)?);
                         }
                     }
@@ -565,7 +843,7 @@ macro_rules! common_ops {
                         else {
                             return lost();
                         };
-                        if *run_at <= now {
+                        if *run_at <= now || row.try_get::<bool, _>(1).map_err(backend)? {
                             ready.push(row.try_get::<String, _>(0).map_err(backend)?);
                         }
                     }
@@ -582,8 +860,20 @@ macro_rules! common_ops {
                             return lost();
                         };
                         let queue: String = row.try_get(0).map_err(backend)?;
-                        q(&self.sql.delete_job).bind(lease.id.clone()).execute(&mut *conn).await.map_err(backend)?;
-                        q(&self.sql.count_failed).bind(queue).execute(&mut *conn).await.map_err(backend)?;
+                        let deleted = q(&self.sql.delete_job)
+                            .bind(lease.id.clone())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(backend)?;
+                        let key = match deleted {
+                            Some(deleted) => deleted.try_get::<Option<String>, _>(0).map_err(backend)?,
+                            None => None,
+                        };
+                        q(&self.sql.count_failed).bind(queue.clone()).execute(&mut *conn).await.map_err(backend)?;
+                        self.free_key(conn, &queue, key, &lease.id).await?;
+                        if row.try_get::<bool, _>(1).map_err(backend)? {
+                            ready.push(queue);
+                        }
                     }
                     other => {
                         return Ok(Err(orcs_core::Error::unsupported(
@@ -597,6 +887,28 @@ macro_rules! common_ops {
                     ready.extend(queues);
                 }
                 Ok(Ok(ready))
+            }
+
+            /// Frees `key` of `queue` if job `id` holds it and it is not a `Period` key (those
+            /// run their time whatever the job does). Nothing to do for a job without a key.
+            async fn free_key(
+                &self,
+                conn: &mut Conn,
+                queue: &str,
+                key: Option<String>,
+                id: &str,
+            ) -> orcs_core::Result<()> {
+                let Some(key) = key else {
+                    return Ok(());
+                };
+                q(&self.sql.free_key)
+                    .bind(queue.to_owned())
+                    .bind(key)
+                    .bind(id.to_owned())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::common::backend)?;
+                Ok(())
             }
 
             /// Settles a batch in one transaction, each item token-checked on its own. A backend
@@ -664,13 +976,32 @@ macro_rules! common_ops {
                     return Ok(0);
                 }
                 let mut query = dynamic(self.sql.recover(queues.len())).bind(now);
+                let mut ended = dynamic(self.sql.recover_cancelled(queues.len())).bind(now);
                 for queue in queues {
                     query = query.bind(queue.clone());
+                    ended = ended.bind(queue.clone());
                 }
                 let mut conn = self.writer().await?;
                 let mut tx = begin(&mut conn).await?;
-                let rows = query.fetch_all(&mut *tx).await.map_err(backend)?;
+                // A job whose cancel was asked for ends as cancelled instead of running again.
+                let cancelled = ended.fetch_all(&mut *tx).await.map_err(backend)?;
                 let mut ready: Vec<String> = Vec::new();
+                for row in &cancelled {
+                    let queue: String = row.try_get(0).map_err(backend)?;
+                    let id: String = row.try_get(1).map_err(backend)?;
+                    let key: Option<String> = row.try_get(2).map_err(backend)?;
+                    q(&self.sql.count_cancelled)
+                        .bind(queue.clone())
+                        .bind(1_i64)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    self.free_key(&mut tx, &queue, key, &id).await?;
+                    if !ready.contains(&queue) {
+                        ready.push(queue);
+                    }
+                }
+                let rows = query.fetch_all(&mut *tx).await.map_err(backend)?;
                 for row in &rows {
                     let queue: String = row.try_get(0).map_err(backend)?;
                     if !ready.contains(&queue) {
@@ -680,10 +1011,10 @@ macro_rules! common_ops {
                 self.notify_in(&mut tx, &ready).await?;
                 tx.commit().await.map_err(backend)?;
                 drop(conn);
-                if !rows.is_empty() {
+                if !ready.is_empty() {
                     self.shared.wake.notify_waiters();
                 }
-                Ok(rows.len() as u64)
+                Ok((rows.len() + cancelled.len()) as u64)
             }
 
             /// Whether one of `queues` has a claimable job at `now`.
@@ -726,6 +1057,17 @@ macro_rules! common_ops {
                 stats.processed = get(4)?;
                 stats.failed_total = get(5)?;
                 stats.paused = row.try_get::<bool, _>(6).map_err(backend)?;
+                stats.cancelled = get(7)?;
+                let opt = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
+                let as_u32 = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+                let mut limits = orcs_core::QueueLimits::none();
+                if let Some(n) = opt(8)? {
+                    limits = limits.concurrency(as_u32(n));
+                }
+                if let (Some(n), Some(period)) = (opt(9)?, opt(10)?) {
+                    limits = limits.rate(orcs_core::RateLimit::new(as_u32(n), count(period)));
+                }
+                stats.limits = limits;
                 Ok(stats)
             }
 
@@ -812,6 +1154,13 @@ macro_rules! common_ops {
                     .map_err(backend)?;
                 let done =
                     q(&self.sql.clear).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
+                if done.rows_affected() > 0 {
+                    q(&self.sql.free_orphan_keys)
+                        .bind(queue.to_owned())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
                 tx.commit().await.map_err(backend)?;
                 Ok(done.rows_affected())
             }
@@ -863,6 +1212,9 @@ macro_rules! common_ops {
                     .bind(row.try_get::<i64, _>(7).map_err(backend)?)
                     .bind(row.try_get::<Option<i64>, _>(8).map_err(backend)?)
                     .bind(row.try_get::<i64, _>(9).map_err(backend)?)
+                    .bind(row.try_get::<Option<String>, _>(10).map_err(backend)?)
+                    .bind(row.try_get::<Option<i32>, _>(11).map_err(backend)?)
+                    .bind(row.try_get::<Option<i64>, _>(12).map_err(backend)?)
                     .bind(now)
                     .execute(&mut *tx)
                     .await
@@ -913,6 +1265,81 @@ macro_rules! common_ops {
                     self.shared.wake.notify_waiters();
                 }
                 Ok(())
+            }
+
+            pub(crate) async fn set_limits(
+                &self,
+                queue: &str,
+                limits: &orcs_core::QueueLimits,
+            ) -> orcs_core::Result<()> {
+                use $crate::common::{backend, duration_ms};
+                let rate = match limits.rate {
+                    Some(rate) if rate.period_ms == 0 => {
+                        return Err(orcs_core::Error::invalid(
+                            "rate limit",
+                            "the period must be at least 1 ms",
+                        ));
+                    }
+                    Some(rate) => Some((i64::from(rate.limit), duration_ms(rate.period_ms))),
+                    None => None,
+                };
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
+                q(&self.sql.set_limits)
+                    .bind(queue.to_owned())
+                    .bind(limits.concurrency.map(i64::from))
+                    .bind(rate.map(|r| r.0))
+                    .bind(rate.map(|r| r.1))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                // Looser limits may let idle workers start jobs.
+                self.notify_in(&mut tx, &[queue.to_owned()]).await?;
+                tx.commit().await.map_err(backend)?;
+                drop(conn);
+                self.shared.wake.notify_waiters();
+                Ok(())
+            }
+
+            /// A pending or delayed job is deleted and counted as cancelled (its key freed); a
+            /// running one is flagged, and its worker learns of it through `touch`.
+            pub(crate) async fn cancel(
+                &self,
+                id: &str,
+                _now: orcs_core::Millis,
+            ) -> orcs_core::Result<orcs_core::CancelOutcome> {
+                use sqlx::Row;
+                use $crate::common::backend;
+                let mut conn = self.writer().await?;
+                let mut tx = begin(&mut conn).await?;
+                if let Some(row) = q(&self.sql.cancel_waiting)
+                    .bind(id.to_owned())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                {
+                    let queue: String = row.try_get(0).map_err(backend)?;
+                    let key: Option<String> = row.try_get(1).map_err(backend)?;
+                    q(&self.sql.count_cancelled)
+                        .bind(queue.clone())
+                        .bind(1_i64)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    self.free_key(&mut tx, &queue, key, id).await?;
+                    tx.commit().await.map_err(backend)?;
+                    return Ok(orcs_core::CancelOutcome::Removed);
+                }
+                let flagged = q(&self.sql.cancel_running)
+                    .bind(id.to_owned())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                match flagged {
+                    Some(_) => Ok(orcs_core::CancelOutcome::Requested),
+                    None => Err(orcs_core::Error::NotFound { id: id.to_owned() }),
+                }
             }
         }
     };

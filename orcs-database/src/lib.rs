@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orcs_core::{
-    Admin, Capabilities, Claim, ClaimRequest, Driver, FailedJob, FailedQuery, JobInfo, Lease,
-    ListRequest, Millis, NewJob, PushOutcome, QueueStats, Result, Settle, async_trait,
+    Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, FailedJob, FailedQuery,
+    JobInfo, Lease, ListRequest, Millis, NewJob, PushOutcome, QueueLimits, QueueStats, Result,
+    Settle, Touch, async_trait,
 };
 
 use crate::common::Shared;
@@ -128,6 +129,10 @@ impl Driver for DatabaseDriver {
         }
     }
 
+    async fn touch(&self, running: &[Touch], now: Millis) -> Result<Vec<String>> {
+        on_backend!(self, s => s.touch(running, now).await)
+    }
+
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
         on_backend!(self, s => s.extend(lease, until).await)
     }
@@ -188,5 +193,13 @@ impl Admin for DatabaseDriver {
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         on_backend!(self, s => s.set_paused(queue, paused).await)
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        on_backend!(self, s => s.set_limits(queue, limits).await)
+    }
+
+    async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome> {
+        on_backend!(self, s => s.cancel(id, now).await)
     }
 }

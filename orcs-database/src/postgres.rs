@@ -10,13 +10,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orcs_core::{Error, Lease, Millis, Result, Settle, Transition};
+use orcs_core::{Error, Lease, Millis, Result, Settle, Touch, Transition};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::common::{Shared, backend, common_ops};
+use crate::common::{Limits, Shared, backend, common_ops};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY, redact};
 use crate::sql::{Dialect, Sql};
 
@@ -41,6 +41,19 @@ async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
         .await
         .and_then(|row| row.try_get::<bool, _>(0))
         .map_err(backend)
+}
+
+/// The column names of table `name` (found as `table_exists` finds it); empty if there is none.
+async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT attname::TEXT FROM pg_attribute WHERE attrelid = to_regclass($1) \
+         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .bind(format!("\"{name}\""))
+    .fetch_all(conn)
+    .await
+    .map_err(backend)?;
+    rows.iter().map(|row| row.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(backend)
 }
 
 /// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
@@ -219,15 +232,97 @@ impl Store {
         let rows = q(&self.sql.complete_many_pg)
             .bind(ids)
             .bind(tokens)
+            .bind(self.channel.clone())
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
+        // The statement notified the concurrency-limited queues among them: a slot is free.
+        if rows.first().is_some_and(|row| row.try_get::<i64, _>(2).is_ok_and(|woke| woke > 0)) {
+            self.shared.wake.notify_waiters();
+        }
         let done = rows
             .iter()
             .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
             .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
             .map_err(backend)?;
         Ok(settled(batch, &done))
+    }
+
+    /// Promotes the queue's due delayed jobs, one autocommitted chunk per statement, and reads
+    /// the queue's limits in the same round trip.
+    async fn promote_due(
+        &self,
+        conn: &mut Conn,
+        queue: &str,
+        now: Millis,
+    ) -> Result<Option<Limits>> {
+        loop {
+            let row = q(&self.sql.promote)
+                .bind(queue.to_owned())
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(backend)?;
+            let promoted: i64 = row.try_get(0).map_err(backend)?;
+            if u64::try_from(promoted).unwrap_or(0) < crate::sql::PROMOTE_CHUNK {
+                let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
+                return Ok(Limits::from_columns(get(1)?, get(2)?, get(3)?));
+            }
+        }
+    }
+
+    /// Claims from a queue with limits through the claim function (see `Sql::claim_limited_pg`):
+    /// claims of the queue take turns on its advisory lock, and each counts every job the
+    /// previous one reserved and every start it logged.
+    async fn claim_limited(
+        &self,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+        limits: Limits,
+    ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
+        let rows = q(&self.sql.claim_limited_pg)
+            .bind(queue.to_owned())
+            .bind(req.now)
+            .bind(crate::common::duration_ms(req.default_timeout_ms))
+            .bind(crate::common::duration_ms(req.grace_ms))
+            .bind(batch.to_owned())
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        // Only a hint for the idle worker's sleep: the limits the promotion read will do.
+        let mut reopens = None;
+        if let Some(rate) = limits.rate
+            && rows.len() < want
+        {
+            reopens = self.rate_reopens(conn, queue, req.now, rate).await?;
+        }
+        Ok((rows, reopens))
+    }
+
+    /// One statement for the whole batch: stores the progress of the touches that carry some
+    /// and answers the cancel requests among them.
+    pub(crate) async fn touch(&self, running: &[Touch], _now: Millis) -> Result<Vec<String>> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = running.iter().map(|t| t.lease.id.clone()).collect();
+        let tokens: Vec<String> = running.iter().map(|t| t.lease.token.clone()).collect();
+        let progress: Vec<Option<String>> = running.iter().map(|t| t.progress.clone()).collect();
+        let rows = q(&self.sql.touch_pg)
+            .bind(ids)
+            .bind(tokens)
+            .bind(progress)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
     }
 
     pub(crate) async fn server_time(&self) -> Result<Option<Millis>> {

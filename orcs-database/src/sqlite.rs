@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orcs_core::{Error, Millis, Result, Settle};
+use orcs_core::{Error, Millis, Result, Settle, Touch};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::common::{SLOW_STATEMENT, Shared, backend, common_ops};
+use crate::common::{Limits, SLOW_STATEMENT, Shared, backend, common_ops};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY};
 use crate::sql::{Dialect, Sql};
 
@@ -38,6 +38,16 @@ async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
         .await
         .map_err(backend)?;
     Ok(row.is_some())
+}
+
+/// The column names of table `name`; empty if there is no such table.
+async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT name FROM pragma_table_info($1)")
+        .bind(name.to_owned())
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+    rows.iter().map(|row| row.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(backend)
 }
 
 /// How long a write waits for another process's write lock before failing.
@@ -75,6 +85,25 @@ async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Db>> {
 /// exclusive lock without waiting); every setup step is idempotent, so setup is simply run again.
 const SETUP_TRIES: u32 = 20;
 
+/// `SQLITE_READONLY` (a read-only file or directory, or `mode=ro`) from opening the file.
+fn is_read_only(e: &Error) -> bool {
+    matches!(e, Error::Backend { source, .. }
+        if source.to_string().starts_with(crate::common::SQLITE_READ_ONLY))
+}
+
+/// The error for a SQLite file this process may not write to.
+fn read_only(path: &Path, why: &dyn fmt::Display) -> Error {
+    Error::config(
+        URL_KEY,
+        format!(
+            "the SQLite file {} is read-only ({why}): a worker writes to it and creates \
+             its -wal and -shm files beside it, so make the file and its directory writable \
+             for this user, or name a writable file",
+            path.display()
+        ),
+    )
+}
+
 /// `SQLITE_BUSY` ("database is locked") from a setup step.
 fn is_busy(e: &Error) -> bool {
     matches!(e, Error::Backend { source, .. } if matches!(
@@ -104,6 +133,16 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
     }
     let mut tx = begin(&mut writer).await?;
     migrate(&mut tx, sql).await?;
+    // A file opened read-only (`mode=ro`, or a file SQLite could not open for writing) still
+    // lets the transaction begin; a write that changes nothing finds out now, not at the first
+    // dispatch.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE version < 0",
+        sql.migrations_table
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
     tx.commit().await.map_err(backend)?;
     Ok(writer)
 }
@@ -151,9 +190,21 @@ impl Store {
             &config.failed_table,
             &config.counters_table,
         ));
+        let path = options.get_filename().to_path_buf();
+        // Without write permission SQLite opens the file read-only and fails later with a
+        // message that does not say so; say it at once.
+        if path.exists()
+            && let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&path)
+            && e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Err(read_only(&path, &e));
+        }
         let mut tries = 1;
         let writer = loop {
             match open_writer(&options, &sql).await {
+                Err(e) if is_read_only(&e) => {
+                    return Err(read_only(&path, &"SQLite: attempt to write a readonly database"));
+                }
                 Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
                     let pause = Duration::from_millis((10u64 << tries.min(5)).min(200));
                     tokio::time::sleep(pause).await;
@@ -198,6 +249,139 @@ impl Store {
         drop(conn);
         self.fail_unreadable(unreadable, req.now).await?;
         Ok(claim)
+    }
+
+    /// Promotes the queue's due delayed jobs (inside the claim's transaction) and reads its
+    /// limits.
+    async fn promote_due(
+        &self,
+        conn: &mut Conn,
+        queue: &str,
+        now: Millis,
+    ) -> Result<Option<Limits>> {
+        loop {
+            let done = q(&self.sql.promote)
+                .bind(queue.to_owned())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            if done.rows_affected() < crate::sql::PROMOTE_CHUNK {
+                break;
+            }
+        }
+        let Some(row) = q(&self.sql.limits)
+            .bind(queue.to_owned())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
+        Ok(Limits::from_columns(get(0)?, get(1)?, get(2)?))
+    }
+
+    /// Claims from a queue with limits, inside the claim's transaction (SQLite has one writer,
+    /// so nothing changes between the count and the claim). Returns the rows and, when the rate
+    /// window is full, when it reopens.
+    async fn claim_limited(
+        &self,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+        limits: Limits,
+    ) -> Result<(Vec<sqlx::sqlite::SqliteRow>, Option<Millis>)> {
+        let since = limits.rate.map_or(req.now, |(_, period)| req.now.saturating_sub(period));
+        let row = q(&self.sql.room)
+            .bind(queue.to_owned())
+            .bind(limits.concurrency)
+            .bind(since)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let reserved: i64 = row.try_get(0).map_err(backend)?;
+        let started: i64 = row.try_get(1).map_err(backend)?;
+        let room = limits.room(want, reserved, started);
+        let rows = if room > 0 {
+            q(&self.sql.claim)
+                .bind(queue.to_owned())
+                .bind(req.now)
+                .bind(crate::common::duration_ms(req.default_timeout_ms))
+                .bind(crate::common::duration_ms(req.grace_ms))
+                .bind(batch.to_owned())
+                .bind(room)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(backend)?
+        } else {
+            Vec::new()
+        };
+        let mut reopens = None;
+        if let Some(rate) = limits.rate {
+            if !rows.is_empty() {
+                q(&self.sql.record_start)
+                    .bind(queue.to_owned())
+                    .bind(req.now)
+                    .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+            }
+            q(&self.sql.prune_starts)
+                .bind(queue.to_owned())
+                .bind(since)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            if rows.len() < want {
+                reopens = self.rate_reopens(conn, queue, req.now, rate).await?;
+            }
+        }
+        Ok((rows, reopens))
+    }
+
+    /// Stores the progress of the touches that carry some (one write transaction, only then)
+    /// and reads the cancel requests among them.
+    pub(crate) async fn touch(&self, running: &[Touch], _now: Millis) -> Result<Vec<String>> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        if running.iter().any(|t| t.progress.is_some()) {
+            let mut conn = self.writer().await?;
+            let mut tx = begin(&mut conn).await?;
+            for touch in running {
+                if let Some(progress) = &touch.progress {
+                    q(&self.sql.set_progress)
+                        .bind(touch.lease.id.clone())
+                        .bind(touch.lease.token.clone())
+                        .bind(progress.clone())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+            }
+            tx.commit().await.map_err(backend)?;
+        }
+        let mut cancelled = Vec::new();
+        for chunk in running.chunks(crate::common::INSERT_CHUNK) {
+            let mut query = dynamic(self.sql.cancel_flags(chunk.len()));
+            for touch in chunk {
+                query = query.bind(touch.lease.id.clone());
+            }
+            for row in query.fetch_all(self.reader()).await.map_err(backend)? {
+                let id: String = row.try_get(0).map_err(backend)?;
+                let token: Option<String> = row.try_get(1).map_err(backend)?;
+                // Only for a lease that is still the job's.
+                if chunk.iter().any(|t| t.lease.id == id && Some(&t.lease.token) == token.as_ref())
+                {
+                    cancelled.push(id);
+                }
+            }
+        }
+        Ok(cancelled)
     }
 
     /// The whole batch is one write transaction, each item token-checked on its own.

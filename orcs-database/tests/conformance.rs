@@ -91,8 +91,10 @@ mod database {
     use std::time::Instant;
 
     use orcs_core::{
-        Admin, ClaimRequest, Clock, Driver, Error, FailedQuery, NewJob, Settle, SystemClock,
+        Admin, ClaimRequest, Clock, Driver, Error, FailedQuery, NewJob, QueueLimits, RateLimit,
+        Settle, SystemClock, Touch,
     };
+    use orcs_database::DatabaseConfig;
     use sqlx::Connection;
 
     use super::*;
@@ -216,6 +218,73 @@ mod database {
         assert!(took <= limit_ms, "the waiting worker woke {took} ms after the dispatch");
     }
 
+    /// Limits hold across drivers claiming at once (separate connections, as separate
+    /// processes): the claims of a limited queue take turns inside the backend.
+    async fn limits_hold_across_concurrent_drivers(target: Target) {
+        let target = Arc::new(target);
+        let admin = target.driver().await;
+        let now = SystemClock.now();
+        admin.push((0..40).map(|i| job("capped", i)).collect()).await.expect("push");
+        admin.push((0..40).map(|i| job("metered", i)).collect()).await.expect("push");
+        admin.set_limits("capped", &QueueLimits::none().concurrency(3)).await.expect("limits");
+        admin
+            .set_limits("metered", &QueueLimits::none().rate(RateLimit::new(5, 60_000)))
+            .await
+            .expect("limits");
+        let mut claims = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let target = Arc::clone(&target);
+            claims.spawn(async move {
+                let driver = target.driver().await;
+                let queues = vec!["capped".to_owned(), "metered".to_owned()];
+                let mut got = Vec::new();
+                for _ in 0..5 {
+                    let claim =
+                        driver.claim(&ClaimRequest::new(&queues, 4, now)).await.expect("claim");
+                    got.extend(claim.jobs.into_iter().map(|r| r.lease.queue));
+                }
+                got
+            });
+        }
+        let taken: Vec<String> = claims.join_all().await.into_iter().flatten().collect();
+        let of = |q: &str| taken.iter().filter(|t| t.as_str() == q).count();
+        assert_eq!((of("capped"), of("metered")), (3, 5), "{taken:?}");
+        let stats = admin.stats("capped", now).await.expect("stats");
+        assert_eq!(stats.limits, QueueLimits::none().concurrency(3));
+        // Blocked by the rate: the claim says when the window reopens.
+        let queues = vec!["metered".to_owned()];
+        let claim = admin.claim(&ClaimRequest::new(&queues, 1, now + 1)).await.expect("claim");
+        assert!(claim.jobs.is_empty());
+        assert_eq!(claim.next_due, Some(now + 60_000));
+    }
+
+    /// `touch` stores progress and reports cancel requests for current leases only.
+    async fn touch_checks_the_token(target: Target) {
+        let driver = target.driver().await;
+        driver.push(vec![job("default", 0), job("default", 1)]).await.expect("push");
+        let queues = vec!["default".to_owned()];
+        let claim = driver.claim(&request(&queues, 2)).await.expect("claim");
+        let (a, b) = (claim.jobs[0].lease.clone(), claim.jobs[1].lease.clone());
+        let mut stale = b.clone();
+        stale.token.push('x');
+        let now = SystemClock.now();
+        assert_eq!(
+            driver.cancel(&a.id, now).await.expect("cancel"),
+            orcs_core::CancelOutcome::Requested
+        );
+        driver.cancel(&b.id, now).await.expect("cancel");
+        let touches = vec![
+            Touch::new(a.clone(), Some("{\"done\":1}".to_owned())),
+            Touch::new(stale, Some("{\"done\":2}".to_owned())),
+        ];
+        assert_eq!(driver.touch(&touches, now).await.expect("touch"), vec![a.id.clone()]);
+        let info = driver.get(&a.id, now).await.expect("get").expect("a");
+        assert_eq!(info.progress.as_deref(), Some("{\"done\":1}"));
+        assert!(info.cancel_requested);
+        let info = driver.get(&b.id, now).await.expect("get").expect("b");
+        assert_eq!(info.progress, None, "a stale touch stores nothing");
+    }
+
     /// A row that cannot be read (here: a negative attempt count) goes to the failed set with
     /// the reason; the job behind it is claimed normally.
     async fn unreadable_row_goes_to_the_failed_set(target: Target) {
@@ -331,7 +400,7 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2]);
+        assert_eq!(migration_versions(&target).await, [1, 2, 3]);
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -373,13 +442,86 @@ mod database {
             }
             other => panic!("expected a version error, got {other:?}"),
         }
-        foreign.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, owner TEXT)").await;
+        // Laravel's `jobs` table: the same name, other columns (issue 15).
+        foreign
+            .execute(
+                "CREATE TABLE jobs (id BIGINT PRIMARY KEY, queue VARCHAR(255) NOT NULL, \
+                 payload TEXT NOT NULL, attempts SMALLINT NOT NULL, reserved_at INTEGER, \
+                 available_at INTEGER NOT NULL, created_at INTEGER NOT NULL)",
+            )
+            .await;
         match DatabaseDriver::connect(&foreign.url()).await {
             Err(Error::Version { message, .. }) => {
-                assert!(message.contains("not an orcs jobs table"), "{message}");
+                for part in [
+                    "\"jobs\" already exists with another shape",
+                    "reserved_at",
+                    "DatabaseConfig::with_jobs_table",
+                    "[database] table in config/queue.toml",
+                ] {
+                    assert!(message.contains(part), "{part:?} in {message}");
+                }
+                // No server internals (PostgreSQL's errors name a source line).
+                assert!(!message.contains(" at line "), "{message}");
             }
             other => panic!("expected a version error, got {other:?}"),
         }
+        // Nothing was changed: a driver on other tables of the same database works, and the
+        // foreign table has no orcs columns.
+        let driver = DatabaseDriver::connect_with(
+            DatabaseConfig::new(foreign.url())
+                .with_jobs_table("orcs_jobs")
+                .with_failed_table("orcs_failed_jobs")
+                .with_counters_table("orcs_job_counters"),
+        )
+        .await
+        .expect("other table names work beside the foreign table");
+        driver.push(vec![job("default", 0)]).await.expect("push");
+        drop(driver);
+        // Laravel's failed_jobs table too: its own name and remedy.
+        let other = match &foreign {
+            Target::Sqlite(_) => Target::sqlite(),
+            Target::Postgres(_) => Target::postgres().await.expect("PostgreSQL"),
+        };
+        other
+            .execute(
+                "CREATE TABLE failed_jobs (id BIGINT PRIMARY KEY, uuid VARCHAR(255) NOT NULL, \
+                 connection TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT NOT NULL, \
+                 exception TEXT NOT NULL, failed_at TIMESTAMP)",
+            )
+            .await;
+        match DatabaseDriver::connect(&other.url()).await {
+            Err(Error::Version { message, .. }) => {
+                assert!(message.contains("\"failed_jobs\" already exists"), "{message}");
+                assert!(message.contains("with_failed_table"), "{message}");
+            }
+            other => panic!("expected a version error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sqlite_limits_hold_across_concurrent_drivers() {
+        orcs_tests::run(limits_hold_across_concurrent_drivers(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_limits_hold_across_concurrent_drivers() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            limits_hold_across_concurrent_drivers(target).await;
+        });
+    }
+
+    #[test]
+    fn sqlite_touch_checks_the_token() {
+        orcs_tests::run(touch_checks_the_token(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_touch_checks_the_token() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            touch_checks_the_token(target).await;
+        });
     }
 
     #[test]
@@ -424,7 +566,7 @@ mod database {
             for started in starting.join_all().await {
                 started.expect("every driver sets up");
             }
-            assert_eq!(migration_versions(&target).await, [1, 2]);
+            assert_eq!(migration_versions(&target).await, [1, 2, 3]);
         });
     }
 
@@ -574,6 +716,27 @@ mod database {
             assert_eq!(driver.backend_name(), "sqlite");
             drop(driver);
             let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+
+    /// A file the worker may not write to is reported as read-only, not as a connection
+    /// problem (issue 15). Opened with `mode=ro`, as root ignores file permissions.
+    #[test]
+    fn sqlite_read_only_file_is_reported_as_such() {
+        orcs_tests::run(async {
+            let path = fresh_sqlite_path();
+            drop(
+                DatabaseDriver::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .expect("open"),
+            );
+            let text = config_error(
+                DatabaseDriver::connect(&format!("sqlite://{}?mode=ro", path.display())).await,
+            );
+            assert!(
+                text.contains("read-only") && text.contains(&path.display().to_string()),
+                "{text}"
+            );
         });
     }
 
