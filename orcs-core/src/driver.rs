@@ -95,10 +95,7 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     /// Reports on running jobs: stores the progress each one reported (token-checked; a stale
     /// lease is skipped) and answers the ids, among them, whose cancel was asked for. A worker
     /// calls it about twice a second while it runs jobs.
-    async fn touch(&self, running: &[Touch], now: Millis) -> Result<Vec<String>> {
-        let _ = (running, now);
-        Err(crate::Error::unsupported(self.name(), "progress and cancel (touch)"))
-    }
+    async fn touch(&self, running: &[Touch], now: Millis) -> Result<Vec<String>>;
 
     /// Moves a lease's deadline to `until` and returns the new lease.
     ///
@@ -171,18 +168,12 @@ pub trait Admin: Send + Sync {
 
     /// Sets (or, with [`QueueLimits::none`], clears) a queue's limits, kept in its metadata and
     /// enforced by every claim from the next on.
-    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
-        let _ = (queue, limits);
-        Err(crate::Error::unsupported("this", "queue limits"))
-    }
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()>;
 
     /// Cancels a job: a pending or delayed one is deleted ([`CancelOutcome::Removed`]); a running
     /// one is marked so that its worker stops it ([`CancelOutcome::Requested`]).
     ///
     /// # Errors
     /// [`crate::Error::NotFound`] if no pending, delayed or running job has this id.
-    async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome> {
-        let _ = (id, now);
-        Err(crate::Error::unsupported("this", "cancel"))
-    }
+    async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome>;
 }
