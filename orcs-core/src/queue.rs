@@ -340,6 +340,16 @@ impl Queue {
         Ok(job)
     }
 
+    /// Turns a typed job into the record a dispatch stores, without storing it: for drivers
+    /// that store records in the application's own transaction (the database driver's
+    /// `push_in`), or an outbox.
+    ///
+    /// # Errors
+    /// As [`Queue::dispatch`], less the backend.
+    pub fn prepare<J: Job>(&self, job: &J, options: &DispatchOptions) -> Result<NewJob> {
+        self.record(job, options, self.now())
+    }
+
     fn record<J: Job>(
         &self,
         job: &J,
