@@ -41,7 +41,8 @@ pub(crate) enum Phase {
     Fill,
 }
 
-/// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"x"*60}`.
+/// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"xxx..."}`,
+/// padded to exactly [`PAYLOAD_BYTES`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct BenchJob {
     i: u64,
@@ -49,9 +50,17 @@ pub(crate) struct BenchJob {
     pad: String,
 }
 
+/// The serialized size of every benchmark job, within the workload's 101-103 bytes. The index
+/// and the float timestamp print with a varying number of digits, so the pad absorbs the
+/// difference: a fixed size keeps runs comparable and the size check exact.
+pub(crate) const PAYLOAD_BYTES: usize = 102;
+
 impl BenchJob {
     fn new(i: u64) -> Self {
-        Self { i, t: epoch_ms(), pad: "x".repeat(60) }
+        let mut job = Self { i, t: epoch_ms(), pad: String::new() };
+        let bare = serde_json::to_string(&job).map_or(0, |s| s.len());
+        job.pad = "x".repeat(PAYLOAD_BYTES.saturating_sub(bare));
+        job
     }
 }
 

@@ -1,30 +1,31 @@
 //! The commands: each resolves the configuration (flags over environment over file over
 //! defaults), connects the driver, and prints text or JSON.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{BufRead as _, IsTerminal as _, Read as _};
 
 use anyhow::{Context as _, Result};
 use orcs_core::{
-    DispatchOptions, Error, FailedJob, FailedQuery, MAX_PAGE, Outcome, Queue, Worker, WorkerEvent,
-    validate_queue_name,
+    CancelOutcome, DispatchOptions, Error, FailedJob, FailedQuery, MAX_PAGE, Queue, QueueLimits,
+    QueueStats, UniqueUntil, validate_queue_name,
 };
 use serde_json::json;
 
 use crate::cli::{
-    ClearArgs, Cli, Command, DispatchArgs, FailedArgs, ForgetArgs, RetryArgs, StatsArgs, WorkArgs,
+    CancelArgs, ClearArgs, Cli, Command, DispatchArgs, FailedArgs, FlushArgs, ForgetArgs,
+    LimitArgs, QueueArg, RetryArgs, StatsArgs,
 };
-use crate::config::{Config, DriverKind, MAX_PAYLOAD_BYTES_VAR, parse_queue_list};
+use crate::config::{Config, DriverKind, MAX_PAYLOAD_BYTES_VAR};
 use crate::connect::{connect, database_url, redis_url};
-use crate::output::{self, utc};
+use crate::output::{self, say};
 use crate::{App, usage};
 
 /// Jobs per atomic batch of `queue:dispatch --count`.
 const DISPATCH_BATCH: u64 = 1000;
 
 /// What every command needs: the application and the resolved configuration.
-struct Ctx<'a> {
-    app: &'a App,
-    config: Config,
+pub(crate) struct Ctx<'a> {
+    pub(crate) app: &'a App,
+    pub(crate) config: Config,
     /// `--driver` was given (the demo runs in memory unless it was).
     driver_flag: Option<DriverKind>,
 }
@@ -33,7 +34,7 @@ impl Ctx<'_> {
     /// Connects the configured driver, saying which one failed and how to fix it. A
     /// configuration error (a malformed URL) already names the setting and what it accepts, so
     /// only backend errors get the hint to check the server.
-    async fn queue(&self) -> Result<Queue> {
+    pub(crate) async fn queue(&self) -> Result<Queue> {
         let error = match connect(&self.config).await {
             Ok(queue) => return Ok(queue),
             Err(e @ (Error::Config { .. } | Error::Invalid { .. })) => return Err(e.into()),
@@ -88,11 +89,49 @@ fn redacted(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
+/// Where the configured driver keeps its jobs, for the worker's banner and `queue:stats`: the
+/// SQLite file's absolute path or the URL without its password, so that two commands run in two
+/// directories show whether they share a queue.
+pub(crate) fn backend_location(config: &Config) -> String {
+    match config.driver {
+        DriverKind::Memory => "jobs in this process's memory".to_owned(),
+        DriverKind::Redis => {
+            let prefix = config.redis_prefix.as_deref().unwrap_or("orcs"); // the driver's default
+            format!("backend {} (key prefix {prefix})", redacted(redis_url(config)))
+        }
+        DriverKind::Database => {
+            let url = database_url(config);
+            match sqlite_file(url) {
+                Some((path, query)) => {
+                    format!("backend sqlite://{}{query}", absolute(path).display())
+                }
+                None => format!("backend {}", redacted(url)),
+            }
+        }
+    }
+}
+
+/// The file and the `?...` options of a `sqlite:` URL.
+fn sqlite_file(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let split = rest.find('?').unwrap_or(rest.len());
+    Some(rest.split_at(split))
+}
+
+/// `path` made absolute against the working directory, without resolving links (the file may
+/// not exist yet).
+fn absolute(path: &str) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| std::path::PathBuf::from(path))
+}
+
 /// Resolves the configuration and runs the command on a fresh runtime.
 pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(driver) = cli.driver {
         config.driver = driver;
+    }
+    if let Some(table) = cli.table {
+        config.database_table = Some(table);
     }
     if let Some(url) = cli.url {
         match config.driver {
@@ -111,14 +150,18 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Work(args) => work(&ctx, args).await,
+            Command::Work(args) => crate::work::work(&ctx, args).await,
             Command::Stats(args) => stats(&ctx, args).await,
             Command::Clear(args) => clear(&ctx, args).await,
             Command::Dispatch(args) => dispatch(&ctx, args).await,
             Command::Failed(args) => failed(&ctx, args).await,
             Command::Retry(args) => retry(&ctx, args).await,
             Command::Forget(args) => forget(&ctx, args).await,
-            Command::Flush => flush(&ctx).await,
+            Command::Flush(args) => flush(&ctx, args).await,
+            Command::Pause(args) => pause(&ctx, args, true).await,
+            Command::Resume(args) => pause(&ctx, args, false).await,
+            Command::Limit(args) => limit(&ctx, args).await,
+            Command::Cancel(args) => cancel(&ctx, args).await,
             Command::Demo => {
                 // The demo runs the example jobs even in an application's own binary.
                 if !app.quiet_simulated_panics {
@@ -136,171 +179,11 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
                     &args.phases,
                 )
                 .await;
-                println!("{line}");
+                say!("{line}");
                 Ok(())
             }
         }
     })
-}
-
-async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
-    let config = &ctx.config;
-    let queues = match &args.queue {
-        Some(list) => parse_queue_list(list).context("--queue")?,
-        None => config.worker_queues(),
-    };
-    let concurrency = match args.concurrency {
-        Some(n) => usize::try_from(n).context("--concurrency is too large")?,
-        None => config.worker.concurrency,
-    };
-    if config.driver == DriverKind::Memory {
-        eprintln!(
-            "warning: the memory driver keeps jobs inside this process: this worker cannot see jobs \
-             dispatched by other processes; set QUEUE_DRIVER (or --driver) to redis or database to share a queue"
-        );
-    }
-    // A long-running worker waits out a backend outage at start; `--once` reports it at once.
-    let queue = if args.once { Some(ctx.queue().await?) } else { connect_worker(ctx).await? };
-    let Some(queue) = queue else { return Ok(()) };
-    let mut worker = Worker::new(queue, ctx.app.registry.clone())
-        .queues(queues.clone())
-        .concurrency(concurrency)
-        .sleep(args.sleep.unwrap_or(config.worker.sleep))
-        .timeout(args.timeout.unwrap_or(config.worker.timeout))
-        .stop_when_empty(args.stop_when_empty);
-    if let Some(max) = args.max_jobs.or(config.worker.max_jobs) {
-        worker = worker.max_jobs(max);
-    }
-    if let Some(max) = args.max_time {
-        worker = worker.max_time(max);
-    }
-    let (json, quiet) = (args.json, args.quiet);
-    if !quiet {
-        let line = format!(
-            "orcs worker: driver {}, queues {}, concurrency {}{}",
-            config.driver,
-            queues.join(","),
-            concurrency,
-            if args.once { ", one job" } else { "" }
-        );
-        // Keep stdout pure JSON lines with --json.
-        if json { eprintln!("{line}") } else { println!("{line}") }
-    }
-    if !quiet {
-        worker = worker.on_event(move |event| print_event(event, json));
-    }
-    if args.once {
-        let event = worker.work_one().await?;
-        if event.is_none() && !quiet && !json {
-            println!("no job was ready");
-        }
-        return Ok(());
-    }
-    let summary = worker.run().await?;
-    if !quiet {
-        let line = format!(
-            "orcs worker stopped: {} done, {} retried, {} failed, {} released, {} deferred",
-            summary.done, summary.retried, summary.failed, summary.released, summary.deferred
-        );
-        if json { eprintln!("{line}") } else { println!("{line}") }
-    }
-    Ok(())
-}
-
-/// Connects for `queue:work`. A backend that cannot be reached yet (down, restarting) is an
-/// outage, not a reason to exit: the worker says so on stderr (naming the URL without its
-/// password) and tries again with backoff (0.2 s doubling to 5 s) until the backend answers,
-/// or until SIGINT or SIGTERM, when it returns `None`. Configuration errors still end it.
-async fn connect_worker(ctx: &Ctx<'_>) -> Result<Option<Queue>> {
-    let mut shutdown = std::pin::pin!(orcs_core::shutdown_signal());
-    let mut failures: u32 = 0;
-    loop {
-        let error = match ctx.queue().await {
-            Ok(queue) => {
-                if failures > 0 {
-                    eprintln!("orcs worker: connected after {failures} failed attempts");
-                }
-                return Ok(Some(queue));
-            }
-            Err(e) if e.downcast_ref::<Error>().is_some_and(Error::is_transient) => e,
-            Err(e) => return Err(e),
-        };
-        failures = failures.saturating_add(1);
-        let pause = orcs_core::retry_delay(std::time::Duration::from_millis(200), failures)
-            .min(std::time::Duration::from_secs(5));
-        let why = crate::describe(&error);
-        eprintln!(
-            "orcs worker: the backend is unreachable (attempt {failures}); retrying in {:.1} s, \
-             stop with Ctrl-C or SIGTERM: {why}",
-            pause.as_secs_f64()
-        );
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = &mut shutdown => return Ok(None),
-        }
-    }
-}
-
-/// One line per finished attempt: time, job name, id, duration, DONE/RETRY/FAIL/RELEASED/DEFER/LOST.
-/// In JSON, `retry_at` is when a retried or deferred job becomes claimable again.
-fn print_event(event: &WorkerEvent, json: bool) {
-    let now = orcs_core::millis(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
-    );
-    let (error, retry_at) = match &event.outcome {
-        Outcome::Retry { at, error } => (Some(error.as_str()), Some(*at)),
-        Outcome::Failed { error } => (Some(error.as_str()), None),
-        Outcome::Deferred { at } => (None, Some(*at)),
-        _ => (None, None),
-    };
-    let mut out = std::io::stdout().lock();
-    let _ = if json {
-        let mut line = json!({
-            "time": utc(now),
-            "job": event.name,
-            "id": event.id,
-            "queue": event.queue,
-            "attempt": event.attempt,
-            "duration_ms": event.duration.as_secs_f64() * 1000.0,
-            "status": event.outcome.label(),
-        });
-        if let Some(error) = error {
-            line["error"] = json!(error);
-        }
-        if let Some(at) = retry_at {
-            line["retry_at"] = json!(utc(at));
-        }
-        writeln!(out, "{line}")
-    } else {
-        let detail = match (error, retry_at) {
-            (Some(error), Some(at)) => {
-                format!(
-                    "  attempt {}: {}; next attempt at {}",
-                    event.attempt,
-                    output::one_line(error, 120),
-                    utc(at)
-                )
-            }
-            (Some(error), None) => {
-                format!("  attempt {}: {}", event.attempt, output::one_line(error, 120))
-            }
-            // A deferred job's type is not registered in this binary: say so, so that a rolling
-            // deploy's old worker is not mistaken for a broken job.
-            (None, Some(at)) => {
-                format!("  job type not registered in this worker; handed back until {}", utc(at))
-            }
-            (None, None) => String::new(),
-        };
-        writeln!(
-            out,
-            "{} {} {} {} {}{detail}",
-            utc(now),
-            event.name,
-            event.id,
-            output::duration(event.duration),
-            event.outcome.label()
-        )
-    };
 }
 
 async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
@@ -308,27 +191,65 @@ async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
         validate_queue_name(name).context("the QUEUE argument")?;
     }
     let queue = ctx.queue().await?;
+    let known = queue.driver().queues().await?;
     if let Some(name) = &args.queue {
         let stats = queue.stats(name).await?;
+        // A queue that never held a job has all-default stats; a typo should not look like an
+        // idle queue.
+        if !known.contains(name) && !has_state(&stats) {
+            let list = if known.is_empty() {
+                format!("none yet on the {}", location(ctx))
+            } else {
+                known.join(", ")
+            };
+            anyhow::bail!(
+                "no queue {name} exists (it never held a job); the known queues are: {list}; \
+                 run `queue:stats` without a name to see them all"
+            );
+        }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&stats)?);
+            say!("{}", serde_json::to_string_pretty(&stats)?);
         } else {
-            print!("{}", output::stats_table(std::slice::from_ref(&stats)));
+            output::write_stdout(&output::stats_table(std::slice::from_ref(&stats)));
         }
         return Ok(());
     }
     let mut all = Vec::new();
-    for name in queue.driver().queues().await? {
+    for name in known {
         all.push(queue.stats(&name).await?);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        say!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {
-        println!("no queues yet: nothing was dispatched on the {} driver", ctx.config.driver);
+        say!("no queues yet: nothing was dispatched on the {}", location(ctx));
     } else {
-        print!("{}", output::stats_table(&all));
+        output::write_stdout(&output::stats_table(&all));
     }
     Ok(())
+}
+
+/// `database driver (backend sqlite:///abs/queue.db)`.
+fn location(ctx: &Ctx<'_>) -> String {
+    format!("{} driver ({})", ctx.config.driver, backend_location(&ctx.config))
+}
+
+/// True if a queue's stats show that it exists: jobs, counts, a pause or limits.
+fn has_state(s: &QueueStats) -> bool {
+    s.pending + s.delayed + s.reserved + s.failed + s.processed + s.failed_total + s.cancelled > 0
+        || s.paused
+        || s.limits != QueueLimits::none()
+}
+
+/// Asks `question` on a terminal and reads y/N. Without a terminal it refuses with `refusal`
+/// (naming --force), since a script cannot answer.
+fn confirm(question: &str, refusal: String) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{refusal}");
+    }
+    output::write_stdout(&format!("{question} [y/N] "));
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
 async fn clear(ctx: &Ctx<'_>, args: ClearArgs) -> Result<()> {
@@ -338,23 +259,42 @@ async fn clear(ctx: &Ctx<'_>, args: ClearArgs) -> Result<()> {
     if !args.force {
         let stats = queue.stats(&name).await?;
         let waiting = stats.pending + stats.delayed;
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
+        let asked = confirm(
+            &format!("Clear {waiting} pending and delayed jobs from queue {name}?"),
+            format!(
                 "refusing to clear queue {name} ({waiting} pending and delayed jobs) without confirmation: \
                  standard input is not a terminal; pass --force to clear it"
+            ),
+        )?;
+        if !asked {
+            say!(
+                "nothing cleared: queue {name} keeps its jobs (answer y, or pass --force, to clear it)"
             );
-        }
-        print!("Clear {waiting} pending and delayed jobs from queue {name}? [y/N] ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            anyhow::bail!("queue {name} was not cleared: not confirmed; answer y, or pass --force");
+            return Ok(());
         }
     }
     let removed = queue.clear(&name).await?;
-    println!("cleared {removed} jobs from queue {name}");
+    say!("cleared {removed} jobs from queue {name}");
     Ok(())
+}
+
+/// The text of `--data`: inline JSON, `@FILE`, or `-` for stdin.
+fn read_data(data: &str) -> Result<String> {
+    if data == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| usage(format!("--data -: cannot read the JSON from stdin ({e})")))?;
+        return Ok(text);
+    }
+    if let Some(path) = data.strip_prefix('@') {
+        return std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "--data @{path}: cannot read the file ({e}); check the path, or pass the JSON inline"
+            ))
+        });
+    }
+    Ok(data.to_owned())
 }
 
 async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
@@ -366,27 +306,37 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
             registry.names().join(", ")
         )));
     };
-    let value: serde_json::Value = serde_json::from_str(&args.data).map_err(|e| {
+    let fields = match ctx.app.job_fields(&args.job) {
+        Some(fields) => format!("; job {} takes the fields {}", args.job, fields.join(", ")),
+        None => String::new(),
+    };
+    let data = read_data(&args.data)?;
+    let value: serde_json::Value = serde_json::from_str(&data).map_err(|e| {
         usage(format!(
-            "--data is not valid JSON ({e}); pass a JSON object, e.g. --data '{{\"to\":\"user@example.com\"}}'"
+            "--data is not valid JSON ({e}); pass a JSON object, e.g. --data '{{\"to\":\"user@example.com\"}}'{fields}"
         ))
     })?;
     if !value.is_object() {
         return Err(usage(format!(
-            "--data must be a JSON object (the job's fields), not {value}; e.g. --data '{{\"to\":\"user@example.com\"}}'"
+            "--data must be a JSON object (the job's fields), not {value}; e.g. --data '{{\"to\":\"user@example.com\"}}'{fields}"
         )));
     }
     let payload = serde_json::to_string(&value)?;
     if let Some(check) = ctx.app.validators.get(args.job.as_str()) {
         check(&payload).map_err(|e| {
             usage(format!(
-                "--data does not fit job {}: {e}; fix the data (see the job type's fields)",
+                "--data does not fit job {}: {e}{fields}; fix the data (see `queue:dispatch --help`)",
                 args.job
             ))
         })?;
     }
     if let Some(name) = &args.queue {
         validate_queue_name(name).context("--queue")?;
+    }
+    if let Some(key) = &args.unique
+        && key.trim().is_empty()
+    {
+        return Err(usage("--unique is empty; pass a key such as user-42 or report:2026-11"));
     }
     if ctx.config.driver == DriverKind::Memory {
         return Err(usage(
@@ -411,15 +361,18 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
     if let Some(d) = args.retry_delay {
         options = options.retry_delay(d);
     }
+    if let Some(key) = &args.unique {
+        options = options.unique(key.clone(), args.unique_until.unwrap_or(UniqueUntil::Finished));
+    }
 
     let queue = ctx.queue().await?;
     // Only --json prints every id; otherwise keep the first and last, so a large --count stays small.
-    let mut ids = Vec::new();
+    let mut jobs = Vec::new();
     let (mut first, mut last) = (String::new(), String::new());
     let mut target = String::new();
-    let mut stored: u64 = 0;
-    while stored < args.count {
-        let batch = (args.count - stored).min(DISPATCH_BATCH);
+    let (mut sent, mut duplicates): (u64, u64) = (0, 0);
+    while sent < args.count {
+        let batch = (args.count - sent).min(DISPATCH_BATCH);
         let records = (0..batch)
             .map(|_| queue.untyped_record(&args.job, payload.clone(), defaults, &options))
             .collect::<orcs_core::Result<Vec<_>>>()
@@ -427,28 +380,60 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
         if let Some(head) = records.first() {
             target.clone_from(&head.queue);
         }
-        // The driver answers each record's id: its own, or an existing job's for a duplicate.
+        let own: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        // The driver answers each record's id: its own, or the existing job's when the id or the
+        // unique key was taken.
         let stored_ids = queue.dispatch_records(records).await.with_context(|| {
-            format!("dispatching failed after {stored} of {} jobs were stored", args.count)
+            format!(
+                "dispatching failed after {} of {} jobs were stored",
+                sent - duplicates,
+                args.count
+            )
         })?;
-        if let (Some(head), Some(tail)) = (stored_ids.first(), stored_ids.last()) {
-            if stored == 0 {
-                first.clone_from(head);
+        for (own, id) in own.iter().zip(&stored_ids) {
+            let duplicate = own != id;
+            if duplicate {
+                duplicates += 1;
+            } else {
+                if first.is_empty() {
+                    first.clone_from(id);
+                }
+                last.clone_from(id);
             }
-            last.clone_from(tail);
+            if args.json {
+                jobs.push(json!({ "id": id, "duplicate": duplicate }));
+            }
         }
-        if args.json {
-            ids.extend(stored_ids);
+        if first.is_empty()
+            && let Some(holder) = stored_ids.first()
+        {
+            // Every one so far was a duplicate: name the holder.
+            last.clone_from(holder);
         }
-        stored += batch;
+        sent += batch;
     }
 
+    let stored = sent - duplicates;
     if args.json {
-        println!("{}", json!({ "job": args.job, "queue": target, "ids": ids }));
+        let ids: Vec<&serde_json::Value> = jobs.iter().map(|j| &j["id"]).collect();
+        say!("{}", json!({ "job": args.job, "queue": target, "ids": ids, "jobs": jobs }));
+    } else if stored == 0 {
+        let key = args.unique.as_deref().unwrap_or_default();
+        say!(
+            "not dispatched: job {last} of queue {target} holds the unique key {key:?}; \
+             nothing was stored ({sent} duplicate{})",
+            if sent == 1 { "" } else { "s" }
+        );
     } else if stored == 1 {
-        println!("dispatched {} {first} to queue {target}", args.job);
+        say!("dispatched {} {first} to queue {target}", args.job);
     } else {
-        println!("dispatched {stored} {} jobs to queue {target} (ids {first} to {last})", args.job);
+        say!("dispatched {stored} {} jobs to queue {target} (ids {first} to {last})", args.job);
+    }
+    if !args.json && stored > 0 && duplicates > 0 {
+        say!(
+            "{duplicates} more were not stored: the unique key {:?} was already held",
+            args.unique.as_deref().unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -486,7 +471,8 @@ async fn failed(ctx: &Ctx<'_>, args: FailedArgs) -> Result<()> {
     let filter = args.queue.as_deref();
     let jobs = failed_page(&queue, filter, args.offset, args.limit).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        let page: Vec<serde_json::Value> = jobs.iter().map(output::failed_json).collect();
+        say!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(());
     }
     let shown = jobs.len() as u64;
@@ -504,20 +490,20 @@ async fn failed(ctx: &Ctx<'_>, args: FailedArgs) -> Result<()> {
     };
     if total == 0 {
         match filter {
-            Some(name) => println!("no failed jobs in queue {name}"),
-            None => println!("no failed jobs"),
+            Some(name) => say!("no failed jobs in queue {name}"),
+            None => say!("no failed jobs"),
         }
         return Ok(());
     }
     if jobs.is_empty() {
-        println!(
+        say!(
             "no failed jobs at offset {}: there are {of}; use an --offset below {total}",
             args.offset
         );
         return Ok(());
     }
-    print!("{}", output::failed_table(&jobs));
-    println!("{}", output::page_footer(args.offset, shown, total, &of, args.limit));
+    output::write_stdout(&output::failed_table(&jobs));
+    say!("{}", output::page_footer(args.offset, shown, total, &of, args.limit));
     Ok(())
 }
 
@@ -575,13 +561,13 @@ async fn retry(ctx: &Ctx<'_>, args: RetryArgs) -> Result<()> {
     let queue = ctx.queue().await?;
     if all {
         let n = queue.retry_all_failed(args.queue.as_deref()).await?;
-        println!("retried {n} failed jobs");
+        say!("retried {n} failed jobs");
         return Ok(());
     }
     let mut missing = Vec::new();
     for id in &args.ids {
         match queue.retry_failed(id).await {
-            Ok(()) => println!("retried job {id}"),
+            Ok(()) => say!("retried job {id}"),
             Err(Error::NotFound { .. }) => missing.push(id.as_str()),
             Err(e) => return Err(e).with_context(|| format!("cannot retry job {id}")),
         }
@@ -597,24 +583,130 @@ async fn retry(ctx: &Ctx<'_>, args: RetryArgs) -> Result<()> {
 
 async fn forget(ctx: &Ctx<'_>, args: ForgetArgs) -> Result<()> {
     let queue = ctx.queue().await?;
-    match queue.driver().forget_failed(&args.id).await {
-        Ok(()) => {
-            println!("forgot failed job {}", args.id);
-            Ok(())
+    let mut missing = Vec::new();
+    for id in &args.ids {
+        match queue.driver().forget_failed(id).await {
+            Ok(()) => say!("forgot failed job {id}"),
+            Err(Error::NotFound { .. }) => missing.push(id.as_str()),
+            Err(e) => return Err(e).with_context(|| format!("cannot forget job {id}")),
         }
-        Err(Error::NotFound { .. }) => anyhow::bail!(
-            "no failed job with id {}; list the failed jobs with `queue:failed`",
-            args.id
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot forget job {}", args.id)),
     }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "no failed job with id {}; list the failed jobs with `queue:failed`",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
-async fn flush(ctx: &Ctx<'_>) -> Result<()> {
+async fn flush(ctx: &Ctx<'_>, args: FlushArgs) -> Result<()> {
     let queue = ctx.queue().await?;
+    if !args.force {
+        let count = failed_count(&queue, None).await?;
+        let asked = confirm(
+            &format!("Delete all {count} failed jobs?"),
+            format!(
+                "refusing to flush {count} failed jobs without confirmation: standard input is \
+                 not a terminal; pass --force to flush them"
+            ),
+        )?;
+        if !asked {
+            say!(
+                "nothing flushed: the failed jobs are kept (answer y, or pass --force, to flush them)"
+            );
+            return Ok(());
+        }
+    }
     let n = queue.driver().flush_failed().await?;
-    println!("flushed {n} failed jobs");
+    say!("flushed {n} failed jobs");
     Ok(())
+}
+
+async fn pause(ctx: &Ctx<'_>, args: QueueArg, paused: bool) -> Result<()> {
+    validate_queue_name(&args.queue).context("the QUEUE argument")?;
+    let queue = ctx.queue().await?;
+    let name = &args.queue;
+    if paused {
+        queue.pause(name).await.map_err(|e| unsupported(e, "pause queues"))?;
+        say!(
+            "paused queue {name}: workers take none of its jobs until `queue:resume {name}`; \
+             running jobs finish"
+        );
+    } else {
+        queue.resume(name).await.map_err(|e| unsupported(e, "resume queues"))?;
+        say!("resumed queue {name}");
+    }
+    Ok(())
+}
+
+async fn limit(ctx: &Ctx<'_>, args: LimitArgs) -> Result<()> {
+    validate_queue_name(&args.queue).context("the QUEUE argument")?;
+    let queue = ctx.queue().await?;
+    let name = &args.queue;
+    let current = queue.stats(name).await?.limits;
+    if !args.clear && args.concurrency.is_none() && args.rate.is_none() {
+        say!(
+            "queue {name}: limits {}; set them with --concurrency N and --rate N/SECS, or remove \
+             them with --clear",
+            output::limits(&current)
+        );
+        return Ok(());
+    }
+    // Each flag changes its own limit and keeps the other.
+    let mut limits = if args.clear { QueueLimits::none() } else { current };
+    if let Some(n) = args.concurrency {
+        limits.concurrency = Some(n);
+    }
+    if let Some(rate) = args.rate {
+        limits.rate = Some(rate);
+    }
+    queue.set_limits(name, limits).await.map_err(|e| unsupported(e, "limit queues"))?;
+    say!("queue {name}: limits {}", output::limits(&limits));
+    Ok(())
+}
+
+async fn cancel(ctx: &Ctx<'_>, args: CancelArgs) -> Result<()> {
+    let queue = ctx.queue().await?;
+    let mut missing = Vec::new();
+    for id in &args.ids {
+        match queue.cancel(id).await {
+            Ok(CancelOutcome::Removed) => say!("{id}: removed (it had not started)"),
+            Ok(CancelOutcome::Requested) => {
+                say!("{id}: stop requested (it is running; its worker stops it within a second)");
+            }
+            Ok(_) => say!("{id}: cancelled"),
+            Err(Error::NotFound { .. }) => {
+                say!("{id}: not found");
+                missing.push(id.as_str());
+            }
+            Err(e) => {
+                return Err(unsupported(e, "cancel jobs"))
+                    .with_context(|| format!("cannot cancel job {id}"));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "no pending, delayed or running job with id {}: it may have completed, failed (see \
+             `queue:failed`) or never existed",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// An `Unsupported` error of a driver that lacks the feature, said in the command line's terms.
+fn unsupported(error: Error, what: &str) -> anyhow::Error {
+    match error {
+        Error::Unsupported { .. } => {
+            let message = error.to_string();
+            anyhow::Error::new(error).context(format!(
+                "this backend cannot {what} yet ({message}); use a newer driver, or the redis driver"
+            ))
+        }
+        other => other.into(),
+    }
 }
 
 #[cfg(test)]

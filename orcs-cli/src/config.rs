@@ -30,6 +30,12 @@ pub const REDIS_PREFIX: &str = "REDIS_PREFIX";
 /// The variable that sets the payload limit, named when a dispatch is over it.
 pub const MAX_PAYLOAD_BYTES_VAR: &str = "QUEUE_MAX_PAYLOAD_BYTES";
 
+/// The variable that sets the worker's shutdown grace, in seconds.
+pub const SHUTDOWN_TIMEOUT_VAR: &str = "QUEUE_WORKER_SHUTDOWN_TIMEOUT";
+
+/// The variable that sets the database driver's jobs table.
+pub const DATABASE_TABLE_VAR: &str = "QUEUE_DATABASE_TABLE";
+
 /// Which backend stores the jobs (`QUEUE_DRIVER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -90,6 +96,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Time limit for jobs without their own (seconds, default 60).
     pub timeout: Duration,
+    /// How long running jobs may finish after SIGINT or SIGTERM (`QUEUE_WORKER_SHUTDOWN_TIMEOUT`,
+    /// `[worker] shutdown_timeout`, seconds, default 10).
+    pub shutdown_timeout: Duration,
 }
 
 /// The resolved configuration.
@@ -141,6 +150,7 @@ impl Default for Config {
                 max_jobs: None,
                 concurrency: 1,
                 timeout: Duration::from_secs(60),
+                shutdown_timeout: Duration::from_secs(10),
             },
             file: None,
         }
@@ -183,6 +193,7 @@ struct FileWorker {
     max_jobs: Option<u64>,
     concurrency: Option<usize>,
     timeout: Option<f64>,
+    shutdown_timeout: Option<f64>,
 }
 
 impl Config {
@@ -306,8 +317,20 @@ impl Config {
                 self.worker.concurrency = concurrency;
             }
             if let Some(timeout) = worker.timeout {
+                if timeout <= 0.0 {
+                    return Err(Error::config(
+                        key("worker.timeout"),
+                        format!(
+                            "{timeout} would time every job out at once; use a number of seconds above 0, e.g. 60"
+                        ),
+                    ));
+                }
                 self.worker.timeout =
                     seconds(timeout).map_err(|m| Error::config(key("worker.timeout"), m))?;
+            }
+            if let Some(grace) = worker.shutdown_timeout {
+                self.worker.shutdown_timeout = shutdown_seconds(&grace.to_string())
+                    .map_err(|m| Error::config(key("worker.shutdown_timeout"), m))?;
             }
         }
         Ok(())
@@ -348,6 +371,13 @@ impl Config {
         }
         if let Some(v) = var("DATABASE_URL") {
             self.database_url = Some(v);
+        }
+        if let Some(v) = var(DATABASE_TABLE_VAR) {
+            self.database_table = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var(SHUTDOWN_TIMEOUT_VAR) {
+            self.worker.shutdown_timeout =
+                shutdown_seconds(&v).map_err(|m| Error::config(SHUTDOWN_TIMEOUT_VAR, m))?;
         }
         if let Some(v) = var("QUEUE_WORKER_QUEUES") {
             self.worker.queues = parse_queue_list(&v)
@@ -447,6 +477,19 @@ pub fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
     seconds(value)
 }
 
+/// A shutdown grace: 0 (hand running jobs back at once) to an hour.
+fn shutdown_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!("{text:?} is not a number of seconds; use a number from 0 to 3600, e.g. 10 or 30")
+    })?;
+    if !(0.0..=3600.0).contains(&value) {
+        return Err(format!(
+            "{value} is out of range; use a number of seconds from 0 to 3600, e.g. 10 or 30"
+        ));
+    }
+    seconds(value)
+}
+
 fn payload_limit(bytes: usize) -> std::result::Result<usize, String> {
     if bytes == 0 {
         Err(format!(
@@ -508,6 +551,29 @@ mod tests {
         assert_eq!(config.worker.sleep, Duration::from_millis(500));
         assert_eq!(config.worker.max_jobs, Some(10), "an empty variable counts as unset");
         assert_eq!(config.redis_ca_cert, Some(PathBuf::from("file-ca.pem")));
+    }
+
+    #[test]
+    fn the_shutdown_timeout_and_the_table_come_from_the_file_or_the_environment() {
+        let file = Some((
+            Path::new("q.toml"),
+            "[worker]\nshutdown_timeout = 30\n[database]\ntable = \"f\"",
+        ));
+        let config = Config::from_sources(file, env(&[])).unwrap();
+        assert_eq!(config.worker.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.database_table.as_deref(), Some("f"));
+        let config = Config::from_sources(
+            file,
+            env(&[(SHUTDOWN_TIMEOUT_VAR, "2.5"), (DATABASE_TABLE_VAR, "e")]),
+        )
+        .unwrap();
+        assert_eq!(config.worker.shutdown_timeout, Duration::from_millis(2500));
+        assert_eq!(config.database_table.as_deref(), Some("e"));
+        let err = Config::from_sources(None, env(&[(SHUTDOWN_TIMEOUT_VAR, "9999")])).unwrap_err();
+        assert!(err.to_string().contains("from 0 to 3600"), "{err}");
+        let file = Some((Path::new("q.toml"), "[worker]\ntimeout = 0"));
+        let err = Config::from_sources(file, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("worker.timeout"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use orcs_core::{DispatchOptions, Outcome, Queue, QueueStats, Worker};
+use orcs_core::{DispatchOptions, FailedQuery, MAX_PAGE, Outcome, Queue, QueueStats, Worker};
 use tokio::sync::Notify;
 
 use crate::config::{Config, DriverKind};
@@ -18,10 +18,15 @@ use crate::connect::connect;
 use crate::examples::{
     GenerateReportJob, ImageOperation, ProcessImageJob, SendEmailJob, SendWelcomeEmailJob, Simulate,
 };
-use crate::output;
+use crate::output::{self, say};
 
-/// The demo's queues, in the worker's order.
-const QUEUES: [&str; 4] = ["high-priority", "emails", "images", "reports"];
+/// The demo's queues, in the worker's order: its own, so that on a shared backend it never takes
+/// or leaves jobs in an application's `emails` or `reports`.
+const QUEUES: [&str; 4] = ["demo-high-priority", "demo-emails", "demo-images", "demo-reports"];
+const HIGH: &str = QUEUES[0];
+const EMAILS: &str = QUEUES[1];
+const IMAGES: &str = QUEUES[2];
+const REPORTS: &str = QUEUES[3];
 /// Retries take milliseconds here, not the jobs' real minutes.
 const RETRY_DELAY: Duration = Duration::from_millis(20);
 /// The whole demo normally takes a second or two; past this something is wrong.
@@ -67,8 +72,8 @@ async fn dispatch_mix(queue: &Queue) -> Result<Expected> {
         body: "Thanks for signing up".into(),
         simulate: simulate(20 + i * 7 % 60, 0, false),
     });
-    queue.dispatch_many_with(emails, fast.clone()).await?;
-    expected.add("emails", 10, 0, 0);
+    queue.dispatch_many_with(emails, fast.clone().queue(EMAILS)).await?;
+    expected.add(EMAILS, 10, 0, 0);
 
     // The seed's custom options: another queue, a higher priority.
     let urgent = (0..3).map(|i| SendEmailJob {
@@ -77,8 +82,8 @@ async fn dispatch_mix(queue: &Queue) -> Result<Expected> {
         body: String::new(),
         simulate: simulate(30, 0, false),
     });
-    queue.dispatch_many_with(urgent, fast.clone().queue("high-priority").priority(20)).await?;
-    expected.add("high-priority", 3, 0, 0);
+    queue.dispatch_many_with(urgent, fast.clone().queue(HIGH).priority(20)).await?;
+    expected.add(HIGH, 3, 0, 0);
 
     // Welcome emails that fail once or twice, then succeed.
     for i in 0..6u32 {
@@ -89,8 +94,8 @@ async fn dispatch_mix(queue: &Queue) -> Result<Expected> {
             name: format!("User {i}"),
             simulate: simulate(15, fails, false),
         };
-        queue.dispatch_with(job, fast.clone()).await?;
-        expected.add("emails", 1, 0, u64::from(fails));
+        queue.dispatch_with(job, fast.clone().queue(EMAILS)).await?;
+        expected.add(EMAILS, 1, 0, u64::from(fails));
     }
     // Welcome emails that never get through: 4 attempts, then the failed set.
     for i in 0..2u32 {
@@ -100,8 +105,8 @@ async fn dispatch_mix(queue: &Queue) -> Result<Expected> {
             name: String::new(),
             simulate: simulate(10, ALWAYS, false),
         };
-        queue.dispatch_with(job, fast.clone()).await?;
-        expected.add("emails", 0, 1, 3);
+        queue.dispatch_with(job, fast.clone().queue(EMAILS)).await?;
+        expected.add(EMAILS, 0, 1, 3);
     }
 
     // Images: slower work; one panics once, two panic on every attempt (3 attempts in all).
@@ -121,8 +126,8 @@ async fn dispatch_mix(queue: &Queue) -> Result<Expected> {
             operations: operations.clone(),
             simulate: simulate(60 + i * 25, fails, fails > 0),
         };
-        queue.dispatch_with(job, fast.clone()).await?;
-        expected.add("images", done, failed, retries);
+        queue.dispatch_with(job, fast.clone().queue(IMAGES)).await?;
+        expected.add(IMAGES, done, failed, retries);
     }
 
     // Reports, delayed; the last one also fails once.
@@ -133,8 +138,10 @@ async fn dispatch_mix(queue: &Queue) -> Result<Expected> {
             period: format!("2026-{:02}", i + 1),
             simulate: simulate(40, fails, false),
         };
-        queue.dispatch_with(job, fast.clone().delay(Duration::from_millis(delay_ms))).await?;
-        expected.add("reports", 1, 0, u64::from(fails));
+        queue
+            .dispatch_with(job, fast.clone().queue(REPORTS).delay(Duration::from_millis(delay_ms)))
+            .await?;
+        expected.add(REPORTS, 1, 0, u64::from(fails));
     }
     Ok(expected)
 }
@@ -185,7 +192,7 @@ pub(crate) async fn run(config: &Config, driver: Option<DriverKind>) -> Result<(
     let started = Instant::now();
     let expected = dispatch_mix(&queue).await?;
     let total = expected.total();
-    println!(
+    say!(
         "demo: dispatched {total} example jobs to {} on the {} driver (some fail then succeed, some fail for good, some delayed)",
         QUEUES.join(", "),
         config.driver
@@ -247,7 +254,7 @@ pub(crate) async fn run(config: &Config, driver: Option<DriverKind>) -> Result<(
             counters.message()
         );
     }
-    println!(
+    say!(
         "demo: {} in {:.2}s (expected {} retries)",
         counters.message(),
         started.elapsed().as_secs_f64(),
@@ -258,13 +265,46 @@ pub(crate) async fn run(config: &Config, driver: Option<DriverKind>) -> Result<(
     for name in QUEUES {
         after.push(queue.stats(name).await?);
     }
-    print!("{}", output::stats_table(&after));
+    output::write_stdout(&output::stats_table(&after));
     let problems = compare(&expected, &before, &after);
+    let cleaned = clean_up(&queue).await;
     if !problems.is_empty() {
         bail!("demo: stats do not match the dispatched mix: {}", problems.join("; "));
     }
-    println!("demo: stats match the dispatched mix");
+    say!("demo: stats match the dispatched mix");
+    let forgot = cleaned.context("demo: cannot clean up after itself")?;
+    if config.driver != DriverKind::Memory {
+        say!(
+            "demo: cleaned up: cleared its queues ({}) and forgot its {forgot} failed jobs; their \
+             counters stay",
+            QUEUES.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// Leaves a shared backend as the demo found it, but for the counters: clears the demo's queues
+/// and forgets the failed jobs it made on purpose. Returns how many were forgotten.
+async fn clean_up(queue: &Queue) -> Result<u64> {
+    let mut forgot = 0;
+    for name in QUEUES {
+        queue.clear(name).await?;
+        loop {
+            let page = queue.failed_jobs(&FailedQuery::new(MAX_PAGE).queue(name)).await?;
+            if page.is_empty() {
+                break;
+            }
+            for job in &page {
+                match queue.driver().forget_failed(&job.id).await {
+                    Ok(()) => forgot += 1,
+                    // Forgotten meanwhile by someone else: gone either way.
+                    Err(orcs_core::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(forgot)
 }
 
 /// Every difference between the counters and what the mix implies.

@@ -5,7 +5,8 @@
 //! line is a library first. The shipped `orcs` binary is [`App`] with the seed's example jobs
 //! ([`examples`]); an application builds its own worker binary the same way with its own jobs and
 //! gets every command (`queue:work`, `queue:stats`, `queue:clear`, `queue:dispatch`,
-//! `queue:failed`, `queue:retry`, `queue:forget`, `queue:flush`, `demo`) unchanged.
+//! `queue:failed`, `queue:retry`, `queue:forget`, `queue:flush`, `queue:pause`, `queue:resume`,
+//! `queue:limit`, `queue:cancel`, `demo`) unchanged.
 //!
 //! # Your own worker binary
 //!
@@ -61,11 +62,11 @@
 //!
 //! Strongest first: flags (`--driver`, `--url`, and the `queue:work` options), then the
 //! environment (`QUEUE_DRIVER`, `QUEUE_DEFAULT`, `QUEUE_WORKER_QUEUES`, `QUEUE_WORKER_SLEEP`,
-//! `QUEUE_WORKER_MAX_JOBS`, `QUEUE_MAX_PAYLOAD_BYTES`, `REDIS_URL`, `REDIS_PREFIX`,
-//! `REDIS_CA_CERT`, `DATABASE_URL`; a `.env` file in the
-//! working directory is read first and never overrides the real environment), then the config
-//! file (`--config FILE`, else `config/queue.toml` if it exists), then the defaults. [`Config`]
-//! resolves all but the flags and builds each driver's settings; the file is the TOML twin of the
+//! `QUEUE_WORKER_MAX_JOBS`, `QUEUE_WORKER_SHUTDOWN_TIMEOUT`, `QUEUE_MAX_PAYLOAD_BYTES`,
+//! `REDIS_URL`, `REDIS_PREFIX`, `REDIS_CA_CERT`, `DATABASE_URL`, `QUEUE_DATABASE_TABLE`; a `.env`
+//! file in the working directory is read first and never overrides the real environment), then
+//! the config file (`--config FILE`, else `config/queue.toml` if it exists), then the defaults.
+//! [`Config`] resolves all but the flags and builds each driver's settings; the file is the TOML twin of the
 //! seed's `config/queue.js`:
 //!
 //! ```toml
@@ -86,6 +87,7 @@
 //! max_jobs = 1000
 //! concurrency = 8
 //! timeout = 60                # seconds, for jobs without their own TIMEOUT
+//! shutdown_timeout = 10       # seconds running jobs get after SIGINT or SIGTERM
 //! ```
 //!
 //! `REDIS_PREFIX` (default `orcs`) separates several applications on one Redis; it has no
@@ -105,6 +107,8 @@ mod connect;
 mod demo;
 pub mod examples;
 mod output;
+mod track;
+mod work;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -129,6 +133,8 @@ pub struct App {
     name: String,
     registry: Registry,
     validators: HashMap<&'static str, Validator>,
+    /// The field names of each type added with [`App::register`], when its `Deserialize` tells.
+    fields: HashMap<&'static str, Option<Vec<&'static str>>>,
     /// Set by [`examples::register`]: their `simulate` panics are expected, not bugs.
     quiet_simulated_panics: bool,
 }
@@ -161,6 +167,7 @@ impl App {
             name: "orcs".to_owned(),
             registry,
             validators: HashMap::new(),
+            fields: HashMap::new(),
             quiet_simulated_panics: false,
         }
     }
@@ -180,9 +187,22 @@ impl App {
     /// Registers a job type for the worker and for `queue:dispatch`.
     #[must_use]
     pub fn register<J: Job>(mut self) -> Self {
-        self.registry = self.registry.register::<J>();
+        // Wrapped, so the worker can tell which jobs run now (see `track`); same name and payload.
+        self.registry = self.registry.register::<track::Tracked<J>>();
         self.validators.insert(J::NAME, validate::<J>);
+        self.fields.insert(J::NAME, track::fields::<J>());
         self
+    }
+
+    /// The field names of a registered job type, when known.
+    pub(crate) fn job_fields(&self, name: &str) -> Option<&[&'static str]> {
+        self.fields.get(name).and_then(Option::as_deref)
+    }
+
+    /// True when every registered type was added with [`App::register`], so that
+    /// `track::running_count` counts every running job.
+    pub(crate) fn tracks_every_job(&self) -> bool {
+        self.registry.names().iter().all(|name| self.validators.contains_key(name))
     }
 
     /// The job types this command line runs.
@@ -201,7 +221,17 @@ impl App {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = match cli::parse(&self.name, args) {
+        let jobs: Vec<(String, Option<Vec<String>>)> = self
+            .registry
+            .names()
+            .into_iter()
+            .map(|name| {
+                let fields =
+                    self.job_fields(name).map(|f| f.iter().map(|s| (*s).to_owned()).collect());
+                (name.to_owned(), fields)
+            })
+            .collect();
+        let cli = match cli::parse(&self.name, &jobs, args) {
             Ok(cli) => cli,
             Err(e) => {
                 // Help and --version print to stdout and succeed; real usage errors exit 2.

@@ -1,18 +1,59 @@
-//! Text output: UTC timestamps, durations and plain tables.
+//! Text output: RFC 3339 timestamps, durations, plain tables, and stdout that may be closed.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use orcs_core::{FailedJob, Millis, QueueStats};
+use orcs_core::{FailedJob, Millis, QueueLimits, QueueStats};
+use serde_json::{Value, json};
 
-/// `2026-11-28 16:50:01.123` (UTC) for milliseconds since the Unix epoch.
-pub(crate) fn utc(ms: Millis) -> String {
+/// Set once a write to stdout failed (the reader went away: `orcs queue:failed | head -1`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to stdout. Once the reader is gone the output is dropped instead of panicking
+/// as `println!` does, so the command finishes what it was doing and exits 0, as a command
+/// killed by SIGPIPE would look to a shell pipeline; [`stdout_closed`] tells long-running commands
+/// to stop.
+pub(crate) fn write_stdout(text: &str) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// True once a write to stdout failed.
+pub(crate) fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// `println!` that survives a closed stdout (see [`write_stdout`]).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut text = format!($($arg)*);
+        text.push('\n');
+        $crate::output::write_stdout(&text);
+    }};
+}
+pub(crate) use say;
+
+/// Whether to colour stdout: only a terminal, and not when `NO_COLOR` is set (no-color.org).
+pub(crate) fn colour_stdout() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `2026-11-28T16:50:01.123Z` (RFC 3339, UTC) for milliseconds since the Unix epoch.
+pub(crate) fn rfc3339(ms: Millis) -> String {
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let (year, month, day) = civil_from_days(days);
     let (h, m, s, milli) =
         (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03}")
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01, by the usual era arithmetic
@@ -75,20 +116,72 @@ pub(crate) fn stats_table(stats: &[QueueStats]) -> String {
         .map(|s| {
             vec![
                 s.queue.clone(),
+                if s.paused { "paused".to_owned() } else { "active".to_owned() },
                 s.pending.to_string(),
                 s.delayed.to_string(),
                 s.reserved.to_string(),
                 s.failed.to_string(),
                 s.processed.to_string(),
                 s.failed_total.to_string(),
+                s.cancelled.to_string(),
+                limits(&s.limits),
             ]
         })
         .collect();
     table(
-        &["queue", "pending", "delayed", "reserved", "failed", "processed", "failed_total"],
+        &[
+            "queue",
+            "state",
+            "pending",
+            "delayed",
+            "reserved",
+            "failed",
+            "processed",
+            "failed_total",
+            "cancelled",
+            "limits",
+        ],
         &rows,
-        &[false, true, true, true, true, true, true],
+        &[false, false, true, true, true, true, true, true, true, false],
     )
+}
+
+/// `concurrency 4, rate 10/60s`, or `none`.
+pub(crate) fn limits(limits: &QueueLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = limits.concurrency {
+        parts.push(format!("concurrency {n}"));
+    }
+    if let Some(rate) = limits.rate {
+        parts.push(format!("rate {}/{}s", rate.limit, seconds(rate.period_ms)));
+    }
+    if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }
+}
+
+/// `60`, `0.5`: milliseconds as seconds without trailing zeros.
+fn seconds(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        (ms / 1000).to_string()
+    } else {
+        let text = format!("{:.3}", ms as f64 / 1000.0);
+        text.trim_end_matches('0').to_owned()
+    }
+}
+
+/// A failed job as `queue:failed --json` prints it: the payload as JSON (as a string only if it
+/// is not JSON: a damaged record) and the time as RFC 3339.
+pub(crate) fn failed_json(job: &FailedJob) -> Value {
+    let payload =
+        serde_json::from_str::<Value>(&job.payload).unwrap_or_else(|_| json!(job.payload));
+    json!({
+        "id": job.id,
+        "queue": job.queue,
+        "name": job.name,
+        "payload": payload,
+        "attempts": job.attempts,
+        "error": job.error,
+        "failed_at": rfc3339(job.failed_at),
+    })
 }
 
 /// The `queue:failed` table; errors are cut to one line.
@@ -101,7 +194,7 @@ pub(crate) fn failed_table(jobs: &[FailedJob]) -> String {
                 j.queue.clone(),
                 j.name.clone(),
                 j.attempts.to_string(),
-                utc(j.failed_at),
+                rfc3339(j.failed_at),
                 one_line(&j.error, 100),
             ]
         })
@@ -148,11 +241,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
-        assert_eq!(utc(1_795_884_601_123), "2026-11-28 16:50:01.123");
-        assert_eq!(utc(-1), "1969-12-31 23:59:59.999");
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_884_601_123), "2026-11-28T16:50:01.123Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn limits_read_as_flags() {
+        assert_eq!(limits(&QueueLimits::none()), "none");
+        let both = QueueLimits::none().concurrency(4).rate(orcs_core::RateLimit::new(10, 60_000));
+        assert_eq!(limits(&both), "concurrency 4, rate 10/60s");
+        assert_eq!(
+            limits(&QueueLimits::none().rate(orcs_core::RateLimit::new(5, 500))),
+            "rate 5/0.5s"
+        );
     }
 
     #[test]

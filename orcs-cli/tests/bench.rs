@@ -26,9 +26,9 @@ fn bench_on_the_memory_driver_prints_the_peer_keys() {
         assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key} missing in {line}");
     }
     assert!(line.get("drain_error").is_none(), "{line}");
-    // The payload matches the workload's 101-103 bytes.
-    let bytes = line["payload_bytes"].as_u64().expect("payload_bytes");
-    assert!((101..=103).contains(&bytes), "payload of {bytes} bytes");
+    // The payload is padded to exactly 102 bytes (the workload's 101-103), whatever the digits of
+    // its float timestamp and index.
+    assert_eq!(line["payload_bytes"], 102, "{line}");
 }
 
 #[test]
@@ -39,4 +39,16 @@ fn bench_refuses_unknown_phases_and_zero_jobs() {
     let out = orcs(&["--driver", "memory", "bench", "--n", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--n"));
+}
+
+#[test]
+fn bench_payload_size_does_not_depend_on_the_index_or_the_clock() {
+    // Job 0's index prints one digit and job 99's two; the timestamp's float digits vary from
+    // run to run. The payload is padded to the same 102 bytes whatever they print.
+    for n in ["1", "100"] {
+        let out = orcs(&["--driver", "memory", "bench", "--n", n, "--phases", "single"]);
+        assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let line: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+        assert_eq!(line["payload_bytes"], 102, "--n {n}: {line}");
+    }
 }

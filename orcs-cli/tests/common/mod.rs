@@ -36,6 +36,9 @@ pub(crate) const QUEUE_VARS: &[&str] = &[
     "REDIS_PREFIX",
     "REDIS_CA_CERT",
     "DATABASE_URL",
+    "QUEUE_DATABASE_TABLE",
+    "QUEUE_WORKER_SHUTDOWN_TIMEOUT",
+    "NO_COLOR",
     "RUST_LOG",
 ];
 
