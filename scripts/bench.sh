@@ -86,7 +86,7 @@ for round in $(seq "$ROUNDS"); do
       sqlite) args=(--driver database --url "sqlite://$work/bench-$round.db") ;;
       postgres) args=(--driver database --url "$PG_URL") ;;
     esac
-    phases=single,bulk,drain,latency
+    phases=single,single-unique,bulk,drain,drain-limited,latency
     [ "$driver" = redis ] && phases=$phases,backlog
     cli flushdb >/dev/null
     timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \

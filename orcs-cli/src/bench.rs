@@ -4,6 +4,8 @@
 //! Phases, each timed on its own: (a) enqueue one by one with 64 in flight, (b) enqueue in batches
 //! of 1,000, (c) drain N queued jobs at concurrency 64, (d) latency from dispatch to handler start
 //! at a steady 1,000 jobs/s, and (e) drain 50,000 jobs with a large backlog queued behind them.
+//! Two more measure what flow control costs: (a) with a unique key per job, and (c) under a
+//! global concurrency limit equal to the worker's slots.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -39,6 +41,10 @@ pub(crate) enum Phase {
     Backlog,
     /// Enqueue N jobs in batches and leave them queued (to measure the backend's memory per job).
     Fill,
+    /// (a) with a unique key per job (`until` finished): what uniqueness costs a dispatch.
+    SingleUnique,
+    /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs.
+    DrainLimited,
 }
 
 /// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"xxx..."}`,
@@ -145,7 +151,7 @@ async fn check_pending(queue: &Queue, expected: u64, phase: &str) -> anyhow::Res
     Ok(())
 }
 
-async fn phase_single(queue: &Queue, n: u64) -> anyhow::Result<f64> {
+async fn phase_single(queue: &Queue, n: u64, unique: bool) -> anyhow::Result<f64> {
     queue.clear(QUEUE).await?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -158,7 +164,13 @@ async fn phase_single(queue: &Queue, n: u64) -> anyhow::Result<f64> {
                 if i >= n {
                     return Ok::<_, orcs_core::Error>(());
                 }
-                queue.dispatch(BenchJob::new(i)).await?;
+                if unique {
+                    let options = orcs_core::DispatchOptions::new()
+                        .unique(format!("k{i}"), orcs_core::UniqueUntil::Finished);
+                    queue.dispatch_with(BenchJob::new(i), options).await?;
+                } else {
+                    queue.dispatch(BenchJob::new(i)).await?;
+                }
             }
         });
     }
@@ -292,9 +304,23 @@ pub(crate) async fn run(
     out.insert("concurrency".into(), json!(CONCURRENCY));
     for phase in phases {
         let result = match phase {
-            Phase::Single => phase_single(queue, n)
+            Phase::Single => phase_single(queue, n, false)
                 .await
                 .map(|s| secs_and_rate(&mut out, "enqueue_single", n, s)),
+            Phase::SingleUnique => phase_single(queue, n, true)
+                .await
+                .map(|s| secs_and_rate(&mut out, "enqueue_single_unique", n, s)),
+            Phase::DrainLimited => {
+                async {
+                    let limit = orcs_core::QueueLimits::none().concurrency(CONCURRENCY as u32);
+                    queue.set_limits(QUEUE, limit).await?;
+                    let secs = phase_drain(queue, n, n).await;
+                    queue.set_limits(QUEUE, orcs_core::QueueLimits::none()).await?;
+                    secs
+                }
+                .await
+                .map(|s| secs_and_rate(&mut out, "drain_limited", n, s))
+            }
             Phase::Bulk => {
                 phase_bulk(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_bulk", n, s))
             }
@@ -326,6 +352,8 @@ pub(crate) async fn run(
             Phase::Latency => "latency",
             Phase::Backlog => "drain_backlog",
             Phase::Fill => "fill",
+            Phase::SingleUnique => "enqueue_single_unique",
+            Phase::DrainLimited => "drain_limited",
         };
         match result {
             Ok(()) => eprintln!("[orcs] {name}: done"),

@@ -12,8 +12,10 @@ import sys
 
 METRICS = [
     ("enqueue_single_jps", "(a) enqueue one by one, 64 in flight (jobs/s)"),
+    ("enqueue_single_unique_jps", "(a') enqueue one by one with a unique key each (jobs/s)"),
     ("enqueue_bulk_jps", "(b) enqueue, batches of 1000 (jobs/s)"),
     ("drain_jps", "(c) drain N queued, concurrency 64 (jobs/s)"),
+    ("drain_limited_jps", "(c') drain N, global concurrency limit 64 (jobs/s)"),
     ("drain_backlog_jps", "(e) drain 50,000 with 1,000,000 queued (jobs/s)"),
     ("latency_p50_ms", "(d) latency p50 at 1000 jobs/s (ms)"),
     ("latency_p99_ms", "(d) latency p99 at 1000 jobs/s (ms)"),
