@@ -19,13 +19,19 @@ const ACCEPTED: &str = "use redis://[user:password@]host[:port][/db] (rediss:// 
 
 /// How to reach Redis and how to lay out the queues in it.
 ///
-/// Built from a URL ([`RedisConfig::from_url`], also [`FromStr`]) and adjusted with the `with_*`
+/// Built from a URL ([`RedisConfig::from_url`], also [`FromStr`]) or from a `redis::Client` the
+/// application already has ([`RedisConfig::from_client`]), and adjusted with the `with_*`
 /// setters. `Debug` and `Display` show the URL with its password replaced by `***`.
 #[non_exhaustive]
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// One `redis://` URL per node: one for a single server, the seed nodes for a cluster.
+    /// One `redis://` URL per node: one for a single server, the seed nodes for a cluster. For a
+    /// configuration from a client, the client's address as a URL without its password (for
+    /// messages only).
     nodes: Vec<String>,
+    /// Where and how to connect, taken from an application's `redis::Client` (instead of
+    /// `nodes`).
+    client: Option<ClientInfo>,
     cluster: bool,
     /// `rediss://`: TLS.
     tls: bool,
@@ -42,6 +48,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             nodes: vec!["redis://127.0.0.1:6379".to_owned()],
+            client: None,
             cluster: false,
             tls: false,
             ca_cert: None,
@@ -140,6 +147,42 @@ impl RedisConfig {
         Ok(config)
     }
 
+    /// Connects where and as the application's `client` does: its address (TCP, TLS or a Unix
+    /// socket), database, user and password, and TLS settings. The orcs settings (the key prefix
+    /// above all, so that orcs's keys stay apart from the application's) come from the `with_*`
+    /// setters, as for a URL. The client is not kept: the driver opens connections of its own
+    /// from the same details (a pool of shared ones, and one per blocking wait).
+    ///
+    /// `client` must come from the `redis` crate version this crate uses, re-exported as
+    /// [`orcs_redis::redis`](crate::redis). A Redis Cluster is given by URL
+    /// (`redis+cluster://`), not by client.
+    #[must_use]
+    pub fn from_client(client: &redis::Client) -> Self {
+        let info = client.get_connection_info();
+        let settings = info.redis_settings();
+        let userinfo = match (settings.username(), settings.password()) {
+            (Some(user), Some(_)) => format!("{user}:***@"),
+            (Some(user), None) => format!("{user}@"),
+            (None, Some(_)) => ":***@".to_owned(),
+            (None, None) => String::new(),
+        };
+        let (scheme, tls) = match info.addr() {
+            redis::ConnectionAddr::TcpTls { .. } => ("rediss", true),
+            redis::ConnectionAddr::Unix(_) => ("redis+unix", false),
+            _ => ("redis", false),
+        };
+        let shown = match info.addr() {
+            redis::ConnectionAddr::Unix(path) => format!("{scheme}://{}", path.display()),
+            addr => format!("{scheme}://{userinfo}{addr}/{}", settings.db()),
+        };
+        Self {
+            nodes: vec![shown],
+            client: Some(ClientInfo(Box::new(info.clone()))),
+            tls,
+            ..Self::default()
+        }
+    }
+
     /// Trusts the PEM certificate(s) in `pem` (a private CA, or a self-signed server certificate)
     /// instead of the system's roots, for a `rediss://` URL.
     ///
@@ -148,6 +191,14 @@ impl RedisConfig {
     /// would be ignored) or when `pem` holds no PEM certificate.
     pub fn with_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Result<Self> {
         let pem = pem.into();
+        if self.client.is_some() {
+            return Err(Error::config(
+                CA_KEY,
+                "a CA certificate is set for a configuration made from a redis::Client, which \
+                 brings its own TLS settings: give the certificate to the client \
+                 (redis::Client::build_with_tls), or unset it here",
+            ));
+        }
         if !self.tls {
             return Err(Error::config(
                 CA_KEY,
@@ -251,6 +302,11 @@ impl RedisConfig {
         &self.nodes
     }
 
+    /// The connection details of the application's client, for [`RedisConfig::from_client`].
+    pub(crate) fn client_info(&self) -> Option<&redis::ConnectionInfo> {
+        self.client.as_ref().map(|c| &*c.0)
+    }
+
     pub(crate) fn response_timeout(&self) -> Duration {
         self.response_timeout
     }
@@ -306,6 +362,23 @@ impl fmt::Debug for RedisConfig {
             .finish()
     }
 }
+
+/// A client's connection details. `redis::ConnectionInfo` has no `PartialEq`: two are equal when
+/// they reach the same address, database and user with the same password.
+#[derive(Clone)]
+struct ClientInfo(Box<redis::ConnectionInfo>);
+
+impl PartialEq for ClientInfo {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.redis_settings(), other.0.redis_settings());
+        format!("{:?}", self.0.addr()) == format!("{:?}", other.0.addr())
+            && a.db() == b.db()
+            && a.username() == b.username()
+            && a.password() == b.password()
+    }
+}
+
+impl Eq for ClientInfo {}
 
 /// Checks one node URL with redis-rs's own parser; the reason never repeats the URL (it may
 /// hold a password).
@@ -366,6 +439,23 @@ mod tests {
         assert_eq!(RedisConfig::default().redacted_url(), "redis://127.0.0.1:6379");
         let parsed: RedisConfig = "redis://localhost".parse().expect("valid");
         assert_eq!(parsed.prefix(), "orcs");
+    }
+
+    #[test]
+    fn takes_the_connection_from_a_client() {
+        let client = redis::Client::open("redis://app:hunter2@10.0.0.5:6380/3").expect("client");
+        let config = RedisConfig::from_client(&client).with_prefix("myapp");
+        assert_eq!(config.prefix(), "myapp");
+        assert!(!config.is_cluster() && !config.is_tls());
+        assert_eq!(config.redacted_url(), "redis://app:***@10.0.0.5:6380/3");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && debug.contains("myapp"), "{debug}");
+        assert_eq!(config.client_info().expect("from a client").redis_settings().db(), 3);
+        assert_eq!(config, RedisConfig::from_client(&client).with_prefix("myapp"));
+        let other = redis::Client::open("redis://app:other@10.0.0.5:6380/3").expect("client");
+        assert_ne!(config, RedisConfig::from_client(&other).with_prefix("myapp"));
+        let err = config.with_ca_cert("-----BEGIN CERTIFICATE-----").expect_err("refused");
+        assert!(err.to_string().contains("redis::Client::build_with_tls"), "{err}");
     }
 
     #[test]

@@ -223,7 +223,15 @@ impl Backend {
                 .map_err(|e| config_error(&e))?;
             Ok(Self::with(config, Kind::Cluster { pool, client: Box::new(client) }))
         } else {
-            let info = connection_info(config).map_err(|e| config_error(&e))?;
+            let info = match config.client_info() {
+                Some(info) => {
+                    // A TLS client of the application needs the process's crypto provider too.
+                    #[cfg(feature = "tls")]
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                    info.clone()
+                }
+                None => connection_info(config).map_err(|e| config_error(&e))?,
+            };
             let commands = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout()))
                 .set_response_timeout(Some(config.response_timeout()));

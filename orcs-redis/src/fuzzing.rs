@@ -3,7 +3,7 @@
 
 use orcs_core::NewJob;
 
-use crate::keys::{decode, encode};
+use crate::keys::{LAYOUT_VERSION, decode, encode};
 
 /// Decodes a stored record (the `{P:Q}:jobs` hash value) as a worker does when it claims it.
 /// When it decodes, encoding the result and decoding again gives the same job.
@@ -16,17 +16,18 @@ use crate::keys::{decode, encode};
 pub fn decode_record(bytes: &[u8]) -> Result<(), String> {
     let stored = decode(bytes)?;
     let job = stored.clone().into_job(String::new(), "");
-    let again = decode(encode(&job).as_bytes()).expect("an encoded record decodes");
+    let again = decode(encode(&job, LAYOUT_VERSION).as_bytes()).expect("an encoded record decodes");
     assert_eq!(again, stored, "decode(encode(decode(x))) != decode(x)");
     Ok(())
 }
 
-/// Encodes `job` and decodes it again; the job's fields must survive.
+/// Encodes `job` (as layout 3 does: a keyed job's record carries its key) and decodes it again;
+/// the job's fields must survive.
 ///
 /// # Panics
 /// When they do not.
 pub fn round_trip(job: &NewJob) {
-    let stored = decode(encode(job).as_bytes()).expect("an encoded record decodes");
+    let stored = decode(encode(job, LAYOUT_VERSION).as_bytes()).expect("an encoded record decodes");
     assert_eq!(
         (
             stored.name.as_str(),
@@ -36,7 +37,8 @@ pub fn round_trip(job: &NewJob) {
             stored.retry_delay_ms,
             stored.timeout_ms,
             stored.dispatched_at,
-            stored.available_at
+            stored.available_at,
+            stored.unique.as_ref()
         ),
         (
             job.name.as_str(),
@@ -46,7 +48,8 @@ pub fn round_trip(job: &NewJob) {
             job.retry_delay_ms,
             job.timeout_ms,
             job.dispatched_at,
-            job.available_at
+            job.available_at,
+            job.unique.as_ref()
         )
     );
 }

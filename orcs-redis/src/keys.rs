@@ -70,57 +70,81 @@ pub(crate) fn version_key(prefix: &str) -> String {
     format!("{{{prefix}}}:version")
 }
 
-/// The storage layout this build reads and writes (see "Versions" in the README). Layout 1 had
-/// no version key and untagged records; layout 2 reads it as it is.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// The storage layout this build writes on a new prefix (see "Versions" in the README).
+/// Layout 3 adds one record form to layout 2: a keyed job's record carries its unique key, which
+/// saves the `unique_of` write on every keyed push. Layout 1 had no version key and untagged
+/// records; layouts 2 and 3 read it as it is.
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 
-/// The version tag every record written by this build starts with.
-const RECORD_TAG: &str = "v2|";
+/// The earlier layout this build still writes on a prefix marked with it, so that older workers
+/// of the deployment keep reading every record, until the prefix is upgraded explicitly.
+pub(crate) const COMPAT_LAYOUT: u32 = 2;
 
-/// Encodes a job's fixed part as one string, tagged with the record version:
-/// `v2|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|name_len|<name><payload>`.
+/// Encodes a job's fixed part as one string, tagged with the record version. A plain job, or
+/// any job under layout 2, is written as
+/// `v2|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|name_len|<name><payload>`;
+/// a keyed job under layout 3 as
+/// `v3|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|mode|period|key_len|name_len|<key><name><payload>`
+/// (mode and period as in [`encode_unique`]).
 ///
-/// The scripts read only the priority and timeout (to re-queue by priority and to set the lease);
-/// the payload goes last, unescaped, so encoding is a copy.
-pub(crate) fn encode(job: &NewJob) -> String {
+/// The scripts read the priority and timeout (to re-queue by priority and to set the lease) and
+/// a v3 record's mode and key (to free the key); the payload goes last, unescaped, so encoding
+/// is a copy.
+pub(crate) fn encode(job: &NewJob, layout: u32) -> String {
     let timeout = job.timeout_ms.map(|t| t.to_string()).unwrap_or_default();
-    format!(
-        "{RECORD_TAG}{}|{timeout}|{}|{}|{}|{}|{}|{}{}",
-        job.priority,
-        job.max_retries,
-        job.retry_delay_ms,
-        job.dispatched_at,
-        job.available_at,
-        job.name.len(),
-        job.name,
-        job.payload
-    )
+    let head = format!(
+        "{}|{timeout}|{}|{}|{}|{}",
+        job.priority, job.max_retries, job.retry_delay_ms, job.dispatched_at, job.available_at
+    );
+    match &job.unique {
+        Some(unique) if layout >= 3 => {
+            let (mode, ms) = unique_mode(unique);
+            format!(
+                "v3|{head}|{mode}|{ms}|{}|{}|{}{}{}",
+                unique.key.len(),
+                job.name.len(),
+                unique.key,
+                job.name,
+                job.payload
+            )
+        }
+        _ => format!("v2|{head}|{}|{}{}", job.name.len(), job.name, job.payload),
+    }
 }
 
-/// A job's unique key as the scripts keep it in `unique_of`: `<mode>|<period ms>|<key>`, mode
-/// `s` (until started), `f` (until finished) or `p` (for a period). The scripts read the mode
-/// and the key; the period is kept so that `get` shows the job as dispatched.
-pub(crate) fn encode_unique(unique: &Unique) -> String {
-    let (mode, ms) = match unique.until {
+/// A unique key's mode letter and period (0 unless a Period key).
+fn unique_mode(unique: &Unique) -> (char, u64) {
+    match unique.until {
         UniqueUntil::Started => ('s', 0),
         UniqueUntil::Period(ms) => ('p', ms),
         // Finished, and any mode a later orcs adds: held until the job ends, the safe side.
         _ => ('f', 0),
-    };
+    }
+}
+
+/// A unique key as layout 2 keeps it in `unique_of`: `<mode>|<period ms>|<key>`, mode `s` (until
+/// started), `f` (until finished) or `p` (for a period). The scripts read the mode and the key;
+/// the period is kept so that `get` shows the job as dispatched.
+pub(crate) fn encode_unique(unique: &Unique) -> String {
+    let (mode, ms) = unique_mode(unique);
     format!("{mode}|{ms}|{}", unique.key)
 }
 
-/// Decodes [`encode_unique`]'s output; `None` for anything else.
+/// Decodes [`encode_unique`]'s output (or a v3 record's mode and period); `None` for anything
+/// else.
 pub(crate) fn decode_unique(spec: &str) -> Option<Unique> {
     let mut fields = spec.splitn(3, '|');
     let (mode, ms, key) = (fields.next()?, fields.next()?, fields.next()?);
-    let until = match mode {
-        "s" => UniqueUntil::Started,
-        "f" => UniqueUntil::Finished,
-        "p" => UniqueUntil::Period(ms.parse().ok()?),
-        _ => return None,
-    };
-    Some(Unique::new(key, until))
+    Some(Unique::new(key, until_of(mode, ms)?))
+}
+
+fn until_of(mode: &str, ms: &str) -> Option<UniqueUntil> {
+    match mode {
+        "s" => Some(UniqueUntil::Started),
+        "f" => Some(UniqueUntil::Finished),
+        "p" => Some(UniqueUntil::Period(ms.parse().ok()?)),
+        _ => None,
+    }
 }
 
 /// The fixed part of a stored job.
@@ -135,6 +159,8 @@ pub(crate) struct Stored {
     pub(crate) dispatched_at: Millis,
     /// When the job was first due (layout 1 records did not keep it: their dispatch time).
     pub(crate) available_at: Millis,
+    /// The unique key, as a v3 record carries it (layout 2 keeps it in `unique_of` instead).
+    pub(crate) unique: Option<Unique>,
 }
 
 impl Stored {
@@ -156,8 +182,19 @@ impl Stored {
         job.retry_delay_ms = self.retry_delay_ms;
         job.timeout_ms = self.timeout_ms;
         job.available_at = self.available_at;
+        job.unique = self.unique;
         job
     }
+}
+
+/// The record versions [`decode`] knows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    /// Layout 1: no tag, no due time.
+    Untagged,
+    V2,
+    /// A keyed job's record under layout 3: the key follows the due time.
+    V3,
 }
 
 /// Decodes [`encode`]'s output; the error says what is wrong, for the failed set.
@@ -165,15 +202,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("unreadable job record: not UTF-8 ({e})"))?;
     let bad = |what: &str| format!("unreadable job record: {what}");
-    // A tagged record (layout 2) keeps its due time; an untagged one is from layout 1.
-    let (text, tagged) = match text.strip_prefix('v') {
-        Some(rest) => match rest.strip_prefix("2|") {
-            Some(rest) => (rest, true),
-            None => return Err(bad("an unknown record version (written by a newer orcs?)")),
+    let (text, tag) = match text.strip_prefix('v') {
+        Some(rest) => match (rest.strip_prefix("2|"), rest.strip_prefix("3|")) {
+            (Some(rest), _) => (rest, Tag::V2),
+            (_, Some(rest)) => (rest, Tag::V3),
+            _ => return Err(bad("an unknown record version (written by a newer orcs?)")),
         },
-        None => (text, false),
+        None => (text, Tag::Untagged),
     };
-    let mut fields = text.splitn(if tagged { 8 } else { 7 }, '|');
+    let parts = match tag {
+        Tag::Untagged => 7,
+        Tag::V2 => 8,
+        Tag::V3 => 11,
+    };
+    let mut fields = text.splitn(parts, '|');
     let mut next = |what: &str| fields.next().ok_or_else(|| bad(&format!("no {what} field")));
     let priority = next("priority")?.parse().map_err(|_| bad("bad priority"))?;
     let timeout = next("timeout")?;
@@ -185,26 +227,44 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let max_retries = next("max_retries")?.parse().map_err(|_| bad("bad max_retries"))?;
     let retry_delay_ms = next("retry_delay")?.parse().map_err(|_| bad("bad retry_delay"))?;
     let dispatched_at = next("dispatched_at")?.parse().map_err(|_| bad("bad dispatched_at"))?;
-    let available_at = if tagged {
-        next("available_at")?.parse().map_err(|_| bad("bad available_at"))?
-    } else {
+    let available_at = if tag == Tag::Untagged {
         dispatched_at
+    } else {
+        next("available_at")?.parse().map_err(|_| bad("bad available_at"))?
+    };
+    let key = if tag == Tag::V3 {
+        let (mode, ms) = (next("unique mode")?, next("unique period")?);
+        let until = until_of(mode, ms).ok_or_else(|| bad("bad unique mode or period"))?;
+        let len: usize = next("key length")?.parse().map_err(|_| bad("bad key length"))?;
+        Some((until, len))
+    } else {
+        None
     };
     let name_len: usize = next("name length")?.parse().map_err(|_| bad("bad name length"))?;
-    let rest = next("name")?;
-    if !rest.is_char_boundary(name_len.min(rest.len())) || name_len > rest.len() {
-        return Err(bad("the name is cut short"));
-    }
-    let (name, payload) = rest.split_at(name_len);
+    let mut rest = next("name")?;
+    let mut cut = |len: usize, what: &str| {
+        if len > rest.len() || !rest.is_char_boundary(len) {
+            return Err(bad(&format!("the {what} is cut short")));
+        }
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        Ok(head)
+    };
+    let unique = match key {
+        Some((until, len)) => Some(Unique::new(cut(len, "unique key")?, until)),
+        None => None,
+    };
+    let name = cut(name_len, "name")?;
     Ok(Stored {
         name: name.to_owned(),
-        payload: payload.to_owned(),
+        payload: rest.to_owned(),
         priority,
         max_retries,
         retry_delay_ms,
         timeout_ms,
         dispatched_at,
         available_at,
+        unique,
     })
 }
 
@@ -229,7 +289,7 @@ mod tests {
             ("A|B", "", None),
             ("", "ünïcode|payload", Some(0)),
         ] {
-            let encoded = encode(&job(name, payload, timeout));
+            let encoded = encode(&job(name, payload, timeout), LAYOUT_VERSION);
             let stored = decode(encoded.as_bytes()).expect("decodes");
             assert_eq!(
                 (stored.name.as_str(), stored.payload.as_str(), stored.timeout_ms),
@@ -238,8 +298,39 @@ mod tests {
             assert_eq!((stored.priority, stored.max_retries), (-7, 3));
             assert_eq!(stored.dispatched_at, 1_700_000_000_123);
             assert_eq!(stored.available_at, 1_700_000_000_456);
+            assert_eq!(stored.unique, None);
+            // A plain job's record is the same under layouts 2 and 3.
             assert!(encoded.starts_with("v2|"), "{encoded}");
+            assert_eq!(encoded, encode(&job(name, payload, timeout), COMPAT_LAYOUT));
         }
+    }
+
+    #[test]
+    fn keyed_records_carry_their_key_under_layout_3() {
+        for unique in [
+            Unique::new("user:1|x", UniqueUntil::Started),
+            Unique::new("", UniqueUntil::Finished),
+            Unique::new("ключ", UniqueUntil::Period(60_000)),
+        ] {
+            let mut keyed = job("A|B", "ünï|code", Some(5));
+            keyed.unique = Some(unique.clone());
+            let encoded = encode(&keyed, LAYOUT_VERSION);
+            assert!(encoded.starts_with("v3|-7|5|3|60000|"), "{encoded}");
+            let stored = decode(encoded.as_bytes()).expect("decodes");
+            assert_eq!(stored.unique.as_ref(), Some(&unique));
+            assert_eq!((stored.name.as_str(), stored.payload.as_str()), ("A|B", "ünï|code"));
+            assert_eq!(stored.available_at, 1_700_000_000_456);
+            // Layout 2 keeps the key out of the record (in `unique_of`).
+            let old = decode(encode(&keyed, COMPAT_LAYOUT).as_bytes()).expect("decodes");
+            assert_eq!((old.unique, old.payload.as_str()), (None, "ünï|code"));
+        }
+        let record = "v3|0||0|0|1|2|p|5|1|4|kMailhi";
+        let stored = decode(record.as_bytes()).expect("decodes");
+        assert_eq!(stored.unique, Some(Unique::new("k", UniqueUntil::Period(5))));
+        assert_eq!((stored.name.as_str(), stored.payload.as_str()), ("Mail", "hi"));
+        assert!(decode(b"v3|0||0|0|1|2|q|5|1|4|kMailhi").expect_err("bad").contains("unique mode"));
+        assert!(decode(b"v3|0||0|0|1|2|f|0|9|4|kMailhi").expect_err("bad").contains("key is cut"));
+        assert!(decode(b"v3|0||0|0|1|2|f|0|1|9|kMail").expect_err("bad").contains("name is cut"));
     }
 
     #[test]
@@ -248,6 +339,11 @@ mod tests {
         assert_eq!((stored.name.as_str(), stored.payload.as_str()), ("Mail", "hi"));
         assert_eq!(stored.available_at, stored.dispatched_at);
         assert!(decode(b"v9|1|2|3").expect_err("bad").contains("unknown record version"));
+        let v2 = decode(b"v2|-7|30000|3|60000|1700000000123|1700000000456|4|Mailhi").expect("v2");
+        assert_eq!(
+            (v2.name.as_str(), v2.available_at, v2.unique),
+            ("Mail", 1_700_000_000_456, None)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod wait;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,10 +26,15 @@ use redis::{FromRedisValue, Value};
 
 pub use crate::config::RedisConfig;
 use crate::conn::{Backend, DRIVER, lock};
-use crate::keys::{LAYOUT_VERSION, QueueKeys, decode, decode_unique, registry, version_key};
+use crate::keys::{
+    COMPAT_LAYOUT, LAYOUT_VERSION, QueueKeys, decode, decode_unique, registry, version_key,
+};
 use crate::reply::{count, int, protocol, text};
 use crate::scripts::{DELETE_LIMIT, RECOVER_LIMIT, SettleItem};
 use crate::wait::Waiter;
+/// The `redis` crate this driver is built on, for a `redis::Client` of the same version
+/// ([`RedisConfig::from_client`]).
+pub use redis;
 
 /// Most jobs one push script call stores ([`Capabilities::atomic_push_limit`]): bounds the time
 /// one call holds Redis.
@@ -52,11 +58,19 @@ struct Inner {
     waiters: Mutex<Vec<Waiter>>,
     /// Queues this process already added to the registry set (saves a command per push).
     registered: Mutex<HashSet<String>>,
+    /// The storage layout the prefix is marked with, which decides how records are written:
+    /// [`LAYOUT_VERSION`], or [`COMPAT_LAYOUT`] until the prefix is upgraded.
+    layout: AtomicU32,
 }
 
 impl RedisDriver {
     /// Connects to Redis (or a Redis Cluster), checks that it answers and that the key prefix
-    /// holds the storage layout this build knows (a new prefix is marked with it).
+    /// holds a storage layout this build knows (a new prefix is marked with [`LAYOUT_VERSION`]);
+    /// on a prefix still marked with layout 2 it writes layout-2 records until
+    /// [`RedisDriver::upgrade_layout`].
+    ///
+    /// The configuration comes from a URL ([`RedisConfig::from_url`]) or from a `redis::Client`
+    /// the application already has ([`RedisConfig::from_client`]).
     ///
     /// # Errors
     /// [`Error::Config`] for an unusable configuration; [`Error::Backend`] when Redis does not
@@ -69,11 +83,40 @@ impl RedisDriver {
                 backend: commands,
                 waiters: Mutex::new(Vec::new()),
                 registered: Mutex::new(HashSet::new()),
+                layout: AtomicU32::new(LAYOUT_VERSION),
             }),
         };
         let _: String = driver.query(&redis::cmd("PING")).await?;
-        driver.check_version().await?;
+        let layout = driver.check_version().await?;
+        driver.inner.layout.store(layout, Ordering::Relaxed);
         Ok(driver)
+    }
+
+    /// The storage layout this driver writes: the one its prefix was marked with when it
+    /// connected (3 for a new prefix, 2 for one not upgraded yet).
+    pub fn storage_layout(&self) -> u32 {
+        self.inner.layout.load(Ordering::Relaxed)
+    }
+
+    /// Upgrades the prefix from storage layout 2 to 3 (see "Versions" in the README): marks
+    /// `{P}:version` with 3, after which this driver writes keyed jobs' records with their key in
+    /// them, and an orcs that knows only layout 2 refuses to connect. Nothing is rewritten: this
+    /// build reads every record and key layout 2 wrote. Stop every worker of an older orcs on the
+    /// prefix first; other processes of this build keep writing layout-2 records, which are
+    /// fine, until they reconnect. Upgrading a prefix already at 3 does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Version`] when the prefix holds a layout other than 2 or 3; [`Error::Backend`]
+    /// when Redis fails.
+    pub async fn upgrade_layout(&self) -> Result<()> {
+        let key = version_key(self.inner.config.prefix());
+        let found: String =
+            self.invoke(&scripts::upgrade(&key, COMPAT_LAYOUT, LAYOUT_VERSION)).await?;
+        if found != LAYOUT_VERSION.to_string() {
+            return Err(version_error(&key, &found));
+        }
+        self.inner.layout.store(LAYOUT_VERSION, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The configuration the driver was made with.
@@ -81,37 +124,23 @@ impl RedisDriver {
         &self.inner.config
     }
 
-    /// Marks a new prefix with [`LAYOUT_VERSION`], or checks the mark of an existing one.
-    async fn check_version(&self) -> Result<()> {
+    /// Marks a new prefix with [`LAYOUT_VERSION`], or checks the mark of an existing one;
+    /// answers the layout to write.
+    async fn check_version(&self) -> Result<u32> {
         let key = version_key(self.inner.config.prefix());
         let set: Option<String> =
             self.query(redis::cmd("SET").arg(&key).arg(LAYOUT_VERSION).arg("NX")).await?;
         if set.is_some() {
-            return Ok(());
+            return Ok(LAYOUT_VERSION);
         }
         let found: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
         match found {
             // Deleted between the two commands: nothing to check against.
-            None => Ok(()),
-            Some(found) if found == LAYOUT_VERSION.to_string() => Ok(()),
-            Some(found) => {
-                let what = match found.parse::<u32>() {
-                    Ok(v) if v > LAYOUT_VERSION => {
-                        "a newer orcs wrote it: upgrade this orcs to that version".to_owned()
-                    }
-                    Ok(_) => "an older orcs wrote it: drain its queues with that version first"
-                        .to_owned(),
-                    Err(_) => "it was not written by orcs".to_owned(),
-                };
-                Err(Error::Version {
-                    driver: DRIVER,
-                    message: format!(
-                        "the key {key} holds storage layout {found:?}, but this build of orcs reads \
-                         and writes layout {LAYOUT_VERSION}; {what}, or give this deployment a \
-                         prefix of its own (REDIS_PREFIX, RedisConfig::with_prefix)"
-                    ),
-                })
-            }
+            None => Ok(LAYOUT_VERSION),
+            Some(found) => match found.parse::<u32>() {
+                Ok(v) if v == LAYOUT_VERSION || v == COMPAT_LAYOUT => Ok(v),
+                _ => Err(version_error(&key, &found)),
+            },
         }
     }
 
@@ -166,6 +195,7 @@ impl RedisDriver {
     fn push_calls<'a>(
         &self,
         chunk: &[(usize, &'a NewJob)],
+        layout: u32,
     ) -> Vec<(Vec<(usize, &'a NewJob)>, redis::ScriptInvocation<'static>)> {
         let mut by_queue: BTreeMap<&str, Vec<(usize, &'a NewJob)>> = BTreeMap::new();
         for &(index, job) in chunk {
@@ -185,14 +215,14 @@ impl RedisDriver {
                     .map(|g| (self.keys(&g[0].1.queue), g.iter().map(|(_, j)| *j).collect()))
                     .collect();
                 let order = groups.into_iter().flatten().collect();
-                (order, scripts::push(&script_groups))
+                (order, scripts::push(&script_groups, layout))
             })
             .collect()
     }
 
-    /// Removes the jobs a failed push stored, as far as they are untouched; best effort, as the
-    /// connection may be what failed.
-    async fn unstore(&self, stored: &[&NewJob]) {
+    /// Removes the jobs a failed push stored (their records written for `layout`), as far as
+    /// they are untouched; best effort, as the connection may be what failed.
+    async fn unstore(&self, stored: &[&NewJob], layout: u32) {
         let mut by_queue: BTreeMap<&str, Vec<&NewJob>> = BTreeMap::new();
         for job in stored {
             by_queue.entry(job.queue.as_str()).or_default().push(job);
@@ -200,7 +230,7 @@ impl RedisDriver {
         for (queue, jobs) in by_queue {
             let keys = self.keys(queue);
             for chunk in jobs.chunks(PUSH_CHUNK) {
-                if let Err(e) = self.invoke::<i64>(&scripts::unstore(&keys, chunk)).await {
+                if let Err(e) = self.invoke::<i64>(&scripts::unstore(&keys, chunk, layout)).await {
                     tracing::warn!(queue, error = %e, jobs = chunk.len(), "could not remove the stored part of a failed push");
                 }
             }
@@ -290,7 +320,8 @@ impl RedisDriver {
             });
         }
         let group_keys: Vec<QueueKeys> = groups.iter().map(|q| self.keys(q)).collect();
-        let call = scripts::settle(&self.keys(queue), &group_keys, &items, now);
+        let call =
+            scripts::settle(&self.keys(queue), &group_keys, &items, now, self.storage_layout());
         match self.invoke::<Vec<i64>>(&call).await {
             Ok(applied) if applied.len() == members.len() => {
                 for (&i, applied) in members.iter().zip(applied) {
@@ -365,6 +396,24 @@ impl RedisDriver {
     }
 }
 
+/// The error for a prefix marked with a storage layout this build does not read.
+fn version_error(key: &str, found: &str) -> Error {
+    let what = match found.parse::<u32>() {
+        Ok(v) if v > LAYOUT_VERSION => "a newer orcs wrote it: upgrade this orcs to that version",
+        Ok(_) => "an older orcs wrote it: drain its queues with that version first",
+        Err(_) => "it was not written by orcs",
+    };
+    Error::Version {
+        driver: DRIVER,
+        message: format!(
+            "the key {key} holds storage layout {found:?}, but this build of orcs reads layouts \
+             {COMPAT_LAYOUT} and {LAYOUT_VERSION} (and writes layout {LAYOUT_VERSION}); {what}, \
+             or give this deployment a prefix of its own (REDIS_PREFIX, \
+             RedisConfig::with_prefix)"
+        ),
+    }
+}
+
 /// The stored job behind a record; a record that does not decode shows as a nameless job whose
 /// payload is the raw record, so an operator still sees it.
 fn job_of(id: String, queue: &str, blob: &Value) -> NewJob {
@@ -428,7 +477,10 @@ impl Driver for RedisDriver {
         }
         let names: Vec<&str> = fresh.iter().map(|(_, j)| j.queue.as_str()).collect();
         self.register(&names).await?;
-        let calls: Vec<_> = fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c)).collect();
+        // One layout for the whole push, so a compensation rebuilds the very records stored.
+        let layout = self.storage_layout();
+        let calls: Vec<_> =
+            fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c, layout)).collect();
         let mut stored: Vec<&NewJob> = Vec::new();
         let mut failure = None;
         // Several calls in flight at once (pipelined over the shared connections); every call of
@@ -472,7 +524,7 @@ impl Driver for RedisDriver {
             }
         }
         if let Some(e) = failure {
-            self.unstore(&stored).await;
+            self.unstore(&stored, layout).await;
             return Err(e);
         }
         outcomes
@@ -677,7 +729,10 @@ impl Admin for RedisDriver {
             };
             let score = int(score).unwrap_or(0);
             let mut job = job_of(id.to_owned(), &queue, blob);
-            job.unique = text(unique).and_then(|spec| decode_unique(&spec));
+            // A job of layout 2 has its key in `unique_of`; one of layout 3 in its record.
+            if let Some(spec) = text(unique).and_then(|spec| decode_unique(&spec)) {
+                job.unique = Some(spec);
+            }
             let state = match text(place).as_deref() {
                 Some("ready") => JobState::Pending,
                 Some("delayed") => {
@@ -730,7 +785,10 @@ impl Admin for RedisDriver {
             };
             let score = int(score).unwrap_or(0);
             let mut job = job_of(text(id).unwrap_or_default(), &req.queue, blob);
-            job.unique = text(unique).and_then(|spec| decode_unique(&spec));
+            // A job of layout 2 has its key in `unique_of`; one of layout 3 in its record.
+            if let Some(spec) = text(unique).and_then(|spec| decode_unique(&spec)) {
+                job.unique = Some(spec);
+            }
             if req.state == JobState::Delayed {
                 job.available_at = score;
             }

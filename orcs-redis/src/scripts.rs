@@ -13,7 +13,8 @@ use crate::keys::{QueueKeys, encode, encode_unique};
 
 /// Helpers prepended to every script that needs them.
 const PRELUDE: &str = r"
--- A record starts with 'v2|priority|timeout|' (layout 1: 'priority|timeout|'); a damaged one
+-- A record starts with 'v2|priority|timeout|' or 'v3|priority|timeout|' (layout 1:
+-- 'priority|timeout|'); a damaged one
 -- reads as priority 0 and no own timeout, and is failed by the client when it cannot parse it.
 local function header(blob)
   if not blob then return 0, nil end
@@ -25,12 +26,25 @@ end
 local function arm(marker)
   if redis.call('LLEN', marker) == 0 then redis.call('RPUSH', marker, '1') end
 end
--- Frees the unique key job `id` holds if its mode (in `unique_of`) is one of `modes` and the
--- job still holds it; a Period key also leaves `expiry` (nil where no caller frees Period keys).
-local function free_key(unique, expiry, unique_of, id, modes)
-  local spec = redis.call('HGET', unique_of, id)
-  if not spec then return end
-  local mode, key = string.match(spec, '^(%a)|%d*|(.*)$')
+-- The unique key job `id` was dispatched with, as mode and key: a keyed record of layout 3
+-- carries it ('v3|', six fields, then mode|period|key_len|name_len|<key>...); a job stored under
+-- layout 2 has it in `unique_of`, looked up only when `legacy` says that hash exists (so a queue
+-- whose layout-2 jobs are gone pays nothing for them). nil for a job without a key.
+local function key_of(blob, unique_of, id, legacy)
+  if blob then
+    local mode, len, at = string.match(blob,
+      '^v3|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%a)|%d*|(%d+)|%d+|()')
+    if mode then return mode, string.sub(blob, at, at + tonumber(len) - 1) end
+  end
+  if legacy then
+    local spec = redis.call('HGET', unique_of, id)
+    if spec then return string.match(spec, '^(%a)|%d*|(.*)$') end
+  end
+  return nil
+end
+-- Frees `key` (of mode `mode`, as key_of answers) if the mode is one of `modes` and job `id`
+-- still holds it; a Period key also leaves `expiry` (nil where no caller frees Period keys).
+local function free_key(unique, expiry, id, mode, key, modes)
   if mode and string.find(modes, mode, 1, true) and redis.call('HGET', unique, key) == id then
     redis.call('HDEL', unique, key)
     if mode == 'p' and expiry then redis.call('ZREM', expiry, key) end
@@ -38,7 +52,9 @@ local function free_key(unique, expiry, unique_of, id, modes)
 end
 -- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
 -- unique, unique_expiry, unique_of), from its 9 arguments starting at ARGV[b] (group, id,
--- 'r' or 'd', score, record, unique spec or '', unique key, Period expiry or '', now).
+-- 'r' or 'd', score, record, unique spec, unique key, Period expiry or '', now). The spec is ''
+-- for a job without a key, 'k' when its record carries the key (layout 3), else the layout-2
+-- spec for `unique_of`.
 -- Returns 1 if stored, 0 if its id is in use, or the id of the job holding its unique key.
 local function store(k, b)
   local id = ARGV[b + 1]
@@ -76,7 +92,7 @@ local function store(k, b)
       if exp and expires == '' then redis.call('ZREM', KEYS[k + 6], key) end
     end
     if expires ~= '' then redis.call('ZADD', KEYS[k + 6], expires, key) end
-    redis.call('HSET', KEYS[k + 7], id, spec)
+    if spec ~= 'k' then redis.call('HSET', KEYS[k + 7], id, spec) end
   end
   if ARGV[b + 2] == 'r' then
     redis.call('ZADD', KEYS[k + 1], ARGV[b + 3], id)
@@ -98,8 +114,9 @@ fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
         .key(&keys.unique_of);
 }
 
-/// The 9 arguments `store` takes for one job of group `group`.
-fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob) {
+/// The 9 arguments `store` takes for one job of group `group`, its record written for storage
+/// layout `layout`.
+fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, layout: u32) {
     call.arg(group).arg(&job.id);
     // A job due by its dispatch goes straight to the ready set; a delayed one waits (and a
     // waiter woken by the marker learns its due time from the next claim).
@@ -108,10 +125,16 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob) {
     } else {
         call.arg("d").arg(job.available_at);
     }
-    call.arg(encode(job));
+    call.arg(encode(job, layout));
     match &job.unique {
         Some(unique) => {
-            call.arg(encode_unique(unique)).arg(&unique.key);
+            // Layout 3 keeps the key in the record; layout 2 in `unique_of`, by this spec.
+            if layout >= 3 {
+                call.arg("k");
+            } else {
+                call.arg(encode_unique(unique));
+            }
+            call.arg(&unique.key);
             match unique.expires_at(job.dispatched_at) {
                 Some(at) => call.arg(at),
                 None => call.arg(""),
@@ -141,13 +164,14 @@ for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
 ";
 
-/// The push of `groups`: each a queue and its jobs (at most 1000 in all, checked by the caller).
-pub(crate) fn push(groups: &[(QueueKeys, Vec<&NewJob>)]) -> ScriptInvocation<'static> {
+/// The push of `groups`: each a queue and its jobs (at most 1000 in all, checked by the caller),
+/// written for storage layout `layout`.
+pub(crate) fn push(groups: &[(QueueKeys, Vec<&NewJob>)], layout: u32) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.push.prepare_invoke();
     for (index, (keys, jobs)) in groups.iter().enumerate() {
         group_keys(&mut call, keys);
         for job in jobs {
-            job_args(&mut call, index, job);
+            job_args(&mut call, index, job, layout);
         }
     }
     call
@@ -164,7 +188,8 @@ for i = 1, #ARGV, 2 do
     local n = redis.call('ZREM', KEYS[1], id) + redis.call('ZREM', KEYS[2], id)
     if n > 0 then
       redis.call('HDEL', KEYS[3], id)
-      free_key(KEYS[4], KEYS[5], KEYS[6], id, 'sfp')
+      local mode, key = key_of(ARGV[i + 1], KEYS[6], id, true)
+      free_key(KEYS[4], KEYS[5], id, mode, key, 'sfp')
       redis.call('HDEL', KEYS[6], id)
       removed = removed + 1
     end
@@ -173,8 +198,13 @@ end
 return removed
 ";
 
-/// The compensation of `jobs` of queue `keys`.
-pub(crate) fn unstore(keys: &QueueKeys, jobs: &[&NewJob]) -> ScriptInvocation<'static> {
+/// The compensation of `jobs` of queue `keys`, pushed for storage layout `layout` (the records
+/// must match what the push stored).
+pub(crate) fn unstore(
+    keys: &QueueKeys,
+    jobs: &[&NewJob],
+    layout: u32,
+) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.unstore.prepare_invoke();
     call.key(&keys.ready)
         .key(&keys.delayed)
@@ -183,7 +213,7 @@ pub(crate) fn unstore(keys: &QueueKeys, jobs: &[&NewJob]) -> ScriptInvocation<'s
         .key(&keys.unique_expiry)
         .key(&keys.unique_of);
     for job in jobs {
-        call.arg(&job.id).arg(encode(job));
+        call.arg(&job.id).arg(encode(job, layout));
     }
     call
 }
@@ -195,7 +225,8 @@ pub(crate) fn unstore(keys: &QueueKeys, jobs: &[&NewJob]) -> ScriptInvocation<'s
 /// limit minus the reserved jobs (a `ZCARD`); a rate limit prunes the start log to the window and
 /// takes at most the limit minus the starts left in it, then logs one start per claimed job
 /// (member = its token, unique per queue). A claimed job's Started unique key frees, looked up
-/// only when the queue has keyed jobs at all.
+/// (in the record, or in `unique_of` for a job stored under layout 2) only when the queue holds
+/// any key at all.
 ///
 /// Promotion takes at most ARGV[5] due jobs, oldest due first. If more remain due after that,
 /// the call claims nothing and answers `more` = 1: one of those left could outrank every ready
@@ -294,12 +325,15 @@ if #ids > 0 then
   redis.call('HSET', KEYS[6], unpack(token_fields))
   redis.call('ZADD', KEYS[3], unpack(leases))
   if rate and period then redis.call('ZADD', KEYS[15], unpack(starts)) end
-  if redis.call('EXISTS', KEYS[14]) == 1 then
-    local specs = redis.call('HMGET', KEYS[14], unpack(ids))
+  -- Started keys free here; only a queue with a key held at all has one to free.
+  if redis.call('EXISTS', KEYS[13]) == 1 then
+    local specs = {}
+    if redis.call('EXISTS', KEYS[14]) == 1 then specs = redis.call('HMGET', KEYS[14], unpack(ids)) end
     for i, id in ipairs(ids) do
-      if specs[i] and string.sub(specs[i], 1, 2) == 's|' then
-        local key = string.sub(specs[i], string.find(specs[i], '|', 3, true) + 1)
-        if redis.call('HGET', KEYS[13], key) == id then redis.call('HDEL', KEYS[13], key) end
+      local mode, key = key_of(blobs[i], nil, id, false)
+      if not mode and specs[i] then mode, key = string.match(specs[i], '^(%a)|%d*|(.*)$') end
+      if mode == 's' and redis.call('HGET', KEYS[13], key) == id then
+        redis.call('HDEL', KEYS[13], key)
       end
     end
   end
@@ -355,8 +389,9 @@ pub(crate) fn claim(
 /// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
 /// effects) untouched.
 ///
-/// The per-job extras (unique keys, progress, cancel requests) are looked at only when the queue
-/// has any (one `EXISTS` each per call), and the queue's waiters are woken when it has a
+/// The per-job extras (unique keys, layout-2 key specs, progress, cancel requests) are looked at
+/// only when the queue has any (one `EXISTS` each per call), and the queue's waiters are woken
+/// when it has a
 /// concurrency limit (a slot freed), so the complete path of a plain queue stays as it was.
 ///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
@@ -367,7 +402,10 @@ pub(crate) fn claim(
 /// Returns one 1 (applied) or 0 (stale token) per item. A duplicate effect job is skipped.
 const SETTLE: &str = r"
 local now = tonumber(ARGV[1])
-local keyed = redis.call('EXISTS', KEYS[13]) == 1
+-- `keyed`: some key is held, so a finished job may hold one (its record says which);
+-- `legacy`: jobs stored under layout 2 keep their key's spec in `unique_of`.
+local keyed = redis.call('EXISTS', KEYS[12]) == 1
+local legacy = redis.call('EXISTS', KEYS[13]) == 1
 local extras = redis.call('EXISTS', KEYS[15]) + redis.call('EXISTS', KEYS[16]) > 0
 local limited = redis.call('HEXISTS', KEYS[14], 'concurrency') == 1
 local out, touched, settled = {}, {}, false
@@ -384,13 +422,14 @@ while i <= #ARGV do
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[6], id)
     if kind == 'c' or kind == 'x' then
+      if keyed then
+        local mode, key = key_of(redis.call('HGET', KEYS[4], id), KEYS[13], id, legacy)
+        free_key(KEYS[12], nil, id, mode, key, 'f')
+      end
+      if legacy then redis.call('HDEL', KEYS[13], id) end
       redis.call('HDEL', KEYS[4], id)
       redis.call('HDEL', KEYS[5], id)
       redis.call('HDEL', KEYS[7], id)
-      if keyed then
-        free_key(KEYS[12], nil, KEYS[13], id, 'f')
-        redis.call('HDEL', KEYS[13], id)
-      end
       if extras then
         redis.call('HDEL', KEYS[15], id)
         redis.call('SREM', KEYS[16], id)
@@ -402,7 +441,10 @@ while i <= #ARGV do
       redis.call('ZADD', KEYS[10], seq, id)
       redis.call('HSET', KEYS[11], id, now)
       redis.call('HINCRBY', KEYS[8], 'failed_total', 1)
-      if keyed then free_key(KEYS[12], nil, KEYS[13], id, 'f') end
+      if keyed then
+        local mode, key = key_of(redis.call('HGET', KEYS[4], id), KEYS[13], id, legacy)
+        free_key(KEYS[12], nil, id, mode, key, 'f')
+      end
       if extras then redis.call('SREM', KEYS[16], id) end
     else
       if kind == 'r' then
@@ -439,12 +481,14 @@ pub(crate) struct SettleItem<'a> {
     pub(crate) effects: Vec<(usize, &'a NewJob)>,
 }
 
-/// The settle of `items` of queue `keys`, whose effects go to `groups` (by index).
+/// The settle of `items` of queue `keys`, whose effects go to `groups` (by index), effect jobs
+/// written for storage layout `layout`.
 pub(crate) fn settle(
     keys: &QueueKeys,
     groups: &[QueueKeys],
     items: &[SettleItem<'_>],
     now: Millis,
+    layout: u32,
 ) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.settle.prepare_invoke();
     call.key(&keys.reserved)
@@ -480,7 +524,7 @@ pub(crate) fn settle(
         call.arg(item.id).arg(item.token).arg(kind).arg(run_at).arg(error);
         call.arg(item.effects.len());
         for (group, job) in &item.effects {
-            job_args(&mut call, *group, job);
+            job_args(&mut call, *group, job, layout);
         }
     }
     call
@@ -517,9 +561,10 @@ for i = 1, #expired, 2 do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[5], id)
   if redis.call('SREM', KEYS[12], id) == 1 then
-    for _, k in ipairs({3, 4, 6, 11}) do redis.call('HDEL', KEYS[k], id) end
-    free_key(KEYS[9], nil, KEYS[10], id, 'f')
+    local mode, key = key_of(redis.call('HGET', KEYS[3], id), KEYS[10], id, true)
+    free_key(KEYS[9], nil, id, mode, key, 'f')
     redis.call('HDEL', KEYS[10], id)
+    for _, k in ipairs({3, 4, 6, 11}) do redis.call('HDEL', KEYS[k], id) end
     redis.call('HINCRBY', KEYS[8], 'cancelled', 1)
   else
     local attempt = redis.call('HGET', KEYS[4], id) or '0'
@@ -648,12 +693,14 @@ pub(crate) fn set_limits(keys: &QueueKeys, limits: &QueueLimits) -> ScriptInvoca
 /// touch reports; -1 for a failed one; 0 when the queue has no such job.
 const CANCEL: &str = r"
 local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], id) == 0 then return 0 end
+local record = redis.call('HGET', KEYS[1], id)
+if not record then return 0 end
 if redis.call('ZREM', KEYS[2], id) + redis.call('ZREM', KEYS[3], id) > 0 then
+  local mode, key = key_of(record, KEYS[9], id, true)
+  free_key(KEYS[8], nil, id, mode, key, 'sf')
+  redis.call('HDEL', KEYS[9], id)
   for _, k in ipairs({1, 5, 6, 10}) do redis.call('HDEL', KEYS[k], id) end
   redis.call('SREM', KEYS[11], id)
-  free_key(KEYS[8], nil, KEYS[9], id, 'sf')
-  redis.call('HDEL', KEYS[9], id)
   redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
   return 1
 end
@@ -803,18 +850,20 @@ pub(crate) fn list(
 const CLEAR: &str = r"
 local limit = tonumber(ARGV[1])
 local removed = 0
-local keyed = redis.call('EXISTS', KEYS[7]) == 1
+local keyed = redis.call('EXISTS', KEYS[6]) == 1
+local legacy = redis.call('EXISTS', KEYS[7]) == 1
 for z = 1, 2 do
   if removed < limit then
     local popped = redis.call('ZPOPMIN', KEYS[z], limit - removed)
     for i = 1, #popped, 2 do
       local id = popped[i]
+      if keyed then
+        local mode, key = key_of(redis.call('HGET', KEYS[3], id), KEYS[7], id, legacy)
+        free_key(KEYS[6], nil, id, mode, key, 'sf')
+      end
+      if legacy then redis.call('HDEL', KEYS[7], id) end
       for _, k in ipairs({3, 4, 5, 8}) do redis.call('HDEL', KEYS[k], id) end
       redis.call('SREM', KEYS[9], id)
-      if keyed then
-        free_key(KEYS[6], nil, KEYS[7], id, 'sf')
-        redis.call('HDEL', KEYS[7], id)
-      end
     end
     removed = removed + #popped / 2
   end
@@ -930,6 +979,23 @@ pub(crate) fn flush_failed(keys: &QueueKeys) -> ScriptInvocation<'static> {
     call
 }
 
+/// Moves the storage layout mark KEYS[1] from ARGV[1] (or no mark) to ARGV[2], in one step so
+/// that it never overwrites a mark another orcs set meanwhile. Returns the mark it leaves.
+const UPGRADE: &str = r"
+local found = redis.call('GET', KEYS[1])
+if found == false or found == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return found
+";
+
+pub(crate) fn upgrade(key: &str, from: u32, to: u32) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.upgrade.prepare_invoke();
+    call.key(key).arg(from).arg(to);
+    call
+}
+
 /// Every script, compiled once per process (the SHA is computed here, the load happens on the
 /// first NOSCRIPT answer of each server).
 #[derive(Debug)]
@@ -952,6 +1018,7 @@ struct Scripts {
     retry_failed: Script,
     forget_failed: Script,
     flush_failed: Script,
+    upgrade: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
@@ -977,4 +1044,5 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     retry_failed: with_prelude(RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),
     flush_failed: Script::new(FLUSH_FAILED),
+    upgrade: Script::new(UPGRADE),
 });

@@ -243,7 +243,9 @@ mod redis_driver {
             assert_eq!(paused, "1");
             let version: String =
                 conn.get(format!("{{{prefix}}}:version")).await.expect("get the version");
-            assert_eq!(version, "2");
+            assert_eq!(version, "3");
+            assert_eq!(driver.storage_layout(), 3);
+            // A plain job's record is written as layout 2 wrote it.
             let record: String =
                 conn.hget(format!("{{{prefix}:mail}}:jobs"), &id).await.expect("hget the record");
             assert!(record.starts_with("v2|7|"), "{record}");
@@ -388,8 +390,9 @@ mod redis_driver {
         job
     }
 
-    /// The unique keys' documented layout: key -> holder, the holder's spec, Period expiries;
-    /// a finished job's key and spec go, and expired Period keys are pruned by later pushes.
+    /// The unique keys' documented layout: key -> holder, the key in the holder's (v3) record,
+    /// Period expiries; a finished job's key goes, and expired Period keys are pruned by later
+    /// pushes.
     #[test]
     fn unique_keys_follow_the_documented_layout() {
         orcs_tests::run(async {
@@ -405,10 +408,15 @@ mod redis_driver {
             let mut conn = raw(&url).await;
             let holder: String = conn.hget(format!("{tag}:unique"), "f-key").await.expect("hget");
             assert_eq!(holder, f_id);
-            let spec: String = conn.hget(format!("{tag}:unique_of"), &f_id).await.expect("hget");
-            assert_eq!(spec, "f|0|f-key");
-            let spec: String = conn.hget(format!("{tag}:unique_of"), &p_id).await.expect("hget");
-            assert_eq!(spec, "p|5|p-key");
+            let record: String = conn.hget(format!("{tag}:jobs"), &f_id).await.expect("hget");
+            assert!(record.starts_with("v3|0||3|1000|"), "{record}");
+            assert!(record.contains("|f|0|5|8|f-keyPlainJob{"), "{record}");
+            let record: String = conn.hget(format!("{tag}:jobs"), &p_id).await.expect("hget");
+            assert!(record.contains("|p|5|5|8|p-keyPlainJob{"), "{record}");
+            let specs: i64 = conn.hlen(format!("{tag}:unique_of")).await.expect("hlen");
+            assert_eq!(specs, 0, "layout 3 keeps no spec in unique_of");
+            let info = driver.get(&p_id, SystemClock.now()).await.expect("get").expect("found");
+            assert_eq!(info.job.unique, Some(Unique::new("p-key", UniqueUntil::Period(5))));
             let expiry: f64 =
                 conn.zscore(format!("{tag}:unique_expiry"), "p-key").await.expect("zscore");
             assert_eq!(expiry as i64, p_at + 5);
@@ -423,8 +431,8 @@ mod redis_driver {
             }
             let left: Vec<String> = conn.hkeys(format!("{tag}:unique")).await.expect("hkeys");
             assert_eq!(left, ["p-key"], "the Finished key freed, the Period key holds");
-            let specs: i64 = conn.hlen(format!("{tag}:unique_of")).await.expect("hlen");
-            assert_eq!(specs, 0, "completed jobs leave no spec behind");
+            let held: i64 = conn.hlen(format!("{tag}:jobs")).await.expect("hlen");
+            assert_eq!(held, 0, "completed jobs leave no record behind");
 
             // A Period push after the period prunes the expired key, though it uses another key.
             let mut later = keyed("keys", 2, "other", UniqueUntil::Period(60_000));

@@ -2,7 +2,8 @@
 //! enqueue one by one with unique keys against plain, and a drain under a concurrency limit
 //! equal to the claimer's slots against an unlimited one. Ignored by default (timing on a shared
 //! machine is noisy); run with
-//! `cargo test -p orcs-redis --release --test perf -- --ignored --nocapture`.
+//! `cargo test -p orcs-redis --release --test perf -- --ignored --nocapture`
+//! (`ORCS_PERF_ROUNDS=n` for more or fewer alternating rounds; medians count).
 
 use std::time::Instant;
 
@@ -76,6 +77,21 @@ async fn drain(driver: &RedisDriver, url: &str, queue: &str) -> (f64, f64) {
     (rate, (script_usec(url).await - before) as f64 / N as f64)
 }
 
+/// `ORCS_PERF_ROUNDS` (default 7): alternating rounds of each measurement.
+fn rounds() -> usize {
+    std::env::var("ORCS_PERF_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(7).max(1)
+}
+
+/// The median of each column (rate, script µs/job).
+fn median(samples: &[(f64, f64)]) -> (f64, f64) {
+    let mid = |mut column: Vec<f64>| {
+        column.sort_by(f64::total_cmp);
+        let n = column.len();
+        if n % 2 == 1 { column[n / 2] } else { (column[n / 2 - 1] + column[n / 2]) / 2.0 }
+    };
+    (mid(samples.iter().map(|s| s.0).collect()), mid(samples.iter().map(|s| s.1).collect()))
+}
+
 #[test]
 #[ignore = "a timing measurement; run it by hand"]
 fn flow_control_keeps_the_hot_paths_fast() {
@@ -87,41 +103,63 @@ fn flow_control_keeps_the_hot_paths_fast() {
         // Warm up the scripts and connections.
         enqueue(&driver, &url, "warm", true).await;
 
-        // Alternating rounds, so the machine's noise falls on both; the best of each counts.
-        let (mut plain, mut keyed) = ((0.0, 0.0), (0.0, 0.0));
-        for round in 0..3 {
-            let p = enqueue(&driver, &url, &format!("plain{round}"), false).await;
-            let k = enqueue(&driver, &url, &format!("keyed{round}"), true).await;
-            println!("round {round}: plain {p:.1?}, keyed {k:.1?}");
-            if p.0 > plain.0 {
-                plain = p;
-            }
-            if k.0 > keyed.0 {
-                keyed = k;
-            }
+        // Alternating rounds, each starting with the other kind, so the machine's noise (it is
+        // shared) falls on both; the medians count.
+        let rounds = rounds();
+        let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (p, k) = if round % 2 == 0 {
+                let p = enqueue(&driver, &url, &format!("plain{round}"), false).await;
+                (p, enqueue(&driver, &url, &format!("keyed{round}"), true).await)
+            } else {
+                let k = enqueue(&driver, &url, &format!("keyed{round}"), true).await;
+                (enqueue(&driver, &url, &format!("plain{round}"), false).await, k)
+            };
+            println!("enqueue round {round}: plain {p:.1?}, keyed {k:.1?}");
+            plain.push(p);
+            keyed.push(k);
         }
+        let (plain, keyed) = (median(&plain), median(&keyed));
+        let enqueue_ratio = keyed.0 / plain.0;
         println!(
-            "enqueue one by one: plain {plain:.1?}, unique keys {keyed:.1?} (jobs/s, script µs/job)"
+            "enqueue one by one, medians of {rounds}: plain {plain:.1?}, unique keys {keyed:.1?} \
+             (jobs/s, script µs/job): {:.1}%",
+            100.0 * enqueue_ratio
         );
 
-        enqueue(&driver, &url, "limited", false).await;
-        driver
-            .set_limits("limited", &QueueLimits::none().concurrency(IN_FLIGHT as u32))
-            .await
-            .expect("limit");
-        let unlimited = drain(&driver, &url, "plain0").await;
-        let limited = drain(&driver, &url, "limited").await;
-        let keyed_drain = drain(&driver, &url, "keyed0").await;
+        for round in 0..rounds {
+            let queue = format!("limited{round}");
+            enqueue(&driver, &url, &queue, false).await;
+            driver
+                .set_limits(&queue, &QueueLimits::none().concurrency(IN_FLIGHT as u32))
+                .await
+                .expect("limit");
+        }
+        let (mut unlimited, mut limited, mut keyed_drain) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let u = drain(&driver, &url, &format!("plain{round}")).await;
+            let l = drain(&driver, &url, &format!("limited{round}")).await;
+            let k = drain(&driver, &url, &format!("keyed{round}")).await;
+            println!("drain round {round}: unlimited {u:.1?}, limited {l:.1?}, keyed {k:.1?}");
+            unlimited.push(u);
+            limited.push(l);
+            keyed_drain.push(k);
+        }
+        let (unlimited, limited, keyed_drain) =
+            (median(&unlimited), median(&limited), median(&keyed_drain));
         println!(
-            "drain: unlimited {unlimited:.1?}, concurrency {IN_FLIGHT} {limited:.1?}, unique keys \
-             {keyed_drain:.1?} (jobs/s, script µs/job)"
+            "drain, medians of {rounds}: unlimited {unlimited:.1?}, concurrency {IN_FLIGHT} \
+             {limited:.1?}, unique keys {keyed_drain:.1?} (jobs/s, script µs/job): {:.1}% and \
+             {:.1}% of unlimited",
+            100.0 * limited.0 / unlimited.0,
+            100.0 * keyed_drain.0 / unlimited.0
         );
-        let stats = driver.stats("limited", SystemClock.now()).await.expect("stats");
+        let stats = driver.stats("limited0", SystemClock.now()).await.expect("stats");
         assert_eq!(stats.processed, N as u64);
         assert!(
-            keyed.0 >= 0.85 * plain.0,
+            enqueue_ratio >= 0.85,
             "enqueue with keys at {:.0}% of plain",
-            100.0 * keyed.0 / plain.0
+            100.0 * enqueue_ratio
         );
         assert!(
             limited.0 >= 0.9 * unlimited.0,

@@ -1,17 +1,31 @@
 //! The versioned storage layout: a prefix is marked with the layout that wrote it, and a driver
-//! refuses a prefix marked with another one.
+//! refuses a prefix marked with one it does not read; a layout-2 prefix keeps working until it is
+//! upgraded explicitly.
 
-use orcs_core::Error;
+use orcs_core::{
+    Admin, ClaimRequest, Clock, Driver, Error, NewJob, PushOutcome, Settle, SystemClock, Unique,
+    UniqueUntil,
+};
 use orcs_redis::{RedisConfig, RedisDriver};
 use orcs_tests::services::{self, unique_name};
+use redis::AsyncCommands;
 
-async fn set(url: &str, key: &str, value: &str) {
-    let mut conn = redis::Client::open(url)
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .expect("client")
         .get_multiplexed_async_connection()
         .await
-        .expect("connect");
-    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(&mut conn).await.expect("SET");
+        .expect("connect")
+}
+
+async fn set(url: &str, key: &str, value: &str) {
+    let _: () = raw(url).await.set(key, value).await.expect("SET");
+}
+
+fn keyed(queue: &str, key: &str, until: UniqueUntil) -> NewJob {
+    let mut job = NewJob::new(orcs_core::new_job_id(), "PlainJob", queue, "{}", SystemClock.now());
+    job.unique = Some(Unique::new(key, until));
+    job
 }
 
 #[tokio::test]
@@ -24,19 +38,93 @@ async fn a_prefix_of_another_layout_version_is_refused() {
     RedisDriver::connect(config.clone()).await.expect("a prefix of this layout");
 
     for (found, says) in
-        [("3", "a newer orcs"), ("1", "an older orcs"), ("soup", "not written by orcs")]
+        [("4", "a newer orcs"), ("1", "an older orcs"), ("soup", "not written by orcs")]
     {
         set(&url, &format!("{{{prefix}}}:version"), found).await;
         let err = RedisDriver::connect(config.clone()).await.expect_err("another layout");
         let Error::Version { driver, message } = &err else { panic!("a version error: {err:?}") };
         assert_eq!(*driver, "redis");
         assert!(
-            message.contains(&format!("{found:?}")) && message.contains("layout 2"),
+            message.contains(&format!("{found:?}")) && message.contains("layouts 2 and 3"),
             "{message}"
         );
         assert!(message.contains(says) && message.contains("REDIS_PREFIX"), "{message}");
         assert!(!err.is_transient());
     }
+}
+
+/// A prefix marked with layout 2 keeps working: keyed jobs are written as layout 2 wrote them
+/// (readable by an older orcs) until `upgrade_layout`; after it, new keyed jobs carry their key
+/// in the record, and the keys of the jobs stored before are still freed when they end.
+#[tokio::test]
+async fn a_layout_2_prefix_keeps_working_until_upgraded() {
+    let Some(url) = services::redis::redis_url_or_skip() else { return };
+    let prefix = unique_name("orcs-test");
+    let tag = format!("{{{prefix}:q}}");
+    set(&url, &format!("{{{prefix}}}:version"), "2").await;
+    let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
+    let driver = RedisDriver::connect(config.clone()).await.expect("a layout-2 prefix");
+    assert_eq!(driver.storage_layout(), 2);
+    let (old, started) =
+        (keyed("q", "old-key", UniqueUntil::Finished), keyed("q", "s-key", UniqueUntil::Started));
+    let old_id = old.id.clone();
+    driver.push(vec![old, started]).await.expect("push");
+    let mut conn = raw(&url).await;
+    let spec: String = conn.hget(format!("{tag}:unique_of"), &old_id).await.expect("hget");
+    assert_eq!(spec, "f|0|old-key");
+    let record: String = conn.hget(format!("{tag}:jobs"), &old_id).await.expect("hget");
+    assert!(record.starts_with("v2|"), "{record}");
+
+    driver.upgrade_layout().await.expect("upgrade");
+    let version: String = conn.get(format!("{{{prefix}}}:version")).await.expect("get");
+    assert_eq!((version.as_str(), driver.storage_layout()), ("3", 3));
+    driver.upgrade_layout().await.expect("upgrading again does nothing");
+    let other = RedisDriver::connect(config).await.expect("connect after the upgrade");
+    assert_eq!(other.storage_layout(), 3);
+    let new = keyed("q", "new-key", UniqueUntil::Finished);
+    let new_id = new.id.clone();
+    assert_eq!(other.push(vec![new]).await.expect("push"), [PushOutcome::Stored]);
+    let record: String = conn.hget(format!("{tag}:jobs"), &new_id).await.expect("hget");
+    assert!(record.starts_with("v3|"), "{record}");
+    let specs: i64 = conn.hlen(format!("{tag}:unique_of")).await.expect("hlen");
+    assert_eq!(specs, 2, "only the layout-2 jobs have a spec");
+    // A key held by a layout-2 job still holds.
+    let again = keyed("q", "old-key", UniqueUntil::Finished);
+    assert_eq!(
+        other.push(vec![again]).await.expect("push"),
+        [PushOutcome::Duplicate { id: old_id.clone() }]
+    );
+    let info = other.get(&old_id, SystemClock.now()).await.expect("get").expect("found");
+    assert_eq!(info.job.unique, Some(Unique::new("old-key", UniqueUntil::Finished)));
+
+    let queues = vec!["q".to_owned()];
+    let claim =
+        other.claim(&ClaimRequest::new(&queues, 10, SystemClock.now())).await.expect("claim");
+    assert_eq!(claim.jobs.len(), 3);
+    let mut held: Vec<String> = conn.hkeys(format!("{tag}:unique")).await.expect("hkeys");
+    held.sort();
+    assert_eq!(held, ["new-key", "old-key"], "the Started key freed on the claim");
+    for reserved in claim.jobs {
+        other.settle_one(Settle::complete(reserved.lease), SystemClock.now()).await.expect("done");
+    }
+    let held: i64 = conn.hlen(format!("{tag}:unique")).await.expect("hlen");
+    let specs: i64 = conn.hlen(format!("{tag}:unique_of")).await.expect("hlen");
+    assert_eq!((held, specs), (0, 0), "every key freed, every spec gone");
+    assert_eq!(other.stats("q", SystemClock.now()).await.expect("stats").processed, 3);
+}
+
+/// An upgrade never overwrites a mark it does not know.
+#[tokio::test]
+async fn only_layout_2_is_upgraded() {
+    let Some(url) = services::redis::redis_url_or_skip() else { return };
+    let prefix = unique_name("orcs-test");
+    let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
+    let driver = RedisDriver::connect(config).await.expect("connect");
+    set(&url, &format!("{{{prefix}}}:version"), "4").await;
+    let err = driver.upgrade_layout().await.expect_err("a newer layout");
+    assert!(matches!(err, Error::Version { .. }) && err.to_string().contains("\"4\""), "{err}");
+    let version: String = raw(&url).await.get(format!("{{{prefix}}}:version")).await.expect("get");
+    assert_eq!(version, "4");
 }
 
 /// When a later chunk of a large push fails, the chunks already stored are removed again and
