@@ -310,17 +310,15 @@ pub(crate) async fn run(
             Phase::SingleUnique => phase_single(queue, n, true)
                 .await
                 .map(|s| secs_and_rate(&mut out, "enqueue_single_unique", n, s)),
-            Phase::DrainLimited => {
-                async {
-                    let limit = orcs_core::QueueLimits::none().concurrency(CONCURRENCY as u32);
-                    queue.set_limits(QUEUE, limit).await?;
-                    let secs = phase_drain(queue, n, n).await;
-                    queue.set_limits(QUEUE, orcs_core::QueueLimits::none()).await?;
-                    secs
-                }
-                .await
-                .map(|s| secs_and_rate(&mut out, "drain_limited", n, s))
+            Phase::DrainLimited => async {
+                let limit = orcs_core::QueueLimits::none().concurrency(CONCURRENCY as u32);
+                queue.set_limits(QUEUE, limit).await?;
+                let secs = phase_drain(queue, n, n).await;
+                queue.set_limits(QUEUE, orcs_core::QueueLimits::none()).await?;
+                secs
             }
+            .await
+            .map(|s| secs_and_rate(&mut out, "drain_limited", n, s)),
             Phase::Bulk => {
                 phase_bulk(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_bulk", n, s))
             }

@@ -11,8 +11,25 @@
 //!
 //! `work_ms` sleeps that long (cut short when the worker cancels the job); the first
 //! `fail_attempts` attempts fail with a retryable error, or panic instead when `panic` is true.
+//!
+//! `probe_dir` (e.g. `"probe_dir": "/tmp/probe"`, an existing directory) makes each attempt
+//! append a line to `<probe_dir>/events` when its work starts and when it ends (returns, fails,
+//! panics, is cancelled or dropped):
+//!
+//! ```text
+//! start <unix_nanos> <pid> <job id> <attempt>
+//! end <unix_nanos> <pid> <job id> <attempt>
+//! ```
+//!
+//! Each line is one `write` to a file opened in append mode, which Linux keeps whole, so the
+//! jobs of several workers can share one probe: a test reads it to see how many attempts ran at
+//! once across every process, or when they started. A start without an end is an attempt whose
+//! process died (`SIGKILL`). It costs an `open` and a `write` per line; a start that cannot be
+//! written fails the attempt for good (a probe that misses attempts would mislead).
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orcs_core::{Job, JobContext, JobError};
 use serde::{Deserialize, Serialize};
@@ -43,12 +60,23 @@ pub struct Simulate {
     pub fail_attempts: u32,
     /// Panic instead of returning an error in the failing attempts.
     pub panic: bool,
+    /// Append `start`/`end` lines for every attempt to `events` in this directory (see the
+    /// module's documentation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_dir: Option<PathBuf>,
 }
 
 impl Simulate {
     /// Sleeps `work_ms` unless cancelled, then fails if this attempt is one of the first
     /// `fail_attempts`.
     async fn run(&self, ctx: &JobContext) -> Result<(), JobError> {
+        // Held to the end of the attempt's work: its drop writes the `end` line on every path.
+        let _probe = match &self.probe_dir {
+            Some(dir) => Some(Probe::start(dir, ctx).map_err(|e| {
+                JobError::fatal(format!("cannot append to the probe in {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
         if self.work_ms > 0 {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(self.work_ms)) => {}
@@ -67,6 +95,42 @@ impl Simulate {
             return Err(JobError::retry(message));
         }
         Ok(())
+    }
+}
+
+/// One attempt's lines in a probe's `events` file: `start` when made, `end` when dropped.
+#[derive(Debug)]
+struct Probe {
+    events: PathBuf,
+    /// What follows the time on both lines: ` <pid> <job id> <attempt>`.
+    who: String,
+}
+
+impl Probe {
+    fn start(dir: &Path, ctx: &JobContext) -> std::io::Result<Self> {
+        let who = format!(" {} {} {}", std::process::id(), ctx.id(), ctx.attempt());
+        let probe = Self { events: dir.join("events"), who };
+        probe.write("start")?;
+        Ok(probe)
+    }
+
+    fn write(&self, what: &str) -> std::io::Result<()> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        // One write of the whole line: O_APPEND then keeps lines of concurrent writers apart.
+        let line = format!("{what} {nanos}{}\n", self.who);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.events)?
+            .write_all(line.as_bytes())
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Err(e) = self.write("end") {
+            tracing::warn!(events = %self.events.display(), "cannot append to the probe: {e}");
+        }
     }
 }
 
@@ -257,10 +321,44 @@ mod tests {
 
     #[tokio::test]
     async fn simulate_fails_the_first_attempts_only() {
-        let s = Simulate { work_ms: 0, fail_attempts: 2, panic: false };
+        let s = Simulate { fail_attempts: 2, ..Simulate::default() };
         assert!(s.run(&ctx(1)).await.is_err());
         assert!(s.run(&ctx(2)).await.is_err());
         assert!(s.run(&ctx(3)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_probe_logs_every_attempt_start_and_end() {
+        let dir = std::env::temp_dir().join(format!("orcs-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s: Simulate = serde_json::from_value(serde_json::json!({
+            "fail_attempts": 1, "probe_dir": dir
+        }))
+        .unwrap();
+        assert!(s.run(&ctx(1)).await.is_err());
+        assert!(s.run(&ctx(2)).await.is_ok());
+        let events = std::fs::read_to_string(dir.join("events")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<Vec<&str>> = events.lines().map(|l| l.split(' ').collect()).collect();
+        let pid = std::process::id().to_string();
+        let shape: Vec<(&str, &str, &str, &str)> =
+            lines.iter().map(|l| (l[0], l[2], l[3], l[4])).collect();
+        assert_eq!(
+            shape,
+            [
+                ("start", pid.as_str(), "id", "1"),
+                ("end", &pid, "id", "1"),
+                ("start", &pid, "id", "2"),
+                ("end", &pid, "id", "2")
+            ]
+        );
+        let times: Vec<u128> = lines.iter().map(|l| l[1].parse().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{events}");
+
+        // A directory that does not exist fails the attempt for good, saying why.
+        let lost = Simulate { probe_dir: Some(dir.join("nope")), ..Simulate::default() };
+        let error = lost.run(&ctx(1)).await.unwrap_err();
+        assert!(error.to_string().contains("cannot append to the probe"), "{error}");
     }
 
     #[test]
