@@ -7,9 +7,10 @@
 //! cargo run --release -p orcs-database --example flow_control -- postgres://postgres@127.0.0.1/test
 //! ```
 //!
-//! Each run uses fresh tables (named `bench_<pid>_<n>_*`, dropped at the end) and prints the
-//! best of three runs of each, and the ratios (the targets: >= 0.85 for unique dispatch, >= 0.90
-//! for the limited drain).
+//! Each run uses fresh tables (named `bench_<pid>_<n>_*`, dropped at the end). The dispatches
+//! with and without keys alternate push by push, the drains run after them, round after round;
+//! the medians of the rounds are printed with the ratios (the targets: >= 0.85 for unique
+//! dispatch, >= 0.90 for the limited drain). `ROUNDS` (default 5) sets the number of rounds.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use sqlx::Connection;
 const DISPATCHES: usize = 2_000;
 const DRAIN: usize = 5_000;
 const SLOTS: usize = 16;
-const RUNS: usize = 3;
+const ROUNDS: usize = 5;
 
 async fn fresh(url: &str, run: usize) -> orcs_core::Result<(DatabaseDriver, String)> {
     let prefix = format!("bench_{}_{run}", std::process::id());
@@ -34,22 +35,28 @@ async fn fresh(url: &str, run: usize) -> orcs_core::Result<(DatabaseDriver, Stri
     Ok((DatabaseDriver::connect_with(config).await?, prefix))
 }
 
-/// Dispatches `DISPATCHES` jobs one push each, with or without a unique key per job.
-async fn dispatch(url: &str, run: usize, unique: bool) -> orcs_core::Result<Duration> {
+/// Dispatches `DISPATCHES` jobs one push each with a unique key and as many without,
+/// alternately (so that the machine's other load hits both alike), and times each push:
+/// returns the totals (plain, unique).
+async fn dispatch(url: &str, run: usize) -> orcs_core::Result<(Duration, Duration)> {
     let (driver, prefix) = fresh(url, run).await?;
-    let started = Instant::now();
+    let (mut plain, mut unique) = (Duration::ZERO, Duration::ZERO);
     for i in 0..DISPATCHES {
-        let mut job =
-            NewJob::new(orcs_core::new_job_id(), "BenchJob", "bench", "{}", SystemClock.now());
-        if unique {
-            job.unique = Some(Unique::new(format!("key-{i}"), UniqueUntil::Finished));
+        // Which goes first alternates too.
+        for keyed in [i % 2 == 0, i % 2 != 0] {
+            let mut job =
+                NewJob::new(orcs_core::new_job_id(), "BenchJob", "bench", "{}", SystemClock.now());
+            if keyed {
+                job.unique = Some(Unique::new(format!("key-{i}"), UniqueUntil::Finished));
+            }
+            let started = Instant::now();
+            driver.push(vec![job]).await?;
+            *(if keyed { &mut unique } else { &mut plain }) += started.elapsed();
         }
-        driver.push(vec![job]).await?;
     }
-    let took = started.elapsed();
     drop(driver);
     drop_tables(url, &prefix).await;
-    Ok(took)
+    Ok((plain, unique))
 }
 
 /// Drains `DRAIN` jobs by claiming the free slots and completing them, as a worker with `SLOTS`
@@ -117,6 +124,11 @@ async fn drop_tables(url: &str, prefix: &str) {
     }
 }
 
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort_unstable();
+    runs[runs.len() / 2]
+}
+
 fn main() {
     let Some(url) = std::env::args().nth(1) else {
         eprintln!("usage: flow_control <sqlite://PATH | postgres://...>");
@@ -126,23 +138,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    // The best of a few runs each, interleaved: the machine's other load only ever adds time.
+    let rounds = std::env::var("ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(ROUNDS);
+    // The cases alternate, so that a burst of other load on a noisy machine hits them alike;
+    // the median of each ignores the rounds it spoiled.
     let result = runtime.block_on(async {
-        let mut best = [Duration::MAX; 4];
-        for round in 0..RUNS {
-            best[0] = best[0].min(dispatch(&url, 4 * round, false).await?);
-            best[1] = best[1].min(dispatch(&url, 4 * round + 1, true).await?);
-            best[2] = best[2].min(drain(&url, 4 * round + 2, false).await?);
-            best[3] = best[3].min(drain(&url, 4 * round + 3, true).await?);
+        let mut runs: [Vec<Duration>; 4] = Default::default();
+        for round in 0..rounds.max(1) {
+            let (plain, unique) = dispatch(&url, 3 * round).await?;
+            runs[0].push(plain);
+            runs[1].push(unique);
+            runs[2].push(drain(&url, 3 * round + 1, false).await?);
+            runs[3].push(drain(&url, 3 * round + 2, true).await?);
         }
-        Ok::<_, orcs_core::Error>(best)
+        Ok::<_, orcs_core::Error>(runs.map(median))
     });
     match result {
         Ok([plain, unique, free, limited]) => {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
-                "{DISPATCHES} one-by-one dispatches: {:.0} ms plain, {:.0} ms with unique keys; \
-                 throughput ratio {:.3}",
+                "{DISPATCHES} + {DISPATCHES} one-by-one dispatches: {:.0} ms plain, {:.0} ms with \
+                 unique keys; throughput ratio {:.3}",
                 ms(plain),
                 ms(unique),
                 plain.as_secs_f64() / unique.as_secs_f64()

@@ -357,6 +357,9 @@ macro_rules! common_ops {
             sqlx::query(sqlx::AssertSqlSafe(::std::sync::Arc::clone(sql)))
         }
 
+        /// A statement with its parameters bound so far.
+        type Query = sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments>;
+
         fn dynamic(sql: String) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
             sqlx::query(sqlx::AssertSqlSafe(sql))
         }
@@ -374,8 +377,8 @@ macro_rules! common_ops {
             use $crate::common::{backend, DRIVER};
             use $crate::sql::LATEST_VERSION;
             let migrations_name = format!("{}_migrations", sql.jobs_name);
-            let had_jobs = table_exists(conn, &sql.jobs_name).await?;
-            let had_migrations = table_exists(conn, &migrations_name).await?;
+            let had_jobs = table_exists(conn, &sql.catalog(&sql.jobs_name)).await?;
+            let had_migrations = table_exists(conn, &sql.catalog(&migrations_name)).await?;
             dynamic(sql.create_migrations.clone()).execute(&mut *conn).await.map_err(backend)?;
             let current: i64 = dynamic(format!(
                 "SELECT COALESCE(MAX(version), 0) FROM {}",
@@ -424,7 +427,7 @@ macro_rules! common_ops {
                 ];
                 for (table, needed, fix) in tables {
                     if table != sql.jobs_name.as_str() || had_jobs {
-                        let columns = table_columns(conn, table).await?;
+                        let columns = table_columns(conn, &sql.catalog(table)).await?;
                         if columns.is_empty() {
                             continue;
                         }
@@ -469,10 +472,10 @@ macro_rules! common_ops {
             /// Stores `jobs` on `conn` (inside the caller's transaction): one outcome per job. An
             /// id in the failed set, already stored, or earlier in `jobs` is a duplicate; so is a
             /// job whose unique key another job of its queue holds (the answer names the holder).
-            async fn insert_jobs(
+            async fn insert_jobs<'a>(
                 &self,
                 conn: &mut Conn,
-                jobs: &[orcs_core::NewJob],
+                jobs: &'a [orcs_core::NewJob],
             ) -> orcs_core::Result<(Vec<orcs_core::PushOutcome>, Vec<String>)> {
                 use ::std::collections::{HashMap, HashSet};
                 use sqlx::Row;
@@ -517,66 +520,123 @@ macro_rules! common_ops {
                 // the row it moved to the failed set.
                 let mut unstore: Vec<String> = Vec::new();
                 let inserted: Vec<String> = stored.iter().cloned().collect();
-                for chunk in inserted.chunks(INSERT_CHUNK) {
-                    let mut query = dynamic(self.sql.failed_ids(chunk.len()));
-                    for id in chunk {
-                        query = query.bind(id.clone());
-                    }
-                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                        let id = row.try_get::<String, _>(0).map_err(backend)?;
-                        stored.remove(&id);
-                        unstore.push(id);
-                    }
-                }
                 // Unique keys: the first stored job of the push with a key tries to take it
                 // (in key order, so concurrent pushes lock keys in one order); a later job of the
                 // push with the same key is a duplicate of whoever ends up holding it.
-                let mut first: HashMap<(&str, &str), usize> = HashMap::new();
-                let mut followers: Vec<(usize, usize)> = Vec::new();
-                for &i in &fresh {
-                    let job = &jobs[i];
-                    if let (Some(unique), true) = (&job.unique, stored.contains(&job.id)) {
-                        match first.get(&(job.queue.as_str(), unique.key.as_str())) {
-                            Some(&leader) => followers.push((i, leader)),
-                            None => {
-                                first.insert((job.queue.as_str(), unique.key.as_str()), i);
+                let leaders = |stored: &HashSet<String>| {
+                    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+                    let mut followers: Vec<(usize, usize)> = Vec::new();
+                    for &i in &fresh {
+                        let job = &jobs[i];
+                        if let (Some(unique), true) = (&job.unique, stored.contains(&job.id)) {
+                            match first.get(&(job.queue.as_str(), unique.key.as_str())) {
+                                Some(&leader) => followers.push((i, leader)),
+                                None => {
+                                    first.insert((job.queue.as_str(), unique.key.as_str()), i);
+                                }
                             }
+                        }
+                    }
+                    (first, followers)
+                };
+                let sorted = |first: &HashMap<(&'a str, &'a str), usize>| {
+                    let mut takers: Vec<((&'a str, &'a str), usize)> =
+                        first.iter().map(|(k, &i)| (*k, i)).collect();
+                    takers.sort_unstable();
+                    takers
+                };
+                // (queue, key) -> the id of the job holding it.
+                let mut holders: HashMap<(String, String), String> = HashMap::new();
+                let bind_key = |query: Query, (queue, key): (&str, &str), i: usize| {
+                    let job = &jobs[i];
+                    let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
+                    query
+                        .bind(queue.to_owned())
+                        .bind(key.to_owned())
+                        .bind(job.id.clone())
+                        .bind(job.dispatched_at)
+                        .bind(expires)
+                };
+                let (first, followers) = leaders(&stored);
+                // Only when no two jobs share a key: a leader found in the failed set then has
+                // no successor that would have to take its key in a later statement, out of
+                // key order (which could deadlock with a concurrent push).
+                let merged = self.sql.dialect == $crate::sql::Dialect::Postgres
+                    && !first.is_empty()
+                    && followers.is_empty()
+                    && inserted.len() <= INSERT_CHUNK
+                    && first.len() <= INSERT_CHUNK;
+                if merged {
+                    // The failed-set look and the key upsert in one round trip; a leader found
+                    // in the failed set takes no key.
+                    let takers = sorted(&first);
+                    let mut query =
+                        dynamic(self.sql.failed_ids_and_take_keys(inserted.len(), takers.len()));
+                    for id in &inserted {
+                        query = query.bind(id.clone());
+                    }
+                    for &(key, i) in &takers {
+                        query = bind_key(query, key, i);
+                    }
+                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                        if let Some(id) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
+                            stored.remove(&id);
+                            unstore.push(id);
+                        } else {
+                            let queue: String = row.try_get(0).map_err(backend)?;
+                            let key: String = row.try_get(1).map_err(backend)?;
+                            holders.insert((queue, key), row.try_get(2).map_err(backend)?);
+                        }
+                    }
+                } else {
+                    for chunk in inserted.chunks(INSERT_CHUNK) {
+                        let mut query = dynamic(self.sql.failed_ids(chunk.len()));
+                        for id in chunk {
+                            query = query.bind(id.clone());
+                        }
+                        for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                            let id = row.try_get::<String, _>(0).map_err(backend)?;
+                            stored.remove(&id);
+                            unstore.push(id);
                         }
                     }
                 }
-                // Job index -> the id of the job holding its key.
-                let mut held_by: HashMap<usize, String> = HashMap::new();
-                if !first.is_empty() {
-                    let mut takers: Vec<((&str, &str), usize)> =
-                        first.iter().map(|(k, &i)| (*k, i)).collect();
-                    takers.sort_unstable();
-                    for chunk in takers.chunks(INSERT_CHUNK) {
-                        let mut query = dynamic(self.sql.take_keys(chunk.len()));
-                        for &((queue, key), i) in chunk {
-                            let job = &jobs[i];
-                            let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
-                            query = query
-                                .bind(queue.to_owned())
-                                .bind(key.to_owned())
-                                .bind(job.id.clone())
-                                .bind(job.dispatched_at)
-                                .bind(expires);
-                        }
-                        for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                            let queue: String = row.try_get(0).map_err(backend)?;
-                            let key: String = row.try_get(1).map_err(backend)?;
-                            let holder: String = row.try_get(2).map_err(backend)?;
-                            if let Some(&i) = first.get(&(queue.as_str(), key.as_str()))
-                                && jobs[i].id != holder
-                            {
-                                held_by.insert(i, holder);
-                            }
-                        }
+                // The leaders among the jobs finally stored; the keys not settled above.
+                let (first, followers) = leaders(&stored);
+                let takers: Vec<_> = sorted(&first)
+                    .into_iter()
+                    .filter(|((queue, key), _)| {
+                        !holders.contains_key(&((*queue).to_owned(), (*key).to_owned()))
+                    })
+                    .collect();
+                for chunk in takers.chunks(INSERT_CHUNK) {
+                    let mut query = dynamic(self.sql.take_keys(chunk.len()));
+                    for &(key, i) in chunk {
+                        query = bind_key(query, key, i);
                     }
-                    for (i, leader) in followers {
-                        let holder = held_by.get(&leader).cloned().unwrap_or_else(|| jobs[leader].id.clone());
+                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                        let queue: String = row.try_get(0).map_err(backend)?;
+                        let key: String = row.try_get(1).map_err(backend)?;
+                        holders.insert((queue, key), row.try_get(2).map_err(backend)?);
+                    }
+                }
+                // Job index -> the id of the job holding its key, for the jobs that do not.
+                let mut held_by: HashMap<usize, String> = HashMap::new();
+                let key_of = |i: usize| {
+                    let job = &jobs[i];
+                    let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
+                    (job.queue.clone(), key.to_owned())
+                };
+                for &i in first.values() {
+                    let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
+                    if holder != jobs[i].id {
                         held_by.insert(i, holder);
                     }
+                }
+                for (i, leader) in followers {
+                    let holder =
+                        holders.get(&key_of(leader)).cloned().unwrap_or_else(|| jobs[leader].id.clone());
+                    held_by.insert(i, holder);
                 }
                 let mut refused: HashMap<&str, String> = HashMap::new();
                 for (i, holder) in held_by {
@@ -629,6 +689,23 @@ macro_rules! common_ops {
                 if !queues.is_empty() {
                     self.shared.wake.notify_waiters();
                 }
+                Ok(outcomes)
+            }
+
+            /// Stores `jobs` in the application's open transaction on `conn`, announcing them
+            /// with `NOTIFY` in it (delivered on commit, never on rollback). This process's
+            /// waiters are not woken here: the jobs are invisible until the application commits,
+            /// and then the notification (PostgreSQL) or the poll (SQLite) finds them.
+            pub(crate) async fn push_in(
+                &self,
+                conn: &mut Conn,
+                jobs: &[orcs_core::NewJob],
+            ) -> orcs_core::Result<Vec<orcs_core::PushOutcome>> {
+                if jobs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let (outcomes, queues) = self.insert_jobs(conn, jobs).await?;
+                self.notify_in(conn, &queues).await?;
                 Ok(outcomes)
             }
 

@@ -1,4 +1,4 @@
-//! `DatabaseConfig`: the URL and the table names.
+//! `DatabaseConfig`: the URL, the PostgreSQL schema and the table names.
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,6 +41,9 @@ pub struct DatabaseConfig {
     pub failed_table: String,
     /// The per-queue totals (processed, failed). Default: `job_counters`.
     pub counters_table: String,
+    /// PostgreSQL: the schema holding the tables, created at setup if missing; every statement
+    /// names it. Default: none (the connection's `search_path` decides). SQLite has no schemas.
+    pub schema: Option<String>,
 }
 
 impl DatabaseConfig {
@@ -51,7 +54,26 @@ impl DatabaseConfig {
             jobs_table: "jobs".to_owned(),
             failed_table: "failed_jobs".to_owned(),
             counters_table: "job_counters".to_owned(),
+            schema: None,
         }
+    }
+
+    /// PostgreSQL: keeps the tables in `schema` (created at setup if missing), whatever the
+    /// connections' `search_path`, so that they stay apart from an application's own tables.
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Names the three tables `<prefix>jobs`, `<prefix>failed_jobs` and `<prefix>job_counters`
+    /// (the other tables are named after the jobs table): the way to keep orcs's tables apart
+    /// on SQLite, which has no schemas.
+    #[must_use]
+    pub fn with_table_prefix(self, prefix: &str) -> Self {
+        self.with_jobs_table(format!("{prefix}jobs"))
+            .with_failed_table(format!("{prefix}failed_jobs"))
+            .with_counters_table(format!("{prefix}job_counters"))
     }
 
     /// Uses another name for the jobs table.
@@ -88,16 +110,38 @@ impl DatabaseConfig {
         }
     }
 
+    /// Checks the table and schema names for `backend`: they go into SQL text, so only plain
+    /// identifiers are allowed, and a schema only on PostgreSQL.
+    pub(crate) fn validate(&self, backend: Backend) -> Result<()> {
+        if let Some(schema) = &self.schema {
+            if backend == Backend::Sqlite {
+                return Err(Error::invalid(
+                    "schema",
+                    format!(
+                        "{schema:?}: SQLite has no schemas; keep orcs's tables apart with a \
+                         table prefix instead (DatabaseConfig::with_table_prefix)"
+                    ),
+                ));
+            }
+            if !plain_identifier(schema, 63) {
+                return Err(Error::invalid(
+                    "schema",
+                    format!(
+                        "{schema:?}: use letters, digits and underscores, starting with a \
+                         letter, at most 63 characters"
+                    ),
+                ));
+            }
+        }
+        self.validate_tables()
+    }
+
     /// Checks the table names: they go into SQL text, so only plain identifiers are allowed.
-    pub(crate) fn validate_tables(&self) -> Result<()> {
+    fn validate_tables(&self) -> Result<()> {
         let names = [&self.jobs_table, &self.failed_table, &self.counters_table];
         for name in names {
-            let mut chars = name.chars();
-            let plain = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-                // Leaves room for the index suffixes within PostgreSQL's 63-byte names.
-                && name.len() <= 50;
-            if !plain {
+            // 50: leaves room for the index suffixes within PostgreSQL's 63-byte names.
+            if !plain_identifier(name, 50) {
                 return Err(Error::invalid(
                     "table name",
                     format!(
@@ -137,8 +181,18 @@ impl fmt::Debug for DatabaseConfig {
             .field("jobs_table", &self.jobs_table)
             .field("failed_table", &self.failed_table)
             .field("counters_table", &self.counters_table)
+            .field("schema", &self.schema)
             .finish()
     }
+}
+
+/// A name that needs no quoting rules beyond double quotes: ASCII letters, digits and
+/// underscores, not starting with a digit, at most `max` bytes.
+fn plain_identifier(name: &str, max: usize) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= max
 }
 
 /// The URL with its password (in the authority or a `password=` parameter) replaced by `***`.
@@ -198,5 +252,21 @@ mod tests {
         assert!(DatabaseConfig::default().validate_tables().is_ok());
         assert!(DatabaseConfig::default().with_jobs_table("jobs; DROP").validate_tables().is_err());
         assert!(DatabaseConfig::default().with_failed_table("jobs").validate_tables().is_err());
+    }
+
+    #[test]
+    fn a_schema_is_a_plain_identifier_on_postgres_only() {
+        let pg = DatabaseConfig::new("postgres://h/db").with_schema("orcs");
+        assert!(pg.validate(Backend::Postgres).is_ok());
+        let text = pg.validate(Backend::Sqlite).expect_err("sqlite").to_string();
+        assert!(text.contains("with_table_prefix"), "{text}");
+        let bad = DatabaseConfig::new("postgres://h/db").with_schema("a\"; DROP");
+        assert!(bad.validate(Backend::Postgres).is_err());
+        let prefixed = DatabaseConfig::default().with_table_prefix("orcs_");
+        assert_eq!(
+            (prefixed.jobs_table.as_str(), prefixed.failed_table.as_str()),
+            ("orcs_jobs", "orcs_failed_jobs")
+        );
+        assert_eq!(prefixed.counters_table, "orcs_job_counters");
     }
 }

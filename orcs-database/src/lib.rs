@@ -66,7 +66,7 @@ impl DatabaseDriver {
     /// is not a plain identifier.
     pub async fn connect_with(config: DatabaseConfig) -> Result<Self> {
         let kind = config.backend()?;
-        config.validate_tables()?;
+        config.validate(kind)?;
         let shared = Arc::new(Shared::default());
         let backend = match kind {
             config::Backend::Sqlite => {
@@ -77,6 +77,91 @@ impl DatabaseDriver {
             }
         };
         Ok(Self { inner: Arc::new(Inner { config, backend }) })
+    }
+
+    /// Builds the driver on an application's PostgreSQL pool, setting up the tables of
+    /// `config` (in its [`DatabaseConfig::schema`], created if missing); `config.url` is not
+    /// used.
+    ///
+    /// The driver takes connections from the pool as it needs them and changes none of their
+    /// settings: a claim, which wants `enable_bitmapscan = off` (see the README), sets it with
+    /// `SET LOCAL` in a transaction of its own. Idle workers listen for new jobs on one extra
+    /// connection of the driver's own, opened with the pool's connect options.
+    ///
+    /// # Errors
+    /// [`orcs_core::Error::Invalid`] for a table or schema name that is not a plain identifier;
+    /// [`orcs_core::Error::Backend`] when the tables cannot be set up (for one, a schema that
+    /// is missing and that this role may not create); [`orcs_core::Error::Version`] for tables
+    /// of another application or a newer orcs.
+    pub async fn from_pg_pool(pool: sqlx::PgPool, config: DatabaseConfig) -> Result<Self> {
+        config.validate(config::Backend::Postgres)?;
+        let store = postgres::Store::on_pool(pool, &config, Arc::new(Shared::default())).await?;
+        Ok(Self { inner: Arc::new(Inner { config, backend: Backend::Postgres(store) }) })
+    }
+
+    /// Builds the driver on an application's SQLite pool, setting up the tables of `config`
+    /// (SQLite has no schemas: [`DatabaseConfig::with_table_prefix`] keeps them apart);
+    /// `config.url` is not used.
+    ///
+    /// Reads use the pool; writes go through one connection of the driver's own, opened with
+    /// the pool's connect options plus a busy timeout, so that this process's writers take
+    /// turns. The file must be in WAL mode (open the pool with
+    /// `SqliteConnectOptions::journal_mode(SqliteJournalMode::Wal)`): the driver does not switch
+    /// a file the application uses.
+    ///
+    /// # Errors
+    /// As [`DatabaseDriver::from_pg_pool`], and [`orcs_core::Error::Config`] for a file not in
+    /// WAL mode, an in-memory database or a read-only file.
+    pub async fn from_sqlite_pool(pool: sqlx::SqlitePool, config: DatabaseConfig) -> Result<Self> {
+        config.validate(config::Backend::Sqlite)?;
+        let store = sqlite::Store::on_pool(pool, &config, Arc::new(Shared::default())).await?;
+        Ok(Self { inner: Arc::new(Inner { config, backend: Backend::Sqlite(store) }) })
+    }
+
+    /// Stores `jobs` inside the application's open transaction `tx`, so that they are
+    /// dispatched if and only if it commits: one outcome per job, as [`Driver::push`] answers
+    /// (a duplicate id, or a unique key another job of the queue holds, stores nothing and
+    /// names the holder).
+    ///
+    /// Build the records with [`orcs_core::Queue::prepare`] (typed jobs) or
+    /// [`orcs_core::Queue::untyped_record`]. Idle workers hear of the jobs when the transaction
+    /// commits (PostgreSQL `NOTIFY` is sent inside it; SQLite workers poll), never if it rolls
+    /// back.
+    ///
+    /// The rows and unique keys it writes stay locked until `tx` ends, so a concurrent dispatch
+    /// with the same key waits for it: keep the transaction short. `tx` must see the driver's
+    /// tables: on PostgreSQL, use the driver's pool, or name the schema
+    /// ([`DatabaseConfig::with_schema`]); on SQLite, begin it with `BEGIN IMMEDIATE`
+    /// (`pool.begin_with("BEGIN IMMEDIATE")`) so that it never has to upgrade a read lock, which
+    /// fails at once when another connection wrote.
+    ///
+    /// # Errors
+    /// [`orcs_core::Error::Invalid`] for a transaction on the other backend than the driver's;
+    /// [`orcs_core::Error::Backend`] when a statement fails (the transaction is then aborted on
+    /// PostgreSQL: roll it back).
+    pub async fn push_in<T: InTransaction>(
+        &self,
+        tx: &mut T,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<PushOutcome>> {
+        use private::Target;
+        match (&self.inner.backend, tx.target()) {
+            (Backend::Postgres(store), Target::Postgres(conn)) => store.push_in(conn, &jobs).await,
+            (Backend::Sqlite(store), Target::Sqlite(conn)) => store.push_in(conn, &jobs).await,
+            (backend, target) => Err(orcs_core::Error::invalid(
+                "transaction",
+                format!(
+                    "this driver keeps its jobs in {}, so a {} transaction cannot store them: \
+                     build the driver on the application's pool ({})",
+                    match backend {
+                        Backend::Sqlite(_) => "SQLite",
+                        Backend::Postgres(_) => "PostgreSQL",
+                    },
+                    target.name(),
+                    target.constructor(),
+                ),
+            )),
+        }
     }
 
     /// `sqlite` or `postgres`.
@@ -90,6 +175,57 @@ impl DatabaseDriver {
     /// The configuration the driver was made with.
     pub fn config(&self) -> &DatabaseConfig {
         &self.inner.config
+    }
+}
+
+/// An application's open sqlx transaction that [`DatabaseDriver::push_in`] stores jobs in:
+/// `sqlx::Transaction<'_, sqlx::Postgres>` or `sqlx::Transaction<'_, sqlx::Sqlite>`.
+pub trait InTransaction: Send + private::Sealed {}
+
+impl InTransaction for sqlx::Transaction<'_, sqlx::Postgres> {}
+impl InTransaction for sqlx::Transaction<'_, sqlx::Sqlite> {}
+
+/// Sealed: only the two transaction types implement [`InTransaction`], so that a transaction of
+/// another database is refused when compiling.
+mod private {
+    /// The connection under a transaction.
+    #[allow(unreachable_pub, missing_debug_implementations)] // Reachable only through the seal.
+    pub enum Target<'a> {
+        Postgres(&'a mut sqlx::PgConnection),
+        Sqlite(&'a mut sqlx::SqliteConnection),
+    }
+
+    impl Target<'_> {
+        pub(crate) fn name(&self) -> &'static str {
+            match self {
+                Self::Postgres(_) => "PostgreSQL",
+                Self::Sqlite(_) => "SQLite",
+            }
+        }
+
+        pub(crate) fn constructor(&self) -> &'static str {
+            match self {
+                Self::Postgres(_) => "DatabaseDriver::from_pg_pool",
+                Self::Sqlite(_) => "DatabaseDriver::from_sqlite_pool",
+            }
+        }
+    }
+
+    #[allow(unreachable_pub)] // Reachable only as the supertrait of `InTransaction`.
+    pub trait Sealed {
+        fn target(&mut self) -> Target<'_>;
+    }
+
+    impl Sealed for sqlx::Transaction<'_, sqlx::Postgres> {
+        fn target(&mut self) -> Target<'_> {
+            Target::Postgres(self)
+        }
+    }
+
+    impl Sealed for sqlx::Transaction<'_, sqlx::Sqlite> {
+        fn target(&mut self) -> Target<'_> {
+            Target::Sqlite(self)
+        }
     }
 }
 

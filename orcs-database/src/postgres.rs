@@ -34,9 +34,10 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
 /// name is cut short rather than failing the write that announces it.
 const MAX_PAYLOAD: usize = 1000;
 
+/// Whether table `name` (quoted, schema-qualified if need be: see `Sql::catalog`) exists.
 async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
     sqlx::query("SELECT to_regclass($1) IS NOT NULL")
-        .bind(format!("\"{name}\""))
+        .bind(name.to_owned())
         .fetch_one(conn)
         .await
         .and_then(|row| row.try_get::<bool, _>(0))
@@ -49,7 +50,7 @@ async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
         "SELECT attname::TEXT FROM pg_attribute WHERE attrelid = to_regclass($1) \
          AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
     )
-    .bind(format!("\"{name}\""))
+    .bind(name.to_owned())
     .fetch_all(conn)
     .await
     .map_err(backend)?;
@@ -87,6 +88,9 @@ pub(crate) struct Store {
     /// A pool of one connection, used by the listener only (it reconnects through it).
     listen_pool: PgPool,
     listener: Mutex<Option<PgListener>>,
+    /// The pool is the application's: its connections lack `enable_bitmapscan=off`, so each
+    /// claim sets it for its own transaction.
+    borrowed: bool,
 }
 
 impl fmt::Debug for Store {
@@ -102,6 +106,41 @@ common_ops!();
 
 async fn begin(conn: &mut PgConnection) -> Result<Transaction<'_, Db>> {
     conn.begin().await.map_err(backend)
+}
+
+/// Starts a claim's transaction on a borrowed pool's connection: the planner setting that the
+/// driver's own pool sets per connection (see `Store::connect`), for this transaction only.
+const BEGIN_CLAIM: &str = "BEGIN; SET LOCAL enable_bitmapscan = off";
+
+/// Creates `schema` if it is missing. Looking first lets a role without the CREATE privilege
+/// on the database use a schema made for it (`CREATE SCHEMA IF NOT EXISTS` checks the
+/// privilege even when the schema exists).
+async fn create_schema(conn: &mut Conn, schema: &str) -> Result<()> {
+    let exists: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema.to_owned())
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
+    if exists {
+        return Ok(());
+    }
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+            Err(Error::backend_permanent(
+                crate::common::DRIVER,
+                format!(
+                    "the schema \"{schema}\" does not exist and this role may not create it \
+                     ({}): create it once as an owner (CREATE SCHEMA \"{schema}\" \
+                     AUTHORIZATION <the role>), or grant CREATE on the database",
+                    db.message()
+                ),
+            ))
+        }
+        Err(e) => Err(backend(e)),
+    }
 }
 
 /// How long connecting may take.
@@ -135,11 +174,32 @@ impl Store {
             .test_before_acquire(false)
             .max_connections(16)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(backend)?;
+        Self::open(pool, config, shared, false).await
+    }
+
+    /// On an application's pool, whose connections' settings stay as the application made
+    /// them: claims set what they need with `SET LOCAL` in a transaction of their own.
+    pub(crate) async fn on_pool(
+        pool: PgPool,
+        config: &DatabaseConfig,
+        shared: Arc<Shared>,
+    ) -> Result<Self> {
+        Self::open(pool, config, shared, true).await
+    }
+
+    /// Sets up (creates the schema if need be, migrates) and opens the store on `pool`.
+    async fn open(
+        pool: PgPool,
+        config: &DatabaseConfig,
+        shared: Arc<Shared>,
+        borrowed: bool,
+    ) -> Result<Self> {
         let sql = Arc::new(Sql::new(
             Dialect::Postgres,
+            config.schema.as_deref(),
             &config.jobs_table,
             &config.failed_table,
             &config.counters_table,
@@ -150,25 +210,33 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        if let Some(schema) = &config.schema {
+            create_schema(&mut tx, schema).await?;
+        }
         migrate(&mut tx, &sql).await?;
-        let schema: Option<String> = sqlx::query("SELECT current_schema()")
-            .fetch_one(&mut *tx)
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(backend)?;
+        let schema: Option<String> = match &config.schema {
+            Some(schema) => Some(schema.clone()),
+            None => sqlx::query("SELECT current_schema()")
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(backend)?,
+        };
         tx.commit().await.map_err(backend)?;
         // Channels are global to the database, so the name includes the schema.
         let mut channel = format!("orcs:{}.{}", schema.unwrap_or_default(), config.jobs_table);
         while channel.len() > MAX_CHANNEL_LEN {
             channel.pop();
         }
+        // The listener's own connection, made like the pool's (a borrowed pool's connections
+        // must not be held by a LISTEN for the life of the driver).
         let listen_pool = PgPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with(options);
-        Ok(Self { pool, sql, shared, channel, listen_pool, listener: Mutex::new(None) })
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        Ok(Self { pool, sql, shared, channel, listen_pool, listener: Mutex::new(None), borrowed })
     }
 
     async fn writer(&self) -> Result<PoolConnection<Db>> {
@@ -212,7 +280,16 @@ impl Store {
         // No transaction: each statement is atomic, the promotion is idempotent and commits
         // before the claim picks, and the drain saves two round trips per claim.
         let mut conn = self.writer().await?;
-        let (claim, unreadable) = self.claim_on(&mut conn, req).await?;
+        let (claim, unreadable) = if self.borrowed {
+            // The setting lasts until this transaction ends, so the application's connection
+            // is handed back as it was; BEGIN and SET go in one round trip.
+            let mut tx = conn.begin_with(BEGIN_CLAIM).await.map_err(backend)?;
+            let claimed = self.claim_on(&mut tx, req).await?;
+            tx.commit().await.map_err(backend)?;
+            claimed
+        } else {
+            self.claim_on(&mut conn, req).await?
+        };
         drop(conn);
         self.fail_unreadable(unreadable, req.now).await?;
         Ok(claim)

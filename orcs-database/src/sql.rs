@@ -129,6 +129,8 @@ pub(crate) struct Sql {
     pub(crate) starts: String,
     pub(crate) migrations_table: String,
     pub(crate) dialect: Dialect,
+    /// `"schema".` when the tables are in a configured schema, else empty.
+    pub(crate) schema_prefix: String,
     /// The table names unquoted, as catalogs know them.
     pub(crate) jobs_name: String,
     pub(crate) failed_name: String,
@@ -268,7 +270,7 @@ fn version_1(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
 /// Migration 2: ready and delayed jobs in separate indexes (a `state` column), and the per-queue
 /// metadata table (the pause flag).
 fn version_2(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
-    let Names { j, m, jobs, .. } = names;
+    let Names { j, m, jobs, prefix, .. } = names;
     let text_c = if dialect == Dialect::Postgres { "TEXT COLLATE \"C\"" } else { "TEXT" };
     vec![
         format!("ALTER TABLE {j} ADD COLUMN state INTEGER NOT NULL DEFAULT {READY}"),
@@ -278,9 +280,9 @@ fn version_2(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
             "UPDATE {j} SET state = CASE WHEN token IS NOT NULL THEN {RESERVED} \
              WHEN available_at > dispatched_at THEN {DELAYED} ELSE {READY} END"
         ),
-        format!("DROP INDEX IF EXISTS \"{jobs}_ready\""),
-        format!("DROP INDEX IF EXISTS \"{jobs}_due\""),
-        format!("DROP INDEX IF EXISTS \"{jobs}_leased\""),
+        format!("DROP INDEX IF EXISTS {prefix}\"{jobs}_ready\""),
+        format!("DROP INDEX IF EXISTS {prefix}\"{jobs}_due\""),
+        format!("DROP INDEX IF EXISTS {prefix}\"{jobs}_leased\""),
         // The claim order, over ready jobs only.
         format!(
             "CREATE INDEX \"{jobs}_ready\" ON {j} (queue, priority DESC, id) WHERE state = {READY}"
@@ -348,8 +350,10 @@ fn version_3(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     ]
 }
 
-/// Quoted (`j`, `f`, `c`, `m`, `u`, `s`) and plain table names.
+/// Quoted (`j`, `f`, `c`, `m`, `u`, `s`, schema-qualified if there is one) and plain table
+/// names, and the schema prefix of other objects (`"schema".` or empty).
 struct Names<'a> {
+    prefix: &'a str,
     j: &'a str,
     f: &'a str,
     c: &'a str,
@@ -361,14 +365,25 @@ struct Names<'a> {
 }
 
 impl Sql {
-    pub(crate) fn new(dialect: Dialect, jobs: &str, failed: &str, counters: &str) -> Self {
-        let (j, f, c) = (format!("\"{jobs}\""), format!("\"{failed}\""), format!("\"{counters}\""));
-        let m = format!("\"{jobs}_queues\"");
-        let u = format!("\"{jobs}_unique\"");
-        let st = format!("\"{jobs}_starts\"");
-        let migrations_table = format!("\"{jobs}_migrations\"");
+    /// The statements for these tables, in `schema` if given (PostgreSQL only: the caller
+    /// checked the names are plain identifiers).
+    pub(crate) fn new(
+        dialect: Dialect,
+        schema: Option<&str>,
+        jobs: &str,
+        failed: &str,
+        counters: &str,
+    ) -> Self {
+        let prefix = schema.map(|schema| format!("\"{schema}\".")).unwrap_or_default();
+        let quoted = |name: &str| format!("{prefix}\"{name}\"");
+        let (j, f, c) = (quoted(jobs), quoted(failed), quoted(counters));
+        let m = quoted(&format!("{jobs}_queues"));
+        let u = quoted(&format!("{jobs}_unique"));
+        let st = quoted(&format!("{jobs}_starts"));
+        let migrations_table = quoted(&format!("{jobs}_migrations"));
         let pg = dialect == Dialect::Postgres;
-        let names = Names { j: &j, f: &f, c: &c, m: &m, u: &u, s: &st, jobs, failed };
+        let names =
+            Names { prefix: &prefix, j: &j, f: &f, c: &c, m: &m, u: &u, s: &st, jobs, failed };
         let migrations = vec![
             Migration { version: 1, statements: version_1(dialect, &names) },
             Migration { version: 2, statements: version_2(dialect, &names) },
@@ -470,7 +485,7 @@ impl Sql {
         let lj = limited(&j);
         let lf = limited(&f);
         let mut migrations = migrations;
-        let claim_function = format!("\"{jobs}_claim\"");
+        let claim_function = format!("{prefix}\"{jobs}_claim\"");
         if pg {
             // The claim of a limited queue as a server-side function: a lock per queue (an
             // advisory one, which writes nothing) and the claim are two statements (the claim's snapshot, taken after
@@ -667,6 +682,7 @@ impl Sql {
             )),
             notify_pg: s("SELECT pg_notify($1, q) FROM UNNEST($2::TEXT[]) AS q".to_owned()),
             dialect,
+            schema_prefix: prefix,
             jobs_name: jobs.to_owned(),
             failed_name: failed.to_owned(),
             counters_name: counters.to_owned(),
@@ -676,6 +692,15 @@ impl Sql {
             uniq: u,
             starts: st,
             migrations_table,
+        }
+    }
+
+    /// How the backend's catalog lookups name table `name`: PostgreSQL's `to_regclass` takes
+    /// the quoted, schema-qualified name; SQLite's `sqlite_master` the plain one.
+    pub(crate) fn catalog(&self, name: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("{}\"{name}\"", self.schema_prefix),
+            Dialect::Sqlite => name.to_owned(),
         }
     }
 
@@ -715,15 +740,49 @@ impl Sql {
             .map(|row| format!("({})", params(row * 5 + 1, 5)))
             .collect::<Vec<_>>()
             .join(", ");
-        let over = "u.expires_at <= excluded.taken_at";
         format!(
             "INSERT INTO {} AS u (queue, unique_key, holder, taken_at, expires_at) VALUES {values} \
-             ON CONFLICT (queue, unique_key) DO UPDATE SET \
-             holder = CASE WHEN {over} THEN excluded.holder ELSE u.holder END, \
-             taken_at = CASE WHEN {over} THEN excluded.taken_at ELSE u.taken_at END, \
-             expires_at = CASE WHEN {over} THEN excluded.expires_at ELSE u.expires_at END \
-             RETURNING queue, unique_key, holder",
-            self.uniq
+             {}",
+            self.uniq,
+            Self::KEY_CONFLICT
+        )
+    }
+
+    /// What [`Sql::take_keys`] does when a key is held: the holder keeps it unless its `Period`
+    /// ended by the new job's dispatch time.
+    const KEY_CONFLICT: &str = "ON CONFLICT (queue, unique_key) DO UPDATE SET \
+         holder = CASE WHEN u.expires_at <= excluded.taken_at THEN excluded.holder \
+         ELSE u.holder END, \
+         taken_at = CASE WHEN u.expires_at <= excluded.taken_at THEN excluded.taken_at \
+         ELSE u.taken_at END, \
+         expires_at = CASE WHEN u.expires_at <= excluded.taken_at THEN excluded.expires_at \
+         ELSE u.expires_at END \
+         RETURNING queue, unique_key, holder";
+
+    /// PostgreSQL: [`Sql::failed_ids`] of `ids` ids (`$1`...) and [`Sql::take_keys`] of `keys`
+    /// keys (5 parameters each, after the ids) in one statement, saving a push a round trip.
+    /// A key whose would-be holder is in the failed set is not taken (its job is not stored).
+    /// Rows: (queue, key, holder, NULL) per key taken or held, (NULL, NULL, NULL, id) per
+    /// failed id. Both parts read one snapshot, taken after the push's insert, as the separate
+    /// statements would.
+    pub(crate) fn failed_ids_and_take_keys(&self, ids: usize, keys: usize) -> String {
+        // `n` keeps the keys in the caller's order, the order concurrent pushes lock them in.
+        let values = (0..keys)
+            .map(|row| format!("({row}, {})", params(ids + row * 5 + 1, 5)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "WITH failed AS MATERIALIZED (SELECT id FROM {f} WHERE id IN ({ids})), \
+             taken AS (INSERT INTO {u} AS u (queue, unique_key, holder, taken_at, expires_at) \
+             SELECT v.queue, v.unique_key, v.holder, v.taken_at, v.expires_at FROM (VALUES \
+             {values}) AS v (n, queue, unique_key, holder, taken_at, expires_at) \
+             WHERE v.holder NOT IN (SELECT id FROM failed) ORDER BY v.n {conflict}) \
+             SELECT queue, unique_key, holder, NULL FROM taken \
+             UNION ALL SELECT NULL, NULL, NULL, id FROM failed",
+            f = self.failed,
+            u = self.uniq,
+            ids = params(1, ids),
+            conflict = Self::KEY_CONFLICT,
         )
     }
 

@@ -104,6 +104,16 @@ fn read_only(path: &Path, why: &dyn fmt::Display) -> Error {
     )
 }
 
+/// The error for an in-memory database (a URL, or an application's pool, naming one).
+fn in_memory() -> Error {
+    Error::config(
+        URL_KEY,
+        "an in-memory SQLite database would lose every job when the process ends and is \
+         invisible to other processes: name a file, such as sqlite://storage/queue.db, or use \
+         QUEUE_DRIVER=memory",
+    )
+}
+
 /// `SQLITE_BUSY` ("database is locked") from a setup step.
 fn is_busy(e: &Error) -> bool {
     matches!(e, Error::Backend { source, .. } if matches!(
@@ -121,12 +131,17 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
         .await
         .and_then(|row| row.try_get(0))
         .map_err(backend)?;
+    if mode.eq_ignore_ascii_case("memory") {
+        return Err(in_memory());
+    }
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::config(
             URL_KEY,
             format!(
                 "the SQLite file {} is in journal mode {mode:?}, not WAL, so several \
-                 workers cannot share it; put it on a local file system that supports WAL",
+                 workers cannot share it; put it on a local file system that supports WAL (and \
+                 open an application's pool given to DatabaseDriver::from_sqlite_pool with \
+                 SqliteConnectOptions::journal_mode(SqliteJournalMode::Wal))",
                 options.get_filename().display()
             ),
         ));
@@ -147,18 +162,66 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
     Ok(writer)
 }
 
+/// What the driver sets on its own connections. In WAL mode, NORMAL loses no committed job
+/// when a process crashes; only a power loss may take back the last transactions, and it makes
+/// commits far cheaper.
+fn writer_options(options: SqliteConnectOptions) -> SqliteConnectOptions {
+    options
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT)
+}
+
+fn sql_for(config: &DatabaseConfig) -> Sql {
+    Sql::new(
+        Dialect::Sqlite,
+        None,
+        &config.jobs_table,
+        &config.failed_table,
+        &config.counters_table,
+    )
+}
+
+/// Opens the writer connection and sets up the tables, saying so when the file is read-only and
+/// trying again while processes starting together contend for a new file.
+async fn open_checked(
+    options: &SqliteConnectOptions,
+    config: &DatabaseConfig,
+) -> Result<SqliteConnection> {
+    let sql = sql_for(config);
+    let path = options.get_filename().to_path_buf();
+    // Without write permission SQLite opens the file read-only and fails later with a
+    // message that does not say so; say it at once.
+    if path.exists()
+        && let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&path)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(read_only(&path, &e));
+    }
+    let mut tries = 1;
+    let writer = loop {
+        match open_writer(options, &sql).await {
+            Err(e) if is_read_only(&e) => {
+                return Err(read_only(&path, &"SQLite: attempt to write a readonly database"));
+            }
+            Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
+                let pause = Duration::from_millis((10u64 << tries.min(5)).min(200));
+                tokio::time::sleep(pause).await;
+                tries += 1;
+            }
+            opened => break opened?,
+        }
+    };
+    Ok(writer)
+}
+
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
         let url = config.url.as_str();
         let rest = &url["sqlite:".len()..];
         let path = rest.trim_start_matches("//").split(['?', '#']).next().unwrap_or("");
         if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
-            return Err(Error::config(
-                URL_KEY,
-                "an in-memory SQLite database would lose every job when the process ends and \
-                 is invisible to other processes: name a file, such as \
-                 sqlite://storage/queue.db, or use QUEUE_DRIVER=memory",
-            ));
+            return Err(in_memory());
         }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::config(URL_KEY, format!("{ACCEPTED}: {e}")))?;
@@ -176,49 +239,39 @@ impl Store {
                 )
             })?;
         }
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode, NORMAL loses no committed job when a process crashes; only a power
-            // loss may take back the last transactions, and it makes commits far cheaper.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
-        let sql = Arc::new(Sql::new(
-            Dialect::Sqlite,
-            &config.jobs_table,
-            &config.failed_table,
-            &config.counters_table,
-        ));
-        let path = options.get_filename().to_path_buf();
-        // Without write permission SQLite opens the file read-only and fails later with a
-        // message that does not say so; say it at once.
-        if path.exists()
-            && let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&path)
-            && e.kind() == std::io::ErrorKind::PermissionDenied
-        {
-            return Err(read_only(&path, &e));
-        }
-        let mut tries = 1;
-        let writer = loop {
-            match open_writer(&options, &sql).await {
-                Err(e) if is_read_only(&e) => {
-                    return Err(read_only(&path, &"SQLite: attempt to write a readonly database"));
-                }
-                Err(e) if is_busy(&e) && tries < SETUP_TRIES => {
-                    let pause = Duration::from_millis((10u64 << tries.min(5)).min(200));
-                    tokio::time::sleep(pause).await;
-                    tries += 1;
-                }
-                opened => break opened?,
-            }
-        };
+        let options =
+            writer_options(options.create_if_missing(true)).journal_mode(SqliteJournalMode::Wal);
+        let writer = open_checked(&options, config).await?;
         let reader = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(Self { writer: Mutex::new(writer), reader, sql, shared })
+        Ok(Self::new(writer, reader, config, shared))
+    }
+
+    /// On an application's pool: reads use it, writes a connection of the driver's own opened
+    /// with the pool's options (SQLite has one writer at a time, and this one's busy timeout is
+    /// the driver's to choose). The file must already be in WAL mode: switching it would
+    /// change it for the application too.
+    pub(crate) async fn on_pool(
+        pool: SqlitePool,
+        config: &DatabaseConfig,
+        shared: Arc<Shared>,
+    ) -> Result<Self> {
+        let options = writer_options(pool.connect_options().as_ref().clone());
+        let writer = open_checked(&options, config).await?;
+        Ok(Self::new(writer, pool, config, shared))
+    }
+
+    fn new(
+        writer: SqliteConnection,
+        reader: SqlitePool,
+        config: &DatabaseConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let sql = Arc::new(sql_for(config));
+        Self { writer: Mutex::new(writer), reader, sql, shared }
     }
 
     async fn writer(&self) -> Result<MutexGuard<'_, SqliteConnection>> {

@@ -498,6 +498,61 @@ mod database {
         }
     }
 
+    /// A pushed job whose id is in the failed set is a duplicate and takes no unique key: the
+    /// next job of the push with that key takes it, and a push of that id alone takes nothing
+    /// (on PostgreSQL the failed-set look and the key upsert are then one statement).
+    async fn a_failed_id_takes_no_key(target: Target) {
+        use orcs_core::{PushOutcome, Unique, UniqueUntil};
+        let driver = target.driver().await;
+        let failed = job("default", 0);
+        driver.push(vec![failed.clone()]).await.expect("push");
+        let queues = vec!["default".to_owned()];
+        let claim = driver.claim(&request(&queues, 1)).await.expect("claim");
+        let lease = claim.jobs[0].lease.clone();
+        driver.settle_one(Settle::fail(lease, "boom"), SystemClock.now()).await.expect("fail");
+        let mut again = failed.clone();
+        again.unique = Some(Unique::new("k", UniqueUntil::Finished));
+        let mut next = job("default", 1);
+        next.unique = again.unique.clone();
+        let mut third = job("default", 2);
+        third.unique = again.unique.clone();
+        let outcomes = driver.push(vec![again, next.clone(), third]).await.expect("push with keys");
+        assert_eq!(
+            outcomes,
+            [
+                PushOutcome::Duplicate { id: failed.id.clone() },
+                PushOutcome::Stored,
+                PushOutcome::Duplicate { id: next.id.clone() }
+            ]
+        );
+        let mut alone = failed.clone();
+        alone.unique = Some(Unique::new("alone", UniqueUntil::Finished));
+        assert_eq!(
+            driver.push(vec![alone]).await.expect("push"),
+            [PushOutcome::Duplicate { id: failed.id.clone() }]
+        );
+        let mut free = job("default", 3);
+        free.unique = Some(Unique::new("alone", UniqueUntil::Finished));
+        assert_eq!(driver.push(vec![free]).await.expect("push"), [PushOutcome::Stored]);
+        let info = driver.get(&next.id, SystemClock.now()).await.expect("get").expect("next");
+        assert_eq!(info.job.unique.map(|u| u.key), Some("k".to_owned()));
+        let stats = driver.stats("default", SystemClock.now()).await.expect("stats");
+        assert_eq!((stats.pending, stats.failed), (2, 1));
+    }
+
+    #[test]
+    fn sqlite_a_failed_id_takes_no_key() {
+        orcs_tests::run(a_failed_id_takes_no_key(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_a_failed_id_takes_no_key() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            a_failed_id_takes_no_key(target).await;
+        });
+    }
+
     #[test]
     fn sqlite_limits_hold_across_concurrent_drivers() {
         orcs_tests::run(limits_hold_across_concurrent_drivers(Target::sqlite()));
