@@ -11,6 +11,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== the orcs crate pulls in no command-line dependency"
+scripts/check-facade-deps.sh
 echo "== tests"
 scripts/test.sh
 echo "== conformance against Docker containers (Redis, PostgreSQL)"

@@ -1,0 +1,720 @@
+//! Configuration as `Queue::from_env` and the `orcs` command line read it: defaults, then
+//! `config/queue.toml`, then the environment (and `.env`).
+//!
+//! [`Config::load`] resolves the three layers, [`Config::connect`] connects the driver it names
+//! (see [`crate::connect`]), and [`Config::worker_options`] gives a worker its settings; the
+//! command line applies its flags on top. The variables and the file are the same everywhere, so
+//! an application's worker binary and `orcs queue:work` read one configuration alike.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use orcs_core::{
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, Error, Result, WorkerOptions, validate_queue_name,
+};
+
+/// The config file read when none is named and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config/queue.toml";
+
+/// The SQLite file used by the database driver when no `DATABASE_URL` is set.
+pub const DEFAULT_DATABASE_URL: &str = orcs_core::config::DEFAULT_DATABASE_URL;
+
+/// The Redis used when no `REDIS_URL` is set.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The variable that sets the Redis key prefix (default `orcs`).
+pub const REDIS_PREFIX: &str = "REDIS_PREFIX";
+
+/// The variable that sets the payload limit, named when a dispatch is over it.
+pub const MAX_PAYLOAD_BYTES_VAR: &str = "QUEUE_MAX_PAYLOAD_BYTES";
+
+/// The variable that sets the worker's shutdown grace, in seconds.
+pub const SHUTDOWN_TIMEOUT_VAR: &str = "QUEUE_WORKER_SHUTDOWN_TIMEOUT";
+
+/// The variable that sets the database driver's jobs table.
+pub const DATABASE_TABLE_VAR: &str = "QUEUE_DATABASE_TABLE";
+
+/// Which backend stores the jobs (`QUEUE_DRIVER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DriverKind {
+    /// In the process's memory: development and tests.
+    #[default]
+    Memory,
+    /// A shared Redis.
+    Redis,
+    /// SQLite or PostgreSQL.
+    Database,
+}
+
+impl DriverKind {
+    /// The accepted names, for error messages.
+    pub const NAMES: &'static str = "memory, redis, database";
+
+    /// The name as written in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Database => "database",
+        }
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DriverKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            "database" | "db" => Ok(Self::Database),
+            other => Err(format!("unknown driver {other:?}; use one of: {}", Self::NAMES)),
+        }
+    }
+}
+
+/// The worker's part of the configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Queues in strict order (`QUEUE_WORKER_QUEUES`, default: the default queue).
+    pub queues: Vec<String>,
+    /// Longest idle wait (`QUEUE_WORKER_SLEEP`, seconds, default 3).
+    pub sleep: Duration,
+    /// Stop after this many jobs (`QUEUE_WORKER_MAX_JOBS`, default none).
+    pub max_jobs: Option<u64>,
+    /// Jobs at once (default 1).
+    pub concurrency: usize,
+    /// Time limit for jobs without their own (seconds, default 60).
+    pub timeout: Duration,
+    /// How long running jobs may finish after SIGINT or SIGTERM (`QUEUE_WORKER_SHUTDOWN_TIMEOUT`,
+    /// `[worker] shutdown_timeout`, seconds, default 10).
+    pub shutdown_timeout: Duration,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The driver (`QUEUE_DRIVER`, default memory).
+    pub driver: DriverKind,
+    /// The queue for jobs that name none (`QUEUE_DEFAULT`, default `default`).
+    pub default_queue: String,
+    /// `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `REDIS_PREFIX`: the Redis key prefix, separating several applications on one Redis (the
+    /// driver's default is `orcs`).
+    pub redis_prefix: Option<String>,
+    /// `REDIS_CA_CERT`: a PEM file with the certificate(s) a `rediss://` server's certificate
+    /// must chain to, instead of the system's roots (a private CA or a self-signed server).
+    pub redis_ca_cert: Option<PathBuf>,
+    /// `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// The database driver's jobs table (`[database] table`; the driver's default is `jobs`).
+    pub database_table: Option<String>,
+    /// The database driver's failed-jobs table (`[database] failed_table`; default `failed_jobs`).
+    pub database_failed_table: Option<String>,
+    /// The largest accepted serialized payload of a dispatched job, in bytes
+    /// (`QUEUE_MAX_PAYLOAD_BYTES`, default [`DEFAULT_MAX_PAYLOAD_BYTES`], 512 KiB).
+    pub max_payload_bytes: usize,
+    /// Worker settings.
+    pub worker: WorkerConfig,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            driver: DriverKind::Memory,
+            default_queue: DEFAULT_QUEUE.to_owned(),
+            redis_url: None,
+            redis_prefix: None,
+            redis_ca_cert: None,
+            database_url: None,
+            database_table: None,
+            database_failed_table: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            worker: WorkerConfig {
+                queues: Vec::new(),
+                sleep: Duration::from_secs(3),
+                max_jobs: None,
+                concurrency: 1,
+                timeout: Duration::from_secs(60),
+                shutdown_timeout: Duration::from_secs(10),
+            },
+            file: None,
+        }
+    }
+}
+
+/// `config/queue.toml`: the TOML twin of the seed's `config/queue.js`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    driver: Option<String>,
+    default: Option<String>,
+    max_payload_bytes: Option<usize>,
+    redis: Option<FileRedis>,
+    database: Option<FileDatabase>,
+    worker: Option<FileWorker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    url: Option<String>,
+    table: Option<String>,
+    failed_table: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    url: Option<String>,
+    ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileWorker {
+    queues: Option<Vec<String>>,
+    sleep: Option<f64>,
+    #[serde(alias = "maxJobs")]
+    max_jobs: Option<u64>,
+    concurrency: Option<usize>,
+    timeout: Option<f64>,
+    shutdown_timeout: Option<f64>,
+}
+
+impl Config {
+    /// Reads `.env` (if present, without overriding the environment), the config file and the
+    /// environment. `file` names a config file that must exist; without it `config/queue.toml` is
+    /// read if it exists.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable or key with a wrong value and what it accepts.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        if let Err(e) = dotenvy::dotenv()
+            && !e.not_found()
+        {
+            return Err(Error::config(".env", format!("{e}; fix or remove the file")));
+        }
+        let (path, text) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::config(
+                        path.display().to_string(),
+                        format!("cannot read the config file: {e}"),
+                    )
+                })?;
+                (Some(path.to_path_buf()), Some(text))
+            }
+            None => {
+                let path = Path::new(DEFAULT_CONFIG_FILE);
+                match std::fs::read_to_string(path) {
+                    Ok(text) => (Some(path.to_path_buf()), Some(text)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+                    Err(e) => {
+                        return Err(Error::config(
+                            DEFAULT_CONFIG_FILE,
+                            format!("cannot read the config file: {e}"),
+                        ));
+                    }
+                }
+            }
+        };
+        let file = match (&path, &text) {
+            (Some(path), Some(text)) => Some((path.as_path(), text.as_str())),
+            _ => None,
+        };
+        Self::from_sources(file, |key| std::env::var(key).ok())
+    }
+
+    /// Resolves the configuration from a config file's text and an environment lookup, without
+    /// touching the process: the testable core of [`Config::load`].
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_sources(
+        file: Option<(&Path, &str)>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut config = Self::default();
+        if let Some((path, text)) = file {
+            let shown = path.display().to_string();
+            let parsed: FileConfig = toml::from_str(text).map_err(|e| {
+                Error::config(
+                    &shown,
+                    format!("{}; see README.md for the file's keys", e.to_string().trim_end()),
+                )
+            })?;
+            config.apply_file(parsed, &shown)?;
+            config.file = Some(path.to_path_buf());
+        }
+        config.apply_env(&env)?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, file: FileConfig, shown: &str) -> Result<()> {
+        let key = |k: &str| format!("{shown}: {k}");
+        if let Some(driver) = file.driver {
+            self.driver = driver.parse().map_err(|m| Error::config(key("driver"), m))?;
+        }
+        if let Some(default) = file.default {
+            validate_queue_name(&default)
+                .map_err(|e| Error::config(key("default"), e.to_string()))?;
+            self.default_queue = default;
+        }
+        if let Some(bytes) = file.max_payload_bytes {
+            self.max_payload_bytes =
+                payload_limit(bytes).map_err(|m| Error::config(key("max_payload_bytes"), m))?;
+        }
+        if let Some(redis) = file.redis {
+            if let Some(url) = redis.url {
+                self.redis_url = Some(url);
+            }
+            if let Some(path) = redis.ca_cert {
+                self.redis_ca_cert = Some(path);
+            }
+        }
+        if let Some(database) = file.database {
+            if let Some(url) = database.url {
+                self.database_url = Some(url);
+            }
+            self.database_table = database.table.or(self.database_table.take());
+            self.database_failed_table =
+                database.failed_table.or(self.database_failed_table.take());
+        }
+        if let Some(worker) = file.worker {
+            if let Some(queues) = worker.queues {
+                for queue in &queues {
+                    validate_queue_name(queue)
+                        .map_err(|e| Error::config(key("worker.queues"), e.to_string()))?;
+                }
+                self.worker.queues = queues;
+            }
+            if let Some(sleep) = worker.sleep {
+                self.worker.sleep =
+                    seconds(sleep).map_err(|m| Error::config(key("worker.sleep"), m))?;
+            }
+            if let Some(max_jobs) = worker.max_jobs {
+                self.worker.max_jobs = Some(max_jobs);
+            }
+            if let Some(concurrency) = worker.concurrency {
+                if concurrency == 0 {
+                    return Err(Error::config(key("worker.concurrency"), "0; use 1 or more"));
+                }
+                self.worker.concurrency = concurrency;
+            }
+            if let Some(timeout) = worker.timeout {
+                if timeout <= 0.0 {
+                    return Err(Error::config(
+                        key("worker.timeout"),
+                        format!(
+                            "{timeout} would time every job out at once; use a number of seconds above 0, e.g. 60"
+                        ),
+                    ));
+                }
+                self.worker.timeout =
+                    seconds(timeout).map_err(|m| Error::config(key("worker.timeout"), m))?;
+            }
+            if let Some(grace) = worker.shutdown_timeout {
+                self.worker.shutdown_timeout = shutdown_seconds(&grace.to_string())
+                    .map_err(|m| Error::config(key("worker.shutdown_timeout"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        // An empty variable counts as unset, as in the seed's `.env` (`QUEUE_WORKER_MAX_JOBS=`).
+        let var = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+        if let Some(v) = var("QUEUE_DRIVER") {
+            self.driver = v.parse().map_err(|m| Error::config("QUEUE_DRIVER", m))?;
+        }
+        if let Some(v) = var("QUEUE_DEFAULT") {
+            let v = v.trim().to_owned();
+            validate_queue_name(&v).map_err(|e| Error::config("QUEUE_DEFAULT", e.to_string()))?;
+            self.default_queue = v;
+        }
+        if let Some(v) = var(MAX_PAYLOAD_BYTES_VAR) {
+            let bytes = v.trim().parse::<usize>().map_err(|_| {
+                Error::config(
+                    MAX_PAYLOAD_BYTES_VAR,
+                    format!(
+                        "{v:?} is not a whole number of bytes; use e.g. 1048576 for 1 MiB, or leave \
+                         it empty for the default of {DEFAULT_MAX_PAYLOAD_BYTES}"
+                    ),
+                )
+            })?;
+            self.max_payload_bytes =
+                payload_limit(bytes).map_err(|m| Error::config(MAX_PAYLOAD_BYTES_VAR, m))?;
+        }
+        if let Some(v) = var("REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = var(REDIS_PREFIX) {
+            self.redis_prefix = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var("REDIS_CA_CERT") {
+            self.redis_ca_cert = Some(PathBuf::from(v.trim()));
+        }
+        if let Some(v) = var("DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = var(DATABASE_TABLE_VAR) {
+            self.database_table = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var(SHUTDOWN_TIMEOUT_VAR) {
+            self.worker.shutdown_timeout =
+                shutdown_seconds(&v).map_err(|m| Error::config(SHUTDOWN_TIMEOUT_VAR, m))?;
+        }
+        if let Some(v) = var("QUEUE_WORKER_QUEUES") {
+            self.worker.queues = parse_queue_list(&v)
+                .map_err(|e| Error::config("QUEUE_WORKER_QUEUES", e.to_string()))?;
+        }
+        if let Some(v) = var("QUEUE_WORKER_SLEEP") {
+            self.worker.sleep =
+                parse_seconds(&v).map_err(|m| Error::config("QUEUE_WORKER_SLEEP", m))?;
+        }
+        if let Some(v) = var("QUEUE_WORKER_MAX_JOBS") {
+            let n = v.trim().parse::<u64>().map_err(|_| {
+                Error::config(
+                    "QUEUE_WORKER_MAX_JOBS",
+                    format!(
+                        "{v:?} is not a whole number; use e.g. 100, or leave it empty for no limit"
+                    ),
+                )
+            })?;
+            self.worker.max_jobs = Some(n);
+        }
+        Ok(())
+    }
+
+    /// The Redis URL to use: `REDIS_URL` or the config file's, else [`DEFAULT_REDIS_URL`].
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
+
+    /// The database URL to use: `DATABASE_URL` or the config file's, else [`DEFAULT_DATABASE_URL`].
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    /// The Redis driver's settings: the URL, the key prefix and the CA certificate.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL (naming `REDIS_URL`, without the password) or an
+    /// unreadable CA certificate.
+    #[cfg(feature = "redis")]
+    pub fn redis_config(&self) -> Result<orcs_redis::RedisConfig> {
+        let mut config = orcs_redis::RedisConfig::from_url(self.redis_url())?;
+        if let Some(prefix) = &self.redis_prefix {
+            config = config.with_prefix(prefix.clone());
+        }
+        if let Some(path) = &self.redis_ca_cert {
+            config = config.with_ca_cert_file(path)?;
+        }
+        Ok(config)
+    }
+
+    /// The database driver's settings: the URL and the tables.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn database_config(&self) -> orcs_database::DatabaseConfig {
+        let mut config = orcs_database::DatabaseConfig::new(self.database_url());
+        if let Some(table) = &self.database_table {
+            // Counters follow the jobs table, so that two applications with their own tables in
+            // one database keep their own counts.
+            config = config.with_jobs_table(table).with_counters_table(format!("{table}_counters"));
+        }
+        if let Some(table) = &self.database_failed_table {
+            config = config.with_failed_table(table);
+        }
+        config
+    }
+
+    /// The worker's queues: the configured list, else the default queue.
+    pub fn worker_queues(&self) -> Vec<String> {
+        if self.worker.queues.is_empty() {
+            vec![self.default_queue.clone()]
+        } else {
+            self.worker.queues.clone()
+        }
+    }
+
+    /// A worker's options from this configuration: the queues ([`Config::worker_queues`]),
+    /// sleep, job limit, concurrency, default timeout and shutdown grace; the rest keep
+    /// [`WorkerOptions`]' defaults. Give them to [`orcs_core::Worker::options`].
+    pub fn worker_options(&self) -> WorkerOptions {
+        let mut options = WorkerOptions::default();
+        options.queues = self.worker_queues();
+        options.sleep = self.worker.sleep;
+        options.max_jobs = self.worker.max_jobs;
+        options.concurrency = self.worker.concurrency;
+        options.default_timeout = self.worker.timeout;
+        options.shutdown_timeout = self.worker.shutdown_timeout;
+        options
+    }
+}
+
+/// Parses a comma-separated queue list such as `high,default,low`.
+///
+/// # Errors
+/// [`Error::Invalid`] for an empty list or an invalid name.
+pub fn parse_queue_list(list: &str) -> Result<Vec<String>> {
+    let queues: Vec<String> = list.split(',').map(|q| q.trim().to_owned()).collect();
+    for queue in &queues {
+        validate_queue_name(queue)?;
+    }
+    Ok(queues)
+}
+
+/// Parses a non-negative number of seconds (`3`, `0.5`).
+///
+/// # Errors
+/// A message saying what was wrong and what is accepted.
+pub fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds; use e.g. 3 or 0.5"))?;
+    seconds(value)
+}
+
+/// A shutdown grace: 0 (hand running jobs back at once) to an hour.
+fn shutdown_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!("{text:?} is not a number of seconds; use a number from 0 to 3600, e.g. 10 or 30")
+    })?;
+    if !(0.0..=3600.0).contains(&value) {
+        return Err(format!(
+            "{value} is out of range; use a number of seconds from 0 to 3600, e.g. 10 or 30"
+        ));
+    }
+    seconds(value)
+}
+
+fn payload_limit(bytes: usize) -> std::result::Result<usize, String> {
+    if bytes == 0 {
+        Err(format!(
+            "0 would refuse every job; use a positive number of bytes such as \
+             {DEFAULT_MAX_PAYLOAD_BYTES} (the default, 512 KiB)"
+        ))
+    } else {
+        Ok(bytes)
+    }
+}
+
+fn seconds(value: f64) -> std::result::Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        format!(
+            "{value} is not a valid number of seconds; use a non-negative number such as 3 or 0.5"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn defaults_without_sources() {
+        let config = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.worker_queues(), ["default"]);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = r#"
+            driver = "redis"
+            default = "mail"
+            [redis]
+            ca_cert = "file-ca.pem"
+            [worker]
+            queues = ["a", "b"]
+            sleep = 5
+            max_jobs = 10
+        "#;
+        let config = Config::from_sources(
+            Some((Path::new("queue.toml"), file)),
+            env(&[
+                ("QUEUE_DRIVER", "database"),
+                ("QUEUE_WORKER_SLEEP", "0.5"),
+                ("QUEUE_WORKER_MAX_JOBS", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.driver, DriverKind::Database);
+        assert_eq!(config.default_queue, "mail");
+        assert_eq!(config.worker.queues, ["a", "b"]);
+        assert_eq!(config.worker.sleep, Duration::from_millis(500));
+        assert_eq!(config.worker.max_jobs, Some(10), "an empty variable counts as unset");
+        assert_eq!(config.redis_ca_cert, Some(PathBuf::from("file-ca.pem")));
+    }
+
+    #[test]
+    fn the_shutdown_timeout_and_the_table_come_from_the_file_or_the_environment() {
+        let file = Some((
+            Path::new("q.toml"),
+            "[worker]\nshutdown_timeout = 30\n[database]\ntable = \"f\"",
+        ));
+        let config = Config::from_sources(file, env(&[])).unwrap();
+        assert_eq!(config.worker.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.database_table.as_deref(), Some("f"));
+        let config = Config::from_sources(
+            file,
+            env(&[(SHUTDOWN_TIMEOUT_VAR, "2.5"), (DATABASE_TABLE_VAR, "e")]),
+        )
+        .unwrap();
+        assert_eq!(config.worker.shutdown_timeout, Duration::from_millis(2500));
+        assert_eq!(config.database_table.as_deref(), Some("e"));
+        let err = Config::from_sources(None, env(&[(SHUTDOWN_TIMEOUT_VAR, "9999")])).unwrap_err();
+        assert!(err.to_string().contains("from 0 to 3600"), "{err}");
+        let file = Some((Path::new("q.toml"), "[worker]\ntimeout = 0"));
+        let err = Config::from_sources(file, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("worker.timeout"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_accepted_values() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("QUEUE_DRIVER", "kafka")],
+                "QUEUE_DRIVER: unknown driver \"kafka\"; use one of: memory, redis, database",
+            ),
+            (
+                &[("QUEUE_WORKER_SLEEP", "soon")],
+                "QUEUE_WORKER_SLEEP: \"soon\" is not a number of seconds",
+            ),
+            (
+                &[("QUEUE_WORKER_SLEEP", "-1")],
+                "QUEUE_WORKER_SLEEP: -1 is not a valid number of seconds",
+            ),
+            (
+                &[("QUEUE_WORKER_MAX_JOBS", "ten")],
+                "QUEUE_WORKER_MAX_JOBS: \"ten\" is not a whole number",
+            ),
+            (
+                &[("QUEUE_WORKER_QUEUES", "a,,b")],
+                "QUEUE_WORKER_QUEUES: invalid queue name: \"\": it is empty",
+            ),
+            (&[("QUEUE_DEFAULT", "{x}")], "QUEUE_DEFAULT: invalid queue name"),
+            (
+                &[("QUEUE_MAX_PAYLOAD_BYTES", "1MB")],
+                "QUEUE_MAX_PAYLOAD_BYTES: \"1MB\" is not a whole number of bytes",
+            ),
+            (
+                &[("QUEUE_MAX_PAYLOAD_BYTES", "0")],
+                "QUEUE_MAX_PAYLOAD_BYTES: 0 would refuse every job",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = Config::from_sources(None, env(vars)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn the_payload_limit_comes_from_the_file_or_the_environment() {
+        assert_eq!(Config::default().max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES);
+        let file = Some((Path::new("queue.toml"), "max_payload_bytes = 2048"));
+        assert_eq!(Config::from_sources(file, env(&[])).unwrap().max_payload_bytes, 2048);
+        let config =
+            Config::from_sources(file, env(&[("QUEUE_MAX_PAYLOAD_BYTES", " 4096 ")])).unwrap();
+        assert_eq!(config.max_payload_bytes, 4096, "the environment beats the file");
+        let err =
+            Config::from_sources(Some((Path::new("q.toml"), "max_payload_bytes = 0")), env(&[]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("q.toml: max_payload_bytes: 0 would refuse every job"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_prefix_comes_from_the_environment() {
+        assert_eq!(Config::default().redis_prefix, None, "the driver's default applies");
+        let config = Config::from_sources(None, env(&[(REDIS_PREFIX, " app1 ")])).unwrap();
+        assert_eq!(config.redis_prefix.as_deref(), Some("app1"));
+        let config = Config::from_sources(None, env(&[(REDIS_PREFIX, "  ")])).unwrap();
+        assert_eq!(config.redis_prefix, None, "an empty variable counts as unset");
+    }
+
+    #[test]
+    fn worker_options_follow_the_configuration() {
+        let file = "default = \"mail\"\n[worker]\nsleep = 0.25\nconcurrency = 4\ntimeout = 5";
+        let config = Config::from_sources(
+            Some((Path::new("queue.toml"), file)),
+            env(&[("QUEUE_WORKER_MAX_JOBS", "7"), (SHUTDOWN_TIMEOUT_VAR, "2")]),
+        )
+        .unwrap();
+        let options = config.worker_options();
+        assert_eq!(options.queues, ["mail"], "no list: the default queue");
+        assert_eq!(options.sleep, Duration::from_millis(250));
+        assert_eq!(options.concurrency, 4);
+        assert_eq!(options.default_timeout, Duration::from_secs(5));
+        assert_eq!(options.max_jobs, Some(7));
+        assert_eq!(options.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(options.lease_grace, WorkerOptions::default().lease_grace, "untouched");
+    }
+
+    #[test]
+    fn urls_fall_back_to_the_defaults() {
+        let config = Config::default();
+        assert_eq!(config.redis_url(), DEFAULT_REDIS_URL);
+        assert_eq!(config.database_url(), DEFAULT_DATABASE_URL);
+        let config =
+            Config::from_sources(None, env(&[("DATABASE_URL", "postgres://h/db")])).unwrap();
+        assert_eq!(config.database_url(), "postgres://h/db");
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[test]
+    fn the_database_config_takes_the_tables() {
+        let file = "[database]\ntable = \"app_jobs\"\nfailed_table = \"app_failed\"";
+        let config = Config::from_sources(Some((Path::new("queue.toml"), file)), env(&[])).unwrap();
+        let database = config.database_config();
+        assert_eq!(database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(database.jobs_table, "app_jobs");
+        assert_eq!(database.counters_table, "app_jobs_counters");
+        assert_eq!(database.failed_table, "app_failed");
+    }
+
+    #[test]
+    fn database_tables_come_from_the_file() {
+        let file = "[database]\nurl = \"sqlite://q.db\"\ntable = \"app_jobs\"\nfailed_table = \"app_failed\"";
+        let config = Config::from_sources(Some((Path::new("queue.toml"), file)), env(&[])).unwrap();
+        assert_eq!(config.database_url.as_deref(), Some("sqlite://q.db"));
+        assert_eq!(config.database_table.as_deref(), Some("app_jobs"));
+        assert_eq!(config.database_failed_table.as_deref(), Some("app_failed"));
+        assert_eq!(Config::default().database_table, None, "the driver's default applies");
+    }
+
+    #[test]
+    fn a_broken_file_names_the_file_and_the_key() {
+        let err =
+            Config::from_sources(Some((Path::new("config/queue.toml"), "driver = 3")), env(&[]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("config/queue.toml"), "{err}");
+        let err = Config::from_sources(Some((Path::new("q.toml"), "[worker]\nslep = 3")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `slep`"), "{err}");
+    }
+}
