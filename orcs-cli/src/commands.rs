@@ -15,7 +15,7 @@ use crate::cli::{
     LimitArgs, QueueArg, RetryArgs, StatsArgs,
 };
 use crate::config::{Config, DriverKind, MAX_PAYLOAD_BYTES_VAR};
-use crate::connect::{connect, database_url, redis_url};
+use crate::connect;
 use crate::output::{self, say};
 use crate::{App, usage};
 
@@ -44,13 +44,13 @@ impl Ctx<'_> {
             DriverKind::Redis => format!(
                 "cannot use the redis driver at {}; check that Redis is running there and that \
                  REDIS_URL (or --url) names the right host, port, user and password",
-                redacted(redis_url(&self.config))
+                redacted(self.config.redis_url())
             ),
             DriverKind::Database => format!(
                 "cannot use the database driver at {}; check that the database is running and \
                  reachable and that DATABASE_URL (or --url) names the right host, port, user, \
                  password and database",
-                redacted(database_url(&self.config))
+                redacted(self.config.database_url())
             ),
             other => format!("cannot start the {other} driver"),
         };
@@ -97,10 +97,10 @@ pub(crate) fn backend_location(config: &Config) -> String {
         DriverKind::Memory => "jobs in this process's memory".to_owned(),
         DriverKind::Redis => {
             let prefix = config.redis_prefix.as_deref().unwrap_or("orcs"); // the driver's default
-            format!("backend {} (key prefix {prefix})", redacted(redis_url(config)))
+            format!("backend {} (key prefix {prefix})", redacted(config.redis_url()))
         }
         DriverKind::Database => {
-            let url = database_url(config);
+            let url = config.database_url();
             match sqlite_file(url) {
                 Some((path, query)) => {
                     format!("backend sqlite://{}{query}", absolute(path).display())
@@ -108,6 +108,7 @@ pub(crate) fn backend_location(config: &Config) -> String {
                 None => format!("backend {}", redacted(url)),
             }
         }
+        other => format!("backend {}", other.as_str()),
     }
 }
 

@@ -14,7 +14,7 @@ use orcs_core::{DispatchOptions, FailedQuery, MAX_PAGE, Outcome, Queue, QueueSta
 use tokio::sync::Notify;
 
 use crate::config::{Config, DriverKind};
-use crate::connect::connect;
+use crate::connect;
 use crate::examples::{
     GenerateReportJob, ImageOperation, ProcessImageJob, SendEmailJob, SendWelcomeEmailJob, Simulate,
 };
@@ -57,7 +57,7 @@ impl Expected {
 }
 
 fn simulate(work_ms: u64, fail_attempts: u32, panic: bool) -> Option<Simulate> {
-    Some(Simulate { work_ms, fail_attempts, panic })
+    Some(Simulate { work_ms, fail_attempts, panic, ..Simulate::default() })
 }
 
 /// Dispatches the mix and returns what it should lead to.

@@ -44,12 +44,12 @@
 //! then `--data` is only checked to be a JSON object, and a payload that does not fit goes to the
 //! failed set when a worker claims it.
 //!
-//! Application code that only dispatches uses [`QueueFromEnv`] to connect the way the command
-//! line does (`QUEUE_DRIVER`, `REDIS_URL` or `DATABASE_URL`, `.env`, `config/queue.toml`):
+//! Application code that only dispatches uses the `orcs` crate's [`QueueConnect`] to connect the
+//! way the command line does (`QUEUE_DRIVER`, `REDIS_URL` or `DATABASE_URL`, `.env`,
+//! `config/queue.toml`), without this crate's command-line dependencies:
 //!
 //! ```no_run
-//! use orcs_cli::QueueFromEnv as _;
-//! use orcs_core::Queue;
+//! use orcs::prelude::*;
 //!
 //! # async fn f() -> orcs_core::Result<()> {
 //! let queue = Queue::from_env().await?;
@@ -102,8 +102,6 @@
 mod bench;
 mod cli;
 mod commands;
-pub mod config;
-mod connect;
 mod demo;
 pub mod examples;
 mod output;
@@ -117,8 +115,19 @@ use std::process::ExitCode;
 
 use orcs_core::{Job, Registry};
 
-pub use config::{Config, DriverKind};
-pub use connect::{QueueFromEnv, REDIS_PREFIX, connect, database_url, redis_prefix, redis_url};
+/// The configuration (`.env`, `config/queue.toml`, the environment) lives in the `orcs` crate, so
+/// that an application's own binaries read it without this crate's command-line dependencies.
+pub use orcs::config;
+pub use orcs::config::REDIS_PREFIX;
+pub use orcs::{Config, DriverKind, QueueConnect, QueueConnect as QueueFromEnv};
+
+/// Connects the driver that `config` names; see [`orcs::Config::connect`].
+///
+/// # Errors
+/// As [`orcs::Config::connect`].
+pub async fn connect(config: &Config) -> orcs_core::Result<orcs_core::Queue> {
+    config.connect().await
+}
 
 /// Checks that a JSON payload decodes into one registered job type.
 type Validator = fn(&str) -> Result<(), serde_json::Error>;

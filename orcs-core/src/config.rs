@@ -1,5 +1,5 @@
 //! Defaults shared with the drivers. Loading configuration (the environment, `.env`,
-//! `config/queue.toml`) is the command line's business and lives in `orcs_cli::config`.
+//! `config/queue.toml`) lives in the `orcs` crate (`orcs::config`).
 
 /// The SQLite file the database driver opens when it is given no URL
 /// (`orcs_database::DatabaseConfig::default`).
