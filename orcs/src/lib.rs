@@ -8,10 +8,14 @@
 //!   `Queue::connect` / `Queue::from_env` through [`prelude::QueueConnect`].
 //! - The drivers: [`memory`] always, `redis` (feature `redis`), `database` (features `sqlite`,
 //!   `postgres`), each the driver crate itself.
+//! - [`outbox`] (feature `postgres`): jobs written in a PostgreSQL transaction and relayed,
+//!   each exactly once, to a queue elsewhere (Redis).
 
 mod connect;
 
 pub mod config;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 
 pub use crate::config::{Config, DriverKind};
 pub use crate::connect::{QueueConnect, connect, from_env};
