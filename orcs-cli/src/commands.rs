@@ -14,7 +14,7 @@ use crate::cli::{
     CancelArgs, ClearArgs, Cli, Command, DispatchArgs, FailedArgs, FlushArgs, ForgetArgs,
     LimitArgs, QueueArg, RetryArgs, StatsArgs,
 };
-use crate::config::{Config, DriverKind, MAX_PAYLOAD_BYTES_VAR};
+use crate::config::{Config, DriverKind, MAX_PAYLOAD_BYTES_VAR, Setting};
 use crate::connect;
 use crate::output::{self, say};
 use crate::{App, usage};
@@ -135,13 +135,26 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
         config.database_table = Some(table);
     }
     if let Some(url) = cli.url {
-        match config.driver {
-            DriverKind::Redis => config.redis_url = Some(url),
-            DriverKind::Database => config.database_url = Some(url),
-            _ => eprintln!(
-                "warning: --url is ignored: the {} driver has no URL; pass --driver redis or --driver database with it",
-                config.driver
-            ),
+        let setting = match config.driver {
+            DriverKind::Redis => {
+                config.redis_url = Some(url);
+                Some(Setting::RedisUrl)
+            }
+            DriverKind::Database => {
+                config.database_url = Some(url);
+                Some(Setting::DatabaseUrl)
+            }
+            _ => {
+                eprintln!(
+                    "warning: --url is ignored: the {} driver has no URL; pass --driver redis or --driver database with it",
+                    config.driver
+                );
+                None
+            }
+        };
+        // Errors about the URL name the flag, and the variable it stands in for.
+        if let Some(setting) = setting {
+            config.set_origin(setting, format!("--url (in place of {})", setting.variable()));
         }
     }
     let ctx = Ctx { app, config, driver_flag: cli.driver };

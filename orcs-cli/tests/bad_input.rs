@@ -318,7 +318,13 @@ fn cases() -> Vec<Case> {
             &["queue:stats", "--driver", "redis", "--url", "redis://{auth}"],
             1,
         )
-        .says(&["NOAUTH", "requires a password", "put it in REDIS_URL"]),
+        // The driver names the setting ("the Redis URL"); the command says which one held it.
+        .says(&[
+            "NOAUTH",
+            "requires a password",
+            "put it in the Redis URL",
+            "the Redis URL came from --url (in place of REDIS_URL)",
+        ]),
         case(
             "wrong Redis password",
             &["queue:stats", "--driver", "redis", "--url", "redis://:hunter2@{auth}"],

@@ -7,11 +7,17 @@ use std::time::Duration;
 use orcs_core::{Error, Result};
 use redis::IntoConnectionInfo;
 
-/// The environment variable (and configuration key) that holds the URL; named in every error.
-const URL_KEY: &str = "REDIS_URL";
+/// The setting named in errors about the URL ([`RedisConfig::from_url`]). The driver names its
+/// settings as a library user gives them, in code: an application that reads the URL from an
+/// environment variable or a file says so itself (the `orcs` crate re-keys these errors to
+/// `REDIS_URL` or its config-file key).
+pub(crate) const URL_SETTING: &str = "the Redis URL";
 
-/// The environment variable that names a CA certificate file for `rediss://`.
-pub(crate) const CA_KEY: &str = "REDIS_CA_CERT";
+/// The setting named in errors about a CA certificate given as PEM text.
+const CA_CERT_SETTING: &str = "RedisConfig::with_ca_cert";
+
+/// The setting named in errors about a CA certificate given as a file.
+const CA_CERT_FILE_SETTING: &str = "RedisConfig::with_ca_cert_file";
 
 const ACCEPTED: &str = "use redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
      redis+unix:///path/to/redis.sock, or redis+cluster://[user:password@]host:port,host:port,... \
@@ -73,13 +79,13 @@ impl RedisConfig {
     /// [`RedisConfig::with_ca_cert`]; `rediss://...#insecure` skips the check (tests only).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `REDIS_URL` and what is accepted; the message never contains the
-    /// password. `rediss://` is refused without the `tls` feature, and `rediss+cluster://` always
-    /// (TLS to a cluster is not supported yet).
+    /// [`Error::Config`] keyed "the Redis URL", saying what is accepted; the message never
+    /// contains the password. `rediss://` is refused without the `tls` feature, and
+    /// `rediss+cluster://` always (TLS to a cluster is not supported yet).
     pub fn from_url(url: &str) -> Result<Self> {
         let url = url.trim();
         let invalid =
-            |why: &str| Error::config(URL_KEY, format!("{} {why}; {ACCEPTED}", redact(url)));
+            |why: &str| Error::config(URL_SETTING, format!("{} {why}; {ACCEPTED}", redact(url)));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("has no scheme"))?;
         let mut config = Self::default();
         match scheme.to_ascii_lowercase().as_str() {
@@ -122,10 +128,10 @@ impl RedisConfig {
             #[cfg(not(feature = "tls"))]
             "rediss" => {
                 return Err(Error::config(
-                    URL_KEY,
+                    URL_SETTING,
                     format!(
                         "{} asks for TLS (rediss://), which this build does not include: rebuild \
-                         with the `tls` feature of orcs-redis (orcs-cli: `--features tls`), or \
+                         with the `tls` feature of orcs-redis (or of the orcs crate), or \
                          connect through a TLS tunnel (e.g. stunnel) with redis://",
                         redact(url)
                     ),
@@ -133,7 +139,7 @@ impl RedisConfig {
             }
             "rediss+cluster" => {
                 return Err(Error::config(
-                    URL_KEY,
+                    URL_SETTING,
                     format!(
                         "{} asks for TLS to a Redis Cluster, which orcs-redis does not support \
                          yet; use redis+cluster:// through a TLS tunnel (e.g. stunnel), or \
@@ -187,13 +193,13 @@ impl RedisConfig {
     /// instead of the system's roots, for a `rediss://` URL.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `REDIS_CA_CERT` when the URL is not `rediss://` (the certificate
+    /// [`Error::Config`] keyed `RedisConfig::with_ca_cert` when the URL is not `rediss://` (the certificate
     /// would be ignored) or when `pem` holds no PEM certificate.
     pub fn with_ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Result<Self> {
         let pem = pem.into();
         if self.client.is_some() {
             return Err(Error::config(
-                CA_KEY,
+                CA_CERT_SETTING,
                 "a CA certificate is set for a configuration made from a redis::Client, which \
                  brings its own TLS settings: give the certificate to the client \
                  (redis::Client::build_with_tls), or unset it here",
@@ -201,17 +207,17 @@ impl RedisConfig {
         }
         if !self.tls {
             return Err(Error::config(
-                CA_KEY,
+                CA_CERT_SETTING,
                 format!(
                     "a CA certificate is set but {} does not use TLS: use a rediss:// URL, or \
-                     unset {CA_KEY}",
+                     leave the CA certificate out",
                     self.redacted_url()
                 ),
             ));
         }
         if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
             return Err(Error::config(
-                CA_KEY,
+                CA_CERT_SETTING,
                 "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA's (or the \
                  self-signed server's) certificate in PEM form",
             ));
@@ -223,18 +229,19 @@ impl RedisConfig {
     /// Reads the PEM certificate(s) to trust from a file: [`RedisConfig::with_ca_cert`].
     ///
     /// # Errors
-    /// As [`RedisConfig::with_ca_cert`], and [`Error::Config`] when the file cannot be read.
+    /// As [`RedisConfig::with_ca_cert`], and [`Error::Config`] when the file cannot be read; these
+    /// are keyed `RedisConfig::with_ca_cert_file` and name the file.
     pub fn with_ca_cert_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
         let pem = std::fs::read(path).map_err(|e| {
             Error::config(
-                CA_KEY,
+                CA_CERT_FILE_SETTING,
                 format!("cannot read the CA certificate {}: {e}; check the path", path.display()),
             )
         })?;
         self.with_ca_cert(pem).map_err(|e| match e {
-            Error::Config { key, message } => {
-                Error::config(key, format!("{}: {message}", path.display()))
+            Error::Config { message, .. } => {
+                Error::config(CA_CERT_FILE_SETTING, format!("{}: {message}", path.display()))
             }
             other => other,
         })
@@ -420,7 +427,8 @@ mod tests {
         match RedisConfig::from_url(url) {
             Err(e @ Error::Config { .. }) => {
                 let text = e.to_string();
-                assert!(text.contains("REDIS_URL"), "{text}");
+                assert!(text.contains("configuration error in the Redis URL: "), "{text}");
+                assert!(!text.contains("REDIS_"), "names an environment variable: {text}");
                 assert!(!text.contains("hunter2"), "the password leaked: {text}");
                 text
             }

@@ -99,7 +99,7 @@ fn advice(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     match redis.code() {
         Some("NOAUTH") => {
             return Some(
-                "this Redis requires a password: put it in REDIS_URL, as \
+                "this Redis requires a password: put it in the Redis URL, as \
                  redis://:PASSWORD@host:port or redis://USER:PASSWORD@host:port",
             );
         }
@@ -116,7 +116,7 @@ fn advice(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     if text.contains("certificate") || text.contains("CertificateRequired") {
         return Some(
             "the TLS handshake failed: if the server's certificate comes from a private CA or is \
-             self-signed, set REDIS_CA_CERT (RedisConfig::with_ca_cert_file) to that PEM file; \
+             self-signed, give that PEM file with RedisConfig::with_ca_cert_file; \
              `rediss://...#insecure` skips the check, for tests only",
         );
     }
@@ -124,7 +124,8 @@ fn advice(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
         Some(WRONG_CREDENTIALS)
     } else if redis.is_connection_refusal() {
         Some(
-            "nothing accepts connections there: start Redis, or fix the host and port in REDIS_URL",
+            "nothing accepts connections there: start Redis, or fix the host and port in the \
+             Redis URL",
         )
     } else if redis.is_timeout() {
         Some(NO_ANSWER)
@@ -134,10 +135,10 @@ fn advice(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
 }
 
 const WRONG_CREDENTIALS: &str = "Redis refused the user name or password: put the right ones in \
-     REDIS_URL, as redis://:PASSWORD@host:port (the default user) or redis://USER:PASSWORD@host:port";
+     the Redis URL, as redis://:PASSWORD@host:port (the default user) or redis://USER:PASSWORD@host:port";
 
 const NO_ANSWER: &str = "Redis did not answer in time: check that it runs at the host and port in \
-     REDIS_URL and that no firewall drops the connection";
+     the Redis URL and that no firewall drops the connection";
 
 /// A backend error with advice appended (see [`backend`]).
 #[derive(Debug)]
@@ -197,7 +198,7 @@ impl Backend {
     pub(crate) fn new(config: &RedisConfig) -> Result<Self> {
         let config_error = |e: &dyn std::fmt::Display| {
             Error::config(
-                "REDIS_URL",
+                crate::config::URL_SETTING,
                 format!("{}: {e}", crate::config::redact(&config.redacted_url())),
             )
         };

@@ -65,7 +65,7 @@ struct Inner {
 
 impl RedisDriver {
     /// Connects to Redis (or a Redis Cluster), checks that it answers and that the key prefix
-    /// holds a storage layout this build knows (a new prefix is marked with [`LAYOUT_VERSION`]);
+    /// holds a storage layout this build knows (a new prefix is marked with the current layout, 3);
     /// on a prefix still marked with layout 2 it writes layout-2 records until
     /// [`RedisDriver::upgrade_layout`].
     ///
@@ -408,8 +408,7 @@ fn version_error(key: &str, found: &str) -> Error {
         message: format!(
             "the key {key} holds storage layout {found:?}, but this build of orcs reads layouts \
              {COMPAT_LAYOUT} and {LAYOUT_VERSION} (and writes layout {LAYOUT_VERSION}); {what}, \
-             or give this deployment a prefix of its own (REDIS_PREFIX, \
-             RedisConfig::with_prefix)"
+             or give this deployment a prefix of its own (RedisConfig::with_prefix)"
         ),
     }
 }

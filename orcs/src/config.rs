@@ -84,6 +84,97 @@ impl FromStr for DriverKind {
     }
 }
 
+/// A setting that the drivers name in their errors and that the configuration reads from a
+/// variable or a config-file key. The drivers name their settings as code gives them ("the Redis
+/// URL", `RedisConfig::with_ca_cert_file`); [`Config::connect`] and `Config::redis_config` say
+/// which variable or file key held the value (see [`Config::set_origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Setting {
+    /// The Redis URL: `REDIS_URL`, `url` under `[redis]`.
+    RedisUrl,
+    /// The Redis CA certificate file: `REDIS_CA_CERT`, `ca_cert` under `[redis]`.
+    RedisCaCert,
+    /// The Redis key prefix: `REDIS_PREFIX`.
+    RedisPrefix,
+    /// The database URL: `DATABASE_URL`, `url` under `[database]`.
+    DatabaseUrl,
+}
+
+impl Setting {
+    const ALL: [Self; 4] =
+        [Self::RedisUrl, Self::RedisCaCert, Self::RedisPrefix, Self::DatabaseUrl];
+
+    /// The environment variable that sets it.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Self::RedisUrl => "REDIS_URL",
+            Self::RedisCaCert => "REDIS_CA_CERT",
+            Self::RedisPrefix => REDIS_PREFIX,
+            Self::DatabaseUrl => "DATABASE_URL",
+        }
+    }
+
+    /// What the drivers call it in messages.
+    fn name(self) -> &'static str {
+        match self {
+            Self::RedisUrl => "the Redis URL",
+            Self::RedisCaCert => "the CA certificate",
+            Self::RedisPrefix => "the Redis key prefix",
+            Self::DatabaseUrl => "the database URL",
+        }
+    }
+
+    /// The driver whose errors name it.
+    fn driver(self) -> &'static str {
+        match self {
+            Self::RedisUrl | Self::RedisCaCert | Self::RedisPrefix => "redis",
+            Self::DatabaseUrl => "database",
+        }
+    }
+
+    /// True when a driver's `Error::Config` key names this setting. Both the drivers' keys
+    /// ("the Redis URL", "RedisConfig::with_ca_cert[_file]", "database url" or "the database
+    /// URL") and the variables they used to give ("REDIS_URL", "DATABASE_URL") count: keys are
+    /// compared in lower case, with `_` as a space and without a leading "the ".
+    fn is_key(self, key: &str) -> bool {
+        let key = normalized(key);
+        let key = key.strip_prefix("the ").unwrap_or(&key);
+        match self {
+            Self::RedisUrl => key == "redis url",
+            Self::RedisCaCert => key.contains("with ca cert") || key == "redis ca cert",
+            Self::RedisPrefix => key.contains("with prefix") || key == "redis prefix",
+            Self::DatabaseUrl => key == "database url",
+        }
+    }
+
+    /// True when a driver's message (a backend error's advice, a version error) mentions this
+    /// setting, normalized as for [`Setting::is_key`].
+    fn is_mentioned(self, message: &str) -> bool {
+        let message = normalized(message);
+        match self {
+            Self::RedisUrl => message.contains("redis url"),
+            Self::RedisCaCert => message.contains("with ca cert"),
+            Self::RedisPrefix => message.contains("with prefix"),
+            Self::DatabaseUrl => message.contains("database url"),
+        }
+    }
+}
+
+fn normalized(text: &str) -> String {
+    text.to_lowercase().replace('_', " ")
+}
+
+/// Where a setting's value came from: its variable, its config-file key or what
+/// [`Config::set_origin`] named, with the value it held (a field changed in code since has no
+/// origin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    setting: Setting,
+    value: String,
+    from: String,
+}
+
 /// The worker's part of the configuration.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -132,6 +223,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
+    /// Where the settings the drivers name in their errors came from.
+    origins: Vec<Origin>,
 }
 
 impl Default for Config {
@@ -155,6 +248,7 @@ impl Default for Config {
                 shutdown_timeout: Duration::from_secs(10),
             },
             file: None,
+            origins: Vec::new(),
         }
     }
 }
@@ -284,14 +378,17 @@ impl Config {
         if let Some(redis) = file.redis {
             if let Some(url) = redis.url {
                 self.redis_url = Some(url);
+                self.set_origin(Setting::RedisUrl, key("redis.url"));
             }
             if let Some(path) = redis.ca_cert {
                 self.redis_ca_cert = Some(path);
+                self.set_origin(Setting::RedisCaCert, key("redis.ca_cert"));
             }
         }
         if let Some(database) = file.database {
             if let Some(url) = database.url {
                 self.database_url = Some(url);
+                self.set_origin(Setting::DatabaseUrl, key("database.url"));
             }
             self.database_table = database.table.or(self.database_table.take());
             self.database_failed_table =
@@ -362,17 +459,21 @@ impl Config {
             self.max_payload_bytes =
                 payload_limit(bytes).map_err(|m| Error::config(MAX_PAYLOAD_BYTES_VAR, m))?;
         }
-        if let Some(v) = var("REDIS_URL") {
+        if let Some(v) = var(Setting::RedisUrl.variable()) {
             self.redis_url = Some(v);
+            self.set_origin(Setting::RedisUrl, Setting::RedisUrl.variable());
         }
         if let Some(v) = var(REDIS_PREFIX) {
             self.redis_prefix = Some(v.trim().to_owned());
+            self.set_origin(Setting::RedisPrefix, REDIS_PREFIX);
         }
-        if let Some(v) = var("REDIS_CA_CERT") {
+        if let Some(v) = var(Setting::RedisCaCert.variable()) {
             self.redis_ca_cert = Some(PathBuf::from(v.trim()));
+            self.set_origin(Setting::RedisCaCert, Setting::RedisCaCert.variable());
         }
-        if let Some(v) = var("DATABASE_URL") {
+        if let Some(v) = var(Setting::DatabaseUrl.variable()) {
             self.database_url = Some(v);
+            self.set_origin(Setting::DatabaseUrl, Setting::DatabaseUrl.variable());
         }
         if let Some(v) = var(DATABASE_TABLE_VAR) {
             self.database_table = Some(v.trim().to_owned());
@@ -413,21 +514,129 @@ impl Config {
         self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
     }
 
+    /// Records that `setting`'s current value came from `from` (a command-line flag, say), to be
+    /// named in errors about it instead of its variable or file key. [`Config::load`] records
+    /// the variables and file keys itself; a value changed in code afterwards without this has
+    /// no origin, and errors about it keep the driver's words. An unset setting has nothing to
+    /// record (errors name its variable as not set).
+    pub fn set_origin(&mut self, setting: Setting, from: impl Into<String>) {
+        let Some(value) = self.value_of(setting) else { return };
+        self.origins.retain(|o| o.setting != setting);
+        self.origins.push(Origin { setting, value, from: from.into() });
+    }
+
+    /// The value of `setting`, as text; `None` when unset (the driver's default applies).
+    fn value_of(&self, setting: Setting) -> Option<String> {
+        match setting {
+            Setting::RedisUrl => self.redis_url.clone(),
+            Setting::RedisCaCert => {
+                self.redis_ca_cert.as_ref().map(|p| p.to_string_lossy().into_owned())
+            }
+            Setting::RedisPrefix => self.redis_prefix.clone(),
+            Setting::DatabaseUrl => self.database_url.clone(),
+        }
+    }
+
+    /// Where `setting`'s value came from, as errors name it: the variable, file key or flag
+    /// that held it, or `REDIS_URL (not set: the default)` for a default; `None` for a value set
+    /// in code.
+    fn origin(&self, setting: Setting) -> Option<String> {
+        match self.value_of(setting) {
+            None => Some(format!("{} (not set: the default)", setting.variable())),
+            Some(value) => self
+                .origins
+                .iter()
+                .find(|o| o.setting == setting && o.value == value)
+                .map(|o| o.from.clone()),
+        }
+    }
+
+    /// Says where the settings came from in an error a driver raised about them. The rule, the
+    /// same for every driver: the drivers name their settings as code gives them ("the Redis
+    /// URL", `RedisConfig::with_ca_cert_file`, "the database URL"); where such a setting came
+    /// from a variable, a config-file key or a flag ([`Config::set_origin`]),
+    ///
+    /// - an [`Error::Config`] about it is re-keyed to that variable, key or flag (the message is
+    ///   kept), e.g. `configuration error in REDIS_URL: ...`;
+    /// - a backend or version error whose message mentions it gets `; the Redis URL came from
+    ///   REDIS_URL` appended (unless the message names that origin already).
+    ///
+    /// An unset setting (the default applies) counts as coming from `REDIS_URL (not set: the
+    /// default)`, and its note reads `REDIS_URL is not set`.
+    ///
+    /// Other errors, and settings given in code, are returned as they are. [`Config::connect`]
+    /// and `Config::redis_config` apply this already; an application that connects a driver
+    /// itself from `Config::database_config` or `Config::redis_config` can pass the
+    /// driver's errors through it for the same messages.
+    pub fn name_origins(&self, error: Error) -> Error {
+        match error {
+            Error::Config { key, message } => {
+                match Setting::ALL.into_iter().find(|s| s.is_key(&key)) {
+                    Some(setting) => match self.origin(setting) {
+                        Some(from) => Error::Config { key: from, message },
+                        None => Error::Config { key, message },
+                    },
+                    None => Error::Config { key, message },
+                }
+            }
+            Error::Backend { driver, source, transient } => {
+                match self.origin_notes(driver, &source.to_string()) {
+                    Some(note) => {
+                        let source = Box::new(Noted { source, note });
+                        if transient {
+                            Error::backend(driver, source)
+                        } else {
+                            Error::backend_permanent(driver, source)
+                        }
+                    }
+                    None => Error::Backend { driver, source, transient },
+                }
+            }
+            Error::Version { driver, message } => match self.origin_notes(driver, &message) {
+                Some(note) => Error::Version { driver, message: format!("{message}; {note}") },
+                None => Error::Version { driver, message },
+            },
+            other => other,
+        }
+    }
+
+    /// `the Redis URL came from REDIS_URL` (or `REDIS_URL is not set`) for each of `driver`'s
+    /// settings that `message` mentions and that came from somewhere the message does not name
+    /// already.
+    fn origin_notes(&self, driver: &str, message: &str) -> Option<String> {
+        let notes: Vec<String> = Setting::ALL
+            .into_iter()
+            .filter(|s| s.driver() == driver && s.is_mentioned(message))
+            .filter_map(|s| {
+                let from = self.origin(s)?;
+                (!message.contains(&from)).then(|| match self.value_of(s) {
+                    Some(_) => format!("{} came from {from}", s.name()),
+                    None => format!("{} is not set", s.variable()),
+                })
+            })
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
+
     /// The Redis driver's settings: the URL, the key prefix and the CA certificate.
     ///
     /// # Errors
-    /// [`Error::Config`] for a malformed URL (naming `REDIS_URL`, without the password) or an
-    /// unreadable CA certificate.
+    /// [`Error::Config`] for a malformed URL (without the password) or an unreadable CA
+    /// certificate, keyed by the variable or file key that held the value (`REDIS_URL`,
+    /// `REDIS_CA_CERT`, `config/queue.toml: redis.url`, ...).
     #[cfg(feature = "redis")]
     pub fn redis_config(&self) -> Result<orcs_redis::RedisConfig> {
-        let mut config = orcs_redis::RedisConfig::from_url(self.redis_url())?;
-        if let Some(prefix) = &self.redis_prefix {
-            config = config.with_prefix(prefix.clone());
-        }
-        if let Some(path) = &self.redis_ca_cert {
-            config = config.with_ca_cert_file(path)?;
-        }
-        Ok(config)
+        let build = || {
+            let mut config = orcs_redis::RedisConfig::from_url(self.redis_url())?;
+            if let Some(prefix) = &self.redis_prefix {
+                config = config.with_prefix(prefix.clone());
+            }
+            if let Some(path) = &self.redis_ca_cert {
+                config = config.with_ca_cert_file(path)?;
+            }
+            Ok(config)
+        };
+        build().map_err(|e| self.name_origins(e))
     }
 
     /// The database driver's settings: the URL and the tables.
@@ -466,6 +675,26 @@ impl Config {
         options.default_timeout = self.worker.timeout;
         options.shutdown_timeout = self.worker.shutdown_timeout;
         options
+    }
+}
+
+/// A backend error with where a setting it mentions came from appended (see
+/// [`Config::name_origins`]); its source is the driver's error, so the chain stays whole.
+#[derive(Debug)]
+struct Noted {
+    source: orcs_core::BoxError,
+    note: String,
+}
+
+impl fmt::Display for Noted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.source, self.note)
+    }
+}
+
+impl std::error::Error for Noted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
     }
 }
 
@@ -703,6 +932,84 @@ mod tests {
         assert_eq!(config.database_table.as_deref(), Some("app_jobs"));
         assert_eq!(config.database_failed_table.as_deref(), Some("app_failed"));
         assert_eq!(Config::default().database_table, None, "the driver's default applies");
+    }
+
+    #[test]
+    fn driver_errors_name_the_variable_file_key_or_flag_that_held_the_setting() {
+        let file = Some((Path::new("config/queue.toml"), "[database]\nurl = \"sqlite::memory:\""));
+        let from_file = Config::from_sources(file, env(&[])).unwrap();
+        let from_env =
+            Config::from_sources(file, env(&[("DATABASE_URL", "sqlite::memory:")])).unwrap();
+        let mut from_flag = from_env.clone();
+        from_flag.database_url = Some("sqlite://other.db".to_owned());
+        from_flag.set_origin(Setting::DatabaseUrl, "--url");
+        let mut in_code = from_env.clone();
+        in_code.database_url = Some("sqlite://changed.db".to_owned());
+        let key = |config: &Config, key: &str| match config
+            .name_origins(Error::config(key, "sqlite::memory: would lose every job"))
+        {
+            Error::Config { key, message } => {
+                assert_eq!(message, "sqlite::memory: would lose every job");
+                key
+            }
+            other => panic!("{other:?}"),
+        };
+        // The database driver's key before and after its rewording.
+        for driver_key in ["DATABASE_URL", "database url", "the database URL"] {
+            assert_eq!(key(&from_file, driver_key), "config/queue.toml: database.url");
+            assert_eq!(key(&from_env, driver_key), "DATABASE_URL");
+            assert_eq!(key(&from_flag, driver_key), "--url");
+            assert_eq!(key(&in_code, driver_key), driver_key, "set in code: the driver's words");
+            assert_eq!(key(&Config::default(), driver_key), "DATABASE_URL (not set: the default)");
+        }
+        let redis = Config::from_sources(
+            None,
+            env(&[("REDIS_URL", "redis://h"), ("REDIS_CA_CERT", "ca.pem")]),
+        )
+        .unwrap();
+        assert_eq!(key(&redis, "the Redis URL"), "REDIS_URL");
+        assert_eq!(key(&redis, "RedisConfig::with_ca_cert_file"), "REDIS_CA_CERT");
+        assert_eq!(key(&redis, "QUEUE_DRIVER"), "QUEUE_DRIVER", "other keys are left alone");
+
+        // A backend error whose advice mentions the URL says where the URL came from, and
+        // stays transient (or permanent) with the driver's error as its source.
+        let refused = || {
+            Error::backend(
+                "redis",
+                std::io::Error::other("refused; fix the host and port in the Redis URL"),
+            )
+        };
+        let err = redis.name_origins(refused());
+        assert!(err.is_transient());
+        let text = err.to_string();
+        assert!(text.ends_with("in the Redis URL; the Redis URL came from REDIS_URL"), "{text}");
+        let source = std::error::Error::source(&err).and_then(std::error::Error::source);
+        assert!(source.is_some_and(|s| s.to_string().starts_with("refused")), "{err:?}");
+        let text = Config::default().name_origins(refused()).to_string();
+        assert!(text.ends_with("; REDIS_URL is not set"), "{text}");
+        let text = redis
+            .name_origins(Error::backend_permanent("database", std::io::Error::other("no")))
+            .to_string();
+        assert_eq!(text, "database backend error: no", "nothing mentioned: unchanged");
+        let err =
+            Error::Version { driver: "redis", message: "use RedisConfig::with_prefix".into() };
+        let text = redis.name_origins(err).to_string();
+        assert!(text.ends_with("with_prefix; REDIS_PREFIX is not set"), "{text}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_redis_config_names_the_variable_or_file_key() {
+        let err = |config: Config| config.redis_config().unwrap_err().to_string();
+        let text =
+            err(Config::from_sources(None, env(&[("REDIS_URL", "http://u:hunter2@h")])).unwrap());
+        assert!(text.starts_with("configuration error in REDIS_URL: http://u:***@h"), "{text}");
+        let file = "[redis]\nurl = \"redis://h\"\nca_cert = \"missing.pem\"";
+        let text = err(Config::from_sources(Some((Path::new("q.toml"), file)), env(&[])).unwrap());
+        assert!(text.starts_with("configuration error in q.toml: redis.ca_cert: "), "{text}");
+        let file = Some((Path::new("q.toml"), "[redis]\nurl = \"redis://h:port\""));
+        let text = err(Config::from_sources(file, env(&[])).unwrap());
+        assert!(text.starts_with("configuration error in q.toml: redis.url: "), "{text}");
     }
 
     #[test]

@@ -82,7 +82,11 @@ impl Config {
     /// a [`Queue`] on it with the configured default queue and payload limit.
     ///
     /// # Errors
-    /// As [`connect`].
+    /// As [`connect`], with the variable, config-file key or flag that held a setting named in
+    /// errors about it: an [`Error::Config`] from the driver is keyed `REDIS_URL`,
+    /// `REDIS_CA_CERT`, `DATABASE_URL` or `config/queue.toml: redis.url` (...) instead of the
+    /// driver's "the Redis URL"; a backend error whose advice mentions the URL ends with `the
+    /// Redis URL came from REDIS_URL` (see [`Config::set_origin`]).
     pub async fn connect(&self) -> Result<Queue> {
         let queue = match self.driver {
             DriverKind::Memory => Queue::new(MemoryDriver::new()),
@@ -97,11 +101,13 @@ impl Config {
 
 #[cfg(feature = "redis")]
 async fn connect_redis(url: &str, config: Option<&Config>) -> Result<Queue> {
-    let settings = match config {
-        Some(config) => config.redis_config()?,
-        None => orcs_redis::RedisConfig::from_url(url)?,
+    let driver = match config {
+        Some(config) => orcs_redis::RedisDriver::connect(config.redis_config()?)
+            .await
+            .map_err(|e| config.name_origins(e))?,
+        None => orcs_redis::RedisDriver::connect(orcs_redis::RedisConfig::from_url(url)?).await?,
     };
-    Ok(Queue::new(orcs_redis::RedisDriver::connect(settings).await?))
+    Ok(Queue::new(driver))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -111,11 +117,16 @@ async fn connect_redis(_url: &str, _config: Option<&Config>) -> Result<Queue> {
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn connect_database(url: &str, config: Option<&Config>) -> Result<Queue> {
-    let settings = match config {
-        Some(config) => config.database_config(),
-        None => orcs_database::DatabaseConfig::new(url),
+    let driver = match config {
+        Some(config) => orcs_database::DatabaseDriver::connect_with(config.database_config())
+            .await
+            .map_err(|e| config.name_origins(e))?,
+        None => {
+            orcs_database::DatabaseDriver::connect_with(orcs_database::DatabaseConfig::new(url))
+                .await?
+        }
     };
-    Ok(Queue::new(orcs_database::DatabaseDriver::connect_with(settings).await?))
+    Ok(Queue::new(driver))
 }
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
