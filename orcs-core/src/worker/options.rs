@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// How a worker behaves; every field has the default documented on its [`Worker`] setter.
+/// How a worker behaves; every field has the default documented on its [`crate::Worker`] setter.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerOptions {
