@@ -4,7 +4,7 @@
 # of medians, min-max and ratios to BullMQ.
 #
 #   scripts/bench.sh                 ROUNDS=3 N=50000 BACKLOG=1000000 PORT=6390
-#   env: PEERS=../shared/peers  SKIP_PEERS=1  DRIVERS="redis memory sqlite postgres"
+#   env: PEERS=../shared/peers  SKIP_PEERS=1  SKIP_APALIS=1  DRIVERS="redis memory sqlite postgres"
 #        APALIS_TARGET=dir  (keep the apalis harness' build between runs; default: the temp folder)
 #
 # Everything it starts (redis-server) it stops by pid; peers are installed and built in a
@@ -58,9 +58,11 @@ if [ -z "${SKIP_PEERS:-}" ] && [ -d "$PEERS/bullmq" ]; then
   echo "# bench: installing BullMQ and building apalis in $work" >&2
   cp -r "$PEERS/bullmq" "$work/bullmq"
   (cd "$work/bullmq" && timeout 600 npm ci --silent --no-audit --no-fund >/dev/null 2>&1)
-  cp -r "$PEERS/apalis" "$work/apalis"
-  (cd "$work/apalis" && CARGO_TARGET_DIR=$apalis_target timeout 1200 cargo build --release -q 2>/dev/null) \
-    || echo "# bench: apalis did not build; skipping it" >&2
+  if [ -z "${SKIP_APALIS:-}" ]; then
+    cp -r "$PEERS/apalis" "$work/apalis"
+    (cd "$work/apalis" && CARGO_TARGET_DIR=$apalis_target timeout 1200 cargo build --release -q 2>/dev/null) \
+      || echo "# bench: apalis did not build; skipping it" >&2
+  fi
   have_peers=1
 fi
 

@@ -31,9 +31,14 @@ pub fn run<F: Future<Output = ()>>(case: F) {
         .build()
         .expect("a tokio runtime can be built");
     runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), case)
+        // ORCS_TEST_CASE_TIMEOUT_SECS raises the limit for long runs of a case.
+        let limit = std::env::var("ORCS_TEST_CASE_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        tokio::time::timeout(Duration::from_secs(limit), case)
             .await
-            .expect("the case finished within 60 s");
+            .unwrap_or_else(|_| panic!("the case did not finish within {limit} s"));
     });
 }
 
