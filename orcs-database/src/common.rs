@@ -1,17 +1,28 @@
 //! What the two backends share: helpers, error classification, row decoding, and the operations
-//! whose code is the same for both, written once in [`common_ops!`] and expanded in each backend
-//! module against its own sqlx types.
+//! whose code is the same for both, written once over the [`Backend`] trait that each backend
+//! module implements with its own sqlx types and the few steps that differ.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::ops::DerefMut;
+use std::sync::Arc;
 
 use orcs_core::{
-    Error, FailedJob, JobInfo, JobRecord, JobState, Lease, Millis, NewJob, Reserved, Unique,
-    UniqueUntil,
+    CancelOutcome, Claim, ClaimRequest, Error, FailedJob, FailedQuery, JobInfo, JobRecord,
+    JobState, Lease, ListRequest, Millis, NewJob, PushOutcome, QueueLimits, QueueStats, RateLimit,
+    Reserved, Settle, Transition, Unique, UniqueUntil,
 };
-use sqlx::Row;
+use sqlx::{
+    ColumnIndex, Connection, Database, Decode, Encode, Executor, IntoArguments, Pool, Row,
+    Transaction, Type,
+};
 use tokio::sync::Notify;
 
-use crate::sql::{DELAYED, READY, RESERVED, UNIQUE_FINISHED, UNIQUE_PERIOD, UNIQUE_STARTED};
+use crate::sql::{
+    COUNTERS_V1_COLUMNS, DELAYED, Dialect, FAILED_V1_COLUMNS, JOBS_V1_COLUMNS, LATEST_VERSION,
+    READY, RESERVED, Sql, UNIQUE_FINISHED, UNIQUE_PERIOD, UNIQUE_STARTED,
+};
 
 /// The driver name in errors.
 pub(crate) const DRIVER: &str = "database";
@@ -168,10 +179,7 @@ pub(crate) fn unique_columns(job: &NewJob) -> Result<UniqueColumns, Error> {
 }
 
 /// Reads the unique key stored in columns `i`, `i + 1`, `i + 2` (key, mode, period).
-fn decode_unique<R: DbRow>(row: &R, i: usize) -> Result<Option<Unique>, String>
-where
-    usize: sqlx::ColumnIndex<R>,
-{
+fn decode_unique<R: DbRow>(row: &R, i: usize) -> Result<Option<Unique>, String> {
     let Some(key) = row.get_opt_text(i)? else {
         return Ok(None);
     };
@@ -192,27 +200,20 @@ pub(crate) fn page(limit: usize, offset: u64) -> (i64, i64) {
     (i64::try_from(limit).unwrap_or(0), i64::try_from(offset).unwrap_or(i64::MAX))
 }
 
-fn text<R: Row>(row: &R, i: usize) -> Result<String, String>
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+/// A column or parameter type both backends read and bind: the sqlx bounds the shared code needs
+/// of each, in one place.
+pub(crate) trait Value<DB: Database>:
+    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
 {
-    row.try_get::<String, _>(i).map_err(|e| e.to_string())
 }
 
-fn int<R: Row>(row: &R, i: usize) -> Result<i64, String>
-where
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+impl<DB: Database, T> Value<DB> for T where
+    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
 {
-    row.try_get::<i64, _>(i).map_err(|e| e.to_string())
 }
 
-/// The row types of both backends decode the same column types.
-pub(crate) trait DbRow: Row
-where
-    usize: sqlx::ColumnIndex<Self>,
-{
+/// Reads the column types the decoders need, by position; an error says what is wrong.
+pub(crate) trait DbRow {
     fn get_text(&self, i: usize) -> Result<String, String>;
     fn get_opt_text(&self, i: usize) -> Result<Option<String>, String>;
     fn get_int(&self, i: usize) -> Result<i64, String>;
@@ -222,42 +223,39 @@ where
     fn get_bool(&self, i: usize) -> Result<bool, String>;
 }
 
-macro_rules! impl_db_row {
-    ($row:ty) => {
-        impl DbRow for $row {
-            fn get_text(&self, i: usize) -> Result<String, String> {
-                text(self, i)
-            }
-            fn get_opt_text(&self, i: usize) -> Result<Option<String>, String> {
-                self.try_get::<Option<String>, _>(i).map_err(|e| e.to_string())
-            }
-            fn get_int(&self, i: usize) -> Result<i64, String> {
-                int(self, i)
-            }
-            fn get_opt_int(&self, i: usize) -> Result<Option<i64>, String> {
-                self.try_get::<Option<i64>, _>(i).map_err(|e| e.to_string())
-            }
-            fn get_i32(&self, i: usize) -> Result<i32, String> {
-                self.try_get::<i32, _>(i).map_err(|e| e.to_string())
-            }
-            fn get_opt_i32(&self, i: usize) -> Result<Option<i32>, String> {
-                self.try_get::<Option<i32>, _>(i).map_err(|e| e.to_string())
-            }
-            fn get_bool(&self, i: usize) -> Result<bool, String> {
-                self.try_get::<bool, _>(i).map_err(|e| e.to_string())
-            }
-        }
-    };
+impl<R: Row> DbRow for R
+where
+    usize: ColumnIndex<R>,
+    String: Value<R::Database>,
+    i64: Value<R::Database>,
+    i32: Value<R::Database>,
+    bool: Value<R::Database>,
+{
+    fn get_text(&self, i: usize) -> Result<String, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn get_opt_text(&self, i: usize) -> Result<Option<String>, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn get_int(&self, i: usize) -> Result<i64, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn get_opt_int(&self, i: usize) -> Result<Option<i64>, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn get_i32(&self, i: usize) -> Result<i32, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn get_opt_i32(&self, i: usize) -> Result<Option<i32>, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn get_bool(&self, i: usize) -> Result<bool, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
 }
 
-impl_db_row!(sqlx::postgres::PgRow);
-impl_db_row!(sqlx::sqlite::SqliteRow);
-
 /// Reads a claimed row (the claim's `RETURNING` columns); an error names what is wrong with it.
-pub(crate) fn decode_claimed<R: DbRow>(row: &R) -> Result<Reserved, String>
-where
-    usize: sqlx::ColumnIndex<R>,
-{
+pub(crate) fn decode_claimed<R: DbRow>(row: &R) -> Result<Reserved, String> {
     let id = row.get_text(0)?;
     let queue = row.get_text(2)?;
     let mut record = JobRecord::default();
@@ -278,10 +276,7 @@ where
 
 /// The stored job of a row whose first ten columns are id, queue, name, payload, priority,
 /// attempts, max_retries, retry_delay_ms, timeout_ms, dispatched_at; with its attempt count.
-fn decode_job<R: DbRow>(row: &R) -> Result<(NewJob, u32), String>
-where
-    usize: sqlx::ColumnIndex<R>,
-{
+fn decode_job<R: DbRow>(row: &R) -> Result<(NewJob, u32), String> {
     let dispatched_at = row.get_int(9)?;
     let mut job = NewJob::new(
         row.get_text(0)?,
@@ -301,10 +296,7 @@ where
 }
 
 /// Reads a row of [`crate::sql::INFO_COLUMNS`] at `now`.
-pub(crate) fn decode_info<R: DbRow>(row: &R, now: Millis) -> Result<JobInfo, String>
-where
-    usize: sqlx::ColumnIndex<R>,
-{
+pub(crate) fn decode_info<R: DbRow>(row: &R, now: Millis) -> Result<JobInfo, String> {
     let (mut job, attempts) = decode_job(row)?;
     job.available_at = row.get_int(10)?;
     let reserved_until = row.get_opt_int(11)?;
@@ -327,10 +319,7 @@ where
 }
 
 /// Reads a row of [`crate::sql::FAILED_COLUMNS`]: the failed-set entry and its job.
-pub(crate) fn decode_failed<R: DbRow>(row: &R) -> Result<(FailedJob, JobInfo), String>
-where
-    usize: sqlx::ColumnIndex<R>,
-{
+pub(crate) fn decode_failed<R: DbRow>(row: &R) -> Result<(FailedJob, JobInfo), String> {
     let (mut job, attempts) = decode_job(row)?;
     job.unique = decode_unique(row, 12)?;
     let error = row.get_text(10)?;
@@ -347,1082 +336,1095 @@ pub(crate) fn unreadable(reason: String) -> Error {
     Error::backend_permanent(DRIVER, format!("unreadable row: {reason}"))
 }
 
-/// The statements and helpers both backends run the same way. Expanded inside a backend module
-/// that defines `Db`, `Conn`, `begin(conn)`, and a `Store` with `sql`, `shared`, `writer()`
-/// (the connection writes go through), `reader()` (a pool for reads) and
-/// `notify_in(conn, queues)` (announces to other processes, inside the caller's transaction).
-macro_rules! common_ops {
-    () => {
-        fn q(sql: &::std::sync::Arc<str>) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
-            sqlx::query(sqlx::AssertSqlSafe(::std::sync::Arc::clone(sql)))
-        }
+/// A statement with its parameters bound so far.
+pub(crate) type Query<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;
 
-        /// A statement with its parameters bound so far.
-        type Query = sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments>;
+/// A statement of [`Sql`] (built once per driver, shared by reference count).
+pub(crate) fn q<DB: Database>(sql: &Arc<str>) -> Query<DB> {
+    sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
+}
 
-        fn dynamic(sql: String) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-        }
+/// A statement whose text depends on the input (a batch size).
+pub(crate) fn dynamic<DB: Database>(sql: String) -> Query<DB> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+}
 
-        /// What one settle did, when its token matched: the queues that gained a ready job.
-        type Settled = ::std::result::Result<Vec<String>, orcs_core::Error>;
+/// What one settle did, when its token matched: the queues that gained a ready job.
+type Settled = Result<Vec<String>, Error>;
 
-        /// Brings the tables up to [`crate::sql::LATEST_VERSION`] on `conn`, inside the caller's
-        /// transaction, which holds the setup lock: each migration runs once, however many
-        /// drivers start together. Expects `table_exists(conn, name)`, `table_columns(conn,
-        /// name)` (empty for no such table) and `NOW_MS` (the database's clock in milliseconds,
-        /// as SQL) from the backend module.
-        async fn migrate(conn: &mut Conn, sql: &$crate::sql::Sql) -> orcs_core::Result<()> {
-            use sqlx::Row;
-            use $crate::common::{backend, DRIVER};
-            use $crate::sql::LATEST_VERSION;
-            let migrations_name = format!("{}_migrations", sql.jobs_name);
-            let had_jobs = table_exists(conn, &sql.catalog(&sql.jobs_name)).await?;
-            let had_migrations = table_exists(conn, &sql.catalog(&migrations_name)).await?;
-            dynamic(sql.create_migrations.clone()).execute(&mut *conn).await.map_err(backend)?;
-            let current: i64 = dynamic(format!(
-                "SELECT COALESCE(MAX(version), 0) FROM {}",
-                sql.migrations_table
-            ))
-            .fetch_one(&mut *conn)
-            .await
-            .and_then(|row| row.try_get::<i64, _>(0))
-            .map_err(backend)?;
-            if current > LATEST_VERSION {
-                return Err(orcs_core::Error::Version {
-                    driver: DRIVER,
-                    message: format!(
-                        "the tables of {} are at storage version {current}, written by a newer \
-                         orcs; this build knows versions up to {LATEST_VERSION}: upgrade the \
-                         workers, or use other tables (DatabaseConfig::with_jobs_table)",
-                        sql.jobs
-                    ),
-                });
-            }
-            if current == 0 && !had_migrations {
-                // Tables made by the previous release (no migrations table) are version 1 if they
-                // have that release's columns, and are upgraded in place. A table of the same
-                // name with other columns belongs to another application (Laravel has `jobs`
-                // and `failed_jobs` tables too): refuse it, changing nothing.
-                use $crate::sql::{COUNTERS_V1_COLUMNS, FAILED_V1_COLUMNS, JOBS_V1_COLUMNS};
-                let tables: [(&str, &[&str], &str); 3] = [
-                    (
-                        &sql.jobs_name,
-                        &JOBS_V1_COLUMNS,
-                        "choose another table name (DatabaseConfig::with_jobs_table; the orcs \
-                         command: [database] table in config/queue.toml)",
-                    ),
-                    (
-                        &sql.failed_name,
-                        &FAILED_V1_COLUMNS,
-                        "choose another name for the failed-jobs table \
-                         (DatabaseConfig::with_failed_table)",
-                    ),
-                    (
-                        &sql.counters_name,
-                        &COUNTERS_V1_COLUMNS,
-                        "choose another name for the counters table \
-                         (DatabaseConfig::with_counters_table)",
-                    ),
-                ];
-                for (table, needed, fix) in tables {
-                    if table != sql.jobs_name.as_str() || had_jobs {
-                        let columns = table_columns(conn, &sql.catalog(table)).await?;
-                        if columns.is_empty() {
-                            continue;
-                        }
-                        let missing: Vec<&str> = needed
-                            .iter()
-                            .copied()
-                            .filter(|c| !columns.iter().any(|have| have.eq_ignore_ascii_case(c)))
-                            .collect();
-                        if !missing.is_empty() {
-                            return Err(orcs_core::Error::Version {
-                                driver: DRIVER,
-                                message: format!(
-                                    "the table \"{table}\" already exists with another shape \
-                                     (columns {}; orcs needs {} as well), so it probably belongs \
-                                     to another application; nothing was changed: {fix}",
-                                    columns.join(", "),
-                                    missing.join(", "),
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-            for migration in sql.migrations.iter().filter(|m| m.version > current) {
-                for statement in &migration.statements {
-                    dynamic(statement.clone()).execute(&mut *conn).await.map_err(backend)?;
-                }
-                dynamic(format!(
-                    "INSERT INTO {} (version, applied_at) VALUES ($1, {NOW_MS})",
-                    sql.migrations_table
-                ))
-                .bind(migration.version)
-                .execute(&mut *conn)
+/// What differs between SQLite and PostgreSQL beyond the SQL text (which [`Sql`] holds per
+/// dialect): the sqlx types, the connections writes go through, how a write transaction begins,
+/// the catalog, how other processes hear of new jobs, and the claim's per-queue steps.
+pub(crate) trait Backend: Send + Sync + Sized + 'static {
+    type Db: Database<Connection = Self::Conn>;
+    type Conn: Connection<Database = Self::Db>;
+    /// The connection writes go through, held for one operation.
+    type Writer<'a>: DerefMut<Target = Self::Conn> + Send
+    where
+        Self: 'a;
+
+    /// The database's clock in milliseconds, as SQL (for the migrations table).
+    const NOW_MS: &'static str;
+
+    fn writer(&self) -> impl Future<Output = orcs_core::Result<Self::Writer<'_>>> + Send;
+
+    /// Where reads go.
+    fn reader(&self) -> &Pool<Self::Db>;
+
+    /// Begins a write transaction on `conn`.
+    fn begin(
+        conn: &mut Self::Conn,
+    ) -> impl Future<Output = orcs_core::Result<Transaction<'_, Self::Db>>> + Send;
+
+    fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// Whether table `name` (as [`Sql::catalog`] spells it) exists.
+    fn table_exists(
+        conn: &mut Self::Conn,
+        name: &str,
+    ) -> impl Future<Output = orcs_core::Result<bool>> + Send;
+
+    /// The column names of table `name`; empty if there is no such table.
+    fn table_columns(
+        conn: &mut Self::Conn,
+        name: &str,
+    ) -> impl Future<Output = orcs_core::Result<Vec<String>>> + Send;
+
+    /// Announces `queues` to other processes' waiters, inside the caller's transaction on
+    /// `conn`, so that nothing is announced for a write that rolls back.
+    fn notify_in(
+        store: &Store<Self>,
+        conn: &mut Self::Conn,
+        queues: &[String],
+    ) -> impl Future<Output = orcs_core::Result<()>> + Send;
+
+    /// Promotes `queue`'s due delayed jobs and reads its limits (`None`: it has none).
+    fn promote_due(
+        store: &Store<Self>,
+        conn: &mut Self::Conn,
+        queue: &str,
+        now: Millis,
+    ) -> impl Future<Output = orcs_core::Result<Option<Limits>>> + Send;
+
+    /// Claims up to `want` jobs of a queue with `limits`, within them; returns the claimed rows
+    /// and, when its rate window is full, when it reopens.
+    #[allow(clippy::too_many_arguments)]
+    fn claim_limited(
+        store: &Store<Self>,
+        conn: &mut Self::Conn,
+        queue: &str,
+        req: &ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+        limits: Limits,
+    ) -> impl Future<Output = orcs_core::Result<(Vec<RowOf<Self>>, Option<Millis>)>> + Send;
+}
+
+/// A row of backend `B`'s results.
+pub(crate) type RowOf<B> = <<B as Backend>::Db as Database>::Row;
+
+/// A driver's tables on one backend: the shared operations are in the generic `impl` below,
+/// the backend's own (connect, claim, settle, touch, wait) in its module.
+pub(crate) struct Store<B> {
+    pub(crate) sql: Arc<Sql>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) backend: B,
+}
+
+/// The operations both backends run the same way. The `where` clause is every sqlx bound they
+/// need: connections that execute statements, and the column types they bind and read.
+impl<B: Backend> Store<B>
+where
+    for<'c> &'c mut B::Conn: Executor<'c, Database = B::Db>,
+    <B::Db as Database>::Arguments: IntoArguments<B::Db>,
+    usize: ColumnIndex<RowOf<B>>,
+    String: Value<B::Db>,
+    i64: Value<B::Db>,
+    i32: Value<B::Db>,
+    bool: Value<B::Db>,
+    Option<String>: Value<B::Db>,
+    Option<i64>: Value<B::Db>,
+    Option<i32>: Value<B::Db>,
+{
+    /// Brings the tables up to [`crate::sql::LATEST_VERSION`] on `conn`, inside the caller's
+    /// transaction, which holds the setup lock: each migration runs once, however many
+    /// drivers start together.
+    pub(crate) async fn migrate(conn: &mut B::Conn, sql: &Sql) -> orcs_core::Result<()> {
+        let migrations_name = format!("{}_migrations", sql.jobs_name);
+        let had_jobs = B::table_exists(conn, &sql.catalog(&sql.jobs_name)).await?;
+        let had_migrations = B::table_exists(conn, &sql.catalog(&migrations_name)).await?;
+        dynamic(sql.create_migrations.clone()).execute(&mut *conn).await.map_err(backend)?;
+        let current: i64 =
+            dynamic(format!("SELECT COALESCE(MAX(version), 0) FROM {}", sql.migrations_table))
+                .fetch_one(&mut *conn)
                 .await
+                .and_then(|row| row.try_get::<i64, _>(0))
                 .map_err(backend)?;
-                tracing::info!(version = migration.version, tables = %sql.jobs, "applied a storage migration");
-            }
-            Ok(())
+        if current > LATEST_VERSION {
+            return Err(Error::Version {
+                driver: DRIVER,
+                message: format!(
+                    "the tables of {} are at storage version {current}, written by a newer \
+                     orcs; this build knows versions up to {LATEST_VERSION}: upgrade the \
+                     workers, or use other tables (DatabaseConfig::with_jobs_table)",
+                    sql.jobs
+                ),
+            });
         }
-
-        impl Store {
-            /// Stores `jobs` on `conn` (inside the caller's transaction): one outcome per job. An
-            /// id in the failed set, already stored, or earlier in `jobs` is a duplicate; so is a
-            /// job whose unique key another job of its queue holds (the answer names the holder).
-            async fn insert_jobs<'a>(
-                &self,
-                conn: &mut Conn,
-                jobs: &'a [orcs_core::NewJob],
-            ) -> orcs_core::Result<(Vec<orcs_core::PushOutcome>, Vec<String>)> {
-                use ::std::collections::{HashMap, HashSet};
-                use sqlx::Row;
-                use $crate::common::{backend, duration_ms, initial_state, unique_columns, INSERT_CHUNK};
-                let mut keys = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    keys.push(unique_columns(job)?);
-                }
-                // The first of several jobs with one id is the one stored.
-                let mut seen: HashSet<&str> = HashSet::new();
-                let fresh: Vec<usize> =
-                    (0..jobs.len()).filter(|&i| seen.insert(jobs[i].id.as_str())).collect();
-                let mut stored: HashSet<String> = HashSet::new();
-                for chunk in fresh.chunks(INSERT_CHUNK) {
-                    let mut query = dynamic(self.sql.insert(chunk.len()));
-                    for &i in chunk {
-                        let job = &jobs[i];
-                        let (key, mode, ms) = keys[i].clone();
-                        query = query
-                            .bind(job.id.clone())
-                            .bind(job.queue.clone())
-                            .bind(job.name.clone())
-                            .bind(job.payload.clone())
-                            .bind(job.priority)
-                            .bind(i64::from(job.max_retries))
-                            .bind(duration_ms(job.retry_delay_ms))
-                            .bind(job.timeout_ms.map(duration_ms))
-                            .bind(job.dispatched_at)
-                            .bind(job.available_at)
-                            .bind(initial_state(job))
-                            .bind(key)
-                            .bind(mode)
-                            .bind(ms);
-                    }
-                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                        stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
-                    }
-                }
-                // The failed set is looked at after the insert, so that a `fail` of the same id
-                // racing this push is seen: the insert either met the live row (a duplicate) or
-                // waited for the fail's delete to commit, and this later statement then sees
-                // the row it moved to the failed set.
-                let mut unstore: Vec<String> = Vec::new();
-                let inserted: Vec<String> = stored.iter().cloned().collect();
-                // Unique keys: the first stored job of the push with a key tries to take it
-                // (in key order, so concurrent pushes lock keys in one order); a later job of the
-                // push with the same key is a duplicate of whoever ends up holding it.
-                let leaders = |stored: &HashSet<String>| {
-                    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
-                    let mut followers: Vec<(usize, usize)> = Vec::new();
-                    for &i in &fresh {
-                        let job = &jobs[i];
-                        if let (Some(unique), true) = (&job.unique, stored.contains(&job.id)) {
-                            match first.get(&(job.queue.as_str(), unique.key.as_str())) {
-                                Some(&leader) => followers.push((i, leader)),
-                                None => {
-                                    first.insert((job.queue.as_str(), unique.key.as_str()), i);
-                                }
-                            }
-                        }
-                    }
-                    (first, followers)
-                };
-                let sorted = |first: &HashMap<(&'a str, &'a str), usize>| {
-                    let mut takers: Vec<((&'a str, &'a str), usize)> =
-                        first.iter().map(|(k, &i)| (*k, i)).collect();
-                    takers.sort_unstable();
-                    takers
-                };
-                // (queue, key) -> the id of the job holding it.
-                let mut holders: HashMap<(String, String), String> = HashMap::new();
-                let bind_key = |query: Query, (queue, key): (&str, &str), i: usize| {
-                    let job = &jobs[i];
-                    let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
-                    query
-                        .bind(queue.to_owned())
-                        .bind(key.to_owned())
-                        .bind(job.id.clone())
-                        .bind(job.dispatched_at)
-                        .bind(expires)
-                };
-                let (first, followers) = leaders(&stored);
-                // Only when no two jobs share a key: a leader found in the failed set then has
-                // no successor that would have to take its key in a later statement, out of
-                // key order (which could deadlock with a concurrent push).
-                let merged = self.sql.dialect == $crate::sql::Dialect::Postgres
-                    && !first.is_empty()
-                    && followers.is_empty()
-                    && inserted.len() <= INSERT_CHUNK
-                    && first.len() <= INSERT_CHUNK;
-                if merged {
-                    // The failed-set look and the key upsert in one round trip; a leader found
-                    // in the failed set takes no key.
-                    let takers = sorted(&first);
-                    let mut query =
-                        dynamic(self.sql.failed_ids_and_take_keys(inserted.len(), takers.len()));
-                    for id in &inserted {
-                        query = query.bind(id.clone());
-                    }
-                    for &(key, i) in &takers {
-                        query = bind_key(query, key, i);
-                    }
-                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                        if let Some(id) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
-                            stored.remove(&id);
-                            unstore.push(id);
-                        } else {
-                            let queue: String = row.try_get(0).map_err(backend)?;
-                            let key: String = row.try_get(1).map_err(backend)?;
-                            holders.insert((queue, key), row.try_get(2).map_err(backend)?);
-                        }
-                    }
-                } else {
-                    for chunk in inserted.chunks(INSERT_CHUNK) {
-                        let mut query = dynamic(self.sql.failed_ids(chunk.len()));
-                        for id in chunk {
-                            query = query.bind(id.clone());
-                        }
-                        for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                            let id = row.try_get::<String, _>(0).map_err(backend)?;
-                            stored.remove(&id);
-                            unstore.push(id);
-                        }
-                    }
-                }
-                // The leaders among the jobs finally stored; the keys not settled above.
-                let (first, followers) = leaders(&stored);
-                let takers: Vec<_> = sorted(&first)
-                    .into_iter()
-                    .filter(|((queue, key), _)| {
-                        !holders.contains_key(&((*queue).to_owned(), (*key).to_owned()))
-                    })
-                    .collect();
-                for chunk in takers.chunks(INSERT_CHUNK) {
-                    let mut query = dynamic(self.sql.take_keys(chunk.len()));
-                    for &(key, i) in chunk {
-                        query = bind_key(query, key, i);
-                    }
-                    for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                        let queue: String = row.try_get(0).map_err(backend)?;
-                        let key: String = row.try_get(1).map_err(backend)?;
-                        holders.insert((queue, key), row.try_get(2).map_err(backend)?);
-                    }
-                }
-                // Job index -> the id of the job holding its key, for the jobs that do not.
-                let mut held_by: HashMap<usize, String> = HashMap::new();
-                let key_of = |i: usize| {
-                    let job = &jobs[i];
-                    let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
-                    (job.queue.clone(), key.to_owned())
-                };
-                for &i in first.values() {
-                    let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
-                    if holder != jobs[i].id {
-                        held_by.insert(i, holder);
-                    }
-                }
-                for (i, leader) in followers {
-                    let holder =
-                        holders.get(&key_of(leader)).cloned().unwrap_or_else(|| jobs[leader].id.clone());
-                    held_by.insert(i, holder);
-                }
-                let mut refused: HashMap<&str, String> = HashMap::new();
-                for (i, holder) in held_by {
-                    stored.remove(&jobs[i].id);
-                    unstore.push(jobs[i].id.clone());
-                    refused.insert(jobs[i].id.as_str(), holder);
-                }
-                // Rows this push inserted and then found to be duplicates; nobody saw them.
-                for chunk in unstore.chunks(INSERT_CHUNK) {
-                    let mut query = dynamic(self.sql.delete_ids(chunk.len()));
-                    for id in chunk {
-                        query = query.bind(id.clone());
-                    }
-                    query.execute(&mut *conn).await.map_err(backend)?;
-                }
-                let mut queues = Vec::new();
-                let outcomes = jobs
-                    .iter()
-                    .map(|job| {
-                        // `remove`: a later job with the same id is a duplicate of this one.
-                        if stored.remove(&job.id) {
-                            if !queues.contains(&job.queue) {
-                                queues.push(job.queue.clone());
-                            }
-                            orcs_core::PushOutcome::Stored
-                        } else if let Some(holder) = refused.remove(job.id.as_str()) {
-                            orcs_core::PushOutcome::Duplicate { id: holder }
-                        } else {
-                            orcs_core::PushOutcome::Duplicate { id: job.id.clone() }
-                        }
-                    })
-                    .collect();
-                Ok((outcomes, queues))
-            }
-
-            pub(crate) async fn push(
-                &self,
-                jobs: Vec<orcs_core::NewJob>,
-            ) -> orcs_core::Result<Vec<orcs_core::PushOutcome>> {
-                use $crate::common::backend;
-                if jobs.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                let (outcomes, queues) = self.insert_jobs(&mut tx, &jobs).await?;
-                self.notify_in(&mut tx, &queues).await?;
-                tx.commit().await.map_err(backend)?;
-                drop(conn);
-                if !queues.is_empty() {
-                    self.shared.wake.notify_waiters();
-                }
-                Ok(outcomes)
-            }
-
-            /// Stores `jobs` in the application's open transaction on `conn`, announcing them
-            /// with `NOTIFY` in it (delivered on commit, never on rollback). This process's
-            /// waiters are not woken here: the jobs are invisible until the application commits,
-            /// and then the notification (PostgreSQL) or the poll (SQLite) finds them.
-            pub(crate) async fn push_in(
-                &self,
-                conn: &mut Conn,
-                jobs: &[orcs_core::NewJob],
-            ) -> orcs_core::Result<Vec<orcs_core::PushOutcome>> {
-                if jobs.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let (outcomes, queues) = self.insert_jobs(conn, jobs).await?;
-                self.notify_in(conn, &queues).await?;
-                Ok(outcomes)
-            }
-
-            /// Claims on `conn` from each queue in turn: promotes the queue's due delayed jobs,
-            /// then takes the best ready ones (within the queue's limits, if it has any).
-            /// Returns the claim and the rows that could not be read (id, token, reason).
-            async fn claim_on(
-                &self,
-                conn: &mut Conn,
-                req: &orcs_core::ClaimRequest<'_>,
-            ) -> orcs_core::Result<(orcs_core::Claim, Vec<(Option<String>, Option<String>, String)>)> {
-                use sqlx::Row;
-                use $crate::common::{backend, decode_claimed, duration_ms};
-                use $crate::sql::{Dialect, UNIQUE_STARTED};
-                let mut claim = orcs_core::Claim::default();
-                // One token prefix per call; each job's token adds its id, so tokens are unique
-                // per job and per claim.
-                let batch = format!("{}:", orcs_core::new_job_id());
-                let mut unreadable = Vec::new();
-                // When a rate-limited queue's window reopens, if one is blocked.
-                let mut reopens: Option<orcs_core::Millis> = None;
-                for queue in req.queues {
-                    let want = req.max.saturating_sub(claim.jobs.len());
-                    if want == 0 {
-                        break;
-                    }
-                    // Every due job is promoted before the claim picks, so a due job of higher
-                    // priority is never passed over; each job is promoted once.
-                    let limits = self.promote_due(conn, queue, req.now).await?;
-                    let rows = if let Some(limits) = limits {
-                        let (rows, next) =
-                            self.claim_limited(conn, queue, req, want, &batch, limits).await?;
-                        if let Some(next) = next {
-                            reopens = Some(reopens.map_or(next, |r| r.min(next)));
-                        }
-                        rows
-                    } else {
-                        q(&self.sql.claim)
-                            .bind(queue.clone())
-                            .bind(req.now)
-                            .bind(duration_ms(req.default_timeout_ms))
-                            .bind(duration_ms(req.grace_ms))
-                            .bind(batch.clone())
-                            .bind(i64::try_from(want).unwrap_or(i64::MAX))
-                            .fetch_all(&mut *conn)
-                            .await
-                            .map_err(backend)?
-                    };
-                    let mut got = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        // PostgreSQL frees `Started` keys inside the claim statement; SQLite
-                        // here, in the claim's transaction.
-                        if self.sql.dialect == Dialect::Sqlite
-                            && row.try_get::<Option<i32>, _>(14).ok().flatten() == Some(UNIQUE_STARTED)
-                            && let (Ok(id), Ok(Some(key))) =
-                                (row.try_get::<String, _>(0), row.try_get::<Option<String>, _>(13))
-                        {
-                            q(&self.sql.free_key)
-                                .bind(queue.clone())
-                                .bind(key)
-                                .bind(id)
-                                .execute(&mut *conn)
-                                .await
-                                .map_err(backend)?;
-                        }
-                        match decode_claimed(row) {
-                            Ok(reserved) => got.push(reserved),
-                            Err(reason) => unreadable.push((
-                                row.try_get::<String, _>(0).ok(),
-                                row.try_get::<String, _>(12).ok(),
-                                reason,
-                            )),
-                        }
-                    }
-                    // RETURNING has no order of its own.
-                    got.sort_by(|a, b| {
-                        b.record
-                            .priority
-                            .cmp(&a.record.priority)
-                            .then_with(|| a.record.id.cmp(&b.record.id))
-                    });
-                    claim.jobs.extend(got);
-                }
-                // A full claim brings the worker straight back, so only a short one needs to know
-                // when the next delayed job is due.
-                if (claim.jobs.len() < req.max || req.max == 0) && !req.queues.is_empty() {
-                    let mut query = dynamic(self.sql.next_due(req.queues.len())).bind(req.now);
-                    for queue in req.queues {
-                        query = query.bind(queue.clone());
-                    }
-                    let row = query.fetch_one(&mut *conn).await.map_err(backend)?;
-                    claim.next_due = row.try_get::<Option<i64>, _>(0).map_err(backend)?;
-                    if let Some(at) = reopens {
-                        claim.next_due = Some(claim.next_due.map_or(at, |due| due.min(at)));
-                    }
-                }
-                Ok((claim, unreadable))
-            }
-
-            /// When a rate-limited queue may start a job again: the oldest start of its window
-            /// plus the period, if the window is full at `now`.
-            async fn rate_reopens(
-                &self,
-                conn: &mut Conn,
-                queue: &str,
-                now: orcs_core::Millis,
-                rate: (i64, i64),
-            ) -> orcs_core::Result<Option<orcs_core::Millis>> {
-                use sqlx::Row;
-                use $crate::common::backend;
-                let (limit, period) = rate;
-                let row = q(&self.sql.rate_window)
-                    .bind(queue.to_owned())
-                    .bind(now.saturating_sub(period))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(backend)?;
-                let oldest: Option<i64> = row.try_get(0).map_err(backend)?;
-                let started: i64 = row.try_get(1).map_err(backend)?;
-                Ok(oldest.filter(|_| started >= limit).map(|at| at.saturating_add(period)))
-            }
-
-            /// Claimed rows that cannot be read go to the failed set with the reason instead of
-            /// stopping the worker or coming back forever.
-            async fn fail_unreadable(
-                &self,
-                unreadable: Vec<(Option<String>, Option<String>, String)>,
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<()> {
-                for (id, token, reason) in unreadable {
-                    let (Some(id), Some(token)) = (id, token) else {
-                        tracing::error!(%reason, "a claimed job row is unreadable, even its id");
+        if current == 0 && !had_migrations {
+            // Tables made by the previous release (no migrations table) are version 1 if they
+            // have that release's columns, and are upgraded in place. A table of the same
+            // name with other columns belongs to another application (Laravel has `jobs`
+            // and `failed_jobs` tables too): refuse it, changing nothing.
+            let tables: [(&str, &[&str], &str); 3] = [
+                (
+                    &sql.jobs_name,
+                    &JOBS_V1_COLUMNS,
+                    "choose another table name (DatabaseConfig::with_jobs_table; the orcs \
+                     command: [database] table in config/queue.toml)",
+                ),
+                (
+                    &sql.failed_name,
+                    &FAILED_V1_COLUMNS,
+                    "choose another name for the failed-jobs table \
+                     (DatabaseConfig::with_failed_table)",
+                ),
+                (
+                    &sql.counters_name,
+                    &COUNTERS_V1_COLUMNS,
+                    "choose another name for the counters table \
+                     (DatabaseConfig::with_counters_table)",
+                ),
+            ];
+            for (table, needed, fix) in tables {
+                if table != sql.jobs_name.as_str() || had_jobs {
+                    let columns = B::table_columns(conn, &sql.catalog(table)).await?;
+                    if columns.is_empty() {
                         continue;
-                    };
-                    tracing::error!(job = %id, %reason, "a claimed job row is unreadable; moving it to the failed set");
-                    let lease = orcs_core::Lease::new(id, String::new(), token, now);
-                    let error = format!("unreadable job record: {reason}");
-                    match self.settle_each(&[orcs_core::Settle::fail(lease, error)], now).await {
-                        Ok(_) => {}
-                        Err(e) => return Err(e),
+                    }
+                    let missing: Vec<&str> = needed
+                        .iter()
+                        .copied()
+                        .filter(|c| !columns.iter().any(|have| have.eq_ignore_ascii_case(c)))
+                        .collect();
+                    if !missing.is_empty() {
+                        return Err(Error::Version {
+                            driver: DRIVER,
+                            message: format!(
+                                "the table \"{table}\" already exists with another shape \
+                                 (columns {}; orcs needs {} as well), so it probably belongs \
+                                 to another application; nothing was changed: {fix}",
+                                columns.join(", "),
+                                missing.join(", "),
+                            ),
+                        });
                     }
                 }
-                Ok(())
             }
-
-            /// Applies one settle on `conn` (inside the caller's transaction). The outer error is
-            /// a backend failure (the transaction must be abandoned); the inner one a lost lease,
-            /// which changed nothing. On success: the queues whose waiters to wake (a job became
-            /// ready, or a concurrency-limited queue got a free slot).
-            async fn settle_on(
-                &self,
-                conn: &mut Conn,
-                item: &orcs_core::Settle,
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<Settled> {
-                use sqlx::Row;
-                use orcs_core::Transition;
-                use $crate::common::backend;
-                let lease = &item.lease;
-                let lost = || Ok(Err(orcs_core::Error::LeaseLost { id: lease.id.clone() }));
-                let mut ready = Vec::new();
-                match &item.transition {
-                    Transition::Complete | Transition::Cancel => {
-                        let Some(row) = q(&self.sql.delete_leased)
-                            .bind(lease.id.clone())
-                            .bind(lease.token.clone())
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(backend)?
-                        else {
-                            return lost();
-                        };
-                        let queue: String = row.try_get(0).map_err(backend)?;
-                        let key: Option<String> = row.try_get(1).map_err(backend)?;
-                        let counter = if matches!(item.transition, Transition::Cancel) {
-                            q(&self.sql.count_cancelled).bind(queue.clone()).bind(1_i64)
-                        } else {
-                            q(&self.sql.count_processed).bind(queue.clone())
-                        };
-                        counter.execute(&mut *conn).await.map_err(backend)?;
-                        self.free_key(conn, &queue, key, &lease.id).await?;
-                        if row.try_get::<bool, _>(2).map_err(backend)? {
-                            ready.push(queue);
-                        }
-                    }
-                    Transition::Retry { run_at, error } => {
-                        let Some(row) = q(&self.sql.retry)
-                            .bind(lease.id.clone())
-                            .bind(lease.token.clone())
-                            .bind(*run_at)
-                            .bind(error.clone())
-                            .bind(now)
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(backend)?
-                        else {
-                            return lost();
-                        };
-                        if *run_at <= now || row.try_get::<bool, _>(1).map_err(backend)? {
-                            ready.push(row.try_get::<String, _>(0).map_err(backend)?);
-                        }
-                    }
-                    Transition::Release { run_at } => {
-                        let Some(row) = q(&self.sql.release)
-                            .bind(lease.id.clone())
-                            .bind(lease.token.clone())
-                            .bind(*run_at)
-                            .bind(now)
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(backend)?
-                        else {
-                            return lost();
-                        };
-                        if *run_at <= now || row.try_get::<bool, _>(1).map_err(backend)? {
-                            ready.push(row.try_get::<String, _>(0).map_err(backend)?);
-                        }
-                    }
-                    Transition::Fail { error } => {
-                        let Some(row) = q(&self.sql.copy_to_failed)
-                            .bind(lease.id.clone())
-                            .bind(lease.token.clone())
-                            .bind(error.clone())
-                            .bind(now)
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(backend)?
-                        else {
-                            return lost();
-                        };
-                        let queue: String = row.try_get(0).map_err(backend)?;
-                        let deleted = q(&self.sql.delete_job)
-                            .bind(lease.id.clone())
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(backend)?;
-                        let key = match deleted {
-                            Some(deleted) => deleted.try_get::<Option<String>, _>(0).map_err(backend)?,
-                            None => None,
-                        };
-                        q(&self.sql.count_failed).bind(queue.clone()).execute(&mut *conn).await.map_err(backend)?;
-                        self.free_key(conn, &queue, key, &lease.id).await?;
-                        if row.try_get::<bool, _>(1).map_err(backend)? {
-                            ready.push(queue);
-                        }
-                    }
-                    other => {
-                        return Ok(Err(orcs_core::Error::unsupported(
-                            $crate::common::DRIVER,
-                            format!("the transition {other:?}; upgrade orcs-database"),
-                        )));
-                    }
-                }
-                if !item.effects.enqueue.is_empty() {
-                    let (_, queues) = self.insert_jobs(conn, &item.effects.enqueue).await?;
-                    ready.extend(queues);
-                }
-                Ok(Ok(ready))
+        }
+        for migration in sql.migrations.iter().filter(|m| m.version > current) {
+            for statement in &migration.statements {
+                dynamic(statement.clone()).execute(&mut *conn).await.map_err(backend)?;
             }
+            dynamic(format!(
+                "INSERT INTO {} (version, applied_at) VALUES ($1, {})",
+                sql.migrations_table,
+                B::NOW_MS
+            ))
+            .bind(migration.version)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+            tracing::info!(version = migration.version, tables = %sql.jobs, "applied a storage migration");
+        }
+        Ok(())
+    }
 
-            /// Frees `key` of `queue` if job `id` holds it and it is not a `Period` key (those
-            /// run their time whatever the job does). Nothing to do for a job without a key.
-            async fn free_key(
-                &self,
-                conn: &mut Conn,
-                queue: &str,
-                key: Option<String>,
-                id: &str,
-            ) -> orcs_core::Result<()> {
-                let Some(key) = key else {
-                    return Ok(());
-                };
-                q(&self.sql.free_key)
-                    .bind(queue.to_owned())
+    /// Stores `jobs` on `conn` (inside the caller's transaction): one outcome per job. An
+    /// id in the failed set, already stored, or earlier in `jobs` is a duplicate; so is a
+    /// job whose unique key another job of its queue holds (the answer names the holder).
+    pub(crate) async fn insert_jobs<'a>(
+        &self,
+        conn: &mut B::Conn,
+        jobs: &'a [NewJob],
+    ) -> orcs_core::Result<(Vec<PushOutcome>, Vec<String>)> {
+        let mut keys = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            keys.push(unique_columns(job)?);
+        }
+        // The first of several jobs with one id is the one stored.
+        let mut seen: HashSet<&str> = HashSet::new();
+        let fresh: Vec<usize> =
+            (0..jobs.len()).filter(|&i| seen.insert(jobs[i].id.as_str())).collect();
+        let mut stored: HashSet<String> = HashSet::new();
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let mut query = dynamic(self.sql.insert(chunk.len()));
+            for &i in chunk {
+                let job = &jobs[i];
+                let (key, mode, ms) = keys[i].clone();
+                query = query
+                    .bind(job.id.clone())
+                    .bind(job.queue.clone())
+                    .bind(job.name.clone())
+                    .bind(job.payload.clone())
+                    .bind(job.priority)
+                    .bind(i64::from(job.max_retries))
+                    .bind(duration_ms(job.retry_delay_ms))
+                    .bind(job.timeout_ms.map(duration_ms))
+                    .bind(job.dispatched_at)
+                    .bind(job.available_at)
+                    .bind(initial_state(job))
                     .bind(key)
-                    .bind(id.to_owned())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err($crate::common::backend)?;
-                Ok(())
+                    .bind(mode)
+                    .bind(ms);
             }
-
-            /// Settles a batch in one transaction, each item token-checked on its own. A backend
-            /// failure rolls the whole batch back and is every item's answer.
-            async fn settle_each(
-                &self,
-                batch: &[orcs_core::Settle],
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<Vec<orcs_core::Result<()>>> {
-                use $crate::common::backend;
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                let mut results = Vec::with_capacity(batch.len());
-                let mut ready: Vec<String> = Vec::new();
-                for item in batch {
-                    match self.settle_on(&mut tx, item, now).await? {
-                        Ok(queues) => {
-                            for queue in queues {
-                                if !ready.contains(&queue) {
-                                    ready.push(queue);
-                                }
-                            }
-                            results.push(Ok(()));
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
+            }
+        }
+        // The failed set is looked at after the insert, so that a `fail` of the same id
+        // racing this push is seen: the insert either met the live row (a duplicate) or
+        // waited for the fail's delete to commit, and this later statement then sees
+        // the row it moved to the failed set.
+        let mut unstore: Vec<String> = Vec::new();
+        let inserted: Vec<String> = stored.iter().cloned().collect();
+        // Unique keys: the first stored job of the push with a key tries to take it
+        // (in key order, so concurrent pushes lock keys in one order); a later job of the
+        // push with the same key is a duplicate of whoever ends up holding it.
+        let leaders = |stored: &HashSet<String>| {
+            let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+            let mut followers: Vec<(usize, usize)> = Vec::new();
+            for &i in &fresh {
+                let job = &jobs[i];
+                if let (Some(unique), true) = (&job.unique, stored.contains(&job.id)) {
+                    match first.get(&(job.queue.as_str(), unique.key.as_str())) {
+                        Some(&leader) => followers.push((i, leader)),
+                        None => {
+                            first.insert((job.queue.as_str(), unique.key.as_str()), i);
                         }
-                        Err(e) => results.push(Err(e)),
                     }
                 }
-                self.notify_in(&mut tx, &ready).await?;
-                tx.commit().await.map_err(backend)?;
-                drop(conn);
-                if !ready.is_empty() {
-                    self.shared.wake.notify_waiters();
-                }
-                Ok(results)
             }
-
-            pub(crate) async fn extend(
-                &self,
-                lease: &orcs_core::Lease,
-                until: orcs_core::Millis,
-            ) -> orcs_core::Result<orcs_core::Lease> {
-                let done = q(&self.sql.extend)
-                    .bind(lease.id.clone())
-                    .bind(lease.token.clone())
-                    .bind(until)
-                    .execute(&mut *self.writer().await?)
-                    .await
-                    .map_err($crate::common::backend)?;
-                if done.rows_affected() == 0 {
-                    return Err(orcs_core::Error::LeaseLost { id: lease.id.clone() });
-                }
-                let mut extended = lease.clone();
-                extended.expires_at = until;
-                Ok(extended)
+            (first, followers)
+        };
+        let sorted = |first: &HashMap<(&'a str, &'a str), usize>| {
+            let mut takers: Vec<((&'a str, &'a str), usize)> =
+                first.iter().map(|(k, &i)| (*k, i)).collect();
+            takers.sort_unstable();
+            takers
+        };
+        // (queue, key) -> the id of the job holding it.
+        let mut holders: HashMap<(String, String), String> = HashMap::new();
+        let bind_key = |query: Query<B::Db>, (queue, key): (&str, &str), i: usize| {
+            let job = &jobs[i];
+            let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
+            query
+                .bind(queue.to_owned())
+                .bind(key.to_owned())
+                .bind(job.id.clone())
+                .bind(job.dispatched_at)
+                .bind(expires)
+        };
+        let (first, followers) = leaders(&stored);
+        // Only when no two jobs share a key: a leader found in the failed set then has
+        // no successor that would have to take its key in a later statement, out of
+        // key order (which could deadlock with a concurrent push).
+        let merged = self.sql.dialect == Dialect::Postgres
+            && !first.is_empty()
+            && followers.is_empty()
+            && inserted.len() <= INSERT_CHUNK
+            && first.len() <= INSERT_CHUNK;
+        if merged {
+            // The failed-set look and the key upsert in one round trip; a leader found
+            // in the failed set takes no key.
+            let takers = sorted(&first);
+            let mut query =
+                dynamic(self.sql.failed_ids_and_take_keys(inserted.len(), takers.len()));
+            for id in &inserted {
+                query = query.bind(id.clone());
             }
-
-            pub(crate) async fn recover(
-                &self,
-                queues: &[String],
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<u64> {
-                use sqlx::Row;
-                use $crate::common::backend;
-                if queues.is_empty() {
-                    return Ok(0);
-                }
-                let mut query = dynamic(self.sql.recover(queues.len())).bind(now);
-                let mut ended = dynamic(self.sql.recover_cancelled(queues.len())).bind(now);
-                for queue in queues {
-                    query = query.bind(queue.clone());
-                    ended = ended.bind(queue.clone());
-                }
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                // A job whose cancel was asked for ends as cancelled instead of running again.
-                let cancelled = ended.fetch_all(&mut *tx).await.map_err(backend)?;
-                let mut ready: Vec<String> = Vec::new();
-                for row in &cancelled {
+            for &(key, i) in &takers {
+                query = bind_key(query, key, i);
+            }
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                if let Some(id) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
+                    stored.remove(&id);
+                    unstore.push(id);
+                } else {
                     let queue: String = row.try_get(0).map_err(backend)?;
-                    let id: String = row.try_get(1).map_err(backend)?;
-                    let key: Option<String> = row.try_get(2).map_err(backend)?;
-                    q(&self.sql.count_cancelled)
-                        .bind(queue.clone())
-                        .bind(1_i64)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    self.free_key(&mut tx, &queue, key, &id).await?;
-                    if !ready.contains(&queue) {
-                        ready.push(queue);
+                    let key: String = row.try_get(1).map_err(backend)?;
+                    holders.insert((queue, key), row.try_get(2).map_err(backend)?);
+                }
+            }
+        } else {
+            for chunk in inserted.chunks(INSERT_CHUNK) {
+                let mut query = dynamic(self.sql.failed_ids(chunk.len()));
+                for id in chunk {
+                    query = query.bind(id.clone());
+                }
+                for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                    let id = row.try_get::<String, _>(0).map_err(backend)?;
+                    stored.remove(&id);
+                    unstore.push(id);
+                }
+            }
+        }
+        // The leaders among the jobs finally stored; the keys not settled above.
+        let (first, followers) = leaders(&stored);
+        let takers: Vec<_> = sorted(&first)
+            .into_iter()
+            .filter(|((queue, key), _)| {
+                !holders.contains_key(&((*queue).to_owned(), (*key).to_owned()))
+            })
+            .collect();
+        for chunk in takers.chunks(INSERT_CHUNK) {
+            let mut query = dynamic(self.sql.take_keys(chunk.len()));
+            for &(key, i) in chunk {
+                query = bind_key(query, key, i);
+            }
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                let queue: String = row.try_get(0).map_err(backend)?;
+                let key: String = row.try_get(1).map_err(backend)?;
+                holders.insert((queue, key), row.try_get(2).map_err(backend)?);
+            }
+        }
+        // Job index -> the id of the job holding its key, for the jobs that do not.
+        let mut held_by: HashMap<usize, String> = HashMap::new();
+        let key_of = |i: usize| {
+            let job = &jobs[i];
+            let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
+            (job.queue.clone(), key.to_owned())
+        };
+        for &i in first.values() {
+            let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
+            if holder != jobs[i].id {
+                held_by.insert(i, holder);
+            }
+        }
+        for (i, leader) in followers {
+            let holder =
+                holders.get(&key_of(leader)).cloned().unwrap_or_else(|| jobs[leader].id.clone());
+            held_by.insert(i, holder);
+        }
+        let mut refused: HashMap<&str, String> = HashMap::new();
+        for (i, holder) in held_by {
+            stored.remove(&jobs[i].id);
+            unstore.push(jobs[i].id.clone());
+            refused.insert(jobs[i].id.as_str(), holder);
+        }
+        // Rows this push inserted and then found to be duplicates; nobody saw them.
+        for chunk in unstore.chunks(INSERT_CHUNK) {
+            let mut query = dynamic(self.sql.delete_ids(chunk.len()));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            query.execute(&mut *conn).await.map_err(backend)?;
+        }
+        let mut queues = Vec::new();
+        let outcomes = jobs
+            .iter()
+            .map(|job| {
+                // `remove`: a later job with the same id is a duplicate of this one.
+                if stored.remove(&job.id) {
+                    if !queues.contains(&job.queue) {
+                        queues.push(job.queue.clone());
                     }
+                    PushOutcome::Stored
+                } else if let Some(holder) = refused.remove(job.id.as_str()) {
+                    PushOutcome::Duplicate { id: holder }
+                } else {
+                    PushOutcome::Duplicate { id: job.id.clone() }
                 }
-                let rows = query.fetch_all(&mut *tx).await.map_err(backend)?;
-                for row in &rows {
-                    let queue: String = row.try_get(0).map_err(backend)?;
-                    if !ready.contains(&queue) {
-                        ready.push(queue);
-                    }
-                }
-                self.notify_in(&mut tx, &ready).await?;
-                tx.commit().await.map_err(backend)?;
-                drop(conn);
-                if !ready.is_empty() {
-                    self.shared.wake.notify_waiters();
-                }
-                Ok((rows.len() + cancelled.len()) as u64)
-            }
+            })
+            .collect();
+        Ok((outcomes, queues))
+    }
 
-            /// Whether one of `queues` has a claimable job at `now`.
-            async fn any_ready(
-                &self,
-                queues: &[String],
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<bool> {
-                use sqlx::Row;
-                if queues.is_empty() {
-                    return Ok(false);
-                }
-                let mut query = dynamic(self.sql.any_ready(queues.len())).bind(now);
-                for queue in queues {
-                    query = query.bind(queue.clone());
-                }
-                let row = query.fetch_one(self.reader()).await.map_err($crate::common::backend)?;
-                Ok(row.try_get::<i32, _>(0).map_err($crate::common::backend)? != 0)
-            }
+    pub(crate) async fn push(&self, jobs: Vec<NewJob>) -> orcs_core::Result<Vec<PushOutcome>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        let (outcomes, queues) = self.insert_jobs(&mut tx, &jobs).await?;
+        B::notify_in(self, &mut tx, &queues).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        if !queues.is_empty() {
+            self.shared.wake.notify_waiters();
+        }
+        Ok(outcomes)
+    }
 
-            pub(crate) async fn stats(
-                &self,
-                queue: &str,
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<orcs_core::QueueStats> {
-                use sqlx::Row;
-                use $crate::common::{backend, count};
-                let row = q(&self.sql.stats)
-                    .bind(queue.to_owned())
-                    .bind(now)
-                    .fetch_one(self.reader())
-                    .await
-                    .map_err(backend)?;
-                let get = |i: usize| row.try_get::<i64, _>(i).map(count).map_err(backend);
-                let mut stats = orcs_core::QueueStats::new(queue);
-                stats.pending = get(0)?;
-                stats.delayed = get(1)?;
-                stats.reserved = get(2)?;
-                stats.failed = get(3)?;
-                stats.processed = get(4)?;
-                stats.failed_total = get(5)?;
-                stats.paused = row.try_get::<bool, _>(6).map_err(backend)?;
-                stats.cancelled = get(7)?;
-                let opt = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
-                let as_u32 = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
-                let mut limits = orcs_core::QueueLimits::none();
-                if let Some(n) = opt(8)? {
-                    limits = limits.concurrency(as_u32(n));
-                }
-                if let (Some(n), Some(period)) = (opt(9)?, opt(10)?) {
-                    limits = limits.rate(orcs_core::RateLimit::new(as_u32(n), count(period)));
-                }
-                stats.limits = limits;
-                Ok(stats)
-            }
+    /// Stores `jobs` in the application's open transaction on `conn`, announcing them
+    /// with `NOTIFY` in it (delivered on commit, never on rollback). This process's
+    /// waiters are not woken here: the jobs are invisible until the application commits,
+    /// and then the notification (PostgreSQL) or the poll (SQLite) finds them.
+    pub(crate) async fn push_in(
+        &self,
+        conn: &mut B::Conn,
+        jobs: &[NewJob],
+    ) -> orcs_core::Result<Vec<PushOutcome>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (outcomes, queues) = self.insert_jobs(conn, jobs).await?;
+        B::notify_in(self, conn, &queues).await?;
+        Ok(outcomes)
+    }
 
-            pub(crate) async fn queues(&self) -> orcs_core::Result<Vec<String>> {
-                use sqlx::Row;
-                let rows = q(&self.sql.queues)
-                    .fetch_all(self.reader())
-                    .await
-                    .map_err($crate::common::backend)?;
-                let mut names = rows
-                    .iter()
-                    .map(|row| row.try_get::<String, _>(0))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err($crate::common::backend)?;
-                names.sort_unstable();
-                names.dedup();
-                Ok(names)
+    /// Claims on `conn` from each queue in turn: promotes the queue's due delayed jobs,
+    /// then takes the best ready ones (within the queue's limits, if it has any).
+    /// Returns the claim and the rows that could not be read (id, token, reason).
+    pub(crate) async fn claim_on(
+        &self,
+        conn: &mut B::Conn,
+        req: &ClaimRequest<'_>,
+    ) -> orcs_core::Result<(Claim, Vec<(Option<String>, Option<String>, String)>)> {
+        let mut claim = Claim::default();
+        // One token prefix per call; each job's token adds its id, so tokens are unique
+        // per job and per claim.
+        let batch = format!("{}:", orcs_core::new_job_id());
+        let mut unreadable = Vec::new();
+        // When a rate-limited queue's window reopens, if one is blocked.
+        let mut reopens: Option<Millis> = None;
+        for queue in req.queues {
+            let want = req.max.saturating_sub(claim.jobs.len());
+            if want == 0 {
+                break;
             }
-
-            pub(crate) async fn get(
-                &self,
-                id: &str,
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<Option<orcs_core::JobInfo>> {
-                use $crate::common::{backend, decode_failed, decode_info, unreadable};
-                if let Some(row) = q(&self.sql.get_job)
-                    .bind(id.to_owned())
-                    .fetch_optional(self.reader())
+            // Every due job is promoted before the claim picks, so a due job of higher
+            // priority is never passed over; each job is promoted once.
+            let limits = B::promote_due(self, conn, queue, req.now).await?;
+            let rows = if let Some(limits) = limits {
+                let (rows, next) =
+                    B::claim_limited(self, conn, queue, req, want, &batch, limits).await?;
+                if let Some(next) = next {
+                    reopens = Some(reopens.map_or(next, |r| r.min(next)));
+                }
+                rows
+            } else {
+                q(&self.sql.claim)
+                    .bind(queue.clone())
+                    .bind(req.now)
+                    .bind(duration_ms(req.default_timeout_ms))
+                    .bind(duration_ms(req.grace_ms))
+                    .bind(batch.clone())
+                    .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(backend)?
+            };
+            let mut got = Vec::with_capacity(rows.len());
+            for row in &rows {
+                // PostgreSQL frees `Started` keys inside the claim statement; SQLite
+                // here, in the claim's transaction.
+                if self.sql.dialect == Dialect::Sqlite
+                    && row.try_get::<Option<i32>, _>(14).ok().flatten() == Some(UNIQUE_STARTED)
+                    && let (Ok(id), Ok(Some(key))) =
+                        (row.try_get::<String, _>(0), row.try_get::<Option<String>, _>(13))
                 {
-                    return decode_info(&row, now).map(Some).map_err(unreadable);
-                }
-                // Not live: it may have failed (a job moves from one table to the other in one
-                // transaction, so it is in one of them unless it completed in between).
-                let row = q(&self.sql.get_failed)
-                    .bind(id.to_owned())
-                    .fetch_optional(self.reader())
-                    .await
-                    .map_err(backend)?;
-                row.map(|row| decode_failed(&row).map(|(_, info)| info))
-                    .transpose()
-                    .map_err(unreadable)
-            }
-
-            pub(crate) async fn list(
-                &self,
-                req: &orcs_core::ListRequest,
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<Vec<orcs_core::JobInfo>> {
-                use orcs_core::JobState;
-                use $crate::common::{backend, decode_info, page, unreadable};
-                let sql = match req.state {
-                    JobState::Pending => &self.sql.list_pending,
-                    JobState::Delayed => &self.sql.list_delayed,
-                    JobState::Reserved => &self.sql.list_reserved,
-                    _ => {
-                        return Err(orcs_core::Error::invalid(
-                            "job state",
-                            "failed jobs are listed by `failed` (orcs queue:failed), not `list`",
-                        ));
-                    }
-                };
-                let (limit, offset) = page(req.limit, req.offset);
-                let rows = q(sql)
-                    .bind(req.queue.clone())
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(self.reader())
-                    .await
-                    .map_err(backend)?;
-                rows.iter().map(|row| decode_info(row, now).map_err(unreadable)).collect()
-            }
-
-            pub(crate) async fn clear(&self, queue: &str) -> orcs_core::Result<u64> {
-                use $crate::common::backend;
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                // Remember the queue, so that it is still listed once it is empty.
-                q(&self.sql.ensure_counter)
-                    .bind(queue.to_owned())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                let done =
-                    q(&self.sql.clear).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
-                if done.rows_affected() > 0 {
-                    q(&self.sql.free_orphan_keys)
-                        .bind(queue.to_owned())
-                        .execute(&mut *tx)
+                    q(&self.sql.free_key)
+                        .bind(queue.clone())
+                        .bind(key)
+                        .bind(id)
+                        .execute(&mut *conn)
                         .await
                         .map_err(backend)?;
                 }
-                tx.commit().await.map_err(backend)?;
-                Ok(done.rows_affected())
+                match decode_claimed(row) {
+                    Ok(reserved) => got.push(reserved),
+                    Err(reason) => unreadable.push((
+                        row.try_get::<String, _>(0).ok(),
+                        row.try_get::<String, _>(12).ok(),
+                        reason,
+                    )),
+                }
             }
-
-            pub(crate) async fn failed(
-                &self,
-                query: &orcs_core::FailedQuery,
-            ) -> orcs_core::Result<Vec<orcs_core::FailedJob>> {
-                use $crate::common::{backend, decode_failed, page, unreadable};
-                let (limit, offset) = page(query.limit, query.offset);
-                let statement = match &query.queue {
-                    Some(queue) => q(&self.sql.failed_page_of_queue)
-                        .bind(limit)
-                        .bind(offset)
-                        .bind(queue.clone()),
-                    None => q(&self.sql.failed_page).bind(limit).bind(offset),
-                };
-                let rows = statement.fetch_all(self.reader()).await.map_err(backend)?;
-                rows.iter()
-                    .map(|row| decode_failed(row).map(|(failed, _)| failed).map_err(unreadable))
-                    .collect()
+            // RETURNING has no order of its own.
+            got.sort_by(|a, b| {
+                b.record
+                    .priority
+                    .cmp(&a.record.priority)
+                    .then_with(|| a.record.id.cmp(&b.record.id))
+            });
+            claim.jobs.extend(got);
+        }
+        // A full claim brings the worker straight back, so only a short one needs to know
+        // when the next delayed job is due.
+        if (claim.jobs.len() < req.max || req.max == 0) && !req.queues.is_empty() {
+            let mut query = dynamic(self.sql.next_due(req.queues.len())).bind(req.now);
+            for queue in req.queues {
+                query = query.bind(queue.clone());
             }
+            let row = query.fetch_one(&mut *conn).await.map_err(backend)?;
+            claim.next_due = row.try_get::<Option<i64>, _>(0).map_err(backend)?;
+            if let Some(at) = reopens {
+                claim.next_due = Some(claim.next_due.map_or(at, |due| due.min(at)));
+            }
+        }
+        Ok((claim, unreadable))
+    }
 
-            pub(crate) async fn retry_failed(
-                &self,
-                id: &str,
-                now: orcs_core::Millis,
-            ) -> orcs_core::Result<()> {
-                use sqlx::Row;
-                use $crate::common::backend;
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                let Some(row) = q(&self.sql.unfail)
-                    .bind(id.to_owned())
-                    .fetch_optional(&mut *tx)
+    /// When a rate-limited queue may start a job again: the oldest start of its window
+    /// plus the period, if the window is full at `now`.
+    pub(crate) async fn rate_reopens(
+        &self,
+        conn: &mut B::Conn,
+        queue: &str,
+        now: Millis,
+        rate: (i64, i64),
+    ) -> orcs_core::Result<Option<Millis>> {
+        let (limit, period) = rate;
+        let row = q(&self.sql.rate_window)
+            .bind(queue.to_owned())
+            .bind(now.saturating_sub(period))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let oldest: Option<i64> = row.try_get(0).map_err(backend)?;
+        let started: i64 = row.try_get(1).map_err(backend)?;
+        Ok(oldest.filter(|_| started >= limit).map(|at| at.saturating_add(period)))
+    }
+
+    /// Claimed rows that cannot be read go to the failed set with the reason instead of
+    /// stopping the worker or coming back forever.
+    pub(crate) async fn fail_unreadable(
+        &self,
+        unreadable: Vec<(Option<String>, Option<String>, String)>,
+        now: Millis,
+    ) -> orcs_core::Result<()> {
+        for (id, token, reason) in unreadable {
+            let (Some(id), Some(token)) = (id, token) else {
+                tracing::error!(%reason, "a claimed job row is unreadable, even its id");
+                continue;
+            };
+            tracing::error!(job = %id, %reason, "a claimed job row is unreadable; moving it to the failed set");
+            let lease = Lease::new(id, String::new(), token, now);
+            let error = format!("unreadable job record: {reason}");
+            match self.settle_each(&[Settle::fail(lease, error)], now).await {
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one settle on `conn` (inside the caller's transaction). The outer error is
+    /// a backend failure (the transaction must be abandoned); the inner one a lost lease,
+    /// which changed nothing. On success: the queues whose waiters to wake (a job became
+    /// ready, or a concurrency-limited queue got a free slot).
+    async fn settle_on(
+        &self,
+        conn: &mut B::Conn,
+        item: &Settle,
+        now: Millis,
+    ) -> orcs_core::Result<Settled> {
+        let lease = &item.lease;
+        let lost = || Ok(Err(Error::LeaseLost { id: lease.id.clone() }));
+        let mut ready = Vec::new();
+        match &item.transition {
+            Transition::Complete | Transition::Cancel => {
+                let Some(row) = q(&self.sql.delete_leased)
+                    .bind(lease.id.clone())
+                    .bind(lease.token.clone())
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(backend)?
                 else {
-                    return Err(orcs_core::Error::NotFound { id: id.to_owned() });
+                    return lost();
                 };
-                let queue: String = row.try_get(1).map_err(backend)?;
-                q(&self.sql.requeue)
-                    .bind(row.try_get::<String, _>(0).map_err(backend)?)
-                    .bind(queue.clone())
-                    .bind(row.try_get::<String, _>(2).map_err(backend)?)
-                    .bind(row.try_get::<String, _>(3).map_err(backend)?)
-                    .bind(row.try_get::<i32, _>(4).map_err(backend)?)
-                    .bind(row.try_get::<i64, _>(6).map_err(backend)?)
-                    .bind(row.try_get::<i64, _>(7).map_err(backend)?)
-                    .bind(row.try_get::<Option<i64>, _>(8).map_err(backend)?)
-                    .bind(row.try_get::<i64, _>(9).map_err(backend)?)
-                    .bind(row.try_get::<Option<String>, _>(10).map_err(backend)?)
-                    .bind(row.try_get::<Option<i32>, _>(11).map_err(backend)?)
-                    .bind(row.try_get::<Option<i64>, _>(12).map_err(backend)?)
+                let queue: String = row.try_get(0).map_err(backend)?;
+                let key: Option<String> = row.try_get(1).map_err(backend)?;
+                let counter = if matches!(item.transition, Transition::Cancel) {
+                    q(&self.sql.count_cancelled).bind(queue.clone()).bind(1_i64)
+                } else {
+                    q(&self.sql.count_processed).bind(queue.clone())
+                };
+                counter.execute(&mut *conn).await.map_err(backend)?;
+                self.free_key(conn, &queue, key, &lease.id).await?;
+                if row.try_get::<bool, _>(2).map_err(backend)? {
+                    ready.push(queue);
+                }
+            }
+            Transition::Retry { run_at, error } => {
+                let Some(row) = q(&self.sql.retry)
+                    .bind(lease.id.clone())
+                    .bind(lease.token.clone())
+                    .bind(*run_at)
+                    .bind(error.clone())
                     .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                self.notify_in(&mut tx, std::slice::from_ref(&queue)).await?;
-                tx.commit().await.map_err(backend)?;
-                drop(conn);
-                self.shared.wake.notify_waiters();
-                Ok(())
-            }
-
-            pub(crate) async fn forget_failed(&self, id: &str) -> orcs_core::Result<()> {
-                let done = q(&self.sql.forget)
-                    .bind(id.to_owned())
-                    .execute(&mut *self.writer().await?)
-                    .await
-                    .map_err($crate::common::backend)?;
-                if done.rows_affected() == 0 {
-                    return Err(orcs_core::Error::NotFound { id: id.to_owned() });
-                }
-                Ok(())
-            }
-
-            pub(crate) async fn flush_failed(&self) -> orcs_core::Result<u64> {
-                let done = q(&self.sql.flush)
-                    .execute(&mut *self.writer().await?)
-                    .await
-                    .map_err($crate::common::backend)?;
-                Ok(done.rows_affected())
-            }
-
-            pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> orcs_core::Result<()> {
-                use $crate::common::backend;
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                q(&self.sql.set_paused)
-                    .bind(queue.to_owned())
-                    .bind(paused)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                if !paused {
-                    self.notify_in(&mut tx, &[queue.to_owned()]).await?;
-                }
-                tx.commit().await.map_err(backend)?;
-                drop(conn);
-                if !paused {
-                    self.shared.wake.notify_waiters();
-                }
-                Ok(())
-            }
-
-            pub(crate) async fn set_limits(
-                &self,
-                queue: &str,
-                limits: &orcs_core::QueueLimits,
-            ) -> orcs_core::Result<()> {
-                use $crate::common::{backend, duration_ms};
-                let rate = match limits.rate {
-                    Some(rate) if rate.period_ms == 0 => {
-                        return Err(orcs_core::Error::invalid(
-                            "rate limit",
-                            "the period must be at least 1 ms",
-                        ));
-                    }
-                    Some(rate) => Some((i64::from(rate.limit), duration_ms(rate.period_ms))),
-                    None => None,
-                };
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                q(&self.sql.set_limits)
-                    .bind(queue.to_owned())
-                    .bind(limits.concurrency.map(i64::from))
-                    .bind(rate.map(|r| r.0))
-                    .bind(rate.map(|r| r.1))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                // Looser limits may let idle workers start jobs.
-                self.notify_in(&mut tx, &[queue.to_owned()]).await?;
-                tx.commit().await.map_err(backend)?;
-                drop(conn);
-                self.shared.wake.notify_waiters();
-                Ok(())
-            }
-
-            /// A pending or delayed job is deleted and counted as cancelled (its key freed); a
-            /// running one is flagged, and its worker learns of it through `touch`.
-            pub(crate) async fn cancel(
-                &self,
-                id: &str,
-                _now: orcs_core::Millis,
-            ) -> orcs_core::Result<orcs_core::CancelOutcome> {
-                use sqlx::Row;
-                use $crate::common::backend;
-                let mut conn = self.writer().await?;
-                let mut tx = begin(&mut conn).await?;
-                if let Some(row) = q(&self.sql.cancel_waiting)
-                    .bind(id.to_owned())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(backend)?
-                {
-                    let queue: String = row.try_get(0).map_err(backend)?;
-                    let key: Option<String> = row.try_get(1).map_err(backend)?;
-                    q(&self.sql.count_cancelled)
-                        .bind(queue.clone())
-                        .bind(1_i64)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    self.free_key(&mut tx, &queue, key, id).await?;
-                    tx.commit().await.map_err(backend)?;
-                    return Ok(orcs_core::CancelOutcome::Removed);
-                }
-                let flagged = q(&self.sql.cancel_running)
-                    .bind(id.to_owned())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                tx.commit().await.map_err(backend)?;
-                match flagged {
-                    Some(_) => Ok(orcs_core::CancelOutcome::Requested),
-                    None => Err(orcs_core::Error::NotFound { id: id.to_owned() }),
+                else {
+                    return lost();
+                };
+                if *run_at <= now || row.try_get::<bool, _>(1).map_err(backend)? {
+                    ready.push(row.try_get::<String, _>(0).map_err(backend)?);
                 }
             }
+            Transition::Release { run_at } => {
+                let Some(row) = q(&self.sql.release)
+                    .bind(lease.id.clone())
+                    .bind(lease.token.clone())
+                    .bind(*run_at)
+                    .bind(now)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?
+                else {
+                    return lost();
+                };
+                if *run_at <= now || row.try_get::<bool, _>(1).map_err(backend)? {
+                    ready.push(row.try_get::<String, _>(0).map_err(backend)?);
+                }
+            }
+            Transition::Fail { error } => {
+                let Some(row) = q(&self.sql.copy_to_failed)
+                    .bind(lease.id.clone())
+                    .bind(lease.token.clone())
+                    .bind(error.clone())
+                    .bind(now)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?
+                else {
+                    return lost();
+                };
+                let queue: String = row.try_get(0).map_err(backend)?;
+                let deleted = q(&self.sql.delete_job)
+                    .bind(lease.id.clone())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+                let key = match deleted {
+                    Some(deleted) => deleted.try_get::<Option<String>, _>(0).map_err(backend)?,
+                    None => None,
+                };
+                q(&self.sql.count_failed)
+                    .bind(queue.clone())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+                self.free_key(conn, &queue, key, &lease.id).await?;
+                if row.try_get::<bool, _>(1).map_err(backend)? {
+                    ready.push(queue);
+                }
+            }
+            other => {
+                return Ok(Err(Error::unsupported(
+                    DRIVER,
+                    format!("the transition {other:?}; upgrade orcs-database"),
+                )));
+            }
         }
-    };
-}
+        if !item.effects.enqueue.is_empty() {
+            let (_, queues) = self.insert_jobs(conn, &item.effects.enqueue).await?;
+            ready.extend(queues);
+        }
+        Ok(Ok(ready))
+    }
 
-pub(crate) use common_ops;
+    /// Frees `key` of `queue` if job `id` holds it and it is not a `Period` key (those
+    /// run their time whatever the job does). Nothing to do for a job without a key.
+    async fn free_key(
+        &self,
+        conn: &mut B::Conn,
+        queue: &str,
+        key: Option<String>,
+        id: &str,
+    ) -> orcs_core::Result<()> {
+        let Some(key) = key else {
+            return Ok(());
+        };
+        q(&self.sql.free_key)
+            .bind(queue.to_owned())
+            .bind(key)
+            .bind(id.to_owned())
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Settles a batch in one transaction, each item token-checked on its own. A backend
+    /// failure rolls the whole batch back and is every item's answer.
+    pub(crate) async fn settle_each(
+        &self,
+        batch: &[Settle],
+        now: Millis,
+    ) -> orcs_core::Result<Vec<orcs_core::Result<()>>> {
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut ready: Vec<String> = Vec::new();
+        for item in batch {
+            match self.settle_on(&mut tx, item, now).await? {
+                Ok(queues) => {
+                    for queue in queues {
+                        if !ready.contains(&queue) {
+                            ready.push(queue);
+                        }
+                    }
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        B::notify_in(self, &mut tx, &ready).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        if !ready.is_empty() {
+            self.shared.wake.notify_waiters();
+        }
+        Ok(results)
+    }
+
+    pub(crate) async fn extend(&self, lease: &Lease, until: Millis) -> orcs_core::Result<Lease> {
+        let done = q(&self.sql.extend)
+            .bind(lease.id.clone())
+            .bind(lease.token.clone())
+            .bind(until)
+            .execute(&mut *self.backend.writer().await?)
+            .await
+            .map_err(backend)?;
+        if B::rows_affected(&done) == 0 {
+            return Err(Error::LeaseLost { id: lease.id.clone() });
+        }
+        let mut extended = lease.clone();
+        extended.expires_at = until;
+        Ok(extended)
+    }
+
+    pub(crate) async fn recover(&self, queues: &[String], now: Millis) -> orcs_core::Result<u64> {
+        if queues.is_empty() {
+            return Ok(0);
+        }
+        let mut query = dynamic(self.sql.recover(queues.len())).bind(now);
+        let mut ended = dynamic(self.sql.recover_cancelled(queues.len())).bind(now);
+        for queue in queues {
+            query = query.bind(queue.clone());
+            ended = ended.bind(queue.clone());
+        }
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        // A job whose cancel was asked for ends as cancelled instead of running again.
+        let cancelled = ended.fetch_all(&mut *tx).await.map_err(backend)?;
+        let mut ready: Vec<String> = Vec::new();
+        for row in &cancelled {
+            let queue: String = row.try_get(0).map_err(backend)?;
+            let id: String = row.try_get(1).map_err(backend)?;
+            let key: Option<String> = row.try_get(2).map_err(backend)?;
+            q(&self.sql.count_cancelled)
+                .bind(queue.clone())
+                .bind(1_i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            self.free_key(&mut tx, &queue, key, &id).await?;
+            if !ready.contains(&queue) {
+                ready.push(queue);
+            }
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(backend)?;
+        for row in &rows {
+            let queue: String = row.try_get(0).map_err(backend)?;
+            if !ready.contains(&queue) {
+                ready.push(queue);
+            }
+        }
+        B::notify_in(self, &mut tx, &ready).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        if !ready.is_empty() {
+            self.shared.wake.notify_waiters();
+        }
+        Ok((rows.len() + cancelled.len()) as u64)
+    }
+
+    /// Whether one of `queues` has a claimable job at `now`.
+    pub(crate) async fn any_ready(
+        &self,
+        queues: &[String],
+        now: Millis,
+    ) -> orcs_core::Result<bool> {
+        if queues.is_empty() {
+            return Ok(false);
+        }
+        let mut query = dynamic(self.sql.any_ready(queues.len())).bind(now);
+        for queue in queues {
+            query = query.bind(queue.clone());
+        }
+        let row = query.fetch_one(self.backend.reader()).await.map_err(backend)?;
+        Ok(row.try_get::<i32, _>(0).map_err(backend)? != 0)
+    }
+
+    pub(crate) async fn stats(&self, queue: &str, now: Millis) -> orcs_core::Result<QueueStats> {
+        let row = q(&self.sql.stats)
+            .bind(queue.to_owned())
+            .bind(now)
+            .fetch_one(self.backend.reader())
+            .await
+            .map_err(backend)?;
+        let get = |i: usize| row.try_get::<i64, _>(i).map(count).map_err(backend);
+        let mut stats = QueueStats::new(queue);
+        stats.pending = get(0)?;
+        stats.delayed = get(1)?;
+        stats.reserved = get(2)?;
+        stats.failed = get(3)?;
+        stats.processed = get(4)?;
+        stats.failed_total = get(5)?;
+        stats.paused = row.try_get::<bool, _>(6).map_err(backend)?;
+        stats.cancelled = get(7)?;
+        let opt = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
+        let as_u32 = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        let mut limits = QueueLimits::none();
+        if let Some(n) = opt(8)? {
+            limits = limits.concurrency(as_u32(n));
+        }
+        if let (Some(n), Some(period)) = (opt(9)?, opt(10)?) {
+            limits = limits.rate(RateLimit::new(as_u32(n), count(period)));
+        }
+        stats.limits = limits;
+        Ok(stats)
+    }
+
+    pub(crate) async fn queues(&self) -> orcs_core::Result<Vec<String>> {
+        let rows = q(&self.sql.queues).fetch_all(self.backend.reader()).await.map_err(backend)?;
+        let mut names = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    pub(crate) async fn get(&self, id: &str, now: Millis) -> orcs_core::Result<Option<JobInfo>> {
+        if let Some(row) = q(&self.sql.get_job)
+            .bind(id.to_owned())
+            .fetch_optional(self.backend.reader())
+            .await
+            .map_err(backend)?
+        {
+            return decode_info(&row, now).map(Some).map_err(unreadable);
+        }
+        // Not live: it may have failed (a job moves from one table to the other in one
+        // transaction, so it is in one of them unless it completed in between).
+        let row = q(&self.sql.get_failed)
+            .bind(id.to_owned())
+            .fetch_optional(self.backend.reader())
+            .await
+            .map_err(backend)?;
+        row.map(|row| decode_failed(&row).map(|(_, info)| info)).transpose().map_err(unreadable)
+    }
+
+    pub(crate) async fn list(
+        &self,
+        req: &ListRequest,
+        now: Millis,
+    ) -> orcs_core::Result<Vec<JobInfo>> {
+        let sql = match req.state {
+            JobState::Pending => &self.sql.list_pending,
+            JobState::Delayed => &self.sql.list_delayed,
+            JobState::Reserved => &self.sql.list_reserved,
+            _ => {
+                return Err(Error::invalid(
+                    "job state",
+                    "failed jobs are listed by `failed` (orcs queue:failed), not `list`",
+                ));
+            }
+        };
+        let (limit, offset) = page(req.limit, req.offset);
+        let rows = q(sql)
+            .bind(req.queue.clone())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(self.backend.reader())
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|row| decode_info(row, now).map_err(unreadable)).collect()
+    }
+
+    pub(crate) async fn clear(&self, queue: &str) -> orcs_core::Result<u64> {
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        // Remember the queue, so that it is still listed once it is empty.
+        q(&self.sql.ensure_counter)
+            .bind(queue.to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let done =
+            q(&self.sql.clear).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
+        if B::rows_affected(&done) > 0 {
+            q(&self.sql.free_orphan_keys)
+                .bind(queue.to_owned())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(B::rows_affected(&done))
+    }
+
+    pub(crate) async fn failed(&self, query: &FailedQuery) -> orcs_core::Result<Vec<FailedJob>> {
+        let (limit, offset) = page(query.limit, query.offset);
+        let statement = match &query.queue {
+            Some(queue) => {
+                q(&self.sql.failed_page_of_queue).bind(limit).bind(offset).bind(queue.clone())
+            }
+            None => q(&self.sql.failed_page).bind(limit).bind(offset),
+        };
+        let rows = statement.fetch_all(self.backend.reader()).await.map_err(backend)?;
+        rows.iter()
+            .map(|row| decode_failed(row).map(|(failed, _)| failed).map_err(unreadable))
+            .collect()
+    }
+
+    pub(crate) async fn retry_failed(&self, id: &str, now: Millis) -> orcs_core::Result<()> {
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        let Some(row) = q(&self.sql.unfail)
+            .bind(id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+        else {
+            return Err(Error::NotFound { id: id.to_owned() });
+        };
+        let queue: String = row.try_get(1).map_err(backend)?;
+        q(&self.sql.requeue)
+            .bind(row.try_get::<String, _>(0).map_err(backend)?)
+            .bind(queue.clone())
+            .bind(row.try_get::<String, _>(2).map_err(backend)?)
+            .bind(row.try_get::<String, _>(3).map_err(backend)?)
+            .bind(row.try_get::<i32, _>(4).map_err(backend)?)
+            .bind(row.try_get::<i64, _>(6).map_err(backend)?)
+            .bind(row.try_get::<i64, _>(7).map_err(backend)?)
+            .bind(row.try_get::<Option<i64>, _>(8).map_err(backend)?)
+            .bind(row.try_get::<i64, _>(9).map_err(backend)?)
+            .bind(row.try_get::<Option<String>, _>(10).map_err(backend)?)
+            .bind(row.try_get::<Option<i32>, _>(11).map_err(backend)?)
+            .bind(row.try_get::<Option<i64>, _>(12).map_err(backend)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        B::notify_in(self, &mut tx, std::slice::from_ref(&queue)).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        self.shared.wake.notify_waiters();
+        Ok(())
+    }
+
+    pub(crate) async fn forget_failed(&self, id: &str) -> orcs_core::Result<()> {
+        let done = q(&self.sql.forget)
+            .bind(id.to_owned())
+            .execute(&mut *self.backend.writer().await?)
+            .await
+            .map_err(backend)?;
+        if B::rows_affected(&done) == 0 {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn flush_failed(&self) -> orcs_core::Result<u64> {
+        let done = q(&self.sql.flush)
+            .execute(&mut *self.backend.writer().await?)
+            .await
+            .map_err(backend)?;
+        Ok(B::rows_affected(&done))
+    }
+
+    pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> orcs_core::Result<()> {
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        q(&self.sql.set_paused)
+            .bind(queue.to_owned())
+            .bind(paused)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !paused {
+            B::notify_in(self, &mut tx, &[queue.to_owned()]).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        if !paused {
+            self.shared.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn set_limits(
+        &self,
+        queue: &str,
+        limits: &QueueLimits,
+    ) -> orcs_core::Result<()> {
+        let rate = match limits.rate {
+            Some(rate) if rate.period_ms == 0 => {
+                return Err(Error::invalid("rate limit", "the period must be at least 1 ms"));
+            }
+            Some(rate) => Some((i64::from(rate.limit), duration_ms(rate.period_ms))),
+            None => None,
+        };
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        q(&self.sql.set_limits)
+            .bind(queue.to_owned())
+            .bind(limits.concurrency.map(i64::from))
+            .bind(rate.map(|r| r.0))
+            .bind(rate.map(|r| r.1))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        // Looser limits may let idle workers start jobs.
+        B::notify_in(self, &mut tx, &[queue.to_owned()]).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        self.shared.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// A pending or delayed job is deleted and counted as cancelled (its key freed); a
+    /// running one is flagged, and its worker learns of it through `touch`.
+    pub(crate) async fn cancel(&self, id: &str, _now: Millis) -> orcs_core::Result<CancelOutcome> {
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        if let Some(row) = q(&self.sql.cancel_waiting)
+            .bind(id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+        {
+            let queue: String = row.try_get(0).map_err(backend)?;
+            let key: Option<String> = row.try_get(1).map_err(backend)?;
+            q(&self.sql.count_cancelled)
+                .bind(queue.clone())
+                .bind(1_i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            self.free_key(&mut tx, &queue, key, id).await?;
+            tx.commit().await.map_err(backend)?;
+            return Ok(CancelOutcome::Removed);
+        }
+        let flagged = q(&self.sql.cancel_running)
+            .bind(id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        match flagged {
+            Some(_) => Ok(CancelOutcome::Requested),
+            None => Err(Error::NotFound { id: id.to_owned() }),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,12 @@ use std::str::FromStr;
 
 use orcs_core::{Error, Result};
 
-/// The configuration key that names the database in errors.
-pub(crate) const URL_KEY: &str = "DATABASE_URL";
+/// What [`Error::Config`] names when the URL is wrong: the driver's own setting (the URL given to
+/// `DatabaseDriver::connect` or `DatabaseConfig::new`). Whatever supplied it (an environment
+/// variable, a config file) is the caller's to add.
+pub(crate) const URL_SETTING: &str = "the database URL";
 
-/// What a `DATABASE_URL` may look like, for error messages.
+/// What a database URL may look like, for error messages.
 pub(crate) const ACCEPTED: &str = "expected sqlite://PATH (for example sqlite://storage/queue.db) \
      or postgres://USER:PASSWORD@HOST:PORT/DATABASE (postgresql:// works too)";
 
@@ -103,10 +105,11 @@ impl DatabaseConfig {
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" => Ok(Backend::Sqlite),
             "postgres" | "postgresql" => Ok(Backend::Postgres),
-            "" => Err(Error::config(URL_KEY, format!("the URL has no scheme: {ACCEPTED}"))),
-            other => {
-                Err(Error::config(URL_KEY, format!("unsupported scheme `{other}://`: {ACCEPTED}")))
-            }
+            "" => Err(Error::config(URL_SETTING, format!("the URL has no scheme: {ACCEPTED}"))),
+            other => Err(Error::config(
+                URL_SETTING,
+                format!("unsupported scheme `{other}://`: {ACCEPTED}"),
+            )),
         }
     }
 
@@ -243,7 +246,8 @@ mod tests {
         );
         let err = DatabaseConfig::new("mysql://u:hunter2@h/db").backend().expect_err("mysql");
         let text = err.to_string();
-        assert!(text.contains("DATABASE_URL") && text.contains("sqlite://"), "{text}");
+        assert!(text.contains("the database URL") && text.contains("sqlite://"), "{text}");
+        assert!(!text.contains("DATABASE_URL"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
     }
 

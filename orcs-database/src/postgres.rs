@@ -12,16 +12,21 @@ use std::time::Duration;
 
 use orcs_core::{Error, Lease, Millis, Result, Settle, Touch, Transition};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult,
+};
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::common::{Limits, Shared, backend, common_ops};
-use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY, redact};
+use crate::common::{self, Backend, Limits, Shared, backend, q};
+use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Postgres;
 type Conn = PgConnection;
+
+/// The driver's tables in a PostgreSQL database.
+pub(crate) type Store = common::Store<PgBackend>;
 
 /// Serialises setup (migrations) among workers starting at once. The value spells "orcs" and
 /// "jobs".
@@ -33,29 +38,6 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
 /// A `NOTIFY` payload is limited to 8000 bytes; waiters only need to be woken, so a long queue
 /// name is cut short rather than failing the write that announces it.
 const MAX_PAYLOAD: usize = 1000;
-
-/// Whether table `name` (quoted, schema-qualified if need be: see `Sql::catalog`) exists.
-async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
-    sqlx::query("SELECT to_regclass($1) IS NOT NULL")
-        .bind(name.to_owned())
-        .fetch_one(conn)
-        .await
-        .and_then(|row| row.try_get::<bool, _>(0))
-        .map_err(backend)
-}
-
-/// The column names of table `name` (found as `table_exists` finds it); empty if there is none.
-async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT attname::TEXT FROM pg_attribute WHERE attrelid = to_regclass($1) \
-         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-    )
-    .bind(name.to_owned())
-    .fetch_all(conn)
-    .await
-    .map_err(backend)?;
-    rows.iter().map(|row| row.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(backend)
-}
 
 /// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
 /// The token matters: a stale and a current lease on one job may share a batch.
@@ -79,10 +61,9 @@ fn settled(
 /// PostgreSQL's longest identifier, which bounds channel names.
 const MAX_CHANNEL_LEN: usize = 63;
 
-pub(crate) struct Store {
+/// What a PostgreSQL store has beside its statements.
+pub(crate) struct PgBackend {
     pool: PgPool,
-    sql: Arc<Sql>,
-    shared: Arc<Shared>,
     /// The channel the jobs table's dispatches are announced on.
     channel: String,
     /// A pool of one connection, used by the listener only (it reconnects through it).
@@ -97,15 +78,140 @@ impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
             .field("tables", &self.sql.jobs)
-            .field("channel", &self.channel)
+            .field("channel", &self.backend.channel)
             .finish_non_exhaustive()
     }
 }
 
-common_ops!();
+impl Backend for PgBackend {
+    type Db = Db;
+    type Conn = Conn;
+    type Writer<'a> = PoolConnection<Db>;
 
-async fn begin(conn: &mut PgConnection) -> Result<Transaction<'_, Db>> {
-    conn.begin().await.map_err(backend)
+    const NOW_MS: &'static str = NOW_MS;
+
+    async fn writer(&self) -> Result<PoolConnection<Db>> {
+        self.pool.acquire().await.map_err(backend)
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(conn: &mut Conn) -> Result<Transaction<'_, Db>> {
+        conn.begin().await.map_err(backend)
+    }
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    /// Whether table `name` (quoted, schema-qualified if need be: see `Sql::catalog`) exists.
+    async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
+        sqlx::query("SELECT to_regclass($1) IS NOT NULL")
+            .bind(name.to_owned())
+            .fetch_one(conn)
+            .await
+            .and_then(|row| row.try_get::<bool, _>(0))
+            .map_err(backend)
+    }
+
+    /// The column names of table `name` (found as `table_exists` finds it); empty if there is none.
+    async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT attname::TEXT FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(name.to_owned())
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    /// Announces `queues` to every other process's waiters with `NOTIFY`, inside the caller's
+    /// transaction: PostgreSQL delivers it on commit, and a failure rolls the write back instead
+    /// of reporting a committed write as failed.
+    async fn notify_in(store: &Store, conn: &mut Conn, queues: &[String]) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
+        }
+        let payloads: Vec<String> = queues
+            .iter()
+            .map(|queue| {
+                let mut end = queue.len().min(MAX_PAYLOAD);
+                while !queue.is_char_boundary(end) {
+                    end -= 1;
+                }
+                queue[..end].to_owned()
+            })
+            .collect();
+        q(&store.sql.notify_pg)
+            .bind(store.backend.channel.clone())
+            .bind(payloads)
+            .execute(conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Promotes the queue's due delayed jobs, one autocommitted chunk per statement, and reads
+    /// the queue's limits in the same round trip.
+    async fn promote_due(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        now: Millis,
+    ) -> Result<Option<Limits>> {
+        loop {
+            let row = q(&store.sql.promote)
+                .bind(queue.to_owned())
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(backend)?;
+            let promoted: i64 = row.try_get(0).map_err(backend)?;
+            if u64::try_from(promoted).unwrap_or(0) < crate::sql::PROMOTE_CHUNK {
+                let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
+                return Ok(Limits::from_columns(get(1)?, get(2)?, get(3)?));
+            }
+        }
+    }
+
+    /// Claims from a queue with limits through the claim function (see `Sql::claim_limited_pg`):
+    /// claims of the queue take turns on its advisory lock, and each counts every job the
+    /// previous one reserved and every start it logged.
+    async fn claim_limited(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+        limits: Limits,
+    ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
+        let rows = q(&store.sql.claim_limited_pg)
+            .bind(queue.to_owned())
+            .bind(req.now)
+            .bind(crate::common::duration_ms(req.default_timeout_ms))
+            .bind(crate::common::duration_ms(req.grace_ms))
+            .bind(batch.to_owned())
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        // Only a hint for the idle worker's sleep: the limits the promotion read will do.
+        let mut reopens = None;
+        if let Some(rate) = limits.rate
+            && rows.len() < want
+        {
+            reopens = store.rate_reopens(conn, queue, req.now, rate).await?;
+        }
+        Ok((rows, reopens))
+    }
 }
 
 /// Starts a claim's transaction on a borrowed pool's connection: the planner setting that the
@@ -149,7 +255,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Store {
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
         let options = PgConnectOptions::from_str(&config.url)
-            .map_err(|e| Error::config(URL_KEY, format!("{ACCEPTED}: {}", redact(&e.to_string()))))?
+            .map_err(|e| {
+                Error::config(URL_SETTING, format!("{ACCEPTED}: {}", redact(&e.to_string())))
+            })?
             // A queue table goes from empty to large within seconds, faster than autovacuum
             // refreshes its statistics; planning the claim on stale ones picks a bitmap scan that
             // reads and sorts every ready job per claim. Without bitmap scans the claim walks the
@@ -213,7 +321,7 @@ impl Store {
         if let Some(schema) = &config.schema {
             create_schema(&mut tx, schema).await?;
         }
-        migrate(&mut tx, &sql).await?;
+        Store::migrate(&mut tx, &sql).await?;
         let schema: Option<String> = match &config.schema {
             Some(schema) => Some(schema.clone()),
             None => sqlx::query("SELECT current_schema()")
@@ -236,41 +344,9 @@ impl Store {
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
-        Ok(Self { pool, sql, shared, channel, listen_pool, listener: Mutex::new(None), borrowed })
-    }
-
-    async fn writer(&self) -> Result<PoolConnection<Db>> {
-        self.pool.acquire().await.map_err(backend)
-    }
-
-    fn reader(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Announces `queues` to every other process's waiters with `NOTIFY`, inside the caller's
-    /// transaction: PostgreSQL delivers it on commit, and a failure rolls the write back instead
-    /// of reporting a committed write as failed.
-    async fn notify_in(&self, conn: &mut Conn, queues: &[String]) -> Result<()> {
-        if queues.is_empty() {
-            return Ok(());
-        }
-        let payloads: Vec<String> = queues
-            .iter()
-            .map(|queue| {
-                let mut end = queue.len().min(MAX_PAYLOAD);
-                while !queue.is_char_boundary(end) {
-                    end -= 1;
-                }
-                queue[..end].to_owned()
-            })
-            .collect();
-        q(&self.sql.notify_pg)
-            .bind(self.channel.clone())
-            .bind(payloads)
-            .execute(conn)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        let listener = Mutex::new(None);
+        let backend = PgBackend { pool, channel, listen_pool, listener, borrowed };
+        Ok(Self { sql, shared, backend })
     }
 
     pub(crate) async fn claim(
@@ -279,8 +355,8 @@ impl Store {
     ) -> Result<orcs_core::Claim> {
         // No transaction: each statement is atomic, the promotion is idempotent and commits
         // before the claim picks, and the drain saves two round trips per claim.
-        let mut conn = self.writer().await?;
-        let (claim, unreadable) = if self.borrowed {
+        let mut conn = self.backend.writer().await?;
+        let (claim, unreadable) = if self.backend.borrowed {
             // The setting lasts until this transaction ends, so the application's connection
             // is handed back as it was; BEGIN and SET go in one round trip.
             let mut tx = conn.begin_with(BEGIN_CLAIM).await.map_err(backend)?;
@@ -309,8 +385,8 @@ impl Store {
         let rows = q(&self.sql.complete_many_pg)
             .bind(ids)
             .bind(tokens)
-            .bind(self.channel.clone())
-            .fetch_all(&self.pool)
+            .bind(self.backend.channel.clone())
+            .fetch_all(&self.backend.pool)
             .await
             .map_err(backend)?;
         // The statement notified the concurrency-limited queues among them: a slot is free.
@@ -323,61 +399,6 @@ impl Store {
             .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
             .map_err(backend)?;
         Ok(settled(batch, &done))
-    }
-
-    /// Promotes the queue's due delayed jobs, one autocommitted chunk per statement, and reads
-    /// the queue's limits in the same round trip.
-    async fn promote_due(
-        &self,
-        conn: &mut Conn,
-        queue: &str,
-        now: Millis,
-    ) -> Result<Option<Limits>> {
-        loop {
-            let row = q(&self.sql.promote)
-                .bind(queue.to_owned())
-                .bind(now)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(backend)?;
-            let promoted: i64 = row.try_get(0).map_err(backend)?;
-            if u64::try_from(promoted).unwrap_or(0) < crate::sql::PROMOTE_CHUNK {
-                let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
-                return Ok(Limits::from_columns(get(1)?, get(2)?, get(3)?));
-            }
-        }
-    }
-
-    /// Claims from a queue with limits through the claim function (see `Sql::claim_limited_pg`):
-    /// claims of the queue take turns on its advisory lock, and each counts every job the
-    /// previous one reserved and every start it logged.
-    async fn claim_limited(
-        &self,
-        conn: &mut Conn,
-        queue: &str,
-        req: &orcs_core::ClaimRequest<'_>,
-        want: usize,
-        batch: &str,
-        limits: Limits,
-    ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
-        let rows = q(&self.sql.claim_limited_pg)
-            .bind(queue.to_owned())
-            .bind(req.now)
-            .bind(crate::common::duration_ms(req.default_timeout_ms))
-            .bind(crate::common::duration_ms(req.grace_ms))
-            .bind(batch.to_owned())
-            .bind(i64::try_from(want).unwrap_or(i64::MAX))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
-        // Only a hint for the idle worker's sleep: the limits the promotion read will do.
-        let mut reopens = None;
-        if let Some(rate) = limits.rate
-            && rows.len() < want
-        {
-            reopens = self.rate_reopens(conn, queue, req.now, rate).await?;
-        }
-        Ok((rows, reopens))
     }
 
     /// One statement for the whole batch: stores the progress of the touches that carry some
@@ -393,7 +414,7 @@ impl Store {
             .bind(ids)
             .bind(tokens)
             .bind(progress)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.backend.pool)
             .await
             .map_err(backend)?;
         rows.iter()
@@ -404,7 +425,7 @@ impl Store {
 
     pub(crate) async fn server_time(&self) -> Result<Option<Millis>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NOW_MS}")))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.backend.pool)
             .await
             .map_err(backend)?;
         Ok(Some(row.try_get::<i64, _>(0).map_err(backend)?))
@@ -421,7 +442,7 @@ impl Store {
         let mut notified = std::pin::pin!(notified);
         // Register before looking, so a dispatch between the look and the wait still wakes us.
         notified.as_mut().enable();
-        let mut guard = self.listener.try_lock().ok();
+        let mut guard = self.backend.listener.try_lock().ok();
         if let Some(listener) = guard.as_mut() {
             drain(listener);
         }
@@ -434,7 +455,7 @@ impl Store {
             None => tokio::select! {
                 () = notified.as_mut() => return Ok(()),
                 () = tokio::time::sleep_until(deadline) => return Ok(()),
-                mut guard = self.listener.lock() => {
+                mut guard = self.backend.listener.lock() => {
                     drain(&mut guard);
                     if self.any_ready(queues, now).await? {
                         return Ok(());
@@ -445,9 +466,9 @@ impl Store {
         };
         if guard.is_none() {
             let mut listener =
-                PgListener::connect_with(&self.listen_pool).await.map_err(backend)?;
+                PgListener::connect_with(&self.backend.listen_pool).await.map_err(backend)?;
             listener.ignore_pool_close_event(true);
-            listener.listen(&self.channel).await.map_err(backend)?;
+            listener.listen(&self.backend.channel).await.map_err(backend)?;
             *guard = Some(listener);
             // Anything dispatched while the listener was connecting was not heard: look again.
             if self.any_ready(queues, now).await? {

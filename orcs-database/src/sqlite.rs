@@ -16,39 +16,20 @@ use std::time::Duration;
 use orcs_core::{Error, Millis, Result, Settle, Touch};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteQueryResult, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::common::{Limits, SLOW_STATEMENT, Shared, backend, common_ops};
-use crate::config::{ACCEPTED, DatabaseConfig, URL_KEY};
+use crate::common::{self, Backend, Limits, SLOW_STATEMENT, Shared, backend, dynamic, q};
+use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING};
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Sqlite;
 type Conn = SqliteConnection;
 
-/// The database's clock in milliseconds, for the migrations table.
-const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-
-async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1")
-        .bind(name.to_owned())
-        .fetch_optional(conn)
-        .await
-        .map_err(backend)?;
-    Ok(row.is_some())
-}
-
-/// The column names of table `name`; empty if there is no such table.
-async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT name FROM pragma_table_info($1)")
-        .bind(name.to_owned())
-        .fetch_all(conn)
-        .await
-        .map_err(backend)?;
-    rows.iter().map(|row| row.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(backend)
-}
+/// The driver's tables in a SQLite file.
+pub(crate) type Store = common::Store<SqliteBackend>;
 
 /// How long a write waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,13 +38,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// dispatches wake it at once).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-pub(crate) struct Store {
+/// What a SQLite store has beside its statements.
+pub(crate) struct SqliteBackend {
     /// The one connection this process writes through; the lock is the queue of writers. A
     /// pool would ping the connection after every statement.
     writer: Mutex<SqliteConnection>,
     reader: SqlitePool,
-    sql: Arc<Sql>,
-    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for Store {
@@ -72,12 +52,152 @@ impl fmt::Debug for Store {
     }
 }
 
-common_ops!();
+impl Backend for SqliteBackend {
+    type Db = Db;
+    type Conn = Conn;
+    type Writer<'a> = MutexGuard<'a, Conn>;
 
-/// Takes the write lock first, so that the transaction never has to upgrade a read lock (which
-/// fails at once with "database is locked" instead of waiting when another process wrote).
-async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Db>> {
-    conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
+    /// The database's clock in milliseconds.
+    const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+    async fn writer(&self) -> Result<MutexGuard<'_, Conn>> {
+        Ok(self.writer.lock().await)
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// Takes the write lock first, so that the transaction never has to upgrade a read lock (which
+    /// fails at once with "database is locked" instead of waiting when another process wrote).
+    async fn begin(conn: &mut Conn) -> Result<Transaction<'_, Db>> {
+        conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn table_exists(conn: &mut Conn, name: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(conn)
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
+    }
+
+    /// The column names of table `name`; empty if there is no such table.
+    async fn table_columns(conn: &mut Conn, name: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM pragma_table_info($1)")
+            .bind(name.to_owned())
+            .fetch_all(conn)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    /// Other processes find new jobs when they poll; this process's waiters are woken by the
+    /// caller after the commit.
+    #[allow(clippy::unused_async)]
+    async fn notify_in(_store: &Store, _conn: &mut Conn, _queues: &[String]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Promotes the queue's due delayed jobs (inside the claim's transaction) and reads its
+    /// limits.
+    async fn promote_due(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        now: Millis,
+    ) -> Result<Option<Limits>> {
+        loop {
+            let done = q(&store.sql.promote)
+                .bind(queue.to_owned())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            if done.rows_affected() < crate::sql::PROMOTE_CHUNK {
+                break;
+            }
+        }
+        let Some(row) = q(&store.sql.limits)
+            .bind(queue.to_owned())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
+        Ok(Limits::from_columns(get(0)?, get(1)?, get(2)?))
+    }
+
+    /// Claims from a queue with limits, inside the claim's transaction (SQLite has one writer,
+    /// so nothing changes between the count and the claim). Returns the rows and, when the rate
+    /// window is full, when it reopens.
+    async fn claim_limited(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+        limits: Limits,
+    ) -> Result<(Vec<sqlx::sqlite::SqliteRow>, Option<Millis>)> {
+        let since = limits.rate.map_or(req.now, |(_, period)| req.now.saturating_sub(period));
+        let row = q(&store.sql.room)
+            .bind(queue.to_owned())
+            .bind(limits.concurrency)
+            .bind(since)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let reserved: i64 = row.try_get(0).map_err(backend)?;
+        let started: i64 = row.try_get(1).map_err(backend)?;
+        let room = limits.room(want, reserved, started);
+        let rows = if room > 0 {
+            q(&store.sql.claim)
+                .bind(queue.to_owned())
+                .bind(req.now)
+                .bind(crate::common::duration_ms(req.default_timeout_ms))
+                .bind(crate::common::duration_ms(req.grace_ms))
+                .bind(batch.to_owned())
+                .bind(room)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(backend)?
+        } else {
+            Vec::new()
+        };
+        let mut reopens = None;
+        if let Some(rate) = limits.rate {
+            if !rows.is_empty() {
+                q(&store.sql.record_start)
+                    .bind(queue.to_owned())
+                    .bind(req.now)
+                    .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+            }
+            q(&store.sql.prune_starts)
+                .bind(queue.to_owned())
+                .bind(since)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            if rows.len() < want {
+                reopens = store.rate_reopens(conn, queue, req.now, rate).await?;
+            }
+        }
+        Ok((rows, reopens))
+    }
 }
 
 /// Setup tries on `SQLITE_BUSY` before giving up. Processes opening a new file at once can meet
@@ -94,7 +214,7 @@ fn is_read_only(e: &Error) -> bool {
 /// The error for a SQLite file this process may not write to.
 fn read_only(path: &Path, why: &dyn fmt::Display) -> Error {
     Error::config(
-        URL_KEY,
+        URL_SETTING,
         format!(
             "the SQLite file {} is read-only ({why}): a worker writes to it and creates \
              its -wal and -shm files beside it, so make the file and its directory writable \
@@ -107,10 +227,10 @@ fn read_only(path: &Path, why: &dyn fmt::Display) -> Error {
 /// The error for an in-memory database (a URL, or an application's pool, naming one).
 fn in_memory() -> Error {
     Error::config(
-        URL_KEY,
+        URL_SETTING,
         "an in-memory SQLite database would lose every job when the process ends and is \
          invisible to other processes: name a file, such as sqlite://storage/queue.db, or use \
-         QUEUE_DRIVER=memory",
+         the memory driver (orcs_memory::MemoryDriver) for jobs that live only in this process",
     )
 }
 
@@ -136,7 +256,7 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
     }
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::config(
-            URL_KEY,
+            URL_SETTING,
             format!(
                 "the SQLite file {} is in journal mode {mode:?}, not WAL, so several \
                  workers cannot share it; put it on a local file system that supports WAL (and \
@@ -146,8 +266,8 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
             ),
         ));
     }
-    let mut tx = begin(&mut writer).await?;
-    migrate(&mut tx, sql).await?;
+    let mut tx = SqliteBackend::begin(&mut writer).await?;
+    Store::migrate(&mut tx, sql).await?;
     // A file opened read-only (`mode=ro`, or a file SQLite could not open for writing) still
     // lets the transaction begin; a write that changes nothing finds out now, not at the first
     // dispatch.
@@ -224,14 +344,14 @@ impl Store {
             return Err(in_memory());
         }
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::config(URL_KEY, format!("{ACCEPTED}: {e}")))?;
+            .map_err(|e| Error::config(URL_SETTING, format!("{ACCEPTED}: {e}")))?;
         if let Some(dir) = Path::new(options.get_filename()).parent()
             && !dir.as_os_str().is_empty()
             && !dir.exists()
         {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::config(
-                    URL_KEY,
+                    URL_SETTING,
                     format!(
                         "cannot create the directory {} for the SQLite file: {e}",
                         dir.display()
@@ -271,22 +391,7 @@ impl Store {
         shared: Arc<Shared>,
     ) -> Self {
         let sql = Arc::new(sql_for(config));
-        Self { writer: Mutex::new(writer), reader, sql, shared }
-    }
-
-    async fn writer(&self) -> Result<MutexGuard<'_, SqliteConnection>> {
-        Ok(self.writer.lock().await)
-    }
-
-    fn reader(&self) -> &SqlitePool {
-        &self.reader
-    }
-
-    /// Other processes find new jobs when they poll; this process's waiters are woken by the
-    /// caller after the commit.
-    #[allow(clippy::unused_async)]
-    async fn notify_in(&self, _conn: &mut Conn, _queues: &[String]) -> Result<()> {
-        Ok(())
+        Self { sql, shared, backend: SqliteBackend { writer: Mutex::new(writer), reader } }
     }
 
     pub(crate) async fn claim(
@@ -295,105 +400,13 @@ impl Store {
     ) -> Result<orcs_core::Claim> {
         // One write transaction for the promotions and the claims: one commit (one fsync of
         // the WAL at most) per claim.
-        let mut conn = self.writer().await?;
-        let mut tx = begin(&mut conn).await?;
+        let mut conn = self.backend.writer().await?;
+        let mut tx = SqliteBackend::begin(&mut conn).await?;
         let (claim, unreadable) = self.claim_on(&mut tx, req).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);
         self.fail_unreadable(unreadable, req.now).await?;
         Ok(claim)
-    }
-
-    /// Promotes the queue's due delayed jobs (inside the claim's transaction) and reads its
-    /// limits.
-    async fn promote_due(
-        &self,
-        conn: &mut Conn,
-        queue: &str,
-        now: Millis,
-    ) -> Result<Option<Limits>> {
-        loop {
-            let done = q(&self.sql.promote)
-                .bind(queue.to_owned())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-            if done.rows_affected() < crate::sql::PROMOTE_CHUNK {
-                break;
-            }
-        }
-        let Some(row) = q(&self.sql.limits)
-            .bind(queue.to_owned())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(backend)?
-        else {
-            return Ok(None);
-        };
-        let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
-        Ok(Limits::from_columns(get(0)?, get(1)?, get(2)?))
-    }
-
-    /// Claims from a queue with limits, inside the claim's transaction (SQLite has one writer,
-    /// so nothing changes between the count and the claim). Returns the rows and, when the rate
-    /// window is full, when it reopens.
-    async fn claim_limited(
-        &self,
-        conn: &mut Conn,
-        queue: &str,
-        req: &orcs_core::ClaimRequest<'_>,
-        want: usize,
-        batch: &str,
-        limits: Limits,
-    ) -> Result<(Vec<sqlx::sqlite::SqliteRow>, Option<Millis>)> {
-        let since = limits.rate.map_or(req.now, |(_, period)| req.now.saturating_sub(period));
-        let row = q(&self.sql.room)
-            .bind(queue.to_owned())
-            .bind(limits.concurrency)
-            .bind(since)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(backend)?;
-        let reserved: i64 = row.try_get(0).map_err(backend)?;
-        let started: i64 = row.try_get(1).map_err(backend)?;
-        let room = limits.room(want, reserved, started);
-        let rows = if room > 0 {
-            q(&self.sql.claim)
-                .bind(queue.to_owned())
-                .bind(req.now)
-                .bind(crate::common::duration_ms(req.default_timeout_ms))
-                .bind(crate::common::duration_ms(req.grace_ms))
-                .bind(batch.to_owned())
-                .bind(room)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(backend)?
-        } else {
-            Vec::new()
-        };
-        let mut reopens = None;
-        if let Some(rate) = limits.rate {
-            if !rows.is_empty() {
-                q(&self.sql.record_start)
-                    .bind(queue.to_owned())
-                    .bind(req.now)
-                    .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(backend)?;
-            }
-            q(&self.sql.prune_starts)
-                .bind(queue.to_owned())
-                .bind(since)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-            if rows.len() < want {
-                reopens = self.rate_reopens(conn, queue, req.now, rate).await?;
-            }
-        }
-        Ok((rows, reopens))
     }
 
     /// Stores the progress of the touches that carry some (one write transaction, only then)
@@ -403,8 +416,8 @@ impl Store {
             return Ok(Vec::new());
         }
         if running.iter().any(|t| t.progress.is_some()) {
-            let mut conn = self.writer().await?;
-            let mut tx = begin(&mut conn).await?;
+            let mut conn = self.backend.writer().await?;
+            let mut tx = SqliteBackend::begin(&mut conn).await?;
             for touch in running {
                 if let Some(progress) = &touch.progress {
                     q(&self.sql.set_progress)
@@ -424,7 +437,7 @@ impl Store {
             for touch in chunk {
                 query = query.bind(touch.lease.id.clone());
             }
-            for row in query.fetch_all(self.reader()).await.map_err(backend)? {
+            for row in query.fetch_all(self.backend.reader()).await.map_err(backend)? {
                 let id: String = row.try_get(0).map_err(backend)?;
                 let token: Option<String> = row.try_get(1).map_err(backend)?;
                 // Only for a lease that is still the job's.

@@ -799,7 +799,8 @@ mod database {
         match result {
             Err(e @ Error::Config { .. }) => {
                 let Error::Config { key, .. } = &e else { unreachable!() };
-                assert_eq!(key, "DATABASE_URL");
+                // The driver's own setting; the CLI adds the environment variable's name.
+                assert_eq!(key, "the database URL");
                 e.to_string()
             }
             other => panic!("expected a configuration error, got {other:?}"),
@@ -816,7 +817,8 @@ mod database {
                 config_error(DatabaseDriver::connect("postgres://u:hunter2@h:notaport/db").await);
             assert!(!text.contains("hunter2"), "{text}");
             let text = config_error(DatabaseDriver::connect("sqlite::memory:").await);
-            assert!(text.contains("QUEUE_DRIVER=memory"), "{text}");
+            assert!(text.contains("memory driver"), "{text}");
+            assert!(!text.contains("QUEUE_DRIVER"), "{text}");
             config_error(DatabaseDriver::connect("localhost/db").await);
         });
     }

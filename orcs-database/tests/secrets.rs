@@ -1,4 +1,4 @@
-//! Passwords in `DATABASE_URL` never reach an error or `Debug` output, and a connection that
+//! Passwords in the database URL never reach an error or `Debug` output, and a connection that
 //! fails says why at once (not only that a pool timed out).
 
 use std::time::{Duration, Instant};
