@@ -139,6 +139,10 @@ pub(crate) struct StatsArgs {
     /// Print JSON: an array of queue stats, or one object when a queue is named
     #[arg(long)]
     pub(crate) json: bool,
+    /// First forget every queue that is empty and idle (no pending, delayed, running or failed
+    /// job): its counters, pause and limits go, and it leaves the list until a job comes again
+    #[arg(long, conflicts_with = "queue")]
+    pub(crate) prune: bool,
 }
 
 #[derive(Debug, Args)]

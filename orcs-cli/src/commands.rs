@@ -205,7 +205,30 @@ async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
         validate_queue_name(name).context("the QUEUE argument")?;
     }
     let queue = ctx.queue().await?;
-    let known = queue.driver().queues().await?;
+    let mut known = queue.driver().queues().await?;
+    if args.prune {
+        // Each forget checks and deletes in one step of the backend: a queue that got a job
+        // since the listing is left alone.
+        let mut pruned = Vec::new();
+        for name in &known {
+            if queue.forget_queue(name).await? {
+                pruned.push(name.clone());
+            }
+        }
+        let line = if pruned.is_empty() {
+            "nothing to prune".to_owned()
+        } else {
+            let s = if pruned.len() == 1 { "" } else { "s" };
+            format!("pruned {} queue{s}: {}", pruned.len(), pruned.join(", "))
+        };
+        // With --json, stdout stays one JSON document.
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            say!("{line}");
+        }
+        known = queue.driver().queues().await?;
+    }
     if let Some(name) = &args.queue {
         let stats = queue.stats(name).await?;
         // A queue that never held a job has all-default stats; a typo should not look like an

@@ -445,3 +445,57 @@ fn the_database_table_comes_from_the_environment_or_a_flag() {
         .code(2)
         .stderr_has("use letters, digits and underscores");
 }
+
+/// `queue:stats --prune` forgets the queues that are empty and idle (a worked-off one, a paused
+/// one without jobs), keeps those holding pending or failed jobs, says which it pruned, then
+/// prints the stats; a dispatch brings a pruned queue back from zero.
+fn stats_prune_forgets_empty_idle_queues(sandbox: &Sandbox) {
+    let names = |stats: &Value| -> Vec<String> {
+        let all = stats.as_array().expect("an array of queue stats");
+        all.iter().map(|q| q["queue"].as_str().expect("a queue name").to_owned()).collect()
+    };
+    sandbox.dispatch("GenerateReportJob", 2, &["--data", &simulate(0, 0)]);
+    sandbox.run(&["queue:work", "--queue", "reports", "--stop-when-empty", "--quiet"]).ok();
+    sandbox.dispatch(
+        "ProcessImageJob",
+        1,
+        &["--data", r#"{"imageId":"i","simulate":{"fail_attempts":9}}"#, "--max-retries", "0"],
+    );
+    sandbox.run(&["queue:work", "--queue", "images", "--stop-when-empty", "--quiet"]).ok();
+    sandbox.dispatch("GenerateReportJob", 1, &["--queue", "waiting"]);
+    sandbox.run(&["queue:pause", "later"]).ok();
+    assert_eq!(
+        names(&sandbox.json(&["queue:stats", "--json"])),
+        ["images", "later", "reports", "waiting"]
+    );
+
+    let run =
+        sandbox.run(&["queue:stats", "--prune"]).ok().stdout_has("pruned 2 queues: later, reports");
+    assert!(run.stdout.contains("images") && run.stdout.contains("waiting"), "{run}");
+    assert!(!run.stdout.contains("reports ") && !run.stdout.contains("later "), "{run}");
+    let run =
+        sandbox.run(&["queue:stats", "--prune", "--json"]).ok().stderr_has("nothing to prune");
+    let stats: Value = serde_json::from_str(&run.stdout).expect("stdout stays JSON");
+    assert_eq!(names(&stats), ["images", "waiting"]);
+    sandbox.run(&["queue:stats", "reports", "--prune"]).code(2).stderr_has("--prune");
+
+    // Back from zero: no processed count, no pause.
+    sandbox.dispatch("GenerateReportJob", 1, &[]);
+    sandbox.run(&["queue:dispatch", "GenerateReportJob", "--queue", "later"]).ok();
+    let reports = sandbox.json(&["queue:stats", "reports", "--json"]);
+    assert_eq!((reports["pending"].as_u64(), reports["processed"].as_u64()), (Some(1), Some(0)));
+    let later = sandbox.json(&["queue:stats", "later", "--json"]);
+    assert_eq!((later["pending"].as_u64(), later["paused"].as_bool()), (Some(1), Some(false)));
+}
+
+#[test]
+fn stats_prune_forgets_empty_idle_queues_on_sqlite() {
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    stats_prune_forgets_empty_idle_queues(&sandbox);
+}
+
+#[test]
+fn stats_prune_forgets_empty_idle_queues_on_redis() {
+    let Some(sandbox) = Sandbox::shared_redis() else { return };
+    stats_prune_forgets_empty_idle_queues(&sandbox);
+}

@@ -176,4 +176,12 @@ pub trait Admin: Send + Sync {
     /// # Errors
     /// [`crate::Error::NotFound`] if no pending, delayed or running job has this id.
     async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome>;
+
+    /// Forgets an empty, idle queue: in one atomic step, if the queue holds no pending, delayed,
+    /// reserved or failed job, removes its counters, its metadata (paused, limits, the rate
+    /// limit's start log, the unique keys it still holds, `Period` ones included) and its entry
+    /// in [`Admin::queues`], and answers `true` (also for a queue the backend never knew);
+    /// otherwise changes nothing and answers `false`. A later dispatch to the queue creates it
+    /// again from zero.
+    async fn forget_queue(&self, queue: &str) -> Result<bool>;
 }

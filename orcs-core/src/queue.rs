@@ -472,6 +472,18 @@ impl Queue {
         self.driver.set_paused(queue, false).await
     }
 
+    /// Forgets a queue if it is empty and idle (no pending, delayed, reserved or failed job):
+    /// its counters, pause flag, limits and held unique keys go, and the driver's list of queues
+    /// ([`crate::Admin::queues`]) no longer names it; answers whether it did. A later dispatch to it
+    /// creates it again from zero. See [`crate::Admin::forget_queue`].
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad queue name, or a backend error.
+    pub async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        validate_queue_name(queue)?;
+        self.driver.forget_queue(queue).await
+    }
+
     /// Puts a failed job back on its queue with fresh attempts.
     ///
     /// # Errors

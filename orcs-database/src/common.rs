@@ -1390,6 +1390,34 @@ where
         Ok(())
     }
 
+    /// Forgets an empty, idle queue in one transaction: deletes its rows in the counters,
+    /// metadata, unique-key and start-log tables, then looks for its jobs (live or failed) and
+    /// rolls back if there is one. Looking after the deletes, each statement with a fresh
+    /// snapshot on PostgreSQL, means a push that commits before the look is seen, and one that
+    /// commits after it serializes after the forget (a key it upserted meanwhile waits for the
+    /// forget's delete, or makes it wait and is seen). SQLite's `BEGIN IMMEDIATE` serializes
+    /// the whole step anyway. A busy queue answers before any delete.
+    pub(crate) async fn forget_queue(&self, queue: &str) -> orcs_core::Result<bool> {
+        let busy = |row: RowOf<B>| row.try_get::<i32, _>(0).map(|n| n != 0).map_err(backend);
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        let look = q(&self.sql.queue_busy).bind(queue.to_owned());
+        if busy(look.fetch_one(&mut *tx).await.map_err(backend)?)? {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        for sql in &self.sql.forget_queue {
+            q(sql).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
+        }
+        let look = q(&self.sql.queue_busy).bind(queue.to_owned());
+        if busy(look.fetch_one(&mut *tx).await.map_err(backend)?)? {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
     /// A pending or delayed job is deleted and counted as cancelled (its key freed); a
     /// running one is flagged, and its worker learns of it through `touch`.
     pub(crate) async fn cancel(&self, id: &str, _now: Millis) -> orcs_core::Result<CancelOutcome> {

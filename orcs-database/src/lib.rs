@@ -338,4 +338,8 @@ impl Admin for DatabaseDriver {
     async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome> {
         on_backend!(self, s => s.cancel(id, now).await)
     }
+
+    async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        on_backend!(self, s => s.forget_queue(queue).await)
+    }
 }

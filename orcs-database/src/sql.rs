@@ -163,6 +163,10 @@ pub(crate) struct Sql {
     pub(crate) free_orphan_keys: Arc<str>,
     pub(crate) set_paused: Arc<str>,
     pub(crate) set_limits: Arc<str>,
+    /// 1 when a queue holds a job (live or failed), else 0.
+    pub(crate) queue_busy: Arc<str>,
+    /// What `forget_queue` deletes of a queue: its counters, metadata, keys and start log.
+    pub(crate) forget_queue: [Arc<str>; 4],
     pub(crate) get_job: Arc<str>,
     pub(crate) get_failed: Arc<str>,
     pub(crate) list_pending: Arc<str>,
@@ -589,6 +593,12 @@ impl Sql {
                  concurrency = excluded.concurrency, rate_limit = excluded.rate_limit, \
                  rate_period_ms = excluded.rate_period_ms"
             )),
+            queue_busy: s(format!(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM {j} WHERE queue = $1) \
+                 OR EXISTS (SELECT 1 FROM {f} WHERE queue = $1) THEN 1 ELSE 0 END"
+            )),
+            forget_queue: [c.as_str(), m.as_str(), u.as_str(), st.as_str()]
+                .map(|table| s(format!("DELETE FROM {table} WHERE queue = $1"))),
             get_job: s(format!("SELECT {INFO_COLUMNS} FROM {j} WHERE id = $1")),
             get_failed: s(format!("SELECT {FAILED_COLUMNS} FROM {f} WHERE id = $1")),
             list_pending: s(format!(

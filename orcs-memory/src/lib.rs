@@ -627,6 +627,18 @@ impl Admin for MemoryDriver {
         }
     }
 
+    async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        // Under the lock: the check and the removal are one step.
+        let mut state = self.state();
+        let Some(q) = state.queues.get(queue) else { return Ok(true) };
+        if !q.ready.is_empty() || !q.delayed.is_empty() || !q.reserved.is_empty() || q.failed > 0 {
+            return Ok(false);
+        }
+        // Its counters, pause flag, limits, start log and held (`Period`) keys go with it.
+        state.queues.remove(queue);
+        Ok(true)
+    }
+
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         self.state().queue(queue).paused = paused;
         if !paused {

@@ -30,7 +30,7 @@ use crate::keys::{
     COMPAT_LAYOUT, LAYOUT_VERSION, QueueKeys, decode, decode_unique, registry, version_key,
 };
 use crate::reply::{count, int, protocol, text};
-use crate::scripts::{DELETE_LIMIT, RECOVER_LIMIT, SettleItem};
+use crate::scripts::{DELETE_LIMIT, Forget, RECOVER_LIMIT, SettleItem};
 use crate::wait::Waiter;
 /// The `redis` crate this driver is built on, for a `redis::Client` of the same version
 /// ([`RedisConfig::from_client`]).
@@ -174,6 +174,32 @@ impl RedisDriver {
             .await?;
         lock(&self.inner.registered).extend(new.iter().map(|q| (*q).to_owned()));
         Ok(())
+    }
+
+    /// Adds queues to the registry set whatever this process remembers: a script answered that
+    /// it set their `registered` mark, so they are new or were forgotten (by any process) since
+    /// this one last added them.
+    async fn relist(&self, queues: &[&str]) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
+        }
+        let added: Result<i64> = self
+            .query(redis::cmd("SADD").arg(registry(self.inner.config.prefix())).arg(queues))
+            .await;
+        let mut known = lock(&self.inner.registered);
+        match added {
+            Ok(_) => {
+                known.extend(queues.iter().map(|q| (*q).to_owned()));
+                Ok(())
+            }
+            Err(e) => {
+                // Their mark is set now: this process's next push adds them before its script.
+                for queue in queues {
+                    known.remove(*queue);
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn registered_queues(&self) -> Result<Vec<String>> {
@@ -324,12 +350,23 @@ impl RedisDriver {
             scripts::settle(&self.keys(queue), &group_keys, &items, now, self.storage_layout());
         match self.invoke::<Vec<i64>>(&call).await {
             Ok(applied) if applied.len() == members.len() => {
+                let mut fresh: Vec<&str> = Vec::new();
                 for (&i, applied) in members.iter().zip(applied) {
-                    results[i] = Some(if applied == 1 {
+                    if applied == 2 {
+                        fresh.extend(batch[i].effects.enqueue.iter().map(|j| j.queue.as_str()));
+                    }
+                    results[i] = Some(if applied >= 1 {
                         Ok(())
                     } else {
                         Err(Error::LeaseLost { id: batch[i].lease.id.clone() })
                     });
+                }
+                fresh.sort_unstable();
+                fresh.dedup();
+                // The settles are done: a registry that cannot be told now learns of the
+                // queues at this process's next push to them.
+                if let Err(e) = self.relist(&fresh).await {
+                    tracing::warn!(queues = ?fresh, error = %e, "could not list the queues a settle's effects created again");
                 }
             }
             Ok(applied) => {
@@ -481,6 +518,8 @@ impl Driver for RedisDriver {
         let calls: Vec<_> =
             fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c, layout)).collect();
         let mut stored: Vec<&NewJob> = Vec::new();
+        // Queues whose `registered` mark a script set: listed again below.
+        let mut fresh_queues: Vec<&str> = Vec::new();
         let mut failure = None;
         // Several calls in flight at once (pipelined over the shared connections); every call of
         // a window is awaited, so a failure leaves no call whose effect is unknown.
@@ -496,7 +535,10 @@ impl Driver for RedisDriver {
                             // 1: stored; 0: its id is in use; else the unique key's holder.
                             // (An id may be digits: only an integer reply is a flag.)
                             outcomes[index] = Some(match flag {
-                                Value::Int(1) => {
+                                Value::Int(n @ (1 | 2)) => {
+                                    if n == 2 && !fresh_queues.contains(&job.queue.as_str()) {
+                                        fresh_queues.push(job.queue.as_str());
+                                    }
                                     stored.push(job);
                                     PushOutcome::Stored
                                 }
@@ -521,6 +563,11 @@ impl Driver for RedisDriver {
             if failure.is_some() {
                 break;
             }
+        }
+        if failure.is_none()
+            && let Err(e) = self.relist(&fresh_queues).await
+        {
+            failure = Some(e);
         }
         if let Some(e) = failure {
             self.unstore(&stored, layout).await;
@@ -848,14 +895,50 @@ impl Admin for RedisDriver {
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         self.register(&[queue]).await?;
-        let _: i64 = self.invoke(&scripts::set_paused(&self.keys(queue), paused)).await?;
+        let fresh: i64 = self.invoke(&scripts::set_paused(&self.keys(queue), paused)).await?;
+        if fresh == 1 {
+            self.relist(&[queue]).await?;
+        }
         Ok(())
     }
 
     async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
         self.register(&[queue]).await?;
-        let _: i64 = self.invoke(&scripts::set_limits(&self.keys(queue), limits)).await?;
+        let fresh: i64 = self.invoke(&scripts::set_limits(&self.keys(queue), limits)).await?;
+        if fresh == 1 {
+            self.relist(&[queue]).await?;
+        }
         Ok(())
+    }
+
+    async fn forget_queue(&self, queue: &str) -> Result<bool> {
+        // Processes that added the queue to the registry keep remembering it: whichever of them
+        // stores a job (or a pause, or limits) in it next finds its `registered` mark gone and
+        // adds it again (see `relist`).
+        let keys = self.keys(queue);
+        let registry = registry(self.inner.config.prefix());
+        if !self.inner.backend.is_cluster() {
+            let call = scripts::forget_queue(&keys, queue, Forget::Standalone, &registry);
+            let forgotten: i64 = self.invoke(&call).await?;
+            return Ok(forgotten == 1);
+        }
+        // On a cluster the registry lives in another slot than the queue's keys: the atomic
+        // check and delete first (a busy queue answers without touching the registry), then the
+        // registry.
+        let call = scripts::forget_queue(&keys, queue, Forget::Cluster, &registry);
+        let forgotten: i64 = self.invoke(&call).await?;
+        if forgotten == 0 {
+            return Ok(false);
+        }
+        let _: i64 = self.query(redis::cmd("SREM").arg(&registry).arg(queue)).await?;
+        // A push (or a pause, or limits) that stored something since the delete set the
+        // queue's `registered` mark and listed it, maybe before the SREM: list it again.
+        let back: i64 =
+            self.query(redis::cmd("HEXISTS").arg(&keys.stats).arg("registered")).await?;
+        if back == 1 {
+            self.relist(&[queue]).await?;
+        }
+        Ok(true)
     }
 
     async fn cancel(&self, id: &str, _now: Millis) -> Result<CancelOutcome> {

@@ -103,7 +103,9 @@ local function store(k, b)
 end
 ";
 
-/// The keys a job is stored under, in the order `store` reads them.
+/// The keys a job is stored under, in the order `store` reads them, then the queue's `stats`
+/// (whose `registered` field says whether the queue was listed since it was created or
+/// forgotten).
 fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
     call.key(&keys.ready)
         .key(&keys.delayed)
@@ -111,7 +113,8 @@ fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
         .key(&keys.marker)
         .key(&keys.unique)
         .key(&keys.unique_expiry)
-        .key(&keys.unique_of);
+        .key(&keys.unique_of)
+        .key(&keys.stats);
 }
 
 /// The 9 arguments `store` takes for one job of group `group`, its record written for storage
@@ -150,15 +153,22 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, la
 
 /// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
-/// KEYS, 7 per queue group g (0-based): ready, delayed, jobs, marker, unique, unique_expiry,
-/// unique_of. ARGV, 9 per job as `store` takes them.
-/// Returns per job 1 (stored), 0 (duplicate id) or the id of the job holding its unique key.
+/// KEYS, 8 per queue group g (0-based): ready, delayed, jobs, marker, unique, unique_expiry,
+/// unique_of, stats. ARGV, 9 per job as `store` takes them.
+/// Returns per job 1 (stored), 0 (duplicate id) or the id of the job holding its unique key;
+/// 2 (stored) for the first job of a queue whose `registered` mark this call set: the queue is
+/// new or was forgotten, and the caller adds it to the registry again (a registry cached by a
+/// process may be stale since `forget_queue`).
 const PUSH: &str = r"
 local out, touched = {}, {}
 for b = 1, #ARGV, 9 do
-  local k = tonumber(ARGV[b]) * 7
-  out[#out + 1] = store(k, b)
-  if out[#out] == 1 then touched[k] = true end
+  local k = tonumber(ARGV[b]) * 8
+  local r = store(k, b)
+  if r == 1 and not touched[k] then
+    touched[k] = true
+    if redis.call('HSETNX', KEYS[k + 8], 'registered', 1) == 1 then r = 2 end
+  end
+  out[#out + 1] = r
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
@@ -395,11 +405,12 @@ pub(crate) fn claim(
 /// concurrency limit (a slot freed), so the complete path of a plain queue stays as it was.
 ///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at, unique, unique_of, meta, progress, cancel of the settled queue (1-16), then 7 per
-/// effect group g (0-based) as `store` reads them.
+/// failed_at, unique, unique_of, meta, progress, cancel of the settled queue (1-16), then 8 per
+/// effect group g (0-based) as PUSH takes them.
 /// ARGV: now, then per item: id, token, kind ('c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel
 /// 'x'), run_at, error, number of effect jobs, then 9 per effect job as PUSH takes them.
-/// Returns one 1 (applied) or 0 (stale token) per item. A duplicate effect job is skipped.
+/// Returns one 1 (applied) or 0 (stale token) per item; 2 (applied) for an item whose effect
+/// set a queue's `registered` mark (as PUSH answers 2). A duplicate effect job is skipped.
 const SETTLE: &str = r"
 local now = tonumber(ARGV[1])
 -- `keyed`: some key is held, so a finished job may hold one (its record says which);
@@ -459,11 +470,15 @@ while i <= #ARGV do
       end
       arm(KEYS[9])
     end
+    local fresh = false
     for j = first, i - 1, 9 do
-      local k = 16 + tonumber(ARGV[j]) * 7
-      if store(k, j) == 1 then touched[k] = true end
+      local k = 16 + tonumber(ARGV[j]) * 8
+      if store(k, j) == 1 and not touched[k] then
+        touched[k] = true
+        if redis.call('HSETNX', KEYS[k + 8], 'registered', 1) == 1 then fresh = true end
+      end
     end
-    out[#out + 1] = 1
+    out[#out + 1] = fresh and 2 or 1
   end
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
@@ -638,8 +653,9 @@ pub(crate) fn stats(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> 
     call
 }
 
-/// Pauses (ARGV[1] = '1') or resumes a queue. KEYS: meta, marker. Resuming arms the marker, so
-/// idle workers wake and claim.
+/// Pauses (ARGV[1] = '1') or resumes a queue. KEYS: meta, marker, stats. Resuming arms the
+/// marker, so idle workers wake and claim. Returns 1 when it set the queue's `registered` mark
+/// (the caller lists the queue again, as after PUSH's 2), else 0.
 const SET_PAUSED: &str = r"
 if ARGV[1] == '1' then
   redis.call('HSET', KEYS[1], 'paused', '1')
@@ -647,18 +663,18 @@ else
   redis.call('HDEL', KEYS[1], 'paused')
   arm(KEYS[2])
 end
-return 1
+return redis.call('HSETNX', KEYS[3], 'registered', 1)
 ";
 
 pub(crate) fn set_paused(keys: &QueueKeys, paused: bool) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.set_paused.prepare_invoke();
-    call.key(&keys.meta).key(&keys.marker).arg(if paused { "1" } else { "0" });
+    call.key(&keys.meta).key(&keys.marker).key(&keys.stats).arg(if paused { "1" } else { "0" });
     call
 }
 
 /// Sets or clears a queue's limits in `meta` (an empty argument clears that field) and arms
-/// the marker, as a raised limit may let idle workers claim. KEYS: meta, marker.
-/// ARGV: concurrency, rate limit, rate period.
+/// the marker, as a raised limit may let idle workers claim. KEYS: meta, marker, stats.
+/// ARGV: concurrency, rate limit, rate period. Returns what SET_PAUSED returns.
 const SET_LIMITS: &str = r"
 local fields = {'concurrency', 'rate_limit', 'rate_period'}
 for i = 1, 3 do
@@ -669,12 +685,12 @@ for i = 1, 3 do
   end
 end
 arm(KEYS[2])
-return 1
+return redis.call('HSETNX', KEYS[3], 'registered', 1)
 ";
 
 pub(crate) fn set_limits(keys: &QueueKeys, limits: &QueueLimits) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.set_limits.prepare_invoke();
-    call.key(&keys.meta).key(&keys.marker);
+    call.key(&keys.meta).key(&keys.marker).key(&keys.stats);
     match limits.concurrency {
         Some(n) => call.arg(n),
         None => call.arg(""),
@@ -979,6 +995,70 @@ pub(crate) fn flush_failed(keys: &QueueKeys) -> ScriptInvocation<'static> {
     call
 }
 
+/// How [`forget_queue`] goes about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forget {
+    /// A single server: forgets an empty, idle queue and takes it out of the registry (the
+    /// last key) in the same step.
+    Standalone,
+    /// A cluster, where the registry is in another slot: forgets an empty, idle queue; the
+    /// caller then takes it out of the registry.
+    Cluster,
+}
+
+/// Forgets a queue if it holds no job: no pending, delayed, reserved or failed one, and no
+/// record. KEYS: ready, delayed, reserved, failed, jobs, stats, then the queue's other keys
+/// (ARGV[2] queue keys in all), then for [`Forget::Standalone`] the registry. ARGV: the
+/// queue's name, the number of queue keys.
+/// Returns 1 when the queue was forgotten, 0 when it holds a job (and nothing changed).
+const FORGET: &str = r"
+local n = tonumber(ARGV[2])
+if redis.call('HLEN', KEYS[5]) > 0 then return 0 end
+for k = 1, 4 do
+  if redis.call('ZCARD', KEYS[k]) > 0 then return 0 end
+end
+redis.call('DEL', unpack(KEYS, 1, n))
+if #KEYS > n then redis.call('SREM', KEYS[n + 1], ARGV[1]) end
+return 1
+";
+
+pub(crate) fn forget_queue(
+    keys: &QueueKeys,
+    queue: &str,
+    mode: Forget,
+    registry: &str,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.forget_queue.prepare_invoke();
+    let all = [
+        &keys.ready,
+        &keys.delayed,
+        &keys.reserved,
+        &keys.failed,
+        &keys.jobs,
+        &keys.stats,
+        &keys.attempts,
+        &keys.tokens,
+        &keys.errors,
+        &keys.marker,
+        &keys.failed_at,
+        &keys.meta,
+        &keys.unique,
+        &keys.unique_expiry,
+        &keys.unique_of,
+        &keys.progress,
+        &keys.cancel,
+        &keys.starts,
+    ];
+    for key in all {
+        call.key(key);
+    }
+    if mode == Forget::Standalone {
+        call.key(registry);
+    }
+    call.arg(queue).arg(all.len());
+    call
+}
+
 /// Moves the storage layout mark KEYS[1] from ARGV[1] (or no mark) to ARGV[2], in one step so
 /// that it never overwrites a mark another orcs set meanwhile. Returns the mark it leaves.
 const UPGRADE: &str = r"
@@ -1018,6 +1098,7 @@ struct Scripts {
     retry_failed: Script,
     forget_failed: Script,
     flush_failed: Script,
+    forget_queue: Script,
     upgrade: Script,
 }
 
@@ -1044,5 +1125,6 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     retry_failed: with_prelude(RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),
     flush_failed: Script::new(FLUSH_FAILED),
+    forget_queue: Script::new(FORGET),
     upgrade: Script::new(UPGRADE),
 });

@@ -2017,3 +2017,97 @@ pub async fn a_forced_stop_hands_jobs_back_without_waiting(driver: BoxDriver) {
     assert_eq!((summary.done, summary.released), (0, 3));
     check_stats(&queue, "default", (3, 0, 0, 0, 0, 0), "handed back").await;
 }
+
+/// Whether `driver.queues()` names `name`.
+async fn listed(driver: &BoxDriver, name: &str) -> bool {
+    driver.queues().await.expect("queues").iter().any(|q| q == name)
+}
+
+/// A queue is forgotten only while it holds no pending, delayed, reserved or failed job: then its
+/// counters, metadata (pause, limits) and held keys (a `Period` one too) go in one step, and it
+/// leaves `queues()`; otherwise nothing changes. A dispatch to it later creates it from zero.
+pub async fn forget_queue_removes_only_an_empty_idle_queue(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let hour = UniqueUntil::Period(3_600_000);
+    let first = queue
+        .dispatch_with(plain(&key, 1), unique("k", hour).queue("busy"))
+        .await
+        .expect("dispatch");
+    queue
+        .set_limits(
+            "busy",
+            QueueLimits::none().concurrency(2).rate(orcs_core::RateLimit::new(5, 60_000)),
+        )
+        .await
+        .expect("limits");
+    assert!(!queue.forget_queue("busy").await.expect("forget"), "a pending job keeps it");
+    assert!(listed(&driver, "busy").await, "still listed");
+    check_stats(&queue, "busy", (1, 0, 0, 0, 0, 0), "nothing changed").await;
+    assert_eq!(stats(&queue, "busy").await.limits.concurrency, Some(2), "limits kept");
+
+    let held = claim_one(&queue, &["busy"]).await.expect("a job");
+    assert!(!queue.forget_queue("busy").await.expect("forget"), "a reserved job keeps it");
+    complete(&driver, &held.lease, clock.now()).await.expect("complete");
+    check_stats(&queue, "busy", (0, 0, 0, 0, 1, 0), "completed").await;
+    assert!(queue.forget_queue("busy").await.expect("forget"), "empty and idle: forgotten");
+    assert!(!listed(&driver, "busy").await, "gone from queues()");
+    let gone = stats(&queue, "busy").await;
+    check_stats(&queue, "busy", (0, 0, 0, 0, 0, 0), "forgotten").await;
+    assert_eq!((gone.cancelled, gone.paused, gone.limits), (0, false, QueueLimits::none()));
+    assert!(queue.forget_queue("busy").await.expect("forget"), "forgetting twice is fine");
+
+    // A dispatch creates it again from zero: its Period key went with it.
+    let again = queue
+        .dispatch_with(plain(&key, 2), unique("k", hour).queue("busy"))
+        .await
+        .expect("dispatch");
+    assert_ne!(again, first, "the forgotten key no longer holds");
+    assert!(listed(&driver, "busy").await, "listed again");
+    check_stats(&queue, "busy", (1, 0, 0, 0, 0, 0), "created again").await;
+
+    queue
+        .dispatch_with(
+            plain(&key, 3),
+            DispatchOptions::new().queue("later").delay(Duration::from_secs(5)),
+        )
+        .await
+        .expect("dispatch");
+    assert!(!queue.forget_queue("later").await.expect("forget"), "a delayed job keeps it");
+    check_stats(&queue, "later", (0, 1, 0, 0, 0, 0), "nothing changed").await;
+
+    let broken = queue
+        .dispatch_with(plain(&key, 4), DispatchOptions::new().queue("broken"))
+        .await
+        .expect("dispatch");
+    let held = claim_one(&queue, &["broken"]).await.expect("a job");
+    fail(&driver, &held.lease, "boom", clock.now()).await.expect("fail");
+    assert!(!queue.forget_queue("broken").await.expect("forget"), "a failed job keeps it");
+    assert!(listed(&driver, "broken").await, "still listed");
+    check_stats(&queue, "broken", (0, 0, 0, 1, 0, 1), "nothing changed").await;
+    queue.driver().forget_failed(&broken).await.expect("forget the failed job");
+    assert!(queue.forget_queue("broken").await.expect("forget"), "its failed set is empty");
+    assert!(!listed(&driver, "broken").await, "gone from queues()");
+
+    queue.pause("idle").await.expect("pause an empty queue");
+    assert!(listed(&driver, "idle").await, "a paused queue is listed");
+    assert!(queue.forget_queue("idle").await.expect("forget"), "paused, no jobs: forgotten");
+    assert!(!listed(&driver, "idle").await, "gone from queues()");
+    assert!(!stats(&queue, "idle").await.paused, "its pause went with it");
+    let claimed = claim(&queue, &["idle"], 1).await;
+    assert!(claimed.is_empty(), "nothing to claim");
+
+    // A settle's effect into a forgotten queue creates it again (where effects may cross).
+    if driver.capabilities().cross_queue_atomic {
+        let held = claim_one(&queue, &["busy"]).await.expect("a job");
+        let effect = new_job(&queue, "01J00000000000000000000FQ1", "idle", 5);
+        let settle = Settle::complete(held.lease.clone()).enqueue([effect]);
+        driver.settle_one(settle, clock.now()).await.expect("complete");
+        assert!(listed(&driver, "idle").await, "an effect lists it again");
+        check_stats(&queue, "idle", (1, 0, 0, 0, 0, 0), "created by the effect").await;
+    }
+    match queue.forget_queue("").await {
+        Err(Error::Invalid { .. }) => {}
+        other => panic!("an empty queue name is refused, got {other:?}"),
+    }
+}

@@ -134,6 +134,7 @@ macro_rules! conformance_tests {
             progress_is_stored_with_the_job,
             retry_backoff_is_jittered_by_default,
             a_forced_stop_hands_jobs_back_without_waiting,
+            forget_queue_removes_only_an_empty_idle_queue,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
