@@ -67,10 +67,8 @@ impl<'a> Next<'a> {
         'a: 'c,
     {
         match self.rest.split_first() {
-            Some((layer, rest)) => {
-                let next = Next { job: self.job, rest };
-                Box::pin(async move { layer.call(ctx, next).await })
-            }
+            // async_trait already boxes `call`'s future: hand it on as it is.
+            Some((layer, rest)) => layer.call(ctx, Next { job: self.job, rest }),
             None => self.job.handle(ctx),
         }
     }

@@ -2,7 +2,8 @@
 //! in interleaved rounds (medians and the ratio are printed).
 //!
 //! `cargo run --release -p orcs-memory --example layers -- [N] [ROUNDS]` (default 200000 jobs,
-//! 5 rounds).
+//! 5 rounds); `-- N 1 LAYERS` runs one drain with LAYERS layers (for `valgrind --tool=callgrind`),
+//! `-- N 1 dispatch` only dispatches (its count is what a run spends outside the drain).
 
 use std::time::Instant;
 
@@ -40,6 +41,10 @@ async fn drain(n: u64, layers: usize) -> f64 {
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         queue.dispatch_many(chunk.iter().map(|&n| Noop { n })).await.expect("dispatch");
     }
+    if layers == usize::MAX {
+        // Dispatch only: the instructions a drain adds are a run's minus this one's.
+        return 0.0;
+    }
     let mut worker = Worker::new(queue, Registry::new().register::<Noop>())
         .without_default_layers()
         .concurrency(64)
@@ -64,6 +69,17 @@ fn main() {
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    // A third argument runs one drain with that many layers, for instruction counts under
+    // `valgrind --tool=callgrind`, which a noisy machine does not disturb.
+    if let Some(layers) = args
+        .next()
+        .map(|a| if a == "dispatch" { Ok(usize::MAX) } else { a.parse() })
+        .and_then(Result::ok)
+    {
+        let rate = runtime.block_on(drain(n, layers));
+        println!("{layers} layers: {rate:.0} jobs/s");
+        return;
+    }
     let (mut bare, mut layered) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let without = runtime.block_on(drain(n, 0));
