@@ -552,6 +552,7 @@ where
         for job in jobs {
             keys.push(unique_columns(job)?);
         }
+        let sqlite = self.sql.dialect == Dialect::Sqlite;
         // The first of several jobs with one id is the one stored.
         let mut seen: HashSet<&str> = HashSet::new();
         let fresh: Vec<usize> =
@@ -656,7 +657,8 @@ where
                     holders.insert((queue, key), row.try_get(2).map_err(backend)?);
                 }
             }
-        } else {
+        } else if !sqlite {
+            // (SQLite's insert already skipped the failed ids.)
             for chunk in inserted.chunks(INSERT_CHUNK) {
                 let mut query = dynamic(self.sql.failed_ids(chunk.len()));
                 for id in chunk {
