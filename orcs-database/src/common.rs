@@ -522,8 +522,27 @@ where
                 }
             }
         }
+        // Several jobs tables may share the failed-jobs and counters tables (their default
+        // names): a column an earlier jobs table's migration already added to one of them is
+        // not added twice.
+        let shared = [
+            (format!("ALTER TABLE {} ADD COLUMN ", sql.failed), &sql.failed_name),
+            (
+                format!("ALTER TABLE {}\"{}\" ADD COLUMN ", sql.schema_prefix, sql.counters_name),
+                &sql.counters_name,
+            ),
+        ];
         for migration in sql.migrations.iter().filter(|m| m.version > current) {
-            for statement in &migration.statements {
+            'statements: for statement in &migration.statements {
+                for (prefix, table) in &shared {
+                    if let Some(rest) = statement.strip_prefix(prefix.as_str()) {
+                        let column = rest.split_whitespace().next().unwrap_or_default();
+                        let have = B::table_columns(conn, &sql.catalog(table)).await?;
+                        if have.iter().any(|c| c.eq_ignore_ascii_case(column)) {
+                            continue 'statements;
+                        }
+                    }
+                }
                 dynamic(statement.clone()).execute(&mut *conn).await.map_err(backend)?;
             }
             dynamic(format!(

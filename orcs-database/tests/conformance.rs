@@ -540,6 +540,43 @@ mod database {
         assert_eq!((stats.pending, stats.failed), (2, 1));
     }
 
+    /// Two jobs tables in one database share the default failed-jobs table: the second table's
+    /// migrations do not add that table's columns again, and both fail jobs into it.
+    async fn two_jobs_tables_share_the_failed_table(target: Target) {
+        let mut drivers = Vec::new();
+        for table in ["first_jobs", "second_jobs"] {
+            let driver = DatabaseDriver::connect_with(
+                DatabaseConfig::new(target.url()).with_jobs_table(table),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("a driver on {table} beside the other: {e}"));
+            drivers.push(driver);
+        }
+        let now = SystemClock.now();
+        for (i, driver) in drivers.iter().enumerate() {
+            driver.push(vec![job("default", i as u64)]).await.expect("push");
+            let queues = vec!["default".to_owned()];
+            let claim = driver.claim(&ClaimRequest::new(&queues, 1, now)).await.expect("claim");
+            let lease = claim.jobs[0].lease.clone();
+            driver.settle_one(Settle::fail(lease, "boom"), now).await.expect("fail");
+        }
+        let failed = drivers[0].failed(&FailedQuery::new(10)).await.expect("failed");
+        assert_eq!(failed.len(), 2, "both tables' failures are in the shared table");
+    }
+
+    #[test]
+    fn sqlite_two_jobs_tables_share_the_failed_table() {
+        orcs_tests::run(two_jobs_tables_share_the_failed_table(Target::sqlite()));
+    }
+
+    #[test]
+    fn postgres_two_jobs_tables_share_the_failed_table() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            two_jobs_tables_share_the_failed_table(target).await;
+        });
+    }
+
     #[test]
     fn sqlite_a_failed_id_takes_no_key() {
         orcs_tests::run(a_failed_id_takes_no_key(Target::sqlite()));
