@@ -10,11 +10,11 @@
 //! prints both times (the best of three runs each) and their ratio. Ready and delayed jobs live
 //! in different indexes, so the ratio should stay near 1.
 
-use std::time::{Duration, Instant};
+mod common;
 
-use orcs_core::{ClaimRequest, Clock, Driver, NewJob, Settle, SystemClock};
-use orcs_database::{DatabaseConfig, DatabaseDriver};
-use sqlx::Connection;
+use std::time::Duration;
+
+use orcs_core::{Clock, Driver, NewJob, SystemClock};
 
 const READY: usize = 5_000;
 const DELAYED: usize = 100_000;
@@ -29,12 +29,7 @@ fn job(queue: &str, now: i64, delay_ms: i64) -> NewJob {
 
 /// Drains `READY` jobs next to `delayed` delayed ones on fresh tables; returns the drain time.
 async fn drain(url: &str, run: usize, delayed: usize) -> orcs_core::Result<Duration> {
-    let prefix = format!("bench_{}_{run}", std::process::id());
-    let config = DatabaseConfig::new(url)
-        .with_jobs_table(format!("{prefix}_jobs"))
-        .with_failed_table(format!("{prefix}_failed"))
-        .with_counters_table(format!("{prefix}_counters"));
-    let driver = DatabaseDriver::connect_with(config).await?;
+    let (driver, prefix) = common::fresh(url, run).await?;
     let now = SystemClock.now();
     let mut left = delayed;
     while left > 0 {
@@ -43,58 +38,10 @@ async fn drain(url: &str, run: usize, delayed: usize) -> orcs_core::Result<Durat
         left -= n;
     }
     driver.push((0..READY).map(|_| job("bench", now, 0)).collect()).await?;
-    let queues = vec!["bench".to_owned()];
-    let started = Instant::now();
-    let mut done = 0;
-    loop {
-        let claim = driver.claim(&ClaimRequest::new(&queues, BATCH, SystemClock.now())).await?;
-        if claim.jobs.is_empty() {
-            break;
-        }
-        let batch: Vec<Settle> =
-            claim.jobs.into_iter().map(|reserved| Settle::complete(reserved.lease)).collect();
-        for result in driver.settle(&batch, SystemClock.now()).await {
-            result?;
-        }
-        done += batch.len();
-    }
-    let took = started.elapsed();
+    let (took, done) = common::drain_ready(&driver, "bench", BATCH).await?;
     assert_eq!(done, READY, "every ready job was drained once");
-    drop(driver);
-    drop_tables(url, &prefix).await;
+    common::finish(driver, url, &prefix).await;
     Ok(took)
-}
-
-async fn drop_tables(url: &str, prefix: &str) {
-    let tables = [
-        "jobs",
-        "failed",
-        "counters",
-        "jobs_queues",
-        "jobs_unique",
-        "jobs_starts",
-        "jobs_migrations",
-    ];
-    let script = tables
-        .iter()
-        .map(|t| format!("DROP TABLE IF EXISTS \"{prefix}_{t}\""))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let script = sqlx::AssertSqlSafe(script);
-    let result = if url.starts_with("sqlite:") {
-        match sqlx::SqliteConnection::connect(url).await {
-            Ok(mut conn) => sqlx::raw_sql(script).execute(&mut conn).await.map(drop),
-            Err(e) => Err(e),
-        }
-    } else {
-        match sqlx::PgConnection::connect(url).await {
-            Ok(mut conn) => sqlx::raw_sql(script).execute(&mut conn).await.map(drop),
-            Err(e) => Err(e),
-        }
-    };
-    if let Err(e) = result {
-        eprintln!("could not drop the benchmark tables {prefix}_*: {e}");
-    }
 }
 
 fn main() {

@@ -12,34 +12,22 @@
 //! the medians of the rounds are printed with the ratios (the targets: >= 0.85 for unique
 //! dispatch, >= 0.90 for the limited drain). `ROUNDS` (default 5) sets the number of rounds.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use orcs_core::{
-    Admin, ClaimRequest, Clock, Driver, NewJob, QueueLimits, Settle, SystemClock, Unique,
-    UniqueUntil,
-};
-use orcs_database::{DatabaseConfig, DatabaseDriver};
-use sqlx::Connection;
+use orcs_core::{Admin, Clock, Driver, NewJob, QueueLimits, SystemClock, Unique, UniqueUntil};
 
 const DISPATCHES: usize = 2_000;
 const DRAIN: usize = 5_000;
 const SLOTS: usize = 16;
 const ROUNDS: usize = 5;
 
-async fn fresh(url: &str, run: usize) -> orcs_core::Result<(DatabaseDriver, String)> {
-    let prefix = format!("bench_{}_{run}", std::process::id());
-    let config = DatabaseConfig::new(url)
-        .with_jobs_table(format!("{prefix}_jobs"))
-        .with_failed_table(format!("{prefix}_failed"))
-        .with_counters_table(format!("{prefix}_counters"));
-    Ok((DatabaseDriver::connect_with(config).await?, prefix))
-}
-
 /// Dispatches `DISPATCHES` jobs one push each with a unique key and as many without,
 /// alternately (so that the machine's other load hits both alike), and times each push:
 /// returns the totals (plain, unique).
 async fn dispatch(url: &str, run: usize) -> orcs_core::Result<(Duration, Duration)> {
-    let (driver, prefix) = fresh(url, run).await?;
+    let (driver, prefix) = common::fresh(url, run).await?;
     let (mut plain, mut unique) = (Duration::ZERO, Duration::ZERO);
     for i in 0..DISPATCHES {
         // Which goes first alternates too.
@@ -54,15 +42,14 @@ async fn dispatch(url: &str, run: usize) -> orcs_core::Result<(Duration, Duratio
             *(if keyed { &mut unique } else { &mut plain }) += started.elapsed();
         }
     }
-    drop(driver);
-    drop_tables(url, &prefix).await;
+    common::finish(driver, url, &prefix).await;
     Ok((plain, unique))
 }
 
 /// Drains `DRAIN` jobs by claiming the free slots and completing them, as a worker with `SLOTS`
 /// slots does; the queue's concurrency limit is `SLOTS` if `limited`.
 async fn drain(url: &str, run: usize, limited: bool) -> orcs_core::Result<Duration> {
-    let (driver, prefix) = fresh(url, run).await?;
+    let (driver, prefix) = common::fresh(url, run).await?;
     let now = SystemClock.now();
     let jobs =
         (0..DRAIN).map(|_| NewJob::new(orcs_core::new_job_id(), "BenchJob", "bench", "{}", now));
@@ -70,58 +57,10 @@ async fn drain(url: &str, run: usize, limited: bool) -> orcs_core::Result<Durati
     if limited {
         driver.set_limits("bench", &QueueLimits::none().concurrency(SLOTS as u32)).await?;
     }
-    let queues = vec!["bench".to_owned()];
-    let started = Instant::now();
-    let mut done = 0;
-    loop {
-        let claim = driver.claim(&ClaimRequest::new(&queues, SLOTS, SystemClock.now())).await?;
-        if claim.jobs.is_empty() {
-            break;
-        }
-        let batch: Vec<Settle> =
-            claim.jobs.into_iter().map(|reserved| Settle::complete(reserved.lease)).collect();
-        for result in driver.settle(&batch, SystemClock.now()).await {
-            result?;
-        }
-        done += batch.len();
-    }
-    let took = started.elapsed();
+    let (took, done) = common::drain_ready(&driver, "bench", SLOTS).await?;
     assert_eq!(done, DRAIN, "every job was drained once");
-    drop(driver);
-    drop_tables(url, &prefix).await;
+    common::finish(driver, url, &prefix).await;
     Ok(took)
-}
-
-async fn drop_tables(url: &str, prefix: &str) {
-    let tables = [
-        "jobs",
-        "failed",
-        "counters",
-        "jobs_queues",
-        "jobs_unique",
-        "jobs_starts",
-        "jobs_migrations",
-    ];
-    let script = tables
-        .iter()
-        .map(|t| format!("DROP TABLE IF EXISTS \"{prefix}_{t}\""))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let script = sqlx::AssertSqlSafe(script);
-    let result = if url.starts_with("sqlite:") {
-        match sqlx::SqliteConnection::connect(url).await {
-            Ok(mut conn) => sqlx::raw_sql(script).execute(&mut conn).await.map(drop),
-            Err(e) => Err(e),
-        }
-    } else {
-        match sqlx::PgConnection::connect(url).await {
-            Ok(mut conn) => sqlx::raw_sql(script).execute(&mut conn).await.map(drop),
-            Err(e) => Err(e),
-        }
-    };
-    if let Err(e) = result {
-        eprintln!("could not drop the benchmark tables {prefix}_*: {e}");
-    }
 }
 
 fn median(mut runs: Vec<Duration>) -> Duration {

@@ -254,6 +254,15 @@ where
     }
 }
 
+/// The first column of each of `rows`, as text (names, ids).
+pub(crate) fn first_texts<R: Row>(rows: &[R]) -> orcs_core::Result<Vec<String>>
+where
+    usize: ColumnIndex<R>,
+    String: Value<R::Database>,
+{
+    rows.iter().map(|row| row.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(backend)
+}
+
 /// Reads a claimed row (the claim's `RETURNING` columns); an error names what is wrong with it.
 pub(crate) fn decode_claimed<R: DbRow>(row: &R) -> Result<Reserved, String> {
     let id = row.get_text(0)?;
@@ -1213,11 +1222,7 @@ where
 
     pub(crate) async fn queues(&self) -> orcs_core::Result<Vec<String>> {
         let rows = q(&self.sql.queues).fetch_all(self.backend.reader()).await.map_err(backend)?;
-        let mut names = rows
-            .iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(backend)?;
+        let mut names = first_texts(&rows)?;
         names.sort_unstable();
         names.dedup();
         Ok(names)

@@ -18,7 +18,7 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::common::{self, Backend, Limits, Shared, backend, q};
+use crate::common::{self, Backend, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
 use crate::sql::{Dialect, Sql};
 
@@ -126,10 +126,7 @@ impl Backend for PgBackend {
         .fetch_all(conn)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        first_texts(&rows)
     }
 
     /// Announces `queues` to every other process's waiters with `NOTIFY`, inside the caller's
@@ -417,10 +414,7 @@ impl Store {
             .fetch_all(&self.backend.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        first_texts(&rows)
     }
 
     pub(crate) async fn server_time(&self) -> Result<Option<Millis>> {

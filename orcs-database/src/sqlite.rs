@@ -21,7 +21,9 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::common::{self, Backend, Limits, SLOW_STATEMENT, Shared, backend, dynamic, q};
+use crate::common::{
+    self, Backend, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
+};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING};
 use crate::sql::{Dialect, Sql};
 
@@ -94,10 +96,7 @@ impl Backend for SqliteBackend {
             .fetch_all(conn)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        first_texts(&rows)
     }
 
     /// Other processes find new jobs when they poll; this process's waiters are woken by the

@@ -99,6 +99,30 @@ mod database {
 
     use super::*;
 
+    /// For each case `name` (an async fn taking a [`Target`]), a module `name` with its test on
+    /// SQLite (`sqlite`, a fresh file) and on PostgreSQL (`postgres`, a fresh schema; skipped
+    /// when there is no server).
+    macro_rules! on_both {
+        ($($case:ident),+ $(,)?) => {$(
+            mod $case {
+                use super::*;
+
+                #[test]
+                fn sqlite() {
+                    orcs_tests::run(super::$case(Target::sqlite()));
+                }
+
+                #[test]
+                fn postgres() {
+                    orcs_tests::run(async {
+                        let Some(target) = Target::postgres().await else { return };
+                        super::$case(target).await;
+                    });
+                }
+            }
+        )+};
+    }
+
     /// One database, reachable by any number of independent drivers.
     enum Target {
         Sqlite(PathBuf),
@@ -564,70 +588,13 @@ mod database {
         assert_eq!(failed.len(), 2, "both tables' failures are in the shared table");
     }
 
-    #[test]
-    fn sqlite_two_jobs_tables_share_the_failed_table() {
-        orcs_tests::run(two_jobs_tables_share_the_failed_table(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_two_jobs_tables_share_the_failed_table() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            two_jobs_tables_share_the_failed_table(target).await;
-        });
-    }
-
-    #[test]
-    fn sqlite_a_failed_id_takes_no_key() {
-        orcs_tests::run(a_failed_id_takes_no_key(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_a_failed_id_takes_no_key() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            a_failed_id_takes_no_key(target).await;
-        });
-    }
-
-    #[test]
-    fn sqlite_limits_hold_across_concurrent_drivers() {
-        orcs_tests::run(limits_hold_across_concurrent_drivers(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_limits_hold_across_concurrent_drivers() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            limits_hold_across_concurrent_drivers(target).await;
-        });
-    }
-
-    #[test]
-    fn sqlite_touch_checks_the_token() {
-        orcs_tests::run(touch_checks_the_token(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_touch_checks_the_token() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            touch_checks_the_token(target).await;
-        });
-    }
-
-    #[test]
-    fn sqlite_previous_release_tables_are_upgraded() {
-        orcs_tests::run(previous_release_tables_are_upgraded(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_previous_release_tables_are_upgraded() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            previous_release_tables_are_upgraded(target).await;
-        });
-    }
+    on_both!(
+        two_jobs_tables_share_the_failed_table,
+        a_failed_id_takes_no_key,
+        limits_hold_across_concurrent_drivers,
+        touch_checks_the_token,
+        previous_release_tables_are_upgraded,
+    );
 
     #[test]
     fn sqlite_unknown_storage_is_refused() {
@@ -744,18 +711,7 @@ mod database {
         });
     }
 
-    #[test]
-    fn sqlite_drivers_share_one_queue() {
-        orcs_tests::run(drivers_share_one_queue(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_drivers_share_one_queue() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            drivers_share_one_queue(target).await;
-        });
-    }
+    on_both!(drivers_share_one_queue);
 
     #[test]
     fn sqlite_dispatch_in_another_process_wakes_a_waiting_worker() {
@@ -770,31 +726,7 @@ mod database {
         });
     }
 
-    #[test]
-    fn sqlite_unreadable_row_goes_to_the_failed_set() {
-        orcs_tests::run(unreadable_row_goes_to_the_failed_set(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_unreadable_row_goes_to_the_failed_set() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            unreadable_row_goes_to_the_failed_set(target).await;
-        });
-    }
-
-    #[test]
-    fn sqlite_setup_is_concurrent_and_jobs_persist() {
-        orcs_tests::run(setup_is_concurrent_and_jobs_persist(Target::sqlite()));
-    }
-
-    #[test]
-    fn postgres_setup_is_concurrent_and_jobs_persist() {
-        orcs_tests::run(async {
-            let Some(target) = Target::postgres().await else { return };
-            setup_is_concurrent_and_jobs_persist(target).await;
-        });
-    }
+    on_both!(unreadable_row_goes_to_the_failed_set, setup_is_concurrent_and_jobs_persist,);
 
     #[test]
     fn sqlite_creates_the_file_and_its_directory() {

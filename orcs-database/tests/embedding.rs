@@ -265,6 +265,14 @@ mod postgres {
         }
     }
 
+    impl Pool {
+        /// A driver on the application's pool, with its tables in the pool's schema.
+        async fn driver(&self) -> DatabaseDriver {
+            let config = DatabaseConfig::default().with_schema(&self.schema);
+            DatabaseDriver::from_pg_pool(self.pool.clone(), config).await.expect("driver")
+        }
+    }
+
     impl App for Pool {
         async fn count_users(&self) -> i64 {
             let count = format!("SELECT COUNT(*) FROM \"{}\".users", self.schema);
@@ -296,9 +304,7 @@ mod postgres {
         orcs_tests::run(async {
             // One connection: the claims run on the very connection checked afterwards.
             let Some(app) = app_pool(1).await else { return };
-            let config = DatabaseConfig::default().with_schema(&app.schema);
-            let driver =
-                DatabaseDriver::from_pg_pool(app.pool.clone(), config).await.expect("driver");
+            let driver = app.driver().await;
             let tables: Vec<String> = sqlx::query(
                 "SELECT tablename::TEXT FROM pg_tables WHERE schemaname = $1 ORDER BY tablename",
             )
@@ -322,8 +328,7 @@ mod postgres {
                 ]
             );
             // Another driver on the same schema finds the tables set up.
-            let config = DatabaseConfig::default().with_schema(&app.schema);
-            drop(DatabaseDriver::from_pg_pool(app.pool.clone(), config).await.expect("again"));
+            drop(app.driver().await);
             driver.push(vec![keyed("k")]).await.expect("push");
             run_one(&driver, "mail", 1).await;
             let setting: String = sqlx::query("SHOW enable_bitmapscan")
@@ -352,9 +357,7 @@ mod postgres {
     fn dispatch_inside_the_applications_transaction() {
         orcs_tests::run(async {
             let Some(app) = app_pool(4).await else { return };
-            let config = DatabaseConfig::default().with_schema(&app.schema);
-            let driver =
-                DatabaseDriver::from_pg_pool(app.pool.clone(), config).await.expect("driver");
+            let driver = app.driver().await;
             let users = format!(
                 "CREATE TABLE \"{}\".users (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
                  email TEXT NOT NULL)",

@@ -50,6 +50,25 @@ local function free_key(unique, expiry, id, mode, key, modes)
     if mode == 'p' and expiry then redis.call('ZREM', expiry, key) end
   end
 end
+-- Frees the unique key job `id` holds, as free_key does (no Period keys), its record read from
+-- `jobs` (see key_of for `unique_of` and `legacy`).
+local function free_key_of(jobs, unique, unique_of, id, legacy, modes)
+  local mode, key = key_of(redis.call('HGET', jobs, id), unique_of, id, legacy)
+  free_key(unique, nil, id, mode, key, modes)
+end
+-- Puts job `id` into the ready set at the priority its record in `jobs` carries.
+local function make_ready(ready, jobs, id)
+  redis.call('ZADD', ready, -header(redis.call('HGET', jobs, id)), id)
+end
+-- Moves job `id` to the failed set (in the order of the `failseq` counter in `stats`) with
+-- error `err` and time `at`, and counts it in `failed_total`.
+local function fail(stats, failed, failed_at, errors, id, at, err)
+  local seq = redis.call('HINCRBY', stats, 'failseq', 1)
+  redis.call('ZADD', failed, seq, id)
+  redis.call('HSET', failed_at, id, at)
+  redis.call('HSET', errors, id, err)
+  redis.call('HINCRBY', stats, 'failed_total', 1)
+end
 -- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
 -- unique, unique_expiry, unique_of), from its 9 arguments starting at ARGV[b] (group, id,
 -- 'r' or 'd', score, record, unique spec, unique key, Period expiry or '', now). The spec is ''
@@ -100,6 +119,17 @@ local function store(k, b)
     redis.call('ZADD', KEYS[k + 2], ARGV[b + 3], id)
   end
   return 1
+end
+-- Stores a job as `store` does, then, for the first job stored in its group of this call
+-- (`touched` keeps the groups), sets the queue's `registered` mark in `stats` (KEYS[k + 8]).
+-- Returns what `store` returns, but 2 where it set that mark.
+local function store_marked(k, b, touched)
+  local r = store(k, b)
+  if r == 1 and not touched[k] then
+    touched[k] = true
+    if redis.call('HSETNX', KEYS[k + 8], 'registered', 1) == 1 then return 2 end
+  end
+  return r
 end
 ";
 
@@ -162,13 +192,7 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, la
 const PUSH: &str = r"
 local out, touched = {}, {}
 for b = 1, #ARGV, 9 do
-  local k = tonumber(ARGV[b]) * 8
-  local r = store(k, b)
-  if r == 1 and not touched[k] then
-    touched[k] = true
-    if redis.call('HSETNX', KEYS[k + 8], 'registered', 1) == 1 then r = 2 end
-  end
-  out[#out + 1] = r
+  out[#out + 1] = store_marked(tonumber(ARGV[b]) * 8, b, touched)
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
@@ -292,11 +316,8 @@ while #ids < max do
   for i, id in ipairs(batch) do
     if not records[i] then
       -- An id without a record cannot run: it goes to the failed set with the reason.
-      local seq = redis.call('HINCRBY', KEYS[8], 'failseq', 1)
-      redis.call('ZADD', KEYS[10], seq, id)
-      redis.call('HSET', KEYS[11], id, ARGV[1])
-      redis.call('HSET', KEYS[7], id, 'unreadable job record: its data is missing from ' .. KEYS[4])
-      redis.call('HINCRBY', KEYS[8], 'failed_total', 1)
+      fail(KEYS[8], KEYS[10], KEYS[11], KEYS[7], id, ARGV[1],
+        'unreadable job record: its data is missing from ' .. KEYS[4])
     else
       ids[#ids + 1] = id
       blobs[#ids] = records[i]
@@ -433,10 +454,7 @@ while i <= #ARGV do
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[6], id)
     if kind == 'c' or kind == 'x' then
-      if keyed then
-        local mode, key = key_of(redis.call('HGET', KEYS[4], id), KEYS[13], id, legacy)
-        free_key(KEYS[12], nil, id, mode, key, 'f')
-      end
+      if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
       if legacy then redis.call('HDEL', KEYS[13], id) end
       redis.call('HDEL', KEYS[4], id)
       redis.call('HDEL', KEYS[5], id)
@@ -447,15 +465,8 @@ while i <= #ARGV do
       end
       redis.call('HINCRBY', KEYS[8], kind == 'c' and 'processed' or 'cancelled', 1)
     elseif kind == 'f' then
-      redis.call('HSET', KEYS[7], id, err)
-      local seq = redis.call('HINCRBY', KEYS[8], 'failseq', 1)
-      redis.call('ZADD', KEYS[10], seq, id)
-      redis.call('HSET', KEYS[11], id, now)
-      redis.call('HINCRBY', KEYS[8], 'failed_total', 1)
-      if keyed then
-        local mode, key = key_of(redis.call('HGET', KEYS[4], id), KEYS[13], id, legacy)
-        free_key(KEYS[12], nil, id, mode, key, 'f')
-      end
+      fail(KEYS[8], KEYS[10], KEYS[11], KEYS[7], id, now, err)
+      if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
       if extras then redis.call('SREM', KEYS[16], id) end
     else
       if kind == 'r' then
@@ -464,7 +475,7 @@ while i <= #ARGV do
         redis.call('HSET', KEYS[5], id, 0)
       end
       if run_at <= now then
-        redis.call('ZADD', KEYS[2], -header(redis.call('HGET', KEYS[4], id)), id)
+        make_ready(KEYS[2], KEYS[4], id)
       else
         redis.call('ZADD', KEYS[3], run_at, id)
       end
@@ -472,11 +483,7 @@ while i <= #ARGV do
     end
     local fresh = false
     for j = first, i - 1, 9 do
-      local k = 16 + tonumber(ARGV[j]) * 8
-      if store(k, j) == 1 and not touched[k] then
-        touched[k] = true
-        if redis.call('HSETNX', KEYS[k + 8], 'registered', 1) == 1 then fresh = true end
-      end
+      if store_marked(16 + tonumber(ARGV[j]) * 8, j, touched) == 2 then fresh = true end
     end
     out[#out + 1] = fresh and 2 or 1
   end
@@ -576,8 +583,7 @@ for i = 1, #expired, 2 do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[5], id)
   if redis.call('SREM', KEYS[12], id) == 1 then
-    local mode, key = key_of(redis.call('HGET', KEYS[3], id), KEYS[10], id, true)
-    free_key(KEYS[9], nil, id, mode, key, 'f')
+    free_key_of(KEYS[3], KEYS[9], KEYS[10], id, true, 'f')
     redis.call('HDEL', KEYS[10], id)
     for _, k in ipairs({3, 4, 6, 11}) do redis.call('HDEL', KEYS[k], id) end
     redis.call('HINCRBY', KEYS[8], 'cancelled', 1)
@@ -586,8 +592,7 @@ for i = 1, #expired, 2 do
     redis.call('HSET', KEYS[6], id, string.format(
       'lease expired at %.0f: the worker running attempt %s stopped responding',
       tonumber(expired[i + 1]), attempt))
-    local p = header(redis.call('HGET', KEYS[3], id))
-    redis.call('ZADD', KEYS[2], -p, id)
+    make_ready(KEYS[2], KEYS[3], id)
   end
 end
 -- Jobs became ready, or slots of a concurrency limit freed: wake a worker.
@@ -873,10 +878,7 @@ for z = 1, 2 do
     local popped = redis.call('ZPOPMIN', KEYS[z], limit - removed)
     for i = 1, #popped, 2 do
       local id = popped[i]
-      if keyed then
-        local mode, key = key_of(redis.call('HGET', KEYS[3], id), KEYS[7], id, legacy)
-        free_key(KEYS[6], nil, id, mode, key, 'sf')
-      end
+      if keyed then free_key_of(KEYS[3], KEYS[6], KEYS[7], id, legacy, 'sf') end
       if legacy then redis.call('HDEL', KEYS[7], id) end
       for _, k in ipairs({3, 4, 5, 8}) do redis.call('HDEL', KEYS[k], id) end
       redis.call('SREM', KEYS[9], id)
@@ -950,8 +952,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
-local p = header(redis.call('HGET', KEYS[3], ARGV[1]))
-redis.call('ZADD', KEYS[8], -p, ARGV[1])
+make_ready(KEYS[8], KEYS[3], ARGV[1])
 arm(KEYS[9])
 return 1
 ";
