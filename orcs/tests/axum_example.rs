@@ -9,27 +9,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use orcs::sqlx::{self, Connection as _};
-use orcs_tests::services::{self, postgres::with_search_path, unique_name};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-/// A URL whose connections work in a new schema of their own.
-async fn schema_url() -> Option<String> {
-    let url = services::postgres::database_url_or_skip()?;
-    let mut conn = match sqlx::PgConnection::connect(&url).await {
-        Ok(conn) => conn,
-        Err(e) => return services::skip("PostgreSQL", &format!("cannot connect: {e}")),
-    };
-    let schema = unique_name("orcs_test");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&mut conn)
-        .await
-        .expect("create a schema");
-    let _ = conn.close().await;
-    Some(with_search_path(&url, &schema))
-}
+mod common;
+
+use common::schema_url;
+use orcs_tests::services::unique_name;
 
 /// The example binary `name` that `cargo test` built beside this test.
 fn example_binary(name: &str) -> PathBuf {
@@ -129,7 +116,7 @@ async fn request(address: &str, method: &str, path: &str, body: &str) -> (u16, s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signup_dispatches_in_its_transaction_and_the_worker_runs_the_job() {
-    let Some(url) = schema_url().await else { return };
+    let Some(url) = schema_url("orcs_test").await else { return };
     let server = start(&url, true).await;
 
     let (status, body) =
@@ -173,7 +160,7 @@ async fn welcomed(address: &str, id: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_worker_runs_the_jobs_the_server_dispatched() {
-    let Some(url) = schema_url().await else { return };
+    let Some(url) = schema_url("orcs_test").await else { return };
     let server = start(&url, false).await;
     let (status, body) =
         request(&server.address, "POST", "/signup", r#"{"email":"bob@example.com"}"#).await;

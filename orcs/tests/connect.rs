@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use orcs::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod common;
+
 /// Counts its runs in the application's state.
 #[derive(Serialize, Deserialize)]
 struct Ping;
@@ -97,28 +99,11 @@ mod redis {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use orcs::sqlx::{self, Connection as _};
-    use orcs_tests::services::{self, postgres::with_search_path, unique_name};
-
-    /// A URL whose connections work in a new schema of their own.
-    async fn schema_url() -> Option<String> {
-        let url = services::postgres::database_url_or_skip()?;
-        let mut conn = match sqlx::PgConnection::connect(&url).await {
-            Ok(conn) => conn,
-            Err(e) => return services::skip("PostgreSQL", &format!("cannot connect: {e}")),
-        };
-        let schema = unique_name("orcs_test");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-            .execute(&mut conn)
-            .await
-            .expect("create a schema");
-        let _ = conn.close().await;
-        Some(with_search_path(&url, &schema))
-    }
+    use crate::common::schema_url;
 
     #[tokio::test]
     async fn a_postgres_url_connects_the_database_driver() {
-        let Some(url) = schema_url().await else { return };
+        let Some(url) = schema_url("orcs_test").await else { return };
         let queue = Queue::connect(&url).await.expect("connect to PostgreSQL");
         assert_eq!(queue.driver().name(), "database");
         assert_eq!(round_trip(&queue).await, 1);

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use orcs::outbox::{KEY_PREFIX, Outbox, OutboxConfig};
 use orcs::prelude::*;
-use orcs::sqlx::{self, Connection as _, PgPool};
-use orcs_tests::services::{self, postgres::with_search_path, redis::private_server_or_skip};
+use orcs::sqlx::PgPool;
+use orcs_tests::services::redis::private_server_or_skip;
 use serde::{Deserialize, Serialize};
+
+mod common;
 
 const QUEUE: &str = "outbox";
 
@@ -62,18 +64,7 @@ struct World {
 
 impl World {
     async fn new(config: OutboxConfig) -> Option<Self> {
-        let url = services::postgres::database_url_or_skip()?;
-        let mut conn = match sqlx::PgConnection::connect(&url).await {
-            Ok(conn) => conn,
-            Err(e) => return services::skip("PostgreSQL", &format!("cannot connect: {e}")),
-        };
-        let schema = services::unique_name("orcs_outbox");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-            .execute(&mut conn)
-            .await
-            .expect("create a schema");
-        let _ = conn.close().await;
-        let database_url = with_search_path(&url, &schema);
+        let database_url = common::schema_url("orcs_outbox").await?;
         let redis_url = private_server_or_skip()?;
         let pool = PgPool::connect(&database_url).await.expect("connect to PostgreSQL");
         let outbox = Outbox::new(pool.clone(), config).expect("an outbox");
