@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::record::{
-    CancelOutcome, Capabilities, Claim, ClaimRequest, FailedJob, FailedQuery, JobInfo, Lease,
-    ListRequest, NewJob, PushOutcome, QueueLimits, QueueStats, Settle, Touch,
+    BatchInfo, CancelOutcome, Capabilities, Claim, ClaimRequest, FailedJob, FailedQuery, Fire,
+    JobInfo, Lease, ListRequest, NewBatch, NewJob, PushOutcome, QueueLimits, QueueStats,
+    ScheduleRecord, Settle, Touch,
 };
 
 /// A driver chosen at run time (the `orcs` command picks one from its configuration).
@@ -118,6 +119,34 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     async fn server_time(&self) -> Result<Option<Millis>> {
         Ok(None)
     }
+
+    /// Stores a batch and its children (each naming it in [`NewJob::batch`]) in one atomic step;
+    /// the answer has one outcome per child, as [`Driver::push`]'s. A child refused as a
+    /// duplicate is not part of the batch. A batch left with no child finishes at once (its
+    /// `then` and `finally` are dispatched in the same step). See [`NewBatch`] for how children
+    /// are counted.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] if a batch with this id exists or a child names another batch;
+    /// [`crate::Error::Unsupported`] where the batch cannot be atomic (children or callbacks on
+    /// several queues of a Redis Cluster); a backend error, then nothing was stored.
+    async fn push_batch(&self, batch: NewBatch, children: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        let _ = (batch, children);
+        Err(crate::Error::unsupported(self.name(), "batches are not supported by this driver"))
+    }
+
+    /// Fires a schedule: if its stored cursor is still `fire.expected_cursor`, moves it to
+    /// `fire.cursor`, records `last_run` and `next_run`, and pushes `fire.jobs`, all in one atomic
+    /// step, and answers `true`; otherwise (another scheduler fired first) changes nothing and
+    /// answers `false`. This compare-and-set is what makes each slot fire once across any number
+    /// of schedulers.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] if the schedule was never registered; a backend error.
+    async fn fire_schedule(&self, fire: &Fire, now: Millis) -> Result<bool> {
+        let _ = (fire, now);
+        Err(crate::Error::unsupported(self.name(), "schedules are not supported by this driver"))
+    }
 }
 
 /// The admin surface: looking at queues and managing them. Every call is bounded in cost by its
@@ -184,4 +213,41 @@ pub trait Admin: Send + Sync {
     /// otherwise changes nothing and answers `false`. A later dispatch to the queue creates it
     /// again from zero.
     async fn forget_queue(&self, queue: &str) -> Result<bool>;
+
+    /// One batch's counters and callbacks; `None` if no such batch exists.
+    async fn batch(&self, id: &str) -> Result<Option<BatchInfo>> {
+        let _ = id;
+        Err(crate::Error::unsupported("driver", "batches are not supported by this driver"))
+    }
+
+    /// Cancels a batch in one atomic step: its pending and delayed children are removed (counted
+    /// as cancelled), its running ones are asked to stop (as [`Admin::cancel`] does), and no
+    /// `then` will be dispatched. Cancelling a cancelled or finished batch changes nothing.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] if no batch has this id.
+    async fn cancel_batch(&self, id: &str, now: Millis) -> Result<BatchInfo> {
+        let _ = (id, now);
+        Err(crate::Error::unsupported("driver", "batches are not supported by this driver"))
+    }
+
+    /// Registers a schedule: creates `record` if no schedule has its name; otherwise replaces
+    /// the stored queue and definition and `updated_at`, keeping the cursor, so an edited
+    /// schedule takes effect at its next slot and registering the same one again changes
+    /// nothing that matters. Answers the stored record.
+    async fn register_schedule(&self, record: &ScheduleRecord) -> Result<ScheduleRecord> {
+        let _ = record;
+        Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+    }
+
+    /// Every registered schedule, sorted by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+    }
+
+    /// Removes a schedule's state; answers whether it existed.
+    async fn forget_schedule(&self, name: &str) -> Result<bool> {
+        let _ = name;
+        Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+    }
 }

@@ -76,9 +76,10 @@ pub use queue::{
     Queue, validate_queue_name,
 };
 pub use record::{
-    CancelOutcome, Capabilities, Claim, ClaimRequest, Effects, FailedJob, FailedQuery, JobInfo,
-    JobRecord, JobState, Lease, ListRequest, MAX_PAGE, NewJob, PushOutcome, QueueLimits,
-    QueueStats, RateLimit, Reserved, Settle, Touch, Transition, Unique, UniqueUntil,
+    BatchCallback, BatchInfo, CallbackState, CancelOutcome, Capabilities, Claim, ClaimRequest,
+    Effects, FailedJob, FailedQuery, Fire, JobInfo, JobRecord, JobState, Lease, ListRequest,
+    MAX_PAGE, NewBatch, NewJob, PushOutcome, QueueLimits, QueueStats, RateLimit, Reserved,
+    ScheduleRecord, Settle, Touch, Transition, Unique, UniqueUntil,
 };
 pub use registry::{Needs, Registry};
 pub use worker::{

@@ -33,6 +33,12 @@ pub struct NewJob {
     pub available_at: Millis,
     /// The unique key the job holds, if any: a push whose key is held stores nothing.
     pub unique: Option<Unique>,
+    /// The batch the job belongs to ([`Driver::push_batch`](crate::Driver::push_batch)), if
+    /// any: its terminal transition updates the batch's counters in the same atomic step.
+    pub batch: Option<String>,
+    /// Workflow metadata the worker reads back (a chain's next steps, a schedule's slot, a
+    /// trace context), as JSON. Opaque to drivers: stored and handed back as it is.
+    pub meta: Option<String>,
 }
 
 /// When a unique key frees again.
@@ -123,6 +129,10 @@ pub struct JobRecord {
     pub dispatched_at: Millis,
     /// The error of the previous attempt, if there was one.
     pub last_error: Option<String>,
+    /// The batch the job belongs to, if any.
+    pub batch: Option<String>,
+    /// The job's workflow metadata ([`NewJob::meta`]).
+    pub meta: Option<String>,
 }
 
 impl JobRecord {
@@ -140,6 +150,8 @@ impl JobRecord {
             timeout_ms: job.timeout_ms,
             dispatched_at: job.dispatched_at,
             last_error,
+            batch: job.batch.clone(),
+            meta: job.meta.clone(),
         }
     }
 
@@ -637,4 +649,195 @@ pub struct Capabilities {
     /// The backend has a clock of its own ([`crate::Driver::server_time`]), against which worker
     /// clocks are checked for skew.
     pub server_clock: bool,
+}
+
+/// A batch as dispatched ([`crate::Driver::push_batch`]): its id and its callbacks. The children
+/// are pushed with it, each naming the batch in [`NewJob::batch`].
+///
+/// # Counting rules (every driver, in the atomic step of each child's terminal transition)
+/// - A child that completes counts as processed; one that fails for good (a `Fail` settle, or a
+///   crash on its last attempt found by recovery) as failed; one cancelled (running, or removed
+///   while pending or delayed by [`crate::Admin::cancel`], [`crate::Admin::clear`] or a batch
+///   cancel) as cancelled. Each decrements `pending`.
+/// - The first failure dispatches `catch` and, unless `allow_failures`, cancels the batch.
+/// - When `pending` reaches 0 the batch finishes: `then` is dispatched if every child completed
+///   (none failed or was cancelled), `finally` in every case; a callback not dispatched is
+///   skipped. Each callback is dispatched at most once, in the same step that decided it.
+/// - A child moved back from the failed set ([`crate::Admin::retry_failed`]) leaves its batch:
+///   it was already counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NewBatch {
+    /// The batch id (a ULID).
+    pub id: String,
+    /// Dispatched when every child completed.
+    pub then: Option<NewJob>,
+    /// Dispatched at the first child failing for good.
+    pub catch: Option<NewJob>,
+    /// Dispatched when every child finished, however.
+    pub finally: Option<NewJob>,
+    /// A failed child does not cancel the others.
+    pub allow_failures: bool,
+    /// When the batch was dispatched.
+    pub created_at: Millis,
+}
+
+impl NewBatch {
+    /// A batch `id` without callbacks, created at `now`.
+    pub fn new(id: impl Into<String>, now: Millis) -> Self {
+        Self { id: id.into(), created_at: now, ..Self::default() }
+    }
+}
+
+/// Where a batch callback is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CallbackState {
+    /// Its condition has not been decided yet.
+    Waiting,
+    /// It was dispatched (once).
+    Dispatched,
+    /// The batch ended without its condition holding; it will never be dispatched.
+    Skipped,
+}
+
+/// One callback of a batch, as [`BatchInfo`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BatchCallback {
+    /// The callback job's id (fixed when the batch was dispatched).
+    pub id: String,
+    /// Its registry name.
+    pub name: String,
+    /// Its queue.
+    pub queue: String,
+    /// Whether it was dispatched.
+    pub state: CallbackState,
+}
+
+impl BatchCallback {
+    /// The callback `job` in `state`.
+    pub fn new(job: &NewJob, state: CallbackState) -> Self {
+        Self { id: job.id.clone(), name: job.name.clone(), queue: job.queue.clone(), state }
+    }
+}
+
+/// A batch's counters and callbacks ([`crate::Admin::batch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BatchInfo {
+    /// The batch id.
+    pub id: String,
+    /// Children stored (a child refused as a duplicate does not count).
+    pub total: u64,
+    /// Children not finished yet.
+    pub pending: u64,
+    /// Children completed.
+    pub processed: u64,
+    /// Children failed for good.
+    pub failed: u64,
+    /// Children cancelled.
+    pub cancelled: u64,
+    /// A failed child does not cancel the others.
+    pub allow_failures: bool,
+    /// When the batch was dispatched.
+    pub created_at: Millis,
+    /// When it was cancelled (by [`crate::Admin::cancel_batch`] or its first failure), if it was.
+    pub cancelled_at: Option<Millis>,
+    /// When its last child finished.
+    pub finished_at: Option<Millis>,
+    /// The `then` callback.
+    pub then: Option<BatchCallback>,
+    /// The `catch` callback.
+    pub catch: Option<BatchCallback>,
+    /// The `finally` callback.
+    pub finally: Option<BatchCallback>,
+}
+
+impl BatchInfo {
+    /// A batch `id` with all-zero counters.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self { id: id.into(), ..Self::default() }
+    }
+}
+
+/// A schedule's state in the backend ([`crate::Admin::schedules`]). The definition (cron
+/// expression, job, policy) is kept by orcs-core as JSON; drivers store it as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ScheduleRecord {
+    /// The schedule's name, unique per backend.
+    pub name: String,
+    /// The queue its jobs go to.
+    pub queue: String,
+    /// The definition as orcs-core wrote it (JSON).
+    pub definition: String,
+    /// Every slot at or before this time is done (dispatched or skipped): the durable state that
+    /// makes each slot fire once. Set to the registration time when the schedule is new.
+    pub cursor: Millis,
+    /// The latest slot that dispatched a job.
+    pub last_run: Option<Millis>,
+    /// The next slot after the cursor, as the last scheduler to fire computed it.
+    pub next_run: Option<Millis>,
+    /// When the definition was last registered.
+    pub updated_at: Millis,
+}
+
+impl ScheduleRecord {
+    /// A new schedule `name` on `queue`, its cursor at `now`.
+    pub fn new(
+        name: impl Into<String>,
+        queue: impl Into<String>,
+        definition: impl Into<String>,
+        now: Millis,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            queue: queue.into(),
+            definition: definition.into(),
+            cursor: now,
+            last_run: None,
+            next_run: None,
+            updated_at: now,
+        }
+    }
+}
+
+/// One firing of a schedule ([`crate::Driver::fire_schedule`]): a compare-and-set of its cursor
+/// with the push of the slots' jobs, in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Fire {
+    /// The schedule.
+    pub name: String,
+    /// The cursor the scheduler read; the fire does nothing unless it is still the stored one.
+    pub expected_cursor: Millis,
+    /// The new cursor (the latest slot handled).
+    pub cursor: Millis,
+    /// The latest slot that dispatches a job, if any does.
+    pub last_run: Option<Millis>,
+    /// The next slot after the new cursor.
+    pub next_run: Option<Millis>,
+    /// The jobs to push (none when every slot was skipped). A job whose id exists is left as it is.
+    pub jobs: Vec<NewJob>,
+}
+
+impl Fire {
+    /// Moves `name`'s cursor from `expected_cursor` to `cursor`, pushing `jobs`.
+    pub fn new(
+        name: impl Into<String>,
+        expected_cursor: Millis,
+        cursor: Millis,
+        jobs: Vec<NewJob>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            expected_cursor,
+            cursor,
+            last_run: None,
+            next_run: None,
+            jobs,
+        }
+    }
 }
