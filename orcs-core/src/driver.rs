@@ -11,8 +11,8 @@ use crate::clock::Millis;
 use crate::error::Result;
 use crate::record::{
     BatchInfo, CancelOutcome, Capabilities, Claim, ClaimRequest, FailedJob, FailedQuery, Fire,
-    JobInfo, Lease, ListRequest, NewBatch, NewJob, PushOutcome, QueueLimits, QueueStats,
-    ScheduleRecord, Settle, Touch,
+    JobInfo, Lease, ListRequest, NewBatch, NewJob, Prune, PushOutcome, QueueLimits, QueueStats,
+    ScheduleRecord, Settle, Throughput, Touch, WorkerInfo,
 };
 
 /// A driver chosen at run time (the `orcs` command picks one from its configuration).
@@ -249,5 +249,58 @@ pub trait Admin: Send + Sync {
     async fn forget_schedule(&self, name: &str) -> Result<bool> {
         let _ = name;
         Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+    }
+
+    /// A worker's heartbeat: stores `worker` (its `last_heartbeat` set to `now`) so that it is
+    /// listed until `now + ttl_ms`, and adds `ended` to the current minute's throughput history
+    /// (buckets older than [`crate::record::THROUGHPUT_HORIZON_MS`] are dropped). Constant cost.
+    async fn heartbeat(
+        &self,
+        worker: &WorkerInfo,
+        ended: &[Throughput],
+        ttl_ms: u64,
+        now: Millis,
+    ) -> Result<()> {
+        let _ = (worker, ended, ttl_ms, now);
+        Err(crate::Error::unsupported(
+            "driver",
+            "worker heartbeats are not supported by this driver",
+        ))
+    }
+
+    /// The workers whose last heartbeat has not expired at `now`, by start time; expired ones are
+    /// removed as a side effect (a worker killed with SIGKILL drops out by itself).
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>> {
+        let _ = now;
+        Err(crate::Error::unsupported(
+            "driver",
+            "worker heartbeats are not supported by this driver",
+        ))
+    }
+
+    /// Removes a worker's entry (a clean shutdown); answers whether it was there.
+    async fn forget_worker(&self, id: &str) -> Result<bool> {
+        let _ = id;
+        Err(crate::Error::unsupported(
+            "driver",
+            "worker heartbeats are not supported by this driver",
+        ))
+    }
+
+    /// The throughput history since `since` (at most the horizon), one entry per minute that
+    /// saw jobs end, oldest first; of one queue or summed over every queue.
+    async fn throughput(&self, queue: Option<&str>, since: Millis) -> Result<Vec<Throughput>> {
+        let _ = (queue, since);
+        Err(crate::Error::unsupported(
+            "driver",
+            "throughput history is not supported by this driver",
+        ))
+    }
+
+    /// Deletes failed jobs by age and count ([`Prune`]); returns how many. Cost bounded by the
+    /// jobs deleted.
+    async fn prune_failed(&self, prune: &Prune) -> Result<u64> {
+        let _ = prune;
+        Err(crate::Error::unsupported("driver", "pruning is not supported by this driver"))
     }
 }

@@ -404,6 +404,9 @@ pub struct JobInfo {
     pub progress: Option<String>,
     /// A cancel was asked for while the job runs; its worker stops it.
     pub cancel_requested: bool,
+    /// The errors of its failed attempts, oldest first (at most [`MAX_ERROR_HISTORY`], the
+    /// latest kept).
+    pub errors: Vec<String>,
 }
 
 impl JobInfo {
@@ -418,6 +421,7 @@ impl JobInfo {
             failed_at: None,
             progress: None,
             cancel_requested: false,
+            errors: Vec::new(),
         }
     }
 }
@@ -622,6 +626,9 @@ pub struct QueueStats {
     pub cancelled: u64,
     /// The queue's limits ([`crate::Admin::set_limits`]).
     pub limits: QueueLimits,
+    /// How long the oldest due pending job has been waiting (`now` minus the time it became
+    /// due), in milliseconds; `None` when no job is due. A delayed job does not count.
+    pub latency_ms: Option<u64>,
 }
 
 impl QueueStats {
@@ -831,13 +838,94 @@ impl Fire {
         cursor: Millis,
         jobs: Vec<NewJob>,
     ) -> Self {
+        Self { name: name.into(), expected_cursor, cursor, last_run: None, next_run: None, jobs }
+    }
+}
+
+/// The most attempt errors a job keeps ([`JobInfo::errors`]).
+pub const MAX_ERROR_HISTORY: usize = 10;
+
+/// A live worker process, as it reports itself in each heartbeat ([`crate::Admin::heartbeat`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Unique per worker run (a ULID).
+    pub id: String,
+    /// The host name.
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// The queues it works, in order.
+    pub queues: Vec<String>,
+    /// Jobs it runs at once at most.
+    pub concurrency: u32,
+    /// The ids of the jobs it runs now.
+    pub running: Vec<String>,
+    /// When it started.
+    pub started_at: Millis,
+    /// When it last reported (set by the backend call from `now`).
+    pub last_heartbeat: Millis,
+}
+
+impl WorkerInfo {
+    /// A worker `id` on `host`/`pid`, started at `started_at`.
+    pub fn new(
+        id: impl Into<String>,
+        host: impl Into<String>,
+        pid: u32,
+        started_at: Millis,
+    ) -> Self {
         Self {
-            name: name.into(),
-            expected_cursor,
-            cursor,
-            last_run: None,
-            next_run: None,
-            jobs,
+            id: id.into(),
+            host: host.into(),
+            pid,
+            started_at,
+            last_heartbeat: started_at,
+            ..Self::default()
         }
+    }
+}
+
+/// Jobs that ended on one queue since a worker's previous heartbeat: added to the backend's
+/// per-minute throughput history ([`crate::Admin::throughput`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Throughput {
+    /// The queue (empty in an answer of [`crate::Admin::throughput`] over every queue).
+    pub queue: String,
+    /// The minute (ms since the epoch, a multiple of 60,000), in answers.
+    pub minute: Millis,
+    /// Jobs completed.
+    pub processed: u64,
+    /// Jobs failed for good.
+    pub failed: u64,
+}
+
+impl Throughput {
+    /// `processed` and `failed` jobs of `queue`.
+    pub fn new(queue: impl Into<String>, processed: u64, failed: u64) -> Self {
+        Self { queue: queue.into(), minute: 0, processed, failed }
+    }
+}
+
+/// How long the per-minute throughput history is kept: 24 hours of buckets.
+pub const THROUGHPUT_HORIZON_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Which failed jobs [`crate::Admin::prune_failed`] deletes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Prune {
+    /// One queue only, or every queue.
+    pub queue: Option<String>,
+    /// Deletes failed jobs that failed before this time.
+    pub failed_before: Option<Millis>,
+    /// Keeps at most this many failed jobs (the newest), deleting the older ones.
+    pub keep: Option<u64>,
+}
+
+impl Prune {
+    /// Prunes nothing until a rule is set.
+    pub fn new() -> Self {
+        Self::default()
     }
 }
