@@ -78,8 +78,9 @@ pub use queue::{
 pub use record::{
     BatchCallback, BatchInfo, CallbackState, CancelOutcome, Capabilities, Claim, ClaimRequest,
     Effects, FailedJob, FailedQuery, Fire, JobInfo, JobRecord, JobState, Lease, ListRequest,
-    MAX_PAGE, NewBatch, NewJob, PushOutcome, QueueLimits, QueueStats, RateLimit, Reserved,
-    ScheduleRecord, Settle, Touch, Transition, Unique, UniqueUntil,
+    MAX_ERROR_HISTORY, MAX_PAGE, NewBatch, NewJob, Prune, PushOutcome, QueueLimits, QueueStats,
+    RateLimit, Reserved, ScheduleRecord, Settle, THROUGHPUT_HORIZON_MS, Throughput, Touch,
+    Transition, Unique, UniqueUntil, WorkerInfo,
 };
 pub use registry::{Needs, Registry};
 pub use worker::{
