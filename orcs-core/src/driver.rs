@@ -132,7 +132,7 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     /// several queues of a Redis Cluster); a backend error, then nothing was stored.
     async fn push_batch(&self, batch: NewBatch, children: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
         let _ = (batch, children);
-        Err(crate::Error::unsupported(self.name(), "batches are not supported by this driver"))
+        Err(crate::Error::unsupported(self.name(), "batches (upgrade the driver crate)"))
     }
 
     /// Fires a schedule: if its stored cursor is still `fire.expected_cursor`, moves it to
@@ -145,7 +145,7 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     /// [`crate::Error::NotFound`] if the schedule was never registered; a backend error.
     async fn fire_schedule(&self, fire: &Fire, now: Millis) -> Result<bool> {
         let _ = (fire, now);
-        Err(crate::Error::unsupported(self.name(), "schedules are not supported by this driver"))
+        Err(crate::Error::unsupported(self.name(), "schedules (upgrade the driver crate)"))
     }
 }
 
@@ -217,7 +217,7 @@ pub trait Admin: Send + Sync {
     /// One batch's counters and callbacks; `None` if no such batch exists.
     async fn batch(&self, id: &str) -> Result<Option<BatchInfo>> {
         let _ = id;
-        Err(crate::Error::unsupported("driver", "batches are not supported by this driver"))
+        Err(crate::Error::unsupported("configured", "batches (upgrade the driver crate)"))
     }
 
     /// Cancels a batch in one atomic step: its pending and delayed children are removed (counted
@@ -228,7 +228,7 @@ pub trait Admin: Send + Sync {
     /// [`crate::Error::NotFound`] if no batch has this id.
     async fn cancel_batch(&self, id: &str, now: Millis) -> Result<BatchInfo> {
         let _ = (id, now);
-        Err(crate::Error::unsupported("driver", "batches are not supported by this driver"))
+        Err(crate::Error::unsupported("configured", "batches (upgrade the driver crate)"))
     }
 
     /// Registers a schedule: creates `record` if no schedule has its name; otherwise replaces
@@ -237,18 +237,18 @@ pub trait Admin: Send + Sync {
     /// nothing that matters. Answers the stored record.
     async fn register_schedule(&self, record: &ScheduleRecord) -> Result<ScheduleRecord> {
         let _ = record;
-        Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+        Err(crate::Error::unsupported("configured", "schedules (upgrade the driver crate)"))
     }
 
     /// Every registered schedule, sorted by name.
     async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
-        Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+        Err(crate::Error::unsupported("configured", "schedules (upgrade the driver crate)"))
     }
 
     /// Removes a schedule's state; answers whether it existed.
     async fn forget_schedule(&self, name: &str) -> Result<bool> {
         let _ = name;
-        Err(crate::Error::unsupported("driver", "schedules are not supported by this driver"))
+        Err(crate::Error::unsupported("configured", "schedules (upgrade the driver crate)"))
     }
 
     /// A worker's heartbeat: stores `worker` (its `last_heartbeat` set to `now`) so that it is
@@ -262,29 +262,20 @@ pub trait Admin: Send + Sync {
         now: Millis,
     ) -> Result<()> {
         let _ = (worker, ended, ttl_ms, now);
-        Err(crate::Error::unsupported(
-            "driver",
-            "worker heartbeats are not supported by this driver",
-        ))
+        Err(crate::Error::unsupported("configured", "worker heartbeats (upgrade the driver crate)"))
     }
 
     /// The workers whose last heartbeat has not expired at `now`, by start time; expired ones are
     /// removed as a side effect (a worker killed with SIGKILL drops out by itself).
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>> {
         let _ = now;
-        Err(crate::Error::unsupported(
-            "driver",
-            "worker heartbeats are not supported by this driver",
-        ))
+        Err(crate::Error::unsupported("configured", "worker heartbeats (upgrade the driver crate)"))
     }
 
     /// Removes a worker's entry (a clean shutdown); answers whether it was there.
     async fn forget_worker(&self, id: &str) -> Result<bool> {
         let _ = id;
-        Err(crate::Error::unsupported(
-            "driver",
-            "worker heartbeats are not supported by this driver",
-        ))
+        Err(crate::Error::unsupported("configured", "worker heartbeats (upgrade the driver crate)"))
     }
 
     /// The throughput history since `since` (at most the horizon), one entry per minute that
@@ -292,8 +283,8 @@ pub trait Admin: Send + Sync {
     async fn throughput(&self, queue: Option<&str>, since: Millis) -> Result<Vec<Throughput>> {
         let _ = (queue, since);
         Err(crate::Error::unsupported(
-            "driver",
-            "throughput history is not supported by this driver",
+            "configured",
+            "throughput history (upgrade the driver crate)",
         ))
     }
 
@@ -301,6 +292,6 @@ pub trait Admin: Send + Sync {
     /// jobs deleted.
     async fn prune_failed(&self, prune: &Prune) -> Result<u64> {
         let _ = prune;
-        Err(crate::Error::unsupported("driver", "pruning is not supported by this driver"))
+        Err(crate::Error::unsupported("configured", "pruning (upgrade the driver crate)"))
     }
 }

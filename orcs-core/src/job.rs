@@ -63,6 +63,8 @@ pub struct JobContext {
     pub(crate) queue: String,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
+    /// The batch the job is a child of ([`crate::Queue::batch`]).
+    pub(crate) batch: Option<String>,
     pub(crate) cancel: CancellationToken,
     pub(crate) shared: std::sync::Arc<Shared>,
     pub(crate) state: crate::registry::State,
@@ -90,6 +92,7 @@ impl JobContext {
             queue: queue.into(),
             attempt,
             max_attempts: attempt,
+            batch: None,
             cancel: CancellationToken::new(),
             shared: std::sync::Arc::default(),
             state: crate::registry::State::default(),
@@ -157,6 +160,19 @@ impl JobContext {
     /// How many attempts the job gets in all.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
+    }
+
+    /// The id of the batch this job is a child of, if it is one ([`crate::Queue::batch`];
+    /// [`crate::Queue::batch_info`] shows the batch).
+    pub fn batch_id(&self) -> Option<&str> {
+        self.batch.as_deref()
+    }
+
+    /// Makes this context a child's of batch `id`, for calling `handle` directly in tests.
+    #[must_use]
+    pub fn with_batch(mut self, id: impl Into<String>) -> Self {
+        self.batch = Some(id.into());
+        self
     }
 
     /// True once the worker asked the job to stop (timeout, shutdown or a cancel).

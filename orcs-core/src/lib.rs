@@ -62,7 +62,9 @@ mod middleware;
 mod queue;
 mod record;
 mod registry;
+mod schedule;
 mod worker;
+mod workflow;
 
 pub use backoff::{jittered, retry_delay};
 pub use clock::{Clock, ManualClock, Millis, SystemClock, millis};
@@ -83,8 +85,13 @@ pub use record::{
     Transition, Unique, UniqueUntil, WorkerInfo,
 };
 pub use registry::{Needs, Registry};
+pub use schedule::{
+    DEFAULT_MISSED_AFTER, DEFAULT_MISSED_MAX, Missed, Schedule, Scheduler, Tick, slot_job_id,
+};
+pub use workflow::{BatchBuilder, Chain};
 pub use worker::{
-    Outcome, Worker, WorkerEvent, WorkerHandle, WorkerOptions, WorkerSummary, shutdown_signal,
+    Outcome, Worker, WorkerEvent, WorkerHandle, WorkerObserver, WorkerOptions, WorkerSummary,
+    shutdown_signal,
 };
 
 /// Re-exported so that driver crates and `orcs-tests` use the same version.

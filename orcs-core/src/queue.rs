@@ -350,7 +350,8 @@ impl Queue {
         self.record(job, options, self.now())
     }
 
-    fn record<J: Job>(
+    /// The stored record of a typed job dispatched at `now` (workflows build theirs here too).
+    pub(crate) fn record<J: Job>(
         &self,
         job: &J,
         options: &DispatchOptions,

@@ -11,6 +11,9 @@ use orcs_core::{
     PushOutcome, QueueLimits, QueueStats, Reserved, Result, Settle, Touch, Transition, UniqueUntil,
     async_trait,
 };
+use orcs_core::{BatchCallback, BatchInfo, CallbackState, NewBatch};
+use orcs_core::{Fire, ScheduleRecord};
+use orcs_core::{MAX_ERROR_HISTORY, Prune, THROUGHPUT_HORIZON_MS, Throughput, WorkerInfo};
 use tokio::sync::Notify;
 
 /// Jobs held in this process's memory. Clones share the same queues.
@@ -34,12 +37,44 @@ struct State {
     failed: BTreeMap<u64, FailedEntry>,
     failed_index: HashMap<String, u64>,
     next_seq: u64,
+    /// Live workers by id, with the time their entry expires.
+    workers: HashMap<String, (WorkerInfo, Millis)>,
+    /// The throughput history: (minute, queue) -> (processed, failed).
+    throughput: BTreeMap<(Millis, String), (u64, u64)>,
+    /// Schedules by name (sorted, as `schedules()` answers them).
+    schedules: BTreeMap<String, ScheduleRecord>,
+    /// Batches by id, kept after they finish.
+    batches: HashMap<String, BatchState>,
+    /// Set when a batch rule stored a callback job: the caller wakes idle workers.
+    batch_woke: bool,
+}
+
+/// A batch: its counters and callbacks as shown, the callback jobs, and its unfinished children.
+#[derive(Debug)]
+struct BatchState {
+    info: BatchInfo,
+    then: Option<NewJob>,
+    catch: Option<NewJob>,
+    finally: Option<NewJob>,
+    /// Children not ended yet: what a cancel walks, and the guard that counts each child once.
+    unfinished: BTreeSet<String>,
+}
+
+/// How a batch child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Processed,
+    Failed,
+    Cancelled,
 }
 
 #[derive(Debug, Default)]
 struct QueueState {
     /// Ready jobs: highest priority first, then id (dispatch) order.
     ready: BTreeSet<(Reverse<i32>, String)>,
+    /// Ready jobs by the time they became due (`job.available_at`), for `latency_ms`. Entries of
+    /// jobs no longer ready may linger; `stats` drops them when it meets them.
+    ready_since: BTreeSet<(Millis, String)>,
     /// Not yet due: by due time, then id.
     delayed: BTreeSet<(Millis, String)>,
     /// Claimed: by lease deadline, then id.
@@ -100,6 +135,8 @@ struct Stored {
     state: JobState,
     progress: Option<String>,
     cancel_requested: bool,
+    /// The errors of its failed attempts, oldest first (at most `MAX_ERROR_HISTORY`).
+    errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +150,29 @@ enum JobState {
 struct FailedEntry {
     job: NewJob,
     failed: FailedJob,
+    /// The job's error history, its last failure included.
+    errors: Vec<String>,
+}
+
+/// `errors` with `error` appended, the oldest dropped beyond `MAX_ERROR_HISTORY`.
+fn with_error(mut errors: Vec<String>, error: &str) -> Vec<String> {
+    errors.push(error.to_owned());
+    let excess = errors.len().saturating_sub(MAX_ERROR_HISTORY);
+    errors.drain(..excess);
+    errors
 }
 
 impl MemoryDriver {
     /// An empty set of queues.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Wakes idle workers if a batch rule stored a callback job in this step.
+    fn wake_for_callbacks(&self, state: &mut State) {
+        if std::mem::take(&mut state.batch_woke) {
+            self.inner.ready.notify_waiters();
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -145,18 +199,29 @@ impl State {
         available_at: Millis,
         now: Millis,
     ) {
+        let mut job = job;
+        // The current due time, as `get` shows it and `latency_ms` measures from.
+        job.available_at = available_at;
         let id = job.id.clone();
         let priority = job.priority;
         let queue = self.queue(&job.queue);
         let state = if available_at <= now {
             queue.ready.insert((Reverse(priority), id.clone()));
+            queue.ready_since.insert((available_at, id.clone()));
             JobState::Ready
         } else {
             queue.delayed.insert((available_at, id.clone()));
             JobState::Delayed(available_at)
         };
-        let stored =
-            Stored { job, attempts, last_error, state, progress: None, cancel_requested: false };
+        let stored = Stored {
+            job,
+            attempts,
+            last_error,
+            state,
+            progress: None,
+            cancel_requested: false,
+            errors: Vec::new(),
+        };
         self.jobs.insert(id, stored);
     }
 
@@ -201,7 +266,10 @@ impl State {
         let stored = self.jobs.remove(id)?;
         let queue = self.queue(&stored.job.queue);
         match stored.state {
-            JobState::Ready => queue.ready.remove(&(Reverse(stored.job.priority), id.to_owned())),
+            JobState::Ready => {
+                queue.ready_since.remove(&(stored.job.available_at, id.to_owned()));
+                queue.ready.remove(&(Reverse(stored.job.priority), id.to_owned()))
+            }
             JobState::Delayed(at) => queue.delayed.remove(&(at, id.to_owned())),
             JobState::Reserved { .. } => unreachable!("only waiting jobs are removed"),
         };
@@ -218,30 +286,38 @@ impl State {
                 let queue = self.queue(&stored.job.queue);
                 queue.processed += 1;
                 queue.free_key(&stored.job, UniqueUntil::Finished);
+                self.child_ended(&stored.job, Ended::Processed, now);
             }
             Transition::Cancel => {
                 let queue = self.queue(&stored.job.queue);
                 queue.cancelled += 1;
                 queue.free_key(&stored.job, UniqueUntil::Finished);
+                self.child_ended(&stored.job, Ended::Cancelled, now);
             }
             Transition::Retry { run_at, error } => {
+                let (id, errors) = (stored.job.id.clone(), with_error(stored.errors, error));
                 self.enqueue(stored.job, stored.attempts, Some(error.clone()), *run_at, now);
+                self.jobs.get_mut(&id).expect("enqueued above").errors = errors;
             }
             Transition::Fail { error } => {
                 let failed = FailedJob::new(&stored.job, stored.attempts, error.clone(), now);
+                let errors = with_error(stored.errors, error);
                 let queue = self.queue(&stored.job.queue);
                 queue.failed += 1;
                 queue.failed_total += 1;
                 queue.free_key(&stored.job, UniqueUntil::Finished);
+                self.child_ended(&stored.job, Ended::Failed, now);
                 self.next_seq += 1;
                 let seq = self.next_seq;
                 self.failed_index.insert(stored.job.id.clone(), seq);
-                self.failed.insert(seq, FailedEntry { job: stored.job, failed });
+                self.failed.insert(seq, FailedEntry { job: stored.job, failed, errors });
             }
             Transition::Release { run_at } => {
                 // The interrupted attempt does not count: the job did not fail, the worker stopped.
                 let attempts = stored.attempts.saturating_sub(1);
+                let (id, errors) = (stored.job.id.clone(), stored.errors);
                 self.enqueue(stored.job, attempts, stored.last_error, *run_at, now);
+                self.jobs.get_mut(&id).expect("enqueued above").errors = errors;
             }
             other => {
                 return Err(Error::unsupported("memory", format!("the transition {other:?}")));
@@ -269,12 +345,14 @@ impl State {
             info.lease_expires_at = lease;
             info.progress = stored.progress.clone();
             info.cancel_requested = stored.cancel_requested;
+            info.errors.clone_from(&stored.errors);
             return Some(info);
         }
         let entry = self.failed.get(self.failed_index.get(id)?)?;
         let mut info = JobInfo::new(entry.job.clone(), State_::Failed, entry.failed.attempts);
         info.last_error = Some(entry.failed.error.clone());
         info.failed_at = Some(entry.failed.failed_at);
+        info.errors.clone_from(&entry.errors);
         Some(info)
     }
 
@@ -287,10 +365,232 @@ impl State {
             q.delayed.pop_first();
             if let Some(stored) = self.jobs.get_mut(&id) {
                 stored.state = JobState::Ready;
+                q.ready_since.insert((at, id.clone()));
                 q.ready.insert((Reverse(stored.job.priority), id));
             }
         }
     }
+}
+
+/// Operations: queue latency and pruning the failed set.
+impl State {
+    /// How long the oldest due job of `queue` has waited at `now`: the earliest due time among
+    /// its ready jobs and its delayed jobs that are due but not yet promoted.
+    fn latency(&mut self, queue: &str, now: Millis) -> Option<u64> {
+        let Self { queues, jobs, .. } = self;
+        let q = queues.get_mut(queue)?;
+        // Drop the index entries of jobs that stopped being ready (cancelled, claimed) or became
+        // ready again at another time.
+        while let Some((at, id)) = q.ready_since.first() {
+            let live = jobs.get(id).is_some_and(|s| {
+                s.state == JobState::Ready && s.job.available_at == *at && s.job.queue == queue
+            });
+            if live {
+                break;
+            }
+            q.ready_since.pop_first();
+        }
+        let ready = q.ready_since.first().map(|(at, _)| *at);
+        let due = q.delayed.first().map(|(at, _)| *at).filter(|at| *at <= now);
+        let oldest = match (ready, due) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(u64::try_from(now.saturating_sub(oldest)).unwrap_or(0))
+    }
+
+    /// Deletes the failed jobs `prune` names; returns how many. The failed set is kept in the
+    /// order jobs failed, so the age rule stops at the first job young enough.
+    fn prune_failed(&mut self, prune: &Prune) -> u64 {
+        let in_scope =
+            |entry: &FailedEntry| prune.queue.as_deref().is_none_or(|q| entry.failed.queue == q);
+        let mut doomed = BTreeSet::new();
+        if let Some(before) = prune.failed_before {
+            for (seq, entry) in &self.failed {
+                if !in_scope(entry) {
+                    continue;
+                }
+                if entry.failed.failed_at >= before {
+                    break;
+                }
+                doomed.insert(*seq);
+            }
+        }
+        if let Some(keep) = prune.keep {
+            let count = match &prune.queue {
+                Some(q) => self.queues.get(q.as_str()).map_or(0, |q| q.failed),
+                None => self.failed.len() as u64,
+            };
+            let excess = usize::try_from(count.saturating_sub(keep)).unwrap_or(usize::MAX);
+            doomed.extend(
+                self.failed.iter().filter(|(_, e)| in_scope(e)).take(excess).map(|(seq, _)| *seq),
+            );
+        }
+        for seq in &doomed {
+            let entry = self.failed.remove(seq).expect("collected from the set");
+            self.failed_index.remove(&entry.failed.id);
+            let queue = self.queue(&entry.failed.queue);
+            queue.failed = queue.failed.saturating_sub(1);
+        }
+        doomed.len() as u64
+    }
+}
+
+/// Batches: the counting rules of [`NewBatch`], applied inside the step that ends each child.
+impl State {
+    /// Stores a batch and its children; a duplicate child is not part of it.
+    fn push_batch(&mut self, batch: NewBatch, children: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        if self.batches.contains_key(&batch.id) {
+            return Err(Error::invalid(
+                "batch",
+                format!("a batch with id {} exists; give a new batch a new id", batch.id),
+            ));
+        }
+        if let Some(child) =
+            children.iter().find(|c| c.batch.as_ref().is_some_and(|b| *b != batch.id))
+        {
+            return Err(Error::invalid(
+                "batch child",
+                format!(
+                    "job {} names batch {:?}, not {}; a child belongs to the batch it is pushed with",
+                    child.id, child.batch, batch.id
+                ),
+            ));
+        }
+        let callback = |job: &Option<NewJob>| {
+            job.as_ref().map(|job| BatchCallback::new(job, CallbackState::Waiting))
+        };
+        let mut info = BatchInfo::new(batch.id.clone());
+        info.allow_failures = batch.allow_failures;
+        info.created_at = batch.created_at;
+        info.then = callback(&batch.then);
+        info.catch = callback(&batch.catch);
+        info.finally = callback(&batch.finally);
+        let mut unfinished = BTreeSet::new();
+        let outcomes = children
+            .into_iter()
+            .map(|mut child| {
+                child.batch = Some(batch.id.clone());
+                let id = child.id.clone();
+                let now = child.dispatched_at;
+                let outcome = self.insert_new(child, now);
+                if outcome == PushOutcome::Stored {
+                    unfinished.insert(id);
+                }
+                outcome
+            })
+            .collect();
+        info.total = unfinished.len() as u64;
+        info.pending = info.total;
+        let id = batch.id.clone();
+        let state = BatchState {
+            info,
+            then: batch.then,
+            catch: batch.catch,
+            finally: batch.finally,
+            unfinished,
+        };
+        self.batches.insert(id.clone(), state);
+        // A batch left without children finishes in this same step.
+        self.finish_batch_if_done(&id, batch.created_at);
+        Ok(outcomes)
+    }
+
+    /// Counts the end of `job` in its batch, if it is an unfinished child of one: the first
+    /// failure dispatches `catch` and (unless failures are allowed) cancels the batch; the last
+    /// child finishes it.
+    fn child_ended(&mut self, job: &NewJob, ended: Ended, now: Millis) {
+        let Some(id) = &job.batch else { return };
+        let Some(batch) = self.batches.get_mut(id) else { return };
+        if !batch.unfinished.remove(&job.id) {
+            return;
+        }
+        batch.info.pending -= 1;
+        match ended {
+            Ended::Processed => batch.info.processed += 1,
+            Ended::Failed => batch.info.failed += 1,
+            Ended::Cancelled => batch.info.cancelled += 1,
+        }
+        if ended == Ended::Failed && batch.info.failed == 1 {
+            let catch = dispatch_callback(&mut batch.info.catch, batch.catch.as_ref());
+            let cancels = !batch.info.allow_failures;
+            let id = id.clone();
+            self.store_callbacks(catch, now);
+            if cancels {
+                self.cancel_batch(&id, now);
+            }
+            self.finish_batch_if_done(&id, now);
+        } else {
+            let id = id.clone();
+            self.finish_batch_if_done(&id, now);
+        }
+    }
+
+    /// Cancels a batch that is neither cancelled nor finished: removes its waiting children
+    /// (counted cancelled, keys freed) and asks its running ones to stop.
+    fn cancel_batch(&mut self, id: &str, now: Millis) {
+        let Some(batch) = self.batches.get_mut(id) else { return };
+        if batch.info.cancelled_at.is_some() || batch.info.finished_at.is_some() {
+            return;
+        }
+        batch.info.cancelled_at = Some(now);
+        let children: Vec<String> = batch.unfinished.iter().cloned().collect();
+        for child in children {
+            match self.jobs.get_mut(&child) {
+                Some(stored) if matches!(stored.state, JobState::Reserved { .. }) => {
+                    stored.cancel_requested = true;
+                }
+                Some(_) => {
+                    let stored = self.remove_waiting(&child).expect("found above");
+                    self.queue(&stored.job.queue).cancelled += 1;
+                    self.child_ended(&stored.job, Ended::Cancelled, now);
+                }
+                None => {}
+            }
+        }
+        self.finish_batch_if_done(id, now);
+    }
+
+    /// Finishes a batch whose last child ended: `then` if every child completed, `finally`
+    /// always, and a callback not dispatched is skipped.
+    fn finish_batch_if_done(&mut self, id: &str, now: Millis) {
+        let Some(batch) = self.batches.get_mut(id) else { return };
+        if batch.info.pending > 0 || batch.info.finished_at.is_some() {
+            return;
+        }
+        let info = &mut batch.info;
+        info.finished_at = Some(now);
+        let succeeded = info.failed == 0 && info.cancelled == 0 && info.cancelled_at.is_none();
+        let mut jobs = Vec::new();
+        if succeeded {
+            jobs.extend(dispatch_callback(&mut info.then, batch.then.as_ref()));
+        }
+        jobs.extend(dispatch_callback(&mut info.finally, batch.finally.as_ref()));
+        for callback in [&mut info.then, &mut info.catch].into_iter().flatten() {
+            if callback.state == CallbackState::Waiting {
+                callback.state = CallbackState::Skipped;
+            }
+        }
+        self.store_callbacks(jobs, now);
+    }
+
+    /// Stores dispatched callbacks as a push would (an existing id is left as it is).
+    fn store_callbacks(&mut self, jobs: impl IntoIterator<Item = NewJob>, now: Millis) {
+        for job in jobs {
+            self.insert_new(job, now);
+            self.batch_woke = true;
+        }
+    }
+}
+
+/// Marks a waiting callback dispatched and answers its job; `None` if it is not waiting.
+fn dispatch_callback(shown: &mut Option<BatchCallback>, job: Option<&NewJob>) -> Option<NewJob> {
+    let shown = shown.as_mut()?;
+    if shown.state != CallbackState::Waiting {
+        return None;
+    }
+    shown.state = CallbackState::Dispatched;
+    job.cloned()
 }
 
 #[async_trait]
@@ -351,6 +651,7 @@ impl Driver for MemoryDriver {
                 let queue_name = stored.job.queue.clone();
                 let job = stored.job.clone();
                 let q = state.queue(queue);
+                q.ready_since.remove(&(job.available_at, id.clone()));
                 q.reserved.insert((until, id.clone()));
                 q.free_key(&job, UniqueUntil::Started);
                 if q.limits.rate.is_some() {
@@ -373,7 +674,7 @@ impl Driver for MemoryDriver {
         let mut wakes = false;
         let results: Vec<Result<()>> = {
             let mut state = self.state();
-            batch
+            let results = batch
                 .iter()
                 .map(|settle| {
                     let result = state.settle(settle, now);
@@ -389,12 +690,48 @@ impl Driver for MemoryDriver {
                                 .is_some_and(|q| q.limits.concurrency.is_some()));
                     result
                 })
-                .collect()
+                .collect::<Vec<_>>();
+            // A batch callback stored by one of these settles is claimable too.
+            wakes |= std::mem::take(&mut state.batch_woke);
+            results
         };
         if wakes {
             self.inner.ready.notify_waiters();
         }
         results
+    }
+
+    async fn fire_schedule(&self, fire: &Fire, now: Millis) -> Result<bool> {
+        {
+            // The cursor's compare-and-set and the push under one lock: one atomic step.
+            let mut state = self.state();
+            let record = state
+                .schedules
+                .get_mut(&fire.name)
+                .ok_or_else(|| Error::NotFound { id: fire.name.clone() })?;
+            if record.cursor != fire.expected_cursor {
+                return Ok(false);
+            }
+            record.cursor = fire.cursor;
+            if fire.last_run.is_some() {
+                record.last_run = fire.last_run;
+            }
+            record.next_run = fire.next_run;
+            for job in &fire.jobs {
+                state.insert_new(job.clone(), now);
+            }
+        }
+        if !fire.jobs.is_empty() {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(true)
+    }
+
+    async fn push_batch(&self, batch: NewBatch, children: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        let outcomes = self.state().push_batch(batch, children)?;
+        // Children (or the callbacks of a batch left empty) are claimable.
+        self.inner.ready.notify_waiters();
+        Ok(outcomes)
     }
 
     async fn touch(&self, running: &[Touch], _now: Millis) -> Result<Vec<String>> {
@@ -432,6 +769,7 @@ impl Driver for MemoryDriver {
 
     async fn recover(&self, queues: &[String], now: Millis) -> Result<u64> {
         let mut recovered = 0;
+        let woke;
         {
             let mut state = self.state();
             for queue in queues {
@@ -447,21 +785,28 @@ impl Driver for MemoryDriver {
                         let q = state.queue(queue);
                         q.cancelled += 1;
                         q.free_key(&stored.job, UniqueUntil::Finished);
+                        state.child_ended(&stored.job, Ended::Cancelled, now);
                         continue;
                     }
                     let stored = state.jobs.get_mut(&id).expect("a reserved id has a job");
                     stored.state = JobState::Ready;
+                    // Claimable again since its lease ran out.
+                    stored.job.available_at = until;
                     stored.last_error = Some(format!(
                         "lease expired at {until}: the worker running attempt {} stopped responding",
                         stored.attempts
                     ));
                     let priority = stored.job.priority;
-                    state.queue(queue).ready.insert((Reverse(priority), id));
+                    let q = state.queue(queue);
+                    q.ready_since.insert((until, id.clone()));
+                    q.ready.insert((Reverse(priority), id));
                     recovered += 1;
                 }
             }
+            // A cancelled batch child's end may have dispatched its batch's callbacks.
+            woke = std::mem::take(&mut state.batch_woke);
         }
-        if recovered > 0 {
+        if recovered > 0 || woke {
             self.inner.ready.notify_waiters();
         }
         Ok(recovered)
@@ -492,8 +837,9 @@ impl Driver for MemoryDriver {
 #[async_trait]
 impl Admin for MemoryDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
-        let state = self.state();
+        let mut state = self.state();
         let mut stats = QueueStats::new(queue);
+        stats.latency_ms = state.latency(queue, now);
         let Some(q) = state.queues.get(queue) else { return Ok(stats) };
         let due = q.delayed.range(..(now.saturating_add(1), String::new())).count() as u64;
         stats.pending = q.ready.len() as u64 + due;
@@ -539,9 +885,10 @@ impl Admin for MemoryDriver {
             .collect())
     }
 
-    async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
+    async fn clear(&self, queue: &str, now: Millis) -> Result<u64> {
         let mut state = self.state();
         let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        q.ready_since.clear();
         let ids: Vec<String> = std::mem::take(&mut q.ready)
             .into_iter()
             .map(|(_, id)| id)
@@ -552,8 +899,10 @@ impl Admin for MemoryDriver {
                 let queue = state.queue(&stored.job.queue);
                 queue.free_key(&stored.job, UniqueUntil::Finished);
                 queue.free_key(&stored.job, UniqueUntil::Started);
+                state.child_ended(&stored.job, Ended::Cancelled, now);
             }
         }
+        self.wake_for_callbacks(&mut state);
         Ok(ids.len() as u64)
     }
 
@@ -576,9 +925,14 @@ impl Admin for MemoryDriver {
                 .failed_index
                 .remove(id)
                 .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-            let entry = state.failed.remove(&seq).expect("the index points at an entry");
+            let mut entry = state.failed.remove(&seq).expect("the index points at an entry");
             state.queue(&entry.job.queue).failed -= 1;
+            // It was counted in its batch when it failed: back on its queue, it leaves the batch.
+            entry.job.batch = None;
+            // Its error history stays with it: the next failures add to it.
+            let (id, errors) = (entry.job.id.clone(), entry.errors);
             state.enqueue(entry.job, 0, None, now, now);
+            state.jobs.get_mut(&id).expect("enqueued above").errors = errors;
         }
         self.inner.ready.notify_waiters();
         Ok(())
@@ -611,7 +965,7 @@ impl Admin for MemoryDriver {
         Ok(())
     }
 
-    async fn cancel(&self, id: &str, _now: Millis) -> Result<CancelOutcome> {
+    async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome> {
         let mut state = self.state();
         match state.jobs.get_mut(id) {
             None => Err(Error::NotFound { id: id.to_owned() }),
@@ -622,9 +976,116 @@ impl Admin for MemoryDriver {
             Some(_) => {
                 let stored = state.remove_waiting(id).expect("found above");
                 state.queue(&stored.job.queue).cancelled += 1;
+                state.child_ended(&stored.job, Ended::Cancelled, now);
+                self.wake_for_callbacks(&mut state);
                 Ok(CancelOutcome::Removed)
             }
         }
+    }
+
+    async fn batch(&self, id: &str) -> Result<Option<BatchInfo>> {
+        Ok(self.state().batches.get(id).map(|batch| batch.info.clone()))
+    }
+
+    async fn cancel_batch(&self, id: &str, now: Millis) -> Result<BatchInfo> {
+        let mut state = self.state();
+        if !state.batches.contains_key(id) {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        state.cancel_batch(id, now);
+        self.wake_for_callbacks(&mut state);
+        Ok(state.batches[id].info.clone())
+    }
+
+    async fn register_schedule(&self, record: &ScheduleRecord) -> Result<ScheduleRecord> {
+        let mut state = self.state();
+        let stored = state
+            .schedules
+            .entry(record.name.clone())
+            .and_modify(|stored| {
+                // An existing schedule keeps its cursor (and runs): only the definition changes.
+                stored.queue.clone_from(&record.queue);
+                stored.definition.clone_from(&record.definition);
+                stored.updated_at = record.updated_at;
+            })
+            .or_insert_with(|| record.clone());
+        Ok(stored.clone())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Ok(self.state().schedules.values().cloned().collect())
+    }
+
+    async fn forget_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.state().schedules.remove(name).is_some())
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &WorkerInfo,
+        ended: &[Throughput],
+        ttl_ms: u64,
+        now: Millis,
+    ) -> Result<()> {
+        let mut state = self.state();
+        let mut entry = worker.clone();
+        entry.last_heartbeat = now;
+        let expires = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        state.workers.insert(entry.id.clone(), (entry, expires));
+        let minute = now - now.rem_euclid(60_000);
+        for t in ended.iter().filter(|t| t.processed > 0 || t.failed > 0) {
+            let bucket = state.throughput.entry((minute, t.queue.clone())).or_default();
+            bucket.0 += t.processed;
+            bucket.1 += t.failed;
+        }
+        // The oldest buckets come first: drop those past the horizon.
+        let horizon = now.saturating_sub(THROUGHPUT_HORIZON_MS);
+        while state.throughput.first_key_value().is_some_and(|((m, _), _)| *m < horizon) {
+            state.throughput.pop_first();
+        }
+        Ok(())
+    }
+
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>> {
+        let mut state = self.state();
+        state.workers.retain(|_, (_, expires)| *expires >= now);
+        let mut workers: Vec<WorkerInfo> =
+            state.workers.values().map(|(info, _)| info.clone()).collect();
+        workers.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(workers)
+    }
+
+    async fn forget_worker(&self, id: &str) -> Result<bool> {
+        Ok(self.state().workers.remove(id).is_some())
+    }
+
+    async fn throughput(&self, queue: Option<&str>, since: Millis) -> Result<Vec<Throughput>> {
+        let state = self.state();
+        let mut history: Vec<Throughput> = Vec::new();
+        let from = (since, String::new());
+        for ((minute, name), (processed, failed)) in state.throughput.range(from..) {
+            if queue.is_some_and(|q| q != name) {
+                continue;
+            }
+            match history.last_mut() {
+                // Over every queue, the queues of one minute are summed.
+                Some(last) if last.minute == *minute => {
+                    last.processed += processed;
+                    last.failed += failed;
+                }
+                _ => {
+                    let mut bucket =
+                        Throughput::new(queue.unwrap_or_default(), *processed, *failed);
+                    bucket.minute = *minute;
+                    history.push(bucket);
+                }
+            }
+        }
+        Ok(history)
+    }
+
+    async fn prune_failed(&self, prune: &Prune) -> Result<u64> {
+        Ok(self.state().prune_failed(prune))
     }
 
     async fn forget_queue(&self, queue: &str) -> Result<bool> {

@@ -227,10 +227,46 @@ impl Job for PlainJob {
     }
 }
 
+/// The batch each `BatchJob` attempt saw (`ctx.batch_id()`), by probe key: (job id, batch id).
+/// (job id, the batch id it saw), in start order.
+type Seen = Vec<(String, Option<String>)>;
+
+static BATCH_SEEN: LazyLock<Mutex<HashMap<String, Seen>>> = LazyLock::new(Mutex::default);
+
+/// What the `BatchJob`s naming probe `key` saw of their batch, in start order.
+pub fn batch_ids_seen(key: &str) -> Vec<(String, Option<String>)> {
+    BATCH_SEEN.lock().expect("batch table lock").get(key).cloned().unwrap_or_default()
+}
+
+/// A [`PlainJob`] that also records the batch it belongs to ([`batch_ids_seen`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchJob(pub Script);
+
+impl Job for BatchJob {
+    const NAME: &'static str = "BatchJob";
+    const RETRY_DELAY: Duration = Duration::from_millis(1);
+
+    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let seen = (ctx.id().to_owned(), ctx.batch_id().map(str::to_owned));
+        BATCH_SEEN
+            .lock()
+            .expect("batch table lock")
+            .entry(self.0.probe.clone())
+            .or_default()
+            .push(seen);
+        self.0.run(ctx).await
+    }
+
+    async fn failed(&self, _ctx: &JobContext, error: &JobError) {
+        self.0.record_failed(error);
+    }
+}
+
 /// The registry with every test job.
 pub fn registry() -> orcs_core::Registry {
     orcs_core::Registry::new()
         .register::<RetryJob>()
         .register::<ShortTimeoutJob>()
         .register::<PlainJob>()
+        .register::<BatchJob>()
 }

@@ -15,7 +15,10 @@
 
 pub mod cases;
 pub mod jobs;
+pub mod operations_cases;
+pub mod schedule_cases;
 pub mod services;
+pub mod workflow_cases;
 
 use std::future::Future;
 use std::time::Duration;
@@ -74,6 +77,7 @@ where
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
+            cases: [
             ids_are_unique_and_time_sortable,
             higher_priority_runs_first,
             equal_priorities_run_in_dispatch_order,
@@ -135,21 +139,67 @@ macro_rules! conformance_tests {
             retry_backoff_is_jittered_by_default,
             a_forced_stop_hands_jobs_back_without_waiting,
             forget_queue_removes_only_an_empty_idle_queue,
+            ],
+            workflow_cases: [
+            chain_runs_steps_in_order_each_made_available_by_the_previous_completion,
+            chain_step_keeps_its_own_queue_priority_retries,
+            chain_failure_stops_the_chain_and_dispatches_catch_once,
+            chain_cancel_stops_without_catch,
+            batch_then_and_finally_run_once_after_every_child_completed,
+            batch_first_failure_dispatches_catch_once_and_cancels_the_rest,
+            batch_allow_failures_runs_the_rest_and_skips_then,
+            batch_counts_a_child_crashed_on_its_last_attempt_as_failed,
+            batch_cancel_removes_waiting_children_and_stops_running_ones,
+            batch_clear_and_cancel_of_children_count_them_cancelled,
+            batch_with_only_duplicate_children_finishes_at_once,
+            batch_info_unknown_is_none,
+            retried_failed_child_leaves_its_batch,
+            stale_lease_settle_of_a_batch_child_changes_no_counter,
+            batch_across_queues_is_refused_where_steps_cannot_span_queues,
+            ],
+            schedule_cases: [
+            sixteen_schedulers_fire_each_slot_exactly_once,
+            missed_policy_skip,
+            missed_policy_once,
+            missed_policy_all,
+            edited_schedule_takes_effect_at_its_next_slot,
+            reregistering_the_same_schedule_changes_nothing,
+            removed_schedule_stops,
+            schedules_are_listed_by_name,
+            stale_fire_changes_nothing,
+            fire_honours_duplicate_ids_and_unique_keys,
+            fire_of_unknown_schedule_is_not_found,
+            run_schedule_dispatches_now,
+            scheduled_job_starts_within_50ms_of_its_slot,
+            worker_runs_its_scheduler_unless_turned_off,
+            ],
+            operations_cases: [
+            heartbeat_lists_a_worker_until_its_ttl_passes,
+            forget_worker_removes_its_entry,
+            throughput_is_bucketed_per_minute_and_summed,
+            throughput_older_than_the_horizon_is_dropped,
+            prune_failed_deletes_by_age_and_by_count,
+            latency_counts_due_jobs_from_their_due_time,
+            error_history_is_kept_through_retries_into_the_failed_set,
+            a_running_worker_is_listed_with_its_jobs_and_throughput,
+            ],
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    // One list per module of cases; test names stay flat (`conformance::<case>`), so a case name
+    // must be unique across modules.
+    (@cases $make:expr; $($module:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
         mod conformance {
             #[allow(unused_imports)]
             use super::*;
-            $(
+            $($(
                 #[test]
                 fn $case() {
                     $crate::run(async {
                         let Some(driver) = $crate::__into_driver($make.await) else { return };
-                        $crate::cases::$case(driver).await;
+                        $crate::$module::$case(driver).await;
                     });
                 }
-            )*
+            )*)*
         }
     };
 }

@@ -20,6 +20,7 @@ use crate::job::{JobContext, JobError};
 use crate::middleware::Next;
 use crate::record::{JobRecord, Lease, Reserved, Settle};
 use crate::registry::ErasedJob;
+use crate::workflow::{StepEnd, chain_follow_ups};
 
 /// Backend retries inside one settle, before the attempt is left to lease recovery.
 const SETTLE_TRIES: u32 = 5;
@@ -59,7 +60,7 @@ impl Runner {
                     "payload does not deserialize into job type {}: {e}; fix the dispatcher, then forget or retry the job",
                     record.name
                 );
-                return self.fail_for_good(lease, error, None).await;
+                return self.fail_for_good(record, lease, error, None).await;
             }
             None => return self.defer_unknown(record, lease).await,
         };
@@ -69,6 +70,7 @@ impl Runner {
             queue: record.queue.clone(),
             attempt: record.attempt,
             max_attempts: record.max_attempts(),
+            batch: record.batch.clone(),
             cancel: hard_stop.child_token(),
             shared: Arc::default(),
             state: self.registry.shared_state().clone(),
@@ -88,7 +90,7 @@ impl Runner {
                     .unwrap_or_default()
             ));
             return self
-                .fail_for_good(lease, error.message().to_owned(), Some((job, &ctx, &error)))
+                .fail_for_good(record, lease, error.message().to_owned(), Some((job, &ctx, &error)))
                 .await;
         }
 
@@ -131,15 +133,26 @@ impl Runner {
             return self.settle(Settle::release(lease.clone(), now), Outcome::Released).await;
         }
         match result {
-            Ok(()) => self.settle(Settle::complete(lease.clone()), Outcome::Done).await,
+            Ok(()) => {
+                // A chain's next step becomes available in the same atomic step as this one's end.
+                let next = chain_follow_ups(record.meta.as_deref(), StepEnd::Completed, || {
+                    self.queue.now()
+                });
+                self.settle(Settle::complete(lease.clone()).enqueue(next), Outcome::Done).await
+            }
             Err(error) if error.snooze_for().is_some() => {
                 let delay = error.snooze_for().unwrap_or_default();
                 let at = self.queue.now().saturating_add(millis(delay));
                 self.settle(Settle::release(lease.clone(), at), Outcome::Snoozed { at }).await
             }
             Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => {
-                self.fail_for_good(lease, error.message().to_owned(), Some((job, &ctx, &error)))
-                    .await
+                self.fail_for_good(
+                    record,
+                    lease,
+                    error.message().to_owned(),
+                    Some((job, &ctx, &error)),
+                )
+                .await
             }
             Err(error) => {
                 let mut delay =
@@ -182,7 +195,7 @@ impl Runner {
                 patience / 1000,
                 self.registry.names()
             );
-            return self.fail_for_good(lease, error, None).await;
+            return self.fail_for_good(record, lease, error, None).await;
         }
         let at = now.saturating_add(millis(self.options.unknown_job_delay));
         tracing::warn!(
@@ -193,16 +206,18 @@ impl Runner {
         self.settle(Settle::release(lease.clone(), at), Outcome::Deferred { at }).await
     }
 
-    /// Moves the job to the failed set, then, if that took, runs its `failed` hook once.
+    /// Moves the job to the failed set (with its chain's `catch` job, if any, in the same step),
+    /// then, if that took, runs its `failed` hook once.
     async fn fail_for_good(
         &self,
+        record: &JobRecord,
         lease: &Lease,
         error: String,
         hook: Option<(Arc<dyn ErasedJob>, &JobContext, &JobError)>,
     ) -> Outcome {
-        let outcome = self
-            .settle(Settle::fail(lease.clone(), error.clone()), Outcome::Failed { error })
-            .await;
+        let catch = chain_follow_ups(record.meta.as_deref(), StepEnd::Failed, || self.queue.now());
+        let settle = Settle::fail(lease.clone(), error.clone()).enqueue(catch);
+        let outcome = self.settle(settle, Outcome::Failed { error }).await;
         if let (Outcome::Failed { .. }, Some((job, ctx, job_error))) = (&outcome, hook) {
             let limit = self.options.default_timeout;
             let hook = AssertUnwindSafe(job.failed(ctx, job_error)).catch_unwind();

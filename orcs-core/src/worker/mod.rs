@@ -6,6 +6,7 @@
 
 mod attempt;
 mod events;
+mod heartbeat;
 mod options;
 mod run_loop;
 
@@ -14,9 +15,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use events::{Outcome, WorkerEvent, WorkerSummary};
+pub use heartbeat::WorkerObserver;
 pub use options::WorkerOptions;
 use run_loop::Runner;
 
@@ -24,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::middleware::{Middleware, TraceLayer};
 use crate::queue::{Queue, validate_queue_name};
 use crate::registry::Registry;
+use crate::schedule::{Schedule, Scheduler};
 
 pub(crate) type EventFn = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
 
@@ -38,6 +41,10 @@ pub struct Worker {
     options: WorkerOptions,
     on_event: Option<EventFn>,
     layers: Vec<Arc<dyn Middleware>>,
+    /// Sees every attempt start and end, in-process ([`Worker::observer`]).
+    observer: Option<Arc<dyn WorkerObserver>>,
+    /// Schedules whose slots this worker's scheduler fires ([`Worker::schedule`]).
+    schedules: Vec<Schedule>,
 }
 
 impl fmt::Debug for Worker {
@@ -46,6 +53,7 @@ impl fmt::Debug for Worker {
             .field("queue", &self.queue)
             .field("registry", &self.registry)
             .field("options", &self.options)
+            .field("schedules", &self.schedules.iter().map(Schedule::name).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +65,15 @@ impl Worker {
             queues: vec![queue.default_queue().to_owned()],
             ..WorkerOptions::default()
         };
-        Self { queue, registry, options, on_event: None, layers: vec![Arc::new(TraceLayer)] }
+        Self {
+            queue,
+            registry,
+            options,
+            on_event: None,
+            layers: vec![Arc::new(TraceLayer)],
+            observer: None,
+            schedules: Vec::new(),
+        }
     }
 
     /// Replaces every option at once.
@@ -186,6 +202,65 @@ impl Worker {
         self
     }
 
+    /// Declares a schedule: the worker runs a [`Scheduler`] for its schedules alongside its loop
+    /// (unless [`Worker::run_scheduler`] turns it off), registering them at start. Any number of
+    /// workers may declare the same schedules: each slot fires once.
+    #[must_use]
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
+    /// Declares several schedules; see [`Worker::schedule`].
+    #[must_use]
+    pub fn schedules(mut self, schedules: impl IntoIterator<Item = Schedule>) -> Self {
+        self.schedules.extend(schedules);
+        self
+    }
+
+    /// Whether a worker with schedules runs their scheduler (default: on). Off leaves firing to
+    /// other processes (a dedicated scheduler, other workers).
+    #[must_use]
+    pub fn run_scheduler(mut self, on: bool) -> Self {
+        self.options.run_scheduler = on;
+        self
+    }
+
+    /// Registers the declared schedules and starts their scheduler on its own task, unless there
+    /// are none or it is turned off. The scheduler stops when the returned guard drops, so it
+    /// ends with the worker however the worker's future ends.
+    async fn start_scheduler(&mut self) -> Result<Option<DropGuard>> {
+        let schedules = std::mem::take(&mut self.schedules);
+        if schedules.is_empty() || !self.options.run_scheduler {
+            return Ok(None);
+        }
+        let scheduler = Scheduler::new(self.queue.clone(), schedules);
+        // A bad schedule or a driver without schedules stops the worker here; a backend that is
+        // briefly down does not (the scheduler registers once it is back).
+        let registered = scheduler.try_register().await?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move { scheduler.serve(stopped.cancelled_owned(), registered).await });
+        Ok(Some(stop.drop_guard()))
+    }
+
+    /// How often the worker reports itself to the backend (default 5 s): `queue:workers` lists it
+    /// until three intervals pass without a report, and each report carries the jobs that ended
+    /// since the previous one (the throughput history). Zero turns heartbeats off.
+    #[must_use]
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.options.heartbeat_interval = interval;
+        self
+    }
+
+    /// Tells `observer` of every attempt's start and end, in-process (metrics: the `orcs` crate's
+    /// `metrics` feature gives one).
+    #[must_use]
+    pub fn observer(mut self, observer: Arc<dyn WorkerObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Calls `f` after every attempt (the CLI prints its per-job lines from here).
     #[must_use]
     pub fn on_event(mut self, f: impl Fn(&WorkerEvent) + Send + Sync + 'static) -> Self {
@@ -208,7 +283,16 @@ impl Worker {
     }
 
     fn runner(self) -> Runner {
-        Runner::new(self.queue, self.registry, self.options, self.on_event, self.layers)
+        let beat = heartbeat::Beat::new(
+            &self.queue,
+            &self.options.queues,
+            self.options.concurrency,
+            self.options.heartbeat_interval,
+        );
+        let mut runner =
+            Runner::new(self.queue, self.registry, self.options, self.on_event, self.layers);
+        runner.watch = heartbeat::Watch { beat, observer: self.observer };
+        runner
     }
 
     /// Claims one ready job and runs it to its end; `None` if none was ready.
@@ -218,12 +302,15 @@ impl Worker {
     /// Invalid options or a backend error.
     pub async fn work_one(self) -> Result<Option<WorkerEvent>> {
         self.validate()?;
-        let runner = self.runner();
+        let mut runner = self.runner();
+        // One job is no worker to list.
+        runner.watch.beat = None;
         runner.check_clock().await;
         let now = runner.queue.now();
         runner.driver.recover(&runner.options.queues, now).await?;
         let claim = runner.driver.claim(&runner.claim_request(1, now)).await?;
         let Some(reserved) = claim.jobs.into_iter().next() else { return Ok(None) };
+        runner.watch.started(&reserved.record, runner.queue.now());
         let event = runner.execute(reserved, CancellationToken::new(), None).await;
         runner.emit(&event);
         Ok(Some(event))
@@ -251,8 +338,7 @@ impl Worker {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
-        self.validate()?;
-        self.runner().run_with_writer(shutdown, std::future::pending()).await
+        self.run_until_forced(shutdown, std::future::pending()).await
     }
 
     /// [`Worker::run_until`] with a second signal, `force`: once it completes, running jobs are
@@ -266,8 +352,10 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send,
         force: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
-        self.validate()?;
-        self.runner().run_with_writer(shutdown, force).await
+        let mut worker = self;
+        worker.validate()?;
+        let _scheduler = worker.start_scheduler().await?;
+        heartbeat::run_beating(worker.runner(), shutdown, force).await
     }
 
     /// Starts the worker on the current runtime; stop and join it with [`WorkerHandle::shutdown`].

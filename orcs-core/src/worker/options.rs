@@ -38,6 +38,10 @@ pub struct WorkerOptions {
     pub clock_skew_warning: Duration,
     /// Moves each retry's backoff by up to ±20% so jobs failing together spread out.
     pub retry_jitter: bool,
+    /// How often the worker reports itself to the backend; zero turns heartbeats off.
+    pub heartbeat_interval: Duration,
+    /// Run the scheduler of the worker's schedules alongside its loop.
+    pub run_scheduler: bool,
 }
 
 impl Default for WorkerOptions {
@@ -58,6 +62,8 @@ impl Default for WorkerOptions {
             unknown_job_patience: Duration::from_secs(3600),
             clock_skew_warning: Duration::from_secs(1),
             retry_jitter: true,
+            heartbeat_interval: Duration::from_secs(5),
+            run_scheduler: true,
         }
     }
 }

@@ -43,6 +43,8 @@ pub(super) struct Runner {
     running: Mutex<HashMap<String, RunningJob>>,
     /// Whether the driver answers touch (set false on `Unsupported`).
     touch_supported: AtomicBool,
+    /// The heartbeat's counts and the observer, told of each attempt's start and end.
+    pub(super) watch: super::heartbeat::Watch,
 }
 
 /// What the run loop knows of a running job.
@@ -148,6 +150,7 @@ impl Runner {
             gave_up: AtomicBool::new(false),
             running: Mutex::default(),
             touch_supported: AtomicBool::new(true),
+            watch: super::heartbeat::Watch::default(),
         }
     }
 
@@ -206,6 +209,7 @@ impl Runner {
     }
 
     pub(super) fn emit(&self, event: &WorkerEvent) {
+        self.watch.finished(event);
         if let Some(f) = &self.on_event {
             f(event);
         }
@@ -359,8 +363,10 @@ impl Runner {
                                 );
                                 self.hand_back(surplus).await;
                             }
+                            let started_at = self.queue.now();
                             for reserved in jobs {
                                 claimed += 1;
+                                self.watch.started(&reserved.record, started_at);
                                 let runner = Arc::clone(&self);
                                 let stop = hard_stop.clone();
                                 let slot =
