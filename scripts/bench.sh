@@ -6,6 +6,11 @@
 #   scripts/bench.sh                 ROUNDS=3 N=50000 BACKLOG=1000000 PORT=6390
 #   env: PEERS=../shared/peers  SKIP_PEERS=1  SKIP_APALIS=1  DRIVERS="redis memory sqlite postgres"
 #        APALIS_TARGET=dir  (keep the apalis harness' build between runs; default: the temp folder)
+#        SKIP_SCHEDULE=1  SCHEDULE_SECS=30
+#
+# orcs runs drain-batch (the N jobs as one batch's children) next to drain in every round, and
+# schedule-latency (10 schedules every second for SCHEDULE_SECS: slot to job start) in the
+# first round only, since it takes its time in full whatever the machine.
 #
 # Everything it starts (redis-server) it stops by pid; peers are installed and built in a
 # temporary folder; each command is bounded with `timeout`. Results land in target/bench/.
@@ -88,10 +93,12 @@ for round in $(seq "$ROUNDS"); do
       sqlite) args=(--driver database --url "sqlite://$work/bench-$round.db") ;;
       postgres) args=(--driver database --url "$PG_URL") ;;
     esac
-    phases=single,single-unique,bulk,drain,drain-limited,latency
+    phases=single,single-unique,bulk,drain,drain-batch,drain-limited,latency
     [ "$driver" = redis ] && phases=$phases,backlog
+    [ "$round" = 1 ] && [ -z "${SKIP_SCHEDULE:-}" ] && phases=$phases,schedule-latency
     cli flushdb >/dev/null
     timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \
+      --schedule-secs "${SCHEDULE_SECS:-30}" \
       >>"$out/orcs-$driver.jsonl" || echo "# bench: orcs on $driver failed" >&2
   done
   memory_line orcs "$orcs" --driver redis --url "$redis_url" bench --n "$N" --phases fill >>"$out/orcs-redis-memory.jsonl"

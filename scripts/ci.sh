@@ -13,6 +13,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== the orcs crate pulls in no command-line dependency"
 scripts/check-facade-deps.sh
+echo "== chromium and chromedriver (the dashboard's browser test)"
+{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 echo "== tests"
 scripts/test.sh
 echo "== conformance against Docker containers (Redis, PostgreSQL)"

@@ -5,7 +5,10 @@
 //! of 1,000, (c) drain N queued jobs at concurrency 64, (d) latency from dispatch to handler start
 //! at a steady 1,000 jobs/s, and (e) drain 50,000 jobs with a large backlog queued behind them.
 //! Two more measure what flow control costs: (a) with a unique key per job, and (c) under a
-//! global concurrency limit equal to the worker's slots.
+//! global concurrency limit equal to the worker's slots. Two measure workflows (issue #12): (c)
+//! with the N jobs as the children of one batch, and the delay from a schedule's slot to its job's
+//! start (opt-in: it runs for `--schedule-secs`, 30 s by default; see
+//! [`Phase::ScheduleLatency`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -45,6 +48,14 @@ pub(crate) enum Phase {
     SingleUnique,
     /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs.
     DrainLimited,
+    /// (c) with the N jobs dispatched as the children of one batch with a `then` callback: what
+    /// counting each child in its batch costs a drain.
+    DrainBatch,
+    /// Slot to job start of schedules firing every second: `--schedules` (10) due at the same
+    /// second for `--schedule-secs` (30 s: 300 slots; cron has second resolution, so more slots
+    /// per second means more schedules per tick, which one scheduler fires one after another).
+    /// Not in the default phases.
+    ScheduleLatency,
 }
 
 /// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"xxx..."}`,
@@ -118,7 +129,7 @@ fn epoch_ms() -> f64 {
 /// The benchmark's worker; it counts completed jobs (after the driver recorded them, as the
 /// peers count their `completed` events) and wakes the phase at its target.
 fn worker(queue: &Queue, sleep: Duration) -> Worker {
-    Worker::new(queue.clone(), Registry::new().register::<BenchJob>())
+    Worker::new(queue.clone(), Registry::new().register::<BenchJob>().register::<SlotJob>())
         .queues([QUEUE])
         .concurrency(CONCURRENCY)
         .sleep(sleep)
@@ -197,6 +208,13 @@ async fn phase_bulk(queue: &Queue, n: u64) -> anyhow::Result<f64> {
 async fn phase_drain(queue: &Queue, n: u64, backlog: u64) -> anyhow::Result<f64> {
     queue.clear(QUEUE).await?;
     bulk_enqueue(queue, backlog).await?;
+    let secs = timed_drain(queue, n).await?;
+    queue.clear(QUEUE).await?;
+    Ok(secs)
+}
+
+/// Runs the benchmark worker until `n` jobs completed; times from its start to the n-th.
+async fn timed_drain(queue: &Queue, n: u64) -> anyhow::Result<f64> {
     RECORDER.reset(n, false);
     let finished = RECORDER.finished.notified();
     let mut finished = std::pin::pin!(finished);
@@ -213,8 +231,123 @@ async fn phase_drain(queue: &Queue, n: u64, backlog: u64) -> anyhow::Result<f64>
             RECORDER.done.load(Ordering::SeqCst)
         );
     }
-    queue.clear(QUEUE).await?;
     Ok(secs)
+}
+
+/// Dispatches `n` jobs as one batch with a `then` callback and drains the children; answers the
+/// seconds of the dispatch and of the drain. The batch must count every child, and dispatch
+/// `then` once they are all done.
+async fn phase_drain_batch(queue: &Queue, n: u64) -> anyhow::Result<(f64, f64)> {
+    queue.clear(QUEUE).await?;
+    let started = Instant::now();
+    let mut batch = queue.batch();
+    for i in 0..n {
+        batch = batch.add(BenchJob::new(i));
+    }
+    let id = batch.then(BenchJob::new(n)).dispatch().await.context("batch dispatch")?;
+    let dispatch_secs = started.elapsed().as_secs_f64();
+    check_pending(queue, n, "drain-batch").await?;
+    let secs = timed_drain(queue, n).await?;
+    let info = queue.batch_info(&id).await?.context("the batch is gone after its drain")?;
+    let then = info.then.as_ref().map(|then| then.state);
+    if (info.total, info.processed, info.pending) != (n, n, 0)
+        || then != Some(orcs_core::CallbackState::Dispatched)
+    {
+        bail!(
+            "drain-batch: the batch counted total {}, processed {}, pending {}, then {then:?} \
+             after {n} children completed",
+            info.total,
+            info.processed,
+            info.pending
+        );
+    }
+    queue.clear(QUEUE).await?;
+    Ok((dispatch_secs, secs))
+}
+
+/// The job of the schedule-latency phase: it records how long after its slot it started (the
+/// slot is the time of its id, a ULID; see [`orcs_core::slot_job_id`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SlotJob {
+    s: u32,
+}
+
+impl Job for SlotJob {
+    const NAME: &'static str = "slot";
+    const QUEUE: &'static str = QUEUE;
+    const MAX_RETRIES: u32 = 0;
+
+    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let slot = ulid_ms(ctx.id()).ok_or_else(|| JobError::fatal("the id is not a ULID"))?;
+        let late = epoch_ms() - slot as f64;
+        SLOTS.lock().expect("slots lock").push((self.s, slot, late));
+        Ok(())
+    }
+}
+
+/// (schedule, slot, ms from slot to start) of every slot job that ran.
+static SLOTS: Mutex<Vec<(u32, i64, f64)>> = Mutex::new(Vec::new());
+
+/// The time part of a ULID (its first ten Crockford base-32 characters), in milliseconds.
+fn ulid_ms(id: &str) -> Option<i64> {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    id.as_bytes().get(..10)?.iter().try_fold(0_i64, |ms, c| {
+        let digit = ALPHABET.iter().position(|a| a == c)?;
+        Some(ms * 32 + i64::try_from(digit).ok()?)
+    })
+}
+
+/// Runs `count` schedules every second for `secs` on the benchmark worker and measures from each
+/// slot to its job's start. Every slot must run once.
+async fn phase_schedule_latency(queue: &Queue, count: u32, secs: u64) -> anyhow::Result<Value> {
+    queue.clear(QUEUE).await?;
+    let names: Vec<String> = (0..count).map(|i| format!("bench-slot-{i}")).collect();
+    // A schedule left by an earlier run would fire its missed slots; start afresh.
+    for name in &names {
+        queue.forget_schedule(name).await?;
+    }
+    let schedules = (0..count)
+        .map(|s| orcs_core::Schedule::new(&names[s as usize], "* * * * * *", SlotJob { s }))
+        .collect::<orcs_core::Result<Vec<_>>>()?;
+    SLOTS.lock().expect("slots lock").clear();
+    RECORDER.reset(u64::MAX, false);
+    let handle = worker(queue, Duration::from_secs(1)).schedules(schedules).spawn();
+    tokio::time::sleep(Duration::from_secs(secs) + Duration::from_millis(500)).await;
+    handle.shutdown().await?;
+    for name in &names {
+        queue.forget_schedule(name).await?;
+    }
+    queue.clear(QUEUE).await?;
+    let slots = std::mem::take(&mut *SLOTS.lock().expect("slots lock"));
+    if slots.is_empty() {
+        bail!("schedule-latency: no slot job ran in {secs} s");
+    }
+    // Each slot once, and no gap between a schedule's first and last slot.
+    let mut seen = std::collections::HashSet::new();
+    let mut range: std::collections::HashMap<u32, (i64, i64)> = std::collections::HashMap::new();
+    for (s, slot, _) in &slots {
+        if !seen.insert((*s, *slot)) {
+            bail!("schedule-latency: slot {slot} of schedule {s} ran twice");
+        }
+        let entry = range.entry(*s).or_insert((*slot, *slot));
+        *entry = (entry.0.min(*slot), entry.1.max(*slot));
+    }
+    let expected: i64 = range.values().map(|(first, last)| (last - first) / 1000 + 1).sum();
+    let missing = expected - slots.len() as i64;
+    if missing != 0 {
+        bail!("schedule-latency: {missing} slots between the first and the last did not run");
+    }
+    let mut late: Vec<f64> = slots.iter().map(|(_, _, late)| *late).collect();
+    late.sort_by(f64::total_cmp);
+    Ok(json!({
+        "schedule_schedules": count,
+        "schedule_secs": secs,
+        "schedule_slots": late.len(),
+        "schedule_p50_ms": r3(percentile(&late, 50.0)),
+        "schedule_p90_ms": r3(percentile(&late, 90.0)),
+        "schedule_p99_ms": r3(percentile(&late, 99.0)),
+        "schedule_max_ms": r3(late[late.len() - 1]),
+    }))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -288,6 +421,7 @@ pub(crate) async fn run(
     n: u64,
     backlog: u64,
     phases: &[Phase],
+    schedules: (u32, u64),
 ) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("impl".into(), json!("orcs"));
@@ -325,6 +459,17 @@ pub(crate) async fn run(
             Phase::Drain => {
                 phase_drain(queue, n, n).await.map(|s| secs_and_rate(&mut out, "drain", n, s))
             }
+            Phase::DrainBatch => phase_drain_batch(queue, n).await.map(|(dispatch, drain)| {
+                secs_and_rate(&mut out, "enqueue_batch", n, dispatch);
+                secs_and_rate(&mut out, "drain_batch", n, drain);
+            }),
+            Phase::ScheduleLatency => {
+                phase_schedule_latency(queue, schedules.0, schedules.1).await.map(|fields| {
+                    if let Value::Object(fields) = fields {
+                        out.extend(fields);
+                    }
+                })
+            }
             Phase::Latency => phase_latency(queue).await.map(|fields| {
                 if let Value::Object(fields) = fields {
                     out.extend(fields);
@@ -352,6 +497,8 @@ pub(crate) async fn run(
             Phase::Fill => "fill",
             Phase::SingleUnique => "enqueue_single_unique",
             Phase::DrainLimited => "drain_limited",
+            Phase::DrainBatch => "drain_batch",
+            Phase::ScheduleLatency => "schedule",
         };
         match result {
             Ok(()) => eprintln!("[orcs] {name}: done"),
@@ -360,6 +507,14 @@ pub(crate) async fn run(
                 out.insert(format!("{name}_error"), json!(format!("{e:#}")));
             }
         }
+    }
+    // The acceptance figure of issue #12: a batch's children drain at >= 70 % of a plain drain.
+    if let (Some(plain), Some(batch)) = (
+        out.get("drain_jps").and_then(Value::as_f64),
+        out.get("drain_batch_jps").and_then(Value::as_f64),
+    ) && plain > 0.0
+    {
+        out.insert("drain_batch_vs_drain".into(), json!(r3(batch / plain)));
     }
     if phases.contains(&Phase::Fill) {
         return Value::Object(out);

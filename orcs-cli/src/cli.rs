@@ -79,6 +79,38 @@ pub(crate) enum Command {
     /// Runs the benchmark workload (SPEC section 7) on the configured driver and prints one JSON line.
     /// It clears the `bench` queue before and after each phase: point it at a throwaway backend
     Bench(BenchArgs),
+    /// Serves the web dashboard: queues, jobs, failed jobs with retry, schedules and batches
+    Dashboard(crate::dashboard::DashboardArgs),
+    /// Lists a page of a queue's pending, delayed, running or failed jobs
+    #[command(name = "queue:list")]
+    List(crate::inspect::ListArgs),
+    /// Shows one job: state, payload, attempts, times, error history, progress, worker
+    #[command(name = "queue:show")]
+    Show(crate::inspect::ShowArgs),
+    /// Deletes jobs that are not running: pending and delayed ones, failed ones
+    #[command(name = "queue:delete")]
+    Delete(crate::inspect::DeleteArgs),
+    /// Lists the live workers (by their heartbeats)
+    #[command(name = "queue:workers")]
+    Workers(crate::inspect::WorkersArgs),
+    /// Deletes failed jobs by age and count (see failed_retention and failed_keep)
+    #[command(name = "queue:prune")]
+    Prune(crate::inspect::PruneArgs),
+    /// Shows a batch: its children's counters and each callback's state
+    #[command(name = "queue:batch")]
+    Batch(crate::batch::ShowArgs),
+    /// Cancels a batch: waiting children are removed, running ones stopped, `then` skipped
+    #[command(name = "queue:cancel-batch")]
+    CancelBatch(crate::batch::CancelArgs),
+    /// Lists the schedules (config [[schedule]] tables and the backend's): next and last run
+    #[command(name = "schedule:list")]
+    ScheduleList(crate::schedule::ListArgs),
+    /// Dispatches a schedule's job now, without changing its slots
+    #[command(name = "schedule:run")]
+    ScheduleRun(crate::schedule::RunArgs),
+    /// Removes a schedule's stored definition and cursor
+    #[command(name = "schedule:forget")]
+    ScheduleForget(crate::schedule::ForgetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +124,12 @@ pub(crate) struct BenchArgs {
     /// Phases to run, in order
     #[arg(long, value_delimiter = ',', default_value = "single,bulk,drain,latency")]
     pub(crate) phases: Vec<crate::bench::Phase>,
+    /// How long the schedule-latency phase runs, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub(crate) schedule_secs: u64,
+    /// Schedules of the schedule-latency phase, each due every second
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) schedules: u32,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +168,18 @@ pub(crate) struct WorkArgs {
     /// Print one JSON object per job (one per line) instead of text
     #[arg(long)]
     pub(crate) json: bool,
+    /// Do not fire the config file's schedules ([[schedule]]) from this worker; other workers
+    /// (or a dedicated one) fire them
+    #[arg(long)]
+    pub(crate) no_scheduler: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the worker runs, e.g.
+    /// 127.0.0.1:9100
+    #[arg(long, value_name = "ADDR", value_parser = crate::upkeep::parse_addr, conflicts_with = "once")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// How often the worker reports itself for `queue:workers`, in seconds; it is listed until
+    /// three reports are missed; 0 turns reporting off [default: 5]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub(crate) heartbeat_interval: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +239,8 @@ pub(crate) struct DispatchArgs {
     /// Print the dispatched ids as JSON, with `jobs`: one {id, duplicate} object per job
     #[arg(long)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) batch: crate::batch::BatchFlags,
 }
 
 #[derive(Debug, Args)]

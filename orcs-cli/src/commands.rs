@@ -183,6 +183,17 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
                 }
                 crate::demo::run(&ctx.config, ctx.driver_flag).await
             }
+            Command::Dashboard(args) => crate::dashboard::run(&ctx, args).await,
+            Command::List(args) => crate::inspect::list(&ctx, args).await,
+            Command::Show(args) => crate::inspect::show(&ctx, args).await,
+            Command::Delete(args) => crate::inspect::delete(&ctx, args).await,
+            Command::Workers(args) => crate::inspect::workers(&ctx, args).await,
+            Command::Prune(args) => crate::inspect::prune(&ctx, args).await,
+            Command::Batch(args) => crate::batch::show(&ctx, args).await,
+            Command::CancelBatch(args) => crate::batch::cancel(&ctx, args).await,
+            Command::ScheduleList(args) => crate::schedule::list(&ctx, args).await,
+            Command::ScheduleRun(args) => crate::schedule::run(&ctx, args).await,
+            Command::ScheduleForget(args) => crate::schedule::forget(&ctx, args).await,
             Command::Bench(args) => {
                 let queue = ctx.queue().await?;
                 let line = crate::bench::run(
@@ -191,6 +202,7 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
                     args.n,
                     args.backlog,
                     &args.phases,
+                    (args.schedules, args.schedule_secs),
                 )
                 .await;
                 say!("{line}");
@@ -316,7 +328,7 @@ async fn clear(ctx: &Ctx<'_>, args: ClearArgs) -> Result<()> {
 }
 
 /// The text of `--data`: inline JSON, `@FILE`, or `-` for stdin.
-fn read_data(data: &str) -> Result<String> {
+pub(crate) fn read_data(data: &str) -> Result<String> {
     if data == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -402,6 +414,9 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
         options = options.unique(key.clone(), args.unique_until.unwrap_or(UniqueUntil::Finished));
     }
 
+    if args.batch.batch {
+        return crate::batch::dispatch(ctx, &args, payload, defaults, &options).await;
+    }
     let queue = ctx.queue().await?;
     // Only --json prints every id; otherwise keep the first and last, so a large --count stays small.
     let mut jobs = Vec::new();
@@ -478,7 +493,12 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
 /// A dispatch error re-described for the command line: the library's payload-limit error names
 /// the Rust setter (`Queue::with_max_payload_bytes`), while here the limit comes from the
 /// environment or the config file, so name those instead.
-fn in_cli_terms(error: Error, job: &str, bytes: usize, config: &Config) -> anyhow::Error {
+pub(crate) fn in_cli_terms(
+    error: Error,
+    job: &str,
+    bytes: usize,
+    config: &Config,
+) -> anyhow::Error {
     match error {
         Error::Invalid { what: "payload", .. } => {
             let file = config.file.as_deref().map_or_else(
@@ -734,7 +754,7 @@ async fn cancel(ctx: &Ctx<'_>, args: CancelArgs) -> Result<()> {
 }
 
 /// An `Unsupported` error of a driver that lacks the feature, said in the command line's terms.
-fn unsupported(error: Error, what: &str) -> anyhow::Error {
+pub(crate) fn unsupported(error: Error, what: &str) -> anyhow::Error {
     match error {
         Error::Unsupported { .. } => {
             let message = error.to_string();

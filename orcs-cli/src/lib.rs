@@ -6,7 +6,9 @@
 //! ([`examples`]); an application builds its own worker binary the same way with its own jobs and
 //! gets every command (`queue:work`, `queue:stats`, `queue:clear`, `queue:dispatch`,
 //! `queue:failed`, `queue:retry`, `queue:forget`, `queue:flush`, `queue:pause`, `queue:resume`,
-//! `queue:limit`, `queue:cancel`, `demo`) unchanged.
+//! `queue:limit`, `queue:cancel`, `queue:batch`, `queue:cancel-batch`, `schedule:list`,
+//! `schedule:run`, `schedule:forget`, `queue:list`, `queue:show`, `queue:delete`,
+//! `queue:workers`, `queue:prune`, `dashboard`, `demo`) unchanged.
 //!
 //! # Your own worker binary
 //!
@@ -73,6 +75,8 @@
 //! driver = "redis"            # memory (default), redis or database
 //! default = "default"         # the queue of jobs that name none
 //! max_payload_bytes = 524288  # the largest payload a dispatch accepts (default 512 KiB)
+//! failed_retention = "7d"     # failed jobs older than this are pruned (QUEUE_FAILED_RETENTION)
+//! failed_keep = 10000         # and only the newest this many are kept (QUEUE_FAILED_KEEP)
 //!
 //! [redis]
 //! url = "redis://127.0.0.1:6379"  # rediss://... for TLS, with the `tls` feature
@@ -88,6 +92,14 @@
 //! concurrency = 8
 //! timeout = 60                # seconds, for jobs without their own TIMEOUT
 //! shutdown_timeout = 10       # seconds running jobs get after SIGINT or SIGTERM
+//!
+//! [[schedule]]                # any number; every `queue:work` fires them (--no-scheduler: not)
+//! name = "nightly-report"
+//! cron = "0 30 2 * * *"       # with seconds: sec min hour day-of-month month day-of-week
+//! job = "GenerateReportJob"   # a registered job type; its queue, priority and retries apply
+//! data = { report = "daily" }
+//! timezone = "Europe/Berlin"  # default UTC
+//! missed = "once"             # slots missed while no worker ran: skip (default), once, all:N
 //! ```
 //!
 //! `REDIS_PREFIX` (default `orcs`) separates several applications on one Redis; it has no
@@ -99,13 +111,18 @@
 //! usage or configuration error. Errors are printed to stderr as `error: ...`, naming what was
 //! wrong and what to do.
 
+mod batch;
 mod bench;
 mod cli;
 mod commands;
+mod dashboard;
 mod demo;
 pub mod examples;
+mod inspect;
 mod output;
+mod schedule;
 mod track;
+mod upkeep;
 mod work;
 
 use std::collections::HashMap;
@@ -314,11 +331,11 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if usage { 2 } else { 1 }
 }
 
-/// Logs to stderr at `RUST_LOG` (default `warn`). An application that installed its own
-/// subscriber keeps it.
+/// Logs to stderr at `RUST_LOG` (default `warn`, and `info` for the dashboard's audit log: one
+/// line per action). An application that installed its own subscriber keeps it.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,orcs_dashboard::audit=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -124,6 +124,7 @@ pub(crate) fn stats_table(stats: &[QueueStats]) -> String {
                 s.processed.to_string(),
                 s.failed_total.to_string(),
                 s.cancelled.to_string(),
+                latency(s.latency_ms),
                 limits(&s.limits),
             ]
         })
@@ -139,11 +140,17 @@ pub(crate) fn stats_table(stats: &[QueueStats]) -> String {
             "processed",
             "failed_total",
             "cancelled",
+            "latency",
             "limits",
         ],
         &rows,
-        &[false, false, true, true, true, true, true, true, true, false],
+        &[false, false, true, true, true, true, true, true, true, true, false],
     )
+}
+
+/// How long the oldest due job has waited (`1.20s`), or `-` when none is due.
+fn latency(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), |ms| duration(Duration::from_millis(ms)))
 }
 
 /// `concurrency 4, rate 10/60s`, or `none`.

@@ -30,6 +30,9 @@ pub(crate) async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
         None => config.worker.concurrency,
     };
     let shutdown_timeout = args.shutdown_timeout.unwrap_or(config.worker.shutdown_timeout);
+    // A bad [[schedule]] (an unregistered job, data that does not fit) stops the worker at once.
+    let schedules = crate::schedule::declared(ctx)?;
+    let schedule_names: Vec<String> = schedules.iter().map(|s| s.name().to_owned()).collect();
     if config.driver == DriverKind::Memory {
         eprintln!(
             "warning: the memory driver keeps jobs inside this process: this worker cannot see jobs \
@@ -39,7 +42,12 @@ pub(crate) async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
     // A long-running worker waits out a backend outage at start; `--once` reports it at once.
     let queue = if args.once { Some(ctx.queue().await?) } else { connect_worker(ctx).await? };
     let Some(queue) = queue else { return Ok(()) };
-    let mut worker = Worker::new(queue, ctx.app.registry.clone())
+    // Bound before the worker starts, so that a taken port stops it at once.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(crate::upkeep::bind_metrics(addr).await?),
+        None => None,
+    };
+    let mut worker = Worker::new(queue.clone(), ctx.app.registry.clone())
         .queues(queues.clone())
         .concurrency(concurrency)
         .sleep(args.sleep.unwrap_or(config.worker.sleep))
@@ -51,6 +59,14 @@ pub(crate) async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
     }
     if let Some(max) = args.max_time {
         worker = worker.max_time(max);
+    }
+    worker = worker.schedules(schedules).run_scheduler(!args.no_scheduler);
+    if let Some(interval) = args.heartbeat_interval {
+        worker = worker.heartbeat_interval(interval);
+    }
+    let metrics = metrics_listener.map(|listener| (listener, orcs::metrics::Metrics::new()));
+    if let Some((_, recorder)) = &metrics {
+        worker = worker.observer(recorder.observer());
     }
     let lines = Arc::new(JobLines {
         json: args.json,
@@ -68,6 +84,19 @@ pub(crate) async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
         if args.once { ", one job" } else { "" },
         backend_location(config)
     ));
+    if let Some((listener, _)) = &metrics
+        && let Ok(addr) = listener.local_addr()
+    {
+        status.line(&format!("orcs worker: metrics at http://{addr}/metrics"));
+    }
+    if !schedule_names.is_empty() && !args.once {
+        let names = schedule_names.join(", ");
+        status.line(&if args.no_scheduler {
+            format!("orcs worker: scheduler off (--no-scheduler); other workers fire {names}")
+        } else {
+            format!("orcs worker: scheduler on for {names}")
+        });
+    }
     if !args.quiet {
         let lines = Arc::clone(&lines);
         worker = worker.on_event(move |event| lines.finished(event));
@@ -125,6 +154,8 @@ pub(crate) async fn work(ctx: &Ctx<'_>, args: WorkArgs) -> Result<()> {
             .line("orcs worker: stopping now: the running jobs are asked to stop and handed back");
         let _ = force_tx.send(());
     });
+    // The metrics endpoint and the failed-job retention, until the worker stops.
+    let _upkeep = crate::upkeep::Upkeep::start(&queue, config, metrics);
     let result = worker
         .run_until_forced(
             async {

@@ -17,6 +17,10 @@ use orcs_core::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, Error, Result, WorkerOptions, validate_queue_name,
 };
 
+mod schedules;
+
+pub use schedules::ScheduleConfig;
+
 /// The config file read when none is named and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/queue.toml";
 
@@ -37,6 +41,12 @@ pub const SHUTDOWN_TIMEOUT_VAR: &str = "QUEUE_WORKER_SHUTDOWN_TIMEOUT";
 
 /// The variable that sets the database driver's jobs table.
 pub const DATABASE_TABLE_VAR: &str = "QUEUE_DATABASE_TABLE";
+
+/// The variable that sets how long failed jobs are kept ([`Config::failed_retention`]).
+pub const FAILED_RETENTION_VAR: &str = "QUEUE_FAILED_RETENTION";
+
+/// The variable that sets how many failed jobs are kept at most ([`Config::failed_keep`]).
+pub const FAILED_KEEP_VAR: &str = "QUEUE_FAILED_KEEP";
 
 /// Which backend stores the jobs (`QUEUE_DRIVER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -221,6 +231,14 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Worker settings.
     pub worker: WorkerConfig,
+    /// Failed jobs older than this are deleted by `queue:work` (every minute) and `queue:prune`
+    /// (`QUEUE_FAILED_RETENTION`, `failed_retention`, e.g. `7d`; default: kept for ever).
+    pub failed_retention: Option<Duration>,
+    /// At most this many failed jobs are kept, the newest (`QUEUE_FAILED_KEEP`, `failed_keep`;
+    /// default: no limit).
+    pub failed_keep: Option<u64>,
+    /// The schedules every worker declares (`[[schedule]]` tables; see [`ScheduleConfig`]).
+    pub schedules: Vec<ScheduleConfig>,
     /// The config file that was read, if any.
     pub file: Option<PathBuf>,
     /// Where the settings the drivers name in their errors came from.
@@ -247,6 +265,9 @@ impl Default for Config {
                 timeout: Duration::from_secs(60),
                 shutdown_timeout: Duration::from_secs(10),
             },
+            failed_retention: None,
+            failed_keep: None,
+            schedules: Vec::new(),
             file: None,
             origins: Vec::new(),
         }
@@ -263,6 +284,19 @@ struct FileConfig {
     redis: Option<FileRedis>,
     database: Option<FileDatabase>,
     worker: Option<FileWorker>,
+    failed_retention: Option<FileAge>,
+    failed_keep: Option<u64>,
+    /// `[[schedule]]`.
+    #[serde(default)]
+    schedule: Vec<schedules::FileSchedule>,
+}
+
+/// An age in the config file: seconds, or text with a unit (`7d`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileAge {
+    Seconds(f64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -394,6 +428,18 @@ impl Config {
             self.database_failed_table =
                 database.failed_table.or(self.database_failed_table.take());
         }
+        if let Some(age) = file.failed_retention {
+            let age = match age {
+                FileAge::Seconds(secs) => parse_age(&secs.to_string()),
+                FileAge::Text(text) => parse_age(&text),
+            };
+            self.failed_retention =
+                Some(age.map_err(|m| Error::config(key("failed_retention"), m))?);
+        }
+        if let Some(keep) = file.failed_keep {
+            self.failed_keep = Some(keep);
+        }
+        self.schedules = schedules::from_file(file.schedule, shown)?;
         if let Some(worker) = file.worker {
             if let Some(queues) = worker.queues {
                 for queue in &queues {
@@ -477,6 +523,22 @@ impl Config {
         }
         if let Some(v) = var(DATABASE_TABLE_VAR) {
             self.database_table = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var(FAILED_RETENTION_VAR) {
+            self.failed_retention =
+                Some(parse_age(&v).map_err(|m| Error::config(FAILED_RETENTION_VAR, m))?);
+        }
+        if let Some(v) = var(FAILED_KEEP_VAR) {
+            let keep = v.trim().parse::<u64>().map_err(|_| {
+                Error::config(
+                    FAILED_KEEP_VAR,
+                    format!(
+                        "{v:?} is not a whole number; use e.g. 10000, or leave it empty to keep \
+                         every failed job"
+                    ),
+                )
+            })?;
+            self.failed_keep = Some(keep);
         }
         if let Some(v) = var(SHUTDOWN_TIMEOUT_VAR) {
             self.worker.shutdown_timeout =
@@ -663,6 +725,20 @@ impl Config {
         }
     }
 
+    /// The pruning that the retention settings ask for at `now`: failed jobs of every queue
+    /// older than [`Config::failed_retention`] and beyond the newest [`Config::failed_keep`];
+    /// `None` when neither is set.
+    pub fn failed_prune(&self, now: orcs_core::Millis) -> Option<orcs_core::Prune> {
+        if self.failed_retention.is_none() && self.failed_keep.is_none() {
+            return None;
+        }
+        let mut prune = orcs_core::Prune::new();
+        prune.failed_before =
+            self.failed_retention.map(|age| now.saturating_sub(orcs_core::millis(age)));
+        prune.keep = self.failed_keep;
+        Some(prune)
+    }
+
     /// A worker's options from this configuration: the queues ([`Config::worker_queues`]),
     /// sleep, job limit, concurrency, default timeout and shutdown grace; the rest keep
     /// [`WorkerOptions`]' defaults. Give them to [`orcs_core::Worker::options`].
@@ -720,6 +796,34 @@ pub fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds; use e.g. 3 or 0.5"))?;
     seconds(value)
+}
+
+/// An age such as `7d`, `12h`, `30m`, `90s` or `2w`; a plain number is seconds. Above 0.
+///
+/// # Errors
+/// Says what was wrong and gives examples.
+pub fn parse_age(text: &str) -> std::result::Result<Duration, String> {
+    const FORM: &str = "use a number with a unit, s, m, h, d or w (e.g. 90s, 30m, 12h, 7d), or a \
+                        number of seconds";
+    let trimmed = text.trim();
+    let (number, unit) = match trimmed.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => trimmed.split_at(at),
+        None => (trimmed, "s"),
+    };
+    let scale: f64 = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        "w" => 604_800.0,
+        other => return Err(format!("{text:?} has the unknown unit {other:?}; {FORM}")),
+    };
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("{text:?} is not an age; {FORM}"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("{text:?} is not above 0; {FORM}"));
+    }
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{text:?} is too long; {FORM}"))
 }
 
 /// A shutdown grace: 0 (hand running jobs back at once) to an hour.
@@ -1023,5 +1127,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `slep`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_a_unit_or_seconds() {
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_age(" 7d "), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("1.5h"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_age("2w"), Ok(Duration::from_secs(1_209_600)));
+        assert!(parse_age("7y").unwrap_err().contains("unknown unit \"y\""));
+        assert!(parse_age("0d").unwrap_err().contains("not above 0"));
+        assert!(parse_age("soon").unwrap_err().contains("e.g. 90s"));
+    }
+
+    #[test]
+    fn retention_comes_from_the_file_and_the_environment() {
+        let file = "failed_retention = \"7d\"\nfailed_keep = 1000\n";
+        let config =
+            Config::from_sources(Some((Path::new("queue.toml"), file)), |_| None).expect("config");
+        assert_eq!(config.failed_retention, Some(Duration::from_secs(604_800)));
+        assert_eq!(config.failed_keep, Some(1000));
+        let prune = config.failed_prune(1_000_000_000).expect("a prune");
+        assert_eq!(
+            (prune.failed_before, prune.keep),
+            (Some(1_000_000_000 - 604_800_000), Some(1000))
+        );
+
+        let seconds = "failed_retention = 3600\n";
+        let config = Config::from_sources(Some((Path::new("queue.toml"), seconds)), |_| None)
+            .expect("config");
+        assert_eq!(config.failed_retention, Some(Duration::from_secs(3_600)));
+
+        let env = |key: &str| match key {
+            FAILED_RETENTION_VAR => Some("12h".to_owned()),
+            FAILED_KEEP_VAR => Some("many".to_owned()),
+            _ => None,
+        };
+        let error = Config::from_sources(None, env).expect_err("a bad count").to_string();
+        assert!(error.contains(FAILED_KEEP_VAR) && error.contains("whole number"), "{error}");
+        let error =
+            Config::from_sources(Some((Path::new("q.toml"), "failed_retention = \"x\"")), |_| None)
+                .expect_err("a bad age")
+                .to_string();
+        assert!(error.contains("q.toml: failed_retention"), "{error}");
+        assert!(Config::default().failed_prune(0).is_none(), "no retention, no pruning");
     }
 }

@@ -14,6 +14,8 @@
 mod connect;
 
 pub mod config;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod outbox;
 

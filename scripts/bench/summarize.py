@@ -16,9 +16,13 @@ METRICS = [
     ("enqueue_bulk_jps", "(b) enqueue, batches of 1000 (jobs/s)"),
     ("drain_jps", "(c) drain N queued, concurrency 64 (jobs/s)"),
     ("drain_limited_jps", "(c') drain N, global concurrency limit 64 (jobs/s)"),
+    ("drain_batch_jps", "(c'') drain N as the children of one batch (jobs/s)"),
+    ("drain_batch_vs_drain", "(c'') batch drain / plain drain (>= 0.70)"),
     ("drain_backlog_jps", "(e) drain 50,000 with 1,000,000 queued (jobs/s)"),
     ("latency_p50_ms", "(d) latency p50 at 1000 jobs/s (ms)"),
     ("latency_p99_ms", "(d) latency p99 at 1000 jobs/s (ms)"),
+    ("schedule_p50_ms", "schedule slot to job start p50, 10 every second (ms)"),
+    ("schedule_p99_ms", "schedule slot to job start p99, 10 every second (<= 50 ms)"),
     ("bytes_per_job", "Redis memory per queued job (bytes)"),
 ]
 

@@ -38,6 +38,8 @@ pub(crate) const QUEUE_VARS: &[&str] = &[
     "DATABASE_URL",
     "QUEUE_DATABASE_TABLE",
     "QUEUE_WORKER_SHUTDOWN_TIMEOUT",
+    "QUEUE_FAILED_RETENTION",
+    "QUEUE_FAILED_KEEP",
     "NO_COLOR",
     "RUST_LOG",
 ];
