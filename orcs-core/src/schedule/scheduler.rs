@@ -142,6 +142,9 @@ impl Scheduler {
             let stored: HashMap<String, ScheduleRecord> =
                 driver.schedules().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
             let mut again = Vec::new();
+            // The fires of one tick go out together: schedules due at the same second must not
+            // wait for each other's round trips (each is one transaction on PostgreSQL).
+            let mut fires = Vec::new();
             for own in pending {
                 let Some(record) = stored.get(own.name()) else {
                     let record = self.register_one(own).await?;
@@ -160,15 +163,21 @@ impl Scheduler {
                     .iter()
                     .map(|slot| schedule.slot_job(*slot, &record.queue, now))
                     .collect();
-                let count = jobs.len();
                 let mut fire = Fire::new(own.name(), record.cursor, cursor, jobs);
                 fire.last_run = due.fire.last().copied();
                 fire.next_run = schedule.next_after(cursor);
-                match driver.fire_schedule(&fire, now).await {
+                fires.push((own, fire, due.more, now));
+            }
+            let results = futures_util::future::join_all(
+                fires.iter().map(|(_, fire, _, now)| driver.fire_schedule(fire, *now)),
+            )
+            .await;
+            for ((own, fire, more, _), result) in fires.into_iter().zip(results) {
+                match result {
                     Ok(true) => {
                         tick.fires += 1;
-                        tick.jobs += count;
-                        if due.more {
+                        tick.jobs += fire.jobs.len();
+                        if more {
                             again.push(own);
                         } else {
                             tick.next(fire.next_run);
