@@ -21,8 +21,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Encodes `job` (as layout 3 does: a keyed job's record carries its key) and decodes it again;
-/// the job's fields must survive.
+/// Encodes `job` (as layout 3 does: a keyed job's record carries its key; a job of a batch or
+/// with metadata is a v4 record) and decodes it again; the job's fields must survive.
 ///
 /// # Panics
 /// When they do not.
@@ -38,7 +38,9 @@ pub fn round_trip(job: &NewJob) {
             stored.timeout_ms,
             stored.dispatched_at,
             stored.available_at,
-            stored.unique.as_ref()
+            stored.unique.as_ref(),
+            stored.batch.as_ref(),
+            stored.meta.as_ref()
         ),
         (
             job.name.as_str(),
@@ -49,7 +51,9 @@ pub fn round_trip(job: &NewJob) {
             job.timeout_ms,
             job.dispatched_at,
             job.available_at,
-            job.unique.as_ref()
+            job.unique.as_ref(),
+            job.batch.as_ref(),
+            job.meta.as_ref()
         )
     );
 }

@@ -1,6 +1,6 @@
 //! The key layout (documented in the README) and the record encoding.
 
-use orcs_core::{JobRecord, Millis, NewJob, Unique, UniqueUntil};
+use orcs_core::{JobRecord, Millis, NewJob, ScheduleRecord, Unique, UniqueUntil};
 
 /// Every key of one queue. All share the hash tag `{prefix:queue}`, so they live in one cluster
 /// slot and a script may touch them together.
@@ -60,6 +60,113 @@ impl QueueKeys {
     }
 }
 
+/// Where a batch or schedule lives: the keys of the workflow state that a job's terminal step
+/// updates with it. On a single server they are the prefix's own (`{P}:batches`, ...), shared by
+/// every queue, so a batch may span queues; on a cluster they are the queue's (`{P:Q}:batches`,
+/// ...), in the slot of the jobs they count (see "Batches and schedules" in the README).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HomeKeys {
+    /// Hash: per batch, its record, counters and state (fields `<letter><batch id>`).
+    pub(crate) batches: String,
+    /// Sorted set (all scores 0, ordered by member): one member per unfinished child,
+    /// `<len>:<batch id><len>:<queue><job id>` (lengths in bytes), so the members of one batch
+    /// share a prefix no other batch's have and its children are one `ZRANGEBYLEX` away.
+    pub(crate) children: String,
+    /// Hash: schedule name -> its record ([`encode_schedule`]).
+    pub(crate) schedules: String,
+}
+
+impl HomeKeys {
+    /// The workflow keys under hash tag `tag` (`{P}` or `{P:Q}`, braces included).
+    pub(crate) fn new(tag: &str) -> Self {
+        Self {
+            batches: format!("{tag}:batches"),
+            children: format!("{tag}:batch_children"),
+            schedules: format!("{tag}:schedules"),
+        }
+    }
+}
+
+/// The hash tag of a prefix's own keys, `{P}`.
+pub(crate) fn prefix_tag(prefix: &str) -> String {
+    format!("{{{prefix}}}")
+}
+
+/// The hash tag of a queue's keys, `{P:Q}`.
+pub(crate) fn queue_tag(prefix: &str, queue: &str) -> String {
+    format!("{{{prefix}:{queue}}}")
+}
+
+/// On a cluster, the hash that tells each schedule's queue (and so the slot of its record):
+/// name -> queue, hash-tagged on the prefix.
+pub(crate) fn schedule_index(prefix: &str) -> String {
+    format!("{{{prefix}}}:schedule_queues")
+}
+
+/// Strings packed as `<byte length>:<bytes>` each: binary-safe, and read back in Lua by
+/// `fields` (scripts.rs) without a JSON library.
+pub(crate) fn pack<S: AsRef<str>>(parts: &[S]) -> String {
+    let mut out = String::new();
+    for part in parts {
+        let part = part.as_ref();
+        out.push_str(&part.len().to_string());
+        out.push(':');
+        out.push_str(part);
+    }
+    out
+}
+
+/// Reads [`pack`]'s output; `None` for anything else.
+pub(crate) fn unpack(mut text: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    while !text.is_empty() {
+        let (len, rest) = text.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        if len > rest.len() || !rest.is_char_boundary(len) {
+            return None;
+        }
+        let (part, rest) = rest.split_at(len);
+        out.push(part);
+        text = rest;
+    }
+    Some(out)
+}
+
+/// A schedule's record in [`HomeKeys::schedules`]: packed `s1`, cursor, last run, next run
+/// (each `''` when absent), updated at, queue, definition. The fire script compares the cursor
+/// as it is written here (decimal), and rewrites the first four fields only.
+pub(crate) fn encode_schedule(record: &ScheduleRecord) -> String {
+    let opt = |v: Option<Millis>| v.map(|v| v.to_string()).unwrap_or_default();
+    pack(&[
+        "s1".to_owned(),
+        record.cursor.to_string(),
+        opt(record.last_run),
+        opt(record.next_run),
+        record.updated_at.to_string(),
+        record.queue.clone(),
+        record.definition.clone(),
+    ])
+}
+
+/// Reads [`encode_schedule`]'s output for schedule `name`; the error says what is wrong.
+pub(crate) fn decode_schedule(name: &str, text: &str) -> Result<ScheduleRecord, String> {
+    let bad = || format!("unreadable schedule record of {name:?} (written by a newer orcs?)");
+    let parts = unpack(text).ok_or_else(bad)?;
+    let [tag, cursor, last, next, updated, queue, definition] = parts[..] else {
+        return Err(bad());
+    };
+    if tag != "s1" {
+        return Err(bad());
+    }
+    let millis = |v: &str| v.parse::<Millis>().map_err(|_| bad());
+    let opt = |v: &str| if v.is_empty() { Ok(None) } else { millis(v).map(Some) };
+    let mut record = ScheduleRecord::new(name, queue, definition, millis(cursor)?);
+    record.last_run = opt(last)?;
+    record.next_run = opt(next)?;
+    record.updated_at = millis(updated)?;
+    Ok(record)
+}
+
 /// The set of queue names, hash-tagged on the prefix alone.
 pub(crate) fn registry(prefix: &str) -> String {
     format!("{{{prefix}}}:queues")
@@ -85,17 +192,56 @@ pub(crate) const COMPAT_LAYOUT: u32 = 2;
 /// `v2|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|name_len|<name><payload>`;
 /// a keyed job under layout 3 as
 /// `v3|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|mode|period|key_len|name_len|<key><name><payload>`
-/// (mode and period as in [`encode_unique`]).
+/// (mode and period as in [`encode_unique`]); a job of a batch or with workflow metadata, under
+/// any layout, as
+/// `v4|priority|timeout|max_retries|retry_delay_ms|dispatched_at|available_at|mode|period|key_len|batch_len|meta_len|name_len|<key><batch><meta><name><payload>`
+/// (mode `-`, period 0 and key length 0 without a key; an empty batch or meta length for none;
+/// a batch length marked `+` for a child pushed with its batch, see [`encode_child`]). A job with
+/// neither batch nor meta is written exactly as before they existed.
 ///
-/// The scripts read the priority and timeout (to re-queue by priority and to set the lease) and
-/// a v3 record's mode and key (to free the key); the payload goes last, unescaped, so encoding
-/// is a copy.
+/// The scripts read the priority and timeout (to re-queue by priority and to set the lease), a
+/// v3 or v4 record's mode and key (to free the key) and a v4 record's batch (to count the job's
+/// end in it); the payload goes last, unescaped, so encoding is a copy.
 pub(crate) fn encode(job: &NewJob, layout: u32) -> String {
+    encode_as(job, layout, false)
+}
+
+/// Encodes a child of a batch as [`Driver::push_batch`](orcs_core::Driver::push_batch) stores
+/// it: its batch length marked `+`, which is what the scripts count: a record that names a
+/// batch without the mark (a job pushed on its own with a batch id, or a child that left its
+/// batch) ends without touching the batch.
+pub(crate) fn encode_child(job: &NewJob, layout: u32) -> String {
+    encode_as(job, layout, true)
+}
+
+fn encode_as(job: &NewJob, layout: u32, child: bool) -> String {
     let timeout = job.timeout_ms.map(|t| t.to_string()).unwrap_or_default();
     let head = format!(
         "{}|{timeout}|{}|{}|{}|{}",
         job.priority, job.max_retries, job.retry_delay_ms, job.dispatched_at, job.available_at
     );
+    if is_v4(job) {
+        let (mode, ms, key) = match &job.unique {
+            Some(unique) => {
+                let (mode, ms) = unique_mode(unique);
+                (mode, ms, unique.key.as_str())
+            }
+            None => ('-', 0, ""),
+        };
+        let len = |v: &Option<String>| v.as_ref().map(|v| v.len().to_string()).unwrap_or_default();
+        let mark = if child && job.batch.is_some() { "+" } else { "" };
+        return format!(
+            "v4|{head}|{mode}|{ms}|{}|{mark}{}|{}|{}|{key}{}{}{}{}",
+            key.len(),
+            len(&job.batch),
+            len(&job.meta),
+            job.name.len(),
+            job.batch.as_deref().unwrap_or(""),
+            job.meta.as_deref().unwrap_or(""),
+            job.name,
+            job.payload
+        );
+    }
     match &job.unique {
         Some(unique) if layout >= 3 => {
             let (mode, ms) = unique_mode(unique);
@@ -110,6 +256,12 @@ pub(crate) fn encode(job: &NewJob, layout: u32) -> String {
         }
         _ => format!("v2|{head}|{}|{}{}", job.name.len(), job.name, job.payload),
     }
+}
+
+/// True for a job written as a `v4` record (see [`encode`]): it has a batch or metadata. Such a
+/// record carries its unique key under every layout.
+pub(crate) fn is_v4(job: &NewJob) -> bool {
+    job.batch.is_some() || job.meta.is_some()
 }
 
 /// A unique key's mode letter and period (0 unless a Period key).
@@ -159,8 +311,12 @@ pub(crate) struct Stored {
     pub(crate) dispatched_at: Millis,
     /// When the job was first due (layout 1 records did not keep it: their dispatch time).
     pub(crate) available_at: Millis,
-    /// The unique key, as a v3 record carries it (layout 2 keeps it in `unique_of` instead).
+    /// The unique key, as a v3 or v4 record carries it (layout 2 keeps it in `unique_of`).
     pub(crate) unique: Option<Unique>,
+    /// The batch (v4 records).
+    pub(crate) batch: Option<String>,
+    /// The workflow metadata (v4 records).
+    pub(crate) meta: Option<String>,
 }
 
 impl Stored {
@@ -183,6 +339,8 @@ impl Stored {
         job.timeout_ms = self.timeout_ms;
         job.available_at = self.available_at;
         job.unique = self.unique;
+        job.batch = self.batch;
+        job.meta = self.meta;
         job
     }
 }
@@ -195,6 +353,8 @@ enum Tag {
     V2,
     /// A keyed job's record under layout 3: the key follows the due time.
     V3,
+    /// A job of a batch or with metadata: key, batch and meta lengths follow the due time.
+    V4,
 }
 
 /// Decodes [`encode`]'s output; the error says what is wrong, for the failed set.
@@ -203,17 +363,24 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         .map_err(|e| format!("unreadable job record: not UTF-8 ({e})"))?;
     let bad = |what: &str| format!("unreadable job record: {what}");
     let (text, tag) = match text.strip_prefix('v') {
-        Some(rest) => match (rest.strip_prefix("2|"), rest.strip_prefix("3|")) {
-            (Some(rest), _) => (rest, Tag::V2),
-            (_, Some(rest)) => (rest, Tag::V3),
-            _ => return Err(bad("an unknown record version (written by a newer orcs?)")),
-        },
+        Some(rest) => {
+            if let Some(rest) = rest.strip_prefix("2|") {
+                (rest, Tag::V2)
+            } else if let Some(rest) = rest.strip_prefix("3|") {
+                (rest, Tag::V3)
+            } else if let Some(rest) = rest.strip_prefix("4|") {
+                (rest, Tag::V4)
+            } else {
+                return Err(bad("an unknown record version (written by a newer orcs?)"));
+            }
+        }
         None => (text, Tag::Untagged),
     };
     let parts = match tag {
         Tag::Untagged => 7,
         Tag::V2 => 8,
         Tag::V3 => 11,
+        Tag::V4 => 13,
     };
     let mut fields = text.splitn(parts, '|');
     let mut next = |what: &str| fields.next().ok_or_else(|| bad(&format!("no {what} field")));
@@ -232,13 +399,36 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     } else {
         next("available_at")?.parse().map_err(|_| bad("bad available_at"))?
     };
-    let key = if tag == Tag::V3 {
-        let (mode, ms) = (next("unique mode")?, next("unique period")?);
-        let until = until_of(mode, ms).ok_or_else(|| bad("bad unique mode or period"))?;
-        let len: usize = next("key length")?.parse().map_err(|_| bad("bad key length"))?;
-        Some((until, len))
+    let key = match tag {
+        Tag::V3 | Tag::V4 => {
+            let (mode, ms) = (next("unique mode")?, next("unique period")?);
+            let len: usize = next("key length")?.parse().map_err(|_| bad("bad key length"))?;
+            if tag == Tag::V4 && mode == "-" {
+                if len != 0 {
+                    return Err(bad("a key length without a key"));
+                }
+                None
+            } else {
+                let until = until_of(mode, ms).ok_or_else(|| bad("bad unique mode or period"))?;
+                Some((until, len))
+            }
+        }
+        _ => None,
+    };
+    // An absent batch or meta has an empty length; a present one, even empty, has digits (a
+    // batch's child's marked `+`).
+    let mut optional_len = |what: &str| -> Result<Option<usize>, String> {
+        let field = next(what)?;
+        let field = field.strip_prefix('+').unwrap_or(field);
+        if field.is_empty() {
+            return Ok(None);
+        }
+        field.parse().map(Some).map_err(|_| bad(&format!("bad {what}")))
+    };
+    let (batch_len, meta_len) = if tag == Tag::V4 {
+        (optional_len("batch length")?, optional_len("meta length")?)
     } else {
-        None
+        (None, None)
     };
     let name_len: usize = next("name length")?.parse().map_err(|_| bad("bad name length"))?;
     let mut rest = next("name")?;
@@ -254,6 +444,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         Some((until, len)) => Some(Unique::new(cut(len, "unique key")?, until)),
         None => None,
     };
+    let batch = batch_len.map(|len| cut(len, "batch").map(str::to_owned)).transpose()?;
+    let meta = meta_len.map(|len| cut(len, "meta").map(str::to_owned)).transpose()?;
     let name = cut(name_len, "name")?;
     Ok(Stored {
         name: name.to_owned(),
@@ -265,6 +457,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         dispatched_at,
         available_at,
         unique,
+        batch,
+        meta,
     })
 }
 
@@ -331,6 +525,66 @@ mod tests {
         assert!(decode(b"v3|0||0|0|1|2|q|5|1|4|kMailhi").expect_err("bad").contains("unique mode"));
         assert!(decode(b"v3|0||0|0|1|2|f|0|9|4|kMailhi").expect_err("bad").contains("key is cut"));
         assert!(decode(b"v3|0||0|0|1|2|f|0|1|9|kMail").expect_err("bad").contains("name is cut"));
+    }
+
+    #[test]
+    fn workflow_records_are_v4_and_plain_ones_stay_as_they_were() {
+        // Neither batch nor meta: byte for byte the record of a build before workflows.
+        let plain = job("Mail", "hi", Some(5));
+        assert_eq!(
+            encode(&plain, LAYOUT_VERSION),
+            "v2|-7|5|3|60000|1700000000123|1700000000456|4|Mailhi"
+        );
+        let mut keyed = plain;
+        keyed.unique = Some(Unique::new("k", UniqueUntil::Finished));
+        assert_eq!(
+            encode(&keyed, LAYOUT_VERSION),
+            "v3|-7|5|3|60000|1700000000123|1700000000456|f|0|1|4|kMailhi"
+        );
+        for (batch, meta, unique) in [
+            (Some("01JBATCH"), None, None),
+            (None, Some(r#"{"steps":[1,"|"]}"#), None),
+            (Some(""), Some(""), Some(Unique::new("k|ey", UniqueUntil::Period(9)))),
+            (Some("b"), Some("m"), Some(Unique::new("", UniqueUntil::Started))),
+        ] {
+            let mut workflow = job("A|B", "ünï|code", None);
+            workflow.batch = batch.map(str::to_owned);
+            workflow.meta = meta.map(str::to_owned);
+            workflow.unique = unique.clone();
+            for layout in [COMPAT_LAYOUT, LAYOUT_VERSION] {
+                let encoded = encode(&workflow, layout);
+                assert!(encoded.starts_with("v4|-7||3|60000|"), "{encoded}");
+                let stored = decode(encoded.as_bytes()).expect("decodes");
+                assert_eq!(stored.batch.as_deref(), batch);
+                assert_eq!(stored.meta.as_deref(), meta);
+                assert_eq!(stored.unique, unique, "a v4 record carries its key on every layout");
+                assert_eq!((stored.name.as_str(), stored.payload.as_str()), ("A|B", "ünï|code"));
+                let back = stored.into_job("id".to_owned(), "q");
+                assert_eq!((back.batch.as_deref(), back.meta.as_deref()), (batch, meta));
+            }
+        }
+        let record = "v4|0||0|0|1|2|-|0|0|2||4|b1Mailhi";
+        let stored = decode(record.as_bytes()).expect("decodes");
+        assert_eq!((stored.batch.as_deref(), stored.meta, stored.unique), (Some("b1"), None, None));
+        assert!(decode(b"v4|0||0|0|1|2|-|0|3|2||4|b1Mailhi").expect_err("bad").contains("key"));
+        assert!(decode(b"v4|0||0|0|1|2|-|0|0|9||4|b1Mail").expect_err("bad").contains("batch"));
+        assert!(decode(b"v4|0||0|0|1|2|-|0|0|x||4|b1Mail").expect_err("bad").contains("batch"));
+    }
+
+    #[test]
+    fn packed_fields_and_schedule_records_round_trip() {
+        let parts = ["", "a:b", "ünï", "12:34"];
+        assert_eq!(unpack(&pack(&parts)), Some(parts.to_vec()));
+        assert_eq!(pack(&["ab", ""]), "2:ab0:");
+        assert_eq!(unpack("3:ab"), None);
+        assert_eq!(unpack("x:ab"), None);
+        let mut record = ScheduleRecord::new("nightly|1", "mail", r#"{"cron":"0 0 * * *"}"#, 10);
+        record.last_run = Some(-5);
+        record.updated_at = 12;
+        let encoded = encode_schedule(&record);
+        assert!(encoded.starts_with("2:s12:10"), "{encoded}");
+        assert_eq!(decode_schedule("nightly|1", &encoded), Ok(record));
+        assert!(decode_schedule("x", "2:s21:1").is_err());
     }
 
     #[test]

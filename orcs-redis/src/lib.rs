@@ -9,6 +9,7 @@ mod keys;
 mod reply;
 mod scripts;
 mod wait;
+mod workflow;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orcs_core::{
-    Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery,
-    JobInfo, JobState, Lease, ListRequest, MAX_PAGE, Millis, NewJob, PushOutcome, QueueLimits,
-    QueueStats, RateLimit, Reserved, Result, Settle, Touch, async_trait,
+    Admin, BatchInfo, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob,
+    FailedQuery, Fire, JobInfo, JobState, Lease, ListRequest, MAX_PAGE, Millis, NewBatch, NewJob,
+    PushOutcome, QueueLimits, QueueStats, RateLimit, Reserved, Result, ScheduleRecord, Settle,
+    Touch, async_trait,
 };
 use redis::cluster_routing::Slot;
 use redis::{FromRedisValue, Value};
@@ -30,8 +32,9 @@ use crate::keys::{
     COMPAT_LAYOUT, LAYOUT_VERSION, QueueKeys, decode, decode_unique, registry, version_key,
 };
 use crate::reply::{count, int, protocol, text};
-use crate::scripts::{DELETE_LIMIT, Forget, RECOVER_LIMIT, SettleItem};
+use crate::scripts::{Context, DELETE_LIMIT, Forget, RECOVER_LIMIT, SettleItem};
 use crate::wait::Waiter;
+use crate::workflow::Reply;
 /// The `redis` crate this driver is built on, for a `redis::Client` of the same version
 /// ([`RedisConfig::from_client`]).
 pub use redis;
@@ -61,6 +64,10 @@ struct Inner {
     /// The storage layout the prefix is marked with, which decides how records are written:
     /// [`LAYOUT_VERSION`], or [`COMPAT_LAYOUT`] until the prefix is upgraded.
     layout: AtomicU32,
+    /// Queues this process saw batch children in (claimed, or asked for by a script): their
+    /// settles come with the workflow context at once, instead of after a round trip that asks
+    /// for it. Plain queues never enter it, so their settles stay as they were.
+    batched: Mutex<HashSet<String>>,
 }
 
 impl RedisDriver {
@@ -84,6 +91,7 @@ impl RedisDriver {
                 waiters: Mutex::new(Vec::new()),
                 registered: Mutex::new(HashSet::new()),
                 layout: AtomicU32::new(LAYOUT_VERSION),
+                batched: Mutex::new(HashSet::new()),
             }),
         };
         let _: String = driver.query(&redis::cmd("PING")).await?;
@@ -294,7 +302,7 @@ impl RedisDriver {
             let lease = Lease::new(
                 id.clone(),
                 queue,
-                int(token).ok_or_else(|| protocol("claim", "a token"))?.to_string(),
+                text(token).ok_or_else(|| protocol("claim", "a token"))?,
                 int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?,
             );
             let attempt = int(attempt).and_then(|a| u32::try_from(a).ok()).unwrap_or(u32::MAX);
@@ -304,6 +312,9 @@ impl RedisDriver {
             };
             match decoded {
                 Ok(stored) => {
+                    if stored.batch.is_some() {
+                        self.mark_batched(queue);
+                    }
                     let record = stored.into_record(id, queue, attempt, text(error));
                     claim.jobs.push(Reserved::new(record, lease));
                 }
@@ -313,7 +324,9 @@ impl RedisDriver {
         Ok(())
     }
 
-    /// Settles items of one queue (at most [`SETTLE_CHUNK`]) in one script call.
+    /// Settles items of one queue (at most [`SETTLE_CHUNK`]) in one script call; again for the
+    /// items left when a batch child's end asked for queues the call was not given (see
+    /// [`workflow`]), with those queues.
     async fn settle_queue(
         &self,
         queue: &str,
@@ -322,6 +335,92 @@ impl RedisDriver {
         now: Millis,
         results: &mut [Option<Result<()>>],
     ) {
+        let mut left = members;
+        // A queue whose jobs count in batches gets the workflow context (its own group first).
+        let mut context: Option<Vec<String>> =
+            self.is_batched(queue).then(|| vec![queue.to_owned()]);
+        while !left.is_empty() {
+            match self.settle_call(queue, batch, left, context.as_deref(), now).await {
+                Ok(reply) => {
+                    let out = match reply.ints("settle") {
+                        Ok(out) if out.len() <= left.len() => out,
+                        Ok(out) => {
+                            let message =
+                                format!("{} results for {} settles", out.len(), left.len());
+                            for &i in left {
+                                results[i] = Some(Err(protocol("settle", &message)));
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            for &i in left {
+                                results[i] = Some(Err(e.for_batch_item(DRIVER)));
+                            }
+                            return;
+                        }
+                    };
+                    let mut fresh: Vec<&str> = reply.fresh.iter().map(String::as_str).collect();
+                    for (&i, applied) in left.iter().zip(&out) {
+                        if *applied == 2 {
+                            fresh.extend(batch[i].effects.enqueue.iter().map(|j| j.queue.as_str()));
+                        }
+                        results[i] = Some(if *applied >= 1 {
+                            Ok(())
+                        } else {
+                            Err(Error::LeaseLost { id: batch[i].lease.id.clone() })
+                        });
+                    }
+                    fresh.sort_unstable();
+                    fresh.dedup();
+                    // The settles are done: a registry that cannot be told now learns of the
+                    // queues at this process's next push to them.
+                    if let Err(e) = self.relist(&fresh).await {
+                        tracing::warn!(queues = ?fresh, error = %e, "could not list the queues a settle's effects created again");
+                    }
+                    left = &left[out.len()..];
+                    if reply.need.is_empty() {
+                        if !left.is_empty() {
+                            for &i in left {
+                                results[i] =
+                                    Some(Err(protocol("settle", "a result for every item")));
+                            }
+                        }
+                        return;
+                    }
+                    self.mark_batched(queue);
+                    let created = context.is_none();
+                    let groups = context.get_or_insert_with(|| vec![queue.to_owned()]);
+                    let widened = match self.widen(Some(queue), groups, &reply.need) {
+                        Ok(added) if added || created => Ok(()),
+                        Ok(_) => Err(workflow::endless("settle")),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = widened {
+                        // That item cannot be settled in one step here; nothing of it changed.
+                        results[left[0]] = Some(Err(e));
+                        left = &left[1..];
+                    }
+                }
+                Err(e) => {
+                    for &i in left {
+                        results[i] = Some(Err(e.for_batch_item(DRIVER)));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One settle script call for items `members` of `queue`, in workflow context `context`
+    /// (queue names, the settled queue's first) if any.
+    async fn settle_call(
+        &self,
+        queue: &str,
+        batch: &[Settle],
+        members: &[usize],
+        context: Option<&[String]>,
+        now: Millis,
+    ) -> Result<Reply> {
         let mut groups: Vec<String> = Vec::new();
         let mut items = Vec::with_capacity(members.len());
         for &i in members {
@@ -346,41 +445,19 @@ impl RedisDriver {
             });
         }
         let group_keys: Vec<QueueKeys> = groups.iter().map(|q| self.keys(q)).collect();
-        let call =
-            scripts::settle(&self.keys(queue), &group_keys, &items, now, self.storage_layout());
-        match self.invoke::<Vec<i64>>(&call).await {
-            Ok(applied) if applied.len() == members.len() => {
-                let mut fresh: Vec<&str> = Vec::new();
-                for (&i, applied) in members.iter().zip(applied) {
-                    if applied == 2 {
-                        fresh.extend(batch[i].effects.enqueue.iter().map(|j| j.queue.as_str()));
-                    }
-                    results[i] = Some(if applied >= 1 {
-                        Ok(())
-                    } else {
-                        Err(Error::LeaseLost { id: batch[i].lease.id.clone() })
-                    });
-                }
-                fresh.sort_unstable();
-                fresh.dedup();
-                // The settles are done: a registry that cannot be told now learns of the
-                // queues at this process's next push to them.
-                if let Err(e) = self.relist(&fresh).await {
-                    tracing::warn!(queues = ?fresh, error = %e, "could not list the queues a settle's effects created again");
-                }
-            }
-            Ok(applied) => {
-                let message = format!("{} results for {} settles", applied.len(), members.len());
-                for &i in members {
-                    results[i] = Some(Err(protocol("settle", &message)));
-                }
-            }
-            Err(e) => {
-                for &i in members {
-                    results[i] = Some(Err(e.for_batch_item(DRIVER)));
-                }
-            }
-        }
+        let home = self.home(Some(queue));
+        let context_groups: Vec<(String, QueueKeys)> =
+            context.unwrap_or_default().iter().map(|q| (q.clone(), self.keys(q))).collect();
+        let context = context.map(|_| Context { home: &home, groups: &context_groups });
+        let call = scripts::settle(
+            &self.keys(queue),
+            context.as_ref(),
+            &group_keys,
+            &items,
+            now,
+            self.storage_layout(),
+        );
+        Reply::parse("settle", self.invoke::<Value>(&call).await?)
     }
 
     /// Runs a per-queue failed-set script on every queue until one applies it: a failed job's
@@ -695,11 +772,19 @@ impl Driver for RedisDriver {
     async fn recover(&self, queues: &[String], now: Millis) -> Result<u64> {
         let mut total = 0;
         for queue in queues {
-            let call = scripts::recover(&self.keys(queue), now);
+            let keys = self.keys(queue);
+            let mut groups = vec![queue.clone()];
             loop {
-                let step: u64 = self.invoke(&call).await?;
+                let reply = self
+                    .in_context(Some(queue), &groups, |context| {
+                        scripts::recover(&keys, context, now)
+                    })
+                    .await?;
+                let step = u64::try_from(reply.int("recover")?).unwrap_or(0);
                 total += step;
-                if step < RECOVER_LIMIT as u64 {
+                if !reply.need.is_empty() {
+                    self.must_widen(Some(queue), &mut groups, &reply.need, "recover")?;
+                } else if step < RECOVER_LIMIT as u64 {
                     break;
                 }
             }
@@ -714,6 +799,14 @@ impl Driver for RedisDriver {
     async fn server_time(&self) -> Result<Option<Millis>> {
         let (secs, micros): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
         Ok(Some(secs.saturating_mul(1000).saturating_add(micros / 1000)))
+    }
+
+    async fn push_batch(&self, batch: NewBatch, children: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        self.push_batch_impl(batch, children).await
+    }
+
+    async fn fire_schedule(&self, fire: &Fire, _now: Millis) -> Result<bool> {
+        self.fire_schedule_impl(fire).await
     }
 }
 
@@ -850,8 +943,22 @@ impl Admin for RedisDriver {
         Ok(out)
     }
 
-    async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
-        self.drain(&scripts::clear(&self.keys(queue))).await
+    async fn clear(&self, queue: &str, now: Millis) -> Result<u64> {
+        let keys = self.keys(queue);
+        let mut groups = vec![queue.to_owned()];
+        let mut total = 0;
+        loop {
+            let reply = self
+                .in_context(Some(queue), &groups, |context| scripts::clear(&keys, context, now))
+                .await?;
+            let step = u64::try_from(reply.int("clear")?).unwrap_or(0);
+            total += step;
+            if !reply.need.is_empty() {
+                self.must_widen(Some(queue), &mut groups, &reply.need, "clear")?;
+            } else if step < DELETE_LIMIT as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn failed(&self, query: &FailedQuery) -> Result<Vec<FailedJob>> {
@@ -941,18 +1048,48 @@ impl Admin for RedisDriver {
         Ok(true)
     }
 
-    async fn cancel(&self, id: &str, _now: Millis) -> Result<CancelOutcome> {
+    async fn cancel(&self, id: &str, now: Millis) -> Result<CancelOutcome> {
         // The id does not tell the queue: ask each queue, as `get` does.
-        for queue in self.registered_queues().await? {
-            let outcome: i64 = self.invoke(&scripts::cancel(&self.keys(&queue), id)).await?;
-            match outcome {
-                1 => return Ok(CancelOutcome::Removed),
-                2 => return Ok(CancelOutcome::Requested),
-                // In this queue's failed set: nothing left to cancel.
-                -1 => break,
-                _ => {}
+        'queues: for queue in self.registered_queues().await? {
+            let keys = self.keys(&queue);
+            let mut groups = vec![queue.clone()];
+            loop {
+                let reply = self
+                    .in_context(Some(&queue), &groups, |context| {
+                        scripts::cancel(&keys, context, id, now)
+                    })
+                    .await?;
+                match reply.int("cancel")? {
+                    1 => return Ok(CancelOutcome::Removed),
+                    2 => return Ok(CancelOutcome::Requested),
+                    // In this queue's failed set: nothing left to cancel.
+                    -1 => break 'queues,
+                    // Its batch needs more queues: again with them.
+                    3 => self.must_widen(Some(&queue), &mut groups, &reply.need, "cancel")?,
+                    _ => continue 'queues,
+                }
             }
         }
         Err(Error::NotFound { id: id.to_owned() })
+    }
+
+    async fn batch(&self, id: &str) -> Result<Option<BatchInfo>> {
+        self.batch_impl(id).await
+    }
+
+    async fn cancel_batch(&self, id: &str, now: Millis) -> Result<BatchInfo> {
+        self.cancel_batch_impl(id, now).await
+    }
+
+    async fn register_schedule(&self, record: &ScheduleRecord) -> Result<ScheduleRecord> {
+        self.register_schedule_impl(record).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        self.schedules_impl().await
+    }
+
+    async fn forget_schedule(&self, name: &str) -> Result<bool> {
+        self.forget_schedule_impl(name).await
     }
 }

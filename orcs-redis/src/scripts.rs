@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use orcs_core::{ClaimRequest, Millis, NewJob, QueueLimits, Touch, Transition};
 use redis::{Script, ScriptInvocation};
 
-use crate::keys::{QueueKeys, encode, encode_unique};
+use crate::keys::{HomeKeys, QueueKeys, encode, encode_child, encode_unique, is_v4};
 
 /// Helpers prepended to every script that needs them.
 const PRELUDE: &str = r"
@@ -27,13 +27,19 @@ local function arm(marker)
   if redis.call('LLEN', marker) == 0 then redis.call('RPUSH', marker, '1') end
 end
 -- The unique key job `id` was dispatched with, as mode and key: a keyed record of layout 3
--- carries it ('v3|', six fields, then mode|period|key_len|name_len|<key>...); a job stored under
+-- carries it ('v3|', six fields, then mode|period|key_len|name_len|<key>...), and so does a v4
+-- record (mode '-' without a key, see keys.rs `encode`); a job stored under
 -- layout 2 has it in `unique_of`, looked up only when `legacy` says that hash exists (so a queue
 -- whose layout-2 jobs are gone pays nothing for them). nil for a job without a key.
 local function key_of(blob, unique_of, id, legacy)
   if blob then
     local mode, len, at = string.match(blob,
       '^v3|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%a)|%d*|(%d+)|%d+|()')
+    if not mode then
+      -- A v4 record (a job of a batch, or with metadata): mode '-' for no key.
+      mode, len, at = string.match(blob,
+        '^v4|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%a)|%d*|(%d+)|%d*|%d*|%d+|()')
+    end
     if mode then return mode, string.sub(blob, at, at + tonumber(len) - 1) end
   end
   if legacy then
@@ -69,20 +75,32 @@ local function fail(stats, failed, failed_at, errors, id, at, err)
   redis.call('HSET', errors, id, err)
   redis.call('HINCRBY', stats, 'failed_total', 1)
 end
+-- A v4 record (keys.rs `encode`) of a batch's counted child: its batch length marked '+'.
+local CHILD = '^v4|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|%d*|(%d+)|%+(%d+)|%d*|%d+|()'
+-- The batch whose child a record is (its batch length marked '+': pushed with the batch and
+-- counted there), or nil (a job of no batch, or one that names a batch it was not pushed with).
+local function batch_of(blob)
+  if not blob then return nil end
+  local klen, blen, at = string.match(blob, CHILD)
+  if not klen then return nil end
+  local from = at + tonumber(klen)
+  return string.sub(blob, from, from + tonumber(blen) - 1)
+end
 -- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
--- unique, unique_expiry, unique_of), from its 9 arguments starting at ARGV[b] (group, id,
--- 'r' or 'd', score, record, unique spec, unique key, Period expiry or '', now). The spec is ''
+-- unique, unique_expiry, unique_of), from its 9 arguments starting at a[b] (group, id,
+-- 'r' or 'd', score, record, unique spec, unique key, Period expiry or '', now); `a` is ARGV, or
+-- a batch callback's fields. The spec is ''
 -- for a job without a key, 'k' when its record carries the key (layout 3), else the layout-2
 -- spec for `unique_of`.
 -- Returns 1 if stored, 0 if its id is in use, or the id of the job holding its unique key.
-local function store(k, b)
-  local id = ARGV[b + 1]
+local function store(k, a, b)
+  local id = a[b + 1]
   -- HSETNX checks the id and stores the record in one command; a key held by another job
   -- takes the record out again.
-  if redis.call('HSETNX', KEYS[k + 3], id, ARGV[b + 4]) == 0 then return 0 end
-  local spec = ARGV[b + 5]
+  if redis.call('HSETNX', KEYS[k + 3], id, a[b + 4]) == 0 then return 0 end
+  local spec = a[b + 5]
   if spec ~= '' then
-    local key, expires, now = ARGV[b + 6], ARGV[b + 7], tonumber(ARGV[b + 8])
+    local key, expires, now = a[b + 6], a[b + 7], tonumber(a[b + 8])
     if expires ~= '' then
       -- Each Period push deletes up to four Period keys whose time is up (only Period pushes
       -- add them), so they do not pile up.
@@ -113,18 +131,18 @@ local function store(k, b)
     if expires ~= '' then redis.call('ZADD', KEYS[k + 6], expires, key) end
     if spec ~= 'k' then redis.call('HSET', KEYS[k + 7], id, spec) end
   end
-  if ARGV[b + 2] == 'r' then
-    redis.call('ZADD', KEYS[k + 1], ARGV[b + 3], id)
+  if a[b + 2] == 'r' then
+    redis.call('ZADD', KEYS[k + 1], a[b + 3], id)
   else
-    redis.call('ZADD', KEYS[k + 2], ARGV[b + 3], id)
+    redis.call('ZADD', KEYS[k + 2], a[b + 3], id)
   end
   return 1
 end
 -- Stores a job as `store` does, then, for the first job stored in its group of this call
 -- (`touched` keeps the groups), sets the queue's `registered` mark in `stats` (KEYS[k + 8]).
 -- Returns what `store` returns, but 2 where it set that mark.
-local function store_marked(k, b, touched)
-  local r = store(k, b)
+local function store_marked(k, a, b, touched)
+  local r = store(k, a, b)
   if r == 1 and not touched[k] then
     touched[k] = true
     if redis.call('HSETNX', KEYS[k + 8], 'registered', 1) == 1 then return 2 end
@@ -132,6 +150,311 @@ local function store_marked(k, b, touched)
   return r
 end
 ";
+
+/// Helpers of the scripts that may end a batch's child, or create, cancel or fire workflow
+/// state; appended to [`PRELUDE`].
+///
+/// Such a script reads its *context* with `context`: the home keys of the batches (B: the
+/// `batches` hash, C: the `batch_children` index) and the queue groups it was given (G: queue
+/// name -> the KEYS offset of its 15 keys, in the order of [`full_group_keys`]). A child's end
+/// that would touch a queue the script was not given (a callback's, or a sibling's when the
+/// first failure cancels the batch) changes nothing: the script adds the queue to NEED and
+/// answers, and the client calls again with it (a script may only touch keys named in KEYS).
+/// FRESH collects the queues whose `registered` mark a dispatched callback set, for the client
+/// to list again. STATES holds each batch's state as the call read and changed it, and DROPS,
+/// per queue `meta`, how many batch children left it; `flush` writes both once per call, so the
+/// children of one batch ending in one settle cost their own record read and index entry each,
+/// and the batch's counters once.
+///
+/// A batch `b` is a set of fields of B: `r<b>` its record (packed: 'b1', created at, then the
+/// packed `then`, `catch` and `finally` callbacks, each '' when absent: queue, then the 8 store
+/// arguments after the group); `k<b>` its state, five characters: then, catch, finally ('-'
+/// absent, 'w' waiting, 'd' dispatched, 's' skipped), allow failures ('1' or '0'), 'o' while
+/// open (a push in several steps not sealed yet) or 's'; `n`, `p`, `d`, `f`, `c` the total,
+/// pending, processed, failed and cancelled counters; `x` when it was cancelled, `e` when it
+/// finished; `q` the packed names of its children's queues. Each unfinished child is a member of
+/// C (`member`), and counted in its queue's `meta` field `batched`, which lets every other job's
+/// end skip all of this with the `HMGET` of `meta` the settle makes anyway.
+const WORKFLOW: &str = r"
+local B, C = nil, nil
+local G, NEED, FRESH, DROPS = {}, {}, {}, {}
+-- Reads ARGV[a] ('-' for no context, else the number of queue groups) and the group names
+-- after it; the context keys (B, C, then the groups) start after KEYS[k]. Returns the ARGV index
+-- after the names and the KEYS index after the context.
+local function context(a, k)
+  if ARGV[a] == '-' then return a + 1, k end
+  local n = tonumber(ARGV[a])
+  B, C = KEYS[k + 1], KEYS[k + 2]
+  for i = 1, n do G[ARGV[a + i]] = k + 2 + (i - 1) * 15 end
+  return a + n + 1, k + 2 + n * 15
+end
+-- True (and the queue added to NEED) when the script was not given `queue`'s keys.
+local function want(queue)
+  if G[queue] then return false end
+  NEED[#NEED + 1] = queue
+  return true
+end
+-- The strings of a packed value ('<len>:<bytes>' each, keys.rs `pack`).
+local function fields(s)
+  local out, at = {}, 1
+  while at <= #s do
+    local colon = string.find(s, ':', at, true)
+    local len = tonumber(string.sub(s, at, colon - 1))
+    out[#out + 1] = string.sub(s, colon + 1, colon + len)
+    at = colon + len + 1
+  end
+  return out
+end
+local function pack(t)
+  local out = {}
+  for i, s in ipairs(t) do out[i] = #s .. ':' .. s end
+  return table.concat(out)
+end
+local UNBATCH = '^(v4|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|%d*|(%d+)|)%+?(%d+)(|%d*|%d+|)()'
+-- The record without its batch (a failed child moved back leaves its batch).
+local function unbatch(blob)
+  local head, klen, blen, tail, at = string.match(blob, UNBATCH)
+  if not blen then return blob end
+  local from = at + tonumber(klen)
+  return head .. tail .. string.sub(blob, at, from - 1) .. string.sub(blob, from + tonumber(blen))
+end
+-- A child's member of C (see HomeKeys::children).
+local function member(bid, queue, id)
+  return #bid .. ':' .. bid .. #queue .. ':' .. queue .. id
+end
+-- A batch's state, read once per call: the children of one batch that end in one call share
+-- it, and `flush` writes the counters once.
+local STATES = {}
+local function batch_state(bid)
+  local st = STATES[bid]
+  if st then return st end
+  local v = redis.call('HMGET', B, 'k' .. bid, 'p' .. bid, 'd' .. bid, 'f' .. bid, 'c' .. bid,
+    'x' .. bid, 'e' .. bid)
+  if not v[1] then return nil end
+  st = {bid = bid, k = v[1], p = tonumber(v[2]) or 0, d = tonumber(v[3]) or 0,
+    f = tonumber(v[4]) or 0, c = tonumber(v[5]) or 0, x = v[6] or nil, e = v[7] or nil}
+  STATES[bid] = st
+  return st
+end
+local function save(st)
+  local b = st.bid
+  redis.call('HSET', B, 'k' .. b, st.k, 'p' .. b, st.p, 'd' .. b, st.d, 'f' .. b, st.f,
+    'c' .. b, st.c)
+  st.dirty = false
+end
+local function setk(st, i, c)
+  st.k = string.sub(st.k, 1, i - 1) .. c .. string.sub(st.k, i + 1)
+end
+local function callbacks(bid)
+  return fields(redis.call('HGET', B, 'r' .. bid) or '')
+end
+local function cb_queue(cb)
+  local n, at = string.match(cb or '', '^(%d+):()')
+  if not n then return nil end
+  return string.sub(cb, at, at + tonumber(n) - 1)
+end
+-- Stores a callback as a push would (an existing id is left as it is) and wakes its queue.
+local function dispatch(cb)
+  local a = fields(cb)
+  local g = G[a[1]]
+  local r = store_marked(g, a, 1, {})
+  if r == 2 then FRESH[#FRESH + 1] = a[1] end
+  if r == 1 or r == 2 then arm(KEYS[g + 4]) end
+end
+-- Counts a child out of its queue's `batched` (written by `flush`).
+local function drop_count(queue)
+  local meta = KEYS[G[queue] + 14]
+  DROPS[meta] = (DROPS[meta] or 0) + 1
+end
+-- Writes what the call changed: the batches' counters and the queues' `batched` counts.
+local function flush()
+  for _, st in pairs(STATES) do
+    if st.dirty then save(st) end
+  end
+  for meta, n in pairs(DROPS) do
+    if redis.call('HINCRBY', meta, 'batched', -n) <= 0 then redis.call('HDEL', meta, 'batched') end
+  end
+  DROPS = {}
+end
+-- The members of C of batch `bid` run from `[prefix` to `[prefix\255`.
+local function members_prefix(bid)
+  return #bid .. ':' .. bid
+end
+-- The finish rule: `then` if every child completed and the batch was not cancelled, `finally`
+-- always; a callback not dispatched is skipped. The batch's children leave C.
+local function finish(st, now)
+  local rec = callbacks(st.bid)
+  local t, c, f = string.sub(st.k, 1, 1), string.sub(st.k, 2, 2), string.sub(st.k, 3, 3)
+  if t == 'w' then
+    if st.f == 0 and st.c == 0 and not st.x then
+      dispatch(rec[3])
+      t = 'd'
+    else
+      t = 's'
+    end
+  end
+  if c == 'w' then c = 's' end
+  if f == 'w' then
+    dispatch(rec[5])
+    f = 'd'
+  end
+  st.k = t .. c .. f .. string.sub(st.k, 4)
+  st.e = now
+  redis.call('HSET', B, 'e' .. st.bid, now)
+  local prefix = members_prefix(st.bid)
+  redis.call('ZREMRANGEBYLEX', C, '[' .. prefix, '[' .. prefix .. '\255')
+end
+-- Deletes waiting job `id` of group `g` (record `rec`) as a cancel does: its Started or Finished
+-- key freed, counted cancelled in its queue.
+local function drop(g, id, rec)
+  local mode, key = key_of(rec, KEYS[g + 7], id, true)
+  free_key(KEYS[g + 5], nil, id, mode, key, 'sf')
+  for _, o in ipairs({3, 7, 10, 11, 12}) do redis.call('HDEL', KEYS[g + o], id) end
+  redis.call('SREM', KEYS[g + 13], id)
+  redis.call('HINCRBY', KEYS[g + 8], 'cancelled', 1)
+end
+-- Cancels every unfinished child of a batch: a waiting one is deleted and counted cancelled,
+-- a running one is asked to stop (its worker's settle counts it). A member whose job ended
+-- (its record gone, in the failed set, or another job's since) is passed over.
+local function cancel_children(st)
+  local prefix = members_prefix(st.bid)
+  local members = redis.call('ZRANGEBYLEX', C, '[' .. prefix, '[' .. prefix .. '\255')
+  for _, m in ipairs(members) do
+    local qlen, at = string.match(m, '^(%d+):()', #prefix + 1)
+    local queue = string.sub(m, at, at + tonumber(qlen) - 1)
+    local id = string.sub(m, at + tonumber(qlen))
+    local g = G[queue]
+    local rec = redis.call('HGET', KEYS[g + 3], id)
+    if rec and batch_of(rec) == st.bid then
+      if redis.call('ZSCORE', KEYS[g + 9], id) then
+        redis.call('SADD', KEYS[g + 13], id)
+      elseif redis.call('ZREM', KEYS[g + 1], id) + redis.call('ZREM', KEYS[g + 2], id) > 0 then
+        drop(g, id, rec)
+        drop_count(queue)
+        st.p = st.p - 1
+        st.c = st.c + 1
+      end
+    end
+  end
+end
+-- The state of batch `bid` (nil: none) whose child `id` of `queue` ends as `how` ('d'
+-- processed, 'f' failed, 'c' cancelled), read before any change: nil if the end counts in no
+-- batch; false if it may touch a queue the script was not given (NEED says which; '' when the
+-- script was given no context at all): the caller must then change nothing.
+local function prepare(bid, queue, id, how)
+  if not bid then return nil end
+  if not B then
+    NEED[#NEED + 1] = queue
+    return false
+  end
+  local st = batch_state(bid)
+  if not st or st.e then return nil end
+  local missing = want(queue)
+  local first = how == 'f' and st.f == 0
+  local cancels = first and string.sub(st.k, 4, 4) ~= '1' and not st.x
+  local ends = string.sub(st.k, 5, 5) ~= 'o' and (st.p <= 1 or cancels)
+  if first or ends then
+    local rec = callbacks(bid)
+    if first and string.sub(st.k, 2, 2) == 'w' then missing = want(cb_queue(rec[4])) or missing end
+    if ends then
+      if string.sub(st.k, 1, 1) == 'w' then missing = want(cb_queue(rec[3])) or missing end
+      if string.sub(st.k, 3, 3) == 'w' then missing = want(cb_queue(rec[5])) or missing end
+    end
+    if cancels then
+      for _, q in ipairs(fields(redis.call('HGET', B, 'q' .. bid) or '')) do
+        missing = want(q) or missing
+      end
+    end
+  end
+  if missing then return false end
+  return st
+end
+-- Counts the end of child `id` of `queue` in batch state `st` (from `prepare`): the first
+-- failure dispatches catch and, unless failures are allowed, cancels the batch; the last child
+-- of a sealed batch finishes it. A child ends once (its token, or its removal, says so), and
+-- its record stops naming the batch when it ends, so it is counted once.
+local function count_end(st, queue, id, how, now)
+  drop_count(queue)
+  st.p = st.p - 1
+  local first = how == 'f' and st.f == 0
+  if how == 'd' then
+    st.d = st.d + 1
+  elseif how == 'f' then
+    st.f = st.f + 1
+  else
+    st.c = st.c + 1
+  end
+  if first then
+    if string.sub(st.k, 2, 2) == 'w' then
+      dispatch(callbacks(st.bid)[4])
+      setk(st, 2, 'd')
+    end
+    if string.sub(st.k, 4, 4) ~= '1' and not st.x then
+      st.x = now
+      redis.call('HSET', B, 'x' .. st.bid, now)
+      cancel_children(st)
+    end
+  end
+  if st.p <= 0 and string.sub(st.k, 5, 5) ~= 'o' then finish(st, now) end
+  st.dirty = true
+end
+";
+
+/// What the settle of a queue without batch children has instead of [`WORKFLOW`], whose many
+/// functions would cost every call microseconds to define: no context, and a batch's child
+/// (which such a queue may have after all: another process pushed one since the client chose)
+/// asks for the context, changing nothing of it, so the client calls the full script.
+const NO_WORKFLOW: &str = r"
+local NEED, FRESH = {}, {}
+local function context(a, k) return a + 1, k end
+local function prepare()
+  NEED[1] = ''
+  return false
+end
+local function count_end() end
+local function flush() end
+";
+
+/// The 15 keys of a queue group in a workflow context, in the order `context` reads them: the
+/// first 8 as `store` takes them, then reserved, attempts, errors, progress, cancel, meta,
+/// tokens.
+fn full_group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
+    group_keys(call, keys);
+    call.key(&keys.reserved)
+        .key(&keys.attempts)
+        .key(&keys.errors)
+        .key(&keys.progress)
+        .key(&keys.cancel)
+        .key(&keys.meta)
+        .key(&keys.tokens);
+}
+
+/// A workflow context: the home keys of the batches, and the queue groups given (names and
+/// keys), as `context` reads them.
+pub(crate) struct Context<'a> {
+    pub(crate) home: &'a HomeKeys,
+    pub(crate) groups: &'a [(String, QueueKeys)],
+}
+
+/// Appends a context's keys and its ARGV part: the number of groups, then their names; for no
+/// context, no key and `-`.
+fn context_args(call: &mut ScriptInvocation<'static>, context: Option<&Context<'_>>) {
+    match context {
+        Some(context) => {
+            call.key(&context.home.batches).key(&context.home.children);
+            for (_, keys) in context.groups {
+                full_group_keys(call, keys);
+            }
+            call.arg(context.groups.len());
+            for (name, _) in context.groups {
+                call.arg(name);
+            }
+        }
+        None => {
+            call.arg("-");
+        }
+    }
+}
 
 /// The keys a job is stored under, in the order `store` reads them, then the queue's `stats`
 /// (whose `registered` field says whether the queue was listed since it was created or
@@ -148,8 +471,14 @@ fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
 }
 
 /// The 9 arguments `store` takes for one job of group `group`, its record written for storage
-/// layout `layout`.
-fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, layout: u32) {
+/// layout `layout` (as a batch's counted child for `child`).
+fn job_args(
+    call: &mut ScriptInvocation<'static>,
+    group: usize,
+    job: &NewJob,
+    layout: u32,
+    child: bool,
+) {
     call.arg(group).arg(&job.id);
     // A job due by its dispatch goes straight to the ready set; a delayed one waits (and a
     // waiter woken by the marker learns its due time from the next claim).
@@ -158,11 +487,12 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, la
     } else {
         call.arg("d").arg(job.available_at);
     }
-    call.arg(encode(job, layout));
+    call.arg(if child { encode_child(job, layout) } else { encode(job, layout) });
     match &job.unique {
         Some(unique) => {
-            // Layout 3 keeps the key in the record; layout 2 in `unique_of`, by this spec.
-            if layout >= 3 {
+            // Layout 3 keeps the key in the record (and so does a v4 record under any
+            // layout); layout 2 in `unique_of`, by this spec.
+            if layout >= 3 || is_v4(job) {
                 call.arg("k");
             } else {
                 call.arg(encode_unique(unique));
@@ -181,6 +511,39 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, la
     }
 }
 
+/// A batch callback as the batch's record keeps it: its queue, then the 8 arguments `store`
+/// takes after the group, as [`job_args`] writes them (the dispatch of a callback is a push).
+pub(crate) fn callback_fields(job: &NewJob, layout: u32) -> Vec<String> {
+    let (place, score) = if job.available_at <= job.dispatched_at {
+        ("r", -i64::from(job.priority))
+    } else {
+        ("d", job.available_at)
+    };
+    let mut fields = vec![
+        job.queue.clone(),
+        job.id.clone(),
+        place.to_owned(),
+        score.to_string(),
+        encode(job, layout),
+    ];
+    match &job.unique {
+        Some(unique) => {
+            fields.push(if layout >= 3 || is_v4(job) {
+                "k".to_owned()
+            } else {
+                encode_unique(unique)
+            });
+            fields.push(unique.key.clone());
+            fields.push(
+                unique.expires_at(job.dispatched_at).map(|at| at.to_string()).unwrap_or_default(),
+            );
+            fields.push(job.dispatched_at.to_string());
+        }
+        None => fields.extend(std::iter::repeat_n(String::new(), 4)),
+    }
+    fields
+}
+
 /// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
 /// KEYS, 8 per queue group g (0-based): ready, delayed, jobs, marker, unique, unique_expiry,
@@ -192,7 +555,7 @@ fn job_args(call: &mut ScriptInvocation<'static>, group: usize, job: &NewJob, la
 const PUSH: &str = r"
 local out, touched = {}, {}
 for b = 1, #ARGV, 9 do
-  out[#out + 1] = store_marked(tonumber(ARGV[b]) * 8, b, touched)
+  out[#out + 1] = store_marked(tonumber(ARGV[b]) * 8, ARGV, b, touched)
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
@@ -205,7 +568,7 @@ pub(crate) fn push(groups: &[(QueueKeys, Vec<&NewJob>)], layout: u32) -> ScriptI
     for (index, (keys, jobs)) in groups.iter().enumerate() {
         group_keys(&mut call, keys);
         for job in jobs {
-            job_args(&mut call, index, job, layout);
+            job_args(&mut call, index, job, layout, false);
         }
     }
     call
@@ -267,6 +630,10 @@ pub(crate) fn unstore(
 /// job, so claiming now could invert priorities. The client calls again; each call promotes
 /// another chunk, so every call stays bounded and the claim happens once all due jobs compete.
 ///
+/// On a queue with batch children (`meta`'s `batched`, read in the same `HMGET`), a child's
+/// token names its batch, `<n>|<batch id>`, so that its settle finds the batch without reading
+/// the record.
+///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at, meta, unique, unique_of, starts. ARGV: now, max, default timeout ms, grace ms,
 /// promotion limit.
@@ -277,8 +644,12 @@ pub(crate) fn unstore(
 /// Each step works on the whole batch in one command (HMGET, HSET and ZADD of many fields), so
 /// the cost of a call grows with the jobs it claims, not with the commands it makes per job.
 const CLAIM: &str = r"
-local meta = redis.call('HMGET', KEYS[12], 'paused', 'concurrency', 'rate_limit', 'rate_period')
+local meta = redis.call('HMGET', KEYS[12], 'paused', 'concurrency', 'rate_limit', 'rate_period',
+  'batched')
 if meta[1] == '1' then return {false, 0} end
+-- A batch's child gets a token that names its batch ('<n>|<batch id>'): its settle reads the
+-- batch from the token it checks anyway, not from the record.
+local batched = meta[5]
 local now = tonumber(ARGV[1])
 local max = math.min(tonumber(ARGV[2]), 1000)
 local concurrency, rate, period = tonumber(meta[2]), tonumber(meta[3]), tonumber(meta[4])
@@ -335,6 +706,10 @@ if #ids > 0 then
     local _, timeout = header(blobs[i])
     local attempt = (tonumber(attempts[i]) or 0) + 1
     local token = last - #ids + i
+    if batched then
+      local bid = batch_of(blobs[i])
+      if bid then token = token .. '|' .. bid end
+    end
     local deadline = math.min(now + (timeout or tonumber(ARGV[3])) + tonumber(ARGV[4]), 9007199254740991)
     attempt_fields[#attempt_fields + 1] = id
     attempt_fields[#attempt_fields + 1] = attempt
@@ -422,26 +797,37 @@ pub(crate) fn claim(
 ///
 /// The per-job extras (unique keys, layout-2 key specs, progress, cancel requests) are looked at
 /// only when the queue has any (one `EXISTS` each per call), and the queue's waiters are woken
-/// when it has a
-/// concurrency limit (a slot freed), so the complete path of a plain queue stays as it was.
+/// when it has a concurrency limit (a slot freed), so the complete path of a plain queue stays
+/// as it was. Batch children are looked for only when the queue's `meta` counts any (its
+/// `batched` field, read with the concurrency limit in one `HMGET`): then each ending job's
+/// record says its batch, and its end is counted there in the same step (see [`WORKFLOW`]).
 ///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at, unique, unique_of, meta, progress, cancel of the settled queue (1-16), then 8 per
-/// effect group g (0-based) as PUSH takes them.
-/// ARGV: now, then per item: id, token, kind ('c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel
-/// 'x'), run_at, error, number of effect jobs, then 9 per effect job as PUSH takes them.
-/// Returns one 1 (applied) or 0 (stale token) per item; 2 (applied) for an item whose effect
-/// set a queue's `registered` mark (as PUSH answers 2). A duplicate effect job is skipped.
+/// failed_at, unique, unique_of, meta, progress, cancel of the settled queue (1-16), then the
+/// workflow context (none, or the batches' home keys and 15 per group, the settled queue's
+/// first), then 8 per effect group g (0-based) as PUSH takes them.
+/// ARGV: now, the context's group count and names, then per item: id, token, kind
+/// ('c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel 'x'), run_at, error, number of effect jobs,
+/// then 9 per effect job as PUSH takes them.
+/// Returns {results, NEED, FRESH}: one 1 (applied) or 0 (stale token) per item; 2 (applied) for
+/// an item whose effect set a queue's `registered` mark (as PUSH answers 2). A duplicate effect
+/// job is skipped. When an item's batch needs queues the call was not given, the results stop
+/// before it (nothing of it changed) and NEED names them ('' for the settled queue's own
+/// context); FRESH names queues a batch callback re-created.
 const SETTLE: &str = r"
 local now = tonumber(ARGV[1])
+local first_item, effect_keys = context(2, 16)
+local own = ARGV[2] ~= '-' and ARGV[3] or ''
 -- `keyed`: some key is held, so a finished job may hold one (its record says which);
 -- `legacy`: jobs stored under layout 2 keep their key's spec in `unique_of`.
 local keyed = redis.call('EXISTS', KEYS[12]) == 1
 local legacy = redis.call('EXISTS', KEYS[13]) == 1
 local extras = redis.call('EXISTS', KEYS[15]) + redis.call('EXISTS', KEYS[16]) > 0
-local limited = redis.call('HEXISTS', KEYS[14], 'concurrency') == 1
+local meta = redis.call('HMGET', KEYS[14], 'concurrency', 'batched')
+local limited, batched = meta[1] ~= false, meta[2] ~= false
+local ends = {c = 'd', x = 'c', f = 'f'}
 local out, touched, settled = {}, {}, false
-local i = 2
+local i = first_item
 while i <= #ARGV do
   local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local run_at, err, effects = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
@@ -450,6 +836,13 @@ while i <= #ARGV do
   if redis.call('HGET', KEYS[6], id) ~= token then
     out[#out + 1] = 0
   else
+    local st = nil
+    -- A batch's child's token names its batch (see CLAIM).
+    local bid = batched and ends[kind] and string.match(token, '^%d+|(.+)$')
+    if bid then
+      st = prepare(bid, own, id, ends[kind])
+      if st == false then break end
+    end
     settled = true
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[6], id)
@@ -481,17 +874,21 @@ while i <= #ARGV do
       end
       arm(KEYS[9])
     end
+    if st then count_end(st, own, id, ends[kind], now) end
     local fresh = false
     for j = first, i - 1, 9 do
-      if store_marked(16 + tonumber(ARGV[j]) * 8, j, touched) == 2 then fresh = true end
+      if store_marked(effect_keys + tonumber(ARGV[j]) * 8, ARGV, j, touched) == 2 then
+        fresh = true
+      end
     end
     out[#out + 1] = fresh and 2 or 1
   end
 end
+flush()
 for k in pairs(touched) do arm(KEYS[k + 4]) end
 -- A slot of a concurrency-limited queue freed: wake a worker the limit held back.
 if limited and settled then arm(KEYS[9]) end
-return out
+return {out, NEED, FRESH}
 ";
 
 /// One settle as the SETTLE script takes it: the lease's id and token, the transition, and its
@@ -503,16 +900,19 @@ pub(crate) struct SettleItem<'a> {
     pub(crate) effects: Vec<(usize, &'a NewJob)>,
 }
 
-/// The settle of `items` of queue `keys`, whose effects go to `groups` (by index), effect jobs
-/// written for storage layout `layout`.
+/// The settle of `items` of queue `keys`, in workflow context `context` (the settled queue's
+/// group first; none for a queue whose jobs count in no batch), whose effects go to `groups` (by
+/// index), effect jobs written for storage layout `layout`.
 pub(crate) fn settle(
     keys: &QueueKeys,
+    context: Option<&Context<'_>>,
     groups: &[QueueKeys],
     items: &[SettleItem<'_>],
     now: Millis,
     layout: u32,
 ) -> ScriptInvocation<'static> {
-    let mut call = SCRIPTS.settle.prepare_invoke();
+    let script = if context.is_some() { &SCRIPTS.settle_batched } else { &SCRIPTS.settle };
+    let mut call = script.prepare_invoke();
     call.key(&keys.reserved)
         .key(&keys.ready)
         .key(&keys.delayed)
@@ -529,10 +929,11 @@ pub(crate) fn settle(
         .key(&keys.meta)
         .key(&keys.progress)
         .key(&keys.cancel);
+    call.arg(now);
+    context_args(&mut call, context);
     for group in groups {
         group_keys(&mut call, group);
     }
-    call.arg(now);
     for item in items {
         let (kind, run_at, error) = match item.transition {
             Transition::Complete => ("c", now, ""),
@@ -546,7 +947,7 @@ pub(crate) fn settle(
         call.arg(item.id).arg(item.token).arg(kind).arg(run_at).arg(error);
         call.arg(item.effects.len());
         for (group, job) in &item.effects {
-            job_args(&mut call, *group, job, layout);
+            job_args(&mut call, *group, job, layout, false);
         }
     }
     call
@@ -573,37 +974,61 @@ pub(crate) fn extend(
 
 /// Returns jobs whose lease ran out by ARGV[1] to the ready set (at most ARGV[2] per call),
 /// re-checking each deadline here, atomically. The lost attempt stays counted. A job whose
-/// cancel was asked for is deleted instead and counted as cancelled (its key freed).
+/// cancel was asked for is deleted instead and counted as cancelled (its key freed), and in its
+/// batch, if it has one.
 /// KEYS: reserved, ready, jobs, attempts, tokens, errors, marker, stats, unique, unique_of,
-/// progress, cancel. Returns how many.
+/// progress, cancel, meta, then the workflow context (the queue's own group first).
+/// ARGV: now, limit, the context's group count and names.
+/// Returns {how many, NEED, FRESH} (see SETTLE): a job whose batch needs queues the call was
+/// not given is left for the next call, which the client makes with them.
 const RECOVER: &str = r"
+local now = tonumber(ARGV[1])
+context(3, 13)
+local own = ARGV[4]
+local batched = redis.call('HEXISTS', KEYS[13], 'batched') == 1
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local done = 0
 for i = 1, #expired, 2 do
   local id = expired[i]
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[5], id)
-  if redis.call('SREM', KEYS[12], id) == 1 then
+  if redis.call('SISMEMBER', KEYS[12], id) == 1 then
+    local st = nil
+    if batched then
+      st = prepare(batch_of(redis.call('HGET', KEYS[3], id)), own, id, 'c')
+      if st == false then break end
+    end
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('SREM', KEYS[12], id)
     free_key_of(KEYS[3], KEYS[9], KEYS[10], id, true, 'f')
     redis.call('HDEL', KEYS[10], id)
     for _, k in ipairs({3, 4, 6, 11}) do redis.call('HDEL', KEYS[k], id) end
     redis.call('HINCRBY', KEYS[8], 'cancelled', 1)
+    if st then count_end(st, own, id, 'c', now) end
   else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[5], id)
     local attempt = redis.call('HGET', KEYS[4], id) or '0'
     redis.call('HSET', KEYS[6], id, string.format(
       'lease expired at %.0f: the worker running attempt %s stopped responding',
       tonumber(expired[i + 1]), attempt))
     make_ready(KEYS[2], KEYS[3], id)
   end
+  done = done + 1
 end
+flush()
 -- Jobs became ready, or slots of a concurrency limit freed: wake a worker.
-if #expired > 0 then arm(KEYS[7]) end
-return #expired / 2
+if done > 0 then arm(KEYS[7]) end
+return {done, NEED, FRESH}
 ";
 
 /// Expired leases recovered per script call.
 pub(crate) const RECOVER_LIMIT: usize = 500;
 
-pub(crate) fn recover(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> {
+pub(crate) fn recover(
+    keys: &QueueKeys,
+    context: &Context<'_>,
+    now: Millis,
+) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.recover.prepare_invoke();
     call.key(&keys.reserved)
         .key(&keys.ready)
@@ -617,8 +1042,10 @@ pub(crate) fn recover(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static
         .key(&keys.unique_of)
         .key(&keys.progress)
         .key(&keys.cancel)
+        .key(&keys.meta)
         .arg(now)
         .arg(RECOVER_LIMIT);
+    context_args(&mut call, Some(context));
     call
 }
 
@@ -708,31 +1135,50 @@ pub(crate) fn set_limits(keys: &QueueKeys, limits: &QueueLimits) -> ScriptInvoca
 }
 
 /// Cancels one job. KEYS: jobs, ready, delayed, reserved, attempts, errors, stats, unique,
-/// unique_of, progress, cancel. ARGV: id.
-/// Returns 1 for a pending or delayed job, deleted (its Started or Finished key freed,
-/// `cancelled` counted); 2 for a reserved one, which gets the cancel flag its worker's next
-/// touch reports; -1 for a failed one; 0 when the queue has no such job.
+/// unique_of, progress, cancel, meta, then the workflow context (the queue's own group first).
+/// ARGV: id, the context's group count and names.
+/// Returns {outcome, NEED, FRESH}: outcome 1 for a pending or delayed job, deleted (its Started
+/// or Finished key freed, `cancelled` counted, and counted in its batch); 2 for a reserved one,
+/// which gets the cancel flag its worker's next touch reports; -1 for a failed one; 0 when the
+/// queue has no such job; 3 when its batch needs queues the call was not given (NEED; nothing
+/// changed).
 const CANCEL: &str = r"
 local id = ARGV[1]
+context(2, 12)
+local own = ARGV[3]
 local record = redis.call('HGET', KEYS[1], id)
-if not record then return 0 end
-if redis.call('ZREM', KEYS[2], id) + redis.call('ZREM', KEYS[3], id) > 0 then
+if not record then return {0, NEED, FRESH} end
+if redis.call('ZSCORE', KEYS[2], id) or redis.call('ZSCORE', KEYS[3], id) then
+  local st = nil
+  if redis.call('HEXISTS', KEYS[12], 'batched') == 1 then
+    st = prepare(batch_of(record), own, id, 'c')
+    if st == false then return {3, NEED, FRESH} end
+  end
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
   local mode, key = key_of(record, KEYS[9], id, true)
   free_key(KEYS[8], nil, id, mode, key, 'sf')
   redis.call('HDEL', KEYS[9], id)
   for _, k in ipairs({1, 5, 6, 10}) do redis.call('HDEL', KEYS[k], id) end
   redis.call('SREM', KEYS[11], id)
   redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
-  return 1
+  if st then count_end(st, own, id, 'c', ARGV[#ARGV]) end
+  flush()
+  return {1, NEED, FRESH}
 end
 if redis.call('ZSCORE', KEYS[4], id) then
   redis.call('SADD', KEYS[11], id)
-  return 2
+  return {2, NEED, FRESH}
 end
-return -1
+return {-1, NEED, FRESH}
 ";
 
-pub(crate) fn cancel(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
+pub(crate) fn cancel(
+    keys: &QueueKeys,
+    context: &Context<'_>,
+    id: &str,
+    now: Millis,
+) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.cancel.prepare_invoke();
     call.key(&keys.jobs)
         .key(&keys.ready)
@@ -745,7 +1191,10 @@ pub(crate) fn cancel(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
         .key(&keys.unique_of)
         .key(&keys.progress)
         .key(&keys.cancel)
+        .key(&keys.meta)
         .arg(id);
+    context_args(&mut call, Some(context));
+    call.arg(now);
     call
 }
 
@@ -866,33 +1315,58 @@ pub(crate) fn list(
 }
 
 /// Removes up to ARGV[1] pending, then delayed jobs, freeing their Started and Finished unique
-/// keys. KEYS: ready, delayed, jobs, attempts, errors, unique, unique_of, progress, cancel.
-/// Returns how many; the caller repeats until fewer than ARGV[1] were removed.
+/// keys; a batch's child is counted cancelled in its batch. KEYS: ready, delayed, jobs,
+/// attempts, errors, unique, unique_of, progress, cancel, meta, then the workflow context (the
+/// queue's own group first). ARGV: limit, now, the context's group count and names.
+/// Returns {how many, NEED, FRESH}; the caller repeats until fewer than ARGV[1] were removed and
+/// nothing was needed (a child whose batch needs queues the call was not given stops the call
+/// before it, see SETTLE).
 const CLEAR: &str = r"
-local limit = tonumber(ARGV[1])
+local limit, now = tonumber(ARGV[1]), ARGV[2]
+context(3, 10)
+local own = ARGV[4]
 local removed = 0
 local keyed = redis.call('EXISTS', KEYS[6]) == 1
 local legacy = redis.call('EXISTS', KEYS[7]) == 1
+local batched = redis.call('HEXISTS', KEYS[10], 'batched') == 1
+local function forget(id)
+  if keyed then free_key_of(KEYS[3], KEYS[6], KEYS[7], id, legacy, 'sf') end
+  if legacy then redis.call('HDEL', KEYS[7], id) end
+  for _, k in ipairs({3, 4, 5, 8}) do redis.call('HDEL', KEYS[k], id) end
+  redis.call('SREM', KEYS[9], id)
+end
 for z = 1, 2 do
-  if removed < limit then
-    local popped = redis.call('ZPOPMIN', KEYS[z], limit - removed)
-    for i = 1, #popped, 2 do
-      local id = popped[i]
-      if keyed then free_key_of(KEYS[3], KEYS[6], KEYS[7], id, legacy, 'sf') end
-      if legacy then redis.call('HDEL', KEYS[7], id) end
-      for _, k in ipairs({3, 4, 5, 8}) do redis.call('HDEL', KEYS[k], id) end
-      redis.call('SREM', KEYS[9], id)
+  if removed < limit and #NEED == 0 then
+    if batched then
+      -- One job at a time: a child's batch is prepared before the job changes.
+      local ids = redis.call('ZRANGE', KEYS[z], 0, limit - removed - 1)
+      for _, id in ipairs(ids) do
+        local st = prepare(batch_of(redis.call('HGET', KEYS[3], id)), own, id, 'c')
+        if st == false then break end
+        redis.call('ZREM', KEYS[z], id)
+        forget(id)
+        if st then count_end(st, own, id, 'c', now) end
+        removed = removed + 1
+      end
+    else
+      local popped = redis.call('ZPOPMIN', KEYS[z], limit - removed)
+      for i = 1, #popped, 2 do forget(popped[i]) end
+      removed = removed + #popped / 2
     end
-    removed = removed + #popped / 2
   end
 end
-return removed
+flush()
+return {removed, NEED, FRESH}
 ";
 
 /// Jobs removed per `clear` or `flush` script call, so no call blocks Redis for long.
 pub(crate) const DELETE_LIMIT: usize = 1000;
 
-pub(crate) fn clear(keys: &QueueKeys) -> ScriptInvocation<'static> {
+pub(crate) fn clear(
+    keys: &QueueKeys,
+    context: &Context<'_>,
+    now: Millis,
+) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.clear.prepare_invoke();
     call.key(&keys.ready)
         .key(&keys.delayed)
@@ -903,7 +1377,10 @@ pub(crate) fn clear(keys: &QueueKeys) -> ScriptInvocation<'static> {
         .key(&keys.unique_of)
         .key(&keys.progress)
         .key(&keys.cancel)
-        .arg(DELETE_LIMIT);
+        .key(&keys.meta)
+        .arg(DELETE_LIMIT)
+        .arg(now);
+    context_args(&mut call, Some(context));
     call
 }
 
@@ -943,12 +1420,15 @@ pub(crate) fn failed_page(keys: &QueueKeys, first: u64, last: u64) -> ScriptInvo
 }
 
 /// Moves a failed job back to the ready set with fresh attempts. It does not take its unique key
-/// again. KEYS: failed, failed_at, jobs, attempts, errors, unique_of, progress, ready, marker.
+/// again, and a batch's child leaves its batch (its record loses the batch id). KEYS: failed, failed_at, jobs, attempts, errors, unique_of, progress, ready, marker.
 /// ARGV: id. Returns 1, or 0 when the id is not in the failed set (so of concurrent callers one
 /// wins).
 const RETRY_FAILED: &str = r"
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+-- A batch's child leaves its batch: its failure was counted there already.
+local record = redis.call('HGET', KEYS[3], ARGV[1])
+if batch_of(record) then redis.call('HSET', KEYS[3], ARGV[1], unbatch(record)) end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
@@ -1077,6 +1557,272 @@ pub(crate) fn upgrade(key: &str, from: u32, to: u32) -> ScriptInvocation<'static
     call
 }
 
+/// Stores one step of a batch's push: its children (at most 1000) and, in the first step, the
+/// batch itself. `mode` holds 'c' to create the batch (refused if it exists) and 's' to seal it
+/// (the last step): an open batch never finishes, so its callbacks cannot run before every
+/// child is stored; sealing one whose children all ended already finishes it in that step.
+///
+/// KEYS: the workflow context (every child's queue and every callback's queue as groups).
+/// ARGV: mode, batch id, created at (the batch's "now"), its record, its initial state (see
+/// [`WORKFLOW`]), the context's group count and names, then 9 per child as PUSH takes them (the
+/// group an index into the context's groups).
+/// Returns {{status, outcomes}, NEED (always empty), FRESH}: status 'ok'; 'exists' (create: a batch with this id
+/// exists; nothing changed); 'gone' (no such batch: it was aborted); 'cancelled' (the batch was
+/// cancelled while it was being pushed: nothing stored, the batch sealed). Outcomes per child
+/// as PUSH answers them.
+const PUSH_BATCH: &str = r"
+local mode, bid, now = ARGV[1], ARGV[2], ARGV[3]
+local first_child = context(6, 0)
+if string.find(mode, 'c', 1, true) then
+  if redis.call('HEXISTS', B, 'k' .. bid) == 1 then return {{'exists', {}}, NEED, FRESH} end
+  redis.call('HSET', B, 'r' .. bid, ARGV[4], 'k' .. bid, ARGV[5], 'n' .. bid, 0, 'p' .. bid, 0,
+    'd' .. bid, 0, 'f' .. bid, 0, 'c' .. bid, 0)
+end
+local st = batch_state(bid)
+if not st then return {{'gone', {}}, NEED, FRESH} end
+local seal = string.find(mode, 's', 1, true)
+if st.x then
+  -- Cancelled meanwhile (by cancel_batch, or by a child that failed): no more children.
+  if string.sub(st.k, 5, 5) == 'o' then
+    setk(st, 5, 's')
+    if st.p <= 0 and not st.e then finish(st, now) end
+    save(st)
+  end
+  return {{'cancelled', {}}, NEED, FRESH}
+end
+local out, touched, per_group, stored = {}, {}, {}, 0
+for b = first_child, #ARGV, 9 do
+  local g = tonumber(ARGV[b])
+  local r = store_marked(2 + g * 15, ARGV, b, touched)
+  if r == 1 or r == 2 then
+    redis.call('ZADD', C, 0, member(bid, ARGV[7 + g], ARGV[b + 1]))
+    per_group[g] = (per_group[g] or 0) + 1
+    stored = stored + 1
+  end
+  out[#out + 1] = r
+end
+if stored > 0 then
+  local queues = fields(redis.call('HGET', B, 'q' .. bid) or '')
+  local known = {}
+  for _, q in ipairs(queues) do known[q] = true end
+  for g, n in pairs(per_group) do
+    local queue = ARGV[7 + g]
+    redis.call('HINCRBY', KEYS[2 + g * 15 + 14], 'batched', n)
+    if not known[queue] then
+      queues[#queues + 1] = queue
+      known[queue] = true
+    end
+  end
+  redis.call('HSET', B, 'q' .. bid, pack(queues))
+  redis.call('HINCRBY', B, 'n' .. bid, stored)
+  st.p = st.p + stored
+end
+for k in pairs(touched) do arm(KEYS[k + 4]) end
+if seal then
+  setk(st, 5, 's')
+  if st.p <= 0 then finish(st, now) end
+end
+save(st)
+return {{'ok', out}, NEED, FRESH}
+";
+
+/// The batch-push step `mode` ('c' create, 's' seal, both, or neither) of batch `id` created at
+/// `created_at` (with `record` and `state` when it creates it), storing `children` (each with
+/// its group's index in `context`), written for storage layout `layout`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_batch(
+    context: &Context<'_>,
+    mode: &str,
+    id: &str,
+    created_at: Millis,
+    record: &str,
+    state: &str,
+    children: &[(usize, &NewJob)],
+    layout: u32,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.push_batch.prepare_invoke();
+    call.arg(mode).arg(id).arg(created_at).arg(record).arg(state);
+    context_args(&mut call, Some(context));
+    for (group, job) in children {
+        job_args(&mut call, *group, job, layout, true);
+    }
+    call
+}
+
+/// Undoes a batch push that failed before its last step: every child still untouched (waiting,
+/// never claimed) is deleted, the others stay as jobs of no batch (their records lose the batch),
+/// and the batch is deleted, so the dispatcher may push it again. A sealed batch (its last step went
+/// through after all) is left as it is.
+/// KEYS: the workflow context (every child's queue). ARGV: the context's group count and names,
+/// batch id. Returns {1 (undone) or 0 (sealed: left), NEED, FRESH}.
+const ABORT_BATCH: &str = r"
+local a = context(1, 0)
+local bid = ARGV[a]
+local st = batch_state(bid)
+if not st then return {1, NEED, FRESH} end
+if string.sub(st.k, 5, 5) ~= 'o' then return {0, NEED, FRESH} end
+for _, q in ipairs(fields(redis.call('HGET', B, 'q' .. bid) or '')) do want(q) end
+if #NEED > 0 then return {0, NEED, FRESH} end
+local prefix = members_prefix(bid)
+for _, m in ipairs(redis.call('ZRANGEBYLEX', C, '[' .. prefix, '[' .. prefix .. '\255')) do
+  local qlen, at = string.match(m, '^(%d+):()', #prefix + 1)
+  local queue = string.sub(m, at, at + tonumber(qlen) - 1)
+  local id = string.sub(m, at + tonumber(qlen))
+  local g = G[queue]
+  local rec = redis.call('HGET', KEYS[g + 3], id)
+  if rec and batch_of(rec) == bid then
+    if not redis.call('HGET', KEYS[g + 10], id)
+      and redis.call('ZREM', KEYS[g + 1], id) + redis.call('ZREM', KEYS[g + 2], id) > 0 then
+      local mode, key = key_of(rec, KEYS[g + 7], id, true)
+      free_key(KEYS[g + 5], KEYS[g + 6], id, mode, key, 'sfp')
+      redis.call('HDEL', KEYS[g + 3], id)
+      redis.call('HDEL', KEYS[g + 7], id)
+    else
+      -- Claimed already: it stays, as a job of no batch. A running one's token named the
+      -- batch: its lease is lost (the job runs again once the lease runs out).
+      redis.call('HSET', KEYS[g + 3], id, unbatch(rec))
+      local token = redis.call('HGET', KEYS[g + 15], id)
+      if token and string.find(token, '|', 1, true) then
+        redis.call('HSET', KEYS[g + 15], id, string.match(token, '^%d+'))
+      end
+    end
+    drop_count(queue)
+  end
+end
+redis.call('ZREMRANGEBYLEX', C, '[' .. prefix, '[' .. prefix .. '\255')
+for _, f in ipairs({'r', 'k', 'n', 'p', 'd', 'f', 'c', 'x', 'e', 'q'}) do
+  redis.call('HDEL', B, f .. bid)
+end
+flush()
+return {1, NEED, FRESH}
+";
+
+pub(crate) fn abort_batch(context: &Context<'_>, id: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.abort_batch.prepare_invoke();
+    context_args(&mut call, Some(context));
+    call.arg(id);
+    call
+}
+
+/// Cancels a batch: when it is neither cancelled nor finished, marks it cancelled at ARGV[1],
+/// seals it (a push cut short by a dead dispatcher ends this way), removes its waiting children
+/// (counted cancelled), asks its running ones to stop, and finishes it if none is left.
+/// KEYS: the workflow context (every child's queue, `then`'s and `finally`'s). ARGV: now, the
+/// context's group count and names, batch id.
+/// Returns {1 (the batch exists) or 0, NEED, FRESH}; with NEED, nothing changed.
+const CANCEL_BATCH: &str = r"
+local now = ARGV[1]
+local a = context(2, 0)
+local bid = ARGV[a]
+local st = batch_state(bid)
+if not st then return {0, NEED, FRESH} end
+if st.x or st.e then return {1, NEED, FRESH} end
+local rec = callbacks(bid)
+for _, q in ipairs(fields(redis.call('HGET', B, 'q' .. bid) or '')) do want(q) end
+if string.sub(st.k, 1, 1) == 'w' then want(cb_queue(rec[3])) end
+if string.sub(st.k, 3, 3) == 'w' then want(cb_queue(rec[5])) end
+if #NEED > 0 then return {1, NEED, FRESH} end
+st.x = now
+redis.call('HSET', B, 'x' .. bid, now)
+setk(st, 5, 's')
+cancel_children(st)
+if st.p <= 0 then finish(st, now) end
+save(st)
+flush()
+return {1, NEED, FRESH}
+";
+
+pub(crate) fn cancel_batch(
+    context: &Context<'_>,
+    id: &str,
+    now: Millis,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.cancel_batch.prepare_invoke();
+    call.arg(now);
+    context_args(&mut call, Some(context));
+    call.arg(id);
+    call
+}
+
+/// Registers a schedule: stores ARGV[2] (a record, keys.rs `encode_schedule`) under name
+/// ARGV[1] in KEYS[1] if none is stored; otherwise keeps the stored cursor, last run and next
+/// run and takes the rest (queue, definition, updated at) from ARGV[2]. ARGV[3], when not '',
+/// is the record of the schedule as another slot held it (a cluster moving it to its new
+/// queue's slot): a new record then starts from its cursor and runs.
+/// Returns the stored record.
+const REGISTER_SCHEDULE: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1]) or ARGV[3]
+local new = fields(ARGV[2])
+if old ~= '' then
+  local kept = fields(old)
+  if kept[1] == 's1' then new[2], new[3], new[4] = kept[2], kept[3], kept[4] end
+end
+local record = pack(new)
+redis.call('HSET', KEYS[1], ARGV[1], record)
+return record
+";
+
+pub(crate) fn register_schedule(
+    schedules: &str,
+    name: &str,
+    record: &str,
+    carried: &str,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.register_schedule.prepare_invoke();
+    call.key(schedules).arg(name).arg(record).arg(carried);
+    call
+}
+
+/// Fires a schedule: if the cursor stored for ARGV[1] in KEYS[1] is ARGV[2], moves it to
+/// ARGV[3], sets the last run to ARGV[4] (kept when '') and the next run to ARGV[5], and pushes
+/// the jobs as PUSH does. KEYS: schedules, then 8 per job group as PUSH takes them. ARGV: name,
+/// expected cursor, cursor, last run, next run, then 9 per job as PUSH takes them.
+/// Returns {-1} for an unknown schedule, {-2} for an unreadable record, {0} when the cursor
+/// moved on (nothing changed), else {1, then per job what PUSH answers}.
+const FIRE: &str = r"
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return {-1} end
+local f = fields(record)
+if f[1] ~= 's1' then return {-2} end
+if f[2] ~= ARGV[2] then return {0} end
+f[2] = ARGV[3]
+if ARGV[4] ~= '' then f[3] = ARGV[4] end
+f[4] = ARGV[5]
+redis.call('HSET', KEYS[1], ARGV[1], pack(f))
+local out, touched = {1}, {}
+for b = 6, #ARGV, 9 do
+  out[#out + 1] = store_marked(1 + tonumber(ARGV[b]) * 8, ARGV, b, touched)
+end
+for k in pairs(touched) do arm(KEYS[k + 4]) end
+return out
+";
+
+/// The fire of schedule `fire` stored in `schedules`, its jobs in `groups` (jobs with their
+/// group's index), written for storage layout `layout`.
+pub(crate) fn fire(
+    schedules: &str,
+    fire: &orcs_core::Fire,
+    groups: &[QueueKeys],
+    jobs: &[(usize, &NewJob)],
+    layout: u32,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.fire.prepare_invoke();
+    call.key(schedules);
+    for group in groups {
+        group_keys(&mut call, group);
+    }
+    let opt = |v: Option<Millis>| v.map(|v| v.to_string()).unwrap_or_default();
+    call.arg(&fire.name)
+        .arg(fire.expected_cursor)
+        .arg(fire.cursor)
+        .arg(opt(fire.last_run))
+        .arg(opt(fire.next_run));
+    for (group, job) in jobs {
+        job_args(&mut call, *group, job, layout, false);
+    }
+    call
+}
+
 /// Every script, compiled once per process (the SHA is computed here, the load happens on the
 /// first NOSCRIPT answer of each server).
 #[derive(Debug)]
@@ -1085,6 +1831,7 @@ struct Scripts {
     unstore: Script,
     claim: Script,
     settle: Script,
+    settle_batched: Script,
     extend: Script,
     recover: Script,
     stats: Script,
@@ -1101,31 +1848,48 @@ struct Scripts {
     flush_failed: Script,
     forget_queue: Script,
     upgrade: Script,
+    push_batch: Script,
+    abort_batch: Script,
+    cancel_batch: Script,
+    register_schedule: Script,
+    fire: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
+/// With the workflow helpers too (scripts that may end a batch's child, or handle batches and
+/// schedules).
+fn with_workflow(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{WORKFLOW}{body}"))
+}
+
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: with_prelude(PUSH),
     unstore: with_prelude(UNSTORE),
     claim: with_prelude(CLAIM),
-    settle: with_prelude(SETTLE),
+    settle: Script::new(&format!("{PRELUDE}{NO_WORKFLOW}{SETTLE}")),
+    settle_batched: with_workflow(SETTLE),
     extend: Script::new(EXTEND),
-    recover: with_prelude(RECOVER),
+    recover: with_workflow(RECOVER),
     stats: Script::new(STATS),
     set_paused: with_prelude(SET_PAUSED),
     set_limits: with_prelude(SET_LIMITS),
-    cancel: with_prelude(CANCEL),
+    cancel: with_workflow(CANCEL),
     touch: Script::new(TOUCH),
     get: Script::new(GET),
     list: Script::new(LIST),
-    clear: with_prelude(CLEAR),
+    clear: with_workflow(CLEAR),
     failed_page: Script::new(FAILED_PAGE),
-    retry_failed: with_prelude(RETRY_FAILED),
+    retry_failed: with_workflow(RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),
     flush_failed: Script::new(FLUSH_FAILED),
     forget_queue: Script::new(FORGET),
     upgrade: Script::new(UPGRADE),
+    push_batch: with_workflow(PUSH_BATCH),
+    abort_batch: with_workflow(ABORT_BATCH),
+    cancel_batch: with_workflow(CANCEL_BATCH),
+    register_schedule: with_workflow(REGISTER_SCHEDULE),
+    fire: with_workflow(FIRE),
 });

@@ -1,6 +1,7 @@
-//! The cost of flow control on the hot paths, against a Redis server of the test's own:
-//! enqueue one by one with unique keys against plain, and a drain under a concurrency limit
-//! equal to the claimer's slots against an unlimited one. Ignored by default (timing on a shared
+//! The cost of flow control and batches on the hot paths, against a Redis server of the test's
+//! own: enqueue one by one with unique keys against plain, a drain under a concurrency limit
+//! equal to the claimer's slots against an unlimited one, and the drain of a batch's children
+//! against plain jobs. Ignored by default (timing on a shared
 //! machine is noisy); run with
 //! `cargo test -p orcs-redis --release --test perf -- --ignored --nocapture`
 //! (`ORCS_PERF_ROUNDS=n` for more or fewer alternating rounds; medians count).
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use orcs_core::{
-    Admin, ClaimRequest, Clock, Driver, NewJob, QueueLimits, Settle, SystemClock, Unique,
+    Admin, ClaimRequest, Clock, Driver, NewBatch, NewJob, QueueLimits, Settle, SystemClock, Unique,
     UniqueUntil,
 };
 use orcs_redis::{RedisConfig, RedisDriver};
@@ -166,5 +167,123 @@ fn flow_control_keeps_the_hot_paths_fast() {
             "limited drain at {:.0}% of unlimited",
             100.0 * limited.0 / unlimited.0
         );
+    });
+}
+
+/// Jobs of a batch of N children (`push_batch`, stored in steps of 1000) on `queue`.
+async fn push_batch_of(driver: &RedisDriver, queue: &str) -> String {
+    let id = orcs_core::new_job_id();
+    let mut batch = NewBatch::new(id.clone(), SystemClock.now());
+    batch.finally = Some(job(queue, false));
+    let children: Vec<NewJob> = (0..N).map(|_| job(queue, false)).collect();
+    driver.push_batch(batch, children).await.expect("push_batch");
+    id
+}
+
+/// Script microseconds per job of claiming every job of `queue` (64 at a time), then of settling
+/// them all (64 per call): the two halves of a drain, apart.
+async fn claim_then_settle(driver: &RedisDriver, url: &str, queue: &str) -> (f64, f64) {
+    let queues = vec![queue.to_owned()];
+    let before = script_usec(url).await;
+    let mut leases = Vec::with_capacity(N);
+    while leases.len() < N {
+        let claim = driver
+            .claim(&ClaimRequest::new(&queues, IN_FLIGHT, SystemClock.now()))
+            .await
+            .expect("claim");
+        assert!(!claim.jobs.is_empty(), "jobs left after {}", leases.len());
+        leases.extend(claim.jobs.into_iter().map(|r| r.lease));
+    }
+    let claimed = script_usec(url).await;
+    for chunk in leases.chunks(IN_FLIGHT) {
+        let settles: Vec<Settle> = chunk.iter().cloned().map(Settle::complete).collect();
+        for result in driver.settle(&settles, SystemClock.now()).await {
+            result.expect("complete");
+        }
+    }
+    let settled = script_usec(url).await;
+    ((claimed - before) as f64 / N as f64, (settled - claimed) as f64 / N as f64)
+}
+
+/// A batch's children drain at >= 70% of the rate of plain jobs: each child's end costs a few
+/// hash commands more (its record read, the batch's counters read and written, its index entry
+/// removed), and a plain job's none.
+#[test]
+#[ignore = "a timing measurement; run it by hand"]
+fn batch_children_drain_near_plain() {
+    orcs_tests::run(async {
+        let Some(url) = services::redis::private_server_or_skip() else { return };
+        let config =
+            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
+        let driver = RedisDriver::connect(config).await.expect("connect");
+        enqueue(&driver, &url, "warm", false).await;
+        drain(&driver, &url, "warm").await;
+        let rounds = rounds();
+        let (mut plain, mut children) = (Vec::new(), Vec::new());
+        let mut batches = Vec::new();
+        for round in 0..rounds {
+            let plain_queue = format!("plain{round}");
+            let batch_queue = format!("batch{round}");
+            let started = Instant::now();
+            let jobs: Vec<NewJob> = (0..N).map(|_| job(&plain_queue, false)).collect();
+            for chunk in jobs.chunks(1000) {
+                driver.push(chunk.to_vec()).await.expect("push");
+            }
+            let plain_push = N as f64 / started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            batches.push(push_batch_of(&driver, &batch_queue).await);
+            let batch_push = N as f64 / started.elapsed().as_secs_f64();
+            let (p, c) = if round % 2 == 0 {
+                let p = drain(&driver, &url, &plain_queue).await;
+                (p, drain(&driver, &url, &batch_queue).await)
+            } else {
+                let c = drain(&driver, &url, &batch_queue).await;
+                (drain(&driver, &url, &plain_queue).await, c)
+            };
+            println!(
+                "round {round}: push {plain_push:.0} / batch {batch_push:.0} jobs/s; drain plain \
+                 {p:.1?}, children {c:.1?}"
+            );
+            plain.push(p);
+            children.push(c);
+        }
+        // The claim and the settle apart, in script time (less noisy than the wall clock).
+        let (mut plain_halves, mut child_halves) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (plain_queue, batch_queue) = (format!("plain-s{round}"), format!("batch-s{round}"));
+            let jobs: Vec<NewJob> = (0..N).map(|_| job(&plain_queue, false)).collect();
+            for chunk in jobs.chunks(1000) {
+                driver.push(chunk.to_vec()).await.expect("push");
+            }
+            batches.push(push_batch_of(&driver, &batch_queue).await);
+            plain_halves.push(claim_then_settle(&driver, &url, &plain_queue).await);
+            child_halves.push(claim_then_settle(&driver, &url, &batch_queue).await);
+        }
+        println!(
+            "script µs per job (claim, settle), medians of {rounds}: plain {:.2?}, batch \
+             children {:.2?}",
+            median(&plain_halves),
+            median(&child_halves)
+        );
+        // Cancelling a batch of N waiting children: one script over all of them.
+        let id = push_batch_of(&driver, "cancelled").await;
+        let before = script_usec(&url).await;
+        let info = driver.cancel_batch(&id, SystemClock.now()).await.expect("cancel_batch");
+        let per_child = (script_usec(&url).await - before) as f64 / N as f64;
+        assert_eq!((info.cancelled, info.pending), (N as u64, 0));
+        println!("cancel_batch of {N} waiting children: {per_child:.2} script µs per child");
+        let (plain, children) = (median(&plain), median(&children));
+        let ratio = children.0 / plain.0;
+        println!(
+            "drain, medians of {rounds}: plain {plain:.1?}, batch children {children:.1?} \
+             (jobs/s, script µs/job): {:.1}% of plain",
+            100.0 * ratio
+        );
+        for id in &batches {
+            let info = driver.batch(id).await.expect("batch").expect("the batch exists");
+            assert_eq!((info.processed, info.pending), (N as u64, 0), "every child counted");
+            assert!(info.finished_at.is_some(), "the batch finished");
+        }
+        assert!(ratio >= 0.7, "batch children drain at {:.0}% of plain", 100.0 * ratio);
     });
 }
