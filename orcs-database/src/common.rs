@@ -3,7 +3,7 @@
 //! module implements with its own sqlx types and the few steps that differ.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::ops::DerefMut;
 use std::sync::Arc;
@@ -23,11 +23,13 @@ use crate::sql::{
     COUNTERS_V1_COLUMNS, DELAYED, Dialect, FAILED_V1_COLUMNS, JOBS_V1_COLUMNS, LATEST_VERSION,
     READY, RESERVED, Sql, UNIQUE_FINISHED, UNIQUE_PERIOD, UNIQUE_STARTED,
 };
+use crate::workflow::{Ended, merge};
 
 /// The driver name in errors.
 pub(crate) const DRIVER: &str = "database";
 
-/// Jobs per `INSERT` statement: 14 parameters each stays far below both backends' limits.
+/// Jobs per `INSERT` statement: 16 parameters each at most stays far below both backends'
+/// limits.
 pub(crate) const INSERT_CHUNK: usize = 500;
 
 /// Durations are stored as signed milliseconds; anything longer than a century is a century, so
@@ -279,6 +281,8 @@ pub(crate) fn decode_claimed<R: DbRow>(row: &R) -> Result<Reserved, String> {
     record.timeout_ms = row.get_opt_int(8)?.map(|t| unsigned("timeout_ms", t)).transpose()?;
     record.dispatched_at = row.get_int(9)?;
     record.last_error = row.get_opt_text(10)?;
+    record.batch = row.get_opt_text(15)?;
+    record.meta = row.get_opt_text(16)?;
     let lease = Lease::new(id, queue, row.get_text(12)?, row.get_int(11)?);
     Ok(Reserved::new(record, lease))
 }
@@ -317,6 +321,8 @@ pub(crate) fn decode_info<R: DbRow>(row: &R, now: Millis) -> Result<JobInfo, Str
         other => return Err(format!("column state holds {other}, not 0, 1 or 2")),
     };
     job.unique = decode_unique(row, 14)?;
+    job.batch = row.get_opt_text(19)?;
+    job.meta = row.get_opt_text(20)?;
     let mut info = JobInfo::new(job, state, attempts);
     info.last_error = row.get_opt_text(13)?;
     if state == JobState::Reserved {
@@ -331,6 +337,8 @@ pub(crate) fn decode_info<R: DbRow>(row: &R, now: Millis) -> Result<JobInfo, Str
 pub(crate) fn decode_failed<R: DbRow>(row: &R) -> Result<(FailedJob, JobInfo), String> {
     let (mut job, attempts) = decode_job(row)?;
     job.unique = decode_unique(row, 12)?;
+    job.batch = row.get_opt_text(15)?;
+    job.meta = row.get_opt_text(16)?;
     let error = row.get_text(10)?;
     let failed_at = row.get_int(11)?;
     let failed = FailedJob::new(&job, attempts, error.clone(), failed_at);
@@ -356,6 +364,38 @@ pub(crate) fn q<DB: Database>(sql: &Arc<str>) -> Query<DB> {
 /// A statement whose text depends on the input (a batch size).
 pub(crate) fn dynamic<DB: Database>(sql: String) -> Query<DB> {
     sqlx::query(sqlx::AssertSqlSafe(sql))
+}
+
+/// What ended jobs add to their queues' counters in one transaction: (processed, failed,
+/// cancelled) per queue. Written when the transaction's work is done, one statement per queue in
+/// queue order: counter rows are the last rows a transaction locks (see `workflow.rs`), and a
+/// settle call ending many jobs of a queue writes its counters once.
+#[derive(Debug, Default)]
+pub(crate) struct Counts(BTreeMap<String, [i64; 3]>);
+
+impl Counts {
+    pub(crate) fn processed(&mut self, queue: &str, n: i64) {
+        self.add(queue, 0, n);
+    }
+
+    pub(crate) fn failed(&mut self, queue: &str, n: i64) {
+        self.add(queue, 1, n);
+    }
+
+    pub(crate) fn cancelled(&mut self, queue: &str, n: i64) {
+        self.add(queue, 2, n);
+    }
+
+    fn add(&mut self, queue: &str, i: usize, n: i64) {
+        match self.0.get_mut(queue) {
+            Some(counts) => counts[i] += n,
+            None => {
+                let mut counts = [0; 3];
+                counts[i] = n;
+                self.0.insert(queue.to_owned(), counts);
+            }
+        }
+    }
 }
 
 /// What one settle did, when its token matched: the queues that gained a ready job.
@@ -587,7 +627,8 @@ where
             (0..jobs.len()).filter(|&i| seen.insert(jobs[i].id.as_str())).collect();
         let mut stored: HashSet<String> = HashSet::new();
         for chunk in fresh.chunks(INSERT_CHUNK) {
-            let mut query = dynamic(self.sql.insert(chunk.len()));
+            let workflow = chunk.iter().any(|&i| jobs[i].batch.is_some() || jobs[i].meta.is_some());
+            let mut query = dynamic(self.sql.insert(chunk.len(), workflow));
             for &i in chunk {
                 let job = &jobs[i];
                 let (key, mode, ms) = keys[i].clone();
@@ -606,6 +647,9 @@ where
                     .bind(key)
                     .bind(mode)
                     .bind(ms);
+                if workflow {
+                    query = query.bind(job.batch.clone()).bind(job.meta.clone());
+                }
             }
             for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
                 stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
@@ -943,19 +987,28 @@ where
     /// Applies one settle on `conn` (inside the caller's transaction). The outer error is
     /// a backend failure (the transaction must be abandoned); the inner one a lost lease,
     /// which changed nothing. On success: the queues whose waiters to wake (a job became
-    /// ready, or a concurrency-limited queue got a free slot).
+    /// ready, a concurrency-limited queue got a free slot, a batch callback was stored).
+    ///
+    /// The end of a batch child is counted in its batch here. On PostgreSQL only with
+    /// `children` (the caller locked the batch rows first, see [`Store::settle_children`]):
+    /// otherwise a child's end finds no row and answers a lost lease, which the caller takes
+    /// as "maybe a child".
     async fn settle_on(
         &self,
         conn: &mut B::Conn,
         item: &Settle,
         now: Millis,
+        children: bool,
+        counts: &mut Counts,
     ) -> orcs_core::Result<Settled> {
         let lease = &item.lease;
         let lost = || Ok(Err(Error::LeaseLost { id: lease.id.clone() }));
         let mut ready = Vec::new();
         match &item.transition {
             Transition::Complete | Transition::Cancel => {
-                let Some(row) = q(&self.sql.delete_leased)
+                let delete =
+                    if children { &self.sql.delete_leased_any } else { &self.sql.delete_leased };
+                let Some(row) = q(delete)
                     .bind(lease.id.clone())
                     .bind(lease.token.clone())
                     .fetch_optional(&mut *conn)
@@ -966,15 +1019,19 @@ where
                 };
                 let queue: String = row.try_get(0).map_err(backend)?;
                 let key: Option<String> = row.try_get(1).map_err(backend)?;
-                let counter = if matches!(item.transition, Transition::Cancel) {
-                    q(&self.sql.count_cancelled).bind(queue.clone()).bind(1_i64)
+                let cancelled = matches!(item.transition, Transition::Cancel);
+                if cancelled {
+                    counts.cancelled(&queue, 1);
                 } else {
-                    q(&self.sql.count_processed).bind(queue.clone())
-                };
-                counter.execute(&mut *conn).await.map_err(backend)?;
+                    counts.processed(&queue, 1);
+                }
                 self.free_key(conn, &queue, key, &lease.id).await?;
                 if row.try_get::<bool, _>(2).map_err(backend)? {
                     ready.push(queue);
+                }
+                if let Some(batch) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
+                    let ended = if cancelled { Ended::CANCELLED } else { Ended::PROCESSED };
+                    ready.extend(self.count_in_batch(conn, &batch, ended, now, counts).await?);
                 }
             }
             Transition::Retry { run_at, error } => {
@@ -1011,7 +1068,9 @@ where
                 }
             }
             Transition::Fail { error } => {
-                let Some(row) = q(&self.sql.copy_to_failed)
+                let copy =
+                    if children { &self.sql.copy_to_failed_any } else { &self.sql.copy_to_failed };
+                let Some(row) = q(copy)
                     .bind(lease.id.clone())
                     .bind(lease.token.clone())
                     .bind(error.clone())
@@ -1032,14 +1091,14 @@ where
                     Some(deleted) => deleted.try_get::<Option<String>, _>(0).map_err(backend)?,
                     None => None,
                 };
-                q(&self.sql.count_failed)
-                    .bind(queue.clone())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(backend)?;
+                counts.failed(&queue, 1);
                 self.free_key(conn, &queue, key, &lease.id).await?;
                 if row.try_get::<bool, _>(1).map_err(backend)? {
                     ready.push(queue);
+                }
+                if let Some(batch) = row.try_get::<Option<String>, _>(2).map_err(backend)? {
+                    let ended = Ended::FAILED;
+                    ready.extend(self.count_in_batch(conn, &batch, ended, now, counts).await?);
                 }
             }
             other => {
@@ -1054,6 +1113,25 @@ where
             ready.extend(queues);
         }
         Ok(Ok(ready))
+    }
+
+    /// Adds `counts` to the counters table on `conn`, one statement per queue in queue order.
+    pub(crate) async fn write_counts(
+        &self,
+        conn: &mut B::Conn,
+        counts: Counts,
+    ) -> orcs_core::Result<()> {
+        for (queue, [processed, failed, cancelled]) in counts.0 {
+            q(&self.sql.count_ended)
+                .bind(queue)
+                .bind(processed)
+                .bind(failed)
+                .bind(cancelled)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     /// Frees `key` of `queue` if job `id` holds it and it is not a `Period` key (those
@@ -1080,28 +1158,93 @@ where
 
     /// Settles a batch in one transaction, each item token-checked on its own. A backend
     /// failure rolls the whole batch back and is every item's answer.
+    ///
+    /// On PostgreSQL the ends of batch children are settled after it, in a transaction of
+    /// their own that locks their batch rows first ([`Store::settle_children`]): this one
+    /// takes no batch row, so it never waits for one while holding rows a batch cancel needs.
     pub(crate) async fn settle_each(
         &self,
         batch: &[Settle],
         now: Millis,
     ) -> orcs_core::Result<Vec<orcs_core::Result<()>>> {
+        let locks = self.sql.dialect == Dialect::Postgres;
+        let ends = |item: &Settle| {
+            matches!(
+                item.transition,
+                Transition::Complete | Transition::Cancel | Transition::Fail { .. }
+            )
+        };
         let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
-        let mut results = Vec::with_capacity(batch.len());
+        let mut results: Vec<Option<orcs_core::Result<()>>> =
+            (0..batch.len()).map(|_| None).collect();
         let mut ready: Vec<String> = Vec::new();
-        for item in batch {
-            match self.settle_on(&mut tx, item, now).await? {
+        let mut counts = Counts::default();
+        // Ends that found no job outside a batch: children, or lost leases.
+        let mut maybe_children: Vec<usize> = Vec::new();
+        for (i, item) in batch.iter().enumerate() {
+            match self.settle_on(&mut tx, item, now, !locks, &mut counts).await? {
                 Ok(queues) => {
-                    for queue in queues {
-                        if !ready.contains(&queue) {
-                            ready.push(queue);
-                        }
-                    }
+                    merge(&mut ready, queues);
+                    results[i] = Some(Ok(()));
+                }
+                Err(_) if locks && ends(item) => maybe_children.push(i),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        self.write_counts(&mut tx, counts).await?;
+        B::notify_in(self, &mut tx, &ready).await?;
+        tx.commit().await.map_err(backend)?;
+        drop(conn);
+        if !ready.is_empty() {
+            self.shared.wake.notify_waiters();
+        }
+        if !maybe_children.is_empty() {
+            let items: Vec<Settle> = maybe_children.iter().map(|&i| batch[i].clone()).collect();
+            for (i, result) in
+                maybe_children.into_iter().zip(self.settle_children(&items, now).await?)
+            {
+                results[i] = Some(result);
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("every item was settled")).collect())
+    }
+
+    /// Settles the ends of batch children in one transaction that first locks their batch
+    /// rows, in id order: every transaction that ends a child takes its batch row before any
+    /// other row (and its counters last), so that two children of one batch ending at once take
+    /// turns on it (no lost count, one `then`), and a batch cancel, which locks the batch row
+    /// and then the children's, never waits in a cycle. An item that is no child is settled
+    /// all the same (a lost lease answers as such).
+    pub(crate) async fn settle_children(
+        &self,
+        items: &[Settle],
+        now: Millis,
+    ) -> orcs_core::Result<Vec<orcs_core::Result<()>>> {
+        let mut conn = self.backend.writer().await?;
+        let mut tx = B::begin(&mut conn).await?;
+        if self.sql.dialect == Dialect::Postgres {
+            for chunk in items.chunks(INSERT_CHUNK) {
+                let mut query = dynamic(self.sql.lock_batches_of_jobs(chunk.len()));
+                for item in chunk {
+                    query = query.bind(item.lease.id.clone());
+                }
+                query.fetch_all(&mut *tx).await.map_err(backend)?;
+            }
+        }
+        let mut results = Vec::with_capacity(items.len());
+        let mut ready: Vec<String> = Vec::new();
+        let mut counts = Counts::default();
+        for item in items {
+            match self.settle_on(&mut tx, item, now, true, &mut counts).await? {
+                Ok(queues) => {
+                    merge(&mut ready, queues);
                     results.push(Ok(()));
                 }
                 Err(e) => results.push(Err(e)),
             }
         }
+        self.write_counts(&mut tx, counts).await?;
         B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);
@@ -1139,19 +1282,27 @@ where
         }
         let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
+        if self.sql.dialect == Dialect::Postgres {
+            // The batch rows of the children it may end, first (see `settle_children`).
+            let mut lock = dynamic(self.sql.lock_batches_of_recovery(queues.len())).bind(now);
+            for queue in queues {
+                lock = lock.bind(queue.clone());
+            }
+            lock.fetch_all(&mut *tx).await.map_err(backend)?;
+        }
         // A job whose cancel was asked for ends as cancelled instead of running again.
         let cancelled = ended.fetch_all(&mut *tx).await.map_err(backend)?;
         let mut ready: Vec<String> = Vec::new();
+        let mut counts = Counts::default();
+        let mut children: BTreeMap<String, i64> = BTreeMap::new();
         for row in &cancelled {
             let queue: String = row.try_get(0).map_err(backend)?;
             let id: String = row.try_get(1).map_err(backend)?;
             let key: Option<String> = row.try_get(2).map_err(backend)?;
-            q(&self.sql.count_cancelled)
-                .bind(queue.clone())
-                .bind(1_i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+            if let Some(batch) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
+                *children.entry(batch).or_default() += 1;
+            }
+            counts.cancelled(&queue, 1);
             self.free_key(&mut tx, &queue, key, &id).await?;
             if !ready.contains(&queue) {
                 ready.push(queue);
@@ -1164,6 +1315,12 @@ where
                 ready.push(queue);
             }
         }
+        for (batch, n) in children {
+            let ended = Ended::cancelled(n);
+            let queues = self.count_in_batch(&mut tx, &batch, ended, now, &mut counts).await?;
+            merge(&mut ready, queues);
+        }
+        self.write_counts(&mut tx, counts).await?;
         B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);
@@ -1274,26 +1431,81 @@ where
         rows.iter().map(|row| decode_info(row, now).map_err(unreadable)).collect()
     }
 
-    pub(crate) async fn clear(&self, queue: &str) -> orcs_core::Result<u64> {
+    /// Removes a queue's pending and delayed jobs; the batch children among them count as
+    /// cancelled in their batches, in the same transaction.
+    pub(crate) async fn clear(&self, queue: &str, now: Millis) -> orcs_core::Result<u64> {
+        let pg = self.sql.dialect == Dialect::Postgres;
         let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
-        // Remember the queue, so that it is still listed once it is empty.
-        q(&self.sql.ensure_counter)
-            .bind(queue.to_owned())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let done =
-            q(&self.sql.clear).bind(queue.to_owned()).execute(&mut *tx).await.map_err(backend)?;
-        if B::rows_affected(&done) > 0 {
+        if pg {
+            // The children's batch rows first (see `settle_children`).
+            q(&self.sql.lock_batches_of_queue)
+                .bind(queue.to_owned())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        // (batch, children removed); the jobs outside batches under NULL on PostgreSQL.
+        let per_batch = |rows: Vec<RowOf<B>>| {
+            rows.iter()
+                .map(|row| Ok((row.try_get::<Option<String>, _>(0)?, row.try_get::<i64, _>(1)?)))
+                .collect::<Result<Vec<(Option<String>, i64)>, sqlx::Error>>()
+                .map_err(backend)
+        };
+        let (removed, per_batch) = if pg {
+            // One statement: the delete and the count of its children per batch.
+            let rows = q(&self.sql.clear_counted_pg)
+                .bind(queue.to_owned())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let counted = per_batch(rows)?;
+            (counted.iter().map(|(_, n)| count(*n)).sum(), counted)
+        } else {
+            // One writer at a time: nothing changes between the look and the delete.
+            let rows = q(&self.sql.clear_batches)
+                .bind(queue.to_owned())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let counted = per_batch(rows)?;
+            let done = q(&self.sql.clear)
+                .bind(queue.to_owned())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            (B::rows_affected(&done), counted)
+        };
+        if removed > 0 {
             q(&self.sql.free_orphan_keys)
                 .bind(queue.to_owned())
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
         }
+        let mut ready = Vec::new();
+        let mut counts = Counts::default();
+        for (batch, n) in per_batch {
+            if let Some(batch) = batch {
+                let ended = Ended::cancelled(n);
+                let queues = self.count_in_batch(&mut tx, &batch, ended, now, &mut counts).await?;
+                merge(&mut ready, queues);
+            }
+        }
+        // Remember the queue, so that it is still listed once it is empty (counter rows last).
+        q(&self.sql.ensure_counter)
+            .bind(queue.to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        self.write_counts(&mut tx, counts).await?;
+        B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(B::rows_affected(&done))
+        drop(conn);
+        if !ready.is_empty() {
+            self.shared.wake.notify_waiters();
+        }
+        Ok(removed)
     }
 
     pub(crate) async fn failed(&self, query: &FailedQuery) -> orcs_core::Result<Vec<FailedJob>> {
@@ -1335,6 +1547,8 @@ where
             .bind(row.try_get::<Option<String>, _>(10).map_err(backend)?)
             .bind(row.try_get::<Option<i32>, _>(11).map_err(backend)?)
             .bind(row.try_get::<Option<i64>, _>(12).map_err(backend)?)
+            // Column 13, the batch, stays behind: the job leaves its batch.
+            .bind(row.try_get::<Option<String>, _>(14).map_err(backend)?)
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -1444,11 +1658,20 @@ where
         Ok(true)
     }
 
-    /// A pending or delayed job is deleted and counted as cancelled (its key freed); a
-    /// running one is flagged, and its worker learns of it through `touch`.
-    pub(crate) async fn cancel(&self, id: &str, _now: Millis) -> orcs_core::Result<CancelOutcome> {
+    /// A pending or delayed job is deleted and counted as cancelled (its key freed, and in
+    /// its batch if it is a child); a running one is flagged, and its worker learns of it
+    /// through `touch`.
+    pub(crate) async fn cancel(&self, id: &str, now: Millis) -> orcs_core::Result<CancelOutcome> {
         let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
+        if self.sql.dialect == Dialect::Postgres {
+            // A child's batch row first (see `settle_children`).
+            q(&self.sql.lock_batch_of_job)
+                .bind(id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         if let Some(row) = q(&self.sql.cancel_waiting)
             .bind(id.to_owned())
             .fetch_optional(&mut *tx)
@@ -1457,14 +1680,21 @@ where
         {
             let queue: String = row.try_get(0).map_err(backend)?;
             let key: Option<String> = row.try_get(1).map_err(backend)?;
-            q(&self.sql.count_cancelled)
-                .bind(queue.clone())
-                .bind(1_i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+            let mut counts = Counts::default();
+            counts.cancelled(&queue, 1);
             self.free_key(&mut tx, &queue, key, id).await?;
+            let mut ready = Vec::new();
+            if let Some(batch) = row.try_get::<Option<String>, _>(2).map_err(backend)? {
+                let ended = Ended::CANCELLED;
+                ready = self.count_in_batch(&mut tx, &batch, ended, now, &mut counts).await?;
+            }
+            self.write_counts(&mut tx, counts).await?;
+            B::notify_in(self, &mut tx, &ready).await?;
             tx.commit().await.map_err(backend)?;
+            drop(conn);
+            if !ready.is_empty() {
+                self.shared.wake.notify_waiters();
+            }
             return Ok(CancelOutcome::Removed);
         }
         let flagged = q(&self.sql.cancel_running)

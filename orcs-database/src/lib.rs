@@ -5,14 +5,17 @@ mod config;
 mod postgres;
 mod sql;
 mod sqlite;
+#[cfg(test)]
+mod upgrade_tests;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use orcs_core::{
-    Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, FailedJob, FailedQuery,
-    JobInfo, Lease, ListRequest, Millis, NewJob, PushOutcome, QueueLimits, QueueStats, Result,
-    Settle, Touch, async_trait,
+    Admin, BatchInfo, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, FailedJob,
+    FailedQuery, Fire, JobInfo, Lease, ListRequest, Millis, NewBatch, NewJob, PushOutcome,
+    QueueLimits, QueueStats, Result, ScheduleRecord, Settle, Touch, async_trait,
 };
 
 use crate::common::Shared;
@@ -148,19 +151,38 @@ impl DatabaseDriver {
         match (&self.inner.backend, tx.target()) {
             (Backend::Postgres(store), Target::Postgres(conn)) => store.push_in(conn, &jobs).await,
             (Backend::Sqlite(store), Target::Sqlite(conn)) => store.push_in(conn, &jobs).await,
-            (backend, target) => Err(orcs_core::Error::invalid(
-                "transaction",
-                format!(
-                    "this driver keeps its jobs in {}, so a {} transaction cannot store them: \
-                     build the driver on the application's pool ({})",
-                    match backend {
-                        Backend::Sqlite(_) => "SQLite",
-                        Backend::Postgres(_) => "PostgreSQL",
-                    },
-                    target.name(),
-                    target.constructor(),
-                ),
-            )),
+            (backend, target) => Err(wrong_transaction(backend, &target)),
+        }
+    }
+
+    /// Stores a batch and its children inside the application's open transaction `tx`, as
+    /// [`Driver::push_batch`] does in one of its own: the batch exists, its children are
+    /// dispatched and counted, if and only if `tx` commits. Build the children and callbacks
+    /// with [`orcs_core::Queue::prepare`] and the batch with [`NewBatch::new`] (a new ULID from
+    /// [`orcs_core::new_job_id`], `now`); a child's [`NewJob::batch`] may be left unset.
+    ///
+    /// What [`DatabaseDriver::push_in`] says of the transaction holds here too. A batch id that
+    /// exists is refused before anything is written.
+    ///
+    /// # Errors
+    /// [`orcs_core::Error::Invalid`] for a batch id that exists, a child that names another
+    /// batch, or a transaction on the other backend than the driver's;
+    /// [`orcs_core::Error::Backend`] when a statement fails (roll the transaction back).
+    pub async fn push_batch_in<T: InTransaction>(
+        &self,
+        tx: &mut T,
+        batch: NewBatch,
+        children: Vec<NewJob>,
+    ) -> Result<Vec<PushOutcome>> {
+        use private::Target;
+        match (&self.inner.backend, tx.target()) {
+            (Backend::Postgres(store), Target::Postgres(conn)) => {
+                store.push_batch_in(conn, &batch, children).await
+            }
+            (Backend::Sqlite(store), Target::Sqlite(conn)) => {
+                store.push_batch_in(conn, &batch, children).await
+            }
+            (backend, target) => Err(wrong_transaction(backend, &target)),
         }
     }
 
@@ -176,6 +198,23 @@ impl DatabaseDriver {
     pub fn config(&self) -> &DatabaseConfig {
         &self.inner.config
     }
+}
+
+/// The error for a transaction of the other database than the driver's.
+fn wrong_transaction(backend: &Backend, target: &private::Target<'_>) -> orcs_core::Error {
+    orcs_core::Error::invalid(
+        "transaction",
+        format!(
+            "this driver keeps its jobs in {}, so a {} transaction cannot store them: build the \
+             driver on the application's pool ({})",
+            match backend {
+                Backend::Sqlite(_) => "SQLite",
+                Backend::Postgres(_) => "PostgreSQL",
+            },
+            target.name(),
+            target.constructor(),
+        ),
+    )
 }
 
 /// An application's open sqlx transaction that [`DatabaseDriver::push_in`] stores jobs in:
@@ -287,6 +326,14 @@ impl Driver for DatabaseDriver {
             Backend::Postgres(s) => s.server_time().await,
         }
     }
+
+    async fn push_batch(&self, batch: NewBatch, children: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        on_backend!(self, s => s.push_batch(&batch, children).await)
+    }
+
+    async fn fire_schedule(&self, fire: &Fire, now: Millis) -> Result<bool> {
+        on_backend!(self, s => s.fire_schedule(fire, now).await)
+    }
 }
 
 #[async_trait]
@@ -307,8 +354,8 @@ impl Admin for DatabaseDriver {
         on_backend!(self, s => s.list(req, now).await)
     }
 
-    async fn clear(&self, queue: &str, _now: Millis) -> Result<u64> {
-        on_backend!(self, s => s.clear(queue).await)
+    async fn clear(&self, queue: &str, now: Millis) -> Result<u64> {
+        on_backend!(self, s => s.clear(queue, now).await)
     }
 
     async fn failed(&self, query: &FailedQuery) -> Result<Vec<FailedJob>> {
@@ -341,5 +388,25 @@ impl Admin for DatabaseDriver {
 
     async fn forget_queue(&self, queue: &str) -> Result<bool> {
         on_backend!(self, s => s.forget_queue(queue).await)
+    }
+
+    async fn batch(&self, id: &str) -> Result<Option<BatchInfo>> {
+        on_backend!(self, s => s.batch(id).await)
+    }
+
+    async fn cancel_batch(&self, id: &str, now: Millis) -> Result<BatchInfo> {
+        on_backend!(self, s => s.cancel_batch(id, now).await)
+    }
+
+    async fn register_schedule(&self, record: &ScheduleRecord) -> Result<ScheduleRecord> {
+        on_backend!(self, s => s.register_schedule(record).await)
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        on_backend!(self, s => s.schedules().await)
+    }
+
+    async fn forget_schedule(&self, name: &str) -> Result<bool> {
+        on_backend!(self, s => s.forget_schedule(name).await)
     }
 }

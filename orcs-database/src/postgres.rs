@@ -369,7 +369,8 @@ impl Store {
     }
 
     /// A batch of plain completions (the drain's hot path) is one statement; anything else is
-    /// one transaction with each item token-checked and its effects stored.
+    /// one transaction with each item token-checked and its effects stored. Completions of
+    /// batch children take one more transaction (see `Store::settle_children`).
     pub(crate) async fn settle(&self, batch: &[Settle], now: Millis) -> Result<Vec<Result<()>>> {
         let plain = batch.iter().all(|item| {
             matches!(item.transition, Transition::Complete) && item.effects.enqueue.is_empty()
@@ -395,7 +396,17 @@ impl Store {
             .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
             .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
             .map_err(backend)?;
-        Ok(settled(batch, &done))
+        let mut results = settled(batch, &done);
+        // The statement skips batch children: those (and lost leases, which answer as such)
+        // are settled with their batch rows locked first, in a transaction of their own.
+        let rest: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_err()).collect();
+        if !rest.is_empty() {
+            let items: Vec<Settle> = rest.iter().map(|&i| batch[i].clone()).collect();
+            for (i, result) in rest.into_iter().zip(self.settle_children(&items, now).await?) {
+                results[i] = result;
+            }
+        }
+        Ok(results)
     }
 
     /// One statement for the whole batch: stores the progress of the touches that carry some

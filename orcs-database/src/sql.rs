@@ -28,8 +28,11 @@ pub(crate) const RESERVED: i32 = 2;
 /// Due delayed jobs promoted per statement; a claim repeats it until fewer were due.
 pub(crate) const PROMOTE_CHUNK: u64 = 500;
 
-/// Parameters per job of [`Sql::insert`].
+/// Parameters per job of [`Sql::insert`] without workflow columns.
 pub(crate) const INSERT_PARAMS: usize = 14;
+
+/// Parameters per job of [`Sql::insert`] with the workflow columns (`batch`, `meta`).
+pub(crate) const INSERT_WORKFLOW_PARAMS: usize = 16;
 
 /// The columns the previous release's jobs table had (migration 1): a table named like the jobs
 /// table without them belongs to someone else.
@@ -71,7 +74,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 3;
+pub(crate) const LATEST_VERSION: i64 = 4;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -81,7 +84,7 @@ pub(crate) const UNIQUE_FINISHED: i32 = 1;
 pub(crate) const UNIQUE_PERIOD: i32 = 2;
 
 /// The columns a claim returns, in this order (the decoder reads them by position).
-const CLAIM_COLUMNS: [&str; 15] = [
+const CLAIM_COLUMNS: [&str; 17] = [
     "id",
     "name",
     "queue",
@@ -97,17 +100,39 @@ const CLAIM_COLUMNS: [&str; 15] = [
     "token",
     "unique_key",
     "unique_mode",
+    "batch",
+    "meta",
 ];
+
+/// The columns migration 3's claim function returned: [`CLAIM_COLUMNS`] before batches (an
+/// applied migration is never edited, so a new database still creates this one first).
+const CLAIM_COLUMNS_V3: usize = 15;
+
+/// `state` of a batch callback whose condition is not decided yet.
+pub(crate) const CALLBACK_WAITING: i32 = 0;
+/// `state` of a batch callback that was dispatched.
+pub(crate) const CALLBACK_DISPATCHED: i32 = 1;
+/// `state` of a batch callback that will never be dispatched.
+pub(crate) const CALLBACK_SKIPPED: i32 = 2;
 
 /// The columns `get` and `list` read, in this order (see `decode_info`).
 pub(crate) const INFO_COLUMNS: &str = "id, queue, name, payload, priority, attempts, max_retries, \
      retry_delay_ms, timeout_ms, dispatched_at, available_at, reserved_until, state, last_error, \
-     unique_key, unique_mode, unique_ms, progress, cancel_requested";
+     unique_key, unique_mode, unique_ms, progress, cancel_requested, batch, meta";
 
 /// The columns of a failed job, in this order (see `decode_failed`).
 pub(crate) const FAILED_COLUMNS: &str = "id, queue, name, payload, priority, attempts, \
      max_retries, retry_delay_ms, timeout_ms, dispatched_at, error, failed_at, unique_key, \
-     unique_mode, unique_ms";
+     unique_mode, unique_ms, batch, meta";
+
+/// The columns of a batch row, in this order (see `decode_batch`).
+pub(crate) const BATCH_COLUMNS: &str = "id, total, pending, processed, failed, cancelled, \
+     allow_failures, created_at, cancelled_at, finished_at, then_job, then_state, catch_job, \
+     catch_state, finally_job, finally_state";
+
+/// The columns of a schedule row, in this order (see `decode_schedule`).
+pub(crate) const SCHEDULE_COLUMNS: &str =
+    "name, queue, definition, \"cursor\", last_run, next_run, updated_at";
 
 /// One numbered schema change: its statements run in one transaction, recorded in the
 /// migrations table.
@@ -127,6 +152,7 @@ pub(crate) struct Sql {
     pub(crate) meta: String,
     pub(crate) uniq: String,
     pub(crate) starts: String,
+    pub(crate) batches: String,
     pub(crate) migrations_table: String,
     pub(crate) dialect: Dialect,
     /// `"schema".` when the tables are in a configured schema, else empty.
@@ -179,12 +205,19 @@ pub(crate) struct Sql {
     pub(crate) requeue: Arc<str>,
     pub(crate) forget: Arc<str>,
     pub(crate) flush: Arc<str>,
+    /// Deletes a leased job to complete or cancel it; returns (queue, key, limited, batch).
+    /// On PostgreSQL only a job outside any batch (see [`Sql::delete_leased_any`]).
     pub(crate) delete_leased: Arc<str>,
-    pub(crate) count_processed: Arc<str>,
+    /// [`Sql::delete_leased`] of any job, batch children included.
+    pub(crate) delete_leased_any: Arc<str>,
+    /// Adds ended jobs to a queue's counters: `$2` processed, `$3` failed, `$4` cancelled.
+    pub(crate) count_ended: Arc<str>,
+    /// Copies a leased job to the failed set; returns (queue, limited, batch). On PostgreSQL
+    /// only a job outside any batch (see [`Sql::copy_to_failed_any`]).
     pub(crate) copy_to_failed: Arc<str>,
+    /// [`Sql::copy_to_failed`] of any job, batch children included.
+    pub(crate) copy_to_failed_any: Arc<str>,
     pub(crate) delete_job: Arc<str>,
-    pub(crate) count_failed: Arc<str>,
-    pub(crate) count_cancelled: Arc<str>,
     pub(crate) free_key: Arc<str>,
     pub(crate) cancel_waiting: Arc<str>,
     pub(crate) cancel_running: Arc<str>,
@@ -197,6 +230,37 @@ pub(crate) struct Sql {
     /// PostgreSQL: `NOTIFY` for each queue of the text array `$2` on channel `$1`, inside the
     /// caller's transaction so listeners hear of a write only once it is committed.
     pub(crate) notify_pg: Arc<str>,
+    /// Stores a batch row; returns its id, or nothing if the id is taken.
+    pub(crate) batch_insert: Arc<str>,
+    /// Counts ended children (`$2` processed, `$3` failed, `$4` cancelled, at `$5`) and applies
+    /// the rules that follow in the same row update (see the function `batch_count`).
+    pub(crate) batch_count: Arc<str>,
+    pub(crate) batch_get: Arc<str>,
+    /// [`Sql::batch_get`] under the row's lock (PostgreSQL; SQLite's writes take turns anyway).
+    pub(crate) batch_get_locked: Arc<str>,
+    pub(crate) batch_cancel: Arc<str>,
+    /// Corrects a new batch's row when some children were duplicates: total and pending, and
+    /// when none was stored, finished at once with its callback states.
+    pub(crate) batch_fix: Arc<str>,
+    /// Removes a batch's waiting children; returns (queue, id, key).
+    pub(crate) sweep_delete: Arc<str>,
+    /// Asks a batch's remaining children to stop.
+    pub(crate) sweep_flag: Arc<str>,
+    /// PostgreSQL: locks the batch row of job `$1`, if it is a child.
+    pub(crate) lock_batch_of_job: Arc<str>,
+    /// PostgreSQL: locks the batch rows of queue `$1`'s waiting children, in id order.
+    pub(crate) lock_batches_of_queue: Arc<str>,
+    /// PostgreSQL: `clear` in one statement, answering (batch, removed) per batch (NULL for the
+    /// jobs outside batches).
+    pub(crate) clear_counted_pg: Arc<str>,
+    /// SQLite: the waiting children of queue `$1` per batch, read before `clear` deletes them.
+    pub(crate) clear_batches: Arc<str>,
+    pub(crate) schedule_register: Arc<str>,
+    pub(crate) schedule_list: Arc<str>,
+    pub(crate) schedule_forget: Arc<str>,
+    /// The schedule cursor's compare-and-set.
+    pub(crate) schedule_fire: Arc<str>,
+    pub(crate) schedule_exists: Arc<str>,
 }
 
 fn s(text: String) -> Arc<str> {
@@ -354,8 +418,97 @@ fn version_3(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     ]
 }
 
-/// Quoted (`j`, `f`, `c`, `m`, `u`, `s`, schema-qualified if there is one) and plain table
-/// names, and the schema prefix of other objects (`"schema".` or empty).
+/// Migration 4 (workflows and schedules): a job's `batch` and `meta` (kept in the failed set
+/// too), the index of a batch's unfinished children, and the batches and schedules tables. On
+/// PostgreSQL the claim function of migration 3 is replaced by one that returns the new columns
+/// (in [`Sql::new`]).
+fn version_4(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    let Names { j, f, b, sch, jobs, .. } = names;
+    let pg = dialect == Dialect::Postgres;
+    let text_c = if pg { "TEXT COLLATE \"C\"" } else { "TEXT" };
+    let int = if pg { "BIGINT" } else { "INTEGER" };
+    vec![
+        // Nullable and without a default: added in place, and a job outside workflows stores
+        // nothing more.
+        format!("ALTER TABLE {j} ADD COLUMN batch {text_c}"),
+        format!("ALTER TABLE {j} ADD COLUMN meta TEXT"),
+        format!("ALTER TABLE {f} ADD COLUMN batch {text_c}"),
+        format!("ALTER TABLE {f} ADD COLUMN meta TEXT"),
+        // A batch's unfinished children, for its cancel; partial, so other jobs are not in it.
+        format!(
+            "CREATE INDEX IF NOT EXISTS \"{jobs}_batch\" ON {j} (batch, state) \
+             WHERE batch IS NOT NULL"
+        ),
+        // Callbacks are the `NewJob`s as JSON (ids fixed at dispatch), each with its state:
+        // 0 waiting, 1 dispatched, 2 skipped; NULL for a callback the batch does not have.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {b} (\
+             id {text_c} NOT NULL PRIMARY KEY, \
+             total {int} NOT NULL, \
+             pending {int} NOT NULL, \
+             processed {int} NOT NULL DEFAULT 0, \
+             failed {int} NOT NULL DEFAULT 0, \
+             cancelled {int} NOT NULL DEFAULT 0, \
+             allow_failures BOOLEAN NOT NULL DEFAULT FALSE, \
+             created_at {int} NOT NULL, \
+             cancelled_at {int}, \
+             finished_at {int}, \
+             then_job TEXT, \
+             then_state INTEGER, \
+             catch_job TEXT, \
+             catch_state INTEGER, \
+             finally_job TEXT, \
+             finally_state INTEGER)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {sch} (\
+             name {text_c} NOT NULL PRIMARY KEY, \
+             queue {text_c} NOT NULL, \
+             definition TEXT NOT NULL, \
+             \"cursor\" {int} NOT NULL, \
+             last_run {int}, \
+             next_run {int}, \
+             updated_at {int} NOT NULL)"
+        ),
+    ]
+}
+
+/// The batch rules in one row update of batch `$1`: `$2` children completed, `$3` failed and
+/// `$4` were cancelled at `$5`. The first failure (none before) cancels the batch unless
+/// failures are allowed, and dispatches `catch`; the update that takes `pending` to 0 finishes
+/// it: `then` is dispatched if no child failed or was cancelled and the batch was not
+/// cancelled, `finally` always, and a callback still waiting is skipped. The row lock it takes
+/// orders concurrent ends of one batch (PostgreSQL), and the `WHERE` makes a finished batch
+/// count nothing more. Returns the new `pending`, `failed`, `allow_failures`, and the JSON of
+/// each callback this update dispatched (else NULL), as `catch`, `then`, `finally`.
+fn batch_count(b: &str) -> String {
+    let (w, d, skipped) = (CALLBACK_WAITING, CALLBACK_DISPATCHED, CALLBACK_SKIPPED);
+    // SET expressions read the row as it was before the update.
+    let ended = "($2 + $3 + $4)";
+    let last = format!("pending = {ended}");
+    format!(
+        "UPDATE {b} SET pending = pending - {ended}, processed = processed + $2, \
+         failed = failed + $3, cancelled = cancelled + $4, \
+         cancelled_at = CASE WHEN $3 > 0 AND failed = 0 AND NOT allow_failures \
+         THEN COALESCE(cancelled_at, $5) ELSE cancelled_at END, \
+         catch_state = CASE WHEN catch_state = {w} AND $3 > 0 THEN {d} \
+         WHEN catch_state = {w} AND {last} THEN {skipped} ELSE catch_state END, \
+         then_state = CASE WHEN then_state = {w} AND {last} THEN CASE WHEN failed + $3 = 0 \
+         AND cancelled + $4 = 0 AND cancelled_at IS NULL THEN {d} ELSE {skipped} END \
+         ELSE then_state END, \
+         finally_state = CASE WHEN finally_state = {w} AND {last} THEN {d} \
+         ELSE finally_state END, \
+         finished_at = CASE WHEN {last} THEN $5 ELSE finished_at END \
+         WHERE id = $1 AND finished_at IS NULL AND pending >= {ended} \
+         RETURNING pending, failed, allow_failures, \
+         CASE WHEN $3 > 0 AND failed = $3 AND catch_state = {d} THEN catch_job END, \
+         CASE WHEN pending = 0 AND then_state = {d} THEN then_job END, \
+         CASE WHEN pending = 0 AND finally_state = {d} THEN finally_job END"
+    )
+}
+
+/// Quoted (`j`, `f`, `c`, `m`, `u`, `s`, `b`, `sch`, schema-qualified if there is one) and
+/// plain table names, and the schema prefix of other objects (`"schema".` or empty).
 struct Names<'a> {
     prefix: &'a str,
     j: &'a str,
@@ -364,6 +517,8 @@ struct Names<'a> {
     m: &'a str,
     u: &'a str,
     s: &'a str,
+    b: &'a str,
+    sch: &'a str,
     jobs: &'a str,
     failed: &'a str,
 }
@@ -384,14 +539,28 @@ impl Sql {
         let m = quoted(&format!("{jobs}_queues"));
         let u = quoted(&format!("{jobs}_unique"));
         let st = quoted(&format!("{jobs}_starts"));
+        let b = quoted(&format!("{jobs}_batches"));
+        let sch = quoted(&format!("{jobs}_schedules"));
         let migrations_table = quoted(&format!("{jobs}_migrations"));
         let pg = dialect == Dialect::Postgres;
-        let names =
-            Names { prefix: &prefix, j: &j, f: &f, c: &c, m: &m, u: &u, s: &st, jobs, failed };
+        let names = Names {
+            prefix: &prefix,
+            j: &j,
+            f: &f,
+            c: &c,
+            m: &m,
+            u: &u,
+            s: &st,
+            b: &b,
+            sch: &sch,
+            jobs,
+            failed,
+        };
         let migrations = vec![
             Migration { version: 1, statements: version_1(dialect, &names) },
             Migration { version: 2, statements: version_2(dialect, &names) },
             Migration { version: 3, statements: version_3(dialect, &names) },
+            Migration { version: 4, statements: version_4(dialect, &names) },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -405,9 +574,9 @@ impl Sql {
              AND {u}.queue = claimed.queue AND {u}.unique_key = claimed.unique_key \
              AND {u}.holder = claimed.id)"
         );
-        let claim_update = |picked_limit: &str| {
+        let claim_update = |picked_limit: &str, columns: &[&str]| {
             let returning =
-                CLAIM_COLUMNS.iter().map(|col| format!("{j}.{col}")).collect::<Vec<_>>().join(", ");
+                columns.iter().map(|col| format!("{j}.{col}")).collect::<Vec<_>>().join(", ");
             format!(
                 "picked AS MATERIALIZED (SELECT id FROM {j} \
                  WHERE queue = $1 AND state = {READY} AND {not_paused} \
@@ -418,7 +587,29 @@ impl Sql {
                  FROM picked WHERE {j}.id = picked.id RETURNING {returning}), {free_started}"
             )
         };
-        let (promote, claim, claim_limited_pg) = if pg {
+        // Under the queue's metadata row lock (taken by the statement before, so this one's
+        // snapshot sees every committed claim): room = min(asked, concurrency - reserved, rate -
+        // starts in the window); records the starts and prunes the log.
+        let claim_limited = |columns: &[&str]| {
+            format!(
+                "WITH room AS MATERIALIZED (SELECT GREATEST(0, LEAST($6::BIGINT, \
+                 COALESCE($7::BIGINT - (SELECT COUNT(*) FROM (SELECT 1 FROM {j} \
+                 WHERE queue = $1 AND state = {RESERVED} LIMIT COALESCE($7::BIGINT, 0)) AS r), \
+                 $6::BIGINT), \
+                 COALESCE($8::BIGINT - (SELECT COALESCE(SUM(n), 0)::BIGINT FROM {st} \
+                 WHERE queue = $1 AND started_at > $2 - $9::BIGINT), $6::BIGINT))) AS n), \
+                 {}, \
+                 started AS (INSERT INTO {st} AS st (queue, started_at, n) \
+                 SELECT $1, $2, COUNT(*) FROM claimed WHERE $8::BIGINT IS NOT NULL \
+                 HAVING COUNT(*) > 0 \
+                 ON CONFLICT (queue, started_at) DO UPDATE SET n = st.n + excluded.n), \
+                 pruned AS (DELETE FROM {st} WHERE queue = $1 AND $9::BIGINT > 0 \
+                 AND started_at <= $2 - $9::BIGINT) \
+                 SELECT * FROM claimed",
+                claim_update("(SELECT n FROM room)", columns)
+            )
+        };
+        let (promote, claim) = if pg {
             // MATERIALIZED: the selection runs once, so the update touches at most `$6` rows
             // whatever plan the outer statement gets (an `IN (subquery)` may be re-evaluated).
             // The promotion also reads the queue's limits, saving a round trip per claim.
@@ -432,27 +623,7 @@ impl Sql {
                      SELECT (SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
                      lim.rate_period_ms FROM (SELECT 1) AS one LEFT JOIN {m} AS lim ON lim.queue = $1"
                 ),
-                format!("WITH {} SELECT * FROM claimed", claim_update("$6")),
-                // Under the queue's metadata row lock (taken by the statement before, so this
-                // one's snapshot sees every committed claim): room = min(asked, concurrency -
-                // reserved, rate - starts in the window); records the starts and prunes the log.
-                format!(
-                    "WITH room AS MATERIALIZED (SELECT GREATEST(0, LEAST($6::BIGINT, \
-                     COALESCE($7::BIGINT - (SELECT COUNT(*) FROM (SELECT 1 FROM {j} \
-                     WHERE queue = $1 AND state = {RESERVED} LIMIT COALESCE($7::BIGINT, 0)) AS r), \
-                     $6::BIGINT), \
-                     COALESCE($8::BIGINT - (SELECT COALESCE(SUM(n), 0)::BIGINT FROM {st} \
-                     WHERE queue = $1 AND started_at > $2 - $9::BIGINT), $6::BIGINT))) AS n), \
-                     {}, \
-                     started AS (INSERT INTO {st} AS st (queue, started_at, n) \
-                     SELECT $1, $2, COUNT(*) FROM claimed WHERE $8::BIGINT IS NOT NULL \
-                     HAVING COUNT(*) > 0 \
-                     ON CONFLICT (queue, started_at) DO UPDATE SET n = st.n + excluded.n), \
-                     pruned AS (DELETE FROM {st} WHERE queue = $1 AND $9::BIGINT > 0 \
-                     AND started_at <= $2 - $9::BIGINT) \
-                     SELECT * FROM claimed",
-                    claim_update("(SELECT n FROM room)")
-                ),
+                format!("WITH {} SELECT * FROM claimed", claim_update("$6", &CLAIM_COLUMNS)),
             )
         } else {
             // One writer at a time on SQLite: the subquery cannot race with another claim.
@@ -471,11 +642,10 @@ impl Sql {
                      RETURNING {}",
                     CLAIM_COLUMNS.join(", ")
                 ),
-                String::new(),
             )
         };
         let moved = "id, queue, name, payload, priority, attempts, max_retries, retry_delay_ms, \
-                     timeout_ms, dispatched_at, unique_key, unique_mode, unique_ms";
+                     timeout_ms, dispatched_at, unique_key, unique_mode, unique_ms, batch, meta";
         // `$3` run_at against now: the job is ready at once or waits in the delayed index.
         let state_at = |now: &str| format!("CASE WHEN $3 <= {now} THEN {READY} ELSE {DELAYED} END");
         // Whether the job's queue has a concurrency limit: then a settle frees a slot and wakes
@@ -488,31 +658,45 @@ impl Sql {
         };
         let lj = limited(&j);
         let lf = limited(&f);
+        // PostgreSQL ends a batch child in a transaction that locked its batch row first (see
+        // `Store::settle_children`), so its terminal statements that lock no batch row skip
+        // children; SQLite's writes take turns, so its statements take any job.
+        let plain = if pg { " AND batch IS NULL" } else { "" };
+        let lock = if pg { " FOR UPDATE" } else { "" };
         let mut migrations = migrations;
         let claim_function = format!("{prefix}\"{jobs}_claim\"");
         if pg {
             // The claim of a limited queue as a server-side function: a lock per queue (an
             // advisory one, which writes nothing) and the claim are two statements (the claim's snapshot, taken after
             // the lock, sees every claim committed before), yet one round trip.
-            let body = claim_limited_pg
-                .replace("$7::BIGINT", "v_concurrency")
-                .replace("$8::BIGINT", "v_rate")
-                .replace("$9::BIGINT", "v_period");
-            migrations[2].statements.push(format!(
-                "CREATE OR REPLACE FUNCTION {claim_function}(TEXT, BIGINT, BIGINT, BIGINT, TEXT, \
-                 BIGINT) RETURNS TABLE (o_id TEXT, o_name TEXT, o_queue TEXT, o_payload TEXT, \
-                 o_priority INTEGER, o_attempts BIGINT, o_max_retries BIGINT, \
-                 o_retry_delay_ms BIGINT, o_timeout_ms BIGINT, o_dispatched_at BIGINT, \
-                 o_last_error TEXT, o_reserved_until BIGINT, o_token TEXT, o_unique_key TEXT, \
-                 o_unique_mode INTEGER) LANGUAGE plpgsql VOLATILE AS $fn$ \
-                 DECLARE v_concurrency BIGINT; v_rate BIGINT; v_period BIGINT; \
-                 BEGIN \
-                 PERFORM pg_advisory_xact_lock(hashtextextended('{jobs}:' || $1, 0)); \
-                 SELECT concurrency, rate_limit, rate_period_ms \
-                 INTO v_concurrency, v_rate, v_period FROM {m} WHERE queue = $1; \
-                 RETURN QUERY {body}; \
-                 END $fn$"
+            let function = |columns: &[&str], extra: &str| {
+                let body = claim_limited(columns)
+                    .replace("$7::BIGINT", "v_concurrency")
+                    .replace("$8::BIGINT", "v_rate")
+                    .replace("$9::BIGINT", "v_period");
+                format!(
+                    "CREATE OR REPLACE FUNCTION {claim_function}(TEXT, BIGINT, BIGINT, BIGINT, \
+                     TEXT, BIGINT) RETURNS TABLE (o_id TEXT, o_name TEXT, o_queue TEXT, \
+                     o_payload TEXT, o_priority INTEGER, o_attempts BIGINT, o_max_retries BIGINT, \
+                     o_retry_delay_ms BIGINT, o_timeout_ms BIGINT, o_dispatched_at BIGINT, \
+                     o_last_error TEXT, o_reserved_until BIGINT, o_token TEXT, o_unique_key TEXT, \
+                     o_unique_mode INTEGER{extra}) LANGUAGE plpgsql VOLATILE AS $fn$ \
+                     DECLARE v_concurrency BIGINT; v_rate BIGINT; v_period BIGINT; \
+                     BEGIN \
+                     PERFORM pg_advisory_xact_lock(hashtextextended('{jobs}:' || $1, 0)); \
+                     SELECT concurrency, rate_limit, rate_period_ms \
+                     INTO v_concurrency, v_rate, v_period FROM {m} WHERE queue = $1; \
+                     RETURN QUERY {body}; \
+                     END $fn$"
+                )
+            };
+            migrations[2].statements.push(function(&CLAIM_COLUMNS[..CLAIM_COLUMNS_V3], ""));
+            // A function's result type cannot be replaced: drop it, then create the new one.
+            migrations[3].statements.push(format!(
+                "DROP FUNCTION IF EXISTS {claim_function}(TEXT, BIGINT, BIGINT, BIGINT, TEXT, \
+                 BIGINT)"
             ));
+            migrations[3].statements.push(function(&CLAIM_COLUMNS, ", o_batch TEXT, o_meta TEXT"));
         }
         Self {
             migrations,
@@ -623,35 +807,40 @@ impl Sql {
             // Deleting first makes concurrent retries of one id take turns on its row: the
             // first deletes it, the others then find nothing.
             unfail: s(format!("DELETE FROM {f} WHERE id = $1 RETURNING {moved}")),
+            // Out of its batch (`batch` NULL): it was counted there when it failed.
             requeue: s(format!(
                 "INSERT INTO {j} ({moved}, available_at, state) \
-                 VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11, $12, $13, {READY}) \
-                 ON CONFLICT (id) DO NOTHING"
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11, $12, NULL, $13, $14, \
+                 {READY}) ON CONFLICT (id) DO NOTHING"
             )),
             forget: s(format!("DELETE FROM {f} WHERE id = $1")),
             flush: s(format!("DELETE FROM {f}")),
             delete_leased: s(format!(
-                "DELETE FROM {j} WHERE id = $1 AND token = $2 RETURNING queue, unique_key, {lj}"
+                "DELETE FROM {j} WHERE id = $1 AND token = $2{plain} \
+                 RETURNING queue, unique_key, {lj}, batch"
             )),
-            count_processed: s(format!(
-                "INSERT INTO {c} AS c (queue, processed, failed_total) VALUES ($1, 1, 0) \
-                 ON CONFLICT (queue) DO UPDATE SET processed = c.processed + 1"
+            delete_leased_any: s(format!(
+                "DELETE FROM {j} WHERE id = $1 AND token = $2 \
+                 RETURNING queue, unique_key, {lj}, batch"
             )),
-            count_cancelled: s(format!(
+            count_ended: s(format!(
                 "INSERT INTO {c} AS c (queue, processed, failed_total, cancelled) \
-                 VALUES ($1, 0, 0, $2) \
-                 ON CONFLICT (queue) DO UPDATE SET cancelled = c.cancelled + excluded.cancelled"
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (queue) DO UPDATE SET \
+                 processed = c.processed + excluded.processed, \
+                 failed_total = c.failed_total + excluded.failed_total, \
+                 cancelled = c.cancelled + excluded.cancelled"
             )),
             copy_to_failed: s(format!(
                 "INSERT INTO {f} ({moved}, error, failed_at) \
+                 SELECT {moved}, $3, $4 FROM {j} WHERE id = $1 AND token = $2{plain} \
+                 RETURNING queue, {lf}, batch"
+            )),
+            copy_to_failed_any: s(format!(
+                "INSERT INTO {f} ({moved}, error, failed_at) \
                  SELECT {moved}, $3, $4 FROM {j} WHERE id = $1 AND token = $2 \
-                 RETURNING queue, {lf}"
+                 RETURNING queue, {lf}, batch"
             )),
             delete_job: s(format!("DELETE FROM {j} WHERE id = $1 RETURNING unique_key")),
-            count_failed: s(format!(
-                "INSERT INTO {c} AS c (queue, processed, failed_total) VALUES ($1, 0, 1) \
-                 ON CONFLICT (queue) DO UPDATE SET failed_total = c.failed_total + 1"
-            )),
             // Only a key held by this very job, and not a `Period` one (those run their time).
             free_key: s(format!(
                 "DELETE FROM {u} WHERE queue = $1 AND unique_key = $2 AND holder = $3 \
@@ -659,7 +848,7 @@ impl Sql {
             )),
             cancel_waiting: s(format!(
                 "DELETE FROM {j} WHERE id = $1 AND state IN ({READY}, {DELAYED}) \
-                 RETURNING queue, unique_key"
+                 RETURNING queue, unique_key, batch"
             )),
             cancel_running: s(format!(
                 "UPDATE {j} SET cancel_requested = TRUE WHERE id = $1 AND state = {RESERVED} \
@@ -668,7 +857,7 @@ impl Sql {
             set_progress: s(format!("UPDATE {j} SET progress = $3 WHERE id = $1 AND token = $2")),
             complete_many_pg: s(format!(
                 "WITH done AS (DELETE FROM {j} WHERE (id, token) IN \
-                 (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
+                 (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) AND batch IS NULL \
                  RETURNING id, token, queue, unique_key), \
                  counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
@@ -691,6 +880,57 @@ impl Sql {
                  WHERE {j}.cancel_requested"
             )),
             notify_pg: s("SELECT pg_notify($1, q) FROM UNNEST($2::TEXT[]) AS q".to_owned()),
+            batch_insert: s(format!(
+                "INSERT INTO {b} ({BATCH_COLUMNS}) VALUES ($1, $2, $2, 0, 0, 0, $3, $4, NULL, $5, \
+                 $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING RETURNING id"
+            )),
+            batch_count: s(batch_count(&b)),
+            batch_get: s(format!("SELECT {BATCH_COLUMNS} FROM {b} WHERE id = $1")),
+            batch_get_locked: s(format!("SELECT {BATCH_COLUMNS} FROM {b} WHERE id = $1{lock}")),
+            batch_cancel: s(format!(
+                "UPDATE {b} SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL \
+                 AND finished_at IS NULL"
+            )),
+            batch_fix: s(format!(
+                "UPDATE {b} SET total = $2, pending = $2, finished_at = $3, then_state = $4, \
+                 catch_state = $5, finally_state = $6 WHERE id = $1"
+            )),
+            sweep_delete: s(format!(
+                "DELETE FROM {j} WHERE batch = $1 AND state IN ({READY}, {DELAYED}) \
+                 RETURNING queue, id, unique_key"
+            )),
+            sweep_flag: s(format!(
+                "UPDATE {j} SET cancel_requested = TRUE WHERE batch = $1 AND NOT cancel_requested"
+            )),
+            lock_batch_of_job: s(format!(
+                "SELECT id FROM {b} WHERE id = (SELECT batch FROM {j} WHERE id = $1){lock}"
+            )),
+            lock_batches_of_queue: s(format!(
+                "SELECT id FROM {b} WHERE id IN (SELECT batch FROM {j} WHERE queue = $1 \
+                 AND state IN ({READY}, {DELAYED}) AND batch IS NOT NULL) ORDER BY id{lock}"
+            )),
+            clear_counted_pg: s(format!(
+                "WITH gone AS (DELETE FROM {j} WHERE queue = $1 AND state IN ({READY}, {DELAYED}) \
+                 RETURNING batch) SELECT batch, COUNT(*) FROM gone GROUP BY batch ORDER BY batch"
+            )),
+            clear_batches: s(format!(
+                "SELECT batch, COUNT(*) FROM {j} WHERE queue = $1 \
+                 AND state IN ({READY}, {DELAYED}) AND batch IS NOT NULL \
+                 GROUP BY batch ORDER BY batch"
+            )),
+            schedule_register: s(format!(
+                "INSERT INTO {sch} ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (name) DO UPDATE SET queue = excluded.queue, \
+                 definition = excluded.definition, updated_at = excluded.updated_at \
+                 RETURNING {SCHEDULE_COLUMNS}"
+            )),
+            schedule_list: s(format!("SELECT {SCHEDULE_COLUMNS} FROM {sch} ORDER BY name")),
+            schedule_forget: s(format!("DELETE FROM {sch} WHERE name = $1")),
+            schedule_fire: s(format!(
+                "UPDATE {sch} SET \"cursor\" = $3, last_run = COALESCE($4, last_run), \
+                 next_run = $5 WHERE name = $1 AND \"cursor\" = $2"
+            )),
+            schedule_exists: s(format!("SELECT 1 FROM {sch} WHERE name = $1")),
             dialect,
             schema_prefix: prefix,
             jobs_name: jobs.to_owned(),
@@ -701,6 +941,7 @@ impl Sql {
             meta: m,
             uniq: u,
             starts: st,
+            batches: b,
             migrations_table,
         }
     }
@@ -714,26 +955,29 @@ impl Sql {
         }
     }
 
-    /// Inserts `rows` new jobs (14 parameters each), skipping ids already in the table; returns
+    /// Inserts `rows` new jobs (14 parameters each, 16 with the `workflow` columns: a push of
+    /// jobs outside workflows sends the statement it sent before they existed), skipping ids already in the table; returns
     /// the ids it stored. On SQLite it also skips ids in the failed set: the statement runs
     /// under the single write lock, so nothing can move a job there meanwhile, and the push
     /// saves the separate look (a round trip to SQLite's worker thread).
-    pub(crate) fn insert(&self, rows: usize) -> String {
+    pub(crate) fn insert(&self, rows: usize, workflow: bool) -> String {
         let sqlite = self.dialect == Dialect::Sqlite;
+        let (columns, per_row) =
+            if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
         let mut sql = format!(
             "INSERT INTO {} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
-             timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms) \
-             {}",
+             timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms\
+             {columns}) {}",
             self.jobs,
             if sqlite { "SELECT * FROM (VALUES " } else { "VALUES " }
         );
         for row in 0..rows {
-            let b = row * INSERT_PARAMS;
+            let b = row * per_row;
             if row > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
-            for col in 1..=INSERT_PARAMS {
+            for col in 1..=per_row {
                 if col > 1 {
                     sql.push_str(", ");
                 }
@@ -819,11 +1063,36 @@ impl Sql {
     }
 
     /// Deletes the expired leases of `count` queues whose cancel was requested (`$1` is now):
-    /// recovery ends them as cancelled. Returns (queue, id, key).
+    /// recovery ends them as cancelled. Returns (queue, id, key, batch).
     pub(crate) fn recover_cancelled(&self, count: usize) -> String {
         format!(
             "DELETE FROM {} WHERE queue IN ({}) AND state = {RESERVED} AND reserved_until <= $1 \
-             AND cancel_requested RETURNING queue, id, unique_key",
+             AND cancel_requested RETURNING queue, id, unique_key, batch",
+            self.jobs,
+            params(2, count)
+        )
+    }
+
+    /// PostgreSQL: locks the batch rows of the jobs among `count` ids that are batch children,
+    /// in id order (so that concurrent ends of children take batch rows in one order).
+    pub(crate) fn lock_batches_of_jobs(&self, count: usize) -> String {
+        format!(
+            "SELECT id FROM {} WHERE id IN (SELECT batch FROM {} WHERE id IN ({}) \
+             AND batch IS NOT NULL) ORDER BY id FOR UPDATE",
+            self.batches,
+            self.jobs,
+            params(1, count)
+        )
+    }
+
+    /// PostgreSQL: locks the batch rows of the children that [`Sql::recover_cancelled`] would
+    /// end (same parameters), in id order.
+    pub(crate) fn lock_batches_of_recovery(&self, count: usize) -> String {
+        format!(
+            "SELECT id FROM {} WHERE id IN (SELECT batch FROM {} WHERE queue IN ({}) \
+             AND state = {RESERVED} AND reserved_until <= $1 AND cancel_requested \
+             AND batch IS NOT NULL) ORDER BY id FOR UPDATE",
+            self.batches,
             self.jobs,
             params(2, count)
         )
@@ -893,4 +1162,56 @@ impl Sql {
 /// `$first, $first+1, ...` for `count` parameters.
 fn params(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(dialect: Dialect) -> Sql {
+        Sql::new(dialect, None, "jobs", "failed_jobs", "job_counters")
+    }
+
+    /// A push of jobs outside workflows binds what it bound before migration 4; one with a
+    /// batch or meta binds the two columns more.
+    #[test]
+    fn a_push_outside_workflows_sends_the_statement_of_before() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let sql = sql(dialect);
+            let plain = sql.insert(2, false);
+            assert!(!plain.contains("batch") && !plain.contains("meta"), "{plain}");
+            assert!(plain.contains("$28)") && !plain.contains("$29"), "{plain}");
+            let workflow = sql.insert(2, true);
+            assert!(workflow.contains("unique_ms, batch, meta)"), "{workflow}");
+            assert!(workflow.contains("$32)") && !workflow.contains("$33"), "{workflow}");
+        }
+    }
+
+    /// Migration 3 still creates the claim function it created (applied migrations are never
+    /// edited); migration 4 drops it and creates the one that returns the new columns.
+    #[test]
+    fn migration_4_replaces_the_claim_function_of_migration_3() {
+        let sql = sql(Dialect::Postgres);
+        let v3 = sql.migrations[2].statements.last().expect("the function");
+        assert!(v3.contains("o_unique_mode INTEGER) LANGUAGE"), "{v3}");
+        assert!(!v3.contains("batch"), "{v3}");
+        let v4 = &sql.migrations[3].statements;
+        let drop = v4.iter().position(|s| s.starts_with("DROP FUNCTION")).expect("the drop");
+        let create = v4.iter().position(|s| s.contains("o_batch TEXT, o_meta TEXT")).expect("new");
+        assert!(drop < create);
+        assert!(v4[create].contains("jobs\".batch, \"jobs\".meta"), "{}", v4[create]);
+    }
+
+    /// On PostgreSQL the statements that end a job without locking its batch row first skip
+    /// batch children; on SQLite (one writer at a time) they take any job.
+    #[test]
+    fn plain_ends_skip_children_on_postgres_only() {
+        let (pg, lite) = (sql(Dialect::Postgres), sql(Dialect::Sqlite));
+        for statement in [&pg.delete_leased, &pg.copy_to_failed, &pg.complete_many_pg] {
+            assert!(statement.contains("batch IS NULL"), "{statement}");
+        }
+        for statement in [&lite.delete_leased, &lite.copy_to_failed, &pg.delete_leased_any] {
+            assert!(!statement.contains("batch IS NULL"), "{statement}");
+        }
+    }
 }

@@ -91,8 +91,8 @@ mod database {
     use std::time::Instant;
 
     use orcs_core::{
-        Admin, ClaimRequest, Clock, Driver, Error, FailedQuery, NewJob, QueueLimits, RateLimit,
-        Settle, SystemClock, Touch,
+        Admin, CallbackState, ClaimRequest, Clock, Driver, Error, FailedQuery, NewBatch, NewJob,
+        QueueLimits, RateLimit, Settle, SystemClock, Touch,
     };
     use orcs_database::DatabaseConfig;
     use sqlx::Connection;
@@ -424,7 +424,7 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2, 3]);
+        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4]);
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -588,7 +588,125 @@ mod database {
         assert_eq!(failed.len(), 2, "both tables' failures are in the shared table");
     }
 
+    /// Children of one batch end at once on several drivers (separate connections, as
+    /// separate processes), in settle calls mixed with jobs outside the batch: every end is
+    /// counted once (no lost update of the batch row), and `then` and `finally` run once.
+    async fn children_ending_at_once_are_counted_once(target: Target) {
+        let admin = target.driver().await;
+        let now = SystemClock.now();
+        let id = orcs_core::new_job_id();
+        let mut batch = NewBatch::new(id.clone(), now);
+        batch.then = Some(job("default", 900));
+        batch.finally = Some(job("default", 901));
+        let children: Vec<NewJob> = (0..48).map(|i| job("default", i)).collect();
+        admin.push_batch(batch, children).await.expect("push_batch");
+        admin.push((0..48).map(|i| job("default", 100 + i)).collect()).await.expect("push");
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let driver = target.driver().await;
+            workers.spawn(async move {
+                let queues = vec!["default".to_owned()];
+                let mut ended = 0;
+                loop {
+                    let claim = driver.claim(&request(&queues, 6)).await.expect("claim");
+                    if claim.jobs.is_empty() {
+                        return ended;
+                    }
+                    let settles: Vec<Settle> =
+                        claim.jobs.iter().map(|r| Settle::complete(r.lease.clone())).collect();
+                    for result in driver.settle(&settles, SystemClock.now()).await {
+                        result.expect("complete");
+                    }
+                    ended += settles.len();
+                }
+            });
+        }
+        let ended: usize = workers.join_all().await.into_iter().sum();
+        assert_eq!(ended, 98, "48 children, 48 other jobs, then and finally");
+        let info = admin.batch(&id).await.expect("batch").expect("kept");
+        assert_eq!((info.total, info.pending, info.processed), (48, 0, 48));
+        let states = (info.then.map(|c| c.state), info.finally.map(|c| c.state));
+        assert_eq!(states, (Some(CallbackState::Dispatched), Some(CallbackState::Dispatched)));
+        let stats = admin.stats("default", SystemClock.now()).await.expect("stats");
+        assert_eq!((stats.pending, stats.reserved, stats.processed), (0, 0, 98));
+    }
+
+    /// A batch cancel races with its running children's ends (completions and failures, on
+    /// several drivers): no deadlock, no end lost, and every child is counted once, however it
+    /// ended. The waiting children are removed by whichever comes first: the cancel, or the
+    /// first failure.
+    async fn batch_cancel_races_with_children_ending(target: Target) {
+        let admin = target.driver().await;
+        let now = SystemClock.now();
+        let id = orcs_core::new_job_id();
+        let mut batch = NewBatch::new(id.clone(), now);
+        batch.then = Some(job("callbacks", 7));
+        batch.catch = Some(job("callbacks", 8));
+        batch.finally = Some(job("callbacks", 9));
+        admin
+            .push_batch(batch, (0..60).map(|i| job("default", i)).collect())
+            .await
+            .expect("push_batch");
+        let queues = vec!["default".to_owned()];
+        // Every driver takes its children before any ends, so that thirty wait.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let driver = target.driver().await;
+            let jobs = driver.claim(&request(&queues, 10)).await.expect("claim").jobs;
+            assert_eq!(jobs.len(), 10);
+            held.push((driver, jobs));
+        }
+        let mut ends = tokio::task::JoinSet::new();
+        for (worker, (driver, held)) in held.into_iter().enumerate() {
+            ends.spawn(async move {
+                let settles: Vec<Settle> = held
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        if (i + worker) % 4 == 0 {
+                            Settle::fail(r.lease.clone(), "boom")
+                        } else {
+                            Settle::complete(r.lease.clone())
+                        }
+                    })
+                    .collect();
+                let mut results = driver.settle(&settles[..5], SystemClock.now()).await;
+                results.extend(driver.settle(&settles[5..], SystemClock.now()).await);
+                results
+            });
+        }
+        let canceller = target.driver().await;
+        let cancel_id = id.clone();
+        let cancel =
+            tokio::spawn(
+                async move { canceller.cancel_batch(&cancel_id, SystemClock.now()).await },
+            );
+        for results in ends.join_all().await {
+            for result in results {
+                result.expect("every end is recorded");
+            }
+        }
+        cancel.await.expect("the cancel's task").expect("cancel_batch");
+        let info = admin.batch(&id).await.expect("batch").expect("kept");
+        assert_eq!((info.total, info.pending, info.cancelled), (60, 0, 30), "{info:?}");
+        assert_eq!(info.processed + info.failed, 30, "{info:?}");
+        assert!(info.failed > 0 && info.cancelled_at.is_some() && info.finished_at.is_some());
+        let states = (
+            info.then.map(|c| c.state),
+            info.catch.map(|c| c.state),
+            info.finally.map(|c| c.state),
+        );
+        let (dispatched, skipped) = (CallbackState::Dispatched, CallbackState::Skipped);
+        assert_eq!(states, (Some(skipped), Some(dispatched), Some(dispatched)));
+        let stats = admin.stats("callbacks", SystemClock.now()).await.expect("stats");
+        assert_eq!(stats.pending, 2, "catch and finally, once each");
+        let stats = admin.stats("default", SystemClock.now()).await.expect("stats");
+        assert_eq!((stats.pending, stats.delayed, stats.reserved, stats.cancelled), (0, 0, 0, 30));
+    }
+
     on_both!(
+        children_ending_at_once_are_counted_once,
+        batch_cancel_races_with_children_ending,
         two_jobs_tables_share_the_failed_table,
         a_failed_id_takes_no_key,
         limits_hold_across_concurrent_drivers,
@@ -610,6 +728,54 @@ mod database {
         });
     }
 
+    /// PostgreSQL: two children of one batch completing at once wait for the batch row (here
+    /// held by another transaction) and then take turns on it: both are counted, the batch
+    /// finishes once, and `then` is stored once.
+    #[test]
+    fn postgres_children_ending_at_once_take_turns_on_the_batch_row() {
+        orcs_tests::run(async {
+            use sqlx::Connection as _;
+            let Some(target) = Target::postgres().await else { return };
+            let Target::Postgres(url) = &target else { unreachable!() };
+            let (one, two) = (target.driver().await, target.driver().await);
+            let now = SystemClock.now();
+            let id = orcs_core::new_job_id();
+            let mut batch = NewBatch::new(id.clone(), now);
+            batch.then = Some(job("callbacks", 9));
+            let children = vec![job("default", 1), job("default", 2)];
+            one.push_batch(batch, children).await.expect("push_batch");
+            let queues = vec!["default".to_owned()];
+            let first = one.claim(&request(&queues, 1)).await.expect("claim").jobs.remove(0);
+            let second = two.claim(&request(&queues, 1)).await.expect("claim").jobs.remove(0);
+            let mut holder = sqlx::PgConnection::connect(url).await.expect("connect");
+            let mut held = holder.begin().await.expect("begin");
+            sqlx::query("SELECT id FROM jobs_batches WHERE id = $1 FOR UPDATE")
+                .bind(&id)
+                .fetch_one(&mut *held)
+                .await
+                .expect("lock the batch row");
+            let ends = [(one.clone(), first), (two, second)].map(|(driver, reserved)| {
+                tokio::spawn(async move {
+                    driver.settle_one(Settle::complete(reserved.lease), SystemClock.now()).await
+                })
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(ends.iter().all(|end| !end.is_finished()), "both ends wait for the batch row");
+            held.commit().await.expect("release the row");
+            for end in ends {
+                end.await.expect("the end's task").expect("complete");
+            }
+            let info = one.batch(&id).await.expect("batch").expect("kept");
+            assert_eq!((info.total, info.pending, info.processed), (2, 0, 2));
+            assert!(info.finished_at.is_some());
+            assert_eq!(info.then.map(|c| c.state), Some(CallbackState::Dispatched));
+            let stats = one.stats("callbacks", SystemClock.now()).await.expect("stats");
+            assert_eq!(stats.pending, 1, "then, once");
+            let stats = one.stats("default", SystemClock.now()).await.expect("stats");
+            assert_eq!((stats.reserved, stats.processed), (0, 2));
+        });
+    }
+
     /// Many drivers starting together on a fresh schema: every one connects, and each migration
     /// is recorded once.
     #[test]
@@ -625,7 +791,7 @@ mod database {
             for started in starting.join_all().await {
                 started.expect("every driver sets up");
             }
-            assert_eq!(migration_versions(&target).await, [1, 2, 3]);
+            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4]);
         });
     }
 

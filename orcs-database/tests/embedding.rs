@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use orcs_core::{
-    Admin, ClaimRequest, Clock, DispatchOptions, Driver, Error, Job, JobContext, JobError, NewJob,
-    PushOutcome, Queue, Settle, SystemClock, Unique, UniqueUntil,
+    Admin, CallbackState, ClaimRequest, Clock, DispatchOptions, Driver, Error, Job, JobContext,
+    JobError, JobState, ListRequest, NewBatch, NewJob, PushOutcome, Queue, Settle, SystemClock,
+    Unique, UniqueUntil,
 };
 use orcs_database::{DatabaseConfig, DatabaseDriver};
 use orcs_tests::services::{self, unique_name};
@@ -130,6 +131,59 @@ macro_rules! transactional_cases {
         assert_eq!(info.job.name, "SendWelcome");
         assert_eq!(info.job.payload, format!("{{\"user_id\":{user_id}}}"));
         run_one(&driver, "mail", 3).await;
+
+        // A batch inside the application's transaction: all of it or nothing, as a push.
+        let report = |tag: u64| {
+            let payload = format!("{{\"tag\":{tag}}}");
+            NewJob::new(orcs_core::new_job_id(), "Report", "mail", payload, SystemClock.now())
+        };
+        let mut batch = NewBatch::new(orcs_core::new_job_id(), SystemClock.now());
+        batch.then = Some(report(9));
+        let mut tx = $begin(&pool).await;
+        let outcomes = driver
+            .push_batch_in(&mut tx, batch.clone(), vec![report(1), report(2)])
+            .await
+            .expect("push_batch_in");
+        assert_eq!(outcomes, [PushOutcome::Stored, PushOutcome::Stored]);
+        tx.rollback().await.expect("rollback");
+        assert!(driver.batch(&batch.id).await.expect("batch").is_none(), "rolled back: no batch");
+        assert_eq!(driver.stats("mail", now).await.expect("stats").pending, 0, "and no child");
+        let mut tx = $begin(&pool).await;
+        driver
+            .push_batch_in(&mut tx, batch.clone(), vec![report(1), report(2)])
+            .await
+            .expect("push_batch_in");
+        assert!(
+            driver.batch(&batch.id).await.expect("batch").is_none(),
+            "invisible before the commit"
+        );
+        tx.commit().await.expect("commit");
+        let info = driver.batch(&batch.id).await.expect("batch").expect("committed");
+        assert_eq!((info.total, info.pending), (2, 2));
+        // An id that exists is refused before anything is written: the transaction goes on.
+        let mut tx = $begin(&pool).await;
+        let refused = driver.push_batch_in(&mut tx, batch.clone(), vec![report(3)]).await;
+        assert!(matches!(refused, Err(Error::Invalid { .. })), "{refused:?}");
+        sqlx::query($insert_user).bind("cy@example.com").execute(&mut *tx).await.expect("user");
+        tx.commit().await.expect("commit");
+        assert_eq!(pool.count_users().await, 2);
+        let listed = driver
+            .list(&ListRequest::new("mail", JobState::Pending, 10), SystemClock.now())
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 2, "the two children, not the refused one");
+        let queues = vec!["mail".to_owned()];
+        let claim =
+            driver.claim(&ClaimRequest::new(&queues, 10, SystemClock.now())).await.expect("claim");
+        let settles: Vec<Settle> =
+            claim.jobs.iter().map(|r| Settle::complete(r.lease.clone())).collect();
+        for result in driver.settle(&settles, SystemClock.now()).await {
+            result.expect("complete");
+        }
+        let info = driver.batch(&batch.id).await.expect("batch").expect("kept");
+        assert_eq!((info.pending, info.processed), (0, 2));
+        assert_eq!(info.then.map(|then| then.state), Some(CallbackState::Dispatched));
+        assert_eq!(driver.stats("mail", now).await.expect("stats").pending, 1, "then waits");
     }};
 }
 
@@ -204,8 +258,10 @@ mod sqlite {
                     "orcs_failed_jobs",
                     "orcs_job_counters",
                     "orcs_jobs",
+                    "orcs_jobs_batches",
                     "orcs_jobs_migrations",
                     "orcs_jobs_queues",
+                    "orcs_jobs_schedules",
                     "orcs_jobs_starts",
                     "orcs_jobs_unique"
                 ]
@@ -321,8 +377,10 @@ mod postgres {
                     "failed_jobs",
                     "job_counters",
                     "jobs",
+                    "jobs_batches",
                     "jobs_migrations",
                     "jobs_queues",
+                    "jobs_schedules",
                     "jobs_starts",
                     "jobs_unique"
                 ]
