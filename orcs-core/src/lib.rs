@@ -88,11 +88,11 @@ pub use registry::{Needs, Registry};
 pub use schedule::{
     DEFAULT_MISSED_AFTER, DEFAULT_MISSED_MAX, Missed, Schedule, Scheduler, Tick, slot_job_id,
 };
-pub use workflow::{BatchBuilder, Chain};
 pub use worker::{
     Outcome, Worker, WorkerEvent, WorkerHandle, WorkerObserver, WorkerOptions, WorkerSummary,
     shutdown_signal,
 };
+pub use workflow::{BatchBuilder, Chain};
 
 /// Re-exported so that driver crates and `orcs-tests` use the same version.
 pub use async_trait::async_trait;
