@@ -63,6 +63,7 @@ mod queue;
 mod record;
 mod registry;
 mod schedule;
+mod trace_context;
 mod worker;
 mod workflow;
 

@@ -48,6 +48,9 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Next<'a> {
     job: &'a dyn ErasedJob,
     rest: &'a [Arc<dyn Middleware>],
+    /// The job's stored meta, for [`TraceLayer`] to continue the dispatcher's trace (feature
+    /// `opentelemetry`); borrowed, so carrying it costs nothing.
+    meta: Option<&'a str>,
 }
 
 impl std::fmt::Debug for Next<'_> {
@@ -57,8 +60,12 @@ impl std::fmt::Debug for Next<'_> {
 }
 
 impl<'a> Next<'a> {
-    pub(crate) fn new(job: &'a dyn ErasedJob, layers: &'a [Arc<dyn Middleware>]) -> Self {
-        Self { job, rest: layers }
+    pub(crate) fn new(
+        job: &'a dyn ErasedJob,
+        layers: &'a [Arc<dyn Middleware>],
+        meta: Option<&'a str>,
+    ) -> Self {
+        Self { job, rest: layers, meta }
     }
 
     /// Runs the inner layers and then the job.
@@ -68,7 +75,7 @@ impl<'a> Next<'a> {
     {
         match self.rest.split_first() {
             // async_trait already boxes `call`'s future: hand it on as it is.
-            Some((layer, rest)) => layer.call(ctx, Next { job: self.job, rest }),
+            Some((layer, rest)) => layer.call(ctx, Next { job: self.job, rest, meta: self.meta }),
             None => self.job.handle(ctx),
         }
     }
@@ -77,6 +84,10 @@ impl<'a> Next<'a> {
 /// The worker's built-in layer: a `tracing` span per attempt (job name, id, queue, attempt),
 /// and a debug event with the outcome. On by default; [`crate::Worker::without_default_layers`]
 /// removes it.
+///
+/// With the `opentelemetry` feature and a `tracing-opentelemetry` layer in the subscriber, the
+/// span continues the trace of the span that dispatched the job (its W3C `traceparent`, stored
+/// with the job), so the attempt shows up under the dispatch in the same trace.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceLayer;
 
@@ -90,6 +101,8 @@ impl Middleware for TraceLayer {
             queue = %ctx.queue(),
             attempt = ctx.attempt(),
         );
+        // Before the span is first entered: its OpenTelemetry parent is fixed when it starts.
+        crate::trace_context::continue_trace(&span, next.meta);
         async move {
             let outcome = next.run(ctx).await;
             if let Err(error) = &outcome {

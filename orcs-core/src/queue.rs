@@ -263,13 +263,16 @@ impl Queue {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad queue name, or a backend error.
-    pub async fn dispatch_records(&self, records: Vec<NewJob>) -> Result<Vec<String>> {
+    pub async fn dispatch_records(&self, mut records: Vec<NewJob>) -> Result<Vec<String>> {
         for record in &records {
             validate_queue_name(&record.queue)?;
         }
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        // Feature `opentelemetry`: records built without a trace context (untyped ones, a chain's
+        // first step whose meta the chain rewrote) take the current span's; others keep theirs.
+        crate::trace_context::stamp_all(&mut records);
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let outcomes = self.driver.push(records).await?;
         if outcomes.len() != ids.len() {
@@ -364,6 +367,8 @@ impl Queue {
         if record.unique.is_none() {
             record.unique = job.unique();
         }
+        // Feature `opentelemetry`: the dispatching span's trace context (see trace_context).
+        crate::trace_context::stamp(&mut record.meta);
         Ok(record)
     }
 

@@ -147,9 +147,18 @@ impl Chain {
         queue: &Queue,
         now: Millis,
     ) -> Result<(Vec<NewJob>, Option<NewJob>)> {
-        let steps =
-            self.steps.into_iter().map(|step| step.record(queue, now)).collect::<Result<_>>()?;
-        let catch = self.catch.map(|job| job.record(queue, now)).transpose()?;
+        // A step's own meta is written when it is enqueued (the chain's rest, its trace context),
+        // so the copies nested in the chain carry none.
+        let bare = |mut job: NewJob| {
+            job.meta = None;
+            job
+        };
+        let steps = self
+            .steps
+            .into_iter()
+            .map(|step| step.record(queue, now).map(bare))
+            .collect::<Result<_>>()?;
+        let catch = self.catch.map(|job| job.record(queue, now).map(bare)).transpose()?;
         Ok((steps, catch))
     }
 }

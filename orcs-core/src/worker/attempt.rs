@@ -98,8 +98,10 @@ impl Runner {
         let grace = self.options.cancel_grace;
         let cancel_requested = ctx.shared.cancel_requested.clone();
         let result = {
-            let mut run =
-                std::pin::pin!(AssertUnwindSafe(self.handle(job.as_ref(), &ctx)).catch_unwind());
+            let mut run = std::pin::pin!(
+                AssertUnwindSafe(self.handle(job.as_ref(), &ctx, record.meta.as_deref()))
+                    .catch_unwind()
+            );
             let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
                 Err(panic) => Err(JobError::panicked(&panic_message(panic.as_ref()))),
                 Ok(result) => result,
@@ -135,9 +137,11 @@ impl Runner {
         match result {
             Ok(()) => {
                 // A chain's next step becomes available in the same atomic step as this one's end.
-                let next = chain_follow_ups(record.meta.as_deref(), StepEnd::Completed, || {
+                let mut next = chain_follow_ups(record.meta.as_deref(), StepEnd::Completed, || {
                     self.queue.now()
                 });
+                // Feature `opentelemetry`: the next step continues this step's trace.
+                crate::trace_context::inherit(record.meta.as_deref(), &mut next);
                 self.settle(Settle::complete(lease.clone()).enqueue(next), Outcome::Done).await
             }
             Err(error) if error.snooze_for().is_some() => {
@@ -173,9 +177,10 @@ impl Runner {
         &'a self,
         job: &'a dyn ErasedJob,
         ctx: &'a JobContext,
+        meta: Option<&'a str>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), JobError>> + Send + 'a>>
     {
-        Next::new(job, &self.layers).run(ctx)
+        Next::new(job, &self.layers, meta).run(ctx)
     }
 
     /// A job whose type this worker does not register: during a rolling deploy it is usually a
@@ -215,7 +220,9 @@ impl Runner {
         error: String,
         hook: Option<(Arc<dyn ErasedJob>, &JobContext, &JobError)>,
     ) -> Outcome {
-        let catch = chain_follow_ups(record.meta.as_deref(), StepEnd::Failed, || self.queue.now());
+        let mut catch =
+            chain_follow_ups(record.meta.as_deref(), StepEnd::Failed, || self.queue.now());
+        crate::trace_context::inherit(record.meta.as_deref(), &mut catch);
         let settle = Settle::fail(lease.clone(), error.clone()).enqueue(catch);
         let outcome = self.settle(settle, Outcome::Failed { error }).await;
         if let (Outcome::Failed { .. }, Some((job, ctx, job_error))) = (&outcome, hook) {
