@@ -6,11 +6,14 @@
 #   scripts/bench.sh                 ROUNDS=3 N=50000 BACKLOG=1000000 PORT=6390
 #   env: PEERS=../shared/peers  SKIP_PEERS=1  SKIP_APALIS=1  DRIVERS="redis memory sqlite postgres"
 #        APALIS_TARGET=dir  (keep the apalis harness' build between runs; default: the temp folder)
-#        SKIP_SCHEDULE=1  SCHEDULE_SECS=30
+#        SKIP_SCHEDULE=1  SCHEDULE_SECS=30  SKIP_OPS=1  OPS_N=200000
 #
 # orcs runs drain-batch (the N jobs as one batch's children) next to drain in every round, and
 # schedule-latency (10 schedules every second for SCHEDULE_SECS: slot to job start) in the
-# first round only, since it takes its time in full whatever the machine.
+# first round only, since it takes its time in full whatever the machine. Every round also runs
+# the operations phases (issue #13) in a run of their own: ops-latency (`/metrics` and the
+# overview page with BACKLOG jobs queued; Redis only, as the backlog phase) and ops-cost (OPS_N
+# jobs drained without and with heartbeats and metrics, alternating).
 #
 # Everything it starts (redis-server) it stops by pid; peers are installed and built in a
 # temporary folder; each command is bounded with `timeout`. Results land in target/bench/.
@@ -100,6 +103,13 @@ for round in $(seq "$ROUNDS"); do
     timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \
       --schedule-secs "${SCHEDULE_SECS:-30}" \
       >>"$out/orcs-$driver.jsonl" || echo "# bench: orcs on $driver failed" >&2
+    if [ -z "${SKIP_OPS:-}" ]; then
+      ops=ops-cost
+      [ "$driver" = redis ] && ops=ops-latency,ops-cost
+      cli flushdb >/dev/null
+      timeout 1800 "$orcs" "${args[@]}" bench --n "${OPS_N:-200000}" --backlog "$BACKLOG" \
+        --phases "$ops" >>"$out/orcs-$driver-ops.jsonl" || echo "# bench: orcs ops on $driver failed" >&2
+    fi
   done
   memory_line orcs "$orcs" --driver redis --url "$redis_url" bench --n "$N" --phases fill >>"$out/orcs-redis-memory.jsonl"
   if [ "$have_peers" = 1 ]; then
@@ -132,3 +142,11 @@ echo
 columns=()
 for driver in $DRIVERS; do columns+=("orcs $driver=$out/orcs-$driver.jsonl"); done
 python3 scripts/bench/summarize.py "${columns[@]}"
+if [ -z "${SKIP_OPS:-}" ]; then
+  echo
+  echo "orcs operations (issue #13; load average $(cut -d' ' -f1-3 /proc/loadavg)):"
+  echo
+  columns=()
+  for driver in $DRIVERS; do columns+=("orcs $driver=$out/orcs-$driver-ops.jsonl"); done
+  python3 scripts/bench/summarize.py "${columns[@]}"
+fi

@@ -8,7 +8,9 @@
 //! global concurrency limit equal to the worker's slots. Two measure workflows (issue #12): (c)
 //! with the N jobs as the children of one batch, and the delay from a schedule's slot to its job's
 //! start (opt-in: it runs for `--schedule-secs`, 30 s by default; see
-//! [`Phase::ScheduleLatency`]).
+//! [`Phase::ScheduleLatency`]). Two measure operations (issue #13, opt-in, in `bench_ops.rs`):
+//! `/metrics` and the overview page with the backlog queued, and what heartbeats and metrics cost
+//! a drain.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -56,7 +58,18 @@ pub(crate) enum Phase {
     /// per second means more schedules per tick, which one scheduler fires one after another).
     /// Not in the default phases.
     ScheduleLatency,
+    /// `/metrics` and the overview page, served on a loopback port as `orcs dashboard` serves
+    /// them, timed from a client with `--backlog` jobs queued (300 requests of each). Not in the
+    /// default phases.
+    OpsLatency,
+    /// What heartbeats, metrics and the throughput history cost: (c) drained in alternating
+    /// rounds without them and with them (heartbeats every 5 s and every 1 s, the metrics
+    /// observer, a render every second). Not in the default phases.
+    OpsCost,
 }
+
+#[path = "bench_ops.rs"]
+mod ops;
 
 /// The no-op benchmark job: `{"i":<index>,"t":<ms since the epoch, float>,"pad":"xxx..."}`,
 /// padded to exactly [`PAYLOAD_BYTES`].
@@ -215,12 +228,17 @@ async fn phase_drain(queue: &Queue, n: u64, backlog: u64) -> anyhow::Result<f64>
 
 /// Runs the benchmark worker until `n` jobs completed; times from its start to the n-th.
 async fn timed_drain(queue: &Queue, n: u64) -> anyhow::Result<f64> {
+    timed_drain_with(n, worker(queue, Duration::from_secs(1))).await
+}
+
+/// [`timed_drain`] with `worker` (the benchmark's [`worker`], configured further).
+async fn timed_drain_with(n: u64, worker: Worker) -> anyhow::Result<f64> {
     RECORDER.reset(n, false);
     let finished = RECORDER.finished.notified();
     let mut finished = std::pin::pin!(finished);
     finished.as_mut().enable();
     let started = Instant::now();
-    let handle = worker(queue, Duration::from_secs(1)).spawn();
+    let handle = worker.spawn();
     let limit = Duration::from_secs(120.max(n / 500));
     let outcome = tokio::time::timeout(limit, finished).await;
     let secs = started.elapsed().as_secs_f64();
@@ -479,6 +497,18 @@ pub(crate) async fn run(
                 out.insert("backlog".into(), json!(backlog));
                 secs_and_rate(&mut out, "drain_backlog", BACKLOG_DRAIN_N, s);
             }),
+            Phase::OpsLatency | Phase::OpsCost => {
+                let fields = if *phase == Phase::OpsLatency {
+                    ops::phase_latency(queue, backlog).await
+                } else {
+                    ops::phase_cost(queue, n).await
+                };
+                fields.map(|fields| {
+                    if let Value::Object(fields) = fields {
+                        out.extend(fields);
+                    }
+                })
+            }
             Phase::Fill => {
                 async {
                     queue.clear(QUEUE).await?;
@@ -499,6 +529,8 @@ pub(crate) async fn run(
             Phase::DrainLimited => "drain_limited",
             Phase::DrainBatch => "drain_batch",
             Phase::ScheduleLatency => "schedule",
+            Phase::OpsLatency => "ops_latency",
+            Phase::OpsCost => "ops_cost",
         };
         match result {
             Ok(()) => eprintln!("[orcs] {name}: done"),

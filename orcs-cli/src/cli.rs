@@ -118,7 +118,8 @@ pub(crate) struct BenchArgs {
     /// Jobs per phase
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) n: u64,
-    /// Jobs queued in all for the backlog phase (50,000 of them are drained)
+    /// Jobs queued in all for the backlog phase (50,000 of them are drained) and the ops-latency
+    /// phase
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(50_000..))]
     pub(crate) backlog: u64,
     /// Phases to run, in order

@@ -55,20 +55,25 @@ pub(crate) async fn run(ctx: &Ctx<'_>, args: DashboardArgs) -> Result<()> {
         );
     }
     say!("dashboard on http://{addr}/ ({}); Ctrl-C stops it", backend_location(&ctx.config));
-    let for_metrics = queue.clone();
-    let metrics: orcs_dashboard::MetricsRenderer = std::sync::Arc::new(move || {
-        let queue = for_metrics.clone();
+    let metrics = metrics_renderer(&queue);
+    say!("metrics on http://{addr}/metrics (signed in, or Authorization: Bearer TOKEN)");
+    orcs_dashboard::serve_with(listener, queue, auth, Some(metrics), orcs_core::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// The renderer `orcs dashboard` gives `/metrics`: the backend's series of every queue.
+pub(crate) fn metrics_renderer(queue: &orcs_core::Queue) -> orcs_dashboard::MetricsRenderer {
+    let queue = queue.clone();
+    std::sync::Arc::new(move || {
+        let queue = queue.clone();
         Box::pin(async move {
             orcs::metrics::render(&queue)
                 .await
                 .map(|text| (orcs::metrics::CONTENT_TYPE, text))
                 .map_err(|e| format!("cannot read the queues for /metrics: {e}"))
         })
-    });
-    say!("metrics on http://{addr}/metrics (signed in, or Authorization: Bearer TOKEN)");
-    orcs_dashboard::serve_with(listener, queue, auth, Some(metrics), orcs_core::shutdown_signal())
-        .await?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,16 @@ METRICS = [
     ("schedule_p50_ms", "schedule slot to job start p50, 10 every second (ms)"),
     ("schedule_p99_ms", "schedule slot to job start p99, 10 every second (<= 50 ms)"),
     ("bytes_per_job", "Redis memory per queued job (bytes)"),
+    ("metrics_p50_ms", "/metrics p50 with the backlog queued (ms)"),
+    ("metrics_p99_ms", "/metrics p99 with the backlog queued (< 10 ms)"),
+    ("overview_p50_ms", "overview page p50 with the backlog queued (ms)"),
+    ("overview_p99_ms", "overview page p99 with the backlog queued (< 10 ms)"),
+    ("backlog_rss_bytes_per_job", "memory driver: resident memory per queued job (bytes)"),
+    ("drain_plain_jps", "(c) drain without heartbeats or metrics (jobs/s)"),
+    ("drain_ops5_jps", "(c) drain, heartbeats 5 s + metrics observer + scrape 1 s (jobs/s)"),
+    ("drain_ops1_jps", "(c) drain, heartbeats 1 s + metrics observer + scrape 1 s (jobs/s)"),
+    ("drain_ops5_vs_plain", "(c) ops (5 s) / plain, median of rounds (>= 0.97)"),
+    ("drain_ops1_vs_plain", "(c) ops (1 s) / plain, median of rounds"),
 ]
 
 
