@@ -330,6 +330,7 @@ pub(crate) fn decode_info<R: DbRow>(row: &R, now: Millis) -> Result<JobInfo, Str
     }
     info.progress = row.get_opt_text(17)?;
     info.cancel_requested = row.get_bool(18)?;
+    info.errors = decode_errors(row, 21)?;
     Ok(info)
 }
 
@@ -345,7 +346,17 @@ pub(crate) fn decode_failed<R: DbRow>(row: &R) -> Result<(FailedJob, JobInfo), S
     let mut info = JobInfo::new(job, JobState::Failed, attempts);
     info.last_error = Some(error);
     info.failed_at = Some(failed_at);
+    info.errors = decode_errors(row, 17)?;
     Ok((failed, info))
+}
+
+/// The error history in column `i` (a JSON array of texts; NULL when no attempt failed).
+fn decode_errors<R: DbRow>(row: &R, i: usize) -> Result<Vec<String>, String> {
+    match row.get_opt_text(i)? {
+        None => Ok(Vec::new()),
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| format!("column errors is not a JSON array of texts ({e}): {json}")),
+    }
 }
 
 /// A row that does not decode is a permanent backend error naming what is wrong.
@@ -455,6 +466,16 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         now: Millis,
     ) -> impl Future<Output = orcs_core::Result<Option<Limits>>> + Send;
 
+    /// Completes the leases `items` on `conn` in one statement, inside the caller's
+    /// transaction, which locked their batch rows first (see [`Store::settle_children`]): any
+    /// job whose id and token match is deleted and its key freed. `None` when the backend has
+    /// no such statement (the caller settles them one by one).
+    fn complete_leases(
+        store: &Store<Self>,
+        conn: &mut Self::Conn,
+        items: &[&Settle],
+    ) -> impl Future<Output = orcs_core::Result<Option<Vec<Completed>>>> + Send;
+
     /// Claims up to `want` jobs of a queue with `limits`, within them; returns the claimed rows
     /// and, when its rate window is full, when it reopens.
     #[allow(clippy::too_many_arguments)]
@@ -467,6 +488,17 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         batch: &str,
         limits: Limits,
     ) -> impl Future<Output = orcs_core::Result<(Vec<RowOf<Self>>, Option<Millis>)>> + Send;
+}
+
+/// A job that [`Backend::complete_leases`] completed.
+#[derive(Debug)]
+pub(crate) struct Completed {
+    pub(crate) id: String,
+    pub(crate) token: String,
+    pub(crate) queue: String,
+    pub(crate) batch: Option<String>,
+    /// Its queue has a concurrency limit: a slot freed, its waiters are woken.
+    pub(crate) limited: bool,
 }
 
 /// A row of backend `B`'s results.
@@ -1232,18 +1264,65 @@ where
                 query.fetch_all(&mut *tx).await.map_err(backend)?;
             }
         }
-        let mut results = Vec::with_capacity(items.len());
+        let mut results: Vec<Option<orcs_core::Result<()>>> =
+            (0..items.len()).map(|_| None).collect();
         let mut ready: Vec<String> = Vec::new();
         let mut counts = Counts::default();
-        for item in items {
-            match self.settle_on(&mut tx, item, now, true, &mut counts).await? {
-                Ok(queues) => {
-                    merge(&mut ready, queues);
-                    results.push(Ok(()));
+        // Plain completions (a drain of children) in one statement, then one count per batch
+        // (`processed + k` in one update of its row, which decides its callbacks once), instead
+        // of a delete and a batch-row update per child.
+        let plain: Vec<usize> = (0..items.len())
+            .filter(|&i| {
+                matches!(items[i].transition, Transition::Complete)
+                    && items[i].effects.enqueue.is_empty()
+            })
+            .collect();
+        if plain.len() > 1 {
+            let leases: Vec<&Settle> = plain.iter().map(|&i| &items[i]).collect();
+            if let Some(completed) = B::complete_leases(self, &mut tx, &leases).await? {
+                let mut done: HashSet<(String, String)> = HashSet::with_capacity(completed.len());
+                let mut batches: BTreeMap<String, i64> = BTreeMap::new();
+                for job in completed {
+                    counts.processed(&job.queue, 1);
+                    if job.limited && !ready.contains(&job.queue) {
+                        ready.push(job.queue);
+                    }
+                    if let Some(batch) = job.batch {
+                        *batches.entry(batch).or_default() += 1;
+                    }
+                    done.insert((job.id, job.token));
                 }
-                Err(e) => results.push(Err(e)),
+                for (batch, n) in batches {
+                    let ended = Ended::processed(n);
+                    let queues =
+                        self.count_in_batch(&mut tx, &batch, ended, now, &mut counts).await?;
+                    merge(&mut ready, queues);
+                }
+                for i in plain {
+                    let lease = &items[i].lease;
+                    results[i] = Some(if done.contains(&(lease.id.clone(), lease.token.clone())) {
+                        Ok(())
+                    } else {
+                        Err(Error::LeaseLost { id: lease.id.clone() })
+                    });
+                }
             }
         }
+        for (i, item) in items.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            results[i] =
+                Some(match self.settle_on(&mut tx, item, now, true, &mut counts).await? {
+                    Ok(queues) => {
+                        merge(&mut ready, queues);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                });
+        }
+        let results: Vec<orcs_core::Result<()>> =
+            results.into_iter().map(|r| r.expect("every item was settled")).collect();
         self.write_counts(&mut tx, counts).await?;
         B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
@@ -1374,6 +1453,12 @@ where
             limits = limits.rate(RateLimit::new(as_u32(n), count(period)));
         }
         stats.limits = limits;
+        // The oldest due time among ready jobs and due delayed ones (one index probe each).
+        let oldest = match (opt(11)?, opt(12)?) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        stats.latency_ms = oldest.map(|at| count(now.saturating_sub(at)));
         Ok(stats)
     }
 
@@ -1550,6 +1635,8 @@ where
             // Column 13, the batch, stays behind: the job leaves its batch.
             .bind(row.try_get::<Option<String>, _>(14).map_err(backend)?)
             .bind(now)
+            // Its error history stays with it: the next failures add to it.
+            .bind(row.try_get::<Option<String>, _>(15).map_err(backend)?)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;

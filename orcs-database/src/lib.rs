@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod ops;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -14,8 +15,9 @@ use std::time::Duration;
 
 use orcs_core::{
     Admin, BatchInfo, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, FailedJob,
-    FailedQuery, Fire, JobInfo, Lease, ListRequest, Millis, NewBatch, NewJob, PushOutcome,
-    QueueLimits, QueueStats, Result, ScheduleRecord, Settle, Touch, async_trait,
+    FailedQuery, Fire, JobInfo, Lease, ListRequest, Millis, NewBatch, NewJob, Prune, PushOutcome,
+    QueueLimits, QueueStats, Result, ScheduleRecord, Settle, Throughput, Touch, WorkerInfo,
+    async_trait,
 };
 
 use crate::common::Shared;
@@ -408,5 +410,31 @@ impl Admin for DatabaseDriver {
 
     async fn forget_schedule(&self, name: &str) -> Result<bool> {
         on_backend!(self, s => s.forget_schedule(name).await)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &WorkerInfo,
+        ended: &[Throughput],
+        ttl_ms: u64,
+        now: Millis,
+    ) -> Result<()> {
+        on_backend!(self, s => s.heartbeat(worker, ended, ttl_ms, now).await)
+    }
+
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>> {
+        on_backend!(self, s => s.workers(now).await)
+    }
+
+    async fn forget_worker(&self, id: &str) -> Result<bool> {
+        on_backend!(self, s => s.forget_worker(id).await)
+    }
+
+    async fn throughput(&self, queue: Option<&str>, since: Millis) -> Result<Vec<Throughput>> {
+        on_backend!(self, s => s.throughput(queue, since).await)
+    }
+
+    async fn prune_failed(&self, prune: &Prune) -> Result<u64> {
+        on_backend!(self, s => s.prune_failed(prune).await)
     }
 }

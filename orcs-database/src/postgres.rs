@@ -155,6 +155,36 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    /// One statement over arrays of ids and tokens (see [`Sql::complete_leases_pg`]).
+    async fn complete_leases(
+        store: &Store,
+        conn: &mut Conn,
+        items: &[&Settle],
+    ) -> Result<Option<Vec<common::Completed>>> {
+        let ids: Vec<String> = items.iter().map(|item| item.lease.id.clone()).collect();
+        let tokens: Vec<String> = items.iter().map(|item| item.lease.token.clone()).collect();
+        let rows = q(&store.sql.complete_leases_pg)
+            .bind(ids)
+            .bind(tokens)
+            .fetch_all(conn)
+            .await
+            .map_err(backend)?;
+        let completed = rows
+            .iter()
+            .map(|row| {
+                Ok(common::Completed {
+                    id: row.try_get(0)?,
+                    token: row.try_get(1)?,
+                    queue: row.try_get(2)?,
+                    batch: row.try_get(3)?,
+                    limited: row.try_get(4)?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(backend)?;
+        Ok(Some(completed))
+    }
+
     /// Promotes the queue's due delayed jobs, one autocommitted chunk per statement, and reads
     /// the queue's limits in the same round trip.
     async fn promote_due(

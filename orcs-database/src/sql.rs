@@ -74,7 +74,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 4;
+pub(crate) const LATEST_VERSION: i64 = 5;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -118,12 +118,12 @@ pub(crate) const CALLBACK_SKIPPED: i32 = 2;
 /// The columns `get` and `list` read, in this order (see `decode_info`).
 pub(crate) const INFO_COLUMNS: &str = "id, queue, name, payload, priority, attempts, max_retries, \
      retry_delay_ms, timeout_ms, dispatched_at, available_at, reserved_until, state, last_error, \
-     unique_key, unique_mode, unique_ms, progress, cancel_requested, batch, meta";
+     unique_key, unique_mode, unique_ms, progress, cancel_requested, batch, meta, errors";
 
 /// The columns of a failed job, in this order (see `decode_failed`).
 pub(crate) const FAILED_COLUMNS: &str = "id, queue, name, payload, priority, attempts, \
      max_retries, retry_delay_ms, timeout_ms, dispatched_at, error, failed_at, unique_key, \
-     unique_mode, unique_ms, batch, meta";
+     unique_mode, unique_ms, batch, meta, errors";
 
 /// The columns of a batch row, in this order (see `decode_batch`).
 pub(crate) const BATCH_COLUMNS: &str = "id, total, pending, processed, failed, cancelled, \
@@ -227,6 +227,10 @@ pub(crate) struct Sql {
     /// PostgreSQL: a batch of completions as one statement over arrays of ids and tokens;
     /// returns the (id, token) pairs it completed.
     pub(crate) complete_many_pg: Arc<str>,
+    /// PostgreSQL: completes the leases of the arrays `$1` (ids) and `$2` (tokens), batch
+    /// children included, freeing their keys, inside a transaction that locked their batch rows
+    /// first; returns (id, token, queue, batch, limited) per job completed.
+    pub(crate) complete_leases_pg: Arc<str>,
     /// PostgreSQL: `NOTIFY` for each queue of the text array `$2` on channel `$1`, inside the
     /// caller's transaction so listeners hear of a write only once it is committed.
     pub(crate) notify_pg: Arc<str>,
@@ -261,6 +265,25 @@ pub(crate) struct Sql {
     /// The schedule cursor's compare-and-set.
     pub(crate) schedule_fire: Arc<str>,
     pub(crate) schedule_exists: Arc<str>,
+    /// Stores a worker's entry (`$1` id, `$2` started_at, `$3` expires_at, `$4` its JSON).
+    pub(crate) worker_beat: Arc<str>,
+    /// Adds `$3` processed and `$4` failed to the bucket of queue `$1`, minute `$2`.
+    pub(crate) throughput_add: Arc<str>,
+    /// Drops the buckets older than `$1`.
+    pub(crate) throughput_prune: Arc<str>,
+    /// Deletes the workers whose entry expired before `$1`.
+    pub(crate) workers_expire: Arc<str>,
+    /// The JSON of the workers live at `$1`, by start time.
+    pub(crate) workers_list: Arc<str>,
+    pub(crate) worker_forget: Arc<str>,
+    /// (minute, processed, failed) of queue `$1` since `$2`.
+    pub(crate) throughput_of_queue: Arc<str>,
+    /// (minute, processed, failed) summed over every queue since `$1`.
+    pub(crate) throughput_all: Arc<str>,
+    /// Deletes failed jobs that failed before `$1` (of queue `$2` in the second).
+    pub(crate) prune_before: [Arc<str>; 2],
+    /// Deletes failed jobs beyond the newest `$1` (of queue `$2` in the second).
+    pub(crate) prune_keep: [Arc<str>; 2],
 }
 
 fn s(text: String) -> Arc<str> {
@@ -473,6 +496,75 @@ fn version_4(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     ]
 }
 
+/// Migration 5 (operations): a job's error history (`errors`, a JSON array, NULL until an
+/// attempt fails, kept in the failed set), the index of a queue's ready jobs by due time
+/// (`latency_ms`), the failed set's indexes by failure time (pruning by age), and the workers
+/// and per-minute throughput tables.
+fn version_5(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    let Names { j, f, w, tp, jobs, failed, .. } = names;
+    let pg = dialect == Dialect::Postgres;
+    let text_c = if pg { "TEXT COLLATE \"C\"" } else { "TEXT" };
+    let int = if pg { "BIGINT" } else { "INTEGER" };
+    let without_rowid = if pg { "" } else { " WITHOUT ROWID" };
+    vec![
+        // Nullable without a default: added in place, and a job that never failed stores nothing.
+        format!("ALTER TABLE {j} ADD COLUMN errors TEXT"),
+        format!("ALTER TABLE {f} ADD COLUMN errors TEXT"),
+        // The oldest due ready job of a queue, one index probe (the `_ready` index is in claim
+        // order). Partial: a claim moves a row out of it and a completion never touches it.
+        format!(
+            "CREATE INDEX IF NOT EXISTS \"{jobs}_ready_since\" ON {j} (queue, available_at) \
+             WHERE state = {READY}"
+        ),
+        // Pruning by age, of every queue or of one.
+        format!("CREATE INDEX IF NOT EXISTS \"{failed}_failed_at\" ON {f} (failed_at)"),
+        format!(
+            "CREATE INDEX IF NOT EXISTS \"{failed}_queue_failed_at\" ON {f} (queue, failed_at)"
+        ),
+        // One row per live worker: `info` is orcs-core's `WorkerInfo` JSON.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {w} (\
+             id {text_c} NOT NULL PRIMARY KEY, \
+             started_at {int} NOT NULL, \
+             expires_at {int} NOT NULL, \
+             info TEXT NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {tp} (\
+             queue {text_c} NOT NULL, \
+             minute {int} NOT NULL, \
+             processed {int} NOT NULL, \
+             failed {int} NOT NULL, \
+             PRIMARY KEY (queue, minute)){without_rowid}"
+        ),
+        // The horizon's prune and the history over every queue.
+        format!("CREATE INDEX IF NOT EXISTS \"{jobs}_throughput_minute\" ON {tp} (minute)"),
+    ]
+}
+
+/// `errors` (a JSON array of texts, or NULL) with the text parameter `error` appended, the
+/// oldest dropped beyond [`orcs_core::MAX_ERROR_HISTORY`] (one append at a time, so at most
+/// one is dropped).
+fn append_error(dialect: Dialect, error: &str) -> String {
+    let max = orcs_core::MAX_ERROR_HISTORY;
+    match dialect {
+        Dialect::Postgres => {
+            let old = "COALESCE(errors, '[]')::jsonb";
+            format!(
+                "(CASE WHEN jsonb_array_length({old}) >= {max} THEN {old} - 0 ELSE {old} END \
+                 || jsonb_build_array({error}::TEXT))::TEXT"
+            )
+        }
+        Dialect::Sqlite => {
+            let old = "COALESCE(errors, '[]')";
+            format!(
+                "json_insert(CASE WHEN json_array_length({old}) >= {max} \
+                 THEN json_remove({old}, '$[0]') ELSE {old} END, '$[#]', {error})"
+            )
+        }
+    }
+}
+
 /// The batch rules in one row update of batch `$1`: `$2` children completed, `$3` failed and
 /// `$4` were cancelled at `$5`. The first failure (none before) cancels the batch unless
 /// failures are allowed, and dispatches `catch`; the update that takes `pending` to 0 finishes
@@ -519,6 +611,8 @@ struct Names<'a> {
     s: &'a str,
     b: &'a str,
     sch: &'a str,
+    w: &'a str,
+    tp: &'a str,
     jobs: &'a str,
     failed: &'a str,
 }
@@ -541,6 +635,8 @@ impl Sql {
         let st = quoted(&format!("{jobs}_starts"));
         let b = quoted(&format!("{jobs}_batches"));
         let sch = quoted(&format!("{jobs}_schedules"));
+        let w = quoted(&format!("{jobs}_workers"));
+        let tp = quoted(&format!("{jobs}_throughput"));
         let migrations_table = quoted(&format!("{jobs}_migrations"));
         let pg = dialect == Dialect::Postgres;
         let names = Names {
@@ -553,6 +649,8 @@ impl Sql {
             s: &st,
             b: &b,
             sch: &sch,
+            w: &w,
+            tp: &tp,
             jobs,
             failed,
         };
@@ -561,6 +659,7 @@ impl Sql {
             Migration { version: 2, statements: version_2(dialect, &names) },
             Migration { version: 3, statements: version_3(dialect, &names) },
             Migration { version: 4, statements: version_4(dialect, &names) },
+            Migration { version: 5, statements: version_5(dialect, &names) },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -657,6 +756,8 @@ impl Sql {
             )
         };
         let lj = limited(&j);
+        // A failure for good adds its error to the history the job takes into the failed set.
+        let failed_errors = append_error(dialect, "$3");
         let lf = limited(&f);
         // PostgreSQL ends a batch child in a transaction that locked its batch row first (see
         // `Store::settle_children`), so its terminal statements that lock no batch row skip
@@ -724,9 +825,10 @@ impl Sql {
             )),
             retry: s(format!(
                 "UPDATE {j} SET state = {}, available_at = $3, reserved_until = NULL, \
-                 token = NULL, last_error = $4 WHERE id = $1 AND token = $2 \
+                 token = NULL, last_error = $4, errors = {} WHERE id = $1 AND token = $2 \
                  RETURNING queue, {lj}",
-                state_at("$5")
+                state_at("$5"),
+                append_error(dialect, "$4")
             )),
             release: s(format!(
                 "UPDATE {j} SET state = {}, available_at = $3, reserved_until = NULL, \
@@ -751,7 +853,10 @@ impl Sql {
                  COALESCE((SELECT cancelled FROM {c} WHERE queue = $1), 0), \
                  (SELECT concurrency FROM {m} WHERE queue = $1), \
                  (SELECT rate_limit FROM {m} WHERE queue = $1), \
-                 (SELECT rate_period_ms FROM {m} WHERE queue = $1)"
+                 (SELECT rate_period_ms FROM {m} WHERE queue = $1), \
+                 (SELECT MIN(available_at) FROM {j} WHERE queue = $1 AND state = {READY}), \
+                 (SELECT MIN(available_at) FROM {j} WHERE queue = $1 AND state = {DELAYED} \
+                  AND available_at <= $2)"
             )),
             queues: s(format!(
                 "SELECT DISTINCT queue FROM {j} UNION SELECT queue FROM {f} \
@@ -806,12 +911,12 @@ impl Sql {
             )),
             // Deleting first makes concurrent retries of one id take turns on its row: the
             // first deletes it, the others then find nothing.
-            unfail: s(format!("DELETE FROM {f} WHERE id = $1 RETURNING {moved}")),
+            unfail: s(format!("DELETE FROM {f} WHERE id = $1 RETURNING {moved}, errors")),
             // Out of its batch (`batch` NULL): it was counted there when it failed.
             requeue: s(format!(
-                "INSERT INTO {j} ({moved}, available_at, state) \
+                "INSERT INTO {j} ({moved}, available_at, state, errors) \
                  VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11, $12, NULL, $13, $14, \
-                 {READY}) ON CONFLICT (id) DO NOTHING"
+                 {READY}, $15) ON CONFLICT (id) DO NOTHING"
             )),
             forget: s(format!("DELETE FROM {f} WHERE id = $1")),
             flush: s(format!("DELETE FROM {f}")),
@@ -831,13 +936,13 @@ impl Sql {
                  cancelled = c.cancelled + excluded.cancelled"
             )),
             copy_to_failed: s(format!(
-                "INSERT INTO {f} ({moved}, error, failed_at) \
-                 SELECT {moved}, $3, $4 FROM {j} WHERE id = $1 AND token = $2{plain} \
+                "INSERT INTO {f} ({moved}, error, failed_at, errors) \
+                 SELECT {moved}, $3, $4, {failed_errors} FROM {j} WHERE id = $1 AND token = $2{plain} \
                  RETURNING queue, {lf}, batch"
             )),
             copy_to_failed_any: s(format!(
-                "INSERT INTO {f} ({moved}, error, failed_at) \
-                 SELECT {moved}, $3, $4 FROM {j} WHERE id = $1 AND token = $2 \
+                "INSERT INTO {f} ({moved}, error, failed_at, errors) \
+                 SELECT {moved}, $3, $4, {failed_errors} FROM {j} WHERE id = $1 AND token = $2 \
                  RETURNING queue, {lf}, batch"
             )),
             delete_job: s(format!("DELETE FROM {j} WHERE id = $1 RETURNING unique_key")),
@@ -868,6 +973,16 @@ impl Sql {
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
+            )),
+            complete_leases_pg: s(format!(
+                "WITH done AS (DELETE FROM {j} WHERE (id, token) IN \
+                 (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
+                 RETURNING id, token, queue, unique_key, batch), \
+                 freed AS (DELETE FROM {u} USING done WHERE done.unique_key IS NOT NULL \
+                 AND {u}.queue = done.queue AND {u}.unique_key = done.unique_key \
+                 AND {u}.holder = done.id AND {u}.expires_at IS NULL) \
+                 SELECT id, token, queue, batch, EXISTS (SELECT 1 FROM {m} AS lim \
+                 WHERE lim.queue = done.queue AND lim.concurrency IS NOT NULL) FROM done"
             )),
             // Progress of the touches that carry some, and the cancel requests among them, in
             // one round trip; a stale token matches no row.
@@ -931,6 +1046,46 @@ impl Sql {
                  next_run = $5 WHERE name = $1 AND \"cursor\" = $2"
             )),
             schedule_exists: s(format!("SELECT 1 FROM {sch} WHERE name = $1")),
+            worker_beat: s(format!(
+                "INSERT INTO {w} (id, started_at, expires_at, info) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, \
+                 expires_at = excluded.expires_at, info = excluded.info"
+            )),
+            throughput_add: s(format!(
+                "INSERT INTO {tp} AS t (queue, minute, processed, failed) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (queue, minute) DO UPDATE SET \
+                 processed = t.processed + excluded.processed, failed = t.failed + excluded.failed"
+            )),
+            throughput_prune: s(format!("DELETE FROM {tp} WHERE minute < $1")),
+            workers_expire: s(format!("DELETE FROM {w} WHERE expires_at < $1")),
+            workers_list: s(format!(
+                "SELECT info FROM {w} WHERE expires_at >= $1 ORDER BY started_at, id"
+            )),
+            worker_forget: s(format!("DELETE FROM {w} WHERE id = $1")),
+            throughput_of_queue: s(format!(
+                "SELECT minute, processed, failed FROM {tp} WHERE queue = $1 AND minute >= $2 \
+                 ORDER BY minute"
+            )),
+            throughput_all: s(format!(
+                "SELECT minute, CAST(SUM(processed) AS BIGINT), CAST(SUM(failed) AS BIGINT) \
+                 FROM {tp} WHERE minute >= $1 GROUP BY minute ORDER BY minute"
+            )),
+            prune_before: [
+                s(format!("DELETE FROM {f} WHERE failed_at < $1")),
+                s(format!("DELETE FROM {f} WHERE queue = $2 AND failed_at < $1")),
+            ],
+            // The walk from the newest costs `keep` index entries, then the delete what it
+            // deletes (the `seq` key, or the `(queue, seq)` index).
+            prune_keep: [
+                s(format!(
+                    "DELETE FROM {f} WHERE seq <= (SELECT seq FROM {f} ORDER BY seq DESC \
+                     LIMIT 1 OFFSET $1)"
+                )),
+                s(format!(
+                    "DELETE FROM {f} WHERE queue = $2 AND seq <= (SELECT seq FROM {f} \
+                     WHERE queue = $2 ORDER BY seq DESC LIMIT 1 OFFSET $1)"
+                )),
+            ],
             dialect,
             schema_prefix: prefix,
             jobs_name: jobs.to_owned(),

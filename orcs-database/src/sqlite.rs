@@ -106,6 +106,15 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    /// SQLite settles children with the statements of any job (its writes take turns).
+    async fn complete_leases(
+        _store: &Store,
+        _conn: &mut Conn,
+        _items: &[&Settle],
+    ) -> Result<Option<Vec<common::Completed>>> {
+        Ok(None)
+    }
+
     /// Promotes the queue's due delayed jobs (inside the claim's transaction) and reads its
     /// limits.
     async fn promote_due(

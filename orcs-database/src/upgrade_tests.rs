@@ -87,7 +87,15 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5]);
+    // Migration 5: a job failed before it has no error history; the operations tables work.
+    let failed = driver.get("01J00000000000000000000005", now).await.expect("get").expect("job");
+    assert_eq!((failed.state, failed.errors.len()), (JobState::Failed, 0));
+    let worker = orcs_core::WorkerInfo::new("w", "host", 1, now);
+    let ended = [orcs_core::Throughput::new("mail", 2, 1)];
+    driver.heartbeat(&worker, &ended, 1_000, now).await.expect("heartbeat");
+    assert_eq!(driver.workers(now).await.expect("workers").len(), 1);
+    assert_eq!(driver.stats("mail", now).await.expect("stats").latency_ms, Some(0));
 
     let stats = driver.stats("mail", now).await.expect("stats");
     assert_eq!((stats.pending, stats.delayed, stats.reserved, stats.failed), (1, 1, 1, 1));

@@ -37,6 +37,11 @@ impl Ended {
     pub(crate) fn cancelled(n: i64) -> Self {
         Self { cancelled: n, ..Self::default() }
     }
+
+    /// `n` children completed.
+    pub(crate) fn processed(n: i64) -> Self {
+        Self { processed: n, ..Self::default() }
+    }
 }
 
 /// Adds `queues` to `ready`, each once.

@@ -424,7 +424,7 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4]);
+        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5]);
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -791,7 +791,7 @@ mod database {
             for started in starting.join_all().await {
                 started.expect("every driver sets up");
             }
-            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4]);
+            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5]);
         });
     }
 
@@ -878,6 +878,49 @@ mod database {
     }
 
     on_both!(drivers_share_one_queue);
+
+    /// One settle call ending children of two batches, a job outside batches and a stale lease
+    /// (on PostgreSQL the children's plain completions are one statement and one count per
+    /// batch): each batch counts each child once and stores `then` once, the stale lease is
+    /// answered as lost and changes nothing, and the queue counters are exact.
+    async fn one_settle_call_ends_children_of_several_batches(target: Target) {
+        let driver = target.driver().await;
+        let now = SystemClock.now();
+        let mut ids = Vec::new();
+        for (tag, size) in [(100, 3), (200, 2)] {
+            let id = orcs_core::new_job_id();
+            let mut batch = NewBatch::new(id.clone(), now);
+            batch.then = Some(job("callbacks", tag));
+            let children = (0..size).map(|i| job("default", tag + 1 + i)).collect();
+            driver.push_batch(batch, children).await.expect("push_batch");
+            ids.push(id);
+        }
+        driver.push(vec![job("default", 1)]).await.expect("push");
+        let queues = vec!["default".to_owned()];
+        let held = driver.claim(&request(&queues, 10)).await.expect("claim").jobs;
+        assert_eq!(held.len(), 6);
+        let mut settles: Vec<Settle> =
+            held.iter().map(|r| Settle::complete(r.lease.clone())).collect();
+        let mut stale = held[0].lease.clone();
+        stale.token.push_str("-stale");
+        settles.insert(2, Settle::complete(stale));
+        let results = driver.settle(&settles, SystemClock.now()).await;
+        assert!(matches!(results[2], Err(Error::LeaseLost { .. })), "{:?}", results[2]);
+        for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != 2) {
+            assert!(result.is_ok(), "settle {i}: {result:?}");
+        }
+        for (id, size) in ids.iter().zip([3, 2]) {
+            let info = driver.batch(id).await.expect("batch").expect("kept");
+            assert_eq!((info.total, info.pending, info.processed), (size, 0, size));
+            assert_eq!(info.then.map(|c| c.state), Some(CallbackState::Dispatched));
+        }
+        let stats = driver.stats("callbacks", SystemClock.now()).await.expect("stats");
+        assert_eq!(stats.pending, 2, "each batch's then, once");
+        let stats = driver.stats("default", SystemClock.now()).await.expect("stats");
+        assert_eq!((stats.pending, stats.reserved, stats.processed), (0, 0, 6));
+    }
+
+    on_both!(one_settle_call_ends_children_of_several_batches);
 
     #[test]
     fn sqlite_dispatch_in_another_process_wakes_a_waiting_worker() {

@@ -263,7 +263,9 @@ mod sqlite {
                     "orcs_jobs_queues",
                     "orcs_jobs_schedules",
                     "orcs_jobs_starts",
-                    "orcs_jobs_unique"
+                    "orcs_jobs_throughput",
+                    "orcs_jobs_unique",
+                    "orcs_jobs_workers"
                 ]
             );
         });
@@ -382,7 +384,9 @@ mod postgres {
                     "jobs_queues",
                     "jobs_schedules",
                     "jobs_starts",
-                    "jobs_unique"
+                    "jobs_throughput",
+                    "jobs_unique",
+                    "jobs_workers"
                 ]
             );
             // Another driver on the same schema finds the tables set up.
