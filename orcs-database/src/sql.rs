@@ -1228,6 +1228,23 @@ impl Sql {
         )
     }
 
+    /// SQLite: completes `count` leases in one statement (ids `$1..$count`, their tokens
+    /// `$count+1..$2count`), returning (id, token, queue, unique_key, batch, limited) of each
+    /// job deleted. The `id IN` list lets the primary key find the rows; the row-value test
+    /// alone would scan the table.
+    pub(crate) fn complete_leases_sqlite(&self, count: usize) -> String {
+        let pairs: Vec<String> = (1..=count).map(|n| format!("(${n}, ${})", n + count)).collect();
+        format!(
+            "DELETE FROM {j} WHERE id IN ({}) AND (id, token) IN (VALUES {}) \
+             RETURNING id, token, queue, unique_key, batch, EXISTS (SELECT 1 FROM {m} \
+             WHERE {m}.queue = {j}.queue AND {m}.concurrency IS NOT NULL)",
+            params(1, count),
+            pairs.join(", "),
+            j = self.jobs,
+            m = self.meta,
+        )
+    }
+
     /// PostgreSQL: locks the batch rows of the jobs among `count` ids that are batch children,
     /// in id order (so that concurrent ends of children take batch rows in one order).
     pub(crate) fn lock_batches_of_jobs(&self, count: usize) -> String {
@@ -1368,5 +1385,18 @@ mod tests {
         for statement in [&lite.delete_leased, &lite.copy_to_failed, &pg.delete_leased_any] {
             assert!(!statement.contains("batch IS NULL"), "{statement}");
         }
+    }
+
+    /// Each id is paired with its own token, and the ids also stand alone in an `IN` list so
+    /// that the primary key finds the rows.
+    #[test]
+    fn sqlite_completes_leases_by_id_and_token_pairs() {
+        let statement = sql(Dialect::Sqlite).complete_leases_sqlite(3);
+        assert!(statement.contains("id IN ($1, $2, $3)"), "{statement}");
+        assert!(
+            statement.contains("(id, token) IN (VALUES ($1, $4), ($2, $5), ($3, $6))"),
+            "{statement}"
+        );
+        assert!(!statement.contains("batch IS NULL"), "{statement}");
     }
 }

@@ -106,13 +106,47 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    /// SQLite settles children with the statements of any job (its writes take turns).
+    /// One `DELETE ... RETURNING` per chunk of leases (see [`Sql::complete_leases_sqlite`]),
+    /// then the keys of the deleted jobs that held one are freed.
     async fn complete_leases(
-        _store: &Store,
-        _conn: &mut Conn,
-        _items: &[&Settle],
+        store: &Store,
+        conn: &mut Conn,
+        items: &[&Settle],
     ) -> Result<Option<Vec<common::Completed>>> {
-        Ok(None)
+        let mut completed = Vec::with_capacity(items.len());
+        let mut keys: Vec<(String, String, String)> = Vec::new();
+        for chunk in items.chunks(common::INSERT_CHUNK) {
+            let mut query = dynamic(store.sql.complete_leases_sqlite(chunk.len()));
+            for item in chunk {
+                query = query.bind(item.lease.id.clone());
+            }
+            for item in chunk {
+                query = query.bind(item.lease.token.clone());
+            }
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                let job = common::Completed {
+                    id: row.try_get(0).map_err(backend)?,
+                    token: row.try_get(1).map_err(backend)?,
+                    queue: row.try_get(2).map_err(backend)?,
+                    batch: row.try_get(4).map_err(backend)?,
+                    limited: row.try_get(5).map_err(backend)?,
+                };
+                if let Some(key) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
+                    keys.push((job.queue.clone(), key, job.id.clone()));
+                }
+                completed.push(job);
+            }
+        }
+        for (queue, key, holder) in keys {
+            q(&store.sql.free_key)
+                .bind(queue)
+                .bind(key)
+                .bind(holder)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(Some(completed))
     }
 
     /// Promotes the queue's due delayed jobs (inside the claim's transaction) and reads its
@@ -458,9 +492,12 @@ impl Store {
         Ok(cancelled)
     }
 
-    /// The whole batch is one write transaction, each item token-checked on its own.
+    /// The whole batch is one write transaction, each item token-checked on its own; its plain
+    /// completions are one statement, and a batch's children among them one count of their
+    /// batch row (see `Store::settle_children`, which on SQLite locks nothing first: its
+    /// writes take turns).
     pub(crate) async fn settle(&self, batch: &[Settle], now: Millis) -> Result<Vec<Result<()>>> {
-        self.settle_each(batch, now).await
+        self.settle_children(batch, now).await
     }
 
     pub(crate) async fn wait(

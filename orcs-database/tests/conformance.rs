@@ -880,10 +880,16 @@ mod database {
     on_both!(drivers_share_one_queue);
 
     /// One settle call ending children of two batches, a job outside batches and a stale lease
-    /// (on PostgreSQL the children's plain completions are one statement and one count per
-    /// batch): each batch counts each child once and stores `then` once, the stale lease is
-    /// answered as lost and changes nothing, and the queue counters are exact.
+    /// (the children's plain completions are one statement and one count per batch): each
+    /// batch counts each child once and stores `then` once, the stale lease is answered as lost
+    /// and changes nothing, the unique keys of the completed jobs are free again, and the
+    /// queue counters are exact.
     async fn one_settle_call_ends_children_of_several_batches(target: Target) {
+        use orcs_core::{PushOutcome, Unique, UniqueUntil};
+        let keyed = |mut job: NewJob, key: &str| {
+            job.unique = Some(Unique::new(key, UniqueUntil::Finished));
+            job
+        };
         let driver = target.driver().await;
         let now = SystemClock.now();
         let mut ids = Vec::new();
@@ -891,11 +897,13 @@ mod database {
             let id = orcs_core::new_job_id();
             let mut batch = NewBatch::new(id.clone(), now);
             batch.then = Some(job("callbacks", tag));
-            let children = (0..size).map(|i| job("default", tag + 1 + i)).collect();
+            let children = (0..size)
+                .map(|i| keyed(job("default", tag + 1 + i), &format!("child-{tag}-{i}")))
+                .collect();
             driver.push_batch(batch, children).await.expect("push_batch");
             ids.push(id);
         }
-        driver.push(vec![job("default", 1)]).await.expect("push");
+        driver.push(vec![keyed(job("default", 1), "plain")]).await.expect("push");
         let queues = vec!["default".to_owned()];
         let held = driver.claim(&request(&queues, 10)).await.expect("claim").jobs;
         assert_eq!(held.len(), 6);
@@ -918,6 +926,13 @@ mod database {
         assert_eq!(stats.pending, 2, "each batch's then, once");
         let stats = driver.stats("default", SystemClock.now()).await.expect("stats");
         assert_eq!((stats.pending, stats.reserved, stats.processed), (0, 0, 6));
+        let again = vec![
+            keyed(job("default", 2), "child-100-0"),
+            keyed(job("default", 3), "child-200-1"),
+            keyed(job("default", 4), "plain"),
+        ];
+        let outcomes = driver.push(again).await.expect("push with the freed keys");
+        assert_eq!(outcomes, [PushOutcome::Stored, PushOutcome::Stored, PushOutcome::Stored]);
     }
 
     on_both!(one_settle_call_ends_children_of_several_batches);
