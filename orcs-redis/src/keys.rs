@@ -25,6 +25,9 @@ pub(crate) struct QueueKeys {
     pub(crate) progress: String,
     pub(crate) cancel: String,
     pub(crate) starts: String,
+    /// Per job: when it last became due again (a retry, release or recovery) and the errors of
+    /// its failed attempts ([`history_value`]).
+    pub(crate) history: String,
 }
 
 impl QueueKeys {
@@ -50,6 +53,7 @@ impl QueueKeys {
             progress: key("progress"),
             cancel: key("cancel"),
             starts: key("starts"),
+            history: key("history"),
             tag,
         }
     }
@@ -170,6 +174,53 @@ pub(crate) fn decode_schedule(name: &str, text: &str) -> Result<ScheduleRecord, 
 /// The set of queue names, hash-tagged on the prefix alone.
 pub(crate) fn registry(prefix: &str) -> String {
     format!("{{{prefix}}}:queues")
+}
+
+/// The prefix's own keys of operations (issue #13), all hash-tagged on the prefix alone, so one
+/// script reaches them together on a cluster too.
+#[derive(Debug)]
+pub(crate) struct OpsKeys {
+    /// Hash: worker id -> its `WorkerInfo` as JSON.
+    pub(crate) workers: String,
+    /// Sorted set: worker id, scored by when its entry expires.
+    pub(crate) worker_expiry: String,
+    /// Hash: minute -> `<processed>|<failed>` over every queue (and `from`, see
+    /// [`OpsKeys::throughput_of`]).
+    pub(crate) throughput: String,
+    /// Sorted set: queues forgotten by `forget_queue`, scored by when (see "Forgetting a queue" in
+    /// the README).
+    pub(crate) forgotten: String,
+    tag: String,
+}
+
+impl OpsKeys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let tag = prefix_tag(prefix);
+        Self {
+            workers: format!("{tag}:workers"),
+            worker_expiry: format!("{tag}:worker_expiry"),
+            throughput: format!("{tag}:throughput"),
+            forgotten: format!("{tag}:forgotten"),
+            tag,
+        }
+    }
+
+    /// Hash: minute -> `<processed>|<failed>` of one queue, and `from`, the oldest minute it may
+    /// still hold (the trim starts there). In the prefix's slot, not the queue's, so a heartbeat
+    /// writes every queue's bucket in one script.
+    pub(crate) fn throughput_of(&self, queue: &str) -> String {
+        format!("{}:throughput:{queue}", self.tag)
+    }
+}
+
+/// A job's entry in [`QueueKeys::history`]: `<due>|<errors>`, `due` the time it last became due
+/// again (empty when it never did) and `errors` packed ([`pack`]), oldest first. Written by the
+/// scripts; this reads it back, `None` for anything else.
+pub(crate) fn history_value(text: &str) -> Option<(Option<Millis>, Vec<String>)> {
+    let (due, errors) = text.split_once('|')?;
+    let due = if due.is_empty() { None } else { Some(due.parse().ok()?) };
+    let errors = unpack(errors)?.into_iter().map(str::to_owned).collect();
+    Some((due, errors))
 }
 
 /// The key holding the storage layout version of a prefix.
@@ -630,5 +681,21 @@ mod tests {
         assert_eq!(registry("orcs"), "{orcs}:queues");
         assert_eq!(version_key("orcs"), "{orcs}:version");
         assert_eq!(keys.meta, "{orcs:emails}:meta");
+        assert_eq!(keys.history, "{orcs:emails}:history");
+        let ops = OpsKeys::new("orcs");
+        assert_eq!(ops.workers, "{orcs}:workers");
+        assert_eq!(ops.throughput_of("emails"), "{orcs}:throughput:emails");
+    }
+
+    #[test]
+    fn history_values_read_back() {
+        assert_eq!(history_value("|"), Some((None, vec![])));
+        assert_eq!(
+            history_value("17|3:a|b0:"),
+            Some((Some(17), vec!["a|b".to_owned(), String::new()]))
+        );
+        assert_eq!(history_value("x|"), None);
+        assert_eq!(history_value("5|9:short"), None);
+        assert_eq!(history_value("no bar"), None);
     }
 }

@@ -15,13 +15,13 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orcs_core::{
     Admin, BatchInfo, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob,
     FailedQuery, Fire, JobInfo, JobState, Lease, ListRequest, MAX_PAGE, Millis, NewBatch, NewJob,
-    PushOutcome, QueueLimits, QueueStats, RateLimit, Reserved, Result, ScheduleRecord, Settle,
-    Touch, async_trait,
+    Prune, PushOutcome, QueueLimits, QueueStats, RateLimit, Reserved, Result, ScheduleRecord,
+    Settle, Throughput, Touch, WorkerInfo, async_trait,
 };
 use redis::cluster_routing::Slot;
 use redis::{FromRedisValue, Value};
@@ -29,7 +29,8 @@ use redis::{FromRedisValue, Value};
 pub use crate::config::RedisConfig;
 use crate::conn::{Backend, DRIVER, lock};
 use crate::keys::{
-    COMPAT_LAYOUT, LAYOUT_VERSION, QueueKeys, decode, decode_unique, registry, version_key,
+    COMPAT_LAYOUT, LAYOUT_VERSION, OpsKeys, QueueKeys, decode, decode_unique, history_value,
+    registry, version_key,
 };
 use crate::reply::{count, int, protocol, text};
 use crate::scripts::{Context, DELETE_LIMIT, Forget, RECOVER_LIMIT, SettleItem};
@@ -46,6 +47,23 @@ const PUSH_CHUNK: usize = 1000;
 const PUSH_WINDOW: usize = 4;
 /// Most settles of one queue in one script call (bounds the time Redis is blocked).
 const SETTLE_CHUNK: usize = 500;
+/// How long a process trusts that a queue it added to the registry is still there; after that its
+/// next push adds it again (one `SADD` per queue and process every few minutes).
+const REGISTRY_REFRESH: Duration = Duration::from_secs(600);
+/// How long a forgotten queue's entry is kept while none of its keys exist: well beyond
+/// [`REGISTRY_REFRESH`] (and any clock skew between processes), after which no process stores
+/// in the queue without adding it to the registry first.
+const FORGOTTEN_KEEP_MS: Millis = 3_600_000;
+/// Most queues whose keys a driver keeps made ([`RedisDriver::keys`]).
+const KEYS_CACHE_LIMIT: usize = 10_000;
+/// Most failed-set entries read per call when a prune over every queue picks the oldest.
+const PRUNE_PAGE: u64 = 1000;
+
+/// Milliseconds since the epoch by this machine's clock, for the calls that take no `now` (a
+/// forgotten queue's time).
+fn wall_clock() -> Millis {
+    orcs_core::Clock::now(&orcs_core::SystemClock)
+}
 
 /// Queues in Redis, shared by any number of worker processes. Clones share one pool.
 #[derive(Debug, Clone)]
@@ -59,11 +77,15 @@ struct Inner {
     backend: Backend,
     /// Idle blocking connections, reused by the next `wait`.
     waiters: Mutex<Vec<Waiter>>,
-    /// Queues this process already added to the registry set (saves a command per push).
-    registered: Mutex<HashSet<String>>,
+    /// Queues this process added to the registry set, and when (saves a command per push; an
+    /// entry older than [`REGISTRY_REFRESH`] is added again, which bounds how long a forgotten
+    /// queue must be remembered, see [`RedisDriver::registered_queues`]).
+    registered: Mutex<HashMap<String, Instant>>,
     /// The storage layout the prefix is marked with, which decides how records are written:
     /// [`LAYOUT_VERSION`], or [`COMPAT_LAYOUT`] until the prefix is upgraded.
     layout: AtomicU32,
+    /// Each queue's keys ([`RedisDriver::keys`]).
+    keys: Mutex<HashMap<String, Arc<QueueKeys>>>,
     /// Queues this process saw batch children in (claimed, or asked for by a script): their
     /// settles come with the workflow context at once, instead of after a round trip that asks
     /// for it. Plain queues never enter it, so their settles stay as they were.
@@ -89,9 +111,10 @@ impl RedisDriver {
                 config,
                 backend: commands,
                 waiters: Mutex::new(Vec::new()),
-                registered: Mutex::new(HashSet::new()),
+                registered: Mutex::new(HashMap::new()),
                 layout: AtomicU32::new(LAYOUT_VERSION),
                 batched: Mutex::new(HashSet::new()),
+                keys: Mutex::new(HashMap::new()),
             }),
         };
         let _: String = driver.query(&redis::cmd("PING")).await?;
@@ -152,8 +175,20 @@ impl RedisDriver {
         }
     }
 
-    fn keys(&self, queue: &str) -> QueueKeys {
-        QueueKeys::new(self.inner.config.prefix(), queue)
+    /// The keys of `queue`, made once per process and queue (formatting its nineteen key names
+    /// on every call cost a one-job push a seventh of its client time).
+    fn keys(&self, queue: &str) -> Arc<QueueKeys> {
+        let mut cache = lock(&self.inner.keys);
+        if let Some(keys) = cache.get(queue) {
+            return Arc::clone(keys);
+        }
+        // Queue names are few in practice; a process that meets endless new ones starts over.
+        if cache.len() >= KEYS_CACHE_LIMIT {
+            cache.clear();
+        }
+        let keys = Arc::new(QueueKeys::new(self.inner.config.prefix(), queue));
+        cache.insert(queue.to_owned(), Arc::clone(&keys));
+        keys
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
@@ -164,12 +199,15 @@ impl RedisDriver {
         self.inner.backend.run(async |conn| call.invoke_async(conn).await).await
     }
 
-    /// Adds queues to the registry set once per process.
+    /// Adds queues to the registry set once per process (again after [`REGISTRY_REFRESH`]).
     async fn register(&self, queues: &[&str]) -> Result<()> {
         let new: Vec<&str> = {
             let known = lock(&self.inner.registered);
-            let mut new: Vec<&str> =
-                queues.iter().copied().filter(|q| !known.contains(*q)).collect();
+            let mut new: Vec<&str> = queues
+                .iter()
+                .copied()
+                .filter(|q| known.get(*q).is_none_or(|at| at.elapsed() >= REGISTRY_REFRESH))
+                .collect();
             new.sort_unstable();
             new.dedup();
             new
@@ -177,10 +215,11 @@ impl RedisDriver {
         if new.is_empty() {
             return Ok(());
         }
+        let at = Instant::now();
         let _: i64 = self
             .query(redis::cmd("SADD").arg(registry(self.inner.config.prefix())).arg(&new))
             .await?;
-        lock(&self.inner.registered).extend(new.iter().map(|q| (*q).to_owned()));
+        lock(&self.inner.registered).extend(new.iter().map(|q| ((*q).to_owned(), at)));
         Ok(())
     }
 
@@ -191,13 +230,14 @@ impl RedisDriver {
         if queues.is_empty() {
             return Ok(());
         }
+        let at = Instant::now();
         let added: Result<i64> = self
             .query(redis::cmd("SADD").arg(registry(self.inner.config.prefix())).arg(queues))
             .await;
         let mut known = lock(&self.inner.registered);
         match added {
             Ok(_) => {
-                known.extend(queues.iter().map(|q| (*q).to_owned()));
+                known.extend(queues.iter().map(|q| ((*q).to_owned(), at)));
                 Ok(())
             }
             Err(e) => {
@@ -210,18 +250,55 @@ impl RedisDriver {
         }
     }
 
+    /// The registry's queues, and the forgotten queues something was stored in since.
+    ///
+    /// A push sets no mark a forget could clear (that would cost every push a command), and a
+    /// process adds a queue to the registry once per [`REGISTRY_REFRESH`] only; so a process
+    /// that listed a queue before another one forgot it stores jobs there without listing it
+    /// again. `forget_queue` therefore moves the queue to the forgotten set, and this looks at
+    /// each forgotten queue: if any of its keys exist it is listed again (and moves back to the
+    /// registry); if none does and it was forgotten more than [`FORGOTTEN_KEEP_MS`] ago, every
+    /// process has to add it to the registry before storing there, and its entry goes. One call
+    /// when nothing was forgotten; one or two more per forgotten queue.
     async fn registered_queues(&self) -> Result<Vec<String>> {
-        let mut queues: Vec<String> =
-            self.query(redis::cmd("SMEMBERS").arg(registry(self.inner.config.prefix()))).await?;
+        let ops = self.ops_keys();
+        let registry = registry(self.inner.config.prefix());
+        let (mut queues, forgotten): (Vec<String>, Vec<(String, f64)>) =
+            self.invoke(&scripts::queues(&registry, &ops.forgotten)).await?;
+        let stale_before = wall_clock().saturating_sub(FORGOTTEN_KEEP_MS);
+        for (queue, _) in forgotten {
+            let keys = self.keys(&queue);
+            let found: i64 = self
+                .query(
+                    redis::cmd("EXISTS")
+                        .arg(&keys.jobs)
+                        .arg(&keys.stats)
+                        .arg(&keys.meta)
+                        .arg(&keys.ready)
+                        .arg(&keys.delayed)
+                        .arg(&keys.failed),
+                )
+                .await?;
+            let call = scripts::revive(&registry, &ops.forgotten, &queue, found > 0, stale_before);
+            let _: i64 = self.invoke(&call).await?;
+            if found > 0 {
+                queues.push(queue);
+            }
+        }
         queues.sort();
+        queues.dedup();
         Ok(queues)
+    }
+
+    fn ops_keys(&self) -> OpsKeys {
+        OpsKeys::new(self.inner.config.prefix())
     }
 
     /// True when two queues' keys live in different slots of a cluster (never on one server).
     fn apart(&self, a: &str, b: &str) -> bool {
         self.inner.backend.is_cluster()
             && a != b
-            && Slot::for_key(self.keys(a).ready) != Slot::for_key(self.keys(b).ready)
+            && Slot::for_key(&self.keys(a).ready) != Slot::for_key(&self.keys(b).ready)
     }
 
     /// The script calls of one push chunk: one call, or one per queue on a cluster (whose
@@ -244,7 +321,7 @@ impl RedisDriver {
         calls
             .into_iter()
             .map(|groups| {
-                let script_groups: Vec<(QueueKeys, Vec<&NewJob>)> = groups
+                let script_groups: Vec<(Arc<QueueKeys>, Vec<&NewJob>)> = groups
                     .iter()
                     .map(|g| (self.keys(&g[0].1.queue), g.iter().map(|(_, j)| *j).collect()))
                     .collect();
@@ -444,11 +521,12 @@ impl RedisDriver {
                 effects,
             });
         }
-        let group_keys: Vec<QueueKeys> = groups.iter().map(|q| self.keys(q)).collect();
-        let home = self.home(Some(queue));
-        let context_groups: Vec<(String, QueueKeys)> =
+        let group_keys: Vec<Arc<QueueKeys>> = groups.iter().map(|q| self.keys(q)).collect();
+        // The workflow keys only for a queue with batch children (a plain settle makes none).
+        let home = context.map(|_| self.home(Some(queue)));
+        let context_groups: Vec<(String, Arc<QueueKeys>)> =
             context.unwrap_or_default().iter().map(|q| (q.clone(), self.keys(q))).collect();
-        let context = context.map(|_| Context { home: &home, groups: &context_groups });
+        let context = home.as_ref().map(|home| Context { home, groups: &context_groups });
         let call = scripts::settle(
             &self.keys(queue),
             context.as_ref(),
@@ -595,8 +673,6 @@ impl Driver for RedisDriver {
         let calls: Vec<_> =
             fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c, layout)).collect();
         let mut stored: Vec<&NewJob> = Vec::new();
-        // Queues whose `registered` mark a script set: listed again below.
-        let mut fresh_queues: Vec<&str> = Vec::new();
         let mut failure = None;
         // Several calls in flight at once (pipelined over the shared connections); every call of
         // a window is awaited, so a failure leaves no call whose effect is unknown.
@@ -612,10 +688,7 @@ impl Driver for RedisDriver {
                             // 1: stored; 0: its id is in use; else the unique key's holder.
                             // (An id may be digits: only an integer reply is a flag.)
                             outcomes[index] = Some(match flag {
-                                Value::Int(n @ (1 | 2)) => {
-                                    if n == 2 && !fresh_queues.contains(&job.queue.as_str()) {
-                                        fresh_queues.push(job.queue.as_str());
-                                    }
+                                Value::Int(1) => {
                                     stored.push(job);
                                     PushOutcome::Stored
                                 }
@@ -640,11 +713,6 @@ impl Driver for RedisDriver {
             if failure.is_some() {
                 break;
             }
-        }
-        if failure.is_none()
-            && let Err(e) = self.relist(&fresh_queues).await
-        {
-            failure = Some(e);
         }
         if let Some(e) = failure {
             self.unstore(&stored, layout).await;
@@ -738,7 +806,7 @@ impl Driver for RedisDriver {
         for touch in running {
             by_queue.entry(touch.lease.queue.as_str()).or_default().push(touch);
         }
-        let groups: Vec<(QueueKeys, Vec<&Touch>)> =
+        let groups: Vec<(Arc<QueueKeys>, Vec<&Touch>)> =
             by_queue.into_iter().map(|(queue, touches)| (self.keys(queue), touches)).collect();
         if !self.inner.backend.is_cluster() {
             return self.invoke(&scripts::touch(&groups)).await;
@@ -813,7 +881,10 @@ impl Driver for RedisDriver {
 #[async_trait]
 impl Admin for RedisDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
-        let counts: Vec<i64> = self.invoke(&scripts::stats(&self.keys(queue), now)).await?;
+        let mut reply: Vec<Value> = self.invoke(&scripts::stats(&self.keys(queue), now)).await?;
+        // The last entry: the due time of the longest-waiting due job, nil when none is due.
+        let oldest_due = reply.pop().as_ref().and_then(int);
+        let counts: Vec<i64> = reply.iter().map(|v| int(v).unwrap_or(-1)).collect();
         let [
             ready,
             due,
@@ -829,7 +900,7 @@ impl Admin for RedisDriver {
             period,
         ] = counts[..]
         else {
-            return Err(protocol("stats", "12 counters"));
+            return Err(protocol("stats", "12 counters and a due time"));
         };
         let [ready, due, delayed, reserved, failed, processed, failed_total, cancelled] =
             [ready, due, delayed, reserved, failed, processed, failed_total, cancelled]
@@ -849,6 +920,8 @@ impl Admin for RedisDriver {
             limits.rate = Some(RateLimit::new(limit, period));
         }
         stats.limits = limits;
+        stats.latency_ms =
+            oldest_due.map(|due| u64::try_from(now.saturating_sub(due)).unwrap_or(0));
         Ok(stats)
     }
 
@@ -861,10 +934,10 @@ impl Admin for RedisDriver {
         for queue in self.registered_queues().await? {
             let reply: Value = self.invoke(&scripts::get(&self.keys(&queue), id)).await?;
             let Value::Array(fields) = reply else { continue };
-            let [place, blob, score, attempts, error, failed_at, unique, progress, cancel] =
+            let [place, blob, score, attempts, error, failed_at, unique, progress, cancel, history] =
                 &fields[..]
             else {
-                return Err(protocol("get", "9 fields"));
+                return Err(protocol("get", "10 fields"));
             };
             let score = int(score).unwrap_or(0);
             let mut job = job_of(id.to_owned(), &queue, blob);
@@ -872,8 +945,15 @@ impl Admin for RedisDriver {
             if let Some(spec) = text(unique).and_then(|spec| decode_unique(&spec)) {
                 job.unique = Some(spec);
             }
+            let (due, errors) = history_of(history);
             let state = match text(place).as_deref() {
-                Some("ready") => JobState::Pending,
+                Some("ready") => {
+                    // Queued again by a retry, release or recovery: due since then.
+                    if let Some(due) = due {
+                        job.available_at = due;
+                    }
+                    JobState::Pending
+                }
                 Some("delayed") => {
                     job.available_at = score;
                     if score <= now { JobState::Pending } else { JobState::Delayed }
@@ -886,6 +966,7 @@ impl Admin for RedisDriver {
             info.last_error = text(error);
             info.progress = text(progress);
             info.cancel_requested = int(cancel) == Some(1);
+            info.errors = errors;
             match state {
                 JobState::Reserved => info.lease_expires_at = Some(score),
                 JobState::Failed => info.failed_at = int(failed_at),
@@ -917,10 +998,11 @@ impl Admin for RedisDriver {
         }
         let last = req.offset.saturating_add(limit - 1);
         let page: Vec<Value> = self.invoke(&scripts::list(&keys, set, req.offset, last)).await?;
-        let mut out = Vec::with_capacity(page.len() / 8);
-        for entry in page.chunks(8) {
-            let [id, score, blob, attempts, error, unique, progress, cancel] = entry else {
-                return Err(protocol("list", "an entry of 8 fields"));
+        let mut out = Vec::with_capacity(page.len() / 9);
+        for entry in page.chunks(9) {
+            let [id, score, blob, attempts, error, unique, progress, cancel, history] = entry
+            else {
+                return Err(protocol("list", "an entry of 9 fields"));
             };
             let score = int(score).unwrap_or(0);
             let mut job = job_of(text(id).unwrap_or_default(), &req.queue, blob);
@@ -928,13 +1010,17 @@ impl Admin for RedisDriver {
             if let Some(spec) = text(unique).and_then(|spec| decode_unique(&spec)) {
                 job.unique = Some(spec);
             }
-            if req.state == JobState::Delayed {
-                job.available_at = score;
+            let (due, errors) = history_of(history);
+            match (req.state, due) {
+                (JobState::Delayed, _) => job.available_at = score,
+                (JobState::Pending, Some(due)) => job.available_at = due,
+                _ => {}
             }
             let mut info = JobInfo::new(job, req.state, count(attempts));
             info.last_error = text(error);
             info.progress = text(progress);
             info.cancel_requested = int(cancel) == Some(1);
+            info.errors = errors;
             if req.state == JobState::Reserved {
                 info.lease_expires_at = Some(score);
             }
@@ -984,8 +1070,8 @@ impl Admin for RedisDriver {
             .collect())
     }
 
-    async fn retry_failed(&self, id: &str, _now: Millis) -> Result<()> {
-        self.on_failed(id, |keys| scripts::retry_failed(keys, id)).await
+    async fn retry_failed(&self, id: &str, now: Millis) -> Result<()> {
+        self.on_failed(id, |keys| scripts::retry_failed(keys, id, now)).await
     }
 
     async fn forget_failed(&self, id: &str) -> Result<()> {
@@ -1019,32 +1105,37 @@ impl Admin for RedisDriver {
     }
 
     async fn forget_queue(&self, queue: &str) -> Result<bool> {
-        // Processes that added the queue to the registry keep remembering it: whichever of them
-        // stores a job (or a pause, or limits) in it next finds its `registered` mark gone and
-        // adds it again (see `relist`).
+        // Other processes that added the queue to the registry keep remembering it: whichever
+        // of them stores a job in it next does not list it again, so the queue goes to the
+        // forgotten set, where `registered_queues` finds it once something is stored in it.
         let keys = self.keys(queue);
         let registry = registry(self.inner.config.prefix());
+        let ops = self.ops_keys();
+        let now = wall_clock();
+        // This process adds it to the registry again at its next push.
+        lock(&self.inner.registered).remove(queue);
         if !self.inner.backend.is_cluster() {
-            let call = scripts::forget_queue(&keys, queue, Forget::Standalone, &registry);
+            let call = scripts::forget_queue(
+                &keys,
+                queue,
+                Forget::Standalone,
+                &registry,
+                &ops.forgotten,
+                now,
+            );
             let forgotten: i64 = self.invoke(&call).await?;
             return Ok(forgotten == 1);
         }
         // On a cluster the registry lives in another slot than the queue's keys: the atomic
         // check and delete first (a busy queue answers without touching the registry), then the
-        // registry.
-        let call = scripts::forget_queue(&keys, queue, Forget::Cluster, &registry);
+        // registry. Whatever is stored in the queue meanwhile finds it in the forgotten set.
+        let call =
+            scripts::forget_queue(&keys, queue, Forget::Cluster, &registry, &ops.forgotten, now);
         let forgotten: i64 = self.invoke(&call).await?;
         if forgotten == 0 {
             return Ok(false);
         }
-        let _: i64 = self.query(redis::cmd("SREM").arg(&registry).arg(queue)).await?;
-        // A push (or a pause, or limits) that stored something since the delete set the
-        // queue's `registered` mark and listed it, maybe before the SREM: list it again.
-        let back: i64 =
-            self.query(redis::cmd("HEXISTS").arg(&keys.stats).arg("registered")).await?;
-        if back == 1 {
-            self.relist(&[queue]).await?;
-        }
+        let _: i64 = self.invoke(&scripts::unlist(&registry, &ops.forgotten, queue, now)).await?;
         Ok(true)
     }
 
@@ -1092,4 +1183,185 @@ impl Admin for RedisDriver {
     async fn forget_schedule(&self, name: &str) -> Result<bool> {
         self.forget_schedule_impl(name).await
     }
+
+    async fn heartbeat(
+        &self,
+        worker: &WorkerInfo,
+        ended: &[Throughput],
+        ttl_ms: u64,
+        now: Millis,
+    ) -> Result<()> {
+        let mut entry = worker.clone();
+        entry.last_heartbeat = now;
+        let json = serde_json::to_string(&entry).map_err(|e| {
+            Error::invalid("worker", format!("the worker entry does not serialize: {e}"))
+        })?;
+        let expires = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        // One bucket write per queue, whatever the caller repeated; empty counts write nothing.
+        let mut by_queue: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for t in ended.iter().filter(|t| t.processed > 0 || t.failed > 0) {
+            let counts = by_queue.entry(t.queue.as_str()).or_default();
+            counts.0 = counts.0.saturating_add(t.processed);
+            counts.1 = counts.1.saturating_add(t.failed);
+        }
+        let ops = self.ops_keys();
+        let ended: Vec<(String, u64, u64)> =
+            by_queue.into_iter().map(|(q, (p, f))| (ops.throughput_of(q), p, f)).collect();
+        let call = scripts::heartbeat(&ops, &entry.id, &json, expires, now, &ended);
+        let _: i64 = self.invoke(&call).await?;
+        Ok(())
+    }
+
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>> {
+        let entries: Vec<String> = self.invoke(&scripts::workers(&self.ops_keys(), now)).await?;
+        let mut workers: Vec<WorkerInfo> = entries
+            .iter()
+            .filter_map(|json| match serde_json::from_str::<WorkerInfo>(json) {
+                Ok(worker) => Some(worker),
+                Err(e) => {
+                    tracing::warn!(error = %e, entry = %json, "skipping a worker entry that does not parse");
+                    None
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(workers)
+    }
+
+    async fn forget_worker(&self, id: &str) -> Result<bool> {
+        let removed: i64 = self.invoke(&scripts::forget_worker(&self.ops_keys(), id)).await?;
+        Ok(removed == 1)
+    }
+
+    async fn throughput(&self, queue: Option<&str>, since: Millis) -> Result<Vec<Throughput>> {
+        let ops = self.ops_keys();
+        let key = queue.map_or_else(|| ops.throughput.clone(), |q| ops.throughput_of(q));
+        let buckets: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(&key)).await?;
+        let mut history: Vec<Throughput> = buckets
+            .iter()
+            .filter_map(|(minute, counts)| {
+                // Besides the minutes, the hash holds `from` (where its trim starts).
+                let minute: Millis = minute.parse().ok()?;
+                let (processed, failed) = counts.split_once('|')?;
+                let mut bucket = Throughput::new(
+                    queue.unwrap_or_default(),
+                    processed.parse().ok()?,
+                    failed.parse().ok()?,
+                );
+                bucket.minute = minute;
+                (minute >= since).then_some(bucket)
+            })
+            .collect();
+        history.sort_by_key(|t| t.minute);
+        Ok(history)
+    }
+
+    async fn prune_failed(&self, prune: &Prune) -> Result<u64> {
+        if prune.failed_before.is_none() && prune.keep.is_none() {
+            return Ok(0);
+        }
+        let queues = match &prune.queue {
+            Some(queue) => vec![queue.clone()],
+            None => self.registered_queues().await?,
+        };
+        // Over every queue, the count rule keeps the newest `keep` of all queues together: the
+        // oldest beyond them are picked here, as a cut in each queue's failure order.
+        let (keep, cuts) = match (&prune.queue, prune.keep) {
+            (None, Some(keep)) => (None, self.oldest_beyond(&queues, keep).await?),
+            (_, keep) => (keep, HashMap::new()),
+        };
+        let mut total = 0;
+        for queue in &queues {
+            let upto = cuts.get(queue.as_str()).copied();
+            if prune.failed_before.is_none() && keep.is_none() && upto.is_none() {
+                continue;
+            }
+            let call = scripts::prune(&self.keys(queue), prune.failed_before, keep, upto);
+            loop {
+                let step: u64 = self.invoke(&call).await?;
+                total += step;
+                if step < scripts::PRUNE_LIMIT as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl RedisDriver {
+    /// For a prune over every queue that keeps the newest `keep` failed jobs: per queue, the
+    /// failure sequence number of its newest job among the oldest of all queues beyond `keep`
+    /// (a merge of the queues' failed sets by failure time, oldest first). Reads what it picks,
+    /// page by page, plus at most one page per queue.
+    async fn oldest_beyond<'q>(
+        &self,
+        queues: &'q [String],
+        keep: u64,
+    ) -> Result<HashMap<&'q str, i64>> {
+        let mut total: u64 = 0;
+        for queue in queues {
+            let size: u64 = self.query(redis::cmd("ZCARD").arg(&self.keys(queue).failed)).await?;
+            total = total.saturating_add(size);
+        }
+        let mut excess = total.saturating_sub(keep);
+        let mut cuts = HashMap::new();
+        if excess == 0 {
+            return Ok(cuts);
+        }
+        let page = excess.min(PRUNE_PAGE);
+        // Per queue: its next unread offset and the (sequence, time) entries read, in order.
+        let mut read: Vec<(u64, std::collections::VecDeque<(i64, Millis)>)> =
+            queues.iter().map(|_| (0, std::collections::VecDeque::new())).collect();
+        let mut heads = std::collections::BinaryHeap::new();
+        for (index, queue) in queues.iter().enumerate() {
+            if self.refill(queue, &mut read[index], page).await? {
+                let time = read[index].1.front().map_or(0, |e| e.1);
+                heads.push(std::cmp::Reverse((time, index)));
+            }
+        }
+        while excess > 0 {
+            let Some(std::cmp::Reverse((_, index))) = heads.pop() else { break };
+            let Some((seq, _)) = read[index].1.pop_front() else { continue };
+            cuts.insert(queues[index].as_str(), seq);
+            excess -= 1;
+            if read[index].1.is_empty()
+                && !self.refill(&queues[index], &mut read[index], page).await?
+            {
+                continue;
+            }
+            if let Some(&(_, time)) = read[index].1.front() {
+                heads.push(std::cmp::Reverse((time, index)));
+            }
+        }
+        Ok(cuts)
+    }
+
+    /// Reads the next `page` entries of `queue`'s failed set into `state` (offset, entries);
+    /// answers whether it holds any.
+    async fn refill(
+        &self,
+        queue: &str,
+        state: &mut (u64, std::collections::VecDeque<(i64, Millis)>),
+        page: u64,
+    ) -> Result<bool> {
+        if state.1.is_empty() {
+            let call = scripts::failed_times(&self.keys(queue), state.0, state.0 + page - 1);
+            let entries: Vec<Value> = self.invoke(&call).await?;
+            state.0 += (entries.len() / 2) as u64;
+            for pair in entries.chunks(2) {
+                let [seq, time] = pair else { continue };
+                if let Some(seq) = int(seq) {
+                    state.1.push_back((seq, int(time).unwrap_or(0)));
+                }
+            }
+        }
+        Ok(!state.1.is_empty())
+    }
+}
+
+/// A job's `history` entry as `get` and `list` read it: the due time it was queued again at, and
+/// its attempt errors; nothing for no entry, or one that does not parse.
+fn history_of(value: &Value) -> (Option<Millis>, Vec<String>) {
+    text(value).and_then(|t| history_value(&t)).unwrap_or_default()
 }

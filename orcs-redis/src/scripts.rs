@@ -4,15 +4,21 @@
 //! Each script comes with one function that builds its call, so the order of its KEYS and ARGV
 //! is written once, next to the script that reads them.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use orcs_core::{ClaimRequest, Millis, NewJob, QueueLimits, Touch, Transition};
+use orcs_core::{
+    ClaimRequest, Millis, NewJob, QueueLimits, THROUGHPUT_HORIZON_MS, Touch, Transition,
+};
 use redis::{Script, ScriptInvocation};
 
-use crate::keys::{HomeKeys, QueueKeys, encode, encode_child, encode_unique, is_v4};
+use crate::keys::{HomeKeys, OpsKeys, QueueKeys, encode, encode_child, encode_unique, is_v4};
 
-/// Helpers prepended to every script that needs them.
-const PRELUDE: &str = r"
+/// Helpers prepended to the scripts that need them, each script taking only the ones it uses:
+/// every `local function` is a closure made again on each call (about 0.05 us each), which the
+/// hot scripts (push, claim, settle) do not pay for helpers they never call. A helper may use
+/// those listed before it in [`PRELUDE`].
+/// A record's priority and own timeout.
+const HEADER: &str = r"
 -- A record starts with 'v2|priority|timeout|' or 'v3|priority|timeout|' (layout 1:
 -- 'priority|timeout|'); a damaged one
 -- reads as priority 0 and no own timeout, and is failed by the client when it cannot parse it.
@@ -22,10 +28,18 @@ local function header(blob)
   if not p then p, t = string.match(blob, '^(-?%d+)|(%d*)|') end
   return tonumber(p) or 0, tonumber(t)
 end
+";
+
+/// Arms a queue's wake-up marker.
+const ARM: &str = r"
 -- One item in the marker list wakes one blocked worker; more would only wake them for nothing.
 local function arm(marker)
   if redis.call('LLEN', marker) == 0 then redis.call('RPUSH', marker, '1') end
 end
+";
+
+/// The unique key a record (or `unique_of`) names.
+const KEY_OF: &str = r"
 -- The unique key job `id` was dispatched with, as mode and key: a keyed record of layout 3
 -- carries it ('v3|', six fields, then mode|period|key_len|name_len|<key>...), and so does a v4
 -- record (mode '-' without a key, see keys.rs `encode`); a job stored under
@@ -48,6 +62,10 @@ local function key_of(blob, unique_of, id, legacy)
   end
   return nil
 end
+";
+
+/// Frees a job's unique key (needs [`KEY_OF`]).
+const FREE_KEY: &str = r"
 -- Frees `key` (of mode `mode`, as key_of answers) if the mode is one of `modes` and job `id`
 -- still holds it; a Period key also leaves `expiry` (nil where no caller frees Period keys).
 local function free_key(unique, expiry, id, mode, key, modes)
@@ -62,10 +80,18 @@ local function free_key_of(jobs, unique, unique_of, id, legacy, modes)
   local mode, key = key_of(redis.call('HGET', jobs, id), unique_of, id, legacy)
   free_key(unique, nil, id, mode, key, modes)
 end
+";
+
+/// Puts a job back in the ready set (needs [`HEADER`]).
+const MAKE_READY: &str = r"
 -- Puts job `id` into the ready set at the priority its record in `jobs` carries.
 local function make_ready(ready, jobs, id)
   redis.call('ZADD', ready, -header(redis.call('HGET', jobs, id)), id)
 end
+";
+
+/// Moves a job to the failed set.
+const FAIL: &str = r"
 -- Moves job `id` to the failed set (in the order of the `failseq` counter in `stats`) with
 -- error `err` and time `at`, and counts it in `failed_total`.
 local function fail(stats, failed, failed_at, errors, id, at, err)
@@ -75,6 +101,10 @@ local function fail(stats, failed, failed_at, errors, id, at, err)
   redis.call('HSET', errors, id, err)
   redis.call('HINCRBY', stats, 'failed_total', 1)
 end
+";
+
+/// The batch a record counts in.
+const BATCH_OF: &str = r"
 -- A v4 record (keys.rs `encode`) of a batch's counted child: its batch length marked '+'.
 local CHILD = '^v4|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|%d*|(%d+)|%+(%d+)|%d*|%d+|()'
 -- The batch whose child a record is (its batch length marked '+': pushed with the batch and
@@ -86,6 +116,10 @@ local function batch_of(blob)
   local from = at + tonumber(klen)
   return string.sub(blob, from, from + tonumber(blen) - 1)
 end
+";
+
+/// Stores a job as a push does, with or without the `registered` mark.
+const STORE: &str = r"
 -- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
 -- unique, unique_expiry, unique_of), from its 9 arguments starting at a[b] (group, id,
 -- 'r' or 'd', score, record, unique spec, unique key, Period expiry or '', now); `a` is ARGV, or
@@ -151,12 +185,15 @@ local function store_marked(k, a, b, touched)
 end
 ";
 
+/// Every helper, in an order where each comes after those it uses.
+const PRELUDE: [&str; 8] = [HEADER, ARM, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, STORE];
+
 /// Helpers of the scripts that may end a batch's child, or create, cancel or fire workflow
 /// state; appended to [`PRELUDE`].
 ///
 /// Such a script reads its *context* with `context`: the home keys of the batches (B: the
 /// `batches` hash, C: the `batch_children` index) and the queue groups it was given (G: queue
-/// name -> the KEYS offset of its 15 keys, in the order of [`full_group_keys`]). A child's end
+/// name -> the KEYS offset of its 16 keys, in the order of [`full_group_keys`]). A child's end
 /// that would touch a queue the script was not given (a callback's, or a sibling's when the
 /// first failure cancels the batch) changes nothing: the script adds the queue to NEED and
 /// answers, and the client calls again with it (a script may only touch keys named in KEYS).
@@ -185,8 +222,8 @@ local function context(a, k)
   if ARGV[a] == '-' then return a + 1, k end
   local n = tonumber(ARGV[a])
   B, C = KEYS[k + 1], KEYS[k + 2]
-  for i = 1, n do G[ARGV[a + i]] = k + 2 + (i - 1) * 15 end
-  return a + n + 1, k + 2 + n * 15
+  for i = 1, n do G[ARGV[a + i]] = k + 2 + (i - 1) * 16 end
+  return a + n + 1, k + 2 + n * 16
 end
 -- True (and the queue added to NEED) when the script was not given `queue`'s keys.
 local function want(queue)
@@ -309,7 +346,7 @@ end
 local function drop(g, id, rec)
   local mode, key = key_of(rec, KEYS[g + 7], id, true)
   free_key(KEYS[g + 5], nil, id, mode, key, 'sf')
-  for _, o in ipairs({3, 7, 10, 11, 12}) do redis.call('HDEL', KEYS[g + o], id) end
+  for _, o in ipairs({3, 7, 10, 11, 12, 16}) do redis.call('HDEL', KEYS[g + o], id) end
   redis.call('SREM', KEYS[g + 13], id)
   redis.call('HINCRBY', KEYS[g + 8], 'cancelled', 1)
 end
@@ -415,9 +452,43 @@ local function count_end() end
 local function flush() end
 ";
 
-/// The 15 keys of a queue group in a workflow context, in the order `context` reads them: the
+/// The helper of the scripts that write a job's `history` entry (its due time when it is queued
+/// again, the errors of its failed attempts); only they define it.
+const HISTORY: &str = r"
+-- Sets job `id`'s entry in `history` (`<due>|<errors>`, see keys.rs `history_value`): its due
+-- time to `due` (a string; nil keeps it) and, for an `err`, that error appended to the packed
+-- list, of which the latest 10 (orcs_core::MAX_ERROR_HISTORY) are kept.
+local function note(history, id, due, err)
+  local old = redis.call('HGET', history, id)
+  local at, errs = '', ''
+  if old then
+    local a, e = string.match(old, '^(%d*)|(.*)$')
+    if a then at, errs = a, e end
+  end
+  if due then at = due end
+  if err then
+    errs = errs .. #err .. ':' .. err
+    local starts, pos = {}, 1
+    while pos <= #errs do
+      local colon = string.find(errs, ':', pos, true)
+      local len = colon and tonumber(string.sub(errs, pos, colon - 1))
+      if not len then
+        -- Damaged: start again from this error.
+        starts, errs = {1}, #err .. ':' .. err
+        break
+      end
+      starts[#starts + 1] = pos
+      pos = colon + 1 + len
+    end
+    if #starts > 10 then errs = string.sub(errs, starts[#starts - 9]) end
+  end
+  redis.call('HSET', history, id, at .. '|' .. errs)
+end
+";
+
+/// The 16 keys of a queue group in a workflow context, in the order `context` reads them: the
 /// first 8 as `store` takes them, then reserved, attempts, errors, progress, cancel, meta,
-/// tokens.
+/// tokens, history.
 fn full_group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
     group_keys(call, keys);
     call.key(&keys.reserved)
@@ -426,14 +497,15 @@ fn full_group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
         .key(&keys.progress)
         .key(&keys.cancel)
         .key(&keys.meta)
-        .key(&keys.tokens);
+        .key(&keys.tokens)
+        .key(&keys.history);
 }
 
 /// A workflow context: the home keys of the batches, and the queue groups given (names and
 /// keys), as `context` reads them.
 pub(crate) struct Context<'a> {
     pub(crate) home: &'a HomeKeys,
-    pub(crate) groups: &'a [(String, QueueKeys)],
+    pub(crate) groups: &'a [(String, Arc<QueueKeys>)],
 }
 
 /// Appends a context's keys and its ARGV part: the number of groups, then their names; for no
@@ -547,23 +619,73 @@ pub(crate) fn callback_fields(job: &NewJob, layout: u32) -> Vec<String> {
 /// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
 /// KEYS, 8 per queue group g (0-based): ready, delayed, jobs, marker, unique, unique_expiry,
-/// unique_of, stats. ARGV, 9 per job as `store` takes them.
-/// Returns per job 1 (stored), 0 (duplicate id) or the id of the job holding its unique key;
-/// 2 (stored) for the first job of a queue whose `registered` mark this call set: the queue is
-/// new or was forgotten, and the caller adds it to the registry again (a registry cached by a
-/// process may be stale since `forget_queue`).
+/// unique_of, stats (unused here). ARGV, 9 per job as `store` takes them.
+/// Returns per job 1 (stored), 0 (duplicate id) or the id of the job holding its unique key.
+///
+/// Unlike the colder paths that store jobs (a settle's effects, batches, schedules), a push sets
+/// no `registered` mark: a queue forgotten while a process still remembers having listed it is
+/// found again by the readers of the registry (see "Forgetting a queue" in the README), which
+/// saves a command on every dispatch.
 const PUSH: &str = r"
 local out, touched = {}, {}
 for b = 1, #ARGV, 9 do
-  out[#out + 1] = store_marked(tonumber(ARGV[b]) * 8, ARGV, b, touched)
+  local k = tonumber(ARGV[b]) * 8
+  local r = store(k, ARGV, b)
+  if r == 1 then touched[k] = true end
+  out[#out + 1] = r
+end
+for k in pairs(touched) do arm(KEYS[k + 4]) end
+return out
+";
+
+/// [`PUSH`] for jobs without a unique key, which need neither the key's keys nor its
+/// arguments: KEYS, 4 per queue group g (0-based): ready, delayed, jobs, marker. ARGV, 5 per
+/// job: group, id, 'r' or 'd', score, record. Returns per job 1 (stored) or 0 (duplicate id).
+/// Every key and argument costs a script call time (Redis makes an object of each), so a
+/// dispatch of plain jobs, the common one, sends the fewest.
+const PUSH_PLAIN: &str = r"
+local out, touched = {}, {}
+for b = 1, #ARGV, 5 do
+  local k = tonumber(ARGV[b]) * 4
+  local id = ARGV[b + 1]
+  if redis.call('HSETNX', KEYS[k + 3], id, ARGV[b + 4]) == 1 then
+    if ARGV[b + 2] == 'r' then
+      redis.call('ZADD', KEYS[k + 1], ARGV[b + 3], id)
+    else
+      redis.call('ZADD', KEYS[k + 2], ARGV[b + 3], id)
+    end
+    touched[k] = true
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
 end
 for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
 ";
 
 /// The push of `groups`: each a queue and its jobs (at most 1000 in all, checked by the caller),
-/// written for storage layout `layout`.
-pub(crate) fn push(groups: &[(QueueKeys, Vec<&NewJob>)], layout: u32) -> ScriptInvocation<'static> {
+/// written for storage layout `layout`; by [`PUSH_PLAIN`] when no job has a unique key.
+pub(crate) fn push(
+    groups: &[(Arc<QueueKeys>, Vec<&NewJob>)],
+    layout: u32,
+) -> ScriptInvocation<'static> {
+    if groups.iter().all(|(_, jobs)| jobs.iter().all(|job| job.unique.is_none())) {
+        let mut call = SCRIPTS.push_plain.prepare_invoke();
+        for (index, (keys, jobs)) in groups.iter().enumerate() {
+            call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs).key(&keys.marker);
+            for job in jobs {
+                call.arg(index).arg(&job.id);
+                if job.available_at <= job.dispatched_at {
+                    call.arg("r").arg(-i64::from(job.priority));
+                } else {
+                    call.arg("d").arg(job.available_at);
+                }
+                call.arg(encode(job, layout));
+            }
+        }
+        return call;
+    }
     let mut call = SCRIPTS.push.prepare_invoke();
     for (index, (keys, jobs)) in groups.iter().enumerate() {
         group_keys(&mut call, keys);
@@ -654,7 +776,13 @@ local now = tonumber(ARGV[1])
 local max = math.min(tonumber(ARGV[2]), 1000)
 local concurrency, rate, period = tonumber(meta[2]), tonumber(meta[3]), tonumber(meta[4])
 local limit = tonumber(ARGV[5])
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+-- The first delayed job: when it is not due, nothing is to be promoted and it is the next due
+-- time (one command instead of two on a queue without due delayed jobs).
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local due = {}
+if first[2] and tonumber(first[2]) <= now then
+  due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+end
 if #due > 0 then
   local records = redis.call('HMGET', KEYS[4], unpack(due))
   local fields = {}
@@ -699,8 +827,12 @@ if #ids > 0 then
   local attempts = redis.call('HMGET', KEYS[5], unpack(ids))
   -- Tokens come from one counter: this call takes the #ids numbers up to `last`.
   local last = redis.call('HINCRBY', KEYS[8], 'tokens', #ids)
+  -- Last errors and held keys: one command says whether there is either.
+  local extras = redis.call('EXISTS', KEYS[7], KEYS[13]) > 0
   local errors = {}
-  if redis.call('EXISTS', KEYS[7]) == 1 then errors = redis.call('HMGET', KEYS[7], unpack(ids)) end
+  if extras and redis.call('EXISTS', KEYS[7]) == 1 then
+    errors = redis.call('HMGET', KEYS[7], unpack(ids))
+  end
   local attempt_fields, token_fields, leases, starts = {}, {}, {}, {}
   for i, id in ipairs(ids) do
     local _, timeout = header(blobs[i])
@@ -732,7 +864,7 @@ if #ids > 0 then
   redis.call('ZADD', KEYS[3], unpack(leases))
   if rate and period then redis.call('ZADD', KEYS[15], unpack(starts)) end
   -- Started keys free here; only a queue with a key held at all has one to free.
-  if redis.call('EXISTS', KEYS[13]) == 1 then
+  if extras and redis.call('EXISTS', KEYS[13]) == 1 then
     local specs = {}
     if redis.call('EXISTS', KEYS[14]) == 1 then specs = redis.call('HMGET', KEYS[14], unpack(ids)) end
     for i, id in ipairs(ids) do
@@ -744,10 +876,12 @@ if #ids > 0 then
     end
   end
 end
-local ready = redis.call('ZCARD', KEYS[1])
+local ready = 0
+if #ids > 0 or (rate and period) then ready = redis.call('ZCARD', KEYS[1]) end
 -- Another idle worker is woken only if the limits leave it something to claim.
 if #ids > 0 and ready > 0 and room > #ids then arm(KEYS[9]) end
-local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local next_due = first
+if #due > 0 then next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES') end
 if next_due[2] then out[1] = tonumber(next_due[2]) end
 if rate and period and ready > 0 and redis.call('ZCARD', KEYS[15]) >= rate then
   local oldest = redis.call('ZRANGE', KEYS[15], 0, 0, 'WITHSCORES')
@@ -795,45 +929,95 @@ pub(crate) fn claim(
 /// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
 /// effects) untouched.
 ///
-/// The per-job extras (unique keys, layout-2 key specs, progress, cancel requests) are looked at
-/// only when the queue has any (one `EXISTS` each per call), and the queue's waiters are woken
-/// when it has a concurrency limit (a slot freed), so the complete path of a plain queue stays
-/// as it was. Batch children are looked for only when the queue's `meta` counts any (its
-/// `batched` field, read with the concurrency limit in one `HMGET`): then each ending job's
-/// record says its batch, and its end is counted there in the same step (see [`WORKFLOW`]).
+/// Every item's current token is read with one `HMGET`, and the plain completions (no effects,
+/// no batch) are removed together at the end, one command per key for all of them: a settle of
+/// many completions costs about what one costs. An item with effects, or another transition,
+/// first removes the completions before it, so that each item sees what a settle of the items
+/// one by one would have seen.
+///
+/// The per-job extras (unique keys, layout-2 key specs, progress, cancel requests, histories)
+/// are looked at only when the queue has any (one `EXISTS` of them all per call, then one each
+/// when there is any), and the queue's
+/// waiters are woken when it has a concurrency limit (a slot freed), so the complete path of a
+/// plain queue stays as it was. Batch children are looked for only when the queue's `meta`
+/// counts any (its `batched` field, read with the concurrency limit in one `HMGET`): then each
+/// ending job's record says its batch, and its end is counted there in the same step (see
+/// [`WORKFLOW`]). A Retry or Fail appends its error to the job's history, a Retry or Release
+/// notes when it is due again (see [`HISTORY`]).
 ///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at, unique, unique_of, meta, progress, cancel of the settled queue (1-16), then the
-/// workflow context (none, or the batches' home keys and 15 per group, the settled queue's
-/// first), then 8 per effect group g (0-based) as PUSH takes them.
-/// ARGV: now, the context's group count and names, then per item: id, token, kind
-/// ('c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel 'x'), run_at, error, number of effect jobs,
+/// failed_at, unique, unique_of, meta, progress, cancel, history of the settled queue (1-17),
+/// then the workflow context (none, or the batches' home keys and 16 per group, the settled
+/// queue's first), then 8 per effect group g (0-based) as PUSH takes them.
+/// ARGV: now, the context's group count and names, then per item: id, token, op (the kind:
+/// 'c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel 'x', followed by the number of effect jobs
+/// unless there are none: `c`, `r2`), then run_at and error for a retry, run_at for a release,
+/// error for a fail, nothing for a complete or cancel (a plain complete costs three arguments),
 /// then 9 per effect job as PUSH takes them.
 /// Returns {results, NEED, FRESH}: one 1 (applied) or 0 (stale token) per item; 2 (applied) for
-/// an item whose effect set a queue's `registered` mark (as PUSH answers 2). A duplicate effect
-/// job is skipped. When an item's batch needs queues the call was not given, the results stop
-/// before it (nothing of it changed) and NEED names them ('' for the settled queue's own
-/// context); FRESH names queues a batch callback re-created.
+/// an item whose effect set a queue's `registered` mark (as `store_marked` answers 2). A
+/// duplicate effect job is skipped. When an item's batch needs queues the call was not given,
+/// the results stop before it (nothing of it changed) and NEED names them ('' for the settled
+/// queue's own context); FRESH names queues a batch callback re-created.
 const SETTLE: &str = r"
 local now = tonumber(ARGV[1])
-local first_item, effect_keys = context(2, 16)
+local first_item, effect_keys = context(2, 17)
 local own = ARGV[2] ~= '-' and ARGV[3] or ''
 -- `keyed`: some key is held, so a finished job may hold one (its record says which);
 -- `legacy`: jobs stored under layout 2 keep their key's spec in `unique_of`.
-local keyed = redis.call('EXISTS', KEYS[12]) == 1
-local legacy = redis.call('EXISTS', KEYS[13]) == 1
-local extras = redis.call('EXISTS', KEYS[15]) + redis.call('EXISTS', KEYS[16]) > 0
+local keyed, legacy, extras, hist, errs = false, false, false, false, false
+-- One command says whether the queue has any of them (a plain queue has none).
+if redis.call('EXISTS', KEYS[12], KEYS[13], KEYS[15], KEYS[16], KEYS[17], KEYS[7]) > 0 then
+  keyed = redis.call('EXISTS', KEYS[12]) == 1
+  legacy = redis.call('EXISTS', KEYS[13]) == 1
+  extras = redis.call('EXISTS', KEYS[15], KEYS[16]) > 0
+  hist = redis.call('EXISTS', KEYS[17]) == 1
+  errs = redis.call('EXISTS', KEYS[7]) == 1
+end
 local meta = redis.call('HMGET', KEYS[14], 'concurrency', 'batched')
 local limited, batched = meta[1] ~= false, meta[2] ~= false
 local ends = {c = 'd', x = 'c', f = 'f'}
-local out, touched, settled = {}, {}, false
+-- Each item: id, token, op (its kind, then its number of effect jobs unless 0: 'c', 'r2'), then
+-- run_at and error for a retry, run_at for a release, error for a fail, then its effect jobs.
+local at, ids, kinds, effs = {}, {}, {}, {}
 local i = first_item
 while i <= #ARGV do
-  local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local run_at, err, effects = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
-  local first = i + 6
-  i = first + effects * 9
-  if redis.call('HGET', KEYS[6], id) ~= token then
+  local n = #at + 1
+  local op = ARGV[i + 2]
+  local kind, effects, extra = op, 0, 0
+  if op ~= 'c' then
+    kind = string.sub(op, 1, 1)
+    effects = tonumber(string.sub(op, 2)) or 0
+    if kind == 'r' then extra = 2 elseif kind == 'f' or kind == 'l' then extra = 1 end
+  end
+  at[n], ids[n], kinds[n], effs[n] = i, ARGV[i], kind, effects
+  i = i + 3 + extra + effects * 9
+end
+local current = {}
+if #ids > 0 then current = redis.call('HMGET', KEYS[6], unpack(ids)) end
+-- Plain completions waiting to be removed; `gone`: jobs settled by an earlier item of this call
+-- (a repeated item is stale, as its token would be after the first).
+local done, gone = {}, {}
+local function remove_done()
+  if #done == 0 then return end
+  redis.call('ZREM', KEYS[1], unpack(done))
+  for _, k in ipairs({6, 4, 5}) do redis.call('HDEL', KEYS[k], unpack(done)) end
+  if errs then redis.call('HDEL', KEYS[7], unpack(done)) end
+  if legacy then redis.call('HDEL', KEYS[13], unpack(done)) end
+  if extras then
+    redis.call('HDEL', KEYS[15], unpack(done))
+    redis.call('SREM', KEYS[16], unpack(done))
+  end
+  if hist then redis.call('HDEL', KEYS[17], unpack(done)) end
+  redis.call('HINCRBY', KEYS[8], 'processed', #done)
+  done = {}
+end
+local out, touched, settled = {}, {}, false
+for n, b in ipairs(at) do
+  local id, token, kind, effects = ids[n], ARGV[b + 1], kinds[n], effs[n]
+  local run_at, err = ARGV[b + 3], ARGV[b + 4]
+  if kind == 'f' then err = run_at end
+  if current[n] ~= token or gone[id] then
     out[#out + 1] = 0
   else
     local st = nil
@@ -844,46 +1028,63 @@ while i <= #ARGV do
       if st == false then break end
     end
     settled = true
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[6], id)
-    if kind == 'c' or kind == 'x' then
+    gone[id] = true
+    if kind == 'c' and not st and effects == 0 then
+      -- Its Finished key frees now, read from its record before the removal.
       if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
-      if legacy then redis.call('HDEL', KEYS[13], id) end
-      redis.call('HDEL', KEYS[4], id)
-      redis.call('HDEL', KEYS[5], id)
-      redis.call('HDEL', KEYS[7], id)
-      if extras then
-        redis.call('HDEL', KEYS[15], id)
-        redis.call('SREM', KEYS[16], id)
-      end
-      redis.call('HINCRBY', KEYS[8], kind == 'c' and 'processed' or 'cancelled', 1)
-    elseif kind == 'f' then
-      fail(KEYS[8], KEYS[10], KEYS[11], KEYS[7], id, now, err)
-      if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
-      if extras then redis.call('SREM', KEYS[16], id) end
+      done[#done + 1] = id
+      out[#out + 1] = 1
     else
-      if kind == 'r' then
-        redis.call('HSET', KEYS[7], id, err)
-      elseif redis.call('HINCRBY', KEYS[5], id, -1) < 0 then
-        redis.call('HSET', KEYS[5], id, 0)
-      end
-      if run_at <= now then
-        make_ready(KEYS[2], KEYS[4], id)
+      -- Effects may reuse a completed job's id, and a batch's end reads records: the
+      -- completions before this item are removed first.
+      remove_done()
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[6], id)
+      if kind == 'c' or kind == 'x' then
+        if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
+        if legacy then redis.call('HDEL', KEYS[13], id) end
+        redis.call('HDEL', KEYS[4], id)
+        redis.call('HDEL', KEYS[5], id)
+        redis.call('HDEL', KEYS[7], id)
+        if extras then
+          redis.call('HDEL', KEYS[15], id)
+          redis.call('SREM', KEYS[16], id)
+        end
+        if hist then redis.call('HDEL', KEYS[17], id) end
+        redis.call('HINCRBY', KEYS[8], kind == 'c' and 'processed' or 'cancelled', 1)
+      elseif kind == 'f' then
+        fail(KEYS[8], KEYS[10], KEYS[11], KEYS[7], id, now, err)
+        note(KEYS[17], id, nil, err)
+        if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
+        if extras then redis.call('SREM', KEYS[16], id) end
       else
-        redis.call('ZADD', KEYS[3], run_at, id)
+        if kind == 'r' then
+          redis.call('HSET', KEYS[7], id, err)
+          note(KEYS[17], id, run_at, err)
+        else
+          if redis.call('HINCRBY', KEYS[5], id, -1) < 0 then redis.call('HSET', KEYS[5], id, 0) end
+          note(KEYS[17], id, run_at, nil)
+        end
+        if tonumber(run_at) <= now then
+          make_ready(KEYS[2], KEYS[4], id)
+        else
+          redis.call('ZADD', KEYS[3], run_at, id)
+        end
+        arm(KEYS[9])
       end
-      arm(KEYS[9])
-    end
-    if st then count_end(st, own, id, ends[kind], now) end
-    local fresh = false
-    for j = first, i - 1, 9 do
-      if store_marked(effect_keys + tonumber(ARGV[j]) * 8, ARGV, j, touched) == 2 then
-        fresh = true
+      if st then count_end(st, own, id, ends[kind], now) end
+      local fresh = false
+      local from = (at[n + 1] or #ARGV + 1) - effects * 9
+      for j = from, from + (effects - 1) * 9, 9 do
+        if store_marked(effect_keys + tonumber(ARGV[j]) * 8, ARGV, j, touched) == 2 then
+          fresh = true
+        end
       end
+      out[#out + 1] = fresh and 2 or 1
     end
-    out[#out + 1] = fresh and 2 or 1
   end
 end
+remove_done()
 flush()
 for k in pairs(touched) do arm(KEYS[k + 4]) end
 -- A slot of a concurrency-limited queue freed: wake a worker the limit held back.
@@ -906,7 +1107,7 @@ pub(crate) struct SettleItem<'a> {
 pub(crate) fn settle(
     keys: &QueueKeys,
     context: Option<&Context<'_>>,
-    groups: &[QueueKeys],
+    groups: &[Arc<QueueKeys>],
     items: &[SettleItem<'_>],
     now: Millis,
     layout: u32,
@@ -928,7 +1129,8 @@ pub(crate) fn settle(
         .key(&keys.unique_of)
         .key(&keys.meta)
         .key(&keys.progress)
-        .key(&keys.cancel);
+        .key(&keys.cancel)
+        .key(&keys.history);
     call.arg(now);
     context_args(&mut call, context);
     for group in groups {
@@ -936,16 +1138,25 @@ pub(crate) fn settle(
     }
     for item in items {
         let (kind, run_at, error) = match item.transition {
-            Transition::Complete => ("c", now, ""),
-            Transition::Retry { run_at, error } => ("r", *run_at, error.as_str()),
-            Transition::Fail { error } => ("f", now, error.as_str()),
-            Transition::Release { run_at } => ("l", *run_at, ""),
-            Transition::Cancel => ("x", now, ""),
+            Transition::Complete => ('c', None, None),
+            Transition::Retry { run_at, error } => ('r', Some(*run_at), Some(error.as_str())),
+            Transition::Fail { error } => ('f', None, Some(error.as_str())),
+            Transition::Release { run_at } => ('l', Some(*run_at), None),
+            Transition::Cancel => ('x', None, None),
             // A transition this build does not know: as a release at once, which loses nothing.
-            _ => ("l", now, ""),
+            _ => ('l', Some(now), None),
         };
-        call.arg(item.id).arg(item.token).arg(kind).arg(run_at).arg(error);
-        call.arg(item.effects.len());
+        call.arg(item.id).arg(item.token);
+        match item.effects.len() {
+            0 => call.arg(kind.to_string()),
+            n => call.arg(format!("{kind}{n}")),
+        };
+        if let Some(run_at) = run_at {
+            call.arg(run_at);
+        }
+        if let Some(error) = error {
+            call.arg(error);
+        }
         for (group, job) in &item.effects {
             job_args(&mut call, *group, job, layout, false);
         }
@@ -975,15 +1186,16 @@ pub(crate) fn extend(
 /// Returns jobs whose lease ran out by ARGV[1] to the ready set (at most ARGV[2] per call),
 /// re-checking each deadline here, atomically. The lost attempt stays counted. A job whose
 /// cancel was asked for is deleted instead and counted as cancelled (its key freed), and in its
-/// batch, if it has one.
+/// batch, if it has one. A recovered job is due again from its lease's deadline (its history
+/// notes it, for `latency_ms` and `get`).
 /// KEYS: reserved, ready, jobs, attempts, tokens, errors, marker, stats, unique, unique_of,
-/// progress, cancel, meta, then the workflow context (the queue's own group first).
+/// progress, cancel, meta, history, then the workflow context (the queue's own group first).
 /// ARGV: now, limit, the context's group count and names.
 /// Returns {how many, NEED, FRESH} (see SETTLE): a job whose batch needs queues the call was
 /// not given is left for the next call, which the client makes with them.
 const RECOVER: &str = r"
 local now = tonumber(ARGV[1])
-context(3, 13)
+context(3, 14)
 local own = ARGV[4]
 local batched = redis.call('HEXISTS', KEYS[13], 'batched') == 1
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
@@ -1001,7 +1213,7 @@ for i = 1, #expired, 2 do
     redis.call('SREM', KEYS[12], id)
     free_key_of(KEYS[3], KEYS[9], KEYS[10], id, true, 'f')
     redis.call('HDEL', KEYS[10], id)
-    for _, k in ipairs({3, 4, 6, 11}) do redis.call('HDEL', KEYS[k], id) end
+    for _, k in ipairs({3, 4, 6, 11, 14}) do redis.call('HDEL', KEYS[k], id) end
     redis.call('HINCRBY', KEYS[8], 'cancelled', 1)
     if st then count_end(st, own, id, 'c', now) end
   else
@@ -1011,6 +1223,7 @@ for i = 1, #expired, 2 do
     redis.call('HSET', KEYS[6], id, string.format(
       'lease expired at %.0f: the worker running attempt %s stopped responding',
       tonumber(expired[i + 1]), attempt))
+    note(KEYS[14], id, string.format('%d', tonumber(expired[i + 1])), nil)
     make_ready(KEYS[2], KEYS[3], id)
   end
   done = done + 1
@@ -1043,20 +1256,58 @@ pub(crate) fn recover(
         .key(&keys.progress)
         .key(&keys.cancel)
         .key(&keys.meta)
+        .key(&keys.history)
         .arg(now)
         .arg(RECOVER_LIMIT);
     context_args(&mut call, Some(context));
     call
 }
 
-/// The counters at ARGV[1]. KEYS: ready, delayed, reserved, failed, stats, meta.
+/// The counters at ARGV[1], and the due time of the longest-waiting due job.
+///
+/// The ready set is ordered by priority, then id (dispatch order), not by due time, and keeping
+/// an index by due time would cost every push and claim a command. So the due time is the
+/// oldest among the first job of each priority level (at most [`LATENCY_LEVELS`] levels, the
+/// highest first: one `O(log n)` seek each) and the first delayed job if it is due (not promoted
+/// yet): a level's first job is its longest-waiting one unless a job dispatched after it became
+/// due before it (a delayed or retried job promoted late). A job's due time is the one its
+/// history notes (a retry, release or recovery queued it again), else its record's.
+///
+/// KEYS: ready, delayed, reserved, failed, stats, meta, jobs, history.
 /// Returns {ready, due delayed, all delayed, reserved, failed, processed, failed_total, paused,
-/// cancelled, concurrency limit, rate limit, rate period}, a limit that is not set as -1.
+/// cancelled, concurrency limit, rate limit, rate period, oldest due time}, a limit that is not
+/// set as -1, no due job as nil.
 const STATS: &str = r"
+local now = tonumber(ARGV[1])
 local counters = redis.call('HMGET', KEYS[5], 'processed', 'failed_total', 'cancelled')
 local meta = redis.call('HMGET', KEYS[6], 'paused', 'concurrency', 'rate_limit', 'rate_period')
 local paused = 0
 if meta[1] == '1' then paused = 1 end
+local oldest = false
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= now then oldest = tonumber(first[2]) end
+local heads, from = {}, '-inf'
+for _ = 1, tonumber(ARGV[2]) do
+  local head = redis.call('ZRANGEBYSCORE', KEYS[1], from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if not head[1] then break end
+  heads[#heads + 1] = head[1]
+  from = '(' .. head[2]
+end
+if #heads > 0 then
+  local records = redis.call('HMGET', KEYS[7], unpack(heads))
+  local notes = {}
+  if redis.call('EXISTS', KEYS[8]) == 1 then notes = redis.call('HMGET', KEYS[8], unpack(heads)) end
+  for i = 1, #heads do
+    local due = notes[i] and tonumber(string.match(notes[i], '^(%d+)|'))
+    local rec = records[i]
+    if not due and rec then
+      -- v2, v3, v4: the 6th field after the tag; layout 1 had no due time: its dispatch time.
+      due = tonumber(string.match(rec, '^v%d+|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%-?%d+)|')
+        or string.match(rec, '^%-?%d+|[^|]*|[^|]*|[^|]*|(%-?%d+)|'))
+    end
+    if due and (not oldest or due < oldest) then oldest = due end
+  end
+end
 return {
   redis.call('ZCARD', KEYS[1]),
   redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1]),
@@ -1070,8 +1321,12 @@ return {
   tonumber(meta[2] or '-1'),
   tonumber(meta[3] or '-1'),
   tonumber(meta[4] or '-1'),
+  oldest,
 }
 ";
+
+/// Priority levels of the ready set whose first job [`STATS`] looks at for the queue's latency.
+pub(crate) const LATENCY_LEVELS: usize = 16;
 
 pub(crate) fn stats(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.stats.prepare_invoke();
@@ -1081,7 +1336,10 @@ pub(crate) fn stats(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> 
         .key(&keys.failed)
         .key(&keys.stats)
         .key(&keys.meta)
-        .arg(now);
+        .key(&keys.jobs)
+        .key(&keys.history)
+        .arg(now)
+        .arg(LATENCY_LEVELS);
     call
 }
 
@@ -1135,7 +1393,8 @@ pub(crate) fn set_limits(keys: &QueueKeys, limits: &QueueLimits) -> ScriptInvoca
 }
 
 /// Cancels one job. KEYS: jobs, ready, delayed, reserved, attempts, errors, stats, unique,
-/// unique_of, progress, cancel, meta, then the workflow context (the queue's own group first).
+/// unique_of, progress, cancel, meta, history, then the workflow context (the queue's own group
+/// first).
 /// ARGV: id, the context's group count and names.
 /// Returns {outcome, NEED, FRESH}: outcome 1 for a pending or delayed job, deleted (its Started
 /// or Finished key freed, `cancelled` counted, and counted in its batch); 2 for a reserved one,
@@ -1144,7 +1403,7 @@ pub(crate) fn set_limits(keys: &QueueKeys, limits: &QueueLimits) -> ScriptInvoca
 /// changed).
 const CANCEL: &str = r"
 local id = ARGV[1]
-context(2, 12)
+context(2, 13)
 local own = ARGV[3]
 local record = redis.call('HGET', KEYS[1], id)
 if not record then return {0, NEED, FRESH} end
@@ -1159,7 +1418,7 @@ if redis.call('ZSCORE', KEYS[2], id) or redis.call('ZSCORE', KEYS[3], id) then
   local mode, key = key_of(record, KEYS[9], id, true)
   free_key(KEYS[8], nil, id, mode, key, 'sf')
   redis.call('HDEL', KEYS[9], id)
-  for _, k in ipairs({1, 5, 6, 10}) do redis.call('HDEL', KEYS[k], id) end
+  for _, k in ipairs({1, 5, 6, 10, 13}) do redis.call('HDEL', KEYS[k], id) end
   redis.call('SREM', KEYS[11], id)
   redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
   if st then count_end(st, own, id, 'c', ARGV[#ARGV]) end
@@ -1192,6 +1451,7 @@ pub(crate) fn cancel(
         .key(&keys.progress)
         .key(&keys.cancel)
         .key(&keys.meta)
+        .key(&keys.history)
         .arg(id);
     context_args(&mut call, Some(context));
     call.arg(now);
@@ -1215,7 +1475,7 @@ return out
 ";
 
 /// The touch of `groups`: each a queue and its touches (several queues only on one server).
-pub(crate) fn touch(groups: &[(QueueKeys, Vec<&Touch>)]) -> ScriptInvocation<'static> {
+pub(crate) fn touch(groups: &[(Arc<QueueKeys>, Vec<&Touch>)]) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.touch.prepare_invoke();
     for (index, (keys, touches)) in groups.iter().enumerate() {
         call.key(&keys.tokens).key(&keys.progress).key(&keys.cancel);
@@ -1231,10 +1491,10 @@ pub(crate) fn touch(groups: &[(QueueKeys, Vec<&Touch>)]) -> ScriptInvocation<'st
 }
 
 /// One job by id. KEYS: jobs, ready, delayed, reserved, failed, failed_at, attempts, errors,
-/// unique_of, progress, cancel.
+/// unique_of, progress, cancel, history.
 /// ARGV: id. Returns nil when the queue has no such job, else {where ('ready', 'delayed',
 /// 'reserved', 'failed'), record, score in that set, attempts, last error, failed_at, unique
-/// spec, progress, cancel requested (1 or 0)}.
+/// spec, progress, cancel requested (1 or 0), history}.
 const GET: &str = r"
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return false end
@@ -1253,6 +1513,7 @@ return {
   redis.call('HGET', KEYS[9], ARGV[1]) or false,
   redis.call('HGET', KEYS[10], ARGV[1]) or false,
   redis.call('SISMEMBER', KEYS[11], ARGV[1]),
+  redis.call('HGET', KEYS[12], ARGV[1]) or false,
 }
 ";
 
@@ -1269,14 +1530,15 @@ pub(crate) fn get(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
         .key(&keys.unique_of)
         .key(&keys.progress)
         .key(&keys.cancel)
+        .key(&keys.history)
         .arg(id);
     call
 }
 
 /// A page of one of a queue's sorted sets (ready, delayed or reserved) in its order.
-/// KEYS: the set, jobs, attempts, errors, unique_of, progress, cancel. ARGV: first index, last
-/// index. Returns 8 per job: id, score, record, attempts, last error, unique spec, progress,
-/// cancel requested (1 or 0).
+/// KEYS: the set, jobs, attempts, errors, unique_of, progress, cancel, history. ARGV: first
+/// index, last index. Returns 9 per job: id, score, record, attempts, last error, unique spec,
+/// progress, cancel requested (1 or 0), history.
 const LIST: &str = r"
 local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
 local out = {}
@@ -1291,6 +1553,7 @@ for i = 1, #page, 2 do
   out[n + 6] = redis.call('HGET', KEYS[5], id) or false
   out[n + 7] = redis.call('HGET', KEYS[6], id) or false
   out[n + 8] = redis.call('SISMEMBER', KEYS[7], id)
+  out[n + 9] = redis.call('HGET', KEYS[8], id) or false
 end
 return out
 ";
@@ -1309,21 +1572,24 @@ pub(crate) fn list(
         .key(&keys.unique_of)
         .key(&keys.progress)
         .key(&keys.cancel)
+        .key(&keys.history)
         .arg(first)
         .arg(last);
     call
 }
 
 /// Removes up to ARGV[1] pending, then delayed jobs, freeing their Started and Finished unique
-/// keys; a batch's child is counted cancelled in its batch. KEYS: ready, delayed, jobs,
-/// attempts, errors, unique, unique_of, progress, cancel, meta, then the workflow context (the
-/// queue's own group first). ARGV: limit, now, the context's group count and names.
+/// keys; a batch's child is counted cancelled in its batch. It sets the queue's `registered`
+/// mark, so that a queue that got jobs stays listed once they are cleared (see "Forgetting a
+/// queue" in the README). KEYS: ready, delayed, jobs, attempts, errors, unique, unique_of,
+/// progress, cancel, meta, history, stats, then the workflow context (the queue's own group
+/// first). ARGV: limit, now, the context's group count and names.
 /// Returns {how many, NEED, FRESH}; the caller repeats until fewer than ARGV[1] were removed and
 /// nothing was needed (a child whose batch needs queues the call was not given stops the call
 /// before it, see SETTLE).
 const CLEAR: &str = r"
 local limit, now = tonumber(ARGV[1]), ARGV[2]
-context(3, 10)
+context(3, 12)
 local own = ARGV[4]
 local removed = 0
 local keyed = redis.call('EXISTS', KEYS[6]) == 1
@@ -1332,7 +1598,7 @@ local batched = redis.call('HEXISTS', KEYS[10], 'batched') == 1
 local function forget(id)
   if keyed then free_key_of(KEYS[3], KEYS[6], KEYS[7], id, legacy, 'sf') end
   if legacy then redis.call('HDEL', KEYS[7], id) end
-  for _, k in ipairs({3, 4, 5, 8}) do redis.call('HDEL', KEYS[k], id) end
+  for _, k in ipairs({3, 4, 5, 8, 11}) do redis.call('HDEL', KEYS[k], id) end
   redis.call('SREM', KEYS[9], id)
 end
 for z = 1, 2 do
@@ -1356,6 +1622,7 @@ for z = 1, 2 do
   end
 end
 flush()
+if removed > 0 then redis.call('HSETNX', KEYS[12], 'registered', 1) end
 return {removed, NEED, FRESH}
 ";
 
@@ -1378,13 +1645,17 @@ pub(crate) fn clear(
         .key(&keys.progress)
         .key(&keys.cancel)
         .key(&keys.meta)
+        .key(&keys.history)
+        .key(&keys.stats)
         .arg(DELETE_LIMIT)
         .arg(now);
     context_args(&mut call, Some(context));
     call
 }
 
-/// The keys of a queue's failed set, in the order the failed-set scripts read them.
+/// The keys of a queue's failed set, in the order the failed-set scripts read them: failed,
+/// failed_at, then the per-job hashes a deleted job leaves (jobs, attempts, errors, unique_of,
+/// progress, history).
 fn failed_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
     call.key(&keys.failed)
         .key(&keys.failed_at)
@@ -1392,11 +1663,12 @@ fn failed_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
         .key(&keys.attempts)
         .key(&keys.errors)
         .key(&keys.unique_of)
-        .key(&keys.progress);
+        .key(&keys.progress)
+        .key(&keys.history);
 }
 
 /// A page of the failed set, oldest first. KEYS: failed, failed_at, jobs, attempts, errors (and
-/// unique_of, progress, unused here). ARGV: first index, last index. Returns 5 per job: id,
+/// unique_of, progress, history, unused here). ARGV: first index, last index. Returns 5 per job: id,
 /// record, attempts, error, failed_at.
 const FAILED_PAGE: &str = r"
 local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
@@ -1420,9 +1692,10 @@ pub(crate) fn failed_page(keys: &QueueKeys, first: u64, last: u64) -> ScriptInvo
 }
 
 /// Moves a failed job back to the ready set with fresh attempts. It does not take its unique key
-/// again, and a batch's child leaves its batch (its record loses the batch id). KEYS: failed, failed_at, jobs, attempts, errors, unique_of, progress, ready, marker.
-/// ARGV: id. Returns 1, or 0 when the id is not in the failed set (so of concurrent callers one
-/// wins).
+/// again, and a batch's child leaves its batch (its record loses the batch id); it keeps its
+/// error history, and is due again from ARGV[2]. KEYS: failed, failed_at, jobs, attempts,
+/// errors, unique_of, progress, history, ready, marker. ARGV: id, now. Returns 1, or 0 when the
+/// id is not in the failed set (so of concurrent callers one wins).
 const RETRY_FAILED: &str = r"
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -1432,23 +1705,24 @@ if batch_of(record) then redis.call('HSET', KEYS[3], ARGV[1], unbatch(record)) e
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
-make_ready(KEYS[8], KEYS[3], ARGV[1])
-arm(KEYS[9])
+note(KEYS[8], ARGV[1], ARGV[2], nil)
+make_ready(KEYS[9], KEYS[3], ARGV[1])
+arm(KEYS[10])
 return 1
 ";
 
-pub(crate) fn retry_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'static> {
+pub(crate) fn retry_failed(keys: &QueueKeys, id: &str, now: Millis) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.retry_failed.prepare_invoke();
     failed_keys(&mut call, keys);
-    call.key(&keys.ready).key(&keys.marker).arg(id);
+    call.key(&keys.ready).key(&keys.marker).arg(id).arg(now);
     call
 }
 
-/// Deletes one failed job. KEYS: failed, failed_at, jobs, attempts, errors, unique_of,
-/// progress. ARGV: id. Returns 1, or 0 when the id is not in the failed set.
+/// Deletes one failed job. KEYS: as [`failed_keys`]. ARGV: id. Returns 1, or 0 when the id is
+/// not in the failed set.
 const FORGET_FAILED: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-for k = 2, 7 do redis.call('HDEL', KEYS[k], ARGV[1]) end
+for k = 2, 8 do redis.call('HDEL', KEYS[k], ARGV[1]) end
 return 1
 ";
 
@@ -1459,12 +1733,12 @@ pub(crate) fn forget_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'sta
     call
 }
 
-/// Deletes up to ARGV[1] failed jobs. KEYS: failed, failed_at, jobs, attempts, errors,
-/// unique_of, progress. Returns how many; the caller repeats until fewer were deleted.
+/// Deletes up to ARGV[1] failed jobs. KEYS: as [`failed_keys`]. Returns how many; the caller
+/// repeats until fewer were deleted.
 const FLUSH_FAILED: &str = r"
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
 for i = 1, #popped, 2 do
-  for k = 2, 7 do redis.call('HDEL', KEYS[k], popped[i]) end
+  for k = 2, 8 do redis.call('HDEL', KEYS[k], popped[i]) end
 end
 return #popped / 2
 ";
@@ -1479,8 +1753,8 @@ pub(crate) fn flush_failed(keys: &QueueKeys) -> ScriptInvocation<'static> {
 /// How [`forget_queue`] goes about a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Forget {
-    /// A single server: forgets an empty, idle queue and takes it out of the registry (the
-    /// last key) in the same step.
+    /// A single server: forgets an empty, idle queue and, in the same step, moves it from the
+    /// registry to the forgotten set (the last two keys).
     Standalone,
     /// A cluster, where the registry is in another slot: forgets an empty, idle queue; the
     /// caller then takes it out of the registry.
@@ -1489,8 +1763,8 @@ pub(crate) enum Forget {
 
 /// Forgets a queue if it holds no job: no pending, delayed, reserved or failed one, and no
 /// record. KEYS: ready, delayed, reserved, failed, jobs, stats, then the queue's other keys
-/// (ARGV[2] queue keys in all), then for [`Forget::Standalone`] the registry. ARGV: the
-/// queue's name, the number of queue keys.
+/// (ARGV[2] queue keys in all), then for [`Forget::Standalone`] the registry and the forgotten
+/// set. ARGV: the queue's name, the number of queue keys, now.
 /// Returns 1 when the queue was forgotten, 0 when it holds a job (and nothing changed).
 const FORGET: &str = r"
 local n = tonumber(ARGV[2])
@@ -1499,7 +1773,10 @@ for k = 1, 4 do
   if redis.call('ZCARD', KEYS[k]) > 0 then return 0 end
 end
 redis.call('DEL', unpack(KEYS, 1, n))
-if #KEYS > n then redis.call('SREM', KEYS[n + 1], ARGV[1]) end
+if #KEYS > n then
+  redis.call('SREM', KEYS[n + 1], ARGV[1])
+  redis.call('ZADD', KEYS[n + 2], ARGV[3], ARGV[1])
+end
 return 1
 ";
 
@@ -1508,6 +1785,8 @@ pub(crate) fn forget_queue(
     queue: &str,
     mode: Forget,
     registry: &str,
+    forgotten: &str,
+    now: Millis,
 ) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.forget_queue.prepare_invoke();
     let all = [
@@ -1529,14 +1808,267 @@ pub(crate) fn forget_queue(
         &keys.progress,
         &keys.cancel,
         &keys.starts,
+        &keys.history,
     ];
     for key in all {
         call.key(key);
     }
     if mode == Forget::Standalone {
-        call.key(registry);
+        call.key(registry).key(forgotten);
     }
-    call.arg(queue).arg(all.len());
+    call.arg(queue).arg(all.len()).arg(now);
+    call
+}
+
+/// On a cluster, after [`FORGET`] deleted a queue's keys in its own slot: moves it from the
+/// registry (KEYS[1]) to the forgotten set (KEYS[2]) at ARGV[2]. ARGV[1]: the queue.
+const UNLIST: &str = r"
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+";
+
+pub(crate) fn unlist(
+    registry: &str,
+    forgotten: &str,
+    queue: &str,
+    now: Millis,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.unlist.prepare_invoke();
+    call.key(registry).key(forgotten).arg(queue).arg(now);
+    call
+}
+
+/// The registry (KEYS[1]) and the forgotten set (KEYS[2], with when each was forgotten), read in
+/// one step. Returns {queues, {queue, forgotten at, ...}}.
+const QUEUES: &str = r"
+return {redis.call('SMEMBERS', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')}
+";
+
+pub(crate) fn queues(registry: &str, forgotten: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.queues.prepare_invoke();
+    call.key(registry).key(forgotten);
+    call
+}
+
+/// Settles a forgotten queue's entry: ARGV[2] = '1' when its keys exist (a process that still
+/// remembered listing it stored something since): back to the registry (KEYS[1]) from the
+/// forgotten set (KEYS[2]); otherwise the entry goes if it was forgotten before ARGV[3], when
+/// every process has listed the queue again before storing in it. ARGV[1]: the queue.
+/// Returns 1 when the queue is listed again.
+const REVIVE: &str = r"
+if ARGV[2] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[1], ARGV[1])
+  return 1
+end
+local at = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if at and tonumber(at) < tonumber(ARGV[3]) then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 0
+";
+
+pub(crate) fn revive(
+    registry: &str,
+    forgotten: &str,
+    queue: &str,
+    found: bool,
+    stale_before: Millis,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.revive.prepare_invoke();
+    call.key(registry).key(forgotten).arg(queue).arg(if found { "1" } else { "0" });
+    call.arg(stale_before);
+    call
+}
+
+/// Stores a worker's heartbeat: its entry (KEYS[1], id -> JSON) listed until ARGV[3] (KEYS[2]),
+/// up to 10 entries that expired before now removed (so the entries of killed workers do not pile
+/// up when nobody lists them), and the jobs that ended added to the bucket of minute ARGV[5] of
+/// every queue (KEYS[3]) and of each queue (KEYS[4..]); each written hash drops its buckets
+/// before ARGV[6] (now minus the horizon) and lives a horizon after its last write.
+/// ARGV: id, JSON, expires at, now, minute, cutoff, horizon ms, then processed and failed per
+/// queue (in the order of KEYS[4..]), then their sums.
+///
+/// Each hash keeps `from`, the oldest minute it may hold, so the trim costs nothing until a
+/// minute passes the horizon (amortized one `HDEL` per minute), and at most a day's minutes when
+/// heartbeats stopped for longer.
+const HEARTBEAT: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4], 'LIMIT', 0, 10)
+if #dead > 0 then
+  redis.call('HDEL', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
+end
+local minute, cutoff, horizon = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local function add(h, p, f)
+  local old = redis.call('HGET', h, minute)
+  if old then
+    local op, of = string.match(old, '^(%d+)|(%d+)$')
+    p = p + (tonumber(op) or 0)
+    f = f + (tonumber(of) or 0)
+  end
+  redis.call('HSET', h, minute, string.format('%d|%d', p, f))
+  local from = tonumber(redis.call('HGET', h, 'from'))
+  if not from or tonumber(minute) < from then
+    redis.call('HSET', h, 'from', minute)
+  elseif from < cutoff then
+    local old_minutes = {}
+    if cutoff - from > horizon then
+      for _, m in ipairs(redis.call('HKEYS', h)) do
+        if tonumber(m) and tonumber(m) < cutoff then old_minutes[#old_minutes + 1] = m end
+      end
+    else
+      for m = from, cutoff - 1, 60000 do old_minutes[#old_minutes + 1] = string.format('%d', m) end
+    end
+    for i = 1, #old_minutes, 1000 do
+      redis.call('HDEL', h, unpack(old_minutes, i, math.min(i + 999, #old_minutes)))
+    end
+    redis.call('HSET', h, 'from', string.format('%d', cutoff + (60000 - cutoff % 60000) % 60000))
+  end
+  redis.call('PEXPIRE', h, horizon + 120000)
+end
+local n = #KEYS - 3
+if n > 0 then
+  for q = 1, n do
+    add(KEYS[3 + q], tonumber(ARGV[6 + 2 * q]), tonumber(ARGV[7 + 2 * q]))
+  end
+  add(KEYS[3], tonumber(ARGV[8 + 2 * n]), tonumber(ARGV[9 + 2 * n]))
+end
+return 1
+";
+
+/// The heartbeat of worker `id` (its entry `json`) at `now`, listed until `expires`, with the
+/// jobs that ended per queue (`ended`: queue hash, processed, failed; none zero).
+pub(crate) fn heartbeat(
+    ops: &OpsKeys,
+    id: &str,
+    json: &str,
+    expires: Millis,
+    now: Millis,
+    ended: &[(String, u64, u64)],
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.heartbeat.prepare_invoke();
+    call.key(&ops.workers).key(&ops.worker_expiry).key(&ops.throughput);
+    let minute = now - now.rem_euclid(60_000);
+    let cutoff = now.saturating_sub(THROUGHPUT_HORIZON_MS);
+    call.arg(id).arg(json).arg(expires).arg(now).arg(minute).arg(cutoff);
+    call.arg(THROUGHPUT_HORIZON_MS);
+    let (mut processed, mut failed) = (0u64, 0u64);
+    for (key, p, f) in ended {
+        call.key(key).arg(p).arg(f);
+        processed = processed.saturating_add(*p);
+        failed = failed.saturating_add(*f);
+    }
+    call.arg(processed).arg(failed);
+    call
+}
+
+/// The live workers at ARGV[1]: entries (KEYS[1]) whose expiry (KEYS[2]) is not before now;
+/// expired ones are removed first (at most 1000 per call). Returns their JSON.
+const WORKERS: &str = r"
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
+if #dead > 0 then
+  redis.call('HDEL', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf')
+local out = {}
+for i = 1, #live, 1000 do
+  local part = redis.call('HMGET', KEYS[1], unpack(live, i, math.min(i + 999, #live)))
+  for _, entry in ipairs(part) do
+    if entry then out[#out + 1] = entry end
+  end
+end
+return out
+";
+
+pub(crate) fn workers(ops: &OpsKeys, now: Millis) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.workers.prepare_invoke();
+    call.key(&ops.workers).key(&ops.worker_expiry).arg(now);
+    call
+}
+
+/// Removes worker ARGV[1]'s entry. Returns 1 if it was there.
+const FORGET_WORKER: &str = r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+";
+
+pub(crate) fn forget_worker(ops: &OpsKeys, id: &str) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.forget_worker.prepare_invoke();
+    call.key(&ops.workers).key(&ops.worker_expiry).arg(id);
+    call
+}
+
+/// Deletes the oldest failed jobs of a queue as long as a rule names them, at most ARGV[4] per
+/// call: beyond the newest ARGV[2] (count), failed before ARGV[1] (time), or at or before
+/// failure sequence ARGV[3] (the cut a prune over every queue chose); an empty argument is no
+/// rule. The failed set is in failure order, so the walk stops at the first job no rule names
+/// (a job a slower clock stamped earlier than the one before it waits for the next prune).
+/// KEYS: as [`failed_keys`]. Returns how many it deleted; the caller repeats while that is the
+/// limit.
+const PRUNE: &str = r"
+local before, keep, upto = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local excess = 0
+if keep then excess = redis.call('ZCARD', KEYS[1]) - keep end
+local page = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
+if #page == 0 then return 0 end
+local ids = {}
+for i = 1, #page, 2 do ids[#ids + 1] = page[i] end
+local times = redis.call('HMGET', KEYS[2], unpack(ids))
+local doomed = {}
+for n, id in ipairs(ids) do
+  local named = n <= excess
+    or (before and (tonumber(times[n]) or 0) < before)
+    or (upto and tonumber(page[2 * n]) <= upto)
+  if not named then break end
+  doomed[#doomed + 1] = id
+end
+if #doomed > 0 then
+  redis.call('ZREM', KEYS[1], unpack(doomed))
+  for k = 2, 8 do redis.call('HDEL', KEYS[k], unpack(doomed)) end
+end
+return #doomed
+";
+
+/// Failed jobs deleted per [`PRUNE`] call.
+pub(crate) const PRUNE_LIMIT: usize = 1000;
+
+pub(crate) fn prune(
+    keys: &QueueKeys,
+    failed_before: Option<Millis>,
+    keep: Option<u64>,
+    upto: Option<i64>,
+) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.prune.prepare_invoke();
+    failed_keys(&mut call, keys);
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    call.arg(opt(failed_before.map(|v| v.to_string())))
+        .arg(opt(keep.map(|v| v.to_string())))
+        .arg(opt(upto.map(|v| v.to_string())))
+        .arg(PRUNE_LIMIT);
+    call
+}
+
+/// Failure sequence numbers and times of the failed set's jobs ARGV[1]..=ARGV[2] (oldest
+/// first). KEYS: failed, failed_at. Returns {sequence, time, ...} (time false when unknown).
+const FAILED_TIMES: &str = r"
+local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
+if #page == 0 then return {} end
+local ids = {}
+for i = 1, #page, 2 do ids[#ids + 1] = page[i] end
+local times = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for n = 1, #ids do
+  out[#out + 1] = page[2 * n]
+  out[#out + 1] = times[n]
+end
+return out
+";
+
+pub(crate) fn failed_times(keys: &QueueKeys, first: u64, last: u64) -> ScriptInvocation<'static> {
+    let mut call = SCRIPTS.failed_times.prepare_invoke();
+    call.key(&keys.failed).key(&keys.failed_at).arg(first).arg(last);
     call
 }
 
@@ -1593,7 +2125,7 @@ end
 local out, touched, per_group, stored = {}, {}, {}, 0
 for b = first_child, #ARGV, 9 do
   local g = tonumber(ARGV[b])
-  local r = store_marked(2 + g * 15, ARGV, b, touched)
+  local r = store_marked(2 + g * 16, ARGV, b, touched)
   if r == 1 or r == 2 then
     redis.call('ZADD', C, 0, member(bid, ARGV[7 + g], ARGV[b + 1]))
     per_group[g] = (per_group[g] or 0) + 1
@@ -1607,7 +2139,7 @@ if stored > 0 then
   for _, q in ipairs(queues) do known[q] = true end
   for g, n in pairs(per_group) do
     local queue = ARGV[7 + g]
-    redis.call('HINCRBY', KEYS[2 + g * 15 + 14], 'batched', n)
+    redis.call('HINCRBY', KEYS[2 + g * 16 + 14], 'batched', n)
     if not known[queue] then
       queues[#queues + 1] = queue
       known[queue] = true
@@ -1675,8 +2207,7 @@ for _, m in ipairs(redis.call('ZRANGEBYLEX', C, '[' .. prefix, '[' .. prefix .. 
       and redis.call('ZREM', KEYS[g + 1], id) + redis.call('ZREM', KEYS[g + 2], id) > 0 then
       local mode, key = key_of(rec, KEYS[g + 7], id, true)
       free_key(KEYS[g + 5], KEYS[g + 6], id, mode, key, 'sfp')
-      redis.call('HDEL', KEYS[g + 3], id)
-      redis.call('HDEL', KEYS[g + 7], id)
+      for _, o in ipairs({3, 7, 10, 11, 16}) do redis.call('HDEL', KEYS[g + o], id) end
     else
       -- Claimed already: it stays, as a job of no batch. A running one's token named the
       -- batch: its lease is lost (the job runs again once the lease runs out).
@@ -1802,7 +2333,7 @@ return out
 pub(crate) fn fire(
     schedules: &str,
     fire: &orcs_core::Fire,
-    groups: &[QueueKeys],
+    groups: &[Arc<QueueKeys>],
     jobs: &[(usize, &NewJob)],
     layout: u32,
 ) -> ScriptInvocation<'static> {
@@ -1828,6 +2359,7 @@ pub(crate) fn fire(
 #[derive(Debug)]
 struct Scripts {
     push: Script,
+    push_plain: Script,
     unstore: Script,
     claim: Script,
     settle: Script,
@@ -1847,6 +2379,14 @@ struct Scripts {
     forget_failed: Script,
     flush_failed: Script,
     forget_queue: Script,
+    unlist: Script,
+    queues: Script,
+    revive: Script,
+    heartbeat: Script,
+    workers: Script,
+    forget_worker: Script,
+    prune: Script,
+    failed_times: Script,
     upgrade: Script,
     push_batch: Script,
     abort_batch: Script,
@@ -1855,41 +2395,62 @@ struct Scripts {
     fire: Script,
 }
 
-fn with_prelude(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{body}"))
+/// A script of `parts` (helpers and the body, in order).
+fn script(parts: &[&str]) -> Script {
+    Script::new(&parts.concat())
 }
 
-/// With the workflow helpers too (scripts that may end a batch's child, or handle batches and
-/// schedules).
-fn with_workflow(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{WORKFLOW}{body}"))
+/// Every helper, the workflow helpers (scripts that may end a batch's child, or handle batches
+/// and schedules), then `more` and `body`.
+fn with_workflow(more: &str, body: &str) -> Script {
+    Script::new(&format!("{}{WORKFLOW}{more}{body}", PRELUDE.concat()))
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    push: with_prelude(PUSH),
-    unstore: with_prelude(UNSTORE),
-    claim: with_prelude(CLAIM),
-    settle: Script::new(&format!("{PRELUDE}{NO_WORKFLOW}{SETTLE}")),
-    settle_batched: with_workflow(SETTLE),
+    push: script(&[ARM, STORE, PUSH]),
+    push_plain: script(&[ARM, PUSH_PLAIN]),
+    unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
+    claim: script(&[HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
+    settle: script(&[
+        HEADER,
+        ARM,
+        KEY_OF,
+        FREE_KEY,
+        MAKE_READY,
+        FAIL,
+        STORE,
+        NO_WORKFLOW,
+        HISTORY,
+        SETTLE,
+    ]),
+    settle_batched: with_workflow(HISTORY, SETTLE),
     extend: Script::new(EXTEND),
-    recover: with_workflow(RECOVER),
+    recover: with_workflow(HISTORY, RECOVER),
     stats: Script::new(STATS),
-    set_paused: with_prelude(SET_PAUSED),
-    set_limits: with_prelude(SET_LIMITS),
-    cancel: with_workflow(CANCEL),
+    set_paused: script(&[ARM, SET_PAUSED]),
+    set_limits: script(&[ARM, SET_LIMITS]),
+    cancel: with_workflow("", CANCEL),
     touch: Script::new(TOUCH),
     get: Script::new(GET),
     list: Script::new(LIST),
-    clear: with_workflow(CLEAR),
+    clear: with_workflow("", CLEAR),
     failed_page: Script::new(FAILED_PAGE),
-    retry_failed: with_workflow(RETRY_FAILED),
+    retry_failed: with_workflow(HISTORY, RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),
     flush_failed: Script::new(FLUSH_FAILED),
     forget_queue: Script::new(FORGET),
+    unlist: Script::new(UNLIST),
+    queues: Script::new(QUEUES),
+    revive: Script::new(REVIVE),
+    heartbeat: Script::new(HEARTBEAT),
+    workers: Script::new(WORKERS),
+    forget_worker: Script::new(FORGET_WORKER),
+    prune: Script::new(PRUNE),
+    failed_times: Script::new(FAILED_TIMES),
     upgrade: Script::new(UPGRADE),
-    push_batch: with_workflow(PUSH_BATCH),
-    abort_batch: with_workflow(ABORT_BATCH),
-    cancel_batch: with_workflow(CANCEL_BATCH),
-    register_schedule: with_workflow(REGISTER_SCHEDULE),
-    fire: with_workflow(FIRE),
+    push_batch: with_workflow("", PUSH_BATCH),
+    abort_batch: with_workflow("", ABORT_BATCH),
+    cancel_batch: with_workflow("", CANCEL_BATCH),
+    register_schedule: with_workflow("", REGISTER_SCHEDULE),
+    fire: with_workflow("", FIRE),
 });

@@ -75,7 +75,7 @@ impl RedisDriver {
         let mut wakes = Vec::with_capacity(groups.len());
         let mut pending = FuturesUnordered::new();
         for (index, (mut waiter, group)) in waiters.into_iter().zip(&groups).enumerate() {
-            let mut keys: Vec<String> = group.iter().map(|q| self.keys(q).marker).collect();
+            let mut keys: Vec<String> = group.iter().map(|q| self.keys(q).marker.clone()).collect();
             let wake = self.keys(&group[0]).wake(&waiter.id);
             keys.push(wake.clone());
             wakes.push(wake);

@@ -168,7 +168,7 @@ impl RedisDriver {
         build: impl FnOnce(&Context<'_>) -> redis::ScriptInvocation<'static>,
     ) -> Result<Reply> {
         let home = self.home(anchor);
-        let keyed: Vec<(String, QueueKeys)> =
+        let keyed: Vec<(String, std::sync::Arc<QueueKeys>)> =
             groups.iter().map(|q| (q.clone(), self.keys(q))).collect();
         let call = build(&Context { home: &home, groups: &keyed });
         let reply = Reply::parse("workflow", self.invoke::<Value>(&call).await?)?;
@@ -613,7 +613,8 @@ impl RedisDriver {
             })
             .collect();
         self.register(&groups).await?;
-        let group_keys: Vec<QueueKeys> = groups.iter().map(|q| self.keys(q)).collect();
+        let group_keys: Vec<std::sync::Arc<QueueKeys>> =
+            groups.iter().map(|q| self.keys(q)).collect();
         let home = self.home(queue.as_deref());
         let call = scripts::fire(&home.schedules, fire, &group_keys, &jobs, self.storage_layout());
         let reply: Vec<Value> = self.invoke(&call).await?;
