@@ -984,6 +984,21 @@ fn parse_limits(form: &Form) -> Result<QueueLimits, String> {
     Ok(limits)
 }
 
+/// `/metrics`: the Prometheus text from the renderer the dashboard was built with (any role may
+/// scrape, with `Authorization: Bearer TOKEN`); 404 without one.
+async fn metrics_page(State(app): State<Shared>) -> Response {
+    let Some(render) = &app.metrics else {
+        return (StatusCode::NOT_FOUND, "this dashboard was built without a metrics renderer")
+            .into_response();
+    };
+    match render().await {
+        Ok((content_type, text)) => {
+            ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], text).into_response()
+        }
+        Err(message) => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1031,20 +1046,5 @@ mod tests {
         form.concurrency = "0".into();
         assert!(parse_limits(&form).unwrap_err().contains("1 or more"));
         assert_eq!(parse_limits(&Form::default()), Ok(QueueLimits::none()));
-    }
-}
-
-/// `/metrics`: the Prometheus text from the renderer the dashboard was built with (any role may
-/// scrape, with `Authorization: Bearer TOKEN`); 404 without one.
-async fn metrics_page(State(app): State<Shared>) -> Response {
-    let Some(render) = &app.metrics else {
-        return (StatusCode::NOT_FOUND, "this dashboard was built without a metrics renderer")
-            .into_response();
-    };
-    match render().await {
-        Ok((content_type, text)) => {
-            ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], text).into_response()
-        }
-        Err(message) => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
     }
 }
