@@ -618,18 +618,21 @@ pub(crate) fn callback_fields(job: &NewJob, layout: u32) -> Vec<String> {
 
 /// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
-/// KEYS, 8 per queue group g (0-based): ready, delayed, jobs, marker, unique, unique_expiry,
-/// unique_of, stats (unused here). ARGV, 9 per job as `store` takes them.
-/// Returns per job 1 (stored), 0 (duplicate id) or the id of the job holding its unique key.
+/// ARGV[1]: the keys per queue group, 6 or 7. KEYS, per queue group g (0-based): ready, delayed,
+/// jobs, marker, unique, unique_expiry, and under layout 2 unique_of (the only one a push does
+/// not always need is left out: every key costs the call time). ARGV from 2, 9 per job as
+/// `store` takes them. Returns per job 1 (stored), 0 (duplicate id) or the id of the job
+/// holding its unique key.
 ///
 /// Unlike the colder paths that store jobs (a settle's effects, batches, schedules), a push sets
 /// no `registered` mark: a queue forgotten while a process still remembers having listed it is
 /// found again by the readers of the registry (see "Forgetting a queue" in the README), which
 /// saves a command on every dispatch.
 const PUSH: &str = r"
+local size = tonumber(ARGV[1])
 local out, touched = {}, {}
-for b = 1, #ARGV, 9 do
-  local k = tonumber(ARGV[b]) * 8
+for b = 2, #ARGV, 9 do
+  local k = tonumber(ARGV[b]) * size
   local r = store(k, ARGV, b)
   if r == 1 then touched[k] = true end
   out[#out + 1] = r
@@ -687,8 +690,19 @@ pub(crate) fn push(
         return call;
     }
     let mut call = SCRIPTS.push.prepare_invoke();
+    // Layout 2 keeps a keyed job's key in `unique_of`; layout 3 in its record.
+    let legacy = layout < 3;
+    call.arg(if legacy { 7 } else { 6 });
     for (index, (keys, jobs)) in groups.iter().enumerate() {
-        group_keys(&mut call, keys);
+        call.key(&keys.ready)
+            .key(&keys.delayed)
+            .key(&keys.jobs)
+            .key(&keys.marker)
+            .key(&keys.unique)
+            .key(&keys.unique_expiry);
+        if legacy {
+            call.key(&keys.unique_of);
+        }
         for job in jobs {
             job_args(&mut call, index, job, layout, false);
         }
@@ -849,8 +863,10 @@ if #ids > 0 then
     token_fields[#token_fields + 1] = token
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
-    starts[#starts + 1] = now
-    starts[#starts + 1] = token
+    if rate then
+      starts[#starts + 1] = now
+      starts[#starts + 1] = token
+    end
     local n = #out
     out[n + 1] = id
     out[n + 2] = blobs[i]
@@ -929,9 +945,9 @@ pub(crate) fn claim(
 /// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
 /// effects) untouched.
 ///
-/// Every item's current token is read with one `HMGET`, and the plain completions (no effects,
-/// no batch) are removed together at the end, one command per key for all of them: a settle of
-/// many completions costs about what one costs. An item with effects, or another transition,
+/// Every item's current token is read with one `HMGET`, and the completions without effects
+/// are removed together at the end, one command per key for all of them: a settle of many
+/// completions costs about what one costs. An item with effects, or another transition,
 /// first removes the completions before it, so that each item sees what a settle of the items
 /// one by one would have seen.
 ///
@@ -1029,14 +1045,16 @@ for n, b in ipairs(at) do
     end
     settled = true
     gone[id] = true
-    if kind == 'c' and not st and effects == 0 then
-      -- Its Finished key frees now, read from its record before the removal.
+    if kind == 'c' and effects == 0 then
+      -- Its Finished key frees now, read from its record before the removal. A batch child's
+      -- completion never reads other jobs (only a first failure cancels the siblings).
       if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
       done[#done + 1] = id
+      if st then count_end(st, own, id, 'd', now) end
       out[#out + 1] = 1
     else
-      -- Effects may reuse a completed job's id, and a batch's end reads records: the
-      -- completions before this item are removed first.
+      -- Effects may reuse a completed job's id, and a first failure cancels the batch's
+      -- waiting and running children: the completions before this item are removed first.
       remove_done()
       redis.call('ZREM', KEYS[1], id)
       redis.call('HDEL', KEYS[6], id)
