@@ -588,6 +588,45 @@ impl RedisDriver {
     }
 }
 
+/// The jobs of a push that its scripts must see, with their indexes; the rest are answered in
+/// `outcomes` here. A repeated id is a duplicate of its first occurrence, whatever the queue (the
+/// scripts see each id once). A push of one call stores its jobs in order, so the script finds a
+/// unique key taken by an earlier job of the push; the calls of a larger push run concurrently
+/// or in steps, so there the second job with a queue's key is answered as a duplicate of the
+/// first.
+fn fresh_jobs<'a>(
+    jobs: &'a [NewJob],
+    outcomes: &mut [Option<PushOutcome>],
+) -> Vec<(usize, &'a NewJob)> {
+    let mut seen = HashSet::new();
+    let mut fresh = Vec::with_capacity(jobs.len());
+    for (index, job) in jobs.iter().enumerate() {
+        if seen.insert(job.id.as_str()) {
+            fresh.push((index, job));
+        } else {
+            outcomes[index] = Some(PushOutcome::Duplicate { id: job.id.clone() });
+        }
+    }
+    if fresh.len() > PUSH_CHUNK {
+        let mut keys: HashMap<(&str, &str), &str> = HashMap::new();
+        fresh.retain(|&(index, job)| {
+            let Some(unique) = &job.unique else { return true };
+            match keys.entry((job.queue.as_str(), unique.key.as_str())) {
+                Entry::Occupied(first) => {
+                    outcomes[index] =
+                        Some(PushOutcome::Duplicate { id: (*first.get()).to_owned() });
+                    false
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(job.id.as_str());
+                    true
+                }
+            }
+        });
+    }
+    fresh
+}
+
 /// The error for a prefix marked with a storage layout this build does not read.
 fn version_error(key: &str, found: &str) -> Error {
     let what = match found.parse::<u32>() {
@@ -635,37 +674,7 @@ impl Driver for RedisDriver {
 
     async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; jobs.len()];
-        // A repeated id within the push is a duplicate of its first occurrence, whatever the
-        // queue; the scripts see each id once.
-        let mut seen = HashSet::new();
-        let mut fresh = Vec::with_capacity(jobs.len());
-        for (index, job) in jobs.iter().enumerate() {
-            if seen.insert(job.id.as_str()) {
-                fresh.push((index, job));
-            } else {
-                outcomes[index] = Some(PushOutcome::Duplicate { id: job.id.clone() });
-            }
-        }
-        // A push of one call stores its jobs in order, so the script finds a unique key taken by
-        // an earlier job of the push. Calls of a larger push run concurrently, in no order: there
-        // the second job with a queue's key is answered here as a duplicate of the first.
-        if fresh.len() > PUSH_CHUNK {
-            let mut keys: HashMap<(&str, &str), &str> = HashMap::new();
-            fresh.retain(|&(index, job)| {
-                let Some(unique) = &job.unique else { return true };
-                match keys.entry((job.queue.as_str(), unique.key.as_str())) {
-                    Entry::Occupied(first) => {
-                        outcomes[index] =
-                            Some(PushOutcome::Duplicate { id: (*first.get()).to_owned() });
-                        false
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert(job.id.as_str());
-                        true
-                    }
-                }
-            });
-        }
+        let fresh = fresh_jobs(&jobs, &mut outcomes);
         let names: Vec<&str> = fresh.iter().map(|(_, j)| j.queue.as_str()).collect();
         self.register(&names).await?;
         // One layout for the whole push, so a compensation rebuilds the very records stored.

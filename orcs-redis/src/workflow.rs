@@ -10,8 +10,7 @@
 //! Every key stays in `KEYS`, and a batch's callbacks cost that extra round trip once, at its
 //! end, only when they go to another queue than its children's.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use orcs_core::{
     BatchCallback, BatchInfo, CallbackState, Error, Fire, Millis, NewBatch, NewJob, PushOutcome,
@@ -237,34 +236,7 @@ impl RedisDriver {
         }
 
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; children.len()];
-        // As in `push`: a repeated id is a duplicate of its first occurrence, and in a push of
-        // several steps a repeated key of a queue is a duplicate of its first job.
-        let mut seen = HashSet::new();
-        let mut fresh: Vec<(usize, &NewJob)> = Vec::with_capacity(children.len());
-        for (index, job) in children.iter().enumerate() {
-            if seen.insert(job.id.as_str()) {
-                fresh.push((index, job));
-            } else {
-                outcomes[index] = Some(PushOutcome::Duplicate { id: job.id.clone() });
-            }
-        }
-        if fresh.len() > PUSH_CHUNK {
-            let mut keys: HashMap<(&str, &str), &str> = HashMap::new();
-            fresh.retain(|&(index, job)| {
-                let Some(unique) = &job.unique else { return true };
-                match keys.entry((job.queue.as_str(), unique.key.as_str())) {
-                    Entry::Occupied(first) => {
-                        outcomes[index] =
-                            Some(PushOutcome::Duplicate { id: (*first.get()).to_owned() });
-                        false
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert(job.id.as_str());
-                        true
-                    }
-                }
-            });
-        }
+        let fresh = crate::fresh_jobs(&children, &mut outcomes);
 
         let push = self.plan_batch(&batch, &children, home_queue);
         let names: Vec<&str> = push.groups.iter().map(String::as_str).collect();
