@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orcs_core::{
-    BatchInfo, BoxDriver, CallbackState, CancelOutcome, Chain, Clock, DispatchOptions, Error,
-    JobState, ListRequest, ManualClock, NewBatch, NewJob, Outcome, PushOutcome, Queue, Reserved,
-    Settle, UniqueUntil, Worker, WorkerEvent,
+    BatchBuilder, BatchInfo, BoxDriver, CallbackState, CancelOutcome, Chain, Clock,
+    DispatchOptions, Error, JobState, ListRequest, ManualClock, NewBatch, NewJob, Outcome,
+    PushOutcome, Queue, Reserved, Settle, UniqueUntil, Worker, WorkerEvent,
 };
 
 use crate::eventually;
@@ -81,6 +81,18 @@ fn tag_of_payload(payload: &str) -> u64 {
 async fn tags(queue: &Queue, on: &str, state: JobState) -> Vec<u64> {
     let listed = queue.list(&ListRequest::new(on, state, 1_000)).await.expect("list");
     listed.iter().map(|info| tag_of_payload(&info.job.payload)).collect()
+}
+
+/// A batch whose callbacks are the jobs tagged 8 (`then`), 9 (`catch`) and 7 (`finally`).
+fn batch_with_callbacks(queue: &Queue, key: &str) -> BatchBuilder {
+    queue.batch().then(ok(key, 8)).catch(ok(key, 9)).finally(ok(key, 7))
+}
+
+/// The tags of a queue's waiting jobs, sorted.
+async fn waiting_tags(queue: &Queue, on: &str) -> Vec<u64> {
+    let mut waiting = tags(queue, on, JobState::Pending).await;
+    waiting.sort_unstable();
+    waiting
 }
 
 /// The ids of a queue's jobs in one state, in the state's order.
@@ -421,15 +433,11 @@ pub async fn batch_then_and_finally_run_once_after_every_child_completed(driver:
 pub async fn batch_first_failure_dispatches_catch_once_and_cancels_the_rest(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
-    let id = queue
-        .batch()
+    let id = batch_with_callbacks(&queue, &key)
         .add(ok(&key, 1))
         .add(ok(&key, 2))
         .add(ok(&key, 3))
         .add_with(ok(&key, 4), DispatchOptions::new().delay(Duration::from_secs(60)))
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
         .dispatch()
         .await
         .expect("dispatch");
@@ -473,9 +481,11 @@ pub async fn batch_first_failure_dispatches_catch_once_and_cancels_the_rest(driv
     check_counts(&finished, (4, 0, 0, 1, 3), "after the last child");
     check_callbacks(&finished, (Some(Skipped), Some(Dispatched), Some(Dispatched)), "finished");
     assert_eq!((finished.cancelled_at, finished.finished_at), (Some(failed_at), Some(clock.now())));
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [7, 9], "catch once and finally once, no then");
+    assert_eq!(
+        waiting_tags(&queue, "default").await,
+        [7, 9],
+        "catch once and finally once, no then"
+    );
 }
 
 /// With `allow_failures`, a failed child cancels nothing: the others run, `catch` is dispatched
@@ -483,15 +493,11 @@ pub async fn batch_first_failure_dispatches_catch_once_and_cancels_the_rest(driv
 pub async fn batch_allow_failures_runs_the_rest_and_skips_then(driver: BoxDriver) {
     let (queue, _clock) = manual_queue(&driver);
     let (key, _) = probe();
-    let id = queue
-        .batch()
+    let id = batch_with_callbacks(&queue, &key)
         .add(fatal(&key, 1))
         .add(fatal(&key, 2))
         .add(ok(&key, 3))
         .add(ok(&key, 4))
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
         .allow_failures()
         .dispatch()
         .await
@@ -517,9 +523,11 @@ pub async fn batch_allow_failures_runs_the_rest_and_skips_then(driver: BoxDriver
     check_callbacks(&finished, (Some(Skipped), Some(Dispatched), Some(Dispatched)), "finished");
     assert_eq!(finished.cancelled_at, None);
     assert!(finished.finished_at.is_some());
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [7, 9], "catch once for two failures, finally once, no then");
+    assert_eq!(
+        waiting_tags(&queue, "default").await,
+        [7, 9],
+        "catch once for two failures, finally once, no then"
+    );
 }
 
 /// A child whose worker died on its last attempt counts as failed when it reaches the failed set
@@ -527,12 +535,8 @@ pub async fn batch_allow_failures_runs_the_rest_and_skips_then(driver: BoxDriver
 pub async fn batch_counts_a_child_crashed_on_its_last_attempt_as_failed(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, probe) = probe();
-    let id = queue
-        .batch()
+    let id = batch_with_callbacks(&queue, &key)
         .add_with(ok(&key, 1), DispatchOptions::new().max_retries(0))
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
         .dispatch()
         .await
         .expect("dispatch");
@@ -560,9 +564,7 @@ pub async fn batch_counts_a_child_crashed_on_its_last_attempt_as_failed(driver: 
         (Some(clock.now()), Some(clock.now())),
         "the first failure cancels the batch (failures not allowed), and the batch finishes"
     );
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [7, 9]);
+    assert_eq!(waiting_tags(&queue, "default").await, [7, 9]);
 }
 
 /// `cancel_batch` removes the waiting children (counted cancelled, unique keys freed), asks the
@@ -573,16 +575,12 @@ pub async fn batch_cancel_removes_waiting_children_and_stops_running_ones(driver
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
     let keyed = DispatchOptions::new().unique("batch-key", UniqueUntil::Finished);
-    let id = queue
-        .batch()
+    let id = batch_with_callbacks(&queue, &key)
         .add(ok(&key, 1))
         .add(ok(&key, 2))
         .add_with(ok(&key, 3), keyed.clone())
         .add_with(ok(&key, 4), DispatchOptions::new().delay(Duration::from_secs(60)))
         .add(ok(&key, 5))
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
         .dispatch()
         .await
         .expect("dispatch");
@@ -629,9 +627,7 @@ pub async fn batch_cancel_removes_waiting_children_and_stops_running_ones(driver
     );
     clock.advance(Duration::from_secs(1));
     assert_eq!(queue.cancel_batch(&id).await.expect("after the finish"), finished);
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [6, 7], "the new job and finally");
+    assert_eq!(waiting_tags(&queue, "default").await, [6, 7], "the new job and finally");
     assert!(matches!(
         queue.cancel_batch("01J0NOSUCHBATCH0000000000").await,
         Err(Error::NotFound { .. })
@@ -685,13 +681,9 @@ pub async fn batch_with_only_duplicate_children_finishes_at_once(driver: BoxDriv
     let (key, _) = probe();
     let keyed = DispatchOptions::new().unique("dup", UniqueUntil::Finished);
     let holder = queue.dispatch_with(ok(&key, 1), keyed.clone()).await.expect("dispatch");
-    let id = queue
-        .batch()
+    let id = batch_with_callbacks(&queue, &key)
         .add_with(ok(&key, 2), keyed.clone())
         .add_with(ok(&key, 3), keyed)
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
         .dispatch()
         .await
         .expect("dispatch");
@@ -699,9 +691,7 @@ pub async fn batch_with_only_duplicate_children_finishes_at_once(driver: BoxDriv
     check_counts(&done, (0, 0, 0, 0, 0), "no child stored");
     check_callbacks(&done, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "finished at once");
     assert_eq!((done.finished_at, done.cancelled_at), (Some(done.created_at), None));
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [1, 7, 8], "the holder, then and finally");
+    assert_eq!(waiting_tags(&queue, "default").await, [1, 7, 8], "the holder, then and finally");
     assert_eq!(queue.get(&holder).await.expect("get").expect("holder").job.batch, None);
 
     let empty = queue.batch().finally(ok(&key, 6)).dispatch().await.expect("an empty batch");
@@ -772,13 +762,9 @@ pub async fn batch_info_unknown_is_none(driver: BoxDriver) {
 pub async fn retried_failed_child_leaves_its_batch(driver: BoxDriver) {
     let (queue, _clock) = manual_queue(&driver);
     let (key, _) = probe();
-    let id = queue
-        .batch()
+    let id = batch_with_callbacks(&queue, &key)
         .add(fatal(&key, 1))
         .add(ok(&key, 2))
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
         .allow_failures()
         .dispatch()
         .await
@@ -800,9 +786,7 @@ pub async fn retried_failed_child_leaves_its_batch(driver: BoxDriver) {
     let finished = info(&queue, &id).await;
     check_counts(&finished, (2, 0, 1, 1, 0), "finished");
     check_callbacks(&finished, (Some(Skipped), Some(Dispatched), Some(Dispatched)), "finished");
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [7, 9], "catch once, finally once");
+    assert_eq!(waiting_tags(&queue, "default").await, [7, 9], "catch once, finally once");
 }
 
 /// A settle with a stale lease (the child was recovered and claimed again) changes no counter
@@ -811,15 +795,8 @@ pub async fn retried_failed_child_leaves_its_batch(driver: BoxDriver) {
 pub async fn stale_lease_settle_of_a_batch_child_changes_no_counter(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
-    let id = queue
-        .batch()
-        .add(ok(&key, 1))
-        .then(ok(&key, 8))
-        .catch(ok(&key, 9))
-        .finally(ok(&key, 7))
-        .dispatch()
-        .await
-        .expect("dispatch");
+    let id =
+        batch_with_callbacks(&queue, &key).add(ok(&key, 1)).dispatch().await.expect("dispatch");
     let stale = claim(&queue, "default", 1).await.pop().expect("the child");
     clock.set(stale.lease.expires_at);
     queue.driver().recover(&names(&["default"]), clock.now()).await.expect("recover");
@@ -845,9 +822,7 @@ pub async fn stale_lease_settle_of_a_batch_child_changes_no_counter(driver: BoxD
     let finished = info(&queue, &id).await;
     check_counts(&finished, (1, 0, 1, 0, 0), "counted once");
     check_callbacks(&finished, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "finished");
-    let mut waiting = tags(&queue, "default", JobState::Pending).await;
-    waiting.sort_unstable();
-    assert_eq!(waiting, [7, 8], "then and finally, once each");
+    assert_eq!(waiting_tags(&queue, "default").await, [7, 8], "then and finally, once each");
 }
 
 /// A batch whose children and callbacks span queues is counted as one where one atomic step can
