@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::chaos::{Chaos, Rng};
 use common::{Proc, Sandbox, Totals, pause, private_redis_url, simulate, stop_all};
 use orcs_tests::services::restartable::RestartablePostgres;
 use serde_json::Value;
@@ -229,47 +230,6 @@ fn bad_batch_input_says_what_to_fix() {
 
 // ---- kill -9 chaos ----
 
-/// The shape of a batch chaos run.
-#[derive(Debug, Clone, Copy)]
-struct Chaos {
-    children: u64,
-    /// How long workers are killed and replaced.
-    duration: Duration,
-    /// The pause between kills is drawn from this range.
-    kill_every: (Duration, Duration),
-    /// How long a child's attempt sleeps.
-    work_ms: u64,
-}
-
-impl Chaos {
-    /// `ORCS_CHAOS_JOBS`, `ORCS_CHAOS_SECS` and `ORCS_CHAOS_WORK_MS` over `default`.
-    fn from_env(default: Self) -> Self {
-        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
-        let mut chaos = default;
-        if let Some(n) = var("ORCS_CHAOS_JOBS") {
-            chaos.children = n as u64;
-        }
-        if let Some(s) = var("ORCS_CHAOS_SECS") {
-            chaos.duration = Duration::from_secs_f64(s);
-        }
-        if let Some(ms) = var("ORCS_CHAOS_WORK_MS") {
-            chaos.work_ms = ms as u64;
-        }
-        chaos
-    }
-}
-
-/// A small deterministic generator (the seed is printed, and `ORCS_CHAOS_SEED` replays it).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 =
-            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below.max(1)
-    }
-}
-
 /// One line of a probe's `events` file.
 struct Event {
     start: bool,
@@ -294,11 +254,7 @@ fn events(dir: &Path) -> Vec<Event> {
 
 fn batch_chaos(sandbox: &Sandbox, name: &str, chaos: Chaos) {
     let started = Instant::now();
-    let seed =
-        std::env::var("ORCS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            u64::from(std::process::id()) ^ u64::from(started.elapsed().subsec_nanos())
-        });
-    let mut rng = Rng(seed);
+    let (mut rng, seed) = Rng::from_env(started);
     let (children_dir, then_dir) = (sandbox.path("children"), sandbox.path("then"));
     std::fs::create_dir_all(&children_dir).expect("a probe dir");
     std::fs::create_dir_all(&then_dir).expect("a probe dir");
@@ -311,7 +267,7 @@ fn batch_chaos(sandbox: &Sandbox, name: &str, chaos: Chaos) {
     let out = dispatch_batch(
         sandbox,
         "GenerateReportJob",
-        chaos.children,
+        chaos.jobs,
         &[
             "--queue",
             "chaos",
@@ -329,7 +285,7 @@ fn batch_chaos(sandbox: &Sandbox, name: &str, chaos: Chaos) {
     );
     let id = out["batch"].as_str().expect("a batch id").to_owned();
     let then_id = out["then"].as_str().expect("a then id").to_owned();
-    assert_eq!(out["total"].as_u64(), Some(chaos.children), "{out}");
+    assert_eq!(out["total"].as_u64(), Some(chaos.jobs), "{out}");
     let dispatch_took = started.elapsed();
 
     let args =
@@ -355,7 +311,7 @@ fn batch_chaos(sandbox: &Sandbox, name: &str, chaos: Chaos) {
         }
     }
     let during = counters(&batch(sandbox, &id));
-    let n = chaos.children;
+    let n = chaos.jobs;
     let last = sandbox.wait_for(
         &format!("{name}: the drain after the kills"),
         chaos.duration.max(Duration::from_secs(10)) * 3 + Duration::from_secs(60),
@@ -412,7 +368,7 @@ fn batch_chaos(sandbox: &Sandbox, name: &str, chaos: Chaos) {
 }
 
 const SHORT_CHAOS: Chaos = Chaos {
-    children: 2_000,
+    jobs: 2_000,
     duration: Duration::from_secs(10),
     kill_every: (Duration::from_millis(700), Duration::from_millis(1300)),
     // 48 slots at 250 ms drain 2,000 children in about 10 s: the kills hit a busy batch.
@@ -420,7 +376,7 @@ const SHORT_CHAOS: Chaos = Chaos {
 };
 
 const FULL_CHAOS: Chaos = Chaos {
-    children: 20_000,
+    jobs: 20_000,
     duration: Duration::from_secs(60),
     kill_every: (Duration::from_secs(1), Duration::from_secs(2)),
     // 48 slots at 100 ms drain 20,000 children in about 45 s.

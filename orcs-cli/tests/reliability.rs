@@ -20,6 +20,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::chaos::{Chaos, Rng};
 use common::{Proc, SHUTDOWN_TIMEOUT, Sandbox, Totals, pause, simulate as job, stop_all};
 use orcs_tests::services::restartable::{RestartablePostgres, RestartableRedis};
 use orcs_tests::services::skip;
@@ -441,60 +442,13 @@ fn postgres_sigterm_during_outage() {
 
 // ---- kill -9 chaos ----
 
-/// The shape of a chaos run.
-#[derive(Debug, Clone, Copy)]
-struct Chaos {
-    /// Jobs dispatched in all.
-    jobs: u64,
-    /// How long workers are killed and replaced.
-    duration: Duration,
-    /// The pause between kills is drawn from this range.
-    kill_every: (Duration, Duration),
-    /// How long a job sleeps.
-    work_ms: u64,
-}
-
-impl Chaos {
-    fn from_env(default: Self) -> Self {
-        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
-        let mut chaos = default;
-        if let Some(n) = var("ORCS_CHAOS_JOBS") {
-            chaos.jobs = n as u64;
-        }
-        if let Some(s) = var("ORCS_CHAOS_SECS") {
-            chaos.duration = Duration::from_secs_f64(s);
-        }
-        if let Some(ms) = var("ORCS_CHAOS_WORK_MS") {
-            chaos.work_ms = ms as u64;
-        }
-        chaos
-    }
-}
-
-/// A small deterministic generator (the seed is printed, and `ORCS_CHAOS_SEED` replays it).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 =
-            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below.max(1)
-    }
-}
-
 /// Jobs over three queues with mixed priorities, some delayed, some failing their first
 /// attempts, some failing for good; three workers at concurrency 16; every so often a random
 /// worker is killed with `SIGKILL` and a new one started. Then the survivors drain, and the
 /// counts must be exact: failed == the jobs designed to fail for good, processed == the rest.
 fn kill_9_chaos(target: &Target, chaos: Chaos) {
     let started = Instant::now();
-    let seed =
-        std::env::var("ORCS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            u64::from(std::process::id())
-                ^ u64::from(started.elapsed().subsec_nanos())
-                ^ 0x9e37_79b9
-        });
-    let mut rng = Rng(seed);
+    let (mut rng, seed) = Rng::from_env(started);
     let queues = ["critical", "default", "bulk"];
     // Of a queue's jobs: 60 % plain (20 % at priority 5, 10 % at -3, the rest at 0), 15 % delayed
     // 2 s, 20 % failing their first attempt (retried after 0.5 s), 5 % failing every attempt.
