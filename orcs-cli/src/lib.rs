@@ -333,14 +333,31 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 
 /// Logs to stderr at `RUST_LOG` (default `warn`, and `info` for the dashboard's audit log: one
 /// line per action). An application that installed its own subscriber keeps it.
+///
+/// `RUST_LOG` takes a default level and `target=level` pairs (`info`, `warn,orcs_core=debug`):
+/// tracing-subscriber's `Targets`, whose parser needs no regex engine (`EnvFilter`'s span and
+/// field filters cost the build about 45 s of a core for a feature this binary does not use).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,orcs_dashboard::audit=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    const DEFAULT: &str = "warn,orcs_dashboard::audit=info";
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse().unwrap_or_else(|e| {
+            eprintln!(
+                "warning: RUST_LOG={spec:?} is not a log filter ({e}); using {DEFAULT:?}. \
+                 Give a level and target=level pairs, e.g. RUST_LOG=info,orcs_core=debug"
+            );
+            DEFAULT.parse().expect("the default filter parses")
+        }),
+        _ => DEFAULT
+            .parse::<tracing_subscriber::filter::Targets>()
+            .expect("the default filter parses"),
+    };
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = tracing_subscriber::registry().with(format).with(filter).try_init();
 }
 
 #[cfg(test)]
