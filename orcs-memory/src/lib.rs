@@ -16,6 +16,25 @@ use orcs_core::{Fire, ScheduleRecord};
 use orcs_core::{MAX_ERROR_HISTORY, Prune, THROUGHPUT_HORIZON_MS, Throughput, WorkerInfo};
 use tokio::sync::Notify;
 
+/// A job's id as the driver's indexes hold it: shared, so that the job map and the ordered sets
+/// of its queue point at one string instead of each holding a copy (a claim and a settle used to
+/// clone it several times).
+type Id = Arc<str>;
+
+/// A hash map keyed by job ids, with rustc-hash's Fx hash: the ids come from the application in
+/// this same process, so SipHash's resistance to chosen keys buys nothing here, and it cost more
+/// than a tenth of a drain.
+type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
+
+/// A claim's fencing token: the driver's sequence number, handed out as its decimal string.
+fn parse_token(token: &str) -> Option<u64> {
+    // Only the exact form we hand out matches ("07" or "+7" is not token 7).
+    if !token.starts_with(|c: char| c.is_ascii_digit() && c != '0') {
+        return None;
+    }
+    token.parse().ok()
+}
+
 /// Jobs held in this process's memory. Clones share the same queues.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDriver {
@@ -31,11 +50,11 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    jobs: HashMap<String, Stored>,
+    jobs: FastMap<Id, Stored>,
     queues: BTreeMap<String, QueueState>,
     /// The failed set in the order jobs failed.
     failed: BTreeMap<u64, FailedEntry>,
-    failed_index: HashMap<String, u64>,
+    failed_index: FastMap<String, u64>,
     next_seq: u64,
     /// Live workers by id, with the time their entry expires.
     workers: HashMap<String, (WorkerInfo, Millis)>,
@@ -71,14 +90,15 @@ enum Ended {
 #[derive(Debug, Default)]
 struct QueueState {
     /// Ready jobs: highest priority first, then id (dispatch) order.
-    ready: BTreeSet<(Reverse<i32>, String)>,
-    /// Ready jobs by the time they became due (`job.available_at`), for `latency_ms`. Entries of
-    /// jobs no longer ready may linger; `stats` drops them when it meets them.
-    ready_since: BTreeSet<(Millis, String)>,
+    ready: BTreeSet<(Reverse<i32>, Id)>,
+    /// How many ready jobs became due (`job.available_at`) at each time, for `latency_ms`: a
+    /// count per time instead of an entry per job, so that a claim only decrements a counter.
+    ready_since: BTreeMap<Millis, u64>,
     /// Not yet due: by due time, then id.
-    delayed: BTreeSet<(Millis, String)>,
-    /// Claimed: by lease deadline, then id.
-    reserved: BTreeSet<(Millis, String)>,
+    delayed: BTreeSet<(Millis, Id)>,
+    /// Claimed: by lease deadline, then token (claim order). Integer keys: a claim and a settle
+    /// never compare id strings here.
+    reserved: BTreeMap<(Millis, u64), Id>,
     failed: u64,
     processed: u64,
     failed_total: u64,
@@ -94,6 +114,21 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// Counts a job that became ready, due since `at`.
+    fn ready_since_add(&mut self, at: Millis) {
+        *self.ready_since.entry(at).or_default() += 1;
+    }
+
+    /// Uncounts a job that stopped being ready, due since `at`.
+    fn ready_since_remove(&mut self, at: Millis) {
+        if let Some(count) = self.ready_since.get_mut(&at) {
+            *count -= 1;
+            if *count == 0 {
+                self.ready_since.remove(&at);
+            }
+        }
+    }
+
     /// How many more jobs the queue's limits let a claim at `now` take, and when a rate-limited
     /// queue can start again if it cannot now.
     fn allowance(&mut self, now: Millis) -> (usize, Option<Millis>) {
@@ -129,7 +164,9 @@ impl QueueState {
 
 #[derive(Debug)]
 struct Stored {
-    job: NewJob,
+    /// Shared with the claims in flight: a claim takes a reference under the lock and copies
+    /// the strings of the worker's record after releasing it.
+    job: Arc<NewJob>,
     attempts: u32,
     last_error: Option<String>,
     state: JobState,
@@ -143,12 +180,31 @@ struct Stored {
 enum JobState {
     Ready,
     Delayed(Millis),
-    Reserved { token: String, until: Millis },
+    Reserved { token: u64, until: Millis },
+}
+
+/// A job taken by a claim, made into the worker's [`Reserved`] after the lock is released.
+struct Claimed {
+    job: Arc<NewJob>,
+    attempt: u32,
+    last_error: Option<String>,
+    token: u64,
+    until: Millis,
+}
+
+impl Claimed {
+    fn reserved(self) -> Reserved {
+        let job = &*self.job;
+        let record = JobRecord::from_new(job, self.attempt, self.last_error);
+        let lease =
+            Lease::new(job.id.clone(), job.queue.clone(), self.token.to_string(), self.until);
+        Reserved::new(record, lease)
+    }
 }
 
 #[derive(Debug)]
 struct FailedEntry {
-    job: NewJob,
+    job: Arc<NewJob>,
     failed: FailedJob,
     /// The job's error history, its last failure included.
     errors: Vec<String>,
@@ -190,27 +246,31 @@ impl State {
         self.queues.get_mut(name).expect("inserted above")
     }
 
-    /// Puts a job in its queue's ready or delayed set.
+    /// Puts a job in its queue's ready or delayed set, with its error history.
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
-        job: NewJob,
+        id: Id,
+        job: Arc<NewJob>,
         attempts: u32,
         last_error: Option<String>,
+        errors: Vec<String>,
         available_at: Millis,
         now: Millis,
     ) {
         let mut job = job;
-        // The current due time, as `get` shows it and `latency_ms` measures from.
-        job.available_at = available_at;
-        let id = job.id.clone();
-        let priority = job.priority;
+        // The current due time, as `get` shows it and `latency_ms` measures from. (No claim holds
+        // the job any more, so this does not copy it.)
+        if job.available_at != available_at {
+            Arc::make_mut(&mut job).available_at = available_at;
+        }
         let queue = self.queue(&job.queue);
         let state = if available_at <= now {
-            queue.ready.insert((Reverse(priority), id.clone()));
-            queue.ready_since.insert((available_at, id.clone()));
+            queue.ready.insert((Reverse(job.priority), Arc::clone(&id)));
+            queue.ready_since_add(available_at);
             JobState::Ready
         } else {
-            queue.delayed.insert((available_at, id.clone()));
+            queue.delayed.insert((available_at, Arc::clone(&id)));
             JobState::Delayed(available_at)
         };
         let stored = Stored {
@@ -220,30 +280,35 @@ impl State {
             state,
             progress: None,
             cancel_requested: false,
-            errors: Vec::new(),
+            errors,
         };
         self.jobs.insert(id, stored);
     }
 
+    /// Whether `lease` is the current claim of its job.
+    fn holds(&self, lease: &Lease) -> bool {
+        let token = parse_token(&lease.token);
+        matches!(
+            self.jobs.get(lease.id.as_str()),
+            Some(Stored { state: JobState::Reserved { token: held, .. }, .. }) if Some(*held) == token
+        )
+    }
+
     /// Takes a claimed job out of the reserved set if `lease` is its current claim.
-    fn take_leased(&mut self, lease: &Lease) -> Result<Stored> {
-        let holds = matches!(
-            self.jobs.get(&lease.id),
-            Some(Stored { state: JobState::Reserved { token, .. }, .. }) if *token == lease.token
-        );
-        if !holds {
+    fn take_leased(&mut self, lease: &Lease) -> Result<(Id, Stored)> {
+        if !self.holds(lease) {
             return Err(Error::LeaseLost { id: lease.id.clone() });
         }
-        let stored = self.jobs.remove(&lease.id).expect("checked above");
-        if let JobState::Reserved { until, .. } = stored.state {
-            self.queue(&stored.job.queue).reserved.remove(&(until, lease.id.clone()));
+        let (id, stored) = self.jobs.remove_entry(lease.id.as_str()).expect("checked above");
+        if let JobState::Reserved { until, token } = stored.state {
+            self.queue(&stored.job.queue).reserved.remove(&(until, token));
         }
-        Ok(stored)
+        Ok((id, stored))
     }
 
     /// Stores a job as a push would; if its id or its unique key is taken, answers the holder.
     fn insert_new(&mut self, job: NewJob, now: Millis) -> PushOutcome {
-        if self.jobs.contains_key(&job.id) || self.failed_index.contains_key(&job.id) {
+        if self.jobs.contains_key(job.id.as_str()) || self.failed_index.contains_key(&job.id) {
             return PushOutcome::Duplicate { id: job.id };
         }
         if let Some(unique) = &job.unique {
@@ -257,20 +322,21 @@ impl State {
             queue.unique.insert(unique.key.clone(), held);
         }
         let available_at = job.available_at;
-        self.enqueue(job, 0, None, available_at, now);
+        let id = Id::from(job.id.as_str());
+        self.enqueue(id, Arc::new(job), 0, None, Vec::new(), available_at, now);
         PushOutcome::Stored
     }
 
     /// Deletes a pending or delayed job (cancel, clear), freeing its key.
     fn remove_waiting(&mut self, id: &str) -> Option<Stored> {
-        let stored = self.jobs.remove(id)?;
+        let (id, stored) = self.jobs.remove_entry(id)?;
         let queue = self.queue(&stored.job.queue);
         match stored.state {
             JobState::Ready => {
-                queue.ready_since.remove(&(stored.job.available_at, id.to_owned()));
-                queue.ready.remove(&(Reverse(stored.job.priority), id.to_owned()))
+                queue.ready_since_remove(stored.job.available_at);
+                queue.ready.remove(&(Reverse(stored.job.priority), id))
             }
-            JobState::Delayed(at) => queue.delayed.remove(&(at, id.to_owned())),
+            JobState::Delayed(at) => queue.delayed.remove(&(at, id)),
             JobState::Reserved { .. } => unreachable!("only waiting jobs are removed"),
         };
         queue.free_key(&stored.job, UniqueUntil::Finished);
@@ -279,25 +345,28 @@ impl State {
     }
 
     /// One settle: the token check, the transition and its effects, or nothing.
-    fn settle(&mut self, settle: &Settle, now: Millis) -> Result<()> {
-        let stored = self.take_leased(&settle.lease)?;
+    /// Jobs that end here go to `dead`, for the caller to free after releasing the lock.
+    fn settle(&mut self, settle: &Settle, now: Millis, dead: &mut Vec<(Id, Stored)>) -> Result<()> {
+        let (id, stored) = self.take_leased(&settle.lease)?;
         match &settle.transition {
             Transition::Complete => {
                 let queue = self.queue(&stored.job.queue);
                 queue.processed += 1;
                 queue.free_key(&stored.job, UniqueUntil::Finished);
                 self.child_ended(&stored.job, Ended::Processed, now);
+                dead.push((id, stored));
             }
             Transition::Cancel => {
                 let queue = self.queue(&stored.job.queue);
                 queue.cancelled += 1;
                 queue.free_key(&stored.job, UniqueUntil::Finished);
                 self.child_ended(&stored.job, Ended::Cancelled, now);
+                dead.push((id, stored));
             }
             Transition::Retry { run_at, error } => {
-                let (id, errors) = (stored.job.id.clone(), with_error(stored.errors, error));
-                self.enqueue(stored.job, stored.attempts, Some(error.clone()), *run_at, now);
-                self.jobs.get_mut(&id).expect("enqueued above").errors = errors;
+                let errors = with_error(stored.errors, error);
+                let last_error = Some(error.clone());
+                self.enqueue(id, stored.job, stored.attempts, last_error, errors, *run_at, now);
             }
             Transition::Fail { error } => {
                 let failed = FailedJob::new(&stored.job, stored.attempts, error.clone(), now);
@@ -315,9 +384,8 @@ impl State {
             Transition::Release { run_at } => {
                 // The interrupted attempt does not count: the job did not fail, the worker stopped.
                 let attempts = stored.attempts.saturating_sub(1);
-                let (id, errors) = (stored.job.id.clone(), stored.errors);
-                self.enqueue(stored.job, attempts, stored.last_error, *run_at, now);
-                self.jobs.get_mut(&id).expect("enqueued above").errors = errors;
+                let (job, last_error, errors) = (stored.job, stored.last_error, stored.errors);
+                self.enqueue(id, job, attempts, last_error, errors, *run_at, now);
             }
             other => {
                 return Err(Error::unsupported("memory", format!("the transition {other:?}")));
@@ -331,7 +399,7 @@ impl State {
 
     fn info(&self, id: &str) -> Option<JobInfo> {
         if let Some(stored) = self.jobs.get(id) {
-            let mut job = stored.job.clone();
+            let mut job = NewJob::clone(&stored.job);
             let (state, lease) = match &stored.state {
                 JobState::Ready => (State_::Pending, None),
                 JobState::Delayed(at) => {
@@ -349,11 +417,47 @@ impl State {
             return Some(info);
         }
         let entry = self.failed.get(self.failed_index.get(id)?)?;
-        let mut info = JobInfo::new(entry.job.clone(), State_::Failed, entry.failed.attempts);
+        let mut info =
+            JobInfo::new(NewJob::clone(&entry.job), State_::Failed, entry.failed.attempts);
         info.last_error = Some(entry.failed.error.clone());
         info.failed_at = Some(entry.failed.failed_at);
         info.errors.clone_from(&entry.errors);
         Some(info)
+    }
+
+    /// Claims ready jobs of `queue` into `out` until it holds `until_full`.
+    fn claim_from(
+        &mut self,
+        queue: &str,
+        req: &ClaimRequest<'_>,
+        until_full: usize,
+        out: &mut Vec<Claimed>,
+    ) {
+        // Borrowed apart: the job map and the queue are updated together for each job.
+        let Self { jobs, queues, next_seq, .. } = self;
+        let Some(q) = queues.get_mut(queue) else { return };
+        while out.len() < until_full {
+            let Some((_, id)) = q.ready.pop_first() else { break };
+            let stored = jobs.get_mut(&*id).expect("a ready id has a job");
+            *next_seq += 1;
+            let token = *next_seq;
+            let until = req.lease_until(stored.job.timeout_ms);
+            stored.attempts += 1;
+            stored.state = JobState::Reserved { token, until };
+            q.ready_since_remove(stored.job.available_at);
+            q.free_key(&stored.job, UniqueUntil::Started);
+            if q.limits.rate.is_some() {
+                q.starts.push_back(req.now);
+            }
+            q.reserved.insert((until, token), id);
+            out.push(Claimed {
+                job: Arc::clone(&stored.job),
+                attempt: stored.attempts,
+                last_error: stored.last_error.clone(),
+                token,
+                until,
+            });
+        }
     }
 
     fn promote_due(&mut self, queue: &str, now: Millis) {
@@ -363,9 +467,9 @@ impl State {
                 break;
             }
             q.delayed.pop_first();
-            if let Some(stored) = self.jobs.get_mut(&id) {
+            if let Some(stored) = self.jobs.get_mut(&*id) {
                 stored.state = JobState::Ready;
-                q.ready_since.insert((at, id.clone()));
+                q.ready_since_add(at);
                 q.ready.insert((Reverse(stored.job.priority), id));
             }
         }
@@ -376,21 +480,9 @@ impl State {
 impl State {
     /// How long the oldest due job of `queue` has waited at `now`: the earliest due time among
     /// its ready jobs and its delayed jobs that are due but not yet promoted.
-    fn latency(&mut self, queue: &str, now: Millis) -> Option<u64> {
-        let Self { queues, jobs, .. } = self;
-        let q = queues.get_mut(queue)?;
-        // Drop the index entries of jobs that stopped being ready (cancelled, claimed) or became
-        // ready again at another time.
-        while let Some((at, id)) = q.ready_since.first() {
-            let live = jobs.get(id).is_some_and(|s| {
-                s.state == JobState::Ready && s.job.available_at == *at && s.job.queue == queue
-            });
-            if live {
-                break;
-            }
-            q.ready_since.pop_first();
-        }
-        let ready = q.ready_since.first().map(|(at, _)| *at);
+    fn latency(&self, queue: &str, now: Millis) -> Option<u64> {
+        let q = self.queues.get(queue)?;
+        let ready = q.ready_since.first_key_value().map(|(at, _)| *at);
         let due = q.delayed.first().map(|(at, _)| *at).filter(|at| *at <= now);
         let oldest = match (ready, due) {
             (Some(a), Some(b)) => a.min(b),
@@ -536,7 +628,7 @@ impl State {
         batch.info.cancelled_at = Some(now);
         let children: Vec<String> = batch.unfinished.iter().cloned().collect();
         for child in children {
-            match self.jobs.get_mut(&child) {
+            match self.jobs.get_mut(child.as_str()) {
                 Some(stored) if matches!(stored.state, JobState::Reserved { .. }) => {
                     stored.cancel_requested = true;
                 }
@@ -620,8 +712,9 @@ impl Driver for MemoryDriver {
     }
 
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim> {
-        let mut state = self.state();
         let mut claim = Claim::default();
+        let mut claimed = Vec::new();
+        let mut state = self.state();
         for queue in req.queues {
             if state.queues.get(queue.as_str()).is_some_and(|q| q.paused) {
                 continue;
@@ -636,35 +729,18 @@ impl Driver for MemoryDriver {
             {
                 claim.next_due = Some(claim.next_due.map_or(at, |due: Millis| due.min(at)));
             }
-            let until_full = claim.jobs.len().saturating_add(allowed).min(req.max);
-            while claim.jobs.len() < until_full {
-                let Some(q) = state.queues.get_mut(queue.as_str()) else { break };
-                let Some((_, id)) = q.ready.pop_first() else { break };
-                state.next_seq += 1;
-                let token = state.next_seq.to_string();
-                let stored = state.jobs.get_mut(&id).expect("a ready id has a job");
-                let until = req.lease_until(stored.job.timeout_ms);
-                stored.attempts += 1;
-                stored.state = JobState::Reserved { token: token.clone(), until };
-                let record =
-                    JobRecord::from_new(&stored.job, stored.attempts, stored.last_error.clone());
-                let queue_name = stored.job.queue.clone();
-                let job = stored.job.clone();
-                let q = state.queue(queue);
-                q.ready_since.remove(&(job.available_at, id.clone()));
-                q.reserved.insert((until, id.clone()));
-                q.free_key(&job, UniqueUntil::Started);
-                if q.limits.rate.is_some() {
-                    q.starts.push_back(req.now);
-                }
-                claim.jobs.push(Reserved::new(record, Lease::new(id, queue_name, token, until)));
-            }
+            let until_full = claimed.len().saturating_add(allowed).min(req.max);
+            state.claim_from(queue, req, until_full, &mut claimed);
             if let Some(q) = state.queues.get(queue.as_str())
                 && let Some((at, _)) = q.delayed.first()
             {
                 claim.next_due = Some(claim.next_due.map_or(*at, |due: Millis| due.min(*at)));
             }
         }
+        drop(state);
+        // The records' strings are copied outside the lock, so a claim holds it for the index
+        // updates only and the settles of the worker's writer wait less.
+        claim.jobs = claimed.into_iter().map(Claimed::reserved).collect();
         Ok(claim)
     }
 
@@ -672,12 +748,14 @@ impl Driver for MemoryDriver {
         // One lock for the batch instead of one per job. A settle wakes waiters when it makes a
         // job claimable, or frees a slot of a queue with a concurrency limit.
         let mut wakes = false;
+        // Freed after the lock is released: the worker's claims need not wait for it.
+        let mut dead = Vec::with_capacity(batch.len());
         let results: Vec<Result<()>> = {
             let mut state = self.state();
             let results = batch
                 .iter()
                 .map(|settle| {
-                    let result = state.settle(settle, now);
+                    let result = state.settle(settle, now, &mut dead);
                     wakes |= result.is_ok()
                         && (!settle.effects.enqueue.is_empty()
                             || matches!(
@@ -695,6 +773,7 @@ impl Driver for MemoryDriver {
             wakes |= std::mem::take(&mut state.batch_woke);
             results
         };
+        drop(dead);
         if wakes {
             self.inner.ready.notify_waiters();
         }
@@ -738,11 +817,10 @@ impl Driver for MemoryDriver {
         let mut state = self.state();
         let mut cancelled = Vec::new();
         for touch in running {
-            let Some(stored) = state.jobs.get_mut(&touch.lease.id) else { continue };
-            if !matches!(&stored.state, JobState::Reserved { token, .. } if *token == touch.lease.token)
-            {
+            if !state.holds(&touch.lease) {
                 continue;
             }
+            let stored = state.jobs.get_mut(touch.lease.id.as_str()).expect("held");
             if let Some(progress) = &touch.progress {
                 stored.progress = Some(progress.clone());
             }
@@ -755,13 +833,10 @@ impl Driver for MemoryDriver {
 
     async fn extend(&self, lease: &Lease, until: Millis, _now: Millis) -> Result<Lease> {
         let mut state = self.state();
-        let stored = state.take_leased(lease)?;
-        let queue = stored.job.queue.clone();
-        state.queue(&queue).reserved.insert((until, lease.id.clone()));
-        state.jobs.insert(
-            lease.id.clone(),
-            Stored { state: JobState::Reserved { token: lease.token.clone(), until }, ..stored },
-        );
+        let (id, stored) = state.take_leased(lease)?;
+        let JobState::Reserved { token, .. } = stored.state else { unreachable!("leased") };
+        state.queue(&stored.job.queue).reserved.insert((until, token), Arc::clone(&id));
+        state.jobs.insert(id, Stored { state: JobState::Reserved { token, until }, ..stored });
         let mut extended = lease.clone();
         extended.expires_at = until;
         Ok(extended)
@@ -774,31 +849,31 @@ impl Driver for MemoryDriver {
             let mut state = self.state();
             for queue in queues {
                 while let Some(q) = state.queues.get_mut(queue.as_str()) {
-                    let Some((until, id)) = q.reserved.first().cloned() else { break };
+                    let Some((&(until, _), _)) = q.reserved.first_key_value() else { break };
                     if until > now {
                         break;
                     }
-                    q.reserved.pop_first();
-                    if state.jobs.get(&id).is_some_and(|s| s.cancel_requested) {
+                    let (_, id) = q.reserved.pop_first().expect("looked above");
+                    if state.jobs.get(&*id).is_some_and(|s| s.cancel_requested) {
                         // Cancelled while its worker was lost: it ends here instead of running again.
-                        let stored = state.jobs.remove(&id).expect("checked above");
+                        let stored = state.jobs.remove(&*id).expect("checked above");
                         let q = state.queue(queue);
                         q.cancelled += 1;
                         q.free_key(&stored.job, UniqueUntil::Finished);
                         state.child_ended(&stored.job, Ended::Cancelled, now);
                         continue;
                     }
-                    let stored = state.jobs.get_mut(&id).expect("a reserved id has a job");
+                    let stored = state.jobs.get_mut(&*id).expect("a reserved id has a job");
                     stored.state = JobState::Ready;
                     // Claimable again since its lease ran out.
-                    stored.job.available_at = until;
+                    Arc::make_mut(&mut stored.job).available_at = until;
                     stored.last_error = Some(format!(
                         "lease expired at {until}: the worker running attempt {} stopped responding",
                         stored.attempts
                     ));
                     let priority = stored.job.priority;
                     let q = state.queue(queue);
-                    q.ready_since.insert((until, id.clone()));
+                    q.ready_since_add(until);
                     q.ready.insert((Reverse(priority), id));
                     recovered += 1;
                 }
@@ -818,8 +893,7 @@ impl Driver for MemoryDriver {
         // Register before looking, so a push between the look and the wait still wakes us.
         notified.as_mut().enable();
         {
-            let state = self.state();
-            let mut state = state;
+            let mut state = self.state();
             let claimable = |q: &mut QueueState| {
                 !q.paused
                     && (!q.ready.is_empty() || q.delayed.first().is_some_and(|(at, _)| *at <= now))
@@ -837,11 +911,11 @@ impl Driver for MemoryDriver {
 #[async_trait]
 impl Admin for MemoryDriver {
     async fn stats(&self, queue: &str, now: Millis) -> Result<QueueStats> {
-        let mut state = self.state();
+        let state = self.state();
         let mut stats = QueueStats::new(queue);
         stats.latency_ms = state.latency(queue, now);
         let Some(q) = state.queues.get(queue) else { return Ok(stats) };
-        let due = q.delayed.range(..(now.saturating_add(1), String::new())).count() as u64;
+        let due = q.delayed.range(..(now.saturating_add(1), Id::from(""))).count() as u64;
         stats.pending = q.ready.len() as u64 + due;
         stats.delayed = q.delayed.len() as u64 - due;
         stats.reserved = q.reserved.len() as u64;
@@ -865,10 +939,10 @@ impl Admin for MemoryDriver {
     async fn list(&self, req: &ListRequest, _now: Millis) -> Result<Vec<JobInfo>> {
         let state = self.state();
         let Some(q) = state.queues.get(req.queue.as_str()) else { return Ok(Vec::new()) };
-        let ids: Box<dyn Iterator<Item = &String>> = match req.state {
+        let ids: Box<dyn Iterator<Item = &Id>> = match req.state {
             State_::Pending => Box::new(q.ready.iter().map(|(_, id)| id)),
             State_::Delayed => Box::new(q.delayed.iter().map(|(_, id)| id)),
-            State_::Reserved => Box::new(q.reserved.iter().map(|(_, id)| id)),
+            State_::Reserved => Box::new(q.reserved.values()),
             other => {
                 return Err(Error::invalid(
                     "job state",
@@ -889,13 +963,13 @@ impl Admin for MemoryDriver {
         let mut state = self.state();
         let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
         q.ready_since.clear();
-        let ids: Vec<String> = std::mem::take(&mut q.ready)
+        let ids: Vec<Id> = std::mem::take(&mut q.ready)
             .into_iter()
             .map(|(_, id)| id)
             .chain(std::mem::take(&mut q.delayed).into_iter().map(|(_, id)| id))
             .collect();
         for id in &ids {
-            if let Some(stored) = state.jobs.remove(id) {
+            if let Some(stored) = state.jobs.remove(&**id) {
                 let queue = state.queue(&stored.job.queue);
                 queue.free_key(&stored.job, UniqueUntil::Finished);
                 queue.free_key(&stored.job, UniqueUntil::Started);
@@ -928,11 +1002,10 @@ impl Admin for MemoryDriver {
             let mut entry = state.failed.remove(&seq).expect("the index points at an entry");
             state.queue(&entry.job.queue).failed -= 1;
             // It was counted in its batch when it failed: back on its queue, it leaves the batch.
-            entry.job.batch = None;
+            Arc::make_mut(&mut entry.job).batch = None;
             // Its error history stays with it: the next failures add to it.
-            let (id, errors) = (entry.job.id.clone(), entry.errors);
-            state.enqueue(entry.job, 0, None, now, now);
-            state.jobs.get_mut(&id).expect("enqueued above").errors = errors;
+            let id = Id::from(entry.job.id.as_str());
+            state.enqueue(id, entry.job, 0, None, entry.errors, now, now);
         }
         self.inner.ready.notify_waiters();
         Ok(())
