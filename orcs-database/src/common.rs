@@ -476,6 +476,16 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         items: &[&Settle],
     ) -> impl Future<Output = orcs_core::Result<Option<Vec<Completed>>>> + Send;
 
+    /// Takes over a push (`jobs` not empty) for the backend's own way of writing it (SQLite
+    /// groups concurrent pushes in one commit), or hands it back to be written in a transaction
+    /// of its own.
+    fn push_grouped(
+        _store: &Store<Self>,
+        jobs: Vec<NewJob>,
+    ) -> Result<impl Future<Output = orcs_core::Result<Vec<PushOutcome>>> + Send, Vec<NewJob>> {
+        Err::<std::future::Ready<_>, _>(jobs)
+    }
+
     /// Claims up to `want` jobs of a queue with `limits`, within them; returns the claimed rows
     /// and, when its rate window is full, when it reopens.
     #[allow(clippy::too_many_arguments)]
@@ -784,6 +794,16 @@ where
             })
             .collect();
         for chunk in takers.chunks(INSERT_CHUNK) {
+            if sqlite {
+                let mut query = dynamic(self.sql.take_free_keys(chunk.len()));
+                for &(key, i) in chunk {
+                    query = bind_key(query, key, i);
+                }
+                let done = query.execute(&mut *conn).await.map_err(backend)?;
+                if B::rows_affected(&done) == chunk.len() as u64 {
+                    continue;
+                }
+            }
             let mut query = dynamic(self.sql.take_keys(chunk.len()));
             for &(key, i) in chunk {
                 query = bind_key(query, key, i);
@@ -850,6 +870,10 @@ where
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let jobs = match B::push_grouped(self, jobs) {
+            Ok(grouped) => return grouped.await,
+            Err(jobs) => jobs,
+        };
         let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
         let (outcomes, queues) = self.insert_jobs(&mut tx, &jobs).await?;

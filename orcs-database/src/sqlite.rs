@@ -8,18 +8,19 @@
 //! lets run beside the writer.
 
 use std::fmt;
+use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orcs_core::{Error, Millis, Result, Settle, Touch};
+use orcs_core::{Error, Millis, NewJob, PushOutcome, Result, Settle, Touch};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteQueryResult, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, oneshot};
 
 use crate::common::{
     self, Backend, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
@@ -37,15 +38,102 @@ pub(crate) type Store = common::Store<SqliteBackend>;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often an idle worker looks for jobs dispatched by other processes (this process's
-/// dispatches wake it at once).
+/// dispatches wake it at once), whether or not it saw the WAL change.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// What a SQLite store has beside its statements.
+/// How often an idle worker looks at the WAL file (one `stat`): a commit of any process
+/// changes its size or modification time, and the worker then looks for jobs at once.
+const WATCH_INTERVAL: Duration = Duration::from_millis(2);
+
+/// The size and modification time of the WAL file, `None` if it cannot be read.
+fn wal_stamp(wal: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    std::fs::metadata(wal).ok().map(|m| (m.len(), m.modified().ok()))
+}
+
+/// Most jobs one group commit stores (a single push of more goes alone).
+const GROUP_JOBS: usize = 1000;
+
+/// What a SQLite store has beside its statements. Cloned (cheaply: shared handles) for the
+/// group writer's task.
+#[derive(Clone)]
 pub(crate) struct SqliteBackend {
     /// The one connection this process writes through; the lock is the queue of writers. A
     /// pool would ping the connection after every statement.
-    writer: Mutex<SqliteConnection>,
+    writer: Arc<Mutex<SqliteConnection>>,
     reader: SqlitePool,
+    /// Pushes waiting for the group writer (see [`SqliteBackend::push_grouped`]).
+    pushes: Arc<std::sync::Mutex<Pushes>>,
+    /// Held while the store lives; the checkpointer stops when it is gone.
+    #[allow(dead_code)]
+    alive: Arc<()>,
+    /// The WAL file, which idle workers watch for other processes' commits.
+    wal: Arc<Path>,
+}
+
+/// A push waiting to be written, with where its answer goes.
+type Waiting = (Vec<NewJob>, oneshot::Sender<Result<Vec<PushOutcome>>>);
+
+/// The pushes queued for the group writer, and whether its task is running.
+#[derive(Default)]
+struct Pushes {
+    waiting: Vec<Waiting>,
+    running: bool,
+}
+
+impl Pushes {
+    /// Takes the next group: the waiting pushes in order, up to [`GROUP_JOBS`] jobs (at least
+    /// one push), stopping before a push that shares a job id or a unique key with an earlier
+    /// one of the group, so that each push is answered as if it ran alone after the previous
+    /// ones (a later `Period` key may take over one that expired meanwhile). Pushes whose caller
+    /// is gone are dropped: nobody would learn that they were stored.
+    fn take_group(&mut self) -> Vec<Waiting> {
+        self.waiting.retain(|(_, reply)| !reply.is_closed());
+        let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut keys: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+        let mut take = 0;
+        let mut jobs = 0;
+        'pushes: for (push, _) in &self.waiting {
+            if take > 0 && jobs + push.len() > GROUP_JOBS {
+                break;
+            }
+            if take > 0 {
+                for job in push {
+                    let key = job.unique.as_ref().map(|u| (job.queue.as_str(), u.key.as_str()));
+                    if ids.contains(job.id.as_str()) || key.is_some_and(|k| keys.contains(&k)) {
+                        break 'pushes;
+                    }
+                }
+            }
+            for job in push {
+                ids.insert(job.id.as_str());
+                if let Some(u) = &job.unique {
+                    keys.insert((job.queue.as_str(), u.key.as_str()));
+                }
+            }
+            take += 1;
+            jobs += push.len();
+        }
+        self.waiting.drain(..take).collect()
+    }
+}
+
+/// The group writer's run. If it ends other than by finding the queue empty (a panic, or its
+/// runtime shutting down), marks it stopped and drops the pushes still waiting (their callers
+/// get an error: nothing of theirs was stored), so that none waits forever and the next push
+/// starts a new writer.
+struct WriterRun {
+    pushes: Arc<std::sync::Mutex<Pushes>>,
+    finished: bool,
+}
+
+impl Drop for WriterRun {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut pushes = self.pushes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pushes.running = false;
+            pushes.waiting.clear();
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -64,6 +152,35 @@ impl Backend for SqliteBackend {
 
     async fn writer(&self) -> Result<MutexGuard<'_, Conn>> {
         Ok(self.writer.lock().await)
+    }
+
+    /// Group commit: the push joins the queue of the group writer (a task, started when the
+    /// queue was idle), which takes every push waiting when it gets the write connection and
+    /// stores them in one transaction, one commit. Each caller gets its own outcomes; a group
+    /// that fails is rolled back and its pushes are tried again one by one, so an error is
+    /// its push's own, and means none of its jobs was stored. The task owns the transaction,
+    /// so a caller that gives up cannot leave the others without an answer.
+    fn push_grouped(
+        store: &Store,
+        jobs: Vec<NewJob>,
+    ) -> std::result::Result<impl Future<Output = Result<Vec<PushOutcome>>> + Send, Vec<NewJob>>
+    {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut pushes =
+                store.backend.pushes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pushes.waiting.push((jobs, reply));
+            !std::mem::replace(&mut pushes.running, true)
+        };
+        if start {
+            let writer = Store {
+                sql: Arc::clone(&store.sql),
+                shared: Arc::clone(&store.shared),
+                backend: store.backend.clone(),
+            };
+            tokio::spawn(async move { writer.write_pushes().await });
+        }
+        Ok(async move { answer.await.map_err(|_| writer_gone())? })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -324,14 +441,91 @@ async fn open_writer(options: &SqliteConnectOptions, sql: &Sql) -> Result<Sqlite
     Ok(writer)
 }
 
-/// What the driver sets on its own connections. In WAL mode, NORMAL loses no committed job
-/// when a process crashes; only a power loss may take back the last transactions, and it makes
-/// commits far cheaper.
-fn writer_options(options: SqliteConnectOptions) -> SqliteConnectOptions {
+/// What the driver sets on its own connections (`synchronous`: see [`synchronous_of`]).
+///
+/// The statement cache holds each size of the statements built per row count (a group commit's
+/// insert and key upsert, a settle call's completion): at sqlx's default of 100 they evicted
+/// each other and were prepared again. Checkpoints are the checkpointer's (see
+/// [`checkpoints`]); the writer runs one itself only when the WAL has grown past
+/// [`WRITER_CHECKPOINT_PAGES`] (the checkpointer stopped or cannot keep up).
+fn writer_options(options: SqliteConnectOptions, sync: SqliteSynchronous) -> SqliteConnectOptions {
     options
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(sync)
         .busy_timeout(BUSY_TIMEOUT)
+        .statement_cache_capacity(STATEMENT_CACHE)
+        .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
         .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT)
+}
+
+/// Statements each connection keeps prepared.
+const STATEMENT_CACHE: usize = 1024;
+
+/// WAL pages (4 KiB) past which a commit of the writer checkpoints itself (SQLite's default
+/// is 1,000, which put a checkpoint, with its two `fsync`s, inside one commit in ~1,000).
+const WRITER_CHECKPOINT_PAGES: u32 = 20_000;
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The checkpointer: on a connection of its own, a `PASSIVE` checkpoint (which waits for no
+/// reader or writer) every [`CHECKPOINT_INTERVAL`], so that the copy and its `fsync`s run beside
+/// the writer, not inside one of its commits, where they held up every write queued behind it
+/// (the latency's p99). Ends, closing its connection, once the store is gone (`alive`).
+async fn checkpoints(options: SqliteConnectOptions, alive: std::sync::Weak<()>) {
+    let mut conn: Option<SqliteConnection> = None;
+    loop {
+        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+        if alive.strong_count() == 0 {
+            break;
+        }
+        if conn.is_none() {
+            conn = options.connect().await.ok();
+        }
+        if let Some(c) = conn.as_mut()
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *c).await
+        {
+            tracing::debug!(error = %e, "SQLite checkpoint failed; reconnecting");
+            conn = None;
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+}
+
+/// The `synchronous` level: `?synchronous=normal` (the default), `full` or `extra` at the end
+/// of a `sqlite://` URL (see the README's "SQLite durability"); answers the URL without it, as
+/// sqlx does not know the setting.
+fn synchronous_of(url: &str) -> Result<(String, SqliteSynchronous)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), SqliteSynchronous::Normal));
+    };
+    let mut sync = SqliteSynchronous::Normal;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("synchronous", level)) => {
+                sync = match level.to_ascii_lowercase().as_str() {
+                    "normal" => SqliteSynchronous::Normal,
+                    "full" => SqliteSynchronous::Full,
+                    "extra" => SqliteSynchronous::Extra,
+                    other => {
+                        return Err(Error::config(
+                            URL_SETTING,
+                            format!(
+                                "synchronous={other} in the SQLite URL: expected normal (the \
+                                 default: a power loss may take back the last commits), full \
+                                 (durable at commit) or extra"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    Ok((url, sync))
 }
 
 fn sql_for(config: &DatabaseConfig) -> Sql {
@@ -377,7 +571,80 @@ async fn open_checked(
     Ok(writer)
 }
 
+/// The answer to a push whose group writer ended without answering (it panicked).
+fn writer_gone() -> Error {
+    Error::backend(common::DRIVER, "the SQLite group writer stopped; the push was not stored")
+}
+
 impl Store {
+    /// The group writer's task: writes groups of waiting pushes until none is left.
+    async fn write_pushes(self) {
+        let mut run = WriterRun { pushes: Arc::clone(&self.backend.pushes), finished: false };
+        loop {
+            // Lets the callers just answered (and woken on this thread) queue their next
+            // pushes first, so that they join this group instead of the one after.
+            tokio::task::yield_now().await;
+            let mut conn = self.backend.writer.lock().await;
+            // Taken once the connection is ours: what arrived while it was busy joins.
+            let group = {
+                let mut pushes =
+                    self.backend.pushes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let group = pushes.take_group();
+                if group.is_empty() {
+                    // Under the lock: a push queued after this sees `running` false and
+                    // starts a new task.
+                    pushes.running = false;
+                    run.finished = true;
+                    return;
+                }
+                group
+            };
+            let mut stored = false;
+            if group.len() == 1 {
+                let (jobs, reply) = group.into_iter().next().expect("one push");
+                let result = self.push_on(&mut conn, &jobs).await;
+                stored = result.as_ref().is_ok_and(|(_, any)| *any);
+                let _ = reply.send(result.map(|(outcomes, _)| outcomes));
+            } else {
+                let lens: Vec<usize> = group.iter().map(|(jobs, _)| jobs.len()).collect();
+                let (all, replies): (Vec<Vec<NewJob>>, Vec<_>) = group.into_iter().unzip();
+                let jobs: Vec<NewJob> = all.into_iter().flatten().collect();
+                match self.push_on(&mut conn, &jobs).await {
+                    Ok((outcomes, any)) => {
+                        stored = any;
+                        let mut outcomes = outcomes.into_iter();
+                        for (reply, len) in replies.into_iter().zip(lens) {
+                            let _ = reply.send(Ok(outcomes.by_ref().take(len).collect()));
+                        }
+                    }
+                    Err(_) => {
+                        // Rolled back: each push again on its own, for its own answer.
+                        let mut jobs = jobs.into_iter();
+                        for (reply, len) in replies.into_iter().zip(lens) {
+                            let mine: Vec<NewJob> = jobs.by_ref().take(len).collect();
+                            let result = self.push_on(&mut conn, &mine).await;
+                            stored |= result.as_ref().is_ok_and(|(_, any)| *any);
+                            let _ = reply.send(result.map(|(outcomes, _)| outcomes));
+                        }
+                    }
+                }
+            }
+            drop(conn);
+            if stored {
+                self.shared.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Stores `jobs` in one transaction on the write connection; answers their outcomes and
+    /// whether any was stored.
+    async fn push_on(&self, conn: &mut Conn, jobs: &[NewJob]) -> Result<(Vec<PushOutcome>, bool)> {
+        let mut tx = SqliteBackend::begin(conn).await?;
+        let (outcomes, queues) = self.insert_jobs(&mut tx, jobs).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok((outcomes, !queues.is_empty()))
+    }
+
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
         let url = config.url.as_str();
         let rest = &url["sqlite:".len()..];
@@ -385,7 +652,8 @@ impl Store {
         if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
             return Err(in_memory());
         }
-        let options = SqliteConnectOptions::from_str(url)
+        let (url, sync) = synchronous_of(url)?;
+        let options = SqliteConnectOptions::from_str(&url)
             .map_err(|e| Error::config(URL_SETTING, format!("{ACCEPTED}: {e}")))?;
         if let Some(dir) = Path::new(options.get_filename()).parent()
             && !dir.as_os_str().is_empty()
@@ -401,15 +669,15 @@ impl Store {
                 )
             })?;
         }
-        let options =
-            writer_options(options.create_if_missing(true)).journal_mode(SqliteJournalMode::Wal);
+        let options = writer_options(options.create_if_missing(true), sync)
+            .journal_mode(SqliteJournalMode::Wal);
         let writer = open_checked(&options, config).await?;
         let reader = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(Self::new(writer, reader, config, shared))
+            .connect_lazy_with(options.clone());
+        Ok(Self::new(writer, reader, options, config, shared))
     }
 
     /// On an application's pool: reads use it, writes a connection of the driver's own opened
@@ -421,19 +689,33 @@ impl Store {
         config: &DatabaseConfig,
         shared: Arc<Shared>,
     ) -> Result<Self> {
-        let options = writer_options(pool.connect_options().as_ref().clone());
+        let options =
+            writer_options(pool.connect_options().as_ref().clone(), SqliteSynchronous::Normal);
         let writer = open_checked(&options, config).await?;
-        Ok(Self::new(writer, pool, config, shared))
+        Ok(Self::new(writer, pool, options, config, shared))
     }
 
     fn new(
         writer: SqliteConnection,
         reader: SqlitePool,
+        options: SqliteConnectOptions,
         config: &DatabaseConfig,
         shared: Arc<Shared>,
     ) -> Self {
         let sql = Arc::new(sql_for(config));
-        Self { sql, shared, backend: SqliteBackend { writer: Mutex::new(writer), reader } }
+        let mut wal = options.get_filename().as_os_str().to_owned();
+        wal.push("-wal");
+        let wal: Arc<Path> = Path::new(&wal).into();
+        let alive = Arc::new(());
+        tokio::spawn(checkpoints(options, Arc::downgrade(&alive)));
+        let backend = SqliteBackend {
+            writer: Arc::new(Mutex::new(writer)),
+            reader,
+            pushes: Arc::default(),
+            alive,
+            wal,
+        };
+        Self { sql, shared, backend }
     }
 
     pub(crate) async fn claim(
@@ -511,17 +793,32 @@ impl Store {
         let mut notified = std::pin::pin!(notified);
         // Register before looking, so a dispatch between the look and the wait still wakes us.
         notified.as_mut().enable();
+        let wal = &self.backend.wal;
+        let mut seen = wal_stamp(wal);
         loop {
             if self.any_ready(queues, now).await? {
                 return Ok(());
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(());
+            // Until the next poll: a wake-up, or a commit (of this process or another) seen
+            // in the WAL file, which is looked at every WATCH_INTERVAL instead of a query.
+            let poll_at = deadline.min(tokio::time::Instant::now() + POLL_INTERVAL);
+            loop {
+                let now = tokio::time::Instant::now();
+                if now >= poll_at {
+                    break;
+                }
+                tokio::select! {
+                    () = notified.as_mut() => return Ok(()),
+                    () = tokio::time::sleep((poll_at - now).min(WATCH_INTERVAL)) => {}
+                }
+                let stamp = wal_stamp(wal);
+                if stamp != seen {
+                    seen = stamp;
+                    break;
+                }
             }
-            tokio::select! {
-                () = notified.as_mut() => return Ok(()),
-                () = tokio::time::sleep((deadline - now).min(POLL_INTERVAL)) => {}
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(());
             }
         }
     }
