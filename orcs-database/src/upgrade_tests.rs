@@ -87,7 +87,22 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6]);
+    if let Target::Postgres(url) = &target {
+        // Migration 6: `_ready_since` over a condition the claim does not imply, and the claim
+        // function replaced by the one that updates the picked rows by primary key.
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        let row = sqlx::query(
+            "SELECT pg_get_indexdef('jobs_ready_since'::regclass), \
+             pg_get_functiondef('jobs_claim'::regproc)",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("catalog");
+        let (index, function): (String, String) = (row.get(0), row.get(1));
+        assert!(index.contains("reserved_until IS NULL"), "{index}");
+        assert!(function.contains("= ANY (ARRAY (SELECT id FROM picked))"), "{function}");
+    }
     // Migration 5: a job failed before it has no error history; the operations tables work.
     let failed = driver.get("01J00000000000000000000005", now).await.expect("get").expect("job");
     assert_eq!((failed.state, failed.errors.len()), (JobState::Failed, 0));
