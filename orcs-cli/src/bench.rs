@@ -10,7 +10,8 @@
 //! start (opt-in: it runs for `--schedule-secs`, 30 s by default; see
 //! [`Phase::ScheduleLatency`]). Two measure operations (issue #13, opt-in, in `bench_ops.rs`):
 //! `/metrics` and the overview page with the backlog queued, and what heartbeats and metrics cost
-//! a drain.
+//! a drain. One (issue #14, opt-in, in `bench_features.rs`) measures what the section 8 features
+//! cost a drain when they are all on.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -66,8 +67,17 @@ pub(crate) enum Phase {
     /// rounds without them and with them (heartbeats every 5 s and every 1 s, the metrics
     /// observer, a render every second). Not in the default phases.
     OpsCost,
+    /// What the section 8 features cost together: (c) drained in alternating rounds plain and
+    /// with every job under a unique key, a concurrency limit that does not bind, heartbeats and
+    /// the metrics recorder on. Not in the default phases.
+    DrainFeatures,
+    /// drain-features with each feature on its own too (unique keys, the limit, heartbeats and
+    /// metrics), to see which costs what. Not in the default phases.
+    DrainFeaturesEach,
 }
 
+#[path = "bench_features.rs"]
+mod features;
 #[path = "bench_ops.rs"]
 mod ops;
 
@@ -509,6 +519,13 @@ pub(crate) async fn run(
                     }
                 })
             }
+            Phase::DrainFeatures | Phase::DrainFeaturesEach => {
+                features::phase(queue, n, *phase == Phase::DrainFeaturesEach).await.map(|fields| {
+                    if let Value::Object(fields) = fields {
+                        out.extend(fields);
+                    }
+                })
+            }
             Phase::Fill => {
                 async {
                     queue.clear(QUEUE).await?;
@@ -531,6 +548,7 @@ pub(crate) async fn run(
             Phase::ScheduleLatency => "schedule",
             Phase::OpsLatency => "ops_latency",
             Phase::OpsCost => "ops_cost",
+            Phase::DrainFeatures | Phase::DrainFeaturesEach => "drain_features",
         };
         match result {
             Ok(()) => eprintln!("[orcs] {name}: done"),

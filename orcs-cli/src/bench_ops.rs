@@ -208,30 +208,46 @@ async fn drain_in(queue: &Queue, n: u64, mode: Mode) -> anyhow::Result<f64> {
     match mode {
         Mode::Plain => timed_drain_with(n, base.heartbeat_interval(Duration::ZERO)).await,
         Mode::Ops(secs) => {
-            let metrics = orcs::metrics::Metrics::new();
-            let worker =
-                base.heartbeat_interval(Duration::from_secs(secs)).observer(metrics.observer());
-            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-            let scraper = tokio::spawn({
-                let queue = queue.clone();
-                async move {
-                    let mut tick = tokio::time::interval(SCRAPE_EVERY);
-                    let mut size = 0;
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => size = metrics.render(&queue).await?.len(),
-                            _ = &mut stopped => return Ok::<_, orcs_core::Error>(size),
-                        }
-                    }
-                }
-            });
-            let secs = timed_drain_with(n, worker).await;
-            let _ = stop.send(());
-            let size = scraper.await.context("the metrics scraper panicked")??;
-            if size == 0 {
-                bail!("ops-cost: the worker's metrics rendered nothing during the drain");
-            }
-            secs
+            scraped_drain(queue, n, base.heartbeat_interval(Duration::from_secs(secs))).await
         }
     }
+}
+
+/// Drains `n` jobs on `worker` with a metrics recorder as its observer, rendering the metrics
+/// every [`SCRAPE_EVERY`] as a Prometheus scrape would; the render must have run at least once.
+pub(super) async fn scraped_drain(
+    queue: &Queue,
+    n: u64,
+    worker: orcs_core::Worker,
+) -> anyhow::Result<f64> {
+    let metrics = orcs::metrics::Metrics::new();
+    let worker = worker.observer(metrics.observer());
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let scraper = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            let mut tick = tokio::time::interval(SCRAPE_EVERY);
+            let mut size = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => size = metrics.render(&queue).await?.len(),
+                    // A drain shorter than the scheduler's first poll of this task saw no
+                    // scrape: render once now, after the timing, so the check below holds.
+                    _ = &mut stopped => {
+                        if size == 0 {
+                            size = metrics.render(&queue).await?.len();
+                        }
+                        return Ok::<_, orcs_core::Error>(size);
+                    }
+                }
+            }
+        }
+    });
+    let secs = timed_drain_with(n, worker).await;
+    let _ = stop.send(());
+    let size = scraper.await.context("the metrics scraper panicked")??;
+    if size == 0 {
+        bail!("the worker's metrics rendered nothing during the drain");
+    }
+    secs
 }

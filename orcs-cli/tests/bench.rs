@@ -52,3 +52,52 @@ fn bench_payload_size_does_not_depend_on_the_index_or_the_clock() {
         assert_eq!(line["payload_bytes"], 102, "--n {n}: {line}");
     }
 }
+
+/// The drain-features phase on one driver: both drains' rates, their ratio and every round's.
+fn drain_features_on(driver_args: &[&str]) -> Value {
+    drain_features_phase(driver_args, "drain-features")
+}
+
+fn drain_features_phase(driver_args: &[&str], phase: &str) -> Value {
+    let mut args = driver_args.to_vec();
+    args.extend(["bench", "--n", "300", "--phases", phase]);
+    let out = orcs(&args);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert!(line.get("drain_features_error").is_none(), "{line}");
+    for key in ["drain_features_jps", "drain_features_plain_jps", "drain_features_vs_plain"] {
+        assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key} missing in {line}");
+    }
+    let rounds = line["drain_features_rounds"].as_u64().expect("rounds");
+    for key in ["drain_features_jps_rounds", "drain_features_plain_jps_rounds"] {
+        assert_eq!(line[key].as_array().map(Vec::len), Some(rounds as usize), "{key} in {line}");
+    }
+    let (median, worst) =
+        (line["drain_features_vs_plain"].as_f64(), line["drain_features_vs_plain_min"].as_f64());
+    assert!(worst <= median, "{line}");
+    line
+}
+
+#[test]
+fn bench_drain_features_on_the_memory_driver() {
+    drain_features_on(&["--driver", "memory"]);
+}
+
+#[test]
+fn bench_drain_features_each_reports_every_feature_alone() {
+    let line = drain_features_phase(&["--driver", "memory"], "drain-features-each");
+    for feature in ["unique", "limit", "ops"] {
+        let key = format!("drain_features_{feature}_vs_plain");
+        assert!(line[&key].as_f64().is_some_and(|v| v > 0.0), "{key} missing in {line}");
+    }
+}
+
+#[test]
+fn bench_drain_features_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("orcs-bench-features-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    let url = format!("sqlite://{}", dir.join("bench.db").display());
+    let line = drain_features_on(&["--driver", "database", "--url", &url]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(line["driver"], "database", "{line}");
+}

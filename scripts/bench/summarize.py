@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark JSON lines to a markdown table: median (min-max) per metric, ratio to the baseline.
 
-    summarize.py LABEL=FILE.jsonl [LABEL=FILE.jsonl ...]
+    summarize.py [--ours LABEL] LABEL=FILE.jsonl [LABEL=FILE.jsonl ...]
 
 The first column is the baseline. Each file holds one JSON line per run (orcs bench, or a peer
 harness with the same keys, or a memory line with `bytes_per_job`).
+
+--ours LABEL adds a last column: that column's median over the best other column's (the highest
+rate, or the lowest time or size), naming it, and, when the lines carry a `round` key
+(scripts/bench.sh adds it), the worst round's ratio: in each round LABEL's median over the best
+of the others in that round.
 """
 import json
 import statistics
@@ -34,7 +39,50 @@ METRICS = [
     ("drain_ops1_jps", "(c) drain, heartbeats 1 s + metrics observer + scrape 1 s (jobs/s)"),
     ("drain_ops5_vs_plain", "(c) ops (5 s) / plain, median of rounds (>= 0.97)"),
     ("drain_ops1_vs_plain", "(c) ops (1 s) / plain, median of rounds"),
+    ("drain_features_plain_jps", "(c) drain, section 8 features off (jobs/s)"),
+    ("drain_features_jps", "(c) drain, unique keys + non-binding limit + heartbeats + metrics (jobs/s)"),
+    ("drain_features_vs_plain", "(c) features / plain, median of rounds (>= 0.90)"),
+    ("drain_features_vs_plain_min", "(c) features / plain, worst round"),
+    ("drain_features_unique_vs_plain", "(c) unique keys alone / plain (drain-features-each)"),
+    ("drain_features_limit_vs_plain", "(c) non-binding limit alone / plain (drain-features-each)"),
+    ("drain_features_ops_vs_plain", "(c) heartbeats + metrics alone / plain (drain-features-each)"),
 ]
+
+
+def lower_is_better(key):
+    return key.endswith("_ms") or key == "bytes_per_job"
+
+
+def versus_best(key, ours, others):
+    """The `--ours` cell: ours over the best of the others, overall and in the worst round."""
+    def median_of(runs, rnd=None):
+        vals = [r[key] for r in runs
+                if isinstance(r.get(key), (int, float)) and (rnd is None or r.get("round") == rnd)]
+        return statistics.median(vals) if vals else None
+
+    def best(runs_by_label, rnd=None):
+        meds = [(median_of(runs, rnd), label) for label, runs in runs_by_label]
+        meds = [(m, label) for m, label in meds if m is not None and m > 0]
+        if not meds:
+            return None
+        return min(meds) if lower_is_better(key) else max(meds)
+
+    mine, top = median_of(ours), best(others)
+    if mine is None:
+        return "-"
+    if top is None:
+        return "no peer figure"
+    cell = f"x{mine / top[0]:.2f} ({top[1]})"
+    rounds = sorted({r["round"] for r in ours if "round" in r})
+    per_round = []
+    for rnd in rounds:
+        m, t = median_of(ours, rnd), best(others, rnd)
+        if m is not None and t is not None:
+            per_round.append(m / t[0])
+    if len(per_round) > 1:
+        worst = max(per_round) if lower_is_better(key) else min(per_round)
+        cell += f", worst round x{worst:.2f}"
+    return cell
 
 
 def fmt(x):
@@ -52,7 +100,14 @@ def load(path):
 
 
 def main(argv):
-    cols = [(a.rpartition("=")[0], load(a.rpartition("=")[2])) for a in argv[1:]]
+    args = argv[1:]
+    ours = None
+    if len(args) >= 2 and args[0] == "--ours":
+        ours, args = args[1], args[2:]
+    cols = [(a.rpartition("=")[0], load(a.rpartition("=")[2])) for a in args]
+    if ours is not None and ours not in [label for label, _ in cols]:
+        print(f"--ours {ours!r} names no column", file=sys.stderr)
+        return 2
     if not cols:
         print(__doc__, file=sys.stderr)
         return 2
@@ -60,8 +115,10 @@ def main(argv):
     def runs_of(runs):
         return sum(1 for r in runs if "bytes_per_job" not in r)
 
-    print("| metric | " + " | ".join(f"{label} (runs: {runs_of(runs)})" for label, runs in cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
+    extra = [f"{ours} / best peer (time: below 1 is faster)"] if ours is not None else []
+    print("| metric | " + " | ".join(
+        [f"{label} (runs: {runs_of(runs)})" for label, runs in cols] + extra) + " |")
+    print("|---" * (len(cols) + 1 + len(extra)) + "|")
     for key, name in METRICS:
         values = [[r[key] for r in runs if isinstance(r.get(key), (int, float))] for _, runs in cols]
         if not any(values):
@@ -78,6 +135,10 @@ def main(argv):
             if base and vals is not values[0]:
                 cell += f" x{med / base:.2f}"
             cells.append(cell)
+        if ours is not None:
+            mine = [runs for label, runs in cols if label == ours][0]
+            others = [(label, runs) for label, runs in cols if label != ours]
+            cells.append(versus_best(key, mine, others))
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
