@@ -361,24 +361,30 @@ impl Backend for PgBackend {
         batch: &str,
         limits: Limits,
     ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
+        let claim = |want: usize| {
+            q(&store.sql.claim_limited_pg)
+                .bind(queue.to_owned())
+                .bind(req.now)
+                .bind(crate::common::duration_ms(req.default_timeout_ms))
+                .bind(crate::common::duration_ms(req.grace_ms))
+                .bind(batch.to_owned())
+                .bind(i64::try_from(want).unwrap_or(i64::MAX))
+        };
+        let mut rows = claim(want).fetch_all(&mut *conn).await.map_err(backend)?;
         // A worker lets a slot go when the job's code ends, before its completion is written,
         // and claims again at once: counted as reserved, a job whose completion is still in
-        // flight would keep that claim short of the worker's free slots (a drain under a
-        // non-binding limit ran at 0.70 of the unlimited one). The settle started just before
-        // the claim, so waiting for it costs about its round trip.
-        if limits.concurrency.is_some() {
+        // flight keeps a claim that the limit cut short of the worker's free slots (a drain
+        // under a limit equal to its slots ran at 0.70 of the unlimited one). So a claim the
+        // limit may have cut waits for this store's settles in flight (about their round trip)
+        // and claims the rest; one the limit did not cut never waits.
+        if limits.concurrency.is_some()
+            && rows.len() < want
+            && store.backend.settling.load(Ordering::SeqCst) > 0
+        {
             store.backend.settles_written().await;
+            let more = claim(want - rows.len()).fetch_all(&mut *conn).await.map_err(backend)?;
+            rows.extend(more);
         }
-        let rows = q(&store.sql.claim_limited_pg)
-            .bind(queue.to_owned())
-            .bind(req.now)
-            .bind(crate::common::duration_ms(req.default_timeout_ms))
-            .bind(crate::common::duration_ms(req.grace_ms))
-            .bind(batch.to_owned())
-            .bind(i64::try_from(want).unwrap_or(i64::MAX))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
         // Only a hint for the idle worker's sleep: the limits the promotion read will do.
         let mut reopens = None;
         if let Some(rate) = limits.rate
