@@ -436,6 +436,38 @@ fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// The order in which `modes` modes run over `rounds` rounds: every mode once a round, the first
+/// mode rotating, so that a drift of the machine's load falls on every mode alike. Yields
+/// `(round, mode)`.
+fn rotation(rounds: usize, modes: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..rounds).flat_map(move |round| (0..modes).map(move |k| (round, (round + k) % modes)))
+}
+
+/// Writes each mode's figures from `rates[mode][round]` (jobs/s) under its `prefixes[mode]`:
+/// `<prefix>_jps` (the median), `<prefix>_jps_rounds` (every round: on a busy machine the spread
+/// says how far to trust a ratio) and, for every mode but the first (the baseline), the median and
+/// the worst over rounds of that round's ratio to the baseline, `<prefix>_vs_plain` and
+/// `<prefix>_vs_plain_min`.
+fn summarize_modes(
+    out: &mut serde_json::Map<String, Value>,
+    prefixes: &[String],
+    rates: &[Vec<f64>],
+) {
+    for (m, (prefix, mode)) in prefixes.iter().zip(rates).enumerate() {
+        let mut sorted = mode.clone();
+        sorted.sort_by(f64::total_cmp);
+        out.insert(format!("{prefix}_jps"), json!(percentile(&sorted, 50.0).round()));
+        let each: Vec<u64> = mode.iter().map(|r| r.round() as u64).collect();
+        out.insert(format!("{prefix}_jps_rounds"), json!(each));
+        if m > 0 {
+            let mut ratios: Vec<f64> = mode.iter().zip(&rates[0]).map(|(r, p)| r / p).collect();
+            ratios.sort_by(f64::total_cmp);
+            out.insert(format!("{prefix}_vs_plain"), json!(r3(percentile(&ratios, 50.0))));
+            out.insert(format!("{prefix}_vs_plain_min"), json!(r3(ratios[0])));
+        }
+    }
+}
+
 fn secs_and_rate(out: &mut serde_json::Map<String, Value>, key: &str, n: u64, secs: f64) {
     out.insert(format!("{key}_secs"), json!(r3(secs)));
     out.insert(format!("{key}_jps"), json!((n as f64 / secs).round() as u64));
@@ -573,4 +605,30 @@ pub(crate) async fn run(
         eprintln!("[orcs] could not clear the bench queue: {e}");
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_runs_every_mode_once_a_round_and_rotates_the_first() {
+        let order: Vec<(usize, usize)> = rotation(3, 3).collect();
+        assert_eq!(order, [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0), (2, 2), (2, 0), (2, 1)]);
+    }
+
+    #[test]
+    fn summarize_modes_gives_medians_and_ratios_by_round() {
+        let mut out = serde_json::Map::new();
+        let prefixes = ["plain".to_owned(), "all".to_owned()];
+        let rates = [vec![100.0, 200.0, 300.0], vec![90.0, 100.0, 285.0]];
+        summarize_modes(&mut out, &prefixes, &rates);
+        assert_eq!(out["plain_jps"], json!(200.0));
+        assert_eq!(out["all_jps"], json!(100.0));
+        assert_eq!(out["all_jps_rounds"], json!([90, 100, 285]));
+        // Ratios by round: 0.9, 0.5, 0.95; not the ratio of the medians (0.5).
+        assert_eq!(out["all_vs_plain"], json!(0.9));
+        assert_eq!(out["all_vs_plain_min"], json!(0.5));
+        assert!(!out.contains_key("plain_vs_plain"));
+    }
 }

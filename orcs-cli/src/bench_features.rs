@@ -9,8 +9,8 @@ use orcs_core::{DispatchOptions, Queue, QueueLimits, UniqueUntil};
 use serde_json::{Value, json};
 
 use super::{
-    BULK_CHUNK, BenchJob, CONCURRENCY, QUEUE, bulk_enqueue, check_pending, ops, percentile, r3,
-    timed_drain_with, worker,
+    BULK_CHUNK, BenchJob, CONCURRENCY, QUEUE, bulk_enqueue, check_pending, ops, rotation,
+    summarize_modes, timed_drain_with, worker,
 };
 
 /// Rounds; each drains once in every mode, the modes in a rotating order so that a drift of the
@@ -67,36 +67,23 @@ pub(super) async fn phase(queue: &Queue, n: u64, each: bool) -> anyhow::Result<V
         vec![Features::PLAIN, Features::ALL]
     };
     let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); modes.len()];
-    for round in 0..ROUNDS {
-        for k in 0..modes.len() {
-            let m = (round + k) % modes.len();
-            let tag = format!("{round}{}", modes[m].key());
-            let secs = drain_with(queue, n, &tag, modes[m]).await?;
-            rates[m].push(n as f64 / secs);
-        }
+    for (round, m) in rotation(ROUNDS, modes.len()) {
+        let tag = format!("{round}{}", modes[m].key());
+        let secs = drain_with(queue, n, &tag, modes[m]).await?;
+        rates[m].push(n as f64 / secs);
     }
     queue.clear(QUEUE).await?;
     let mut out = serde_json::Map::new();
     out.insert("drain_features_rounds".into(), json!(ROUNDS));
     out.insert("drain_features_limit".into(), json!(LIMIT));
-    for (m, mode) in modes.iter().enumerate() {
-        let prefix = match mode.key() {
+    let prefixes: Vec<String> = modes
+        .iter()
+        .map(|mode| match mode.key() {
             "all" => "drain_features".to_owned(),
             key => format!("drain_features_{key}"),
-        };
-        let mut sorted = rates[m].clone();
-        sorted.sort_by(f64::total_cmp);
-        out.insert(format!("{prefix}_jps"), json!(percentile(&sorted, 50.0).round()));
-        // Every round's figure too: on a busy machine the spread says how far to trust a ratio.
-        let each: Vec<u64> = rates[m].iter().map(|r| r.round() as u64).collect();
-        out.insert(format!("{prefix}_jps_rounds"), json!(each));
-        if m > 0 {
-            let mut ratios: Vec<f64> = (0..ROUNDS).map(|r| rates[m][r] / rates[0][r]).collect();
-            ratios.sort_by(f64::total_cmp);
-            out.insert(format!("{prefix}_vs_plain"), json!(r3(percentile(&ratios, 50.0))));
-            out.insert(format!("{prefix}_vs_plain_min"), json!(r3(ratios[0])));
-        }
-    }
+        })
+        .collect();
+    summarize_modes(&mut out, &prefixes, &rates);
     Ok(Value::Object(out))
 }
 

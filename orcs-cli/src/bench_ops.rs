@@ -10,7 +10,10 @@ use anyhow::{Context as _, bail};
 use orcs_core::Queue;
 use serde_json::{Value, json};
 
-use super::{QUEUE, bulk_enqueue, check_pending, percentile, r3, timed_drain_with, worker};
+use super::{
+    QUEUE, bulk_enqueue, check_pending, percentile, r3, rotation, summarize_modes,
+    timed_drain_with, worker,
+};
 
 /// Requests of each kind (`/metrics`, the overview) timed by the ops-latency phase.
 const REQUESTS: usize = 300;
@@ -160,42 +163,23 @@ impl Mode {
     }
 }
 
-/// Drains `n` queued jobs in each [`Mode`], [`COST_ROUNDS`] times, the modes in a rotating order
-/// so that a drift of the machine's load falls on every mode alike; answers the median jobs/s of
+/// Drains `n` queued jobs in each [`Mode`], [`COST_ROUNDS`] times in [`rotation`]; answers the median jobs/s of
 /// each mode and the median over rounds of each round's ops/plain ratio.
 pub(super) async fn phase_cost(queue: &Queue, n: u64) -> anyhow::Result<Value> {
     let modes = [Mode::Plain, Mode::Ops(5), Mode::Ops(1)];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    for round in 0..COST_ROUNDS {
-        for k in 0..modes.len() {
-            let m = (round + k) % modes.len();
-            queue.clear(QUEUE).await?;
-            bulk_enqueue(queue, n).await?;
-            let secs = drain_in(queue, n, modes[m]).await?;
-            rates[m].push(n as f64 / secs);
-        }
+    for (_, m) in rotation(COST_ROUNDS, modes.len()) {
+        queue.clear(QUEUE).await?;
+        bulk_enqueue(queue, n).await?;
+        let secs = drain_in(queue, n, modes[m]).await?;
+        rates[m].push(n as f64 / secs);
     }
     queue.clear(QUEUE).await?;
     let mut out = serde_json::Map::new();
     out.insert("ops_cost_rounds".into(), json!(COST_ROUNDS));
     out.insert("ops_cost_n".into(), json!(n));
-    for (m, mode) in modes.iter().enumerate() {
-        let mut sorted = rates[m].clone();
-        sorted.sort_by(f64::total_cmp);
-        out.insert(format!("drain_{}_jps", mode.key()), json!(percentile(&sorted, 50.0).round()));
-        // Every round's figure too: on a busy machine the spread says how far to trust a ratio.
-        let each: Vec<u64> = rates[m].iter().map(|r| r.round() as u64).collect();
-        out.insert(format!("drain_{}_jps_rounds", mode.key()), json!(each));
-        if m > 0 {
-            let mut ratios: Vec<f64> =
-                (0..COST_ROUNDS).map(|r| rates[m][r] / rates[0][r]).collect();
-            ratios.sort_by(f64::total_cmp);
-            out.insert(
-                format!("drain_{}_vs_plain", mode.key()),
-                json!(r3(percentile(&ratios, 50.0))),
-            );
-        }
-    }
+    let prefixes: Vec<String> = modes.iter().map(|mode| format!("drain_{}", mode.key())).collect();
+    summarize_modes(&mut out, &prefixes, &rates);
     // The acceptance figure: the default 5 s interval.
     if let Some(ratio) = out.get("drain_ops5_vs_plain").cloned() {
         out.insert("drain_ops_vs_plain".into(), ratio);
