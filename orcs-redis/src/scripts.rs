@@ -118,7 +118,35 @@ local function batch_of(blob)
 end
 ";
 
-/// Stores a job as a push does, with or without the `registered` mark.
+/// Settles a unique key some other job holds already.
+const KEY_HELD: &str = r"
+-- Called when job `id`, whose record was just stored in `jobs`, could not take unique `key` (a
+-- field of `unique`, its holder's id the value) with HSETNX: if the holder still holds it (a
+-- Period key until its time in `expiry`, a Started or Finished key while the holder's record
+-- lives), takes the record out again and returns the holder's id. Otherwise (a holder without
+-- a record was deleted by an older orcs, say) the key passes to `id`, leaving `expiry` unless
+-- `period` (the caller sets the new time), and it returns nil. The caller makes the HSETNX
+-- itself, so that a free key (the common case) costs no function call.
+local function key_held(jobs, unique, expiry, id, key, now, period)
+  local holder = redis.call('HGET', unique, key)
+  local exp = redis.call('ZSCORE', expiry, key)
+  local held
+  if exp then
+    held = now < tonumber(exp)
+  else
+    held = redis.call('HEXISTS', jobs, holder) == 1
+  end
+  if held then
+    redis.call('HDEL', jobs, id)
+    return holder
+  end
+  redis.call('HSET', unique, key, id)
+  if exp and not period then redis.call('ZREM', expiry, key) end
+  return nil
+end
+";
+
+/// Stores a job as a push does, with or without the `registered` mark (needs [`KEY_HELD`]).
 const STORE: &str = r"
 -- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
 -- unique, unique_expiry, unique_of), from its 9 arguments starting at a[b] (group, id,
@@ -145,22 +173,8 @@ local function store(k, a, b)
       end
     end
     if redis.call('HSETNX', KEYS[k + 5], key, id) == 0 then
-      local holder = redis.call('HGET', KEYS[k + 5], key)
-      local exp = redis.call('ZSCORE', KEYS[k + 6], key)
-      local held
-      if exp then
-        held = now < tonumber(exp)
-      else
-        -- A Started or Finished key is held while its job lives; a holder without a record
-        -- (deleted by an older orcs, say) frees it.
-        held = redis.call('HEXISTS', KEYS[k + 3], holder) == 1
-      end
-      if held then
-        redis.call('HDEL', KEYS[k + 3], id)
-        return holder
-      end
-      redis.call('HSET', KEYS[k + 5], key, id)
-      if exp and expires == '' then redis.call('ZREM', KEYS[k + 6], key) end
+      local holder = key_held(KEYS[k + 3], KEYS[k + 5], KEYS[k + 6], id, key, now, expires ~= '')
+      if holder then return holder end
     end
     if expires ~= '' then redis.call('ZADD', KEYS[k + 6], expires, key) end
     if spec ~= 'k' then redis.call('HSET', KEYS[k + 7], id, spec) end
@@ -186,7 +200,8 @@ end
 ";
 
 /// Every helper, in an order where each comes after those it uses.
-const PRELUDE: [&str; 8] = [HEADER, ARM, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, STORE];
+const PRELUDE: [&str; 9] =
+    [HEADER, ARM, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, KEY_HELD, STORE];
 
 /// Helpers of the scripts that may end a batch's child, or create, cancel or fire workflow
 /// state; appended to [`PRELUDE`].
@@ -552,13 +567,7 @@ fn job_args(
     child: bool,
 ) {
     call.arg(group).arg(&job.id);
-    // A job due by its dispatch goes straight to the ready set; a delayed one waits (and a
-    // waiter woken by the marker learns its due time from the next claim).
-    if job.available_at <= job.dispatched_at {
-        call.arg("r").arg(-i64::from(job.priority));
-    } else {
-        call.arg("d").arg(job.available_at);
-    }
+    place_args(call, job);
     call.arg(if child { encode_child(job, layout) } else { encode(job, layout) });
     match &job.unique {
         Some(unique) => {
@@ -667,8 +676,74 @@ for k in pairs(touched) do arm(KEYS[k + 4]) end
 return out
 ";
 
+/// [`PUSH`] for jobs whose keys, if any, are `Started` or `Finished` keys carried in their
+/// records (layout 3, or a v4 record), the usual keyed dispatch: no Period key to set or
+/// prune, no `unique_of`, so a keyed job costs [`PUSH_PLAIN`]'s commands plus the key's
+/// `HSETNX`, and one argument more. KEYS, 6 per queue group g (0-based): ready, delayed, jobs,
+/// marker, unique, unique_expiry (read only when the key is held, to see whether its holder's
+/// Period is over). ARGV[1]: the jobs' dispatch time (one for the call: the client sends this
+/// script only when its keyed jobs share it), then 6 per job: group, id, 'r' or 'd', score,
+/// record, unique key ('' for none). Returns per job what [`PUSH`] returns.
+const PUSH_KEYED: &str = r"
+local out, touched = {}, {}
+for b = 2, #ARGV, 6 do
+  local k = tonumber(ARGV[b]) * 6
+  local id, key = ARGV[b + 1], ARGV[b + 5]
+  local r = 1
+  if redis.call('HSETNX', KEYS[k + 3], id, ARGV[b + 4]) == 0 then
+    r = 0
+  elseif key ~= '' and redis.call('HSETNX', KEYS[k + 5], key, id) == 0 then
+    r = key_held(KEYS[k + 3], KEYS[k + 5], KEYS[k + 6], id, key, tonumber(ARGV[1]), false) or 1
+  end
+  if r == 1 then
+    if ARGV[b + 2] == 'r' then
+      redis.call('ZADD', KEYS[k + 1], ARGV[b + 3], id)
+    else
+      redis.call('ZADD', KEYS[k + 2], ARGV[b + 3], id)
+    end
+    touched[k] = true
+  end
+  out[#out + 1] = r
+end
+for k in pairs(touched) do arm(KEYS[k + 4]) end
+return out
+";
+
+/// Appends a job's place ('r'eady or 'd'elayed) and score, as the push scripts take them: a
+/// job due by its dispatch goes straight to the ready set; a delayed one waits (and a waiter
+/// woken by the marker learns its due time from the next claim).
+fn place_args(call: &mut ScriptInvocation<'static>, job: &NewJob) {
+    if job.available_at <= job.dispatched_at {
+        call.arg("r").arg(-i64::from(job.priority));
+    } else {
+        call.arg("d").arg(job.available_at);
+    }
+}
+
+/// The dispatch time [`PUSH_KEYED`] takes for `groups` (stored under `layout`), or `None` when
+/// a job needs [`PUSH`]: a Period key, an empty key, a key kept in `unique_of` (layout 2), or
+/// keyed jobs dispatched at different times (each job's own time decides whether a Period
+/// holder's key is over).
+fn keyed_push_time(groups: &[(Arc<QueueKeys>, Vec<&NewJob>)], layout: u32) -> Option<Millis> {
+    let mut at = None;
+    for job in groups.iter().flat_map(|(_, jobs)| jobs) {
+        let Some(unique) = &job.unique else { continue };
+        // An empty key is a key, but '' stands for none in the lean script's arguments.
+        let lean = (layout >= 3 || is_v4(job))
+            && !unique.key.is_empty()
+            && unique.expires_at(job.dispatched_at).is_none()
+            && at.is_none_or(|at| at == job.dispatched_at);
+        if !lean {
+            return None;
+        }
+        at = Some(job.dispatched_at);
+    }
+    Some(at.unwrap_or_default())
+}
+
 /// The push of `groups`: each a queue and its jobs (at most 1000 in all, checked by the caller),
-/// written for storage layout `layout`; by [`PUSH_PLAIN`] when no job has a unique key.
+/// written for storage layout `layout`; by [`PUSH_PLAIN`] when no job has a unique key, by
+/// [`PUSH_KEYED`] when their keys allow.
 pub(crate) fn push(
     groups: &[(Arc<QueueKeys>, Vec<&NewJob>)],
     layout: u32,
@@ -679,12 +754,27 @@ pub(crate) fn push(
             call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs).key(&keys.marker);
             for job in jobs {
                 call.arg(index).arg(&job.id);
-                if job.available_at <= job.dispatched_at {
-                    call.arg("r").arg(-i64::from(job.priority));
-                } else {
-                    call.arg("d").arg(job.available_at);
-                }
+                place_args(&mut call, job);
                 call.arg(encode(job, layout));
+            }
+        }
+        return call;
+    }
+    if let Some(now) = keyed_push_time(groups, layout) {
+        let mut call = SCRIPTS.push_keyed.prepare_invoke();
+        call.arg(now);
+        for (index, (keys, jobs)) in groups.iter().enumerate() {
+            call.key(&keys.ready)
+                .key(&keys.delayed)
+                .key(&keys.jobs)
+                .key(&keys.marker)
+                .key(&keys.unique)
+                .key(&keys.unique_expiry);
+            for job in jobs {
+                call.arg(index).arg(&job.id);
+                place_args(&mut call, job);
+                call.arg(encode(job, layout));
+                call.arg(job.unique.as_ref().map_or("", |u| u.key.as_str()));
             }
         }
         return call;
@@ -2378,6 +2468,7 @@ pub(crate) fn fire(
 struct Scripts {
     push: Script,
     push_plain: Script,
+    push_keyed: Script,
     unstore: Script,
     claim: Script,
     settle: Script,
@@ -2425,8 +2516,9 @@ fn with_workflow(more: &str, body: &str) -> Script {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    push: script(&[ARM, STORE, PUSH]),
+    push: script(&[ARM, KEY_HELD, STORE, PUSH]),
     push_plain: script(&[ARM, PUSH_PLAIN]),
+    push_keyed: script(&[ARM, KEY_HELD, PUSH_KEYED]),
     unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
     claim: script(&[HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
     settle: script(&[
@@ -2436,6 +2528,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         FREE_KEY,
         MAKE_READY,
         FAIL,
+        KEY_HELD,
         STORE,
         NO_WORKFLOW,
         HISTORY,

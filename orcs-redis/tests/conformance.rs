@@ -503,6 +503,91 @@ mod redis_driver {
         orcs_tests::run(async { large_push_dedupes_unique_keys(cluster().await).await });
     }
 
+    /// The keyed pushes the lean script takes (Started and Finished keys, plain jobs beside
+    /// them, one dispatch time) answer as the general one does: a Period holder keeps its key
+    /// until its time and then passes it on for good (its expiry goes with it), an id in use
+    /// takes no key, and a key taken earlier in the call makes a duplicate.
+    async fn keyed_pushes_meet_every_kind_of_holder(driver: Option<RedisDriver>) {
+        let Some(driver) = driver else { return };
+        let at = |job: NewJob, now: i64| {
+            let mut job = job;
+            (job.dispatched_at, job.available_at) = (now, now);
+            job
+        };
+        let push = |jobs: Vec<NewJob>| driver.push(jobs);
+        let t0 = SystemClock.now();
+        let period = at(keyed("mix", 0, "k", UniqueUntil::Period(10_000)), t0);
+        let holder = period.id.clone();
+        assert_eq!(push(vec![period]).await.expect("push"), [PushOutcome::Stored]);
+        let early = at(keyed("mix", 1, "k", UniqueUntil::Finished), t0 + 5_000);
+        assert_eq!(
+            push(vec![early]).await.expect("push"),
+            [PushOutcome::Duplicate { id: holder }],
+            "within the period"
+        );
+        let late = at(keyed("mix", 2, "k", UniqueUntil::Finished), t0 + 10_000);
+        let holder = late.id.clone();
+        assert_eq!(push(vec![late]).await.expect("push"), [PushOutcome::Stored], "period over");
+        let later = at(keyed("mix", 3, "k", UniqueUntil::Started), t0 + 20_000);
+        assert_eq!(
+            push(vec![later]).await.expect("push"),
+            [PushOutcome::Duplicate { id: holder.clone() }],
+            "the new holder keeps it while it waits, whatever the old period said"
+        );
+
+        // One call: a plain job, a key taken by an earlier job of the call, an id in use.
+        let plain = at(job("mix", 4), t0 + 20_000);
+        let first = at(keyed("mix", 5, "j", UniqueUntil::Started), t0 + 20_000);
+        let second = at(keyed("mix", 6, "j", UniqueUntil::Started), t0 + 20_000);
+        let mut reused = at(keyed("mix", 7, "m", UniqueUntil::Finished), t0 + 20_000);
+        reused.id = holder.clone();
+        let first_id = first.id.clone();
+        assert_eq!(
+            push(vec![plain, first, second, reused]).await.expect("push"),
+            [
+                PushOutcome::Stored,
+                PushOutcome::Stored,
+                PushOutcome::Duplicate { id: first_id },
+                PushOutcome::Duplicate { id: holder },
+            ]
+        );
+        let free = at(keyed("mix", 8, "m", UniqueUntil::Finished), t0 + 20_000);
+        assert_eq!(
+            push(vec![free]).await.expect("push"),
+            [PushOutcome::Stored],
+            "a job whose id was in use took no key"
+        );
+        // Keyed jobs of different dispatch times in one call (the general script).
+        let a = at(keyed("mix", 9, "x", UniqueUntil::Finished), t0 + 20_000);
+        let b = at(keyed("mix", 10, "x", UniqueUntil::Finished), t0 + 20_001);
+        let a_id = a.id.clone();
+        assert_eq!(
+            push(vec![a, b]).await.expect("push"),
+            [PushOutcome::Stored, PushOutcome::Duplicate { id: a_id }]
+        );
+        // An empty key is a key too (the general script: '' means none to the lean one).
+        let empty = at(keyed("mix", 11, "", UniqueUntil::Finished), t0 + 20_000);
+        let empty_id = empty.id.clone();
+        let again = at(keyed("mix", 12, "", UniqueUntil::Finished), t0 + 20_000);
+        assert_eq!(push(vec![empty]).await.expect("push"), [PushOutcome::Stored]);
+        assert_eq!(
+            push(vec![at(job("mix", 13), t0 + 20_000), again]).await.expect("push"),
+            [PushOutcome::Stored, PushOutcome::Duplicate { id: empty_id }]
+        );
+        let stats = driver.stats("mix", t0 + 20_001).await.expect("stats");
+        assert_eq!(stats.pending, 8);
+    }
+
+    #[test]
+    fn keyed_pushes_meet_every_kind_of_holder_on_a_server() {
+        orcs_tests::run(async { keyed_pushes_meet_every_kind_of_holder(single().await).await });
+    }
+
+    #[test]
+    fn keyed_pushes_meet_every_kind_of_holder_on_a_cluster() {
+        orcs_tests::run(async { keyed_pushes_meet_every_kind_of_holder(cluster().await).await });
+    }
+
     /// One touch reports on jobs of several queues (in different slots on a cluster): progress
     /// is stored, the cancelled job is answered, a stale lease is skipped.
     async fn touch_spans_queues(driver: Option<RedisDriver>) {
