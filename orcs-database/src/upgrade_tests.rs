@@ -1,5 +1,6 @@
 //! A database at storage version 3 (the release before workflows), with jobs in every state,
-//! upgrades to version 4 in place and its jobs still run; then batches work on it. The version-3
+//! upgrades in place (to the latest version: migration 7 backfills the queue sizes from its rows)
+//! and its jobs still run; then batches work on it. The version-3
 //! tables come from the very statements of migrations 1 to 3 (an applied migration is never
 //! edited), so they are what that release created.
 
@@ -87,7 +88,15 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7]);
+    // Migration 7: the sizes were backfilled from the rows already there (`stats` reads them).
+    assert_eq!(
+        target.sizes().await,
+        [("limited".to_owned(), 1, 0, 0, 0), ("mail".to_owned(), 1, 1, 1, 1)]
+    );
+    let limited = driver.stats("limited", now).await.expect("stats");
+    assert_eq!((limited.pending, limited.delayed, limited.reserved, limited.failed), (1, 0, 0, 0));
+    assert_eq!(driver.queues().await.expect("queues"), ["limited", "mail"]);
     if let Target::Postgres(url) = &target {
         // Migration 6: `_ready_since` over a condition the claim does not imply, and the claim
         // function replaced by the one that updates the picked rows by primary key.
@@ -140,6 +149,12 @@ async fn upgrade_keeps_the_jobs(target: Target) {
     );
     let stats = driver.stats("mail", now).await.expect("stats");
     assert_eq!((stats.pending, stats.delayed, stats.reserved, stats.processed), (0, 0, 0, 5));
+    assert_eq!(stats.failed, 0);
+    // The triggers kept the backfilled sizes exact through the run.
+    let sizes = target.sizes().await;
+    assert!(sizes.iter().all(|(_, ready, delayed, reserved, failed)| {
+        (*ready, *delayed, *reserved, *failed) == (0, 0, 0, 0)
+    }));
 
     // The new tables work on the upgraded database.
     let mut batch = NewBatch::new(orcs_core::new_job_id(), now);
@@ -186,6 +201,25 @@ impl Target {
             Self::Postgres(url) => {
                 let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
                 sqlx::query(sql).execute(&mut conn).await.expect("execute");
+            }
+        }
+    }
+
+    /// The rows of `jobs_sizes` summed per queue: (queue, ready, delayed, reserved, failed).
+    async fn sizes(&self) -> Vec<(String, i64, i64, i64, i64)> {
+        let sql = "SELECT queue, CAST(SUM(ready) AS BIGINT), CAST(SUM(delayed) AS BIGINT), \
+                   CAST(SUM(reserved) AS BIGINT), CAST(SUM(failed) AS BIGINT) FROM jobs_sizes \
+                   GROUP BY queue ORDER BY queue";
+        match self {
+            Self::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url()).await.expect("open");
+                let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("sizes");
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
+            }
+            Self::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+                let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("sizes");
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
             }
         }
     }

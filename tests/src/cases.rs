@@ -945,6 +945,73 @@ pub async fn processed_counts_each_completion_once(driver: BoxDriver) {
     check_stats(&queue, "default", (0, 0, 0, 0, 10, 0), "ten completions").await;
 }
 
+/// The counters follow the paths that move many jobs in one step, or none: a push with a
+/// duplicate across two queues, a claim across queues, extend and progress (nothing moves), a
+/// claim within a concurrency limit, a running job cancelled whose worker died (ended at
+/// recovery), a release with a delay, clear, prune, and a queue forgotten and then used again.
+pub async fn counters_follow_bulk_and_odd_paths(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let job = |on: &str, tag: u64| new_job(&queue, &orcs_core::new_job_id(), on, tag);
+    let a: Vec<NewJob> = (0..4).map(|tag| job("sz-a", tag)).collect();
+    let mut late = job("sz-b", 5);
+    late.available_at = queue.now() + 3_600_000;
+    let pushed = vec![
+        a[0].clone(),
+        a[1].clone(),
+        a[0].clone(),
+        a[2].clone(),
+        a[3].clone(),
+        job("sz-b", 4),
+        late,
+    ];
+    let outcomes = driver.push(pushed).await.expect("push");
+    assert_eq!(outcomes.iter().filter(|o| **o == PushOutcome::Stored).count(), 6);
+    check_stats(&queue, "sz-a", (4, 0, 0, 0, 0, 0), "a push with a duplicate").await;
+    check_stats(&queue, "sz-b", (1, 1, 0, 0, 0, 0), "the same push").await;
+
+    let held = claim_at(&driver, &names(&["sz-a", "sz-b"]), 3, clock.now()).await.jobs;
+    assert_eq!(held.len(), 3);
+    check_stats(&queue, "sz-a", (1, 0, 3, 0, 0, 0), "a claim across queues").await;
+    let now = clock.now();
+    driver.extend(&held[0].lease, now + 120_000, now).await.expect("extend");
+    let touch = orcs_core::Touch::new(held[1].lease.clone(), Some("{\"done\":1}".to_owned()));
+    driver.touch(&[touch], now).await.expect("touch");
+    check_stats(&queue, "sz-a", (1, 0, 3, 0, 0, 0), "extend and progress move nothing").await;
+
+    queue.set_limits("sz-b", QueueLimits::none().concurrency(1)).await.expect("limits");
+    let limited = claim_at(&driver, &names(&["sz-b"]), 5, now).await.jobs;
+    assert_eq!(limited.len(), 1);
+    check_stats(&queue, "sz-b", (0, 1, 1, 0, 0, 0), "a claim within a limit").await;
+    let id = limited[0].record.id.clone();
+    assert_eq!(queue.cancel(&id).await.expect("cancel"), orcs_core::CancelOutcome::Requested);
+    clock.set(limited[0].lease.expires_at);
+    driver.recover(&names(&["sz-b"]), clock.now()).await.expect("recover");
+    check_stats(&queue, "sz-b", (0, 1, 0, 0, 0, 0), "a cancelled job's dead worker").await;
+    assert_eq!(stats(&queue, "sz-b").await.cancelled, 1);
+
+    let now = clock.now();
+    fail(&driver, &held[0].lease, "boom", now).await.expect("fail");
+    complete(&driver, &held[1].lease, now).await.expect("complete");
+    driver
+        .settle_one(Settle::release(held[2].lease.clone(), now + 1_000), now)
+        .await
+        .expect("release");
+    check_stats(&queue, "sz-a", (1, 1, 0, 1, 1, 1), "failed, completed, released").await;
+    assert_eq!(queue.clear("sz-a").await.expect("clear"), 2);
+    check_stats(&queue, "sz-a", (0, 0, 0, 1, 1, 1), "cleared").await;
+    let mut prune = orcs_core::Prune::new();
+    prune.queue = Some("sz-a".to_owned());
+    prune.keep = Some(0);
+    assert_eq!(driver.prune_failed(&prune).await.expect("prune"), 1);
+    check_stats(&queue, "sz-a", (0, 0, 0, 0, 1, 1), "pruned").await;
+    assert!(queue.forget_queue("sz-a").await.expect("forget"), "empty and idle");
+    check_stats(&queue, "sz-a", (0, 0, 0, 0, 0, 0), "forgotten").await;
+    assert!(!listed(&driver, "sz-a").await, "gone from queues()");
+    driver.push(vec![job("sz-a", 6)]).await.expect("push");
+    check_stats(&queue, "sz-a", (1, 0, 0, 0, 0, 0), "used again").await;
+    assert!(listed(&driver, "sz-a").await, "listed again");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 13. Clear
 

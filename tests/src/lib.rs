@@ -106,6 +106,7 @@ macro_rules! conformance_tests {
             release_makes_the_job_claimable_at_once_without_counting,
             counters_are_exact,
             processed_counts_each_completion_once,
+            counters_follow_bulk_and_odd_paths,
             clear_removes_pending_and_delayed_and_reports_the_count,
             failed_jobs_can_be_retried_forgotten_and_flushed,
             unknown_failed_id_is_not_found,
