@@ -242,39 +242,56 @@ impl Runner {
         outcome
     }
 
-    /// Writes one settle through the batching writer when there is one, else directly.
-    async fn write(&self, settle: &Settle) -> Result<()> {
-        if let Some(settles) = &self.settles {
-            let (reply, result) = oneshot::channel();
-            if settles.send((settle.clone(), reply)).is_ok()
-                && let Ok(result) = result.await
-            {
-                return result;
+    /// Writes one settle through the batching writer when there is one, else directly. The
+    /// settle comes back for a retry, unless the writer stopped while holding it.
+    async fn write(&self, settle: Settle) -> (Option<Settle>, Result<()>) {
+        let settle = match &self.settles {
+            Some(settles) => {
+                let (reply, answer) = oneshot::channel();
+                match settles.send((settle, reply)) {
+                    Ok(()) => {
+                        return match answer.await {
+                            Ok((settle, result)) => (Some(settle), result),
+                            // Only when the drain gave up on the backend and stopped the writer.
+                            Err(_) => (None, Err(Error::invalid("settle", "the worker stopped"))),
+                        };
+                    }
+                    Err(unsent) => unsent.0.0,
+                }
             }
-        }
-        self.driver.settle_one(settle.clone(), self.queue.now()).await
+            None => settle,
+        };
+        let result = self.driver.settle(std::slice::from_ref(&settle), self.queue.now()).await;
+        let result = result.into_iter().next().unwrap_or_else(|| {
+            Err(Error::invalid("settle", "the driver returned no result; this is a bug"))
+        });
+        (Some(settle), result)
     }
 
     /// Settles the attempt, retrying transient backend errors a few times.
     async fn settle(&self, settle: Settle, success: Outcome) -> Outcome {
         let mut backoff = BackendBackoff::default();
+        let mut settle = settle;
         for attempt in 1..=SETTLE_TRIES {
-            match self.write(&settle).await {
+            let (back, result) = self.write(settle).await;
+            let id = back.as_ref().map_or("", |s| s.lease.id.as_str());
+            match result {
                 Ok(()) => return success,
                 Err(Error::LeaseLost { .. }) => {
                     tracing::warn!(
-                        id = %settle.lease.id,
+                        id = %id,
                         outcome = success.label(),
                         "lease lost: the job was claimed again after its lease expired; this result is dropped"
                     );
                     return Outcome::LeaseLost;
                 }
-                Err(e) if e.is_transient() && attempt < SETTLE_TRIES => {
+                Err(e) if e.is_transient() && attempt < SETTLE_TRIES && back.is_some() => {
                     tracing::warn!(error = %e, "could not record the job's result; retrying");
                     tokio::time::sleep(backoff.next()).await;
+                    settle = back.expect("checked above");
                 }
                 Err(e) => {
-                    tracing::error!(id = %settle.lease.id, error = %e, "could not record the job's result; the job will be recovered when its lease expires");
+                    tracing::error!(id = %id, error = %e, "could not record the job's result; the job will be recovered when its lease expires");
                     return Outcome::LeaseLost;
                 }
             }

@@ -82,9 +82,16 @@ impl Watch {
                 _ => (0, 0),
             };
             if counted != (0, 0) {
-                let ended = state.ended.entry(event.queue.clone()).or_default();
-                ended.0 += counted.0;
-                ended.1 += counted.1;
+                // Looked up before inserting: a key is copied once per queue, not per job.
+                match state.ended.get_mut(&event.queue) {
+                    Some(ended) => {
+                        ended.0 += counted.0;
+                        ended.1 += counted.1;
+                    }
+                    None => {
+                        state.ended.insert(event.queue.clone(), counted);
+                    }
+                }
             }
         }
         if let Some(observer) = &self.observer {

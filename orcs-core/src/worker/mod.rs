@@ -8,6 +8,7 @@ mod attempt;
 mod events;
 mod heartbeat;
 mod options;
+mod pool;
 mod run_loop;
 
 use std::fmt;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::EventFn;
 use super::events::{WorkerEvent, WorkerSummary};
 use super::options::WorkerOptions;
+use super::pool::Pool;
 use crate::backoff::retry_delay;
 use crate::clock::Millis;
 use crate::driver::BoxDriver;
@@ -39,8 +40,12 @@ pub(super) struct Runner {
     pub(super) settles: Option<mpsc::UnboundedSender<Pending>>,
     /// Set when the drain gave up on handing jobs back (the backend is down).
     gave_up: AtomicBool,
-    /// The jobs running now, by id, for the periodic touch (progress, cancel requests).
-    running: Mutex<HashMap<String, RunningJob>>,
+    /// The jobs running now, for the periodic touch (progress, cancel requests). Keyed by a
+    /// number of this worker's, not the job's id: no copy of the id per attempt, and an integer
+    /// hash; the touch's rare cancel answers find their job by scanning.
+    running: Mutex<HashMap<u64, RunningJob>>,
+    /// The key of the next attempt in `running`.
+    next_running: AtomicU64,
     /// Whether the driver answers touch (set false on `Unsupported`).
     touch_supported: AtomicBool,
     /// The heartbeat's counts and the observer, told of each attempt's start and end.
@@ -57,17 +62,18 @@ struct RunningJob {
 /// Removes a job from [`Runner::running`] when its attempt ends, however it ends.
 pub(super) struct RunningGuard<'a> {
     runner: &'a Runner,
-    id: String,
+    key: u64,
 }
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        self.runner.running_jobs().remove(&self.id);
+        self.runner.running_jobs().remove(&self.key);
     }
 }
 
-/// A settle waiting to be written, with the channel its task awaits the result on.
-pub(super) type Pending = (Settle, oneshot::Sender<Result<()>>);
+/// A settle waiting to be written, with the channel its task awaits the result on. The settle
+/// comes back with its result, so that a retry needs no copy made in advance.
+pub(super) type Pending = (Settle, oneshot::Sender<(Settle, Result<()>)>);
 
 /// Most settles written in one backend call.
 const SETTLE_BATCH: usize = 256;
@@ -97,9 +103,9 @@ async fn write_settles(
         }
         let (settles, replies): (Vec<Settle>, Vec<_>) = batch.drain(..).unzip();
         let results = queue.driver().settle(&settles, queue.now()).await;
-        for (reply, result) in replies.into_iter().zip(results) {
+        for ((settle, reply), result) in settles.into_iter().zip(replies).zip(results) {
             // The job task may be gone (its worker was dropped); nothing waits for this.
-            let _ = reply.send(result);
+            let _ = reply.send((settle, result));
         }
     }
 }
@@ -149,6 +155,7 @@ impl Runner {
             settles: None,
             gave_up: AtomicBool::new(false),
             running: Mutex::default(),
+            next_running: AtomicU64::new(0),
             touch_supported: AtomicBool::new(true),
             watch: super::heartbeat::Watch::default(),
         }
@@ -161,7 +168,7 @@ impl Runner {
         request
     }
 
-    fn running_jobs(&self) -> MutexGuard<'_, HashMap<String, RunningJob>> {
+    fn running_jobs(&self) -> MutexGuard<'_, HashMap<u64, RunningJob>> {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -172,8 +179,9 @@ impl Runner {
             cancel: ctx.cancel.clone(),
             shared: Arc::clone(&ctx.shared),
         };
-        self.running_jobs().insert(lease.id.clone(), job);
-        RunningGuard { runner: self, id: lease.id.clone() }
+        let key = self.next_running.fetch_add(1, Ordering::Relaxed);
+        self.running_jobs().insert(key, job);
+        RunningGuard { runner: self, key }
     }
 
     /// Sends the running jobs' new progress and stops those whose cancel was asked for.
@@ -196,7 +204,7 @@ impl Runner {
             Ok(cancelled) => {
                 let running = self.running_jobs();
                 for id in cancelled {
-                    if let Some(job) = running.get(&id) {
+                    for job in running.values().filter(|job| job.lease.id == id) {
                         tracing::info!(id = %id, "the job was cancelled; asking it to stop");
                         job.shared.cancel_requested.cancel();
                         job.cancel.cancel();
@@ -275,7 +283,6 @@ impl Runner {
         let options = &self.options;
         let started = Instant::now();
         let hard_stop = CancellationToken::new();
-        let mut tasks: JoinSet<WorkerEvent> = JoinSet::new();
         let mut summary = WorkerSummary::default();
         let mut claimed: u64 = 0;
         let mut next_recover = started;
@@ -291,7 +298,8 @@ impl Runner {
         // recorded hold no slot, but at most `concurrency` of them are let pile up.
         let slots = Arc::new(Semaphore::new(options.concurrency));
         let slot_freed = Arc::new(Notify::new());
-        let most_tasks = options.concurrency.saturating_mul(2);
+        let mut pool =
+            Pool::new(Arc::clone(&self), options.concurrency.saturating_mul(2), hard_stop.clone());
 
         loop {
             if options.max_jobs.is_some_and(|max| claimed >= max)
@@ -320,10 +328,11 @@ impl Runner {
 
             // Collect every job that finished meanwhile, so that one claim fills all free slots:
             // under load this turns one claim per job into one claim per batch.
-            while let Some(joined) = tasks.try_join_next() {
-                self.record(joined, &mut summary);
+            pool.try_collect();
+            for event in pool.take() {
+                self.record(event, &mut summary);
             }
-            let free = slots.available_permits().min(most_tasks.saturating_sub(tasks.len()));
+            let free = slots.available_permits().min(pool.room());
             let mut idle_for = None;
             if free > 0 {
                 let want = options.max_jobs.map_or(free, |max| {
@@ -335,7 +344,7 @@ impl Runner {
                         backend_backoff.reset();
                         outage.recovered();
                         if claim.jobs.is_empty() {
-                            if options.stop_when_empty && tasks.is_empty() {
+                            if options.stop_when_empty && pool.is_empty() {
                                 break;
                             }
                             let mut wait = options.sleep;
@@ -345,7 +354,7 @@ impl Runner {
                                 ));
                             }
                             wait = wait.min(next_recover.saturating_duration_since(Instant::now()));
-                            if !tasks.is_empty() {
+                            if !pool.is_empty() {
                                 wait =
                                     wait.min(next_touch.saturating_duration_since(Instant::now()));
                             }
@@ -367,8 +376,6 @@ impl Runner {
                             for reserved in jobs {
                                 claimed += 1;
                                 self.watch.started(&reserved.record, started_at);
-                                let runner = Arc::clone(&self);
-                                let stop = hard_stop.clone();
                                 let slot =
                                     Arc::clone(&slots).try_acquire_owned().ok().map(|permit| {
                                         Slot {
@@ -376,9 +383,7 @@ impl Runner {
                                             freed: Arc::clone(&slot_freed),
                                         }
                                     });
-                                tasks.spawn(
-                                    async move { runner.execute(reserved, stop, slot).await },
-                                );
+                                pool.start(reserved, slot);
                             }
                             continue;
                         }
@@ -414,10 +419,14 @@ impl Runner {
                 }
             };
             tokio::select! {
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => self.record(joined, &mut summary),
+                () = pool.collect() => {
+                    for event in pool.take() {
+                        self.record(event, &mut summary);
+                    }
+                }
                 () = slot_freed.notified() => {}
                 () = wait_for_work => {}
-                () = tokio::time::sleep_until(next_touch), if !tasks.is_empty() => {}
+                () = tokio::time::sleep_until(next_touch), if !pool.is_empty() => {}
                 () = max_time_left => {}
                 () = &mut shutdown => {
                     shutdown_asked = true;
@@ -439,7 +448,7 @@ impl Runner {
             Instant::now() + if forced { Duration::ZERO } else { options.shutdown_timeout }
         });
         let mut give_up_at: Option<Instant> = None;
-        while !tasks.is_empty() {
+        while !pool.is_empty() {
             let until_deadline = async {
                 match (deadline, give_up_at) {
                     (_, Some(at)) | (Some(at), None) => tokio::time::sleep_until(at).await,
@@ -447,20 +456,24 @@ impl Runner {
                 }
             };
             tokio::select! {
-                Some(joined) = tasks.join_next() => self.record(joined, &mut summary),
+                () = pool.collect() => {
+                    for event in pool.take() {
+                        self.record(event, &mut summary);
+                    }
+                }
                 () = until_deadline => {
                     if give_up_at.is_some() {
                         tracing::warn!(
-                            jobs = tasks.len(),
+                            jobs = pool.in_flight(),
                             "could not hand these jobs back in time (is the backend down?); \
                              they return to pending when their leases expire"
                         );
-                        summary.lost += tasks.len() as u64;
+                        summary.lost += pool.in_flight() as u64;
                         self.gave_up.store(true, Ordering::Relaxed);
-                        tasks.shutdown().await;
+                        pool.abort().await;
                         break;
                     }
-                    tracing::info!(jobs = tasks.len(), "shutdown timeout reached; handing unfinished jobs back");
+                    tracing::info!(jobs = pool.in_flight(), "shutdown timeout reached; handing unfinished jobs back");
                     hard_stop.cancel();
                     give_up_at = Some(Instant::now() + HAND_BACK_TIMEOUT);
                 }
@@ -489,18 +502,11 @@ impl Runner {
         }
     }
 
-    fn record(
-        &self,
-        joined: std::result::Result<WorkerEvent, tokio::task::JoinError>,
-        summary: &mut WorkerSummary,
-    ) {
-        match joined {
-            Ok(event) => {
-                summary.count(&event.outcome);
-                self.emit(&event);
-            }
-            // Panics in jobs are caught inside the task; reaching this is a bug in orcs.
-            Err(e) => tracing::error!(error = %e, "a job task ended abnormally"),
+    fn record(&self, event: Option<WorkerEvent>, summary: &mut WorkerSummary) {
+        // `None`: the attempt panicked inside orcs, already logged by its slot task.
+        if let Some(event) = event {
+            summary.count(&event.outcome);
+            self.emit(&event);
         }
     }
 }
