@@ -1460,6 +1460,18 @@ impl Sql {
         )
     }
 
+    /// SQLite: frees the keys of `rows` ended jobs (3 parameters each: queue, key, holder), as
+    /// [`Sql`]'s `free_key` does for one: only a key still held by that job, and not a `Period`
+    /// one. One statement for a settle's completions instead of one per key (a drain of keyed
+    /// jobs ran at 0.41-0.45 of the plain drain with a statement per key).
+    pub(crate) fn free_keys_sqlite(&self, rows: usize) -> String {
+        format!(
+            "DELETE FROM {} WHERE expires_at IS NULL AND (queue, unique_key, holder) IN (VALUES {})",
+            self.uniq,
+            vec!["(?, ?, ?)"; rows].join(", ")
+        )
+    }
+
     /// What [`Sql::take_keys`] does when a key is held: the holder keeps it unless its `Period`
     /// ended by the new job's dispatch time.
     const KEY_CONFLICT: &str = "ON CONFLICT (queue, unique_key) DO UPDATE SET \

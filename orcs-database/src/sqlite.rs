@@ -224,7 +224,7 @@ impl Backend for SqliteBackend {
     }
 
     /// One `DELETE ... RETURNING` per chunk of leases (see [`Sql::complete_leases_sqlite`]),
-    /// then the keys of the deleted jobs that held one are freed.
+    /// then the keys of the deleted jobs that held one are freed, one statement per chunk.
     async fn complete_leases(
         store: &Store,
         conn: &mut Conn,
@@ -254,14 +254,12 @@ impl Backend for SqliteBackend {
                 completed.push(job);
             }
         }
-        for (queue, key, holder) in keys {
-            q(&store.sql.free_key)
-                .bind(queue)
-                .bind(key)
-                .bind(holder)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
+        for chunk in keys.chunks(common::INSERT_CHUNK) {
+            let mut query = dynamic(store.sql.free_keys_sqlite(chunk.len()));
+            for (queue, key, holder) in chunk {
+                query = query.bind(queue.clone()).bind(key.clone()).bind(holder.clone());
+            }
+            query.execute(&mut *conn).await.map_err(backend)?;
         }
         Ok(Some(completed))
     }
