@@ -547,14 +547,25 @@ fn context_args(call: &mut ScriptInvocation<'static>, context: Option<&Context<'
 /// (whose `registered` field says whether the queue was listed since it was created or
 /// forgotten).
 fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
-    call.key(&keys.ready)
-        .key(&keys.delayed)
-        .key(&keys.jobs)
-        .key(&keys.marker)
-        .key(&keys.unique)
-        .key(&keys.unique_expiry)
-        .key(&keys.unique_of)
-        .key(&keys.stats);
+    push_keys(call, keys, 7);
+    call.key(&keys.stats);
+}
+
+/// The first `n` of a queue group's keys, in the order every push script reads them: ready,
+/// delayed, jobs, marker, unique, unique_expiry, unique_of (the lean scripts take 4 or 6).
+fn push_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys, n: usize) {
+    let order = [
+        &keys.ready,
+        &keys.delayed,
+        &keys.jobs,
+        &keys.marker,
+        &keys.unique,
+        &keys.unique_expiry,
+        &keys.unique_of,
+    ];
+    for key in order.into_iter().take(n) {
+        call.key(key);
+    }
 }
 
 /// The 9 arguments `store` takes for one job of group `group`, its record written for storage
@@ -751,7 +762,7 @@ pub(crate) fn push(
     if groups.iter().all(|(_, jobs)| jobs.iter().all(|job| job.unique.is_none())) {
         let mut call = SCRIPTS.push_plain.prepare_invoke();
         for (index, (keys, jobs)) in groups.iter().enumerate() {
-            call.key(&keys.ready).key(&keys.delayed).key(&keys.jobs).key(&keys.marker);
+            push_keys(&mut call, keys, 4);
             for job in jobs {
                 call.arg(index).arg(&job.id);
                 place_args(&mut call, job);
@@ -764,12 +775,7 @@ pub(crate) fn push(
         let mut call = SCRIPTS.push_keyed.prepare_invoke();
         call.arg(now);
         for (index, (keys, jobs)) in groups.iter().enumerate() {
-            call.key(&keys.ready)
-                .key(&keys.delayed)
-                .key(&keys.jobs)
-                .key(&keys.marker)
-                .key(&keys.unique)
-                .key(&keys.unique_expiry);
+            push_keys(&mut call, keys, 6);
             for job in jobs {
                 call.arg(index).arg(&job.id);
                 place_args(&mut call, job);
@@ -784,15 +790,7 @@ pub(crate) fn push(
     let legacy = layout < 3;
     call.arg(if legacy { 7 } else { 6 });
     for (index, (keys, jobs)) in groups.iter().enumerate() {
-        call.key(&keys.ready)
-            .key(&keys.delayed)
-            .key(&keys.jobs)
-            .key(&keys.marker)
-            .key(&keys.unique)
-            .key(&keys.unique_expiry);
-        if legacy {
-            call.key(&keys.unique_of);
-        }
+        push_keys(&mut call, keys, if legacy { 7 } else { 6 });
         for job in jobs {
             job_args(&mut call, index, job, layout, false);
         }
