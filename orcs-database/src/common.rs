@@ -903,6 +903,26 @@ where
         Ok(outcomes)
     }
 
+    /// A claim statement (`sql`: the plain claim, or a backend's limited one, which take the
+    /// same parameters) with them bound: the queue, now, the default timeout, the grace, the
+    /// token prefix of this claim, and how many jobs at most.
+    pub(crate) fn claim_query(
+        &self,
+        sql: &Arc<str>,
+        queue: &str,
+        req: &ClaimRequest<'_>,
+        batch: &str,
+        want: usize,
+    ) -> Query<B::Db> {
+        q(sql)
+            .bind(queue.to_owned())
+            .bind(req.now)
+            .bind(duration_ms(req.default_timeout_ms))
+            .bind(duration_ms(req.grace_ms))
+            .bind(batch.to_owned())
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+    }
+
     /// Claims on `conn` from each queue in turn: promotes the queue's due delayed jobs,
     /// then takes the best ready ones (within the queue's limits, if it has any).
     /// Returns the claim and the rows that could not be read (id, token, reason).
@@ -934,13 +954,7 @@ where
                 }
                 rows
             } else {
-                q(&self.sql.claim)
-                    .bind(queue.clone())
-                    .bind(req.now)
-                    .bind(duration_ms(req.default_timeout_ms))
-                    .bind(duration_ms(req.grace_ms))
-                    .bind(batch.clone())
-                    .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                self.claim_query(&self.sql.claim, queue, req, &batch, want)
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(backend)?

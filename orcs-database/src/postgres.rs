@@ -361,15 +361,8 @@ impl Backend for PgBackend {
         batch: &str,
         limits: Limits,
     ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
-        let claim = |want: usize| {
-            q(&store.sql.claim_limited_pg)
-                .bind(queue.to_owned())
-                .bind(req.now)
-                .bind(crate::common::duration_ms(req.default_timeout_ms))
-                .bind(crate::common::duration_ms(req.grace_ms))
-                .bind(batch.to_owned())
-                .bind(i64::try_from(want).unwrap_or(i64::MAX))
-        };
+        let claim =
+            |want: usize| store.claim_query(&store.sql.claim_limited_pg, queue, req, batch, want);
         let mut rows = claim(want).fetch_all(&mut *conn).await.map_err(backend)?;
         // A worker lets a slot go when the job's code ends, before its completion is written,
         // and claims again at once: counted as reserved, a job whose completion is still in

@@ -319,13 +319,10 @@ impl Backend for SqliteBackend {
         let started: i64 = row.try_get(1).map_err(backend)?;
         let room = limits.room(want, reserved, started);
         let rows = if room > 0 {
-            q(&store.sql.claim)
-                .bind(queue.to_owned())
-                .bind(req.now)
-                .bind(crate::common::duration_ms(req.default_timeout_ms))
-                .bind(crate::common::duration_ms(req.grace_ms))
-                .bind(batch.to_owned())
-                .bind(room)
+            // `room` is at most `want`.
+            let room = usize::try_from(room).unwrap_or(want);
+            store
+                .claim_query(&store.sql.claim, queue, req, batch, room)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(backend)?
