@@ -39,8 +39,9 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use orcs_core::{Error, JobRecord, Outcome, Queue, Result, WorkerEvent, WorkerObserver};
@@ -102,6 +103,35 @@ struct Recorded {
     run: Histograms,
     wait: Histograms,
     retried: Family<QueueJobLabels, Counter>,
+    /// Each job name's two histograms, handles into `run` and `wait` looked up by `&str`: a
+    /// family's lookup needs an owned label, so without them every attempt would copy the name
+    /// twice (the observer runs on the worker's hot path).
+    by_name: RwLock<HashMap<Box<str>, JobSeries>>,
+}
+
+/// One job name's series (clones of a histogram share its counts).
+struct JobSeries {
+    run: Histogram,
+    wait: Histogram,
+}
+
+impl Recorded {
+    /// Calls `observe` with `name`'s histograms, created in both families on its first attempt.
+    fn observe(&self, name: &str, observe: impl FnOnce(&JobSeries)) {
+        if let Some(series) = self.by_name.read().unwrap_or_else(PoisonError::into_inner).get(name)
+        {
+            return observe(series);
+        }
+        let mut by_name = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+        let series = by_name.entry(name.into()).or_insert_with(|| {
+            let label = JobLabel { job: name.to_owned() };
+            JobSeries {
+                run: self.run.get_or_create(&label).clone(),
+                wait: self.wait.get_or_create(&label).clone(),
+            }
+        });
+        observe(series);
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -124,6 +154,7 @@ impl Metrics {
                 run: Family::new_with_constructor(run_histogram as fn() -> Histogram),
                 wait: Family::new_with_constructor(wait_histogram as fn() -> Histogram),
                 retried: Family::default(),
+                by_name: RwLock::default(),
             }),
         }
     }
@@ -169,8 +200,7 @@ impl Metrics {
 impl WorkerObserver for Metrics {
     fn attempt_started(&self, job: &JobRecord, waited: Option<Duration>) {
         if let Some(waited) = waited {
-            let label = JobLabel { job: job.name.clone() };
-            self.inner.wait.get_or_create(&label).observe(waited.as_secs_f64());
+            self.inner.observe(&job.name, |series| series.wait.observe(waited.as_secs_f64()));
         }
     }
 
@@ -179,8 +209,8 @@ impl WorkerObserver for Metrics {
         if matches!(event.outcome, Outcome::Deferred { .. } | Outcome::Released) {
             return;
         }
-        let label = JobLabel { job: event.name.clone() };
-        self.inner.run.get_or_create(&label).observe(event.duration.as_secs_f64());
+        let secs = event.duration.as_secs_f64();
+        self.inner.observe(&event.name, |series| series.run.observe(secs));
         if matches!(event.outcome, Outcome::Retry { .. }) {
             let labels = QueueJobLabels { queue: event.queue.clone(), job: event.name.clone() };
             self.inner.retried.get_or_create(&labels).inc();
