@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::events::{Outcome, WorkerEvent, WorkerSummary};
-use super::run_loop::{Runner, duration_ms};
+use super::run_loop::{Runner, RunningJobs, duration_ms};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::queue::Queue;
@@ -53,9 +53,7 @@ pub(super) struct Watch {
 impl Watch {
     /// A claimed job is about to run, at `now`.
     pub(super) fn started(&self, job: &JobRecord, now: Millis) {
-        if let Some(beat) = &self.beat {
-            *beat.state().running.entry(job.id.clone()).or_default() += 1;
-        }
+        // (The heartbeat lists the running jobs from the run loop's own set at each beat.)
         if let Some(observer) = &self.observer {
             // The record knows when the job was dispatched, not when it became due: only a first
             // attempt's wait is known (from the dispatch).
@@ -69,29 +67,10 @@ impl Watch {
     /// An attempt ended.
     pub(super) fn finished(&self, event: &WorkerEvent) {
         if let Some(beat) = &self.beat {
-            let mut state = beat.state();
-            if let Some(n) = state.running.get_mut(&event.id) {
-                *n -= 1;
-                if *n == 0 {
-                    state.running.remove(&event.id);
-                }
-            }
-            let counted = match event.outcome {
-                Outcome::Done => (1, 0),
-                Outcome::Failed { .. } => (0, 1),
-                _ => (0, 0),
-            };
-            if counted != (0, 0) {
-                // Looked up before inserting: a key is copied once per queue, not per job.
-                match state.ended.get_mut(&event.queue) {
-                    Some(ended) => {
-                        ended.0 += counted.0;
-                        ended.1 += counted.1;
-                    }
-                    None => {
-                        state.ended.insert(event.queue.clone(), counted);
-                    }
-                }
+            match event.outcome {
+                Outcome::Done => beat.count(&event.queue, 1, 0),
+                Outcome::Failed { .. } => beat.count(&event.queue, 0, 1),
+                _ => {}
             }
         }
         if let Some(observer) = &self.observer {
@@ -105,18 +84,23 @@ pub(super) struct Beat {
     /// The entry as registered: id, host, pid, queues, concurrency, start time.
     info: WorkerInfo,
     interval: Duration,
-    state: Mutex<BeatState>,
+    /// The run loop's running jobs, whose ids each beat lists.
+    running: RunningJobs,
+    /// Jobs ended since the last beat in each of the worker's queues, counted without a lock
+    /// (every attempt ends here).
+    ended: Vec<Ended>,
+    /// Jobs ended since the last beat in a queue the worker was not given (none today; kept
+    /// so that no count is ever lost): queue -> (processed, failed).
+    ended_elsewhere: Mutex<HashMap<String, (u64, u64)>>,
     /// Set when the driver answered that it keeps no heartbeats.
     unsupported: AtomicBool,
 }
 
-#[derive(Default)]
-struct BeatState {
-    /// The ids of the jobs running now, with how many attempts of each (a job recovered and
-    /// claimed again by this same worker runs twice for a moment).
-    running: HashMap<String, u32>,
-    /// Jobs ended since the last beat, per queue: (processed, failed).
-    ended: HashMap<String, (u64, u64)>,
+/// One queue's jobs ended since the last beat.
+struct Ended {
+    queue: String,
+    processed: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Beat {
@@ -126,6 +110,7 @@ impl Beat {
         queues: &[String],
         concurrency: usize,
         interval: Duration,
+        running: RunningJobs,
     ) -> Option<Arc<Self>> {
         if interval.is_zero() {
             return None;
@@ -138,38 +123,75 @@ impl Beat {
         Some(Arc::new(Self {
             info,
             interval,
-            state: Mutex::default(),
+            running,
+            ended: queues
+                .iter()
+                .map(|queue| Ended {
+                    queue: queue.clone(),
+                    processed: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                })
+                .collect(),
+            ended_elsewhere: Mutex::default(),
             unsupported: AtomicBool::new(false),
         }))
     }
 
-    fn state(&self) -> MutexGuard<'_, BeatState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn ended_elsewhere(&self) -> MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.ended_elsewhere.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts jobs of `queue` that ended (or, after a failed beat, puts its counts back).
+    fn count(&self, queue: &str, processed: u64, failed: u64) {
+        if let Some(ended) = self.ended.iter().find(|ended| ended.queue == queue) {
+            ended.processed.fetch_add(processed, Ordering::Relaxed);
+            ended.failed.fetch_add(failed, Ordering::Relaxed);
+        } else {
+            let mut elsewhere = self.ended_elsewhere();
+            let counts = elsewhere.entry(queue.to_owned()).or_default();
+            counts.0 += processed;
+            counts.1 += failed;
+        }
+    }
+
+    /// Whether some job ended since the last beat.
+    fn any_ended(&self) -> bool {
+        self.ended.iter().any(|ended| {
+            ended.processed.load(Ordering::Relaxed) > 0 || ended.failed.load(Ordering::Relaxed) > 0
+        }) || !self.ended_elsewhere().is_empty()
+    }
+
+    /// Takes the counts since the last beat.
+    fn take_ended(&self) -> Vec<Throughput> {
+        let mut taken: Vec<Throughput> = self
+            .ended
+            .iter()
+            .map(|ended| {
+                let processed = ended.processed.swap(0, Ordering::Relaxed);
+                let failed = ended.failed.swap(0, Ordering::Relaxed);
+                Throughput::new(ended.queue.clone(), processed, failed)
+            })
+            .filter(|t| t.processed > 0 || t.failed > 0)
+            .collect();
+        taken.extend(
+            self.ended_elsewhere()
+                .drain()
+                .map(|(queue, (processed, failed))| Throughput::new(queue, processed, failed)),
+        );
+        taken
     }
 
     /// One beat: the entry with the running jobs, and the counts since the last beat. Counts a
     /// failed beat could not deliver are kept for the next one.
     async fn beat(&self, queue: &Queue) -> Result<()> {
-        let (info, ended) = {
-            let mut state = self.state();
-            let mut info = self.info.clone();
-            info.running = state.running.keys().cloned().collect();
-            info.running.sort();
-            let ended: Vec<Throughput> = state
-                .ended
-                .drain()
-                .map(|(queue, (processed, failed))| Throughput::new(queue, processed, failed))
-                .collect();
-            (info, ended)
-        };
+        let mut info = self.info.clone();
+        info.running = self.running.ids();
+        let ended = self.take_ended();
         let ttl_ms = duration_ms(self.interval).saturating_mul(u64::from(TTL_BEATS));
         let result = queue.driver().heartbeat(&info, &ended, ttl_ms, queue.now()).await;
         if result.is_err() {
-            let mut state = self.state();
             for t in ended {
-                let kept = state.ended.entry(t.queue).or_default();
-                kept.0 += t.processed;
-                kept.1 += t.failed;
+                self.count(&t.queue, t.processed, t.failed);
             }
         }
         result
@@ -213,8 +235,9 @@ impl Beat {
             return;
         }
         let goodbye = async {
-            let pending = !self.state().ended.is_empty();
-            if pending && let Err(e) = self.beat(queue).await {
+            if self.any_ended()
+                && let Err(e) = self.beat(queue).await
+            {
                 tracing::debug!(error = %e, "could not send the worker's last counts");
             }
             if let Err(e) = queue.driver().forget_worker(&self.info.id).await {

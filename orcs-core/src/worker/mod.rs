@@ -284,14 +284,15 @@ impl Worker {
     }
 
     fn runner(self) -> Runner {
-        let beat = heartbeat::Beat::new(
-            &self.queue,
-            &self.options.queues,
-            self.options.concurrency,
-            self.options.heartbeat_interval,
-        );
         let mut runner =
             Runner::new(self.queue, self.registry, self.options, self.on_event, self.layers);
+        let beat = heartbeat::Beat::new(
+            &runner.queue,
+            &runner.options.queues,
+            runner.options.concurrency,
+            runner.options.heartbeat_interval,
+            runner.running_set(),
+        );
         runner.watch = heartbeat::Watch { beat, observer: self.observer };
         runner
     }

@@ -43,13 +43,33 @@ pub(super) struct Runner {
     /// The jobs running now, for the periodic touch (progress, cancel requests). Keyed by a
     /// number of this worker's, not the job's id: no copy of the id per attempt, and an integer
     /// hash; the touch's rare cancel answers find their job by scanning.
-    running: Mutex<HashMap<u64, RunningJob>>,
+    running: RunningJobs,
     /// The key of the next attempt in `running`.
     next_running: AtomicU64,
     /// Whether the driver answers touch (set false on `Unsupported`).
     touch_supported: AtomicBool,
     /// The heartbeat's counts and the observer, told of each attempt's start and end.
     pub(super) watch: super::heartbeat::Watch,
+}
+
+/// The jobs a worker is running, shared by its run loop and its heartbeat (which lists their
+/// ids at each beat instead of keeping a set of its own on the hot path).
+#[derive(Clone, Default)]
+pub(super) struct RunningJobs(Arc<Mutex<HashMap<u64, RunningJob>>>);
+
+impl RunningJobs {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, RunningJob>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The ids of the jobs running now, sorted, each once (a job recovered and claimed again by
+    /// the same worker runs twice for a moment).
+    pub(super) fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().values().map(|job| job.lease.id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 /// What the run loop knows of a running job.
@@ -154,7 +174,7 @@ impl Runner {
             on_event,
             settles: None,
             gave_up: AtomicBool::new(false),
-            running: Mutex::default(),
+            running: RunningJobs::default(),
             next_running: AtomicU64::new(0),
             touch_supported: AtomicBool::new(true),
             watch: super::heartbeat::Watch::default(),
@@ -169,7 +189,12 @@ impl Runner {
     }
 
     fn running_jobs(&self) -> MutexGuard<'_, HashMap<u64, RunningJob>> {
-        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.running.lock()
+    }
+
+    /// The jobs this worker is running, for its heartbeat.
+    pub(super) fn running_set(&self) -> RunningJobs {
+        self.running.clone()
     }
 
     /// Registers a job as running until the guard drops.
