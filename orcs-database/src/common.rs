@@ -740,7 +740,8 @@ where
                 .bind(job.dispatched_at)
                 .bind(expires)
         };
-        let (first, followers) = leaders(&stored);
+        // (SQLite settles every key below: no need to find the leaders twice.)
+        let (first, followers) = if sqlite { Default::default() } else { leaders(&stored) };
         // Only when no two jobs share a key: a leader found in the failed set then has
         // no successor that would have to take its key in a later statement, out of
         // key order (which could deadlock with a concurrent push).
@@ -787,10 +788,12 @@ where
         }
         // The leaders among the jobs finally stored; the keys not settled above.
         let (first, followers) = leaders(&stored);
+        // (Only copies a key to look it up when some were settled above.)
         let takers: Vec<_> = sorted(&first)
             .into_iter()
             .filter(|((queue, key), _)| {
-                !holders.contains_key(&((*queue).to_owned(), (*key).to_owned()))
+                holders.is_empty()
+                    || !holders.contains_key(&((*queue).to_owned(), (*key).to_owned()))
             })
             .collect();
         for chunk in takers.chunks(INSERT_CHUNK) {
@@ -821,7 +824,8 @@ where
             let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
             (job.queue.clone(), key.to_owned())
         };
-        for &i in first.values() {
+        // A leader whose key nobody else answered for holds it itself (a push of fresh keys).
+        for &i in first.values().filter(|_| !holders.is_empty()) {
             let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
             if holder != jobs[i].id {
                 held_by.insert(i, holder);
