@@ -331,6 +331,22 @@ impl RedisDriver {
             .collect()
     }
 
+    /// The call of [`scripts::push_general`] for the jobs of one of [`Self::push_calls`]'s calls
+    /// (`order`), grouped by queue as that call grouped them, so its answers come in `order`.
+    fn general_push_call(
+        &self,
+        order: &[(usize, &NewJob)],
+        layout: u32,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut by_queue: BTreeMap<&str, Vec<&NewJob>> = BTreeMap::new();
+        for &(_, job) in order {
+            by_queue.entry(job.queue.as_str()).or_default().push(job);
+        }
+        let groups: Vec<(Arc<QueueKeys>, Vec<&NewJob>)> =
+            by_queue.into_iter().map(|(queue, jobs)| (self.keys(queue), jobs)).collect();
+        scripts::push_general(&groups, layout)
+    }
+
     /// Removes the jobs a failed push stored (their records written for `layout`), as far as
     /// they are untouched; best effort, as the connection may be what failed.
     async fn unstore(&self, stored: &[&NewJob], layout: u32) {
@@ -691,6 +707,14 @@ impl Driver for RedisDriver {
             )
             .await;
             for ((order, _), reply) in window.iter().zip(replies) {
+                let reply = match reply {
+                    // The lean keyed script met a holder only the general one judges, and
+                    // stored nothing (see scripts::PUSH_KEYED): the general one stores them.
+                    Ok(flags) if flags.is_empty() && !order.is_empty() => {
+                        self.invoke::<Vec<Value>>(&self.general_push_call(order, layout)).await
+                    }
+                    reply => reply,
+                };
                 match reply {
                     Ok(flags) if flags.len() == order.len() => {
                         for (&(index, job), flag) in order.iter().zip(flags) {

@@ -552,7 +552,7 @@ fn group_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys) {
 }
 
 /// The first `n` of a queue group's keys, in the order every push script reads them: ready,
-/// delayed, jobs, marker, unique, unique_expiry, unique_of (the lean scripts take 4 or 6).
+/// delayed, jobs, marker, unique, unique_expiry, unique_of (the lean scripts take 4 or 5).
 fn push_keys(call: &mut ScriptInvocation<'static>, keys: &QueueKeys, n: usize) {
     let order = [
         &keys.ready,
@@ -690,21 +690,44 @@ return out
 /// [`PUSH`] for jobs whose keys, if any, are `Started` or `Finished` keys carried in their
 /// records (layout 3, or a v4 record), the usual keyed dispatch: no Period key to set or
 /// prune, no `unique_of`, so a keyed job costs [`PUSH_PLAIN`]'s commands plus the key's
-/// `HSETNX`, and one argument more. KEYS, 6 per queue group g (0-based): ready, delayed, jobs,
-/// marker, unique, unique_expiry (read only when the key is held, to see whether its holder's
-/// Period is over). ARGV[1]: the jobs' dispatch time (one for the call: the client sends this
-/// script only when its keyed jobs share it), then 6 per job: group, id, 'r' or 'd', score,
-/// record, unique key ('' for none). Returns per job what [`PUSH`] returns.
+/// `HSETNX`, and one argument more. KEYS, 5 per queue group g (0-based): ready, delayed, jobs,
+/// marker, unique. ARGV, 6 per job: group, id, 'r' or 'd', score, record, unique key ('' for
+/// none). Returns per job what [`PUSH`] returns, or nothing at all (an empty array): then the
+/// call changed nothing and the client sends the same jobs to [`PUSH`].
+///
+/// A key taken already is answered here only when its holder's record carries it as a
+/// `Started` or `Finished` key: such a holder keeps it while its record lives (the common
+/// duplicate). Any other holder (a `Period` one, whose time only `unique_expiry` and each job's
+/// dispatch time tell; a layout-2 one; one without a record) is judged by [`PUSH`], as before:
+/// this script then takes back what it stored in the call and answers nothing. So it needs
+/// neither `unique_expiry` nor a time, which saves a key and an argument on every keyed call
+/// (every key and argument costs a script call time, see [`PUSH_PLAIN`]).
 const PUSH_KEYED: &str = r"
 local out, touched = {}, {}
-for b = 2, #ARGV, 6 do
-  local k = tonumber(ARGV[b]) * 6
+for b = 1, #ARGV, 6 do
+  local k = tonumber(ARGV[b]) * 5
   local id, key = ARGV[b + 1], ARGV[b + 5]
   local r = 1
   if redis.call('HSETNX', KEYS[k + 3], id, ARGV[b + 4]) == 0 then
     r = 0
   elseif key ~= '' and redis.call('HSETNX', KEYS[k + 5], key, id) == 0 then
-    r = key_held(KEYS[k + 3], KEYS[k + 5], KEYS[k + 6], id, key, tonumber(ARGV[1]), false) or 1
+    redis.call('HDEL', KEYS[k + 3], id)
+    local holder = redis.call('HGET', KEYS[k + 5], key)
+    local mode = string.match(redis.call('HGET', KEYS[k + 3], holder) or '',
+      '^v[34]|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%a)|')
+    if mode ~= 's' and mode ~= 'f' then
+      -- Only the general script can judge this holder: undo the jobs stored before it.
+      for e = 1, b - 6, 6 do
+        if out[(e + 5) / 6] == 1 then
+          local g = tonumber(ARGV[e]) * 5
+          redis.call('HDEL', KEYS[g + 3], ARGV[e + 1])
+          redis.call('ZREM', KEYS[g + (ARGV[e + 2] == 'r' and 1 or 2)], ARGV[e + 1])
+          if ARGV[e + 5] ~= '' then redis.call('HDEL', KEYS[g + 5], ARGV[e + 5]) end
+        end
+      end
+      return {}
+    end
+    r = holder
   end
   if r == 1 then
     if ARGV[b + 2] == 'r' then
@@ -731,30 +754,22 @@ fn place_args(call: &mut ScriptInvocation<'static>, job: &NewJob) {
     }
 }
 
-/// The dispatch time [`PUSH_KEYED`] takes for `groups` (stored under `layout`), or `None` when
-/// a job needs [`PUSH`]: a Period key, an empty key, a key kept in `unique_of` (layout 2), or
-/// keyed jobs dispatched at different times (each job's own time decides whether a Period
-/// holder's key is over).
-fn keyed_push_time(groups: &[(Arc<QueueKeys>, Vec<&NewJob>)], layout: u32) -> Option<Millis> {
-    let mut at = None;
-    for job in groups.iter().flat_map(|(_, jobs)| jobs) {
-        let Some(unique) = &job.unique else { continue };
-        // An empty key is a key, but '' stands for none in the lean script's arguments.
-        let lean = (layout >= 3 || is_v4(job))
-            && !unique.key.is_empty()
-            && unique.expires_at(job.dispatched_at).is_none()
-            && at.is_none_or(|at| at == job.dispatched_at);
-        if !lean {
-            return None;
-        }
-        at = Some(job.dispatched_at);
-    }
-    Some(at.unwrap_or_default())
+/// True when [`PUSH_KEYED`] may take `groups` (stored under `layout`): every key a `Started`
+/// or `Finished` key carried in its record, and not empty ('' stands for none in the lean
+/// script's arguments).
+fn lean_keys(groups: &[(Arc<QueueKeys>, Vec<&NewJob>)], layout: u32) -> bool {
+    groups.iter().flat_map(|(_, jobs)| jobs).all(|job| {
+        job.unique.as_ref().is_none_or(|unique| {
+            (layout >= 3 || is_v4(job))
+                && !unique.key.is_empty()
+                && unique.expires_at(job.dispatched_at).is_none()
+        })
+    })
 }
 
 /// The push of `groups`: each a queue and its jobs (at most 1000 in all, checked by the caller),
 /// written for storage layout `layout`; by [`PUSH_PLAIN`] when no job has a unique key, by
-/// [`PUSH_KEYED`] when their keys allow.
+/// [`PUSH_KEYED`] when their keys allow (an empty answer from it: send [`push_general`]).
 pub(crate) fn push(
     groups: &[(Arc<QueueKeys>, Vec<&NewJob>)],
     layout: u32,
@@ -771,11 +786,10 @@ pub(crate) fn push(
         }
         return call;
     }
-    if let Some(now) = keyed_push_time(groups, layout) {
+    if lean_keys(groups, layout) {
         let mut call = SCRIPTS.push_keyed.prepare_invoke();
-        call.arg(now);
         for (index, (keys, jobs)) in groups.iter().enumerate() {
-            push_keys(&mut call, keys, 6);
+            push_keys(&mut call, keys, 5);
             for job in jobs {
                 call.arg(index).arg(&job.id);
                 place_args(&mut call, job);
@@ -785,6 +799,15 @@ pub(crate) fn push(
         }
         return call;
     }
+    push_general(groups, layout)
+}
+
+/// The push of `groups` by the general script [`PUSH`], which takes every kind of key and
+/// holder.
+pub(crate) fn push_general(
+    groups: &[(Arc<QueueKeys>, Vec<&NewJob>)],
+    layout: u32,
+) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.push.prepare_invoke();
     // Layout 2 keeps a keyed job's key in `unique_of`; layout 3 in its record.
     let legacy = layout < 3;
@@ -2516,7 +2539,7 @@ fn with_workflow(more: &str, body: &str) -> Script {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: script(&[ARM, KEY_HELD, STORE, PUSH]),
     push_plain: script(&[ARM, PUSH_PLAIN]),
-    push_keyed: script(&[ARM, KEY_HELD, PUSH_KEYED]),
+    push_keyed: script(&[ARM, PUSH_KEYED]),
     unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
     claim: script(&[HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
     settle: script(&[

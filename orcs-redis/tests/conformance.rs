@@ -504,9 +504,10 @@ mod redis_driver {
     }
 
     /// The keyed pushes the lean script takes (Started and Finished keys, plain jobs beside
-    /// them, one dispatch time) answer as the general one does: a Period holder keeps its key
-    /// until its time and then passes it on for good (its expiry goes with it), an id in use
-    /// takes no key, and a key taken earlier in the call makes a duplicate.
+    /// them) answer as the general one does: a Period holder (which the lean script leaves to
+    /// the general one) keeps its key until its time and then passes it on for good (its expiry
+    /// goes with it), an id in use takes no key, and a key taken earlier in the call makes a
+    /// duplicate.
     async fn keyed_pushes_meet_every_kind_of_holder(driver: Option<RedisDriver>) {
         let Some(driver) = driver else { return };
         let at = |job: NewJob, now: i64| {
@@ -557,7 +558,7 @@ mod redis_driver {
             [PushOutcome::Stored],
             "a job whose id was in use took no key"
         );
-        // Keyed jobs of different dispatch times in one call (the general script).
+        // Keyed jobs of different dispatch times in one call.
         let a = at(keyed("mix", 9, "x", UniqueUntil::Finished), t0 + 20_000);
         let b = at(keyed("mix", 10, "x", UniqueUntil::Finished), t0 + 20_001);
         let a_id = a.id.clone();

@@ -1739,6 +1739,66 @@ pub async fn unique_keys_are_per_queue_and_per_job_in_a_batch(driver: BoxDriver)
     check_stats(&queue, "other", (1, 0, 0, 0, 0, 0), "one on other").await;
 }
 
+/// One push mixing free keys (one on another queue), a plain job, a key whose `Period` is over
+/// and one whose period is not: each job is answered as if pushed alone, in the push's order,
+/// and each stored once (a driver that takes such a push in two tries must not store its first
+/// jobs twice or lose the keys they took).
+pub async fn unique_keys_of_every_holder_mix_in_one_push(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let period = UniqueUntil::Period(10_000);
+    let over = queue.dispatch_with(plain(&key, 1), unique("p", period)).await.expect("dispatch");
+    clock.advance(Duration::from_millis(5_000));
+    let within = queue.dispatch_with(plain(&key, 2), unique("q", period)).await.expect("dispatch");
+    clock.advance(Duration::from_millis(5_000));
+    let mut jobs = Vec::new();
+    let mixed = [
+        ("another", 3, Some("a")),
+        ("default", 4, Some("a")),
+        ("default", 5, None),
+        ("default", 6, Some("p")),
+        ("default", 7, Some("a")),
+        ("default", 8, Some("q")),
+    ];
+    for (on, tag, key) in mixed {
+        let mut job = new_job(&queue, &orcs_core::new_job_id(), on, tag);
+        job.unique = key.map(|key| orcs_core::Unique::new(key, UniqueUntil::Finished));
+        jobs.push(job);
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let outcomes = driver.push(jobs).await.expect("push");
+    assert_eq!(
+        outcomes,
+        [
+            PushOutcome::Stored,
+            PushOutcome::Stored,
+            PushOutcome::Stored,
+            PushOutcome::Stored,
+            PushOutcome::Duplicate { id: ids[1].clone() },
+            PushOutcome::Duplicate { id: within.clone() },
+        ],
+        "a free key on each queue, no key, a period over, a key taken earlier in the push, a \
+         period not over"
+    );
+    check_stats(&queue, "default", (5, 0, 0, 0, 0, 0), "two holders and three new jobs").await;
+    check_stats(&queue, "another", (1, 0, 0, 0, 0, 0), "one on the other queue").await;
+    for (on, held, holder) in
+        [("another", "a", &ids[0]), ("default", "a", &ids[1]), ("default", "p", &ids[3])]
+    {
+        let again = queue
+            .dispatch_with(plain(&key, 9), unique(held, UniqueUntil::Finished).queue(on))
+            .await
+            .expect("dispatch");
+        assert_eq!(&again, holder, "key {held} on {on} is held by the job that took it");
+    }
+    let again = queue
+        .dispatch_with(plain(&key, 10), unique("q", UniqueUntil::Finished))
+        .await
+        .expect("dispatch");
+    assert_eq!(again, within, "the period not over keeps its holder");
+    assert_ne!(ids[3], over, "the period's holder lost its key");
+}
+
 /// Many dispatchers racing on one key, round after round: exactly one job per round, and every
 /// caller gets that job's id.
 pub async fn concurrent_dispatchers_on_one_key_store_one_job(driver: BoxDriver) {

@@ -128,6 +128,7 @@ macro_rules! conformance_tests {
             unique_key_frees_on_every_terminal_path,
             unique_key_for_a_period_expires_by_time,
             unique_keys_are_per_queue_and_per_job_in_a_batch,
+            unique_keys_of_every_holder_mix_in_one_push,
             concurrent_dispatchers_on_one_key_store_one_job,
             concurrency_limit_caps_jobs_running_at_once,
             rate_limit_allows_n_starts_in_any_window,
