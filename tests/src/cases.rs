@@ -1861,6 +1861,36 @@ pub async fn concurrency_limit_caps_jobs_running_at_once(driver: BoxDriver) {
     assert_eq!(claim(&queue, &["default"], 10).await.len(), 7, "no limit: the rest");
 }
 
+/// A claim of a queue with a concurrency limit promotes its due delayed jobs first, as every
+/// claim does, from its second claim on too (a driver may take a shorter path for a queue it
+/// knows to be limited): a due job of higher priority is claimed before the ready ones, within
+/// the limit; once the limit is lifted, the rest come in one claim.
+pub async fn limited_claims_promote_due_jobs_first(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.set_limits("default", QueueLimits::none().concurrency(2)).await.expect("limit");
+    queue.dispatch_many((0..4).map(|i| plain(&key, i))).await.expect("dispatch");
+    let first = claim(&queue, &["default"], 1).await;
+    assert_eq!(first.iter().map(tag_of).collect::<Vec<_>>(), [0]);
+    let urgent = queue
+        .dispatch_with(
+            plain(&key, 10),
+            DispatchOptions::new().priority(5).delay(Duration::from_secs(5)),
+        )
+        .await
+        .expect("dispatch");
+    assert!(claim(&queue, &["default"], 1).await.iter().map(tag_of).eq([1]), "not due yet");
+    complete(&driver, &first[0].lease, clock.now()).await.expect("complete");
+    clock.advance(Duration::from_secs(5));
+    let second = claim(&queue, &["default"], 10).await;
+    assert_eq!(second.len(), 1, "one slot is free");
+    assert_eq!(second[0].record.id, urgent, "the due job of higher priority first");
+    assert!(claim(&queue, &["default"], 10).await.is_empty(), "no slot left");
+    queue.set_limits("default", QueueLimits::none()).await.expect("clear limits");
+    let rest: Vec<u64> = claim(&queue, &["default"], 10).await.iter().map(tag_of).collect();
+    assert_eq!(rest, [2, 3], "no limit: the rest");
+}
+
 /// A rate limit of N per window lets no window, wherever it starts, hold more than N starts,
 /// and the claim says when the window reopens.
 pub async fn rate_limit_allows_n_starts_in_any_window(driver: BoxDriver) {

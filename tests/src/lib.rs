@@ -131,6 +131,7 @@ macro_rules! conformance_tests {
             unique_keys_of_every_holder_mix_in_one_push,
             concurrent_dispatchers_on_one_key_store_one_job,
             concurrency_limit_caps_jobs_running_at_once,
+            limited_claims_promote_due_jobs_first,
             rate_limit_allows_n_starts_in_any_window,
             limited_workers_wake_when_a_slot_or_token_frees,
             snooze_runs_the_job_again_without_using_an_attempt,
