@@ -29,12 +29,12 @@ impl Runner {
     pub(super) async fn execute(
         &self,
         reserved: Reserved,
-        hard_stop: CancellationToken,
+        hard_stop: &CancellationToken,
         slot: Option<Slot>,
     ) -> WorkerEvent {
         let Reserved { record, lease } = reserved;
         let started = Instant::now();
-        let outcome = self.run_attempt(&record, &lease, hard_stop, slot).await;
+        let outcome = self.run_attempt(&record, lease, hard_stop, slot).await;
         WorkerEvent {
             id: record.id,
             name: record.name,
@@ -45,12 +45,13 @@ impl Runner {
         }
     }
 
-    /// One attempt of one job, from decoding to its settled outcome.
+    /// One attempt of one job, from decoding to its settled outcome. The lease moves into the
+    /// settle that ends it (no copy of its strings per attempt).
     async fn run_attempt(
         &self,
         record: &JobRecord,
-        lease: &Lease,
-        hard_stop: CancellationToken,
+        lease: Lease,
+        hard_stop: &CancellationToken,
         slot: Option<Slot>,
     ) -> Outcome {
         let job = match self.registry.decode(&record.name, &record.payload) {
@@ -71,12 +72,16 @@ impl Runner {
             attempt: record.attempt,
             max_attempts: record.max_attempts(),
             batch: record.batch.clone(),
-            cancel: hard_stop.child_token(),
+            // A token of its own, not a child of `hard_stop`: linking and unlinking a child takes
+            // the parent's lock twice per attempt. The shutdown deadline cancels it below.
+            cancel: CancellationToken::new(),
             shared: Arc::default(),
             state: self.registry.shared_state().clone(),
         };
-        // Reported on by the run loop's touch (progress, cancel) while the job runs.
-        let _running = self.running(lease, &ctx);
+        // Reported on by the run loop's touch (progress, cancel) while the job runs; the lease
+        // is shared with that entry and taken back, uncopied as a rule, for the settle.
+        let lease = Arc::new(lease);
+        let running = self.running(Arc::clone(&lease), &ctx);
         if record.attempt > record.max_attempts() {
             // The worker that ran the last attempt died holding the job (its lease expired).
             let error = JobError::retry(format!(
@@ -89,6 +94,7 @@ impl Runner {
                     .map(|e| format!("; last error: {e}"))
                     .unwrap_or_default()
             ));
+            let lease = running.end(lease);
             return self
                 .fail_for_good(record, lease, error.message().to_owned(), Some((job, &ctx, &error)))
                 .await;
@@ -116,6 +122,7 @@ impl Runner {
                     Err(JobError::timeout(limit))
                 }
                 () = hard_stop.cancelled() => {
+                    ctx.cancel.cancel();
                     match tokio::time::timeout(grace, &mut run).await {
                         Ok(ran) => caught(ran),
                         Err(_) => Err(JobError::retry("stopped at the shutdown deadline")),
@@ -125,14 +132,15 @@ impl Runner {
         };
         // The job's code is done: its slot can take the next job while the result is recorded.
         drop(slot);
+        let lease = running.end(lease);
 
         if result.is_err() && cancel_requested.is_cancelled() {
-            return self.settle(Settle::cancel(lease.clone()), Outcome::Cancelled).await;
+            return self.settle(Settle::cancel(lease), Outcome::Cancelled).await;
         }
         // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.
         if result.is_err() && hard_stop.is_cancelled() {
             let now = self.queue.now();
-            return self.settle(Settle::release(lease.clone(), now), Outcome::Released).await;
+            return self.settle(Settle::release(lease, now), Outcome::Released).await;
         }
         match result {
             Ok(()) => {
@@ -142,12 +150,12 @@ impl Runner {
                 });
                 // Feature `opentelemetry`: the next step continues this step's trace.
                 crate::trace_context::inherit(record.meta.as_deref(), &mut next);
-                self.settle(Settle::complete(lease.clone()).enqueue(next), Outcome::Done).await
+                self.settle(Settle::complete(lease).enqueue(next), Outcome::Done).await
             }
             Err(error) if error.snooze_for().is_some() => {
                 let delay = error.snooze_for().unwrap_or_default();
                 let at = self.queue.now().saturating_add(millis(delay));
-                self.settle(Settle::release(lease.clone(), at), Outcome::Snoozed { at }).await
+                self.settle(Settle::release(lease, at), Outcome::Snoozed { at }).await
             }
             Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => {
                 self.fail_for_good(
@@ -167,7 +175,7 @@ impl Runner {
                 let at = self.queue.now().saturating_add(millis(delay));
                 let message = error.message().to_owned();
                 let outcome = Outcome::Retry { at, error: message.clone() };
-                self.settle(Settle::retry(lease.clone(), at, message), outcome).await
+                self.settle(Settle::retry(lease, at, message), outcome).await
             }
         }
     }
@@ -187,7 +195,7 @@ impl Runner {
     /// new type that newer workers know. It is handed back with a delay, its attempt not
     /// counted, until it has waited `unknown_job_patience` since it was dispatched; then it
     /// fails with the reason.
-    async fn defer_unknown(&self, record: &JobRecord, lease: &Lease) -> Outcome {
+    async fn defer_unknown(&self, record: &JobRecord, lease: Lease) -> Outcome {
         let now = self.queue.now();
         let waited = now.saturating_sub(record.dispatched_at);
         let patience = millis(self.options.unknown_job_patience);
@@ -208,7 +216,7 @@ impl Runner {
             retry_in_ms = duration_ms(self.options.unknown_job_delay),
             "this worker does not register the job's type; handing it back for a worker that does"
         );
-        self.settle(Settle::release(lease.clone(), at), Outcome::Deferred { at }).await
+        self.settle(Settle::release(lease, at), Outcome::Deferred { at }).await
     }
 
     /// Moves the job to the failed set (with its chain's `catch` job, if any, in the same step),
@@ -216,14 +224,14 @@ impl Runner {
     async fn fail_for_good(
         &self,
         record: &JobRecord,
-        lease: &Lease,
+        lease: Lease,
         error: String,
         hook: Option<(Arc<dyn ErasedJob>, &JobContext, &JobError)>,
     ) -> Outcome {
         let mut catch =
             chain_follow_ups(record.meta.as_deref(), StepEnd::Failed, || self.queue.now());
         crate::trace_context::inherit(record.meta.as_deref(), &mut catch);
-        let settle = Settle::fail(lease.clone(), error.clone()).enqueue(catch);
+        let settle = Settle::fail(lease, error.clone()).enqueue(catch);
         let outcome = self.settle(settle, Outcome::Failed { error }).await;
         if let (Outcome::Failed { .. }, Some((job, ctx, job_error))) = (&outcome, hook) {
             let limit = self.options.default_timeout;

@@ -313,7 +313,7 @@ impl Worker {
         let claim = runner.driver.claim(&runner.claim_request(1, now)).await?;
         let Some(reserved) = claim.jobs.into_iter().next() else { return Ok(None) };
         runner.watch.started(&reserved.record, runner.queue.now());
-        let event = runner.execute(reserved, CancellationToken::new(), None).await;
+        let event = runner.execute(reserved, &CancellationToken::new(), None).await;
         runner.emit(&event);
         Ok(Some(event))
     }

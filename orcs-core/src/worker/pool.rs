@@ -121,8 +121,8 @@ impl Pool {
         let mailbox = Arc::new(Mailbox::default());
         self.mailboxes.push(Arc::clone(&mailbox));
         let index = self.mailboxes.len() - 1;
-        // A child token per task, made once: the attempts' tokens then hang off a token no
-        // other task locks, instead of all off the worker's one.
+        // A child token per task, made once: each attempt waits on a token no other task
+        // locks, instead of all on the worker's one.
         let stop = self.hard_stop.child_token();
         let runner = Arc::clone(&self.runner);
         let finished = self.finished_tx.clone();
@@ -179,7 +179,7 @@ async fn serve(
     finished: mpsc::UnboundedSender<Finished>,
 ) {
     while let Some((reserved, slot)) = mailbox.next().await {
-        let attempt = AssertUnwindSafe(runner.execute(reserved, stop.clone(), slot));
+        let attempt = AssertUnwindSafe(runner.execute(reserved, &stop, slot));
         let event = match attempt.catch_unwind().await {
             Ok(event) => Some(event),
             // Panics in jobs are caught inside the attempt; reaching this is a bug in orcs.

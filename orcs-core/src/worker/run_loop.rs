@@ -74,7 +74,7 @@ impl RunningJobs {
 
 /// What the run loop knows of a running job.
 struct RunningJob {
-    lease: Lease,
+    lease: Arc<Lease>,
     cancel: CancellationToken,
     shared: Arc<Shared>,
 }
@@ -88,6 +88,15 @@ pub(super) struct RunningGuard<'a> {
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.runner.running_jobs().remove(&self.key);
+    }
+}
+
+impl RunningGuard<'_> {
+    /// The job's code ended: drops its entry and answers its lease, which the entry shared
+    /// (copied only if a touch holds it at this very moment).
+    pub(super) fn end(self, lease: Arc<Lease>) -> Lease {
+        drop(self);
+        Arc::try_unwrap(lease).unwrap_or_else(|shared| Lease::clone(&shared))
     }
 }
 
@@ -198,12 +207,8 @@ impl Runner {
     }
 
     /// Registers a job as running until the guard drops.
-    pub(super) fn running(&self, lease: &Lease, ctx: &JobContext) -> RunningGuard<'_> {
-        let job = RunningJob {
-            lease: lease.clone(),
-            cancel: ctx.cancel.clone(),
-            shared: Arc::clone(&ctx.shared),
-        };
+    pub(super) fn running(&self, lease: Arc<Lease>, ctx: &JobContext) -> RunningGuard<'_> {
+        let job = RunningJob { lease, cancel: ctx.cancel.clone(), shared: Arc::clone(&ctx.shared) };
         let key = self.next_running.fetch_add(1, Ordering::Relaxed);
         self.running_jobs().insert(key, job);
         RunningGuard { runner: self, key }
@@ -219,7 +224,7 @@ impl Runner {
             .values()
             .map(|job| {
                 let progress = job.shared.progress.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Touch::new(job.lease.clone(), progress)
+                Touch::new(Lease::clone(&job.lease), progress)
             })
             .collect();
         if touches.is_empty() {
