@@ -392,12 +392,8 @@ impl RedisDriver {
                 return Err(protocol("claim", "a job entry of 6 fields"));
             };
             let id = text(id).ok_or_else(|| protocol("claim", "a job id"))?;
-            let lease = Lease::new(
-                id.clone(),
-                queue,
-                text(token).ok_or_else(|| protocol("claim", "a token"))?,
-                int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?,
-            );
+            let token = text(token).ok_or_else(|| protocol("claim", "a token"))?;
+            let deadline = int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?;
             let attempt = int(attempt).and_then(|a| u32::try_from(a).ok()).unwrap_or(u32::MAX);
             let decoded = match blob {
                 Value::BulkString(bytes) => decode(bytes),
@@ -408,10 +404,12 @@ impl RedisDriver {
                     if stored.batch.is_some() {
                         self.mark_batched(queue);
                     }
+                    let token = scripts::lease_token(token, stored.unique.as_ref());
+                    let lease = Lease::new(id.clone(), queue, token, deadline);
                     let record = stored.into_record(id, queue, attempt, text(error));
                     claim.jobs.push(Reserved::new(record, lease));
                 }
-                Err(reason) => unreadable.push((lease, reason)),
+                Err(reason) => unreadable.push((Lease::new(id, queue, token, deadline), reason)),
             }
         }
         Ok(())

@@ -7,7 +7,8 @@
 use std::sync::{Arc, LazyLock};
 
 use orcs_core::{
-    ClaimRequest, Millis, NewJob, QueueLimits, THROUGHPUT_HORIZON_MS, Touch, Transition,
+    ClaimRequest, Millis, NewJob, QueueLimits, THROUGHPUT_HORIZON_MS, Touch, Transition, Unique,
+    UniqueUntil,
 };
 use redis::{Script, ScriptInvocation};
 
@@ -79,6 +80,34 @@ end
 local function free_key_of(jobs, unique, unique_of, id, legacy, modes)
   local mode, key = key_of(redis.call('HGET', jobs, id), unique_of, id, legacy)
   free_key(unique, nil, id, mode, key, modes)
+end
+";
+
+/// Frees the Finished keys of many jobs at once (needs [`KEY_OF`]); only the settle scripts
+/// define it.
+const FREE_KEYS: &str = r"
+-- Frees each of `keys` (fields of `unique`) that holders[i] still holds: two commands for them
+-- all, instead of two per key.
+local function free_held(unique, keys, holders)
+  if #keys == 0 then return end
+  local held = redis.call('HMGET', unique, unpack(keys))
+  local free = {}
+  for i, key in ipairs(keys) do
+    if held[i] == holders[i] then free[#free + 1] = key end
+  end
+  if #free > 0 then redis.call('HDEL', unique, unpack(free)) end
+end
+-- Adds the Finished keys of jobs `ids`, read from their records in `jobs` with one command (see
+-- key_of for `unique_of` and `legacy`), to `keys`, and the jobs to `holders`.
+local function finished_keys(jobs, unique_of, ids, legacy, keys, holders)
+  local blobs = redis.call('HMGET', jobs, unpack(ids))
+  for i, id in ipairs(ids) do
+    local mode, key = key_of(blobs[i], unique_of, id, legacy)
+    if mode == 'f' then
+      keys[#keys + 1] = key
+      holders[#keys] = id
+    end
+  end
 end
 ";
 
@@ -952,11 +981,13 @@ if #ids > 0 then
   local attempts = redis.call('HMGET', KEYS[5], unpack(ids))
   -- Tokens come from one counter: this call takes the #ids numbers up to `last`.
   local last = redis.call('HINCRBY', KEYS[8], 'tokens', #ids)
-  -- Last errors and held keys: one command says whether there is either.
-  local extras = redis.call('EXISTS', KEYS[7], KEYS[13]) > 0
-  local errors = {}
-  if extras and redis.call('EXISTS', KEYS[7]) == 1 then
-    errors = redis.call('HMGET', KEYS[7], unpack(ids))
+  -- Last errors and held keys: one command says whether there is either, a second which.
+  local extras = redis.call('EXISTS', KEYS[7], KEYS[13])
+  local errors, held = {}, false
+  if extras > 0 then
+    local errs = redis.call('EXISTS', KEYS[7]) == 1
+    held = extras > (errs and 1 or 0)
+    if errs then errors = redis.call('HMGET', KEYS[7], unpack(ids)) end
   end
   local attempt_fields, token_fields, leases, starts = {}, {}, {}, {}
   for i, id in ipairs(ids) do
@@ -990,12 +1021,16 @@ if #ids > 0 then
   redis.call('HSET', KEYS[6], unpack(token_fields))
   redis.call('ZADD', KEYS[3], unpack(leases))
   if rate and period then redis.call('ZADD', KEYS[15], unpack(starts)) end
-  -- Started keys free here; only a queue with a key held at all has one to free.
-  if extras and redis.call('EXISTS', KEYS[13]) == 1 then
+  -- Started keys free here; only a queue with a key held at all has one to free. A record
+  -- with a Started key has 's|' in its header (its mode field, the header's only letter but
+  -- the version's 'v'): a record without it is parsed no further, a plain search costing a
+  -- third of key_of's match (a name or payload with 's|' only costs that match).
+  if held then
     local specs = {}
     if redis.call('EXISTS', KEYS[14]) == 1 then specs = redis.call('HMGET', KEYS[14], unpack(ids)) end
     for i, id in ipairs(ids) do
-      local mode, key = key_of(blobs[i], nil, id, false)
+      local mode, key
+      if string.find(blobs[i], 's|', 1, true) then mode, key = key_of(blobs[i], nil, id, false) end
       if not mode and specs[i] then mode, key = string.match(specs[i], '^(%a)|%d*|(.*)$') end
       if mode == 's' and redis.call('HGET', KEYS[13], key) == id then
         redis.call('HDEL', KEYS[13], key)
@@ -1072,6 +1107,13 @@ pub(crate) fn claim(
 /// [`WORKFLOW`]). A Retry or Fail appends its error to the job's history, a Retry or Release
 /// notes when it is due again (see [`HISTORY`]).
 ///
+/// A completion frees the job's `Finished` key if the job still holds it. Its lease names the key
+/// when the claim's record had one ([`lease_token`]): then the key is checked and deleted with
+/// the call's other completions' (one `HMGET` and one `HDEL` of `unique` per call), and the
+/// record is not read; otherwise the record says (one `HMGET` of them per call). On a queue with
+/// batch children each completion frees its key at once, before its end is counted (which may
+/// dispatch a callback that takes the key).
+///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at, unique, unique_of, meta, progress, cancel, history of the settled queue (1-17),
 /// then the workflow context (none, or the batches' home keys and 16 per group, the settled
@@ -1080,7 +1122,8 @@ pub(crate) fn claim(
 /// 'c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel 'x', followed by the number of effect jobs
 /// unless there are none: `c`, `r2`), then run_at and error for a retry, run_at for a release,
 /// error for a fail, nothing for a complete or cancel (a plain complete costs three arguments),
-/// then 9 per effect job as PUSH takes them.
+/// then 9 per effect job as PUSH takes them; a complete without effects whose lease names its
+/// `Finished` key is op 'k', then the key.
 /// Returns {results, NEED, FRESH}: one 1 (applied) or 0 (stale token) per item; 2 (applied) for
 /// an item whose effect set a queue's `registered` mark (as `store_marked` answers 2). A
 /// duplicate effect job is skipped. When an item's batch needs queues the call was not given,
@@ -1094,25 +1137,32 @@ local own = ARGV[2] ~= '-' and ARGV[3] or ''
 -- `legacy`: jobs stored under layout 2 keep their key's spec in `unique_of`.
 local keyed, legacy, extras, hist, errs = false, false, false, false, false
 -- One command says whether the queue has any of them (a plain queue has none).
-if redis.call('EXISTS', KEYS[12], KEYS[13], KEYS[15], KEYS[16], KEYS[17], KEYS[7]) > 0 then
+local present = redis.call('EXISTS', KEYS[12], KEYS[13], KEYS[15], KEYS[16], KEYS[17], KEYS[7])
+if present > 0 then
   keyed = redis.call('EXISTS', KEYS[12]) == 1
-  legacy = redis.call('EXISTS', KEYS[13]) == 1
-  extras = redis.call('EXISTS', KEYS[15], KEYS[16]) > 0
-  hist = redis.call('EXISTS', KEYS[17]) == 1
-  errs = redis.call('EXISTS', KEYS[7]) == 1
+  -- A queue whose jobs hold keys and nothing else (the common keyed case) asks no more.
+  if present > (keyed and 1 or 0) then
+    legacy = redis.call('EXISTS', KEYS[13]) == 1
+    extras = redis.call('EXISTS', KEYS[15], KEYS[16]) > 0
+    hist = redis.call('EXISTS', KEYS[17]) == 1
+    errs = redis.call('EXISTS', KEYS[7]) == 1
+  end
 end
 local meta = redis.call('HMGET', KEYS[14], 'concurrency', 'batched')
 local limited, batched = meta[1] ~= false, meta[2] ~= false
-local ends = {c = 'd', x = 'c', f = 'f'}
+local ends = {c = 'd', k = 'd', x = 'c', f = 'f'}
 -- Each item: id, token, op (its kind, then its number of effect jobs unless 0: 'c', 'r2'), then
 -- run_at and error for a retry, run_at for a release, error for a fail, then its effect jobs.
+-- A completion whose lease named its Finished key is kind 'k', then the key.
 local at, ids, kinds, effs = {}, {}, {}, {}
 local i = first_item
 while i <= #ARGV do
   local n = #at + 1
   local op = ARGV[i + 2]
   local kind, effects, extra = op, 0, 0
-  if op ~= 'c' then
+  if op == 'k' then
+    extra = 1
+  elseif op ~= 'c' then
     kind = string.sub(op, 1, 1)
     effects = tonumber(string.sub(op, 2)) or 0
     if kind == 'r' then extra = 2 elseif kind == 'f' or kind == 'l' then extra = 1 end
@@ -1125,8 +1175,22 @@ if #ids > 0 then current = redis.call('HMGET', KEYS[6], unpack(ids)) end
 -- Plain completions waiting to be removed; `gone`: jobs settled by an earlier item of this call
 -- (a repeated item is stale, as its token would be after the first).
 local done, gone = {}, {}
+-- On a queue without batch children the Finished keys of those completions free together, with
+-- their removal (a batch child's frees at once: its end may dispatch a callback that takes the
+-- key): `named` the keys their leases named, held by `holders`; `unnamed` the completions whose
+-- records tell.
+local defer = keyed and not batched
+local named, holders, unnamed, nn = {}, {}, {}, 0
 local function remove_done()
   if #done == 0 then return end
+  if defer then
+    if #unnamed > 0 then
+      finished_keys(KEYS[4], KEYS[13], unnamed, legacy, named, holders)
+      unnamed = {}
+    end
+    free_held(KEYS[12], named, holders)
+    named, holders, nn = {}, {}, 0
+  end
   redis.call('ZREM', KEYS[1], unpack(done))
   for _, k in ipairs({6, 4, 5}) do redis.call('HDEL', KEYS[k], unpack(done)) end
   if errs then redis.call('HDEL', KEYS[7], unpack(done)) end
@@ -1156,10 +1220,25 @@ for n, b in ipairs(at) do
     end
     settled = true
     gone[id] = true
-    if kind == 'c' and effects == 0 then
-      -- Its Finished key frees now, read from its record before the removal. A batch child's
-      -- completion never reads other jobs (only a first failure cancels the siblings).
-      if keyed then free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f') end
+    if kind == 'k' or (kind == 'c' and effects == 0) then
+      -- Its Finished key frees, named by its lease or read from its record before the removal:
+      -- with the call's other completions (`defer`), else now. A batch child's completion never
+      -- reads other jobs (only a first failure cancels the siblings).
+      if keyed then
+        local key = kind == 'k' and ARGV[b + 3]
+        if defer then
+          if key then
+            nn = nn + 1
+            named[nn], holders[nn] = key, id
+          else
+            unnamed[#unnamed + 1] = id
+          end
+        elseif key then
+          free_key(KEYS[12], nil, id, 'f', key, 'f')
+        else
+          free_key_of(KEYS[4], KEYS[12], KEYS[13], id, legacy, 'f')
+        end
+      end
       done[#done + 1] = id
       if st then count_end(st, own, id, 'd', now) end
       out[#out + 1] = 1
@@ -1221,6 +1300,37 @@ if limited and settled then arm(KEYS[9]) end
 return {out, NEED, FRESH}
 ";
 
+/// The token a lease carries for a claimed job whose claim token is `token`: that token, and
+/// for a job holding a `Finished` key (its record says so) whose token is a plain number, `+`
+/// and the key. Its completion then names the key to the settle script, which frees it without
+/// reading and parsing the job's record (it checks that the job holds it, so a key the job does
+/// not hold frees nothing). Touch, extend and settle send the stored token ([`split_token`]).
+pub(crate) fn lease_token(token: String, unique: Option<&Unique>) -> String {
+    match unique {
+        Some(Unique { key, until: UniqueUntil::Finished, .. })
+            if !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let mut out = token;
+            out.reserve(1 + key.len());
+            out.push('+');
+            out.push_str(key);
+            out
+        }
+        _ => token,
+    }
+}
+
+/// A lease token as [`lease_token`] made it: the token stored in `tokens`, and the `Finished` key
+/// it names, if any. A stored token is a number, or a number, `|` and a batch id; any other
+/// token (a stale or made-up one) is taken whole, and matches no stored token.
+pub(crate) fn split_token(token: &str) -> (&str, Option<&str>) {
+    let digits = token.bytes().take_while(u8::is_ascii_digit).count();
+    match token.as_bytes().get(digits) {
+        Some(b'+') if digits > 0 => (&token[..digits], Some(&token[digits + 1..])),
+        _ => (token, None),
+    }
+}
+
 /// One settle as the SETTLE script takes it: the lease's id and token, the transition, and its
 /// effect jobs with the index of their queue group.
 pub(crate) struct SettleItem<'a> {
@@ -1275,10 +1385,13 @@ pub(crate) fn settle(
             // A transition this build does not know: as a release at once, which loses nothing.
             _ => ('l', Some(now), None),
         };
-        call.arg(item.id).arg(item.token);
-        match item.effects.len() {
-            0 => call.arg(kind.to_string()),
-            n => call.arg(format!("{kind}{n}")),
+        let (token, key) = split_token(item.token);
+        call.arg(item.id).arg(token);
+        match (item.effects.len(), key) {
+            // A completion that names its Finished key: 'k', then the key.
+            (0, Some(key)) if kind == 'c' => call.arg("k").arg(key),
+            (0, _) => call.arg(kind.to_string()),
+            (n, _) => call.arg(format!("{kind}{n}")),
         };
         if let Some(run_at) = run_at {
             call.arg(run_at);
@@ -1308,7 +1421,7 @@ pub(crate) fn extend(
     until: Millis,
 ) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.extend.prepare_invoke();
-    call.key(&keys.reserved).key(&keys.tokens).arg(id).arg(token).arg(until);
+    call.key(&keys.reserved).key(&keys.tokens).arg(id).arg(split_token(token).0).arg(until);
     call
 }
 
@@ -1609,7 +1722,7 @@ pub(crate) fn touch(groups: &[(Arc<QueueKeys>, Vec<&Touch>)]) -> ScriptInvocatio
     for (index, (keys, touches)) in groups.iter().enumerate() {
         call.key(&keys.tokens).key(&keys.progress).key(&keys.cancel);
         for touch in touches {
-            call.arg(index).arg(&touch.lease.id).arg(&touch.lease.token);
+            call.arg(index).arg(&touch.lease.id).arg(split_token(&touch.lease.token).0);
             match &touch.progress {
                 Some(progress) => call.arg("1").arg(progress),
                 None => call.arg("0").arg(""),
@@ -2553,9 +2666,10 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         STORE,
         NO_WORKFLOW,
         HISTORY,
+        FREE_KEYS,
         SETTLE,
     ]),
-    settle_batched: with_workflow(HISTORY, SETTLE),
+    settle_batched: with_workflow(&[HISTORY, FREE_KEYS].concat(), SETTLE),
     extend: Script::new(EXTEND),
     recover: with_workflow(HISTORY, RECOVER),
     stats: Script::new(STATS),
@@ -2586,3 +2700,30 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     register_schedule: with_workflow("", REGISTER_SCHEDULE),
     fire: with_workflow("", FIRE),
 });
+
+#[cfg(test)]
+mod tests {
+    use orcs_core::{Unique, UniqueUntil};
+
+    use super::{lease_token, split_token};
+
+    #[test]
+    fn a_lease_names_only_a_finished_key_of_a_plain_token() {
+        let finished = Unique::new("k+1|x", UniqueUntil::Finished);
+        let token = lease_token("42".to_owned(), Some(&finished));
+        assert_eq!(token, "42+k+1|x");
+        assert_eq!(split_token(&token), ("42", Some("k+1|x")));
+        // A batch child's token, other modes and no key: the token as stored.
+        assert_eq!(lease_token("7|b+1".to_owned(), Some(&finished)), "7|b+1");
+        assert_eq!(split_token("7|b+1"), ("7|b+1", None));
+        for until in [UniqueUntil::Started, UniqueUntil::Period(5)] {
+            assert_eq!(lease_token("42".to_owned(), Some(&Unique::new("k", until))), "42");
+        }
+        assert_eq!(lease_token("42".to_owned(), None), "42");
+        assert_eq!(split_token("42"), ("42", None));
+        // A made-up token is taken whole (and matches no stored token); an empty key is a key.
+        assert_eq!(split_token("not-the-token"), ("not-the-token", None));
+        assert_eq!(split_token("+k"), ("+k", None));
+        assert_eq!(split_token("42+"), ("42", Some("")));
+    }
+}

@@ -1,7 +1,8 @@
 //! The cost of flow control and batches on the hot paths, against a Redis server of the test's
 //! own: enqueue one by one with unique keys against plain, a drain under a concurrency limit
 //! equal to the claimer's slots against an unlimited one, and the drain of a batch's children
-//! against plain jobs. Ignored by default (timing on a shared
+//! against plain jobs, and the drain of jobs holding a unique key against plain jobs (also in
+//! Redis's own instructions, under callgrind). Ignored by default (timing on a shared
 //! machine is noisy); run with
 //! `cargo test -p orcs-redis --release --test perf -- --ignored --nocapture`
 //! (`ORCS_PERF_ROUNDS=n` for more or fewer alternating rounds; medians count).
@@ -285,5 +286,251 @@ fn batch_children_drain_near_plain() {
             assert!(info.finished_at.is_some(), "the batch finished");
         }
         assert!(ratio >= 0.7, "batch children drain at {:.0}% of plain", 100.0 * ratio);
+    });
+}
+
+/// `INFO commandstats` as command -> (calls, usec), and the server's CPU time (`INFO cpu`, user
+/// and system, µs).
+async fn server_stats(url: &str) -> (std::collections::BTreeMap<String, (u64, u64)>, f64) {
+    let mut conn = redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    let mut cpu = 0.0;
+    let mut commands = std::collections::BTreeMap::new();
+    for line in info.lines() {
+        if let Some(v) =
+            line.strip_prefix("used_cpu_user:").or_else(|| line.strip_prefix("used_cpu_sys:"))
+        {
+            cpu += v.trim().parse::<f64>().unwrap_or(0.0) * 1e6;
+        }
+        let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |f: &str| -> Option<u64> {
+            rest.split(',').find_map(|kv| kv.strip_prefix(f)?.strip_prefix('=')?.parse().ok())
+        };
+        if let (Some(calls), Some(usec)) = (field("calls"), field("usec")) {
+            commands.insert(name.to_owned(), (calls, usec));
+        }
+    }
+    (commands, cpu)
+}
+
+/// This process's CPU time so far, µs (every thread's, from /proc; 0 where there is none).
+fn client_cpu() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e3
+}
+
+/// Pushes N jobs to `queue` in pushes of 1000, keyed (`Finished`) or not.
+async fn push_n(driver: &RedisDriver, queue: &str, keyed: bool) {
+    let jobs: Vec<NewJob> = (0..N).map(|_| job(queue, keyed)).collect();
+    for chunk in jobs.chunks(1000) {
+        driver.push(chunk.to_vec()).await.expect("push");
+    }
+}
+
+/// One drain's figures per job: script µs of the claims and of the settles, the server's CPU µs,
+/// this process's CPU µs, and the commands the scripts ran (calls, µs).
+struct Costs {
+    claim: f64,
+    settle: f64,
+    server: f64,
+    client: f64,
+    commands: Vec<(String, f64, f64)>,
+}
+
+/// Claims every job of `queue` 64 at a time and completes each claim's jobs in one settle, as a
+/// worker does, measuring [`Costs`].
+async fn measured_drain(driver: &RedisDriver, url: &str, queue: &str) -> Costs {
+    let queues = vec![queue.to_owned()];
+    let (before, server_before) = server_stats(url).await;
+    let client_before = client_cpu();
+    let (mut claim_usec, mut settle_usec) = (0, 0);
+    let mut done = 0;
+    let mut last = script_usec(url).await;
+    while done < N {
+        let claim = driver
+            .claim(&ClaimRequest::new(&queues, IN_FLIGHT, SystemClock.now()))
+            .await
+            .expect("claim");
+        assert!(!claim.jobs.is_empty(), "jobs left after {done}");
+        let settles: Vec<Settle> =
+            claim.jobs.into_iter().map(|r| Settle::complete(r.lease)).collect();
+        done += settles.len();
+        let claimed = script_usec(url).await;
+        for result in driver.settle(&settles, SystemClock.now()).await {
+            result.expect("complete");
+        }
+        let settled = script_usec(url).await;
+        claim_usec += claimed - last;
+        settle_usec += settled - claimed;
+        last = settled;
+    }
+    let client = client_cpu() - client_before;
+    let (after, server_after) = server_stats(url).await;
+    let n = N as f64;
+    let commands = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .filter_map(|(name, (calls, usec))| {
+            let (was, was_usec) = before.get(name).copied().unwrap_or((0, 0));
+            (calls > &was)
+                .then(|| (name.clone(), (calls - was) as f64 / n, (usec - was_usec) as f64 / n))
+        })
+        .collect();
+    Costs {
+        claim: claim_usec as f64 / n,
+        settle: settle_usec as f64 / n,
+        server: (server_after - server_before) / n,
+        client,
+        commands,
+    }
+}
+
+/// The drain of jobs that hold a unique key until they finish, against plain jobs, in
+/// alternating rounds: per job, the script time of the claims and of the settles, the server's
+/// CPU time (scripts, commands, network), and the commands the scripts ran (their counts are
+/// exact, so they compare across runs on a loaded machine); then the wall-clock rates.
+#[test]
+#[ignore = "a timing measurement; run it by hand"]
+fn keyed_drain_near_plain() {
+    orcs_tests::run(async {
+        let Some(url) = services::redis::private_server_or_skip() else { return };
+        let config =
+            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
+        let driver = RedisDriver::connect(config).await.expect("connect");
+        push_n(&driver, "warm", true).await;
+        drain(&driver, &url, "warm").await;
+        let rounds = rounds();
+        let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (p, k) = (format!("plain-s{round}"), format!("keyed-s{round}"));
+            push_n(&driver, &p, false).await;
+            push_n(&driver, &k, true).await;
+            if round % 2 == 0 {
+                plain.push(measured_drain(&driver, &url, &p).await);
+                keyed.push(measured_drain(&driver, &url, &k).await);
+            } else {
+                keyed.push(measured_drain(&driver, &url, &k).await);
+                plain.push(measured_drain(&driver, &url, &p).await);
+            }
+        }
+        for (what, costs) in [("plain", &plain), ("keyed", &keyed)] {
+            let mid = |f: fn(&Costs) -> f64| {
+                let mut v: Vec<f64> = costs.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "{what}: µs per job, medians of {rounds}: claim script {:.2}, settle script {:.2}, \
+                 server CPU {:.2}, client CPU {:.2}",
+                mid(|c| c.claim),
+                mid(|c| c.settle),
+                mid(|c| c.server),
+                mid(|c| c.client / N as f64),
+            );
+            println!("{what}: commands per job (calls, µs): {:.3?}", costs[0].commands);
+        }
+        let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (p, k) = (format!("plain{round}"), format!("keyed{round}"));
+            push_n(&driver, &p, false).await;
+            push_n(&driver, &k, true).await;
+            if round % 2 == 0 {
+                plain.push(drain(&driver, &url, &p).await);
+                keyed.push(drain(&driver, &url, &k).await);
+            } else {
+                keyed.push(drain(&driver, &url, &k).await);
+                plain.push(drain(&driver, &url, &p).await);
+            }
+        }
+        let (plain, keyed) = (median(&plain), median(&keyed));
+        println!(
+            "drain, medians of {rounds}: plain {plain:.1?}, keyed {keyed:.1?} (jobs/s, script \
+             µs/job): {:.1}% of plain",
+            100.0 * keyed.0 / plain.0
+        );
+    });
+}
+
+/// Runs `callgrind_control` with `args` on process `pid` (a redis-server under callgrind).
+fn callgrind(args: &[&str], pid: &str) {
+    let status = std::process::Command::new("callgrind_control")
+        .args(args)
+        .arg(pid)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("callgrind_control");
+    assert!(status.success(), "callgrind_control {args:?}");
+}
+
+/// The instructions a redis-server spends per drained job, plain and keyed: with
+/// `ORCS_PERF_REDIS_URL` naming a server run under
+/// `valgrind --tool=callgrind --instr-atstart=no` and `ORCS_PERF_CALLGRIND_PID` its pid, each
+/// drain (one call at a time, so the server does the
+/// same work on every run) is instrumented alone: its claims (64 at a time) dumped as
+/// `plain<round>-claim` / `keyed<round>-claim`, then its settles (64 per call) as `...-settle`.
+/// Read the totals with `callgrind_annotate <file> | head`.
+#[test]
+#[ignore = "a measurement under callgrind; run it by hand"]
+fn keyed_drain_instructions() {
+    let (Ok(url), Ok(pid)) =
+        (std::env::var("ORCS_PERF_REDIS_URL"), std::env::var("ORCS_PERF_CALLGRIND_PID"))
+    else {
+        eprintln!("set ORCS_PERF_REDIS_URL and ORCS_PERF_CALLGRIND_PID");
+        return;
+    };
+    orcs_tests::run(async move {
+        let config =
+            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
+        let driver = RedisDriver::connect(config).await.expect("connect");
+        push_n(&driver, "warm", true).await;
+        drain(&driver, &url, "warm").await;
+        for round in 0..rounds().min(2) {
+            for keyed in [false, true] {
+                let queue = format!("{}{round}", if keyed { "keyed" } else { "plain" });
+                push_n(&driver, &queue, keyed).await;
+                // The claims, then the settles, each dumped on its own.
+                callgrind(&["-z"], &pid);
+                callgrind(&["-i", "on"], &pid);
+                let queues = vec![queue.clone()];
+                let mut leases = Vec::with_capacity(N);
+                while leases.len() < N {
+                    let claim = driver
+                        .claim(&ClaimRequest::new(&queues, IN_FLIGHT, SystemClock.now()))
+                        .await
+                        .expect("claim");
+                    assert!(!claim.jobs.is_empty(), "jobs left after {}", leases.len());
+                    leases.extend(claim.jobs.into_iter().map(|r| r.lease));
+                }
+                callgrind(&["-i", "off"], &pid);
+                callgrind(&["-d", &format!("{queue}-claim")], &pid);
+                callgrind(&["-z"], &pid);
+                callgrind(&["-i", "on"], &pid);
+                for chunk in leases.chunks(IN_FLIGHT) {
+                    let settles: Vec<Settle> =
+                        chunk.iter().cloned().map(Settle::complete).collect();
+                    for result in driver.settle(&settles, SystemClock.now()).await {
+                        result.expect("complete");
+                    }
+                }
+                callgrind(&["-i", "off"], &pid);
+                callgrind(&["-d", &format!("{queue}-settle")], &pid);
+            }
+        }
     });
 }

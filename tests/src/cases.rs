@@ -1799,6 +1799,85 @@ pub async fn unique_keys_of_every_holder_mix_in_one_push(driver: BoxDriver) {
     assert_ne!(ids[3], over, "the period's holder lost its key");
 }
 
+/// A settle of many items frees each completed job's `Finished` key in that step, in item order
+/// (an effect of a later item may take a key an earlier completion freed), and only keys the jobs
+/// still hold: a job that failed for good gave its key up, so when it runs again (retried from
+/// the failed set) and completes, the key's new holder keeps it. A `Period` key outlives its
+/// job's completion. A lease of a keyed job is touched and extended as any other.
+pub async fn unique_keys_free_per_job_in_one_settle(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let until = UniqueUntil::Finished;
+    let dispatch = |tag, key_name: &'static str, until| {
+        let queue = queue.clone();
+        let key = key.clone();
+        async move {
+            queue.dispatch_with(plain(&key, tag), unique(key_name, until)).await.expect("dispatch")
+        }
+    };
+    let gone = dispatch(1, "g", until).await;
+    let held = claim_one(&queue, &["default"]).await.expect("a job");
+    fail(&driver, &held.lease, "boom", clock.now()).await.expect("fail");
+    let taker = dispatch(2, "g", until).await;
+    assert_ne!(taker, gone, "failed for good: free");
+    queue.retry_failed(&gone).await.expect("retry failed");
+    let period = UniqueUntil::Period(60_000);
+    let mut holders = Vec::new();
+    for (tag, name) in [(3, "a"), (4, "b"), (5, "c")] {
+        holders.push(dispatch(tag, name, until).await);
+    }
+    let in_period = dispatch(6, "p", period).await;
+    queue.dispatch_with(plain(&key, 7), DispatchOptions::new()).await.expect("dispatch");
+    let held = claim(&queue, &["default"], 10).await;
+    assert_eq!(held.len(), 7, "every job claimed");
+
+    // A keyed job's lease is touched and extended as any other.
+    let c = held.iter().find(|r| r.record.id == holders[2]).expect("c's job");
+    let touch = orcs_core::Touch::new(c.lease.clone(), Some("{\"keyed\":1}".to_owned()));
+    driver.touch(&[touch], clock.now()).await.expect("touch");
+    let info = queue.get(&holders[2]).await.expect("get").expect("running");
+    assert_eq!(info.progress.as_deref(), Some(r#"{"keyed":1}"#), "the touch was taken");
+    let until_ms = c.lease.expires_at + 1_000;
+    let extended = driver.extend(&c.lease, until_ms, clock.now()).await.expect("extend");
+
+    // Every job but the key's new holder completes in one settle; c's completion stores a job
+    // that takes a's key, freed by the item before it.
+    let follow = {
+        let mut job = new_job(&queue, &orcs_core::new_job_id(), "default", 8);
+        job.unique = Some(orcs_core::Unique::new("a", until));
+        job
+    };
+    let settles: Vec<Settle> = held
+        .iter()
+        .filter(|r| r.record.id != taker)
+        .map(|r| {
+            if r.record.id == holders[2] {
+                Settle::complete(extended.clone()).enqueue([follow.clone()])
+            } else {
+                Settle::complete(r.lease.clone())
+            }
+        })
+        .collect();
+    // a's completion comes before c's.
+    let a_at = held.iter().filter(|r| r.record.id != taker).position(|r| r.record.id == holders[0]);
+    let c_at = held.iter().filter(|r| r.record.id != taker).position(|r| r.record.id == holders[2]);
+    assert!(a_at < c_at, "claimed in dispatch order");
+    let results = driver.settle(&settles, clock.now()).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(driver.get(&follow.id, clock.now()).await.expect("get").is_some(), "a's key taken");
+
+    assert_eq!(dispatch(9, "a", until).await, follow.id, "a: held by the effect's job");
+    for (tag, name) in [(10, "b"), (11, "c")] {
+        let again = dispatch(tag, name, until).await;
+        assert!(!holders.contains(&again), "{name}: completed, free");
+    }
+    assert_eq!(dispatch(12, "g", until).await, taker, "g: kept by its new holder");
+    assert_eq!(dispatch(13, "p", period).await, in_period, "p: the period is not over");
+    let taker_lease = held.iter().find(|r| r.record.id == taker).expect("taker").lease.clone();
+    complete(&driver, &taker_lease, clock.now()).await.expect("complete");
+    assert_ne!(dispatch(14, "g", until).await, taker, "g: its holder completed");
+}
+
 /// Many dispatchers racing on one key, round after round: exactly one job per round, and every
 /// caller gets that job's id.
 pub async fn concurrent_dispatchers_on_one_key_store_one_job(driver: BoxDriver) {
