@@ -56,7 +56,11 @@ redis_pid=""
 orcs_db=""
 pg_schema=""
 cleanup() {
-  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
+  if [ -n "$redis_pid" ]; then
+    kill "$redis_pid" 2>/dev/null || true
+    # Gone before returning, so a run right after finds the port free.
+    for _ in $(seq 50); do kill -0 "$redis_pid" 2>/dev/null || break; sleep 0.1; done
+  fi
   if [ -n "$pg_schema" ]; then
     psql -q "${PG_URL%%\?*}" -c "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1 || true
   fi
@@ -71,10 +75,21 @@ has_driver() { case " $DRIVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 cli() { redis-cli -h 127.0.0.1 -p "$PORT" "$@"; }
 
+# A server already on the port (another run's, still stopping, or someone else's) would be
+# benchmarked and flushed in place of ours: wait a little for it to go, else stop.
+for _ in $(seq 50); do cli ping >/dev/null 2>&1 || break; sleep 0.1; done
+if cli ping >/dev/null 2>&1; then
+  echo "bench: something already answers on 127.0.0.1:$PORT; stop it or pick a free port with PORT=" >&2
+  exit 1
+fi
 echo "# bench: starting a throwaway redis-server on 127.0.0.1:$PORT" >&2
 redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
   --pidfile "$work/redis.pid" --dir "$work" >/dev/null
-for _ in $(seq 50); do cli ping >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 50); do [ -s "$work/redis.pid" ] && cli ping >/dev/null 2>&1 && break; sleep 0.1; done
+if [ ! -s "$work/redis.pid" ]; then
+  echo "bench: redis-server did not start on 127.0.0.1:$PORT; pick a free port with PORT=" >&2
+  exit 1
+fi
 redis_pid=$(cat "$work/redis.pid")
 
 if [ -n "${ORCS:-}" ]; then
