@@ -1712,17 +1712,30 @@ pub async fn unique_key_for_a_period_expires_by_time(driver: BoxDriver) {
     check_stats(&queue, "default", (1, 0, 0, 0, 1, 0), "the new one waits").await;
 }
 
+/// Jobs for one push, each `(queue, tag, key)`: a fresh id, and a `Finished` key if it has one.
+fn keyed_jobs(queue: &Queue, jobs: &[(&str, u64, Option<&str>)]) -> Vec<NewJob> {
+    jobs.iter()
+        .map(|&(on, tag, key)| {
+            let mut job = new_job(queue, &orcs_core::new_job_id(), on, tag);
+            job.unique = key.map(|key| orcs_core::Unique::new(key, UniqueUntil::Finished));
+            job
+        })
+        .collect()
+}
+
 /// Keys are per queue, and a batch answers per job: a key taken earlier in the same batch makes
 /// a later job a duplicate of the earlier one.
 pub async fn unique_keys_are_per_queue_and_per_job_in_a_batch(driver: BoxDriver) {
     let (queue, _clock) = manual_queue(&driver);
-    let mut jobs = Vec::new();
-    for (tag, on) in [(1, "default"), (2, "default"), (3, "other"), (4, "default")] {
-        let mut job = new_job(&queue, &orcs_core::new_job_id(), on, tag);
-        job.unique =
-            Some(orcs_core::Unique::new(if tag == 4 { "j" } else { "k" }, UniqueUntil::Finished));
-        jobs.push(job);
-    }
+    let jobs = keyed_jobs(
+        &queue,
+        &[
+            ("default", 1, Some("k")),
+            ("default", 2, Some("k")),
+            ("other", 3, Some("k")),
+            ("default", 4, Some("j")),
+        ],
+    );
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let outcomes = driver.push(jobs).await.expect("push");
     assert_eq!(
@@ -1751,20 +1764,17 @@ pub async fn unique_keys_of_every_holder_mix_in_one_push(driver: BoxDriver) {
     clock.advance(Duration::from_millis(5_000));
     let within = queue.dispatch_with(plain(&key, 2), unique("q", period)).await.expect("dispatch");
     clock.advance(Duration::from_millis(5_000));
-    let mut jobs = Vec::new();
-    let mixed = [
-        ("another", 3, Some("a")),
-        ("default", 4, Some("a")),
-        ("default", 5, None),
-        ("default", 6, Some("p")),
-        ("default", 7, Some("a")),
-        ("default", 8, Some("q")),
-    ];
-    for (on, tag, key) in mixed {
-        let mut job = new_job(&queue, &orcs_core::new_job_id(), on, tag);
-        job.unique = key.map(|key| orcs_core::Unique::new(key, UniqueUntil::Finished));
-        jobs.push(job);
-    }
+    let jobs = keyed_jobs(
+        &queue,
+        &[
+            ("another", 3, Some("a")),
+            ("default", 4, Some("a")),
+            ("default", 5, None),
+            ("default", 6, Some("p")),
+            ("default", 7, Some("a")),
+            ("default", 8, Some("q")),
+        ],
+    );
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let outcomes = driver.push(jobs).await.expect("push");
     assert_eq!(
