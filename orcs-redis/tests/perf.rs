@@ -226,10 +226,7 @@ fn batch_children_drain_near_plain() {
             let plain_queue = format!("plain{round}");
             let batch_queue = format!("batch{round}");
             let started = Instant::now();
-            let jobs: Vec<NewJob> = (0..N).map(|_| job(&plain_queue, false)).collect();
-            for chunk in jobs.chunks(1000) {
-                driver.push(chunk.to_vec()).await.expect("push");
-            }
+            push_n(&driver, &plain_queue, false).await;
             let plain_push = N as f64 / started.elapsed().as_secs_f64();
             let started = Instant::now();
             batches.push(push_batch_of(&driver, &batch_queue).await);
@@ -252,10 +249,7 @@ fn batch_children_drain_near_plain() {
         let (mut plain_halves, mut child_halves) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let (plain_queue, batch_queue) = (format!("plain-s{round}"), format!("batch-s{round}"));
-            let jobs: Vec<NewJob> = (0..N).map(|_| job(&plain_queue, false)).collect();
-            for chunk in jobs.chunks(1000) {
-                driver.push(chunk.to_vec()).await.expect("push");
-            }
+            push_n(&driver, &plain_queue, false).await;
             batches.push(push_batch_of(&driver, &batch_queue).await);
             plain_halves.push(claim_then_settle(&driver, &url, &plain_queue).await);
             child_halves.push(claim_then_settle(&driver, &url, &batch_queue).await);
@@ -343,6 +337,31 @@ async fn push_n(driver: &RedisDriver, queue: &str, keyed: bool) {
     }
 }
 
+/// `rounds` rounds, each pushing N plain and N keyed jobs to queues `plain<label><round>` and
+/// `keyed<label><round>` and measuring both with `measure`, the other kind first every other
+/// round so the machine's noise falls on both; answers (plain, keyed).
+async fn keyed_rounds<T, F: Future<Output = T>>(
+    driver: &RedisDriver,
+    rounds: usize,
+    label: &str,
+    measure: impl Fn(String) -> F,
+) -> (Vec<T>, Vec<T>) {
+    let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (p, k) = (format!("plain{label}{round}"), format!("keyed{label}{round}"));
+        push_n(driver, &p, false).await;
+        push_n(driver, &k, true).await;
+        if round % 2 == 0 {
+            plain.push(measure(p).await);
+            keyed.push(measure(k).await);
+        } else {
+            keyed.push(measure(k).await);
+            plain.push(measure(p).await);
+        }
+    }
+    (plain, keyed)
+}
+
 /// One drain's figures per job: script µs of the claims and of the settles, the server's CPU µs,
 /// this process's CPU µs, and the commands the scripts ran (calls, µs).
 struct Costs {
@@ -416,19 +435,11 @@ fn keyed_drain_near_plain() {
         push_n(&driver, "warm", true).await;
         drain(&driver, &url, "warm").await;
         let rounds = rounds();
-        let (mut plain, mut keyed) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let (p, k) = (format!("plain-s{round}"), format!("keyed-s{round}"));
-            push_n(&driver, &p, false).await;
-            push_n(&driver, &k, true).await;
-            if round % 2 == 0 {
-                plain.push(measured_drain(&driver, &url, &p).await);
-                keyed.push(measured_drain(&driver, &url, &k).await);
-            } else {
-                keyed.push(measured_drain(&driver, &url, &k).await);
-                plain.push(measured_drain(&driver, &url, &p).await);
-            }
-        }
+        let (driver, url) = (&driver, url.as_str());
+        let (plain, keyed) = keyed_rounds(driver, rounds, "-s", |queue| async move {
+            measured_drain(driver, url, &queue).await
+        })
+        .await;
         for (what, costs) in [("plain", &plain), ("keyed", &keyed)] {
             let mid = |f: fn(&Costs) -> f64| {
                 let mut v: Vec<f64> = costs.iter().map(f).collect();
@@ -445,19 +456,14 @@ fn keyed_drain_near_plain() {
             );
             println!("{what}: commands per job (calls, µs): {:.3?}", costs[0].commands);
         }
-        let (mut plain, mut keyed) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let (p, k) = (format!("plain{round}"), format!("keyed{round}"));
-            push_n(&driver, &p, false).await;
-            push_n(&driver, &k, true).await;
-            if round % 2 == 0 {
-                plain.push(drain(&driver, &url, &p).await);
-                keyed.push(drain(&driver, &url, &k).await);
-            } else {
-                keyed.push(drain(&driver, &url, &k).await);
-                plain.push(drain(&driver, &url, &p).await);
-            }
-        }
+        let (plain, keyed) =
+            keyed_rounds(
+                driver,
+                rounds,
+                "",
+                |queue| async move { drain(driver, url, &queue).await },
+            )
+            .await;
         let (plain, keyed) = (median(&plain), median(&keyed));
         println!(
             "drain, medians of {rounds}: plain {plain:.1?}, keyed {keyed:.1?} (jobs/s, script \
