@@ -728,7 +728,8 @@ return out
 /// `Started` or `Finished` key: such a holder keeps it while its record lives (the common
 /// duplicate). Any other holder (a `Period` one, whose time only `unique_expiry` and each job's
 /// dispatch time tell; a layout-2 one; one without a record) is judged by [`PUSH`], as before:
-/// this script then takes back what it stored in the call and answers nothing. So it needs
+/// this script then takes back what it stored in the call and answers nothing (the holder's
+/// record read with [`KEY_OF`]'s `key_of`). So it needs
 /// neither `unique_expiry` nor a time, which saves a key and an argument on every keyed call
 /// (every key and argument costs a script call time, see [`PUSH_PLAIN`]).
 const PUSH_KEYED: &str = r"
@@ -742,8 +743,7 @@ for b = 1, #ARGV, 6 do
   elseif key ~= '' and redis.call('HSETNX', KEYS[k + 5], key, id) == 0 then
     redis.call('HDEL', KEYS[k + 3], id)
     local holder = redis.call('HGET', KEYS[k + 5], key)
-    local mode = string.match(redis.call('HGET', KEYS[k + 3], holder) or '',
-      '^v[34]|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%a)|')
+    local mode = key_of(redis.call('HGET', KEYS[k + 3], holder), nil, holder, false)
     if mode ~= 's' and mode ~= 'f' then
       -- Only the general script can judge this holder: undo the jobs stored before it.
       for e = 1, b - 6, 6 do
@@ -2652,7 +2652,7 @@ fn with_workflow(more: &str, body: &str) -> Script {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: script(&[ARM, KEY_HELD, STORE, PUSH]),
     push_plain: script(&[ARM, PUSH_PLAIN]),
-    push_keyed: script(&[ARM, PUSH_KEYED]),
+    push_keyed: script(&[ARM, KEY_OF, PUSH_KEYED]),
     unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
     claim: script(&[HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
     settle: script(&[
