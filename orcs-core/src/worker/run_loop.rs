@@ -87,7 +87,7 @@ pub(super) struct RunningGuard<'a> {
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        self.runner.running_jobs().remove(&self.key);
+        self.runner.running.lock().remove(&self.key);
     }
 }
 
@@ -197,10 +197,6 @@ impl Runner {
         request
     }
 
-    fn running_jobs(&self) -> MutexGuard<'_, HashMap<u64, RunningJob>> {
-        self.running.lock()
-    }
-
     /// The jobs this worker is running, for its heartbeat.
     pub(super) fn running_set(&self) -> RunningJobs {
         self.running.clone()
@@ -210,7 +206,7 @@ impl Runner {
     pub(super) fn running(&self, lease: Arc<Lease>, ctx: &JobContext) -> RunningGuard<'_> {
         let job = RunningJob { lease, cancel: ctx.cancel.clone(), shared: Arc::clone(&ctx.shared) };
         let key = self.next_running.fetch_add(1, Ordering::Relaxed);
-        self.running_jobs().insert(key, job);
+        self.running.lock().insert(key, job);
         RunningGuard { runner: self, key }
     }
 
@@ -220,7 +216,8 @@ impl Runner {
             return;
         }
         let touches: Vec<Touch> = self
-            .running_jobs()
+            .running
+            .lock()
             .values()
             .map(|job| {
                 let progress = job.shared.progress.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -232,7 +229,7 @@ impl Runner {
         }
         match self.driver.touch(&touches, self.queue.now()).await {
             Ok(cancelled) => {
-                let running = self.running_jobs();
+                let running = self.running.lock();
                 for id in cancelled {
                     for job in running.values().filter(|job| job.lease.id == id) {
                         tracing::info!(id = %id, "the job was cancelled; asking it to stop");
