@@ -825,10 +825,12 @@ where
             (job.queue.clone(), key.to_owned())
         };
         // A leader whose key nobody else answered for holds it itself (a push of fresh keys).
-        for &i in first.values().filter(|_| !holders.is_empty()) {
-            let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
-            if holder != jobs[i].id {
-                held_by.insert(i, holder);
+        if !holders.is_empty() {
+            for &i in first.values() {
+                let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
+                if holder != jobs[i].id {
+                    held_by.insert(i, holder);
+                }
             }
         }
         for (i, leader) in followers {
