@@ -218,18 +218,38 @@ pub struct ClaimRequest<'a> {
     pub default_timeout_ms: u64,
     /// Added to the timeout to make the lease, so the worker's own timeout fires first.
     pub grace_ms: u64,
+    /// The claiming worker's jobs whose code has ended and whose settle is on its way to the
+    /// backend. A claim of a concurrency-limited queue may leave them out of the jobs it counts
+    /// as running (matched by token: a job claimed again meanwhile still counts); a driver
+    /// that ignores them is correct too, but cuts short the claims made while those settles
+    /// are written.
+    pub settling: Option<&'a dyn Settling>,
 }
 
 impl<'a> ClaimRequest<'a> {
     /// Up to `max` jobs from `queues` at `now`, with a 60 s default timeout and a 5 s grace.
     pub fn new(queues: &'a [String], max: usize, now: Millis) -> Self {
-        Self { queues, max, now, default_timeout_ms: 60_000, grace_ms: 5_000 }
+        Self { queues, max, now, default_timeout_ms: 60_000, grace_ms: 5_000, settling: None }
     }
 
     /// The lease deadline of a job claimed now with the given own timeout.
     pub fn lease_until(&self, timeout_ms: Option<u64>) -> Millis {
         let length = timeout_ms.unwrap_or(self.default_timeout_ms).saturating_add(self.grace_ms);
         self.now.saturating_add(i64::try_from(length).unwrap_or(i64::MAX))
+    }
+}
+
+/// The jobs of a worker whose code has ended and whose settle is not written yet (see
+/// [`ClaimRequest::settling`]). Read only by claims that need it, so that a worker keeps no
+/// list of its own on the hot path.
+pub trait Settling: Send + Sync + std::fmt::Debug {
+    /// The fencing tokens of those jobs' leases.
+    fn tokens(&self) -> Vec<String>;
+}
+
+impl Settling for Vec<String> {
+    fn tokens(&self) -> Vec<String> {
+        self.clone()
     }
 }
 

@@ -1950,6 +1950,56 @@ pub async fn concurrency_limit_caps_jobs_running_at_once(driver: BoxDriver) {
     assert_eq!(claim(&queue, &["default"], 10).await.len(), 7, "no limit: the rest");
 }
 
+/// A claim may leave the worker's settling jobs ([`orcs_core::ClaimRequest::settling`]) out of
+/// a concurrency limit's count, but only by their tokens: an unknown token, or the token of a
+/// job's earlier claim (its lease expired and another worker runs it now), frees no slot. With
+/// the running job's own token a driver may free its slot or not, never more.
+pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.set_limits("default", QueueLimits::none().concurrency(1)).await.expect("limit");
+    queue.dispatch(plain(&key, 0)).await.expect("dispatch");
+    let queues = names(&["default"]);
+    let claim_settling = |tokens: Vec<String>, now: Millis| {
+        let queues = &queues;
+        let driver = &driver;
+        async move {
+            let mut request = orcs_core::ClaimRequest::new(queues, 10, now);
+            request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
+            request.settling = Some(&tokens);
+            driver.claim(&request).await.expect("claim").jobs
+        }
+    };
+    let first = claim(&queue, &["default"], 10).await;
+    assert_eq!(first.len(), 1, "the job");
+    let old_token = first[0].lease.token.clone();
+    // The lease runs out; recovery hands the job to another claim, under a new token.
+    clock.set(first[0].lease.expires_at);
+    driver.recover(&queues, clock.now()).await.expect("recover");
+    let again = claim(&queue, &["default"], 10).await;
+    assert_eq!(again.len(), 1, "the recovered job's slot is free");
+    assert_eq!(again[0].record.id, first[0].record.id, "the recovered job");
+    let token = again[0].lease.token.clone();
+    assert_ne!(token, old_token, "a fresh token");
+    queue.dispatch_many((1..3).map(|i| plain(&key, i))).await.expect("dispatch");
+    assert!(
+        claim_settling(vec!["no-such-token".into(), format!("{token}x")], clock.now())
+            .await
+            .is_empty(),
+        "an unknown token frees no slot"
+    );
+    assert!(
+        claim_settling(vec![old_token], clock.now()).await.is_empty(),
+        "the earlier claim's token frees no slot of the job running again"
+    );
+    let own = claim_settling(vec![token], clock.now()).await;
+    assert!(own.len() <= 1, "its own token frees at most its own slot, got {}", own.len());
+    complete(&driver, &again[0].lease, clock.now()).await.expect("complete");
+    let held = if own.is_empty() { claim(&queue, &["default"], 10).await } else { own };
+    assert_eq!(held.len(), 1, "the completed job's slot is free");
+    assert!(claim(&queue, &["default"], 10).await.is_empty(), "never above the limit");
+}
+
 /// A claim of a queue with a concurrency limit promotes its due delayed jobs first, as every
 /// claim does, from its second claim on too (a driver may take a shorter path for a queue it
 /// knows to be limited): a due job of higher priority is claimed before the ready ones, within

@@ -132,6 +132,7 @@ macro_rules! conformance_tests {
             unique_keys_free_per_job_in_one_settle,
             concurrent_dispatchers_on_one_key_store_one_job,
             concurrency_limit_caps_jobs_running_at_once,
+            settling_tokens_free_only_their_own_slots,
             limited_claims_promote_due_jobs_first,
             rate_limit_allows_n_starts_in_any_window,
             limited_workers_wake_when_a_slot_or_token_frees,

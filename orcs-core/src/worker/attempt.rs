@@ -257,14 +257,14 @@ impl Runner {
             Some(settles) => {
                 let (reply, answer) = oneshot::channel();
                 match settles.send((settle, reply)) {
-                    Ok(()) => {
+                    None => {
                         return match answer.await {
                             Ok((settle, result)) => (Some(settle), result),
                             // Only when the drain gave up on the backend and stopped the writer.
                             Err(_) => (None, Err(Error::invalid("settle", "the worker stopped"))),
                         };
                     }
-                    Err(unsent) => unsent.0.0,
+                    Some(unsent) => unsent.0,
                 }
             }
             None => settle,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::job::{JobContext, Shared};
 use crate::middleware::Middleware;
 use crate::queue::Queue;
-use crate::record::{ClaimRequest, Lease, Reserved, Settle, Touch};
+use crate::record::{ClaimRequest, Lease, Reserved, Settle, Settling, Touch};
 use crate::registry::Registry;
 
 /// The state shared by the worker loop and its job tasks.
@@ -37,7 +37,7 @@ pub(super) struct Runner {
     /// The middleware around every attempt's `handle`, outermost first.
     pub(super) layers: Vec<Arc<dyn Middleware>>,
     /// Where job tasks send their settles to be written in batches (not for `work_one`).
-    pub(super) settles: Option<mpsc::UnboundedSender<Pending>>,
+    pub(super) settles: Option<Arc<SettleQueue>>,
     /// Set when the drain gave up on handing jobs back (the backend is down).
     gave_up: AtomicBool,
     /// The jobs running now, for the periodic touch (progress, cancel requests). Keyed by a
@@ -107,32 +107,108 @@ pub(super) type Pending = (Settle, oneshot::Sender<(Settle, Result<()>)>);
 /// Most settles written in one backend call.
 const SETTLE_BATCH: usize = 256;
 
+/// The settles on their way to the backend: queued by job tasks, taken in batches by the writer
+/// ([`write_settles`]). A shared queue rather than a channel so that a claim can read what is in
+/// it: the jobs of a limited queue whose code ended do not count as running while their settles
+/// are written ([`Settling`]).
+#[derive(Debug, Default)]
+pub(super) struct SettleQueue {
+    state: Mutex<SettleState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct SettleState {
+    queued: Vec<Pending>,
+    /// The batch the writer is writing now.
+    writing: Option<Arc<Vec<Settle>>>,
+    /// The writer stopped: settles are written by their tasks directly.
+    closed: bool,
+}
+
+impl std::fmt::Debug for SettleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleState")
+            .field("queued", &self.queued.len())
+            .field("writing", &self.writing.as_ref().map(|batch| batch.len()))
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl SettleQueue {
+    fn lock(&self) -> MutexGuard<'_, SettleState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a settle for the writer; answers it back if the writer has stopped.
+    pub(super) fn send(&self, pending: Pending) -> Option<Pending> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Some(pending);
+            }
+            state.queued.push(pending);
+        }
+        self.wake.notify_one();
+        None
+    }
+}
+
+impl Settling for SettleQueue {
+    fn tokens(&self) -> Vec<String> {
+        let state = self.lock();
+        let queued = state.queued.iter().map(|(settle, _)| &settle.lease.token);
+        let writing = state.writing.iter().flat_map(|batch| batch.iter()).map(|s| &s.lease.token);
+        queued.chain(writing).cloned().collect()
+    }
+}
+
 /// Writes settles: takes every settle queued meanwhile and writes them in one
 /// [`crate::Driver::settle`] call, so that jobs finishing together cost one round trip, not one
 /// each. Runs inside the worker's own task set; ends when `done` fires and the queue is empty.
-async fn write_settles(
-    queue: Queue,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    done: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(SETTLE_BATCH);
-    loop {
-        tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, SETTLE_BATCH) => if n == 0 { return },
-            () = done.cancelled() => {
-                // Every job task has ended: write what they left, then stop.
-                while let Ok(item) = rx.try_recv() {
-                    batch.push(item);
-                }
-                if batch.is_empty() {
-                    return;
-                }
-            }
+async fn write_settles(queue: Queue, settles: Arc<SettleQueue>, done: CancellationToken) {
+    /// Closes the queue however the writer ends (an abort included): what is left in it is
+    /// dropped, so that its tasks learn the writer stopped instead of waiting for ever.
+    struct Close<'a>(&'a SettleQueue);
+    impl Drop for Close<'_> {
+        fn drop(&mut self) {
+            let mut state = self.0.lock();
+            state.closed = true;
+            state.queued.clear();
+            state.writing = None;
         }
-        let (settles, replies): (Vec<Settle>, Vec<_>) = batch.drain(..).unzip();
-        let results = queue.driver().settle(&settles, queue.now()).await;
-        for ((settle, reply), result) in settles.into_iter().zip(replies).zip(results) {
+    }
+    let _close = Close(&settles);
+    loop {
+        let woken = settles.wake.notified();
+        let mut woken = std::pin::pin!(woken);
+        woken.as_mut().enable();
+        let (writing, replies) = {
+            // Moved from queued to writing in one step, so a claim sees every settle.
+            let mut state = settles.lock();
+            let n = state.queued.len().min(SETTLE_BATCH);
+            let (batch, replies): (Vec<Settle>, Vec<_>) = state.queued.drain(..n).unzip();
+            let writing = (!batch.is_empty()).then(|| Arc::new(batch));
+            state.writing.clone_from(&writing);
+            (writing, replies)
+        };
+        let Some(writing) = writing else {
+            if done.is_cancelled() {
+                // Every job task has ended and nothing is left to write.
+                return;
+            }
+            tokio::select! {
+                () = woken => {}
+                () = done.cancelled() => {}
+            }
+            continue;
+        };
+        let results = queue.driver().settle(&writing, queue.now()).await;
+        settles.lock().writing = None;
+        // Claims read the batch under the lock only, so this is its last holder.
+        let written = Arc::try_unwrap(writing).unwrap_or_else(|shared| Vec::clone(&shared));
+        for ((settle, reply), result) in written.into_iter().zip(replies).zip(results) {
             // The job task may be gone (its worker was dropped); nothing waits for this.
             let _ = reply.send((settle, result));
         }
@@ -194,6 +270,7 @@ impl Runner {
         let mut request = ClaimRequest::new(&self.options.queues, max, now);
         request.default_timeout_ms = duration_ms(self.options.default_timeout);
         request.grace_ms = duration_ms(self.options.lease_grace);
+        request.settling = self.settles.as_deref().map(|queue| queue as &dyn Settling);
         request
     }
 
@@ -283,11 +360,11 @@ impl Runner {
         shutdown: impl Future<Output = ()> + Send,
         force: impl Future<Output = ()> + Send,
     ) -> Result<WorkerSummary> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.settles = Some(tx);
+        let settles = Arc::new(SettleQueue::default());
+        self.settles = Some(Arc::clone(&settles));
         let done = CancellationToken::new();
         let mut background = JoinSet::new();
-        background.spawn(write_settles(self.queue.clone(), rx, done.clone()));
+        background.spawn(write_settles(self.queue.clone(), settles, done.clone()));
         let runner = Arc::new(self);
         let result = Arc::clone(&runner).run(shutdown, force).await;
         done.cancel();
