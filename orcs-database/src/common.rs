@@ -486,6 +486,21 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         Err::<std::future::Ready<_>, _>(jobs)
     }
 
+    /// Claims up to `want` jobs of a queue this store found limited a moment ago, promotion
+    /// included, in one round trip; `None` when the backend has no such path, the queue is not
+    /// known to be limited, or more jobs may be due than one step promotes (the caller then
+    /// promotes and claims as for any queue).
+    fn claim_known_limited(
+        _store: &Store<Self>,
+        _conn: &mut Self::Conn,
+        _queue: &str,
+        _req: &ClaimRequest<'_>,
+        _want: usize,
+        _batch: &str,
+    ) -> impl Future<Output = orcs_core::Result<Option<Claimed<Self>>>> + Send {
+        std::future::ready(Ok(None))
+    }
+
     /// Claims up to `want` jobs of a queue with `limits`, within them; returns the claimed rows
     /// and, when its rate window is full, when it reopens.
     #[allow(clippy::too_many_arguments)]
@@ -497,8 +512,11 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         want: usize,
         batch: &str,
         limits: Limits,
-    ) -> impl Future<Output = orcs_core::Result<(Vec<RowOf<Self>>, Option<Millis>)>> + Send;
+    ) -> impl Future<Output = orcs_core::Result<Claimed<Self>>> + Send;
 }
+
+/// A limited claim's rows and, when its rate window is full, when it reopens.
+pub(crate) type Claimed<B> = (Vec<RowOf<B>>, Option<Millis>);
 
 /// A job that [`Backend::complete_leases`] completed.
 #[derive(Debug)]
@@ -951,8 +969,13 @@ where
             }
             // Every due job is promoted before the claim picks, so a due job of higher
             // priority is never passed over; each job is promoted once.
-            let limits = B::promote_due(self, conn, queue, req.now).await?;
-            let rows = if let Some(limits) = limits {
+            let known = B::claim_known_limited(self, conn, queue, req, want, &batch).await?;
+            let rows = if let Some((rows, next)) = known {
+                if let Some(next) = next {
+                    reopens = Some(reopens.map_or(next, |r| r.min(next)));
+                }
+                rows
+            } else if let Some(limits) = B::promote_due(self, conn, queue, req.now).await? {
                 let (rows, next) =
                     B::claim_limited(self, conn, queue, req, want, &batch, limits).await?;
                 if let Some(next) = next {

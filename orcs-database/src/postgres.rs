@@ -5,11 +5,11 @@
 //! on to the others through the in-process wake-up, so a process needs one extra connection
 //! however many workers it runs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orcs_core::{Error, Lease, Millis, NewJob, PushOutcome, Result, Settle, Touch, Transition};
 use sqlx::pool::PoolConnection;
@@ -17,7 +17,7 @@ use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult,
 };
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 use crate::common::{self, Backend, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
@@ -75,10 +75,38 @@ pub(crate) struct PgBackend {
     borrowed: bool,
     /// Queues whose pushes committed and are still to be announced (see [`Announcer`]).
     announcer: Arc<Announcer>,
-    /// Settle calls of this store in flight, and their ends: a claim of a concurrency-limited
-    /// queue waits for them (see [`PgBackend::claim_limited`]).
-    settling: AtomicUsize,
-    settled: Notify,
+    /// Queues found limited, for the one-round-trip claim.
+    limited: Box<LimitedQueues>,
+}
+
+/// The queues this store's promotions found limited, with their limits and when they were
+/// read: a claim of one claims through the claim function at once (see
+/// [`PgBackend::claim_known_limited`]). Only a choice of path: the function reads the limits it
+/// enforces under the queue's lock, so a stale entry costs a slower claim, never a wrong one.
+#[derive(Default)]
+struct LimitedQueues(std::sync::Mutex<HashMap<String, (Instant, Limits)>>);
+
+/// How long a queue found limited takes the one-round-trip path before a promotion reads its
+/// limits again.
+const LIMITS_FRESH: Duration = Duration::from_secs(1);
+
+impl LimitedQueues {
+    fn note(&self, queue: &str, limits: Option<Limits>) {
+        let mut queues = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match limits {
+            Some(limits) => {
+                queues.insert(queue.to_owned(), (Instant::now(), limits));
+            }
+            None => {
+                queues.remove(queue);
+            }
+        }
+    }
+
+    fn get(&self, queue: &str) -> Option<Limits> {
+        let queues = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.get(queue).filter(|(at, _)| at.elapsed() < LIMITS_FRESH).map(|(_, limits)| *limits)
+    }
 }
 
 /// Announces committed pushes to other processes: one `NOTIFY` statement after the commit,
@@ -161,47 +189,6 @@ fn payloads(queues: &[String]) -> Vec<String> {
             queue[..end].to_owned()
         })
         .collect()
-}
-
-/// How long a claim of a concurrency-limited queue waits at most for this store's settles in
-/// flight (see [`PgBackend::claim_limited`]).
-const SETTLE_WAIT: Duration = Duration::from_millis(20);
-
-/// Counts a settle call in flight while it lives.
-struct Settling<'a>(&'a PgBackend);
-
-impl<'a> Settling<'a> {
-    fn new(backend: &'a PgBackend) -> Self {
-        backend.settling.fetch_add(1, Ordering::SeqCst);
-        Self(backend)
-    }
-}
-
-impl Drop for Settling<'_> {
-    fn drop(&mut self) {
-        if self.0.settling.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.settled.notify_waiters();
-        }
-    }
-}
-
-impl PgBackend {
-    /// Waits (at most [`SETTLE_WAIT`]) until no settle call of this store is in flight.
-    async fn settles_written(&self) {
-        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
-        loop {
-            let ended = self.settled.notified();
-            let mut ended = std::pin::pin!(ended);
-            ended.as_mut().enable();
-            if self.settling.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            tokio::select! {
-                () = ended => {}
-                () = tokio::time::sleep_until(deadline) => return,
-            }
-        }
-    }
 }
 
 impl fmt::Debug for Store {
@@ -344,9 +331,25 @@ impl Backend for PgBackend {
             let promoted: i64 = row.try_get(0).map_err(backend)?;
             if u64::try_from(promoted).unwrap_or(0) < crate::sql::PROMOTE_CHUNK {
                 let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
-                return Ok(Limits::from_columns(get(1)?, get(2)?, get(3)?));
+                let limits = Limits::from_columns(get(1)?, get(2)?, get(3)?);
+                store.backend.limited.note(queue, limits);
+                return Ok(limits);
             }
         }
+    }
+
+    /// A queue this store's last promotion found limited claims through the claim function
+    /// at once, promotion included: one round trip instead of two.
+    async fn claim_known_limited(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+    ) -> Result<Option<(Vec<sqlx::postgres::PgRow>, Option<Millis>)>> {
+        let Some(limits) = store.backend.limited.get(queue) else { return Ok(None) };
+        PgBackend::call_claim(store, conn, queue, req, want, batch, limits).await
     }
 
     /// Claims from a queue with limits through the claim function (see `Sql::claim_limited_pg`):
@@ -361,31 +364,53 @@ impl Backend for PgBackend {
         batch: &str,
         limits: Limits,
     ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
-        let claim =
-            |want: usize| store.claim_query(&store.sql.claim_limited_pg, queue, req, batch, want);
-        let mut rows = claim(want).fetch_all(&mut *conn).await.map_err(backend)?;
-        // A worker lets a slot go when the job's code ends, before its completion is written,
-        // and claims again at once: counted as reserved, a job whose completion is still in
-        // flight keeps a claim that the limit cut short of the worker's free slots (a drain
-        // under a limit equal to its slots ran at 0.70 of the unlimited one). So a claim the
-        // limit may have cut waits for this store's settles in flight (about their round trip)
-        // and claims the rest; one the limit did not cut never waits.
-        if limits.concurrency.is_some()
-            && rows.len() < want
-            && store.backend.settling.load(Ordering::SeqCst) > 0
+        // Promoted just before: a full chunk due since then waits for the next claim.
+        let claimed = Self::call_claim(store, conn, queue, req, want, batch, limits).await?;
+        Ok(claimed.unwrap_or_default())
+    }
+}
+
+impl PgBackend {
+    /// Calls the claim function; `None` when it promoted a full chunk instead of claiming.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_claim(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+        limits: Limits,
+    ) -> Result<Option<(Vec<sqlx::postgres::PgRow>, Option<Millis>)>> {
+        // A worker lets a slot go when the job's code ends, before its settle is written, and
+        // claims again at once: counted as running, its jobs whose settles were on the way cut
+        // such claims short (a drain under a limit equal to the worker's slots ran at 0.73 of
+        // the unlimited one). The claim leaves them out, by token.
+        let settling = match (limits.concurrency, req.settling) {
+            (Some(_), Some(settling)) => settling.tokens(),
+            _ => Vec::new(),
+        };
+        let rows = store
+            .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
+            .bind(settling)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if rows
+            .first()
+            .is_some_and(|row| row.try_get::<Option<String>, _>(0).ok().flatten().is_none())
         {
-            store.backend.settles_written().await;
-            let more = claim(want - rows.len()).fetch_all(&mut *conn).await.map_err(backend)?;
-            rows.extend(more);
+            // The function promoted a full chunk and claimed nothing: more may be due.
+            return Ok(None);
         }
-        // Only a hint for the idle worker's sleep: the limits the promotion read will do.
+        // Only a hint for the idle worker's sleep: the limits last read will do.
         let mut reopens = None;
         if let Some(rate) = limits.rate
             && rows.len() < want
         {
             reopens = store.rate_reopens(conn, queue, req.now, rate).await?;
         }
-        Ok((rows, reopens))
+        Ok(Some((rows, reopens)))
     }
 }
 
@@ -532,8 +557,7 @@ impl Store {
             listener,
             borrowed,
             announcer,
-            settling: AtomicUsize::new(0),
-            settled: Notify::new(),
+            limited: Box::default(),
         };
         Ok(Self { sql, shared, backend })
     }
@@ -564,7 +588,6 @@ impl Store {
     /// one transaction with each item token-checked and its effects stored. Completions of
     /// batch children take one more transaction (see `Store::settle_children`).
     pub(crate) async fn settle(&self, batch: &[Settle], now: Millis) -> Result<Vec<Result<()>>> {
-        let _settling = Settling::new(&self.backend);
         let plain = batch.iter().all(|item| {
             matches!(item.transition, Transition::Complete) && item.effects.enqueue.is_empty()
         });

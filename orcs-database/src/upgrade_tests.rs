@@ -88,7 +88,7 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8]);
     // Migration 7: the sizes were backfilled from the rows already there (`stats` reads them).
     assert_eq!(
         target.sizes().await,
@@ -99,18 +99,25 @@ async fn upgrade_keeps_the_jobs(target: Target) {
     assert_eq!(driver.queues().await.expect("queues"), ["limited", "mail"]);
     if let Target::Postgres(url) = &target {
         // Migration 6: `_ready_since` over a condition the claim does not imply, and the claim
-        // function replaced by the one that updates the picked rows by primary key.
+        // function replaced by the one that updates the picked rows by primary key; migration
+        // 8: beside it (for workers still running the previous build), the one that takes the
+        // worker's settling jobs.
         let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
         let row = sqlx::query(
             "SELECT pg_get_indexdef('jobs_ready_since'::regclass), \
-             pg_get_functiondef('jobs_claim'::regproc)",
+             pg_get_functiondef('jobs_claim(text, bigint, bigint, bigint, text, bigint)'\
+             ::regprocedure), \
+             pg_get_functiondef('jobs_claim(text, bigint, bigint, bigint, text, bigint, text[])'\
+             ::regprocedure)",
         )
         .fetch_one(&mut conn)
         .await
         .expect("catalog");
-        let (index, function): (String, String) = (row.get(0), row.get(1));
+        let (index, function, settling): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
         assert!(index.contains("reserved_until IS NULL"), "{index}");
         assert!(function.contains("= ANY (ARRAY (SELECT id FROM picked))"), "{function}");
+        assert!(settling.contains("UNNEST($7::TEXT[])"), "{settling}");
     }
     // Migration 5: a job failed before it has no error history; the operations tables work.
     let failed = driver.get("01J00000000000000000000005", now).await.expect("get").expect("job");

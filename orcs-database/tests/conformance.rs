@@ -424,7 +424,7 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -728,6 +728,38 @@ mod database {
         });
     }
 
+    /// PostgreSQL: a claim of a concurrency-limited queue leaves the claiming worker's settling
+    /// jobs out of the count (by token), so a worker whose settles are still being written
+    /// refills its slots at once; another worker's claim still counts them.
+    #[test]
+    fn postgres_settling_jobs_leave_the_limit_count() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            let driver = target.driver().await;
+            driver.push((0..6).map(|i| job("capped", i)).collect()).await.expect("push");
+            driver.set_limits("capped", &QueueLimits::none().concurrency(2)).await.expect("limit");
+            let queues = vec!["capped".to_owned()];
+            let first = driver.claim(&request(&queues, 4)).await.expect("claim").jobs;
+            assert_eq!(first.len(), 2, "the limit");
+            let settling: Vec<String> = first.iter().map(|r| r.lease.token.clone()).collect();
+            assert!(driver.claim(&request(&queues, 4)).await.expect("claim").jobs.is_empty());
+            let mut req = request(&queues, 4);
+            req.settling = Some(&settling);
+            let refill = driver.claim(&req).await.expect("claim").jobs;
+            assert_eq!(refill.len(), 2, "both settling jobs' slots");
+            for reserved in first {
+                driver
+                    .settle_one(Settle::complete(reserved.lease), SystemClock.now())
+                    .await
+                    .expect("complete");
+            }
+            assert!(
+                driver.claim(&request(&queues, 4)).await.expect("claim").jobs.is_empty(),
+                "the refill holds the limit"
+            );
+        });
+    }
+
     /// PostgreSQL: two children of one batch completing at once wait for the batch row (here
     /// held by another transaction) and then take turns on it: both are counted, the batch
     /// finishes once, and `then` is stored once.
@@ -791,7 +823,7 @@ mod database {
             for started in starting.join_all().await {
                 started.expect("every driver sets up");
             }
-            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7]);
+            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8]);
         });
     }
 
