@@ -124,6 +124,8 @@ struct SettleState {
     writing: Option<Arc<Vec<Settle>>>,
     /// The writer stopped: settles are written by their tasks directly.
     closed: bool,
+    /// The writer found nothing to write and waits to be woken.
+    idle: bool,
 }
 
 impl std::fmt::Debug for SettleState {
@@ -132,6 +134,7 @@ impl std::fmt::Debug for SettleState {
             .field("queued", &self.queued.len())
             .field("writing", &self.writing.as_ref().map(|batch| batch.len()))
             .field("closed", &self.closed)
+            .field("idle", &self.idle)
             .finish()
     }
 }
@@ -143,14 +146,18 @@ impl SettleQueue {
 
     /// Queues a settle for the writer; answers it back if the writer has stopped.
     pub(super) fn send(&self, pending: Pending) -> Option<Pending> {
-        {
+        let idle = {
             let mut state = self.lock();
             if state.closed {
                 return Some(pending);
             }
             state.queued.push(pending);
+            std::mem::take(&mut state.idle)
+        };
+        // A busy writer takes this settle with its next batch, unwoken.
+        if idle {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         None
     }
 }
@@ -180,39 +187,57 @@ async fn write_settles(queue: Queue, settles: Arc<SettleQueue>, done: Cancellati
         }
     }
     let _close = Close(&settles);
+    // One batch allocation and one reply list for the writer's life: the claim's view of the
+    // batch being written is a clone of this `Arc`, dropped again before the replies go out.
+    let mut writing: Arc<Vec<Settle>> = Arc::new(Vec::with_capacity(SETTLE_BATCH));
+    let mut replies = Vec::with_capacity(SETTLE_BATCH);
     loop {
-        let woken = settles.wake.notified();
-        let mut woken = std::pin::pin!(woken);
-        woken.as_mut().enable();
-        let (writing, replies) = {
+        let idle = {
             // Moved from queued to writing in one step, so a claim sees every settle.
             let mut state = settles.lock();
-            let n = state.queued.len().min(SETTLE_BATCH);
-            let (batch, replies): (Vec<Settle>, Vec<_>) = state.queued.drain(..n).unzip();
-            let writing = (!batch.is_empty()).then(|| Arc::new(batch));
-            state.writing.clone_from(&writing);
-            (writing, replies)
+            if state.queued.is_empty() {
+                state.idle = true;
+                true
+            } else {
+                let n = state.queued.len().min(SETTLE_BATCH);
+                let batch = unique(&mut writing);
+                for (settle, reply) in state.queued.drain(..n) {
+                    batch.push(settle);
+                    replies.push(reply);
+                }
+                state.writing = Some(Arc::clone(&writing));
+                false
+            }
         };
-        let Some(writing) = writing else {
+        if idle {
             if done.is_cancelled() {
                 // Every job task has ended and nothing is left to write.
                 return;
             }
+            // A send while idle wakes this (a wake sent before the wait is kept for it).
             tokio::select! {
-                () = woken => {}
+                () = settles.wake.notified() => {}
                 () = done.cancelled() => {}
             }
             continue;
-        };
+        }
         let results = queue.driver().settle(&writing, queue.now()).await;
         settles.lock().writing = None;
-        // Claims read the batch under the lock only, so this is its last holder.
-        let written = Arc::try_unwrap(writing).unwrap_or_else(|shared| Vec::clone(&shared));
-        for ((settle, reply), result) in written.into_iter().zip(replies).zip(results) {
+        let written = unique(&mut writing).drain(..);
+        for ((settle, reply), result) in written.zip(replies.drain(..)).zip(results) {
             // The job task may be gone (its worker was dropped); nothing waits for this.
             let _ = reply.send((settle, result));
         }
     }
+}
+
+/// The writer's batch, for writing: claims read it under the queue's lock only, so the writer
+/// holds its one reference whenever it writes; a copy otherwise, to stay correct.
+fn unique(writing: &mut Arc<Vec<Settle>>) -> &mut Vec<Settle> {
+    if Arc::get_mut(writing).is_none() {
+        *writing = Arc::new(Vec::clone(writing));
+    }
+    Arc::get_mut(writing).expect("a fresh Arc has one reference")
 }
 
 /// A running job's hold on one of the worker's `concurrency` slots. The job lets go of it when
