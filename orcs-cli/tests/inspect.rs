@@ -155,8 +155,22 @@ fn failed_history_and_pruning(sandbox: &Sandbox) {
         .ok()
         .stdout_has("errors, oldest first")
         .stdout_has("  2. ");
+    // Listed oldest failure first. The worker ran the jobs at once, so they may have failed in
+    // another order than they were dispatched in: the rest of the test follows the listed one.
     let page = sandbox.json(&["queue:list", "r", "--state", "failed", "--json"]);
-    assert_eq!(ids(&page), failed);
+    let listed = ids(&page);
+    let (mut got, mut want) = (listed.clone(), failed);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every failed job, once");
+    let times: Vec<&str> = page["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["failed_at"].as_str().unwrap_or_else(|| panic!("no failed_at in {j}")))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest failure first: {times:?}");
+    let failed = listed;
 
     // Deleting a failed job forgets it.
     sandbox.run(&["queue:delete", &failed[0]]).ok().stdout_has("deleted failed job");
