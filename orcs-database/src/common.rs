@@ -970,24 +970,21 @@ where
             // Every due job is promoted before the claim picks, so a due job of higher
             // priority is never passed over; each job is promoted once.
             let known = B::claim_known_limited(self, conn, queue, req, want, &batch).await?;
-            let rows = if let Some((rows, next)) = known {
-                if let Some(next) = next {
-                    reopens = Some(reopens.map_or(next, |r| r.min(next)));
-                }
-                rows
+            let (rows, next) = if let Some(claimed) = known {
+                claimed
             } else if let Some(limits) = B::promote_due(self, conn, queue, req.now).await? {
-                let (rows, next) =
-                    B::claim_limited(self, conn, queue, req, want, &batch, limits).await?;
-                if let Some(next) = next {
-                    reopens = Some(reopens.map_or(next, |r| r.min(next)));
-                }
-                rows
+                B::claim_limited(self, conn, queue, req, want, &batch, limits).await?
             } else {
-                self.claim_query(&self.sql.claim, queue, req, &batch, want)
+                let rows = self
+                    .claim_query(&self.sql.claim, queue, req, &batch, want)
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err(backend)?
+                    .map_err(backend)?;
+                (rows, None)
             };
+            if let Some(next) = next {
+                reopens = Some(reopens.map_or(next, |r| r.min(next)));
+            }
             let mut got = Vec::with_capacity(rows.len());
             for row in &rows {
                 // PostgreSQL frees `Started` keys inside the claim statement; SQLite

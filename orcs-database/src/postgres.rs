@@ -19,7 +19,7 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::common::{self, Backend, Limits, Shared, backend, first_texts, q};
+use crate::common::{self, Backend, Claimed, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
 use crate::sql::{Dialect, Sql};
 
@@ -347,7 +347,7 @@ impl Backend for PgBackend {
         req: &orcs_core::ClaimRequest<'_>,
         want: usize,
         batch: &str,
-    ) -> Result<Option<(Vec<sqlx::postgres::PgRow>, Option<Millis>)>> {
+    ) -> Result<Option<Claimed<Self>>> {
         let Some(limits) = store.backend.limited.get(queue) else { return Ok(None) };
         PgBackend::call_claim(store, conn, queue, req, want, batch, limits).await
     }
@@ -363,7 +363,7 @@ impl Backend for PgBackend {
         want: usize,
         batch: &str,
         limits: Limits,
-    ) -> Result<(Vec<sqlx::postgres::PgRow>, Option<Millis>)> {
+    ) -> Result<Claimed<Self>> {
         // Promoted just before: a full chunk due since then waits for the next claim.
         let claimed = Self::call_claim(store, conn, queue, req, want, batch, limits).await?;
         Ok(claimed.unwrap_or_default())
@@ -381,7 +381,7 @@ impl PgBackend {
         want: usize,
         batch: &str,
         limits: Limits,
-    ) -> Result<Option<(Vec<sqlx::postgres::PgRow>, Option<Millis>)>> {
+    ) -> Result<Option<Claimed<Self>>> {
         // A worker lets a slot go when the job's code ends, before its settle is written, and
         // claims again at once: counted as running, its jobs whose settles were on the way cut
         // such claims short (a drain under a limit equal to the worker's slots ran at 0.73 of

@@ -986,15 +986,20 @@ impl Sql {
                 claim_update("(SELECT n FROM room)", columns, by_array)
             )
         };
+        // PostgreSQL's chunk of a queue's due jobs to promote, for the promotion statement and
+        // the claim function (migration 8).
+        let due_pg = format!(
+            "due AS MATERIALIZED (SELECT id FROM {j} \
+             WHERE queue = $1 AND state = {DELAYED} AND available_at <= $2 AND {not_paused} \
+             ORDER BY available_at LIMIT {PROMOTE_CHUNK} FOR UPDATE SKIP LOCKED)"
+        );
         let (promote, claim) = if pg {
             // MATERIALIZED: the selection runs once, so the update touches at most `$6` rows
             // whatever plan the outer statement gets (an `IN (subquery)` may be re-evaluated).
             // The promotion also reads the queue's limits, saving a round trip per claim.
             (
                 format!(
-                    "WITH due AS MATERIALIZED (SELECT id FROM {j} \
-                     WHERE queue = $1 AND state = {DELAYED} AND available_at <= $2 AND {not_paused} \
-                     ORDER BY available_at LIMIT {PROMOTE_CHUNK} FOR UPDATE SKIP LOCKED), \
+                    "WITH {due_pg}, \
                      promoted AS (UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id \
                      RETURNING 1) \
                      SELECT (SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
@@ -1068,9 +1073,7 @@ impl Sql {
                     (
                         ", TEXT[]",
                         format!(
-                            "WITH due AS MATERIALIZED (SELECT id FROM {j} WHERE queue = $1 \
-                             AND state = {DELAYED} AND available_at <= $2 AND {not_paused} \
-                             ORDER BY available_at LIMIT {PROMOTE_CHUNK} FOR UPDATE SKIP LOCKED) \
+                            "WITH {due_pg} \
                              UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id; \
                              GET DIAGNOSTICS v_promoted = ROW_COUNT; \
                              IF v_promoted >= {PROMOTE_CHUNK} THEN RETURN NEXT; RETURN; END IF; "

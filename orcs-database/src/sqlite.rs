@@ -23,7 +23,7 @@ use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, oneshot};
 
 use crate::common::{
-    self, Backend, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
+    self, Backend, Claimed, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
 };
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING};
 use crate::sql::{Dialect, Sql};
@@ -306,7 +306,7 @@ impl Backend for SqliteBackend {
         want: usize,
         batch: &str,
         limits: Limits,
-    ) -> Result<(Vec<sqlx::sqlite::SqliteRow>, Option<Millis>)> {
+    ) -> Result<Claimed<Self>> {
         let since = limits.rate.map_or(req.now, |(_, period)| req.now.saturating_sub(period));
         let row = q(&store.sql.room)
             .bind(queue.to_owned())

@@ -117,7 +117,7 @@ pub(super) struct SettleQueue {
     wake: Notify,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct SettleState {
     queued: Vec<Pending>,
     /// The batch the writer is writing now.
@@ -126,17 +126,6 @@ struct SettleState {
     closed: bool,
     /// The writer found nothing to write and waits to be woken.
     idle: bool,
-}
-
-impl std::fmt::Debug for SettleState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SettleState")
-            .field("queued", &self.queued.len())
-            .field("writing", &self.writing.as_ref().map(|batch| batch.len()))
-            .field("closed", &self.closed)
-            .field("idle", &self.idle)
-            .finish()
-    }
 }
 
 impl SettleQueue {
