@@ -161,6 +161,14 @@ impl Limits {
 /// A job's unique key as columns: (key, mode, period in ms).
 pub(crate) type UniqueColumns = (Option<String>, Option<i32>, Option<i64>);
 
+/// Whether two jobs of `jobs` have the same unique key in the same queue.
+fn shares_a_key(jobs: &[NewJob]) -> bool {
+    let mut keys: HashSet<(&str, &str)> = HashSet::new();
+    jobs.iter()
+        .filter_map(|job| job.unique.as_ref().map(|u| (job.queue.as_str(), u.key.as_str())))
+        .any(|key| !keys.insert(key))
+}
+
 /// The columns that store `job.unique`.
 pub(crate) fn unique_columns(job: &NewJob) -> Result<UniqueColumns, Error> {
     let Some(unique) = &job.unique else {
@@ -685,6 +693,24 @@ where
         let mut seen: HashSet<&str> = HashSet::new();
         let fresh: Vec<usize> =
             (0..jobs.len()).filter(|&i| seen.insert(jobs[i].id.as_str())).collect();
+        if sqlite && jobs.len() > 1 && shares_a_key(jobs) {
+            // SQLite settles a key in the insert (migration 9), in the order of the rows,
+            // which need not be the push's: so each job alone, in order, answered as if pushed
+            // after the previous ones, as the first of several with one key leads elsewhere.
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let mut queues: Vec<String> = Vec::new();
+            for job in jobs {
+                let (outcome, queue) =
+                    Box::pin(self.insert_jobs(conn, std::slice::from_ref(job))).await?;
+                outcomes.extend(outcome);
+                for queue in queue {
+                    if !queues.contains(&queue) {
+                        queues.push(queue);
+                    }
+                }
+            }
+            return Ok((outcomes, queues));
+        }
         let mut stored: HashSet<String> = HashSet::new();
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let workflow = chunk.iter().any(|&i| jobs[i].batch.is_some() || jobs[i].meta.is_some());
@@ -724,12 +750,15 @@ where
         // Unique keys: the first stored job of the push with a key tries to take it
         // (in key order, so concurrent pushes lock keys in one order); a later job of the
         // push with the same key is a duplicate of whoever ends up holding it.
+        // (On SQLite only `Period` keys: a job's row holds the others, see migration 9.)
         let leaders = |stored: &HashSet<String>| {
             let mut first: HashMap<(&str, &str), usize> = HashMap::new();
             let mut followers: Vec<(usize, usize)> = Vec::new();
             for &i in &fresh {
                 let job = &jobs[i];
-                if let (Some(unique), true) = (&job.unique, stored.contains(&job.id)) {
+                if let (Some(unique), true) = (&job.unique, stored.contains(&job.id))
+                    && (!sqlite || matches!(unique.until, UniqueUntil::Period(_)))
+                {
                     match first.get(&(job.queue.as_str(), unique.key.as_str())) {
                         Some(&leader) => followers.push((i, leader)),
                         None => {
@@ -804,6 +833,12 @@ where
                 }
             }
         }
+        // Job id -> the id of the job holding its key, for the jobs refused for it.
+        let mut refused: HashMap<&str, String> = HashMap::new();
+        if sqlite {
+            self.settle_keys_sqlite(conn, jobs, &fresh, &mut stored, &mut unstore, &mut refused)
+                .await?;
+        }
         // The leaders among the jobs finally stored; the keys not settled above.
         let (first, followers) = leaders(&stored);
         // (Only copies a key to look it up when some were settled above.)
@@ -856,7 +891,6 @@ where
                 holders.get(&key_of(leader)).cloned().unwrap_or_else(|| jobs[leader].id.clone());
             held_by.insert(i, holder);
         }
-        let mut refused: HashMap<&str, String> = HashMap::new();
         for (i, holder) in held_by {
             stored.remove(&jobs[i].id);
             unstore.push(jobs[i].id.clone());
@@ -888,6 +922,74 @@ where
             })
             .collect();
         Ok((outcomes, queues))
+    }
+
+    /// SQLite, after a push's insert: answers for the keyed jobs the insert left out (an id
+    /// stored before, or a key held), and refuses the stored jobs with a `Period` key that a
+    /// job holds (the insert only looked for `Period` holders). No two jobs of `fresh` share
+    /// a key here (see [`Store::insert_jobs`]).
+    async fn settle_keys_sqlite<'a>(
+        &self,
+        conn: &mut B::Conn,
+        jobs: &'a [NewJob],
+        fresh: &[usize],
+        stored: &mut HashSet<String>,
+        unstore: &mut Vec<String>,
+        refused: &mut HashMap<&'a str, String>,
+    ) -> orcs_core::Result<()> {
+        let missing: Vec<usize> = fresh
+            .iter()
+            .copied()
+            .filter(|&i| jobs[i].unique.is_some() && !stored.contains(&jobs[i].id))
+            .collect();
+        let periods: Vec<usize> = fresh
+            .iter()
+            .copied()
+            .filter(|&i| {
+                stored.contains(&jobs[i].id)
+                    && jobs[i]
+                        .unique
+                        .as_ref()
+                        .is_some_and(|u| matches!(u.until, UniqueUntil::Period(_)))
+            })
+            .collect();
+        // Left out for its id: a duplicate of itself, whoever holds its key.
+        let mut known: HashSet<String> = HashSet::new();
+        for chunk in missing.chunks(INSERT_CHUNK) {
+            let mut query = dynamic(self.sql.stored_ids_sqlite(chunk.len()));
+            for &i in chunk.iter().chain(chunk) {
+                query = query.bind(jobs[i].id.clone());
+            }
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                known.insert(row.try_get(0).map_err(backend)?);
+            }
+        }
+        let asked: Vec<usize> =
+            missing.into_iter().filter(|&i| !known.contains(&jobs[i].id)).chain(periods).collect();
+        for chunk in asked.chunks(INSERT_CHUNK) {
+            let mut query = dynamic(self.sql.key_holders_sqlite(chunk.len()));
+            let mut asking: HashMap<(&str, &str), usize> = HashMap::new();
+            for &i in chunk {
+                let job = &jobs[i];
+                let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
+                asking.insert((job.queue.as_str(), key), i);
+                query = query.bind(job.queue.clone()).bind(key.to_owned()).bind(job.dispatched_at);
+            }
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                let queue: String = row.try_get(0).map_err(backend)?;
+                let key: String = row.try_get(1).map_err(backend)?;
+                let holder: String = row.try_get(2).map_err(backend)?;
+                let Some(&i) = asking.get(&(queue.as_str(), key.as_str())) else { continue };
+                let id = jobs[i].id.as_str();
+                if holder != id {
+                    if stored.remove(id) {
+                        unstore.push(id.to_owned());
+                    }
+                    refused.insert(id, holder);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn push(&self, jobs: Vec<NewJob>) -> orcs_core::Result<Vec<PushOutcome>> {
@@ -987,21 +1089,7 @@ where
             }
             let mut got = Vec::with_capacity(rows.len());
             for row in &rows {
-                // PostgreSQL frees `Started` keys inside the claim statement; SQLite
-                // here, in the claim's transaction.
-                if self.sql.dialect == Dialect::Sqlite
-                    && row.try_get::<Option<i32>, _>(14).ok().flatten() == Some(UNIQUE_STARTED)
-                    && let (Ok(id), Ok(Some(key))) =
-                        (row.try_get::<String, _>(0), row.try_get::<Option<String>, _>(13))
-                {
-                    q(&self.sql.free_key)
-                        .bind(queue.clone())
-                        .bind(key)
-                        .bind(id)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(backend)?;
-                }
+                // (Both backends free `Started` keys inside the claim statement.)
                 match decode_claimed(row) {
                     Ok(reserved) => got.push(reserved),
                     Err(reason) => unreadable.push((

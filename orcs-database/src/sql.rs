@@ -74,7 +74,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 8;
+pub(crate) const LATEST_VERSION: i64 = 9;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -595,6 +595,32 @@ pub(crate) const SIZE_SHARDS: i32 = 64;
 ///
 /// SQLite (one writer, in-process): row-level triggers on one row per queue (shard 0); an
 /// `UPDATE` fires only when `state` changed.
+/// Migration 9 (SQLite only): a job holds its `Started` or `Finished` key itself, through a
+/// partial unique index on the jobs table (`key_held` is 1 while it holds it), instead of a row
+/// in the keys table: a keyed push then costs one index entry in the insert instead of a
+/// second statement and table (0.75 -> 0.93 of a plain push), and a completion frees the key by
+/// deleting its row. `Period` keys, which outlive their jobs, stay in the keys table. Keys held
+/// now move to their jobs.
+fn version_9(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    let Names { j, u, jobs, .. } = names;
+    if dialect == Dialect::Postgres {
+        return Vec::new();
+    }
+    vec![
+        format!("ALTER TABLE {j} ADD COLUMN key_held INTEGER"),
+        format!(
+            "UPDATE {j} SET key_held = 1 WHERE unique_key IS NOT NULL AND EXISTS (SELECT 1 FROM {u} \
+             WHERE {u}.queue = {j}.queue AND {u}.unique_key = {j}.unique_key \
+             AND {u}.holder = {j}.id AND {u}.expires_at IS NULL)"
+        ),
+        format!("DELETE FROM {u} WHERE expires_at IS NULL"),
+        format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS \"{jobs}_held_key\" ON {j} (queue, unique_key) \
+             WHERE key_held IS NOT NULL"
+        ),
+    ]
+}
+
 fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     let Names { j, f, z, prefix, jobs, .. } = names;
     let pg = dialect == Dialect::Postgres;
@@ -892,6 +918,7 @@ impl Sql {
             // PostgreSQL's claim function with the worker's settling jobs (below); nothing on
             // SQLite, whose claims and settles take turns on its one writer.
             Migration { version: 8, statements: Vec::new() },
+            Migration { version: 9, statements: version_9(dialect, &names) },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -1020,7 +1047,8 @@ impl Sql {
                 ),
                 format!(
                     "UPDATE {j} SET state = {RESERVED}, attempts = attempts + 1, \
-                     reserved_until = $2 + COALESCE(timeout_ms, $3) + $4, token = $5 || id \
+                     reserved_until = $2 + COALESCE(timeout_ms, $3) + $4, token = $5 || id, \
+                     key_held = CASE WHEN unique_mode = {UNIQUE_STARTED} THEN NULL ELSE key_held END \
                      WHERE id IN (SELECT id FROM {j} \
                      WHERE queue = $1 AND state = {READY} AND {not_paused} \
                      ORDER BY priority DESC, id LIMIT $6) \
@@ -1468,12 +1496,22 @@ impl Sql {
         let sqlite = self.dialect == Dialect::Sqlite;
         let (columns, per_row) =
             if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
+        // SQLite: a `Started` or `Finished` key is held by its job's row (`key_held`, see
+        // migration 9), so a key held by another job is a conflict like a stored id.
         let mut sql = format!(
             "INSERT INTO {} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
              timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms\
-             {columns}) {}",
+             {columns}{}) {}",
             self.jobs,
-            if sqlite { "SELECT * FROM (VALUES " } else { "VALUES " }
+            if sqlite { ", key_held" } else { "" },
+            if sqlite {
+                format!(
+                    "SELECT *, CASE WHEN column13 IN ({UNIQUE_STARTED}, {UNIQUE_FINISHED}) \
+                     THEN 1 END FROM (VALUES "
+                )
+            } else {
+                "VALUES ".to_owned()
+            }
         );
         for row in 0..rows {
             let b = row * per_row;
@@ -1499,9 +1537,17 @@ impl Sql {
         }
         if sqlite {
             // A `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
-            sql.push_str(&format!(") WHERE column1 NOT IN (SELECT id FROM {})", self.failed));
+            // Neither is a job stored whose key someone holds for a `Period` (the keys table).
+            sql.push_str(&format!(
+                ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
+                 (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
+                 AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING id",
+                f = self.failed,
+                u = self.uniq,
+            ));
+        } else {
+            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
         }
-        sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
         sql
     }
 
@@ -1539,15 +1585,28 @@ impl Sql {
         )
     }
 
-    /// SQLite: frees the keys of `rows` ended jobs (3 parameters each: queue, key, holder), as
-    /// [`Sql`]'s `free_key` does for one: only a key still held by that job, and not a `Period`
-    /// one. One statement for a settle's completions instead of one per key (a drain of keyed
-    /// jobs ran at 0.41-0.45 of the plain drain with a statement per key).
-    pub(crate) fn free_keys_sqlite(&self, rows: usize) -> String {
+    /// SQLite: which of `rows` ids (`?` each) are stored, live or failed.
+    pub(crate) fn stored_ids_sqlite(&self, rows: usize) -> String {
+        let ids = vec!["?"; rows].join(", ");
         format!(
-            "DELETE FROM {} WHERE expires_at IS NULL AND (queue, unique_key, holder) IN (VALUES {})",
-            self.uniq,
-            vec!["(?, ?, ?)"; rows].join(", ")
+            "SELECT id FROM {} WHERE id IN ({ids}) UNION ALL SELECT id FROM {} WHERE id IN ({ids})",
+            self.jobs, self.failed
+        )
+    }
+
+    /// SQLite: who holds the keys of `rows` (queue, key, at) triples (3 parameters each, `at`
+    /// the time a `Period` must outlast to hold): (queue, key, holder) per held key, whether a
+    /// job holds it (`Started`, `Finished`) or the keys table does (`Period`).
+    pub(crate) fn key_holders_sqlite(&self, rows: usize) -> String {
+        format!(
+            "WITH k (queue, unique_key, at) AS (VALUES {}) \
+             SELECT k.queue, k.unique_key, j.id FROM k JOIN {j} AS j ON j.queue = k.queue \
+             AND j.unique_key = k.unique_key AND j.key_held IS NOT NULL \
+             UNION ALL SELECT k.queue, k.unique_key, u.holder FROM k JOIN {u} AS u \
+             ON u.queue = k.queue AND u.unique_key = k.unique_key AND u.expires_at > k.at",
+            vec!["(?, ?, ?)"; rows].join(", "),
+            j = self.jobs,
+            u = self.uniq,
         )
     }
 
@@ -1754,7 +1813,12 @@ mod tests {
             assert!(!plain.contains("batch") && !plain.contains("meta"), "{plain}");
             assert!(params(&plain, 28), "{plain}");
             let workflow = sql.insert(2, true);
-            assert!(workflow.contains("unique_ms, batch, meta)"), "{workflow}");
+            // (SQLite: then whether the job holds its key, see migration 9.)
+            let columns = match dialect {
+                Dialect::Postgres => "unique_ms, batch, meta)",
+                Dialect::Sqlite => "unique_ms, batch, meta, key_held)",
+            };
+            assert!(workflow.contains(columns), "{workflow}");
             assert!(params(&workflow, 32), "{workflow}");
         }
     }

@@ -223,15 +223,15 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    /// One `DELETE ... RETURNING` per chunk of leases (see [`Sql::complete_leases_sqlite`]),
-    /// then the keys of the deleted jobs that held one are freed, one statement per chunk.
+    /// One `DELETE ... RETURNING` per chunk of leases (see [`Sql::complete_leases_sqlite`]).
+    /// A deleted job's `Started` or `Finished` key goes with its row (migration 9); a `Period`
+    /// key runs its time.
     async fn complete_leases(
         store: &Store,
         conn: &mut Conn,
         items: &[&Settle],
     ) -> Result<Option<Vec<common::Completed>>> {
         let mut completed = Vec::with_capacity(items.len());
-        let mut keys: Vec<(String, String, String)> = Vec::new();
         for chunk in items.chunks(common::INSERT_CHUNK) {
             let mut query = dynamic(store.sql.complete_leases_sqlite(chunk.len()));
             for item in chunk {
@@ -241,25 +241,14 @@ impl Backend for SqliteBackend {
                 query = query.bind(item.lease.token.clone());
             }
             for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                let job = common::Completed {
+                completed.push(common::Completed {
                     id: row.try_get(0).map_err(backend)?,
                     token: row.try_get(1).map_err(backend)?,
                     queue: row.try_get(2).map_err(backend)?,
                     batch: row.try_get(4).map_err(backend)?,
                     limited: row.try_get(5).map_err(backend)?,
-                };
-                if let Some(key) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
-                    keys.push((job.queue.clone(), key, job.id.clone()));
-                }
-                completed.push(job);
+                });
             }
-        }
-        for chunk in keys.chunks(common::INSERT_CHUNK) {
-            let mut query = dynamic(store.sql.free_keys_sqlite(chunk.len()));
-            for (queue, key, holder) in chunk {
-                query = query.bind(queue.clone()).bind(key.clone()).bind(holder.clone());
-            }
-            query.execute(&mut *conn).await.map_err(backend)?;
         }
         Ok(Some(completed))
     }

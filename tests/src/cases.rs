@@ -1809,6 +1809,90 @@ pub async fn unique_keys_of_every_holder_mix_in_one_push(driver: BoxDriver) {
     assert_ne!(ids[3], over, "the period's holder lost its key");
 }
 
+/// Keys meet holders of every kind across pushes, each push answered as if alone: a `Period`
+/// holder keeps its key until its time even against `Started` or `Finished` keys and then
+/// passes it on; a job holding a `Finished` key keeps it against a `Period` key; a job whose id
+/// is in use is a duplicate of itself and takes no key, even one another job holds; jobs of
+/// one push with one key but different kinds or dispatch times answer to the first.
+pub async fn keyed_pushes_meet_every_kind_of_holder(driver: BoxDriver) {
+    let (queue, _clock) = manual_queue(&driver);
+    let t0 = queue.now();
+    let keyed = |tag: u64, key: &str, until: UniqueUntil, now: Millis| {
+        let mut job = new_job(&queue, &orcs_core::new_job_id(), "default", tag);
+        (job.dispatched_at, job.available_at) = (now, now);
+        job.unique = Some(orcs_core::Unique::new(key, until));
+        job
+    };
+    let push = |jobs: Vec<NewJob>| driver.push(jobs);
+    let period = keyed(0, "k", UniqueUntil::Period(10_000), t0);
+    let holder = period.id.clone();
+    assert_eq!(push(vec![period]).await.expect("push"), [PushOutcome::Stored]);
+    for (tag, until) in [(1, UniqueUntil::Finished), (2, UniqueUntil::Started)] {
+        assert_eq!(
+            push(vec![keyed(tag, "k", until, t0 + 5_000)]).await.expect("push"),
+            [PushOutcome::Duplicate { id: holder.clone() }],
+            "within the period: {until:?}"
+        );
+    }
+    let late = keyed(3, "k", UniqueUntil::Finished, t0 + 10_000);
+    let holder = late.id.clone();
+    assert_eq!(push(vec![late]).await.expect("push"), [PushOutcome::Stored], "period over");
+    for (tag, until) in [(4, UniqueUntil::Started), (5, UniqueUntil::Period(1_000))] {
+        assert_eq!(
+            push(vec![keyed(tag, "k", until, t0 + 20_000)]).await.expect("push"),
+            [PushOutcome::Duplicate { id: holder.clone() }],
+            "the new holder keeps it while it waits, whatever the old period said: {until:?}"
+        );
+    }
+
+    // An id in use: a duplicate of itself, with a free key or a held one, and takes neither.
+    let mut reused = keyed(6, "m", UniqueUntil::Finished, t0 + 20_000);
+    reused.id = holder.clone();
+    let mut reused_held = keyed(7, "k", UniqueUntil::Started, t0 + 20_000);
+    reused_held.id = holder.clone();
+    for job in [reused, reused_held] {
+        assert_eq!(
+            push(vec![job]).await.expect("push"),
+            [PushOutcome::Duplicate { id: holder.clone() }]
+        );
+    }
+    let free = keyed(8, "m", UniqueUntil::Finished, t0 + 20_000);
+    assert_eq!(
+        push(vec![free]).await.expect("push"),
+        [PushOutcome::Stored],
+        "a job whose id was in use took no key"
+    );
+
+    // One push: a key shared by jobs of different kinds or dispatch times answers to the first.
+    for (key, first, second) in [
+        ("x", UniqueUntil::Finished, UniqueUntil::Finished),
+        ("y", UniqueUntil::Period(60_000), UniqueUntil::Finished),
+        ("z", UniqueUntil::Started, UniqueUntil::Period(60_000)),
+    ] {
+        let a = keyed(9, key, first, t0 + 20_000);
+        let b = keyed(10, key, second, t0 + 20_001);
+        let a_id = a.id.clone();
+        assert_eq!(
+            push(vec![a, b]).await.expect("push"),
+            [PushOutcome::Stored, PushOutcome::Duplicate { id: a_id }],
+            "key {key}"
+        );
+    }
+    // An empty key is a key too.
+    let empty = keyed(11, "", UniqueUntil::Finished, t0 + 20_000);
+    let empty_id = empty.id.clone();
+    assert_eq!(push(vec![empty]).await.expect("push"), [PushOutcome::Stored]);
+    let plain = new_job(&queue, &orcs_core::new_job_id(), "default", 12);
+    assert_eq!(
+        push(vec![plain, keyed(13, "", UniqueUntil::Started, t0 + 20_000)]).await.expect("push"),
+        [PushOutcome::Stored, PushOutcome::Duplicate { id: empty_id }]
+    );
+    // Stored: the first Period holder, `late`, `free`, three first jobs of a push, `empty`,
+    // `plain`.
+    let stats = queue.stats("default").await.expect("stats");
+    assert_eq!(stats.pending, 8, "{stats:?}");
+}
+
 /// A settle of many items frees each completed job's `Finished` key in that step, in item order
 /// (an effect of a later item may take a key an earlier completion freed), and only keys the jobs
 /// still hold: a job that failed for good gave its key up, so when it runs again (retried from
