@@ -1088,8 +1088,16 @@ where
                 reopens = Some(reopens.map_or(next, |r| r.min(next)));
             }
             let mut got = Vec::with_capacity(rows.len());
+            // PostgreSQL frees `Started` keys inside the claim statement; SQLite here, in the
+            // claim's transaction.
+            let mut started: Vec<String> = Vec::new();
             for row in &rows {
-                // (Both backends free `Started` keys inside the claim statement.)
+                if self.sql.dialect == Dialect::Sqlite
+                    && row.try_get::<Option<i32>, _>(14).ok().flatten() == Some(UNIQUE_STARTED)
+                    && let Ok(id) = row.try_get::<String, _>(0)
+                {
+                    started.push(id);
+                }
                 match decode_claimed(row) {
                     Ok(reserved) => got.push(reserved),
                     Err(reason) => unreadable.push((
@@ -1098,6 +1106,13 @@ where
                         reason,
                     )),
                 }
+            }
+            if !started.is_empty() {
+                let mut query = dynamic(self.sql.release_started_keys(started.len()));
+                for id in started {
+                    query = query.bind(id);
+                }
+                query.execute(&mut *conn).await.map_err(backend)?;
             }
             // RETURNING has no order of its own.
             got.sort_by(|a, b| {

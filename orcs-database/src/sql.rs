@@ -1047,8 +1047,7 @@ impl Sql {
                 ),
                 format!(
                     "UPDATE {j} SET state = {RESERVED}, attempts = attempts + 1, \
-                     reserved_until = $2 + COALESCE(timeout_ms, $3) + $4, token = $5 || id, \
-                     key_held = CASE WHEN unique_mode = {UNIQUE_STARTED} THEN NULL ELSE key_held END \
+                     reserved_until = $2 + COALESCE(timeout_ms, $3) + $4, token = $5 || id \
                      WHERE id IN (SELECT id FROM {j} \
                      WHERE queue = $1 AND state = {READY} AND {not_paused} \
                      ORDER BY priority DESC, id LIMIT $6) \
@@ -1645,6 +1644,17 @@ impl Sql {
             u = self.uniq,
             ids = params(1, ids),
             conflict = Self::KEY_CONFLICT,
+        )
+    }
+
+    /// SQLite: frees the `Started` keys of `count` jobs just claimed (`?` each), in the claim's
+    /// transaction. Not in the claim statement: one that sets `key_held` makes SQLite rewrite
+    /// the `<jobs>_held_key` entry of every `Finished` job it claims.
+    pub(crate) fn release_started_keys(&self, count: usize) -> String {
+        format!(
+            "UPDATE {} SET key_held = NULL WHERE id IN ({})",
+            self.jobs,
+            vec!["?"; count].join(", ")
         )
     }
 
