@@ -667,7 +667,7 @@ pub(crate) fn callback_fields(job: &NewJob, layout: u32) -> Vec<String> {
 
 /// Stores jobs of one or more queues (several only on a single server), skipping ids in use.
 ///
-/// ARGV[1]: the keys per queue group, 6 or 7. KEYS, per queue group g (0-based): ready, delayed,
+/// `ARGV[1]`: the keys per queue group, 6 or 7. KEYS, per queue group g (0-based): ready, delayed,
 /// jobs, marker, unique, unique_expiry, and under layout 2 unique_of (the only one a push does
 /// not always need is left out: every key costs the call time). ARGV from 2, 9 per job as
 /// `store` takes them. Returns per job 1 (stored), 0 (duplicate id) or the id of the job
@@ -891,7 +891,7 @@ pub(crate) fn unstore(
     call
 }
 
-/// Claims up to ARGV[2] ready jobs (at most 1000 per call, which keeps every `unpack` far below
+/// Claims up to `ARGV[2]` ready jobs (at most 1000 per call, which keeps every `unpack` far below
 /// Lua's stack limit), after promoting due delayed jobs; nothing on a paused queue.
 ///
 /// The queue's settings come with one `HMGET` of `meta`. A concurrency limit takes at most the
@@ -901,7 +901,7 @@ pub(crate) fn unstore(
 /// (in the record, or in `unique_of` for a job stored under layout 2) only when the queue holds
 /// any key at all.
 ///
-/// Promotion takes at most ARGV[5] due jobs, oldest due first. If more remain due after that,
+/// Promotion takes at most `ARGV[5]` due jobs, oldest due first. If more remain due after that,
 /// the call claims nothing and answers `more` = 1: one of those left could outrank every ready
 /// job, so claiming now could invert priorities. The client calls again; each call promotes
 /// another chunk, so every call stays bounded and the claim happens once all due jobs compete.
@@ -1425,7 +1425,7 @@ pub(crate) fn extend(
     call
 }
 
-/// Returns jobs whose lease ran out by ARGV[1] to the ready set (at most ARGV[2] per call),
+/// Returns jobs whose lease ran out by `ARGV[1]` to the ready set (at most `ARGV[2]` per call),
 /// re-checking each deadline here, atomically. The lost attempt stays counted. A job whose
 /// cancel was asked for is deleted instead and counted as cancelled (its key freed), and in its
 /// batch, if it has one. A recovered job is due again from its lease's deadline (its history
@@ -1505,7 +1505,7 @@ pub(crate) fn recover(
     call
 }
 
-/// The counters at ARGV[1], and the due time of the longest-waiting due job.
+/// The counters at `ARGV[1]`, and the due time of the longest-waiting due job.
 ///
 /// The ready set is ordered by priority, then id (dispatch order), not by due time, and keeping
 /// an index by due time would cost every push and claim a command. So the due time is the
@@ -1585,7 +1585,7 @@ pub(crate) fn stats(keys: &QueueKeys, now: Millis) -> ScriptInvocation<'static> 
     call
 }
 
-/// Pauses (ARGV[1] = '1') or resumes a queue. KEYS: meta, marker, stats. Resuming arms the
+/// Pauses (`ARGV[1]` = '1') or resumes a queue. KEYS: meta, marker, stats. Resuming arms the
 /// marker, so idle workers wake and claim. Returns 1 when it set the queue's `registered` mark
 /// (the caller lists the queue again, as after PUSH's 2), else 0.
 const SET_PAUSED: &str = r"
@@ -1820,13 +1820,13 @@ pub(crate) fn list(
     call
 }
 
-/// Removes up to ARGV[1] pending, then delayed jobs, freeing their Started and Finished unique
+/// Removes up to `ARGV[1]` pending, then delayed jobs, freeing their Started and Finished unique
 /// keys; a batch's child is counted cancelled in its batch. It sets the queue's `registered`
 /// mark, so that a queue that got jobs stays listed once they are cleared (see "Forgetting a
 /// queue" in the README). KEYS: ready, delayed, jobs, attempts, errors, unique, unique_of,
 /// progress, cancel, meta, history, stats, then the workflow context (the queue's own group
 /// first). ARGV: limit, now, the context's group count and names.
-/// Returns {how many, NEED, FRESH}; the caller repeats until fewer than ARGV[1] were removed and
+/// Returns {how many, NEED, FRESH}; the caller repeats until fewer than `ARGV[1]` were removed and
 /// nothing was needed (a child whose batch needs queues the call was not given stops the call
 /// before it, see SETTLE).
 const CLEAR: &str = r"
@@ -1935,7 +1935,7 @@ pub(crate) fn failed_page(keys: &QueueKeys, first: u64, last: u64) -> ScriptInvo
 
 /// Moves a failed job back to the ready set with fresh attempts. It does not take its unique key
 /// again, and a batch's child leaves its batch (its record loses the batch id); it keeps its
-/// error history, and is due again from ARGV[2]. KEYS: failed, failed_at, jobs, attempts,
+/// error history, and is due again from `ARGV[2]`. KEYS: failed, failed_at, jobs, attempts,
 /// errors, unique_of, progress, history, ready, marker. ARGV: id, now. Returns 1, or 0 when the
 /// id is not in the failed set (so of concurrent callers one wins).
 const RETRY_FAILED: &str = r"
@@ -1975,7 +1975,7 @@ pub(crate) fn forget_failed(keys: &QueueKeys, id: &str) -> ScriptInvocation<'sta
     call
 }
 
-/// Deletes up to ARGV[1] failed jobs. KEYS: as [`failed_keys`]. Returns how many; the caller
+/// Deletes up to `ARGV[1]` failed jobs. KEYS: as [`failed_keys`]. Returns how many; the caller
 /// repeats until fewer were deleted.
 const FLUSH_FAILED: &str = r"
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
@@ -2005,7 +2005,7 @@ pub(crate) enum Forget {
 
 /// Forgets a queue if it holds no job: no pending, delayed, reserved or failed one, and no
 /// record. KEYS: ready, delayed, reserved, failed, jobs, stats, then the queue's other keys
-/// (ARGV[2] queue keys in all), then for [`Forget::Standalone`] the registry and the forgotten
+/// (`ARGV[2]` queue keys in all), then for [`Forget::Standalone`] the registry and the forgotten
 /// set. ARGV: the queue's name, the number of queue keys, now.
 /// Returns 1 when the queue was forgotten, 0 when it holds a job (and nothing changed).
 const FORGET: &str = r"
@@ -2063,7 +2063,7 @@ pub(crate) fn forget_queue(
 }
 
 /// On a cluster, after [`FORGET`] deleted a queue's keys in its own slot: moves it from the
-/// registry (KEYS[1]) to the forgotten set (KEYS[2]) at ARGV[2]. ARGV[1]: the queue.
+/// registry (`KEYS[1]`) to the forgotten set (`KEYS[2]`) at `ARGV[2]`. `ARGV[1]`: the queue.
 const UNLIST: &str = r"
 redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -2081,7 +2081,7 @@ pub(crate) fn unlist(
     call
 }
 
-/// The registry (KEYS[1]) and the forgotten set (KEYS[2], with when each was forgotten), read in
+/// The registry (`KEYS[1]`) and the forgotten set (`KEYS[2]`, with when each was forgotten), read in
 /// one step. Returns {queues, {queue, forgotten at, ...}}.
 const QUEUES: &str = r"
 return {redis.call('SMEMBERS', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')}
@@ -2093,10 +2093,10 @@ pub(crate) fn queues(registry: &str, forgotten: &str) -> ScriptInvocation<'stati
     call
 }
 
-/// Settles a forgotten queue's entry: ARGV[2] = '1' when its keys exist (a process that still
-/// remembered listing it stored something since): back to the registry (KEYS[1]) from the
-/// forgotten set (KEYS[2]); otherwise the entry goes if it was forgotten before ARGV[3], when
-/// every process has listed the queue again before storing in it. ARGV[1]: the queue.
+/// Settles a forgotten queue's entry: `ARGV[2]` = '1' when its keys exist (a process that still
+/// remembered listing it stored something since): back to the registry (`KEYS[1]`) from the
+/// forgotten set (`KEYS[2]`); otherwise the entry goes if it was forgotten before `ARGV[3]`, when
+/// every process has listed the queue again before storing in it. `ARGV[1]`: the queue.
 /// Returns 1 when the queue is listed again.
 const REVIVE: &str = r"
 if ARGV[2] == '1' then
@@ -2122,11 +2122,11 @@ pub(crate) fn revive(
     call
 }
 
-/// Stores a worker's heartbeat: its entry (KEYS[1], id -> JSON) listed until ARGV[3] (KEYS[2]),
+/// Stores a worker's heartbeat: its entry (`KEYS[1]`, id -> JSON) listed until `ARGV[3]` (`KEYS[2]`),
 /// up to 10 entries that expired before now removed (so the entries of killed workers do not pile
-/// up when nobody lists them), and the jobs that ended added to the bucket of minute ARGV[5] of
-/// every queue (KEYS[3]) and of each queue (KEYS[4..]); each written hash drops its buckets
-/// before ARGV[6] (now minus the horizon) and lives a horizon after its last write.
+/// up when nobody lists them), and the jobs that ended added to the bucket of minute `ARGV[5]` of
+/// every queue (`KEYS[3]`) and of each queue (KEYS[4..]); each written hash drops its buckets
+/// before `ARGV[6]` (now minus the horizon) and lives a horizon after its last write.
 /// ARGV: id, JSON, expires at, now, minute, cutoff, horizon ms, then processed and failed per
 /// queue (in the order of KEYS[4..]), then their sums.
 ///
@@ -2205,7 +2205,7 @@ pub(crate) fn heartbeat(
     call
 }
 
-/// The live workers at ARGV[1]: entries (KEYS[1]) whose expiry (KEYS[2]) is not before now;
+/// The live workers at `ARGV[1]`: entries (`KEYS[1]`) whose expiry (`KEYS[2]`) is not before now;
 /// expired ones are removed first (at most 1000 per call). Returns their JSON.
 const WORKERS: &str = r"
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
@@ -2230,7 +2230,7 @@ pub(crate) fn workers(ops: &OpsKeys, now: Millis) -> ScriptInvocation<'static> {
     call
 }
 
-/// Removes worker ARGV[1]'s entry. Returns 1 if it was there.
+/// Removes worker `ARGV[1]`'s entry. Returns 1 if it was there.
 const FORGET_WORKER: &str = r"
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
@@ -2242,9 +2242,9 @@ pub(crate) fn forget_worker(ops: &OpsKeys, id: &str) -> ScriptInvocation<'static
     call
 }
 
-/// Deletes the oldest failed jobs of a queue as long as a rule names them, at most ARGV[4] per
-/// call: beyond the newest ARGV[2] (count), failed before ARGV[1] (time), or at or before
-/// failure sequence ARGV[3] (the cut a prune over every queue chose); an empty argument is no
+/// Deletes the oldest failed jobs of a queue as long as a rule names them, at most `ARGV[4]` per
+/// call: beyond the newest `ARGV[2]` (count), failed before `ARGV[1]` (time), or at or before
+/// failure sequence `ARGV[3]` (the cut a prune over every queue chose); an empty argument is no
 /// rule. The failed set is in failure order, so the walk stops at the first job no rule names
 /// (a job a slower clock stamped earlier than the one before it waits for the next prune).
 /// KEYS: as [`failed_keys`]. Returns how many it deleted; the caller repeats while that is the
@@ -2292,7 +2292,7 @@ pub(crate) fn prune(
     call
 }
 
-/// Failure sequence numbers and times of the failed set's jobs ARGV[1]..=ARGV[2] (oldest
+/// Failure sequence numbers and times of the failed set's jobs `ARGV[1]`..=`ARGV[2]` (oldest
 /// first). KEYS: failed, failed_at. Returns {sequence, time, ...} (time false when unknown).
 const FAILED_TIMES: &str = r"
 local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
@@ -2314,7 +2314,7 @@ pub(crate) fn failed_times(keys: &QueueKeys, first: u64, last: u64) -> ScriptInv
     call
 }
 
-/// Moves the storage layout mark KEYS[1] from ARGV[1] (or no mark) to ARGV[2], in one step so
+/// Moves the storage layout mark `KEYS[1]` from `ARGV[1]` (or no mark) to `ARGV[2]`, in one step so
 /// that it never overwrites a mark another orcs set meanwhile. Returns the mark it leaves.
 const UPGRADE: &str = r"
 local found = redis.call('GET', KEYS[1])
@@ -2477,7 +2477,7 @@ pub(crate) fn abort_batch(context: &Context<'_>, id: &str) -> ScriptInvocation<'
     call
 }
 
-/// Cancels a batch: when it is neither cancelled nor finished, marks it cancelled at ARGV[1],
+/// Cancels a batch: when it is neither cancelled nor finished, marks it cancelled at `ARGV[1]`,
 /// seals it (a push cut short by a dead dispatcher ends this way), removes its waiting children
 /// (counted cancelled), asks its running ones to stop, and finishes it if none is left.
 /// KEYS: the workflow context (every child's queue, `then`'s and `finally`'s). ARGV: now, the
@@ -2517,9 +2517,9 @@ pub(crate) fn cancel_batch(
     call
 }
 
-/// Registers a schedule: stores ARGV[2] (a record, keys.rs `encode_schedule`) under name
-/// ARGV[1] in KEYS[1] if none is stored; otherwise keeps the stored cursor, last run and next
-/// run and takes the rest (queue, definition, updated at) from ARGV[2]. ARGV[3], when not '',
+/// Registers a schedule: stores `ARGV[2]` (a record, keys.rs `encode_schedule`) under name
+/// `ARGV[1]` in `KEYS[1]` if none is stored; otherwise keeps the stored cursor, last run and next
+/// run and takes the rest (queue, definition, updated at) from `ARGV[2]`. `ARGV[3]`, when not '',
 /// is the record of the schedule as another slot held it (a cluster moving it to its new
 /// queue's slot): a new record then starts from its cursor and runs.
 /// Returns the stored record.
@@ -2546,8 +2546,8 @@ pub(crate) fn register_schedule(
     call
 }
 
-/// Fires a schedule: if the cursor stored for ARGV[1] in KEYS[1] is ARGV[2], moves it to
-/// ARGV[3], sets the last run to ARGV[4] (kept when '') and the next run to ARGV[5], and pushes
+/// Fires a schedule: if the cursor stored for `ARGV[1]` in `KEYS[1]` is `ARGV[2]`, moves it to
+/// `ARGV[3]`, sets the last run to `ARGV[4]` (kept when '') and the next run to `ARGV[5]`, and pushes
 /// the jobs as PUSH does. KEYS: schedules, then 8 per job group as PUSH takes them. ARGV: name,
 /// expected cursor, cursor, last run, next run, then 9 per job as PUSH takes them.
 /// Returns {-1} for an unknown schedule, {-2} for an unreadable record, {0} when the cursor
