@@ -14,6 +14,8 @@
 #        PG_SERVER=postgres://postgres@127.0.0.1:5432  (with a database `test` to connect to)
 #        SKIP_SCHEDULE=1  SCHEDULE_SECS=30  SKIP_OPS=1  OPS_N=200000
 #        ORCS=binary  (an orcs built before; default: build this tree's in release)
+#        OUT=dir  (the raw JSON lines; default target/bench, whose previous run moves to
+#        target/bench/previous instead of being deleted)
 #
 # orcs runs drain-batch (the N jobs as one batch's children) and drain-features (plain drains
 # against drains with unique keys, a non-binding concurrency limit, heartbeats and metrics, in
@@ -47,10 +49,15 @@ DRIVERS=${DRIVERS:-redis memory sqlite postgres}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dorcs_bench}
 PG_SERVER=${PG_SERVER:-postgres://postgres@127.0.0.1:5432}
 SQL_N=${SQL_N:-$N}
-out=$root/target/bench
+out=${OUT:-$root/target/bench}
 work=$(mktemp -d /tmp/orcs-bench.XXXXXX)
 mkdir -p "$out"
-rm -f "$out"/*.jsonl "$out"/sql-peers.log
+# The last run's raw lines move aside (one run back) rather than being lost to this one.
+if compgen -G "$out/*.jsonl" >/dev/null; then
+  rm -rf "$out/previous" && mkdir -p "$out/previous"
+  mv "$out"/*.jsonl "$out/previous/"
+  if [ -f "$out/sql-peers.log" ]; then mv "$out/sql-peers.log" "$out/previous/"; fi
+fi
 
 redis_pid=""
 orcs_db=""
