@@ -579,32 +579,6 @@ fn version_6(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
 /// rarely wait for each other's commit on one row; `stats` sums the shards.
 pub(crate) const SIZE_SHARDS: i32 = 64;
 
-/// Migration 9 (SQLite only): a job holds its `Started` or `Finished` key itself, through a
-/// partial unique index on the jobs table (`key_held` is 1 while it holds it), instead of a row
-/// in the keys table: a keyed push then costs one index entry in its insert instead of a second
-/// statement and table (a keyed push went from about 0.75 to 0.84-0.90 of a plain one), and a
-/// completion frees the key by deleting its row. `Period` keys, which outlive their jobs, stay in
-/// the keys table. Keys held now move to their jobs.
-fn version_9(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
-    let Names { j, u, jobs, .. } = names;
-    if dialect == Dialect::Postgres {
-        return Vec::new();
-    }
-    vec![
-        format!("ALTER TABLE {j} ADD COLUMN key_held INTEGER"),
-        format!(
-            "UPDATE {j} SET key_held = 1 WHERE unique_key IS NOT NULL AND EXISTS (SELECT 1 FROM {u} \
-             WHERE {u}.queue = {j}.queue AND {u}.unique_key = {j}.unique_key \
-             AND {u}.holder = {j}.id AND {u}.expires_at IS NULL)"
-        ),
-        format!("DELETE FROM {u} WHERE expires_at IS NULL"),
-        format!(
-            "CREATE UNIQUE INDEX IF NOT EXISTS \"{jobs}_held_key\" ON {j} (queue, unique_key) \
-             WHERE key_held IS NOT NULL"
-        ),
-    ]
-}
-
 /// Migration 7: exact per-queue sizes (`ready`, `delayed`, `reserved`, `failed`) kept by
 /// triggers on the jobs and failed tables in the writing statement's transaction, so every path
 /// that moves a job is counted without each statement knowing, and `stats` reads a few rows
@@ -790,6 +764,32 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
          SELECT queue, 0, 0, 0, 0, COUNT(*) FROM {f} WHERE TRUE GROUP BY queue {add}"
     ));
     statements
+}
+
+/// Migration 9 (SQLite only): a job holds its `Started` or `Finished` key itself, through a
+/// partial unique index on the jobs table (`key_held` is 1 while it holds it), instead of a row
+/// in the keys table: a keyed push then costs one index entry in its insert instead of a second
+/// statement and table (a keyed push went from about 0.75 to 0.84-0.90 of a plain one), and a
+/// completion frees the key by deleting its row. `Period` keys, which outlive their jobs, stay in
+/// the keys table. Keys held now move to their jobs.
+fn version_9(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    let Names { j, u, jobs, .. } = names;
+    if dialect == Dialect::Postgres {
+        return Vec::new();
+    }
+    vec![
+        format!("ALTER TABLE {j} ADD COLUMN key_held INTEGER"),
+        format!(
+            "UPDATE {j} SET key_held = 1 WHERE unique_key IS NOT NULL AND EXISTS (SELECT 1 FROM {u} \
+             WHERE {u}.queue = {j}.queue AND {u}.unique_key = {j}.unique_key \
+             AND {u}.holder = {j}.id AND {u}.expires_at IS NULL)"
+        ),
+        format!("DELETE FROM {u} WHERE expires_at IS NULL"),
+        format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS \"{jobs}_held_key\" ON {j} (queue, unique_key) \
+             WHERE key_held IS NOT NULL"
+        ),
+    ]
 }
 
 /// `errors` (a JSON array of texts, or NULL) with the text parameter `error` appended, the
@@ -1689,14 +1689,14 @@ impl Sql {
     }
 
     /// SQLite: completes `count` leases in one statement (ids `$1..$count`, their tokens
-    /// `$count+1..$2count`), returning (id, token, queue, unique_key, batch, limited) of each
-    /// job deleted. The `id IN` list lets the primary key find the rows; the row-value test
+    /// `$count+1..$2count`), returning (id, token, queue, batch, limited) of each job deleted
+    /// (its `Started` or `Finished` key goes with its row, see migration 9). The `id IN` list lets the primary key find the rows; the row-value test
     /// alone would scan the table.
     pub(crate) fn complete_leases_sqlite(&self, count: usize) -> String {
         let pairs: Vec<String> = (1..=count).map(|n| format!("(${n}, ${})", n + count)).collect();
         format!(
             "DELETE FROM {j} WHERE id IN ({}) AND (id, token) IN (VALUES {}) \
-             RETURNING id, token, queue, unique_key, batch, EXISTS (SELECT 1 FROM {m} \
+             RETURNING id, token, queue, batch, EXISTS (SELECT 1 FROM {m} \
              WHERE {m}.queue = {j}.queue AND {m}.concurrency IS NOT NULL)",
             params(1, count),
             pairs.join(", "),

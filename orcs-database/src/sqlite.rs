@@ -245,8 +245,8 @@ impl Backend for SqliteBackend {
                     id: row.try_get(0).map_err(backend)?,
                     token: row.try_get(1).map_err(backend)?,
                     queue: row.try_get(2).map_err(backend)?,
-                    batch: row.try_get(4).map_err(backend)?,
-                    limited: row.try_get(5).map_err(backend)?,
+                    batch: row.try_get(3).map_err(backend)?,
+                    limited: row.try_get(4).map_err(backend)?,
                 });
             }
         }
