@@ -237,7 +237,12 @@ pub(crate) struct DispatchArgs {
     /// or a number of seconds after the dispatch [default: finished]
     #[arg(long, value_name = "WHEN", requires = "unique", value_parser = parse_unique_until)]
     pub(crate) unique_until: Option<UniqueUntil>,
-    /// Print the dispatched ids as JSON, with `jobs`: one {id, duplicate} object per job
+    /// With --unique: if the key's holder has not started yet, give it this job's data and run
+    /// time (--delay counts from now) instead of leaving it as it was; its id is answered
+    #[arg(long, requires = "unique")]
+    pub(crate) debounce: bool,
+    /// Print the dispatched ids as JSON, with `jobs`: one {id, duplicate, replaced} object per
+    /// job (`replaced`: a duplicate whose data went to the waiting holder, with --debounce)
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]

@@ -5,8 +5,8 @@ use std::io::{BufRead as _, IsTerminal as _, Read as _};
 
 use anyhow::{Context as _, Result};
 use orcs_core::{
-    CancelOutcome, DispatchOptions, Error, FailedJob, FailedQuery, MAX_PAGE, Queue, QueueLimits,
-    QueueStats, UniqueUntil, validate_queue_name,
+    CancelOutcome, DispatchOptions, Error, FailedJob, FailedQuery, MAX_PAGE, PushOutcome, Queue,
+    QueueLimits, QueueStats, UniqueUntil, validate_queue_name,
 };
 use serde_json::json;
 
@@ -411,7 +411,12 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
         options = options.retry_delay(d);
     }
     if let Some(key) = &args.unique {
-        options = options.unique(key.clone(), args.unique_until.unwrap_or(UniqueUntil::Finished));
+        let until = args.unique_until.unwrap_or(UniqueUntil::Finished);
+        options = if args.debounce {
+            options.debounce(key.clone(), until)
+        } else {
+            options.unique(key.clone(), until)
+        };
     }
 
     if args.batch.batch {
@@ -422,7 +427,7 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
     let mut jobs = Vec::new();
     let (mut first, mut last) = (String::new(), String::new());
     let mut target = String::new();
-    let (mut sent, mut duplicates): (u64, u64) = (0, 0);
+    let (mut sent, mut duplicates, mut replaced): (u64, u64, u64) = (0, 0, 0);
     while sent < args.count {
         let batch = (args.count - sent).min(DISPATCH_BATCH);
         let records = (0..batch)
@@ -433,28 +438,35 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
             target.clone_from(&head.queue);
         }
         let own: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        // The driver answers each record's id: its own, or the existing job's when the id or the
-        // unique key was taken.
-        let stored_ids = queue.dispatch_records(records).await.with_context(|| {
+        // The driver answers each record: stored, or the existing job's id when the id or the
+        // unique key was taken (and whether a debounced record replaced its data).
+        let outcomes = queue.push_records(records).await.with_context(|| {
             format!(
                 "dispatching failed after {} of {} jobs were stored",
                 sent - duplicates,
                 args.count
             )
         })?;
-        for (own, id) in own.iter().zip(&stored_ids) {
-            let duplicate = own != id;
+        let mut stored_ids = Vec::with_capacity(outcomes.len());
+        for (own, outcome) in own.into_iter().zip(outcomes) {
+            let (id, duplicate, replacing) = match outcome {
+                PushOutcome::Duplicate { id } => (id, true, false),
+                PushOutcome::Replaced { id } => (id, true, true),
+                _ => (own, false, false),
+            };
             if duplicate {
                 duplicates += 1;
+                replaced += u64::from(replacing);
             } else {
                 if first.is_empty() {
-                    first.clone_from(id);
+                    first.clone_from(&id);
                 }
-                last.clone_from(id);
+                last.clone_from(&id);
             }
             if args.json {
-                jobs.push(json!({ "id": id, "duplicate": duplicate }));
+                jobs.push(json!({ "id": id, "duplicate": duplicate, "replaced": replacing }));
             }
+            stored_ids.push(id);
         }
         if first.is_empty()
             && let Some(holder) = stored_ids.first()
@@ -469,6 +481,12 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
     if args.json {
         let ids: Vec<&serde_json::Value> = jobs.iter().map(|j| &j["id"]).collect();
         say!("{}", json!({ "job": args.job, "queue": target, "ids": ids, "jobs": jobs }));
+    } else if stored == 0 && replaced > 0 {
+        let key = args.unique.as_deref().unwrap_or_default();
+        say!(
+            "debounced: job {last} of queue {target} holds the unique key {key:?} and has not \
+             started; it now carries this job's data and run time (nothing new was stored)"
+        );
     } else if stored == 0 {
         let key = args.unique.as_deref().unwrap_or_default();
         say!(
@@ -482,8 +500,13 @@ async fn dispatch(ctx: &Ctx<'_>, args: DispatchArgs) -> Result<()> {
         say!("dispatched {stored} {} jobs to queue {target} (ids {first} to {last})", args.job);
     }
     if !args.json && stored > 0 && duplicates > 0 {
+        let debounced = if replaced > 0 {
+            format!(" ({replaced} gave their data to the waiting holder)")
+        } else {
+            String::new()
+        };
         say!(
-            "{duplicates} more were not stored: the unique key {:?} was already held",
+            "{duplicates} more were not stored: the unique key {:?} was already held{debounced}",
             args.unique.as_deref().unwrap_or_default()
         );
     }

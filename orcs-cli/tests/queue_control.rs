@@ -19,10 +19,18 @@ fn unique_dispatch(sandbox: &Sandbox) {
         sandbox.json(&args)
     };
     let first = dispatch(&["--unique", "report-1"]);
-    assert_eq!(first["jobs"], json!([{ "id": first["ids"][0], "duplicate": false }]), "{first}");
+    assert_eq!(
+        first["jobs"],
+        json!([{ "id": first["ids"][0], "duplicate": false, "replaced": false }]),
+        "{first}"
+    );
     let holder = first["ids"][0].as_str().expect("an id").to_owned();
     let again = dispatch(&["--unique", "report-1"]);
-    assert_eq!(again["jobs"], json!([{ "id": holder, "duplicate": true }]), "{again}");
+    assert_eq!(
+        again["jobs"],
+        json!([{ "id": holder, "duplicate": true, "replaced": false }]),
+        "{again}"
+    );
     sandbox
         .run(&["queue:dispatch", "GenerateReportJob", "--unique", "report-1"])
         .ok()
@@ -75,6 +83,63 @@ fn unique_dispatch_on_sqlite() {
 fn unique_dispatch_on_redis() {
     let Some(url) = redis_url() else { return };
     unique_dispatch(&Sandbox::redis(&url));
+}
+
+/// `--debounce`: a dispatch whose key's holder has not started gives it its data and run time.
+fn debounce_dispatch(sandbox: &Sandbox) {
+    let dispatch = |period: &str, extra: &[&str]| {
+        let data = format!(r#"{{"period":"{period}"}}"#);
+        let mut args = vec!["queue:dispatch", "GenerateReportJob", "--data", &data];
+        args.extend_from_slice(&["--queue", "d", "--unique", "r", "--debounce"]);
+        args.extend_from_slice(extra);
+        sandbox.run(&args).ok().stdout
+    };
+    let json_of = |out: String| -> Value { serde_json::from_str(&out).expect("JSON") };
+    let first = json_of(dispatch("2026-09", &["--delay", "60", "--json"]));
+    assert_eq!(first["jobs"][0]["duplicate"], false, "{first}");
+    let holder = first["ids"][0].as_str().expect("an id").to_owned();
+    let again = json_of(dispatch("2026-10", &["--json"]));
+    assert_eq!(
+        again["jobs"],
+        json!([{ "id": holder, "duplicate": true, "replaced": true }]),
+        "{again}"
+    );
+    let shown = sandbox.json(&["queue:show", &holder, "--json"]);
+    assert_eq!(
+        (shown["state"].as_str(), shown["payload"]["period"].as_str()),
+        (Some("pending"), Some("2026-10"))
+    );
+    // Text: the holder named; a delay pushes it back.
+    let out = dispatch("2026-11", &["--delay", "30"]);
+    assert!(out.contains("debounced") && out.contains(&holder), "{out}");
+    let stats = stats_of(sandbox, "d");
+    assert_eq!(
+        (stats["pending"].as_u64(), stats["delayed"].as_u64()),
+        (Some(0), Some(1)),
+        "{stats}"
+    );
+    let shown = sandbox.json(&["queue:show", &holder, "--json"]);
+    assert_eq!(
+        (shown["state"].as_str(), shown["payload"]["period"].as_str()),
+        (Some("delayed"), Some("2026-11"))
+    );
+    // Without a key there is nothing to debounce.
+    sandbox
+        .run(&["queue:dispatch", "GenerateReportJob", "--debounce"])
+        .code(2)
+        .stderr_has("--unique");
+}
+
+#[test]
+fn debounce_dispatch_on_sqlite() {
+    let Some(sandbox) = Sandbox::sqlite() else { return };
+    debounce_dispatch(&sandbox);
+}
+
+#[test]
+fn debounce_dispatch_on_redis() {
+    let Some(url) = redis_url() else { return };
+    debounce_dispatch(&Sandbox::redis(&url));
 }
 
 fn pause_and_resume(sandbox: &Sandbox) {

@@ -53,7 +53,11 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     /// (in any state, the failed set included, or earlier in the same push) is reported as
     /// [`PushOutcome::Duplicate`] and changes nothing; so is a job whose unique key is held by
     /// another job of its queue (the answer names the holder). A `Period` key whose time is up
-    /// is free.
+    /// is free. A debounced job ([`Unique::debounce`](crate::Unique::debounce)) whose key is
+    /// held by a job still waiting (ready or delayed) gives that job its payload and
+    /// `available_at` in the same atomic step, moving it between ready and delayed as the new
+    /// time says, and is reported as [`PushOutcome::Replaced`]; a later job of the push replaces
+    /// an earlier one's data.
     ///
     /// # Errors
     /// A backend error; then none of the jobs was stored. (A push larger than

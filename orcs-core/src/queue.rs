@@ -113,6 +113,18 @@ impl DispatchOptions {
         self
     }
 
+    /// Holds the unique `key` as [`DispatchOptions::unique`] does, debounced: if a job of the
+    /// queue holding it is still waiting (pending or delayed), that job takes this dispatch's
+    /// payload and run time (its delay counted from now) instead of staying as it was, and its
+    /// id is returned; a running holder makes this dispatch a plain duplicate. With a delay,
+    /// repeated dispatches push the run back, so the job runs once, with the latest data, after
+    /// the dispatches stop. Overrides `Job::unique`.
+    #[must_use]
+    pub fn debounce(mut self, key: impl Into<String>, until: crate::record::UniqueUntil) -> Self {
+        self.unique = Some(crate::record::Unique::new(key, until).debounced());
+        self
+    }
+
     /// Uses this per-attempt time limit instead of `Job::TIMEOUT`.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -259,11 +271,30 @@ impl Queue {
 
     /// Dispatches prepared records as one atomic batch (used by the CLI, whose jobs are untyped);
     /// returns, per record, the id of the job that holds it: its own, or the existing job's when
-    /// the id was already taken.
+    /// the id or its unique key was already taken (or the waiting job a debounced record
+    /// replaced).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad queue name, or a backend error.
-    pub async fn dispatch_records(&self, mut records: Vec<NewJob>) -> Result<Vec<String>> {
+    pub async fn dispatch_records(&self, records: Vec<NewJob>) -> Result<Vec<String>> {
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let outcomes = self.push_records(records).await?;
+        Ok(ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(own, outcome)| match outcome {
+                PushOutcome::Duplicate { id } | PushOutcome::Replaced { id } => id,
+                _ => own,
+            })
+            .collect())
+    }
+
+    /// Dispatches prepared records as [`Queue::dispatch_records`] does, answering what the
+    /// driver did with each: stored, a duplicate, or replaced a waiting job (debounce).
+    ///
+    /// # Errors
+    /// As [`Queue::dispatch_records`].
+    pub async fn push_records(&self, mut records: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
         for record in &records {
             validate_queue_name(&record.queue)?;
         }
@@ -273,27 +304,20 @@ impl Queue {
         // Feature `opentelemetry`: records built without a trace context (untyped ones, a chain's
         // first step whose meta the chain rewrote) take the current span's; others keep theirs.
         crate::trace_context::stamp_all(&mut records);
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let count = records.len();
         let outcomes = self.driver.push(records).await?;
-        if outcomes.len() != ids.len() {
+        if outcomes.len() != count {
             return Err(Error::invalid(
                 "push outcome",
                 format!(
                     "the {} driver answered {} outcomes for {} jobs; this is a driver bug",
                     self.driver.name(),
                     outcomes.len(),
-                    ids.len()
+                    count
                 ),
             ));
         }
-        Ok(ids
-            .into_iter()
-            .zip(outcomes)
-            .map(|(own, outcome)| match outcome {
-                PushOutcome::Duplicate { id } => id,
-                _ => own,
-            })
-            .collect())
+        Ok(outcomes)
     }
 
     /// Builds the stored record of an untyped job: what [`Queue::dispatch_with`] does for a typed one.

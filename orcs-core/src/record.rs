@@ -63,12 +63,26 @@ pub struct Unique {
     pub key: String,
     /// When it frees.
     pub until: UniqueUntil,
+    /// Debounce: a dispatch that finds the key held by a job still waiting (pending or
+    /// delayed, not yet started) gives that job its payload and its run time, so the latest
+    /// data runs once, after the last dispatch's delay ([`PushOutcome::Replaced`]). A holder
+    /// that is running, or gone while a `Period` key lasts, is answered as a plain duplicate.
+    /// Only the pushing job decides: the holder need not have been dispatched with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub debounce: bool,
 }
 
 impl Unique {
     /// A key held until `until`.
     pub fn new(key: impl Into<String>, until: UniqueUntil) -> Self {
-        Self { key: key.into(), until }
+        Self { key: key.into(), until, debounce: false }
+    }
+
+    /// The same key, debounced (see [`Unique::debounce`]).
+    #[must_use]
+    pub fn debounced(mut self) -> Self {
+        self.debounce = true;
+        self
     }
 
     /// When a `Period` key frees for a job dispatched at `dispatched_at`; `None` for the others.
@@ -275,6 +289,13 @@ pub enum PushOutcome {
     /// changed. `id` is the job that holds it.
     Duplicate {
         /// The existing job's id.
+        id: String,
+    },
+    /// The job was debounced ([`Unique::debounce`]): its unique key is held by job `id`, still
+    /// waiting, which now carries this job's payload and run time (its `available_at`); nothing
+    /// new was stored, and the holder keeps everything else (priority, attempts, batch, key).
+    Replaced {
+        /// The waiting job that took the payload.
         id: String,
     },
 }

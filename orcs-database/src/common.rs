@@ -896,6 +896,35 @@ where
             unstore.push(jobs[i].id.clone());
             refused.insert(jobs[i].id.as_str(), holder);
         }
+        // Debounce: a refused job whose key's holder still waits gives it its payload and due
+        // time, in push order (a later job of the push replaces an earlier one's data). The
+        // update re-checks the holder's state under its row lock, so a claim racing it either
+        // takes the new data or makes this a plain duplicate.
+        let mut queues = Vec::new();
+        let mut replaced: HashSet<&str> = HashSet::new();
+        for &i in &fresh {
+            let job = &jobs[i];
+            let Some(holder) =
+                job.unique.as_ref().filter(|u| u.debounce).and(refused.get(job.id.as_str()))
+            else {
+                continue;
+            };
+            let row = q(&self.sql.debounce)
+                .bind(job.payload.clone())
+                .bind(job.available_at)
+                .bind(job.dispatched_at)
+                .bind(holder.clone())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(backend)?;
+            if let Some(row) = row {
+                replaced.insert(job.id.as_str());
+                let state: i32 = row.try_get(0).map_err(backend)?;
+                if state == READY && !queues.contains(&job.queue) {
+                    queues.push(job.queue.clone());
+                }
+            }
+        }
         // Rows this push inserted and then found to be duplicates; nobody saw them.
         for chunk in unstore.chunks(INSERT_CHUNK) {
             let mut query = dynamic(self.sql.delete_ids(chunk.len()));
@@ -904,7 +933,6 @@ where
             }
             query.execute(&mut *conn).await.map_err(backend)?;
         }
-        let mut queues = Vec::new();
         let outcomes = jobs
             .iter()
             .map(|job| {
@@ -915,7 +943,11 @@ where
                     }
                     PushOutcome::Stored
                 } else if let Some(holder) = refused.remove(job.id.as_str()) {
-                    PushOutcome::Duplicate { id: holder }
+                    if replaced.remove(job.id.as_str()) {
+                        PushOutcome::Replaced { id: holder }
+                    } else {
+                        PushOutcome::Duplicate { id: holder }
+                    }
                 } else {
                     PushOutcome::Duplicate { id: job.id.clone() }
                 }

@@ -196,6 +196,9 @@ pub(crate) struct Sql {
     pub(crate) ensure_counter: Arc<str>,
     pub(crate) clear: Arc<str>,
     pub(crate) free_orphan_keys: Arc<str>,
+    /// Debounce: gives waiting job `$4` payload `$1` and due time `$2` (delayed if after `$3`,
+    /// the push's now); answers a row only if the job was waiting.
+    pub(crate) debounce: Arc<str>,
     pub(crate) set_paused: Arc<str>,
     pub(crate) set_limits: Arc<str>,
     /// 1 when a queue holds a job (live or failed), else 0.
@@ -1233,6 +1236,11 @@ impl Sql {
                  ON CONFLICT (queue) DO NOTHING"
             )),
             clear: s(format!("DELETE FROM {j} WHERE queue = $1 AND state IN ({READY}, {DELAYED})")),
+            debounce: s(format!(
+                "UPDATE {j} SET payload = $1, available_at = $2, \
+                 state = CASE WHEN $2 > $3 THEN {DELAYED} ELSE {READY} END \
+                 WHERE id = $4 AND state IN ({READY}, {DELAYED}) RETURNING state"
+            )),
             // After a clear: the keys (other than `Period` ones) whose holder is gone.
             free_orphan_keys: s(format!(
                 "DELETE FROM {u} WHERE queue = $1 AND expires_at IS NULL \

@@ -316,7 +316,11 @@ impl State {
             if let Some((holder, expires)) = queue.unique.get(&unique.key)
                 && expires.is_none_or(|at| at > now)
             {
-                return PushOutcome::Duplicate { id: holder.clone() };
+                let holder = holder.clone();
+                if unique.debounce && self.replace_waiting(&holder, &job, now) {
+                    return PushOutcome::Replaced { id: holder };
+                }
+                return PushOutcome::Duplicate { id: holder };
             }
             let held = (job.id.clone(), unique.expires_at(job.dispatched_at));
             queue.unique.insert(unique.key.clone(), held);
@@ -325,6 +329,42 @@ impl State {
         let id = Id::from(job.id.as_str());
         self.enqueue(id, Arc::new(job), 0, None, Vec::new(), available_at, now);
         PushOutcome::Stored
+    }
+
+    /// Debounce: gives waiting job `holder` the payload and run time of `job`, moving it between
+    /// the ready and delayed sets as its new time says. False (nothing changed) when the holder
+    /// is running or gone.
+    fn replace_waiting(&mut self, holder: &str, job: &NewJob, now: Millis) -> bool {
+        let Some((id, stored)) = self.jobs.get_key_value(holder) else { return false };
+        let id = Arc::clone(id);
+        let (priority, since) = (stored.job.priority, stored.job.available_at);
+        let was = stored.state.clone();
+        let queue = self.queue(&job.queue);
+        match was {
+            JobState::Ready => {
+                queue.ready_since_remove(since);
+                queue.ready.remove(&(Reverse(priority), Arc::clone(&id)));
+            }
+            JobState::Delayed(at) => {
+                queue.delayed.remove(&(at, Arc::clone(&id)));
+            }
+            JobState::Reserved { .. } => return false,
+        }
+        let available_at = job.available_at;
+        let state = if available_at <= now {
+            queue.ready.insert((Reverse(priority), Arc::clone(&id)));
+            queue.ready_since_add(available_at);
+            JobState::Ready
+        } else {
+            queue.delayed.insert((available_at, Arc::clone(&id)));
+            JobState::Delayed(available_at)
+        };
+        let stored = self.jobs.get_mut(holder).expect("found above");
+        let record = Arc::make_mut(&mut stored.job);
+        record.payload.clone_from(&job.payload);
+        record.available_at = available_at;
+        stored.state = state;
+        true
     }
 
     /// Deletes a pending or delayed job (cancel, clear), freeing its key.

@@ -716,14 +716,21 @@ impl Driver for RedisDriver {
                 match reply {
                     Ok(flags) if flags.len() == order.len() => {
                         for (&(index, job), flag) in order.iter().zip(flags) {
-                            // 1: stored; 0: its id is in use; else the unique key's holder.
-                            // (An id may be digits: only an integer reply is a flag.)
+                            // 1: stored; 0: its id is in use; {holder}: a debounced job
+                            // replaced the waiting holder's data; else the key's holder. (An
+                            // id may be digits: only an integer reply is a flag.)
                             outcomes[index] = Some(match flag {
                                 Value::Int(1) => {
                                     stored.push(job);
                                     PushOutcome::Stored
                                 }
                                 Value::Int(_) => PushOutcome::Duplicate { id: job.id.clone() },
+                                Value::Array(holder) => PushOutcome::Replaced {
+                                    id: holder
+                                        .first()
+                                        .and_then(text)
+                                        .unwrap_or_else(|| job.id.clone()),
+                                },
                                 holder => PushOutcome::Duplicate {
                                     id: text(&holder).unwrap_or_else(|| job.id.clone()),
                                 },

@@ -175,6 +175,55 @@ local function key_held(jobs, unique, expiry, id, key, now, period)
 end
 ";
 
+/// Debounce: hands a new job's payload and due time to the waiting job holding its key (needs
+/// [`HEADER`] and [`ARM`]).
+const DEBOUNCE: &str = r"
+-- The parts of record `blob` (keys.rs `encode`, layouts v2 to v4) a debounce rewrites: the
+-- span (from, to) of its available_at field and where its payload starts; nil for a record
+-- this build does not take apart (then the job is left as it is).
+local function parts(blob)
+  local v, from, to, rest =
+    string.match(blob, '^v(%d)|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|()-?%d*()|()')
+  local lens
+  if v == '2' then
+    lens = {string.match(blob, '^(%d+)|()', rest)}
+  elseif v == '3' then
+    lens = {string.match(blob, '^%a|%d*|(%d+)|(%d+)|()', rest)}
+  elseif v == '4' then
+    lens = {string.match(blob, '^%a|%d*|(%d+)|%+?(%d*)|(%d*)|(%d+)|()', rest)}
+  end
+  if not lens or #lens == 0 then return nil end
+  local at = lens[#lens]
+  for i = 1, #lens - 1 do at = at + (tonumber(lens[i]) or 0) end
+  return from, to, at
+end
+-- Gives job `holder` of the group after KEYS[k] (ready, delayed, jobs, marker) the payload of
+-- record `blob` and due time `due`, placed as `place` says ('r' ready, 'd' delayed, scored by
+-- `due`), if it is waiting (in the ready or delayed set). Returns true if it did.
+local function debounce(k, holder, blob, place, due)
+  local old = redis.call('HGET', KEYS[k + 3], holder)
+  if not old then return false end
+  local set = KEYS[k + 1]
+  if not redis.call('ZSCORE', set, holder) then
+    set = KEYS[k + 2]
+    if not redis.call('ZSCORE', set, holder) then return false end
+  end
+  local from, to, at = parts(old)
+  local _, _, payload = parts(blob)
+  if not from or not payload then return false end
+  redis.call('HSET', KEYS[k + 3], holder,
+    string.sub(old, 1, from - 1) .. due .. string.sub(old, to, at - 1) .. string.sub(blob, payload))
+  redis.call('ZREM', set, holder)
+  if place == 'r' then
+    redis.call('ZADD', KEYS[k + 1], -header(old), holder)
+    arm(KEYS[k + 4])
+  else
+    redis.call('ZADD', KEYS[k + 2], due, holder)
+  end
+  return true
+end
+";
+
 /// Stores a job as a push does, with or without the `registered` mark (needs [`KEY_HELD`]).
 const STORE: &str = r"
 -- Stores one job of the group whose keys start after KEYS[k] (ready, delayed, jobs, marker,
@@ -182,14 +231,17 @@ const STORE: &str = r"
 -- 'r' or 'd', score, record, unique spec, unique key, Period expiry or '', now); `a` is ARGV, or
 -- a batch callback's fields. The spec is ''
 -- for a job without a key, 'k' when its record carries the key (layout 3), else the layout-2
--- spec for `unique_of`.
--- Returns 1 if stored, 0 if its id is in use, or the id of the job holding its unique key.
+-- spec for `unique_of`; '~' before it marks a debounced job.
+-- Returns 1 if stored, 0 if its id is in use, the id of the job holding its unique key, or
+-- {holder} when a debounced job gave its payload and due time to a waiting holder.
 local function store(k, a, b)
   local id = a[b + 1]
   -- HSETNX checks the id and stores the record in one command; a key held by another job
   -- takes the record out again.
   if redis.call('HSETNX', KEYS[k + 3], id, a[b + 4]) == 0 then return 0 end
   local spec = a[b + 5]
+  local debounced = string.byte(spec) == 126
+  if debounced then spec = string.sub(spec, 2) end
   if spec ~= '' then
     local key, expires, now = a[b + 6], a[b + 7], tonumber(a[b + 8])
     if expires ~= '' then
@@ -203,7 +255,11 @@ local function store(k, a, b)
     end
     if redis.call('HSETNX', KEYS[k + 5], key, id) == 0 then
       local holder = key_held(KEYS[k + 3], KEYS[k + 5], KEYS[k + 6], id, key, now, expires ~= '')
-      if holder then return holder end
+      if holder then
+        local due = a[b + 2] == 'r' and a[b + 8] or a[b + 3]
+        if debounced and debounce(k, holder, a[b + 4], a[b + 2], due) then return {holder} end
+        return holder
+      end
     end
     if expires ~= '' then redis.call('ZADD', KEYS[k + 6], expires, key) end
     if spec ~= 'k' then redis.call('HSET', KEYS[k + 7], id, spec) end
@@ -229,8 +285,8 @@ end
 ";
 
 /// Every helper, in an order where each comes after those it uses.
-const PRELUDE: [&str; 9] =
-    [HEADER, ARM, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, KEY_HELD, STORE];
+const PRELUDE: [&str; 10] =
+    [HEADER, ARM, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, KEY_HELD, DEBOUNCE, STORE];
 
 /// Helpers of the scripts that may end a batch's child, or create, cancel or fire workflow
 /// state; appended to [`PRELUDE`].
@@ -611,13 +667,7 @@ fn job_args(
     call.arg(if child { encode_child(job, layout) } else { encode(job, layout) });
     match &job.unique {
         Some(unique) => {
-            // Layout 3 keeps the key in the record (and so does a v4 record under any
-            // layout); layout 2 in `unique_of`, by this spec.
-            if layout >= 3 || is_v4(job) {
-                call.arg("k");
-            } else {
-                call.arg(encode_unique(unique));
-            }
+            call.arg(unique_spec(job, unique, layout));
             call.arg(&unique.key);
             match unique.expires_at(job.dispatched_at) {
                 Some(at) => call.arg(at),
@@ -630,6 +680,14 @@ fn job_args(
             call.arg("").arg("").arg("").arg("");
         }
     }
+}
+
+/// The unique spec `store` takes for a keyed job: 'k' where its record carries the key (layout
+/// 3, or a v4 record under any layout), else the layout-2 spec for `unique_of`; '~' before it
+/// for a debounced job.
+fn unique_spec(job: &NewJob, unique: &Unique, layout: u32) -> String {
+    let spec = if layout >= 3 || is_v4(job) { "k".to_owned() } else { encode_unique(unique) };
+    if unique.debounce { format!("~{spec}") } else { spec }
 }
 
 /// A batch callback as the batch's record keeps it: its queue, then the 8 arguments `store`
@@ -649,11 +707,7 @@ pub(crate) fn callback_fields(job: &NewJob, layout: u32) -> Vec<String> {
     ];
     match &job.unique {
         Some(unique) => {
-            fields.push(if layout >= 3 || is_v4(job) {
-                "k".to_owned()
-            } else {
-                encode_unique(unique)
-            });
+            fields.push(unique_spec(job, unique, layout));
             fields.push(unique.key.clone());
             fields.push(
                 unique.expires_at(job.dispatched_at).map(|at| at.to_string()).unwrap_or_default(),
@@ -784,12 +838,14 @@ fn place_args(call: &mut ScriptInvocation<'static>, job: &NewJob) {
 }
 
 /// True when [`PUSH_KEYED`] may take `groups` (stored under `layout`): every key a `Started`
-/// or `Finished` key carried in its record, and not empty ('' stands for none in the lean
+/// or `Finished` key carried in its record, not debounced (only [`PUSH`] replaces a holder),
+/// and not empty ('' stands for none in the lean
 /// script's arguments).
 fn lean_keys(groups: &[(Arc<QueueKeys>, Vec<&NewJob>)], layout: u32) -> bool {
     groups.iter().flat_map(|(_, jobs)| jobs).all(|job| {
         job.unique.as_ref().is_none_or(|unique| {
             (layout >= 3 || is_v4(job))
+                && !unique.debounce
                 && !unique.key.is_empty()
                 && unique.expires_at(job.dispatched_at).is_none()
         })
@@ -2650,7 +2706,7 @@ fn with_workflow(more: &str, body: &str) -> Script {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    push: script(&[ARM, KEY_HELD, STORE, PUSH]),
+    push: script(&[HEADER, ARM, KEY_HELD, DEBOUNCE, STORE, PUSH]),
     push_plain: script(&[ARM, PUSH_PLAIN]),
     push_keyed: script(&[ARM, KEY_OF, PUSH_KEYED]),
     unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
@@ -2663,6 +2719,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         MAKE_READY,
         FAIL,
         KEY_HELD,
+        DEBOUNCE,
         STORE,
         NO_WORKFLOW,
         HISTORY,

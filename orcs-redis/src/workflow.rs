@@ -282,6 +282,9 @@ impl RedisDriver {
                     }
                     Step::Duplicate(None) => PushOutcome::Duplicate { id: job.id.clone() },
                     Step::Duplicate(Some(holder)) => PushOutcome::Duplicate { id: holder },
+                    Step::Replaced(holder) => {
+                        PushOutcome::Replaced { id: holder.unwrap_or_else(|| job.id.clone()) }
+                    }
                 });
             }
         }
@@ -630,8 +633,12 @@ struct BatchPush {
 /// What one push-batch step did with one child.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    Stored { fresh: bool },
+    Stored {
+        fresh: bool,
+    },
     Duplicate(Option<String>),
+    /// A debounced child gave its data to the waiting holder of its key.
+    Replaced(Option<String>),
 }
 
 /// Reads a push-batch step's answer for `count` children.
@@ -682,6 +689,7 @@ fn batch_step(id: &str, reply: Reply, count: usize) -> Result<Vec<Step>> {
         .map(|flag| match flag {
             Value::Int(n @ (1 | 2)) => Step::Stored { fresh: *n == 2 },
             Value::Int(_) => Step::Duplicate(None),
+            Value::Array(holder) => Step::Replaced(holder.first().and_then(text)),
             holder => Step::Duplicate(text(holder)),
         })
         .collect())

@@ -78,6 +78,19 @@ async fn a_layout_2_prefix_keeps_working_until_upgraded() {
     assert_eq!(spec, "f|0|old-key");
     let record: String = conn.hget(format!("{tag}:jobs"), &old_id).await.expect("hget");
     assert!(record.starts_with("v2|"), "{record}");
+    // A debounced push takes the v2 record apart: the holder gets the new payload, and its
+    // spec stays as layout 2 wrote it.
+    let mut newer = keyed("q", "old-key", UniqueUntil::Finished);
+    newer.unique = newer.unique.map(Unique::debounced);
+    newer.payload = r#"{"n":2}"#.to_owned();
+    assert_eq!(
+        driver.push(vec![newer]).await.expect("push"),
+        [PushOutcome::Replaced { id: old_id.clone() }]
+    );
+    let info = driver.get(&old_id, SystemClock.now()).await.expect("get").expect("found");
+    assert_eq!(info.job.payload, r#"{"n":2}"#);
+    let spec: String = conn.hget(format!("{tag}:unique_of"), &old_id).await.expect("hget");
+    assert_eq!(spec, "f|0|old-key");
 
     driver.upgrade_layout().await.expect("upgrade");
     let version: String = conn.get(format!("{{{prefix}}}:version")).await.expect("get");

@@ -1893,6 +1893,164 @@ pub async fn keyed_pushes_meet_every_kind_of_holder(driver: BoxDriver) {
     assert_eq!(stats.pending, 8, "{stats:?}");
 }
 
+/// Debounce ([`orcs_core::Unique::debounce`]): a debounced dispatch whose key is held by a
+/// waiting job (pending or delayed) gives that job its payload and run time and is answered
+/// [`PushOutcome::Replaced`] with the holder's id; the holder keeps its id, key and everything
+/// else. Against a running holder, a `Period` key whose job is gone, or its own id in use, it is
+/// a plain duplicate; a free key stores it. Only the pushing job decides: a plain dispatch
+/// against a debounced holder is a duplicate. In one push, a later job replaces an earlier one.
+pub async fn debounce_replaces_a_waiting_holder(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let debounce = |until: UniqueUntil, delay_ms: u64| {
+        DispatchOptions::new().debounce("d", until).delay(Duration::from_millis(delay_ms))
+    };
+    let push = |tag: u64, options: DispatchOptions| {
+        let job = queue.prepare(&plain(&key, tag), &options).expect("record");
+        let queue = queue.clone();
+        async move { queue.push_records(vec![job]).await.expect("push") }
+    };
+    let payload_of = |info: &orcs_core::JobInfo| -> u64 {
+        let value: serde_json::Value = serde_json::from_str(&info.job.payload).expect("JSON");
+        value["tag"].as_u64().expect("a tag")
+    };
+    let t0 = queue.now();
+
+    // A delayed holder: each debounced dispatch pushes its run back and replaces its data.
+    let first = queue.dispatch_with(plain(&key, 1), debounce(UniqueUntil::Finished, 10_000)).await;
+    let first = first.expect("dispatch");
+    clock.advance(Duration::from_millis(5_000));
+    assert_eq!(
+        push(2, debounce(UniqueUntil::Finished, 10_000)).await,
+        [PushOutcome::Replaced { id: first.clone() }]
+    );
+    let info = queue.get(&first).await.expect("get").expect("the holder");
+    assert_eq!((payload_of(&info), info.job.available_at), (2, t0 + 15_000), "{info:?}");
+    assert_eq!(info.job.unique.as_ref().map(|u| u.key.as_str()), Some("d"), "it keeps its key");
+    check_stats(&queue, "default", (0, 1, 0, 0, 0, 0), "one job, delayed").await;
+    clock.advance(Duration::from_millis(5_000));
+    assert!(claim_one(&queue, &["default"]).await.is_none(), "its run was pushed back");
+
+    // A plain dispatch against it is a duplicate and changes nothing.
+    let plain_again = queue
+        .dispatch_with(plain(&key, 3), unique("d", UniqueUntil::Finished))
+        .await
+        .expect("dispatch");
+    assert_eq!(plain_again, first);
+    let info = queue.get(&first).await.expect("get").expect("the holder");
+    assert_eq!((payload_of(&info), info.job.available_at), (2, t0 + 15_000), "{info:?}");
+
+    // Without a delay the holder becomes ready now; with one it waits again.
+    assert_eq!(
+        push(4, debounce(UniqueUntil::Finished, 0)).await,
+        [PushOutcome::Replaced { id: first.clone() }]
+    );
+    check_stats(&queue, "default", (1, 0, 0, 0, 0, 0), "ready now").await;
+    assert_eq!(
+        push(5, debounce(UniqueUntil::Finished, 1_000)).await,
+        [PushOutcome::Replaced { id: first.clone() }]
+    );
+    check_stats(&queue, "default", (0, 1, 0, 0, 0, 0), "delayed again").await;
+    assert!(claim_one(&queue, &["default"]).await.is_none(), "not due yet");
+    assert_eq!(
+        push(6, debounce(UniqueUntil::Finished, 0)).await,
+        [PushOutcome::Replaced { id: first.clone() }]
+    );
+
+    // A running holder: a duplicate; the attempt runs the data it was claimed with.
+    let running = claim_one(&queue, &["default"]).await.expect("the holder");
+    assert_eq!((running.record.id.as_str(), tag_of(&running)), (first.as_str(), 6));
+    assert_eq!(
+        push(7, debounce(UniqueUntil::Finished, 0)).await,
+        [PushOutcome::Duplicate { id: first.clone() }]
+    );
+    check_stats(&queue, "default", (0, 0, 1, 0, 0, 0), "only the running job").await;
+    complete(&driver, &running.lease, queue.now()).await.expect("complete");
+
+    // A free key stores the job; a `Started` key frees at the claim.
+    let started = queue.dispatch_with(plain(&key, 8), debounce(UniqueUntil::Started, 0)).await;
+    let started = started.expect("dispatch");
+    assert_ne!(started, first, "the key was free");
+    let claimed = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(tag_of(&claimed), 8);
+    assert!(matches!(
+        push(9, debounce(UniqueUntil::Started, 0)).await.as_slice(),
+        [PushOutcome::Stored]
+    ));
+    let waiting = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(tag_of(&waiting), 9);
+    for lease in [&claimed.lease, &waiting.lease] {
+        complete(&driver, lease, queue.now()).await.expect("complete");
+    }
+
+    // A `Period` key whose holder already ran: a duplicate, nothing to replace.
+    let period = UniqueUntil::Period(60_000);
+    let holder = queue.dispatch_with(plain(&key, 10), debounce(period, 0)).await.expect("dispatch");
+    let ran = claim_one(&queue, &["default"]).await.expect("a job");
+    complete(&driver, &ran.lease, queue.now()).await.expect("complete");
+    assert_eq!(push(11, debounce(period, 0)).await, [PushOutcome::Duplicate { id: holder }]);
+    check_stats(&queue, "default", (0, 0, 0, 0, 4, 0), "nothing waits").await;
+
+    // Its own id in use: a duplicate of itself, replacing nothing and taking no key.
+    let keyed = |tag: u64, on: &str| {
+        let options = DispatchOptions::new().debounce(on, UniqueUntil::Finished);
+        queue.prepare(&plain(&key, tag), &options).expect("record")
+    };
+    let holder = keyed(12, "g");
+    let kept = holder.id.clone();
+    assert_eq!(queue.push_records(vec![holder]).await.expect("push"), [PushOutcome::Stored]);
+    let mut reused = keyed(13, "e");
+    reused.id = kept.clone();
+    assert_eq!(
+        queue.push_records(vec![reused]).await.expect("push"),
+        [PushOutcome::Duplicate { id: kept.clone() }]
+    );
+
+    // One push: the later job with the key replaces the earlier one, and a job whose key is
+    // held by a waiting holder replaces it too.
+    let jobs = vec![keyed(14, "f"), keyed(15, "f"), keyed(16, "g"), keyed(17, "f"), keyed(18, "e")];
+    let lead = jobs[0].id.clone();
+    assert_eq!(
+        queue.push_records(jobs).await.expect("push"),
+        [
+            PushOutcome::Stored,
+            PushOutcome::Replaced { id: lead.clone() },
+            PushOutcome::Replaced { id: kept.clone() },
+            PushOutcome::Replaced { id: lead.clone() },
+            PushOutcome::Stored,
+        ]
+    );
+    check_stats(&queue, "default", (3, 0, 0, 0, 4, 0), "three jobs wait").await;
+    let mut tags: Vec<u64> = Vec::new();
+    while let Some(job) = claim_one(&queue, &["default"]).await {
+        tags.push(tag_of(&job));
+        complete(&driver, &job.lease, queue.now()).await.expect("complete");
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, [16, 17, 18], "each holder runs once, with the last data it was given");
+
+    // The holder keeps its priority and metadata (a chain's, a trace's): a delayed holder of
+    // priority 5 made ready runs before a ready job of priority 0 dispatched before it.
+    let low = queue.dispatch(plain(&key, 19)).await.expect("dispatch");
+    let mut high = keyed(20, "h");
+    (high.priority, high.meta) = (5, Some(r#"{"note":1}"#.to_owned()));
+    high.available_at += 60_000;
+    let high_id = high.id.clone();
+    assert_eq!(queue.push_records(vec![high]).await.expect("push"), [PushOutcome::Stored]);
+    assert_eq!(
+        queue.push_records(vec![keyed(21, "h")]).await.expect("push"),
+        [PushOutcome::Replaced { id: high_id.clone() }]
+    );
+    let first = claim_one(&queue, &["default"]).await.expect("a job");
+    let record = &first.record;
+    assert_eq!(
+        (record.id.as_str(), tag_of(&first), record.priority, record.meta.as_deref()),
+        (high_id.as_str(), 21, 5, Some(r#"{"note":1}"#))
+    );
+    let second = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(second.record.id, low);
+}
+
 /// A settle of many items frees each completed job's `Finished` key in that step, in item order
 /// (an effect of a later item may take a key an earlier completion freed), and only keys the jobs
 /// still hold: a job that failed for good gave its key up, so when it runs again (retried from
@@ -1973,7 +2131,8 @@ pub async fn unique_keys_free_per_job_in_one_settle(driver: BoxDriver) {
 }
 
 /// Many dispatchers racing on one key, round after round: exactly one job per round, and every
-/// caller gets that job's id.
+/// caller gets that job's id. In every other round half of them debounce: the job then runs the
+/// data of the dispatch that stored it or of one that replaced it, never a duplicate's.
 pub async fn concurrent_dispatchers_on_one_key_store_one_job(driver: BoxDriver) {
     const DISPATCHERS: usize = 64;
     // 100 rounds in CI; ORCS_TEST_UNIQUE_ROUNDS=1000 (with ORCS_TEST_CASE_TIMEOUT_SECS raised for
@@ -1988,21 +2147,42 @@ pub async fn concurrent_dispatchers_on_one_key_store_one_job(driver: BoxDriver) 
                 let queue = queue.clone();
                 let key = key.clone();
                 tokio::spawn(async move {
-                    queue
-                        .dispatch_with(
-                            plain(&key, i as u64),
-                            unique(&format!("round-{round}"), UniqueUntil::Finished),
-                        )
-                        .await
-                        .expect("dispatch")
+                    let on = format!("round-{round}");
+                    let options = if round % 2 == 1 && i % 2 == 1 {
+                        DispatchOptions::new().debounce(on, UniqueUntil::Finished)
+                    } else {
+                        unique(&on, UniqueUntil::Finished)
+                    };
+                    let job = queue.prepare(&plain(&key, i as u64), &options).expect("record");
+                    let own = job.id.clone();
+                    let outcome = queue.push_records(vec![job]).await.expect("dispatch");
+                    (i as u64, own, outcome.into_iter().next().expect("an outcome"))
                 })
             })
             .collect();
         let mut ids = HashSet::new();
+        let mut gave_data = HashSet::new();
         for call in calls {
-            ids.insert(call.await.expect("task"));
+            let (tag, own, outcome) = call.await.expect("task");
+            ids.insert(match outcome {
+                PushOutcome::Stored => {
+                    gave_data.insert(tag);
+                    own
+                }
+                PushOutcome::Replaced { id } => {
+                    gave_data.insert(tag);
+                    id
+                }
+                PushOutcome::Duplicate { id } => id,
+                other => panic!("round {round}: {other:?}"),
+            });
         }
         assert_eq!(ids.len(), 1, "round {round}: every caller got the one holder's id");
+        let holder = ids.into_iter().next().expect("one id");
+        let info = queue.get(&holder).await.expect("get").expect("the holder");
+        let value: serde_json::Value = serde_json::from_str(&info.job.payload).expect("JSON");
+        let tag = value["tag"].as_u64().expect("a tag");
+        assert!(gave_data.contains(&tag), "round {round}: tag {tag} is not of {gave_data:?}");
     }
     let s = stats(&queue, "default").await;
     assert_eq!(s.pending, rounds as u64, "one job per round");

@@ -674,7 +674,8 @@ pub async fn batch_clear_and_cancel_of_children_count_them_cancelled(driver: Box
 }
 
 /// Children refused as duplicates (their id exists, or their unique key is held) are not part
-/// of the batch; a batch left without children finishes in the dispatch itself. A batch id
+/// of the batch, nor is a debounced child that gave its data to the waiting holder of its key;
+/// a batch left without children finishes in the dispatch itself. A batch id
 /// that exists, or a child naming another batch, is refused and stores nothing.
 pub async fn batch_with_only_duplicate_children_finishes_at_once(driver: BoxDriver) {
     let (queue, _clock) = manual_queue(&driver);
@@ -684,6 +685,7 @@ pub async fn batch_with_only_duplicate_children_finishes_at_once(driver: BoxDriv
     let id = batch_with_callbacks(&queue, &key)
         .add_with(ok(&key, 2), keyed.clone())
         .add_with(ok(&key, 3), keyed)
+        .add_with(ok(&key, 4), DispatchOptions::new().debounce("dup", UniqueUntil::Finished))
         .dispatch()
         .await
         .expect("dispatch");
@@ -691,7 +693,11 @@ pub async fn batch_with_only_duplicate_children_finishes_at_once(driver: BoxDriv
     check_counts(&done, (0, 0, 0, 0, 0), "no child stored");
     check_callbacks(&done, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "finished at once");
     assert_eq!((done.finished_at, done.cancelled_at), (Some(done.created_at), None));
-    assert_eq!(waiting_tags(&queue, "default").await, [1, 7, 8], "the holder, then and finally");
+    assert_eq!(
+        waiting_tags(&queue, "default").await,
+        [4, 7, 8],
+        "the holder (with the debounced child's data), then and finally"
+    );
     assert_eq!(queue.get(&holder).await.expect("get").expect("holder").job.batch, None);
 
     let empty = queue.batch().finally(ok(&key, 6)).dispatch().await.expect("an empty batch");
