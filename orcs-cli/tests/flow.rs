@@ -525,7 +525,7 @@ fn sqlite_cancel_from_another_process() {
 /// A job dispatched with `--unique K --unique-until finished` (1.5 s of work, `--timeout 2`, so a
 /// lease of 7 s) is running when its worker is killed (`SIGKILL`). While the job is held by the
 /// dead worker, and while a second worker reruns it after the lease expired, a dispatch with K
-/// stores nothing and answers the holder's id. Once the second worker completed it, a dispatch
+/// stores nothing and answers the holder's id (a debounced one replaces nothing either). Once the second worker completed it, a dispatch
 /// with K stores a new job.
 fn unique_key_survives_a_killed_worker(sandbox: &Sandbox) {
     let probe = Probe::new(sandbox);
@@ -541,6 +541,13 @@ fn unique_key_survives_a_killed_worker(sandbox: &Sandbox) {
 
     let (id, duplicate) = dispatch_one(sandbox, "GenerateReportJob", &data, &unique);
     assert_eq!((&*id, duplicate), (&*holder, true), "held by a killed worker");
+    // A debounced dispatch leaves the job its dead worker holds alone: it is not waiting.
+    let mut debounced = vec!["queue:dispatch", "GenerateReportJob", "--data", &data, "--json"];
+    debounced.extend_from_slice(&unique);
+    debounced.push("--debounce");
+    let out = sandbox.json(&debounced);
+    assert_eq!(out["jobs"][0]["id"].as_str(), Some(&*holder), "{out}");
+    assert_eq!(out["jobs"][0]["replaced"], false, "{out}");
     let mut second = sandbox.worker(&args);
     let attempts = probe.wait("the rerun starting", Duration::from_secs(20), |a| a.len() == 2);
     let rerun_after = killed_at.elapsed();
