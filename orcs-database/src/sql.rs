@@ -197,7 +197,8 @@ pub(crate) struct Sql {
     pub(crate) clear: Arc<str>,
     pub(crate) free_orphan_keys: Arc<str>,
     /// Debounce: gives waiting job `$4` payload `$1` and due time `$2` (delayed if after `$3`,
-    /// the push's now); answers a row only if the job was waiting.
+    /// the push's now); answers a row only if the job was waiting (and, on PostgreSQL, not
+    /// locked by another transaction).
     pub(crate) debounce: Arc<str>,
     pub(crate) set_paused: Arc<str>,
     pub(crate) set_limits: Arc<str>,
@@ -1236,10 +1237,22 @@ impl Sql {
                  ON CONFLICT (queue) DO NOTHING"
             )),
             clear: s(format!("DELETE FROM {j} WHERE queue = $1 AND state IN ({READY}, {DELAYED})")),
+            // PostgreSQL: a holder whose row another transaction has locked is being claimed,
+            // promoted or removed at this moment, and is skipped (a duplicate) rather than
+            // waited for: a claim that frees a `Started` key locks the job's row, then waits for
+            // the key's row, which this push holds since it found the key taken (a deadlock).
             debounce: s(format!(
                 "UPDATE {j} SET payload = $1, available_at = $2, \
                  state = CASE WHEN $2 > $3 THEN {DELAYED} ELSE {READY} END \
-                 WHERE id = $4 AND state IN ({READY}, {DELAYED}) RETURNING state"
+                 WHERE id = {holder} RETURNING state",
+                holder = if pg {
+                    format!(
+                        "(SELECT id FROM {j} WHERE id = $4 AND state IN ({READY}, {DELAYED}) \
+                         FOR UPDATE SKIP LOCKED)"
+                    )
+                } else {
+                    format!("$4 AND state IN ({READY}, {DELAYED})")
+                }
             )),
             // After a clear: the keys (other than `Period` ones) whose holder is gone.
             free_orphan_keys: s(format!(

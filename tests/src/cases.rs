@@ -2051,6 +2051,55 @@ pub async fn debounce_replaces_a_waiting_holder(driver: BoxDriver) {
     assert_eq!(second.record.id, low);
 }
 
+/// Debounced dispatches racing claims of their holder, round after round, with `Started` and
+/// `Finished` keys: no dispatch fails (a claim that frees a key while a push waits on it must
+/// not deadlock with the push's update of the holder), and the outcome tells what ran: after
+/// `Replaced` the holder runs the new data; after `Duplicate` the old; after `Stored` a claim
+/// had started the holder, and the new job runs the new data.
+pub async fn debounce_races_claims_of_its_holder(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, _) = probe();
+    for round in 0..60_u64 {
+        let until = if round % 2 == 0 { UniqueUntil::Started } else { UniqueUntil::Finished };
+        let on = format!("race-{round}");
+        let options = DispatchOptions::new().debounce(on.as_str(), until);
+        let holder = queue.prepare(&plain(&key, 1), &options).expect("record");
+        let holder_id = holder.id.clone();
+        assert_eq!(queue.push_records(vec![holder]).await.expect("push"), [PushOutcome::Stored]);
+        let newer = queue.prepare(&plain(&key, 2), &options).expect("record");
+        let newer_id = newer.id.clone();
+        let pusher = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.push_records(vec![newer]).await })
+        };
+        let claimer = {
+            let queue = queue.clone();
+            tokio::spawn(async move { claim(&queue, &["default"], 1).await })
+        };
+        let outcome = pusher.await.expect("task").unwrap_or_else(|e| {
+            panic!("round {round} ({until:?}): the debounced push failed: {e}")
+        });
+        let mut ran: Vec<(String, u64)> = Vec::new();
+        for job in claimer.await.expect("task") {
+            ran.push((job.record.id.clone(), tag_of(&job)));
+            complete(&driver, &job.lease, queue.now()).await.expect("complete");
+        }
+        while let Some(job) = claim_one(&queue, &["default"]).await {
+            ran.push((job.record.id.clone(), tag_of(&job)));
+            complete(&driver, &job.lease, queue.now()).await.expect("complete");
+        }
+        ran.sort();
+        let mut expected = match &outcome[..] {
+            [PushOutcome::Replaced { id }] if *id == holder_id => vec![(holder_id.clone(), 2)],
+            [PushOutcome::Duplicate { id }] if *id == holder_id => vec![(holder_id.clone(), 1)],
+            [PushOutcome::Stored] => vec![(holder_id.clone(), 1), (newer_id.clone(), 2)],
+            other => panic!("round {round} ({until:?}): {other:?}"),
+        };
+        expected.sort();
+        assert_eq!(ran, expected, "round {round} ({until:?}): {outcome:?}");
+    }
+}
+
 /// A settle of many items frees each completed job's `Finished` key in that step, in item order
 /// (an effect of a later item may take a key an earlier completion freed), and only keys the jobs
 /// still hold: a job that failed for good gave its key up, so when it runs again (retried from

@@ -131,6 +131,7 @@ macro_rules! conformance_tests {
             unique_keys_of_every_holder_mix_in_one_push,
             keyed_pushes_meet_every_kind_of_holder,
             debounce_replaces_a_waiting_holder,
+            debounce_races_claims_of_its_holder,
             unique_keys_free_per_job_in_one_settle,
             concurrent_dispatchers_on_one_key_store_one_job,
             concurrency_limit_caps_jobs_running_at_once,
