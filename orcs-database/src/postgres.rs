@@ -320,7 +320,7 @@ impl Backend for PgBackend {
         conn: &mut Conn,
         queue: &str,
         now: Millis,
-    ) -> Result<Option<Limits>> {
+    ) -> Result<common::Promotion> {
         loop {
             let row = q(&store.sql.promote)
                 .bind(queue.to_owned())
@@ -333,7 +333,7 @@ impl Backend for PgBackend {
                 let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
                 let limits = Limits::from_columns(get(1)?, get(2)?, get(3)?);
                 store.backend.limited.note(queue, limits);
-                return Ok(limits);
+                return Ok(common::Promotion { limits, next_due: Some(get(4)?) });
             }
         }
     }

@@ -173,7 +173,8 @@ pub(crate) struct Sql {
     pub(crate) migrations: Vec<Migration>,
     /// Creates the migrations table.
     pub(crate) create_migrations: String,
-    /// PostgreSQL: promotes due jobs and answers (promoted, concurrency, rate limit, rate period).
+    /// PostgreSQL: promotes due jobs and answers (promoted, concurrency, rate limit, rate period,
+    /// the next delayed job's due time).
     /// SQLite: promotes due jobs (the limits are read by [`Sql::limits`]).
     pub(crate) promote: Arc<str>,
     pub(crate) claim: Arc<str>,
@@ -1029,12 +1030,17 @@ impl Sql {
             // whatever plan the outer statement gets (an `IN (subquery)` may be re-evaluated).
             // The promotion also reads the queue's limits, saving a round trip per claim.
             (
+                // The queue's next delayed job after now, read here so that a short claim
+                // needs no statement of its own for it.
                 format!(
                     "WITH {due_pg}, \
                      promoted AS (UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id \
                      RETURNING 1) \
                      SELECT (SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
-                     lim.rate_period_ms FROM (SELECT 1) AS one LEFT JOIN {m} AS lim ON lim.queue = $1"
+                     lim.rate_period_ms, (SELECT available_at FROM {j} WHERE queue = $1 \
+                     AND state = {DELAYED} AND available_at > $2 AND {not_paused} \
+                     ORDER BY available_at LIMIT 1) \
+                     FROM (SELECT 1) AS one LEFT JOIN {m} AS lim ON lim.queue = $1"
                 ),
                 format!(
                     "WITH {} SELECT * FROM claimed WHERE {ASYNC_COMMIT}",

@@ -260,7 +260,7 @@ impl Backend for SqliteBackend {
         conn: &mut Conn,
         queue: &str,
         now: Millis,
-    ) -> Result<Option<Limits>> {
+    ) -> Result<common::Promotion> {
         loop {
             let done = q(&store.sql.promote)
                 .bind(queue.to_owned())
@@ -278,10 +278,11 @@ impl Backend for SqliteBackend {
             .await
             .map_err(backend)?
         else {
-            return Ok(None);
+            return Ok(common::Promotion::default());
         };
         let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
-        Ok(Limits::from_columns(get(0)?, get(1)?, get(2)?))
+        let limits = Limits::from_columns(get(0)?, get(1)?, get(2)?);
+        Ok(common::Promotion { limits, next_due: None })
     }
 
     /// Claims from a queue with limits, inside the claim's transaction (SQLite has one writer,
