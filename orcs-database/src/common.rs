@@ -506,6 +506,11 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         Err::<std::future::Ready<_>, _>(jobs)
     }
 
+    /// Called after a group commit (see [`crate::group`]) stored jobs in `queues` (or made a
+    /// debounced holder ready there): wakes this process's waiters and announces them to
+    /// other processes as the backend does.
+    fn pushed(store: &Store<Self>, queues: &[String]);
+
     /// Claims up to `want` jobs of a queue this store found limited a moment ago, promotion
     /// included, in one round trip; `None` when the backend has no such path, the queue is not
     /// known to be limited, or more jobs may be due than one step promotes (the caller then

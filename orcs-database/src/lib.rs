@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod group;
 mod ops;
 mod postgres;
 mod sql;

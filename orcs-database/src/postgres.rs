@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::common::{self, Backend, Claimed, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
+use crate::group::{Pushes, writer_gone};
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Postgres;
@@ -63,20 +64,23 @@ fn settled(
 const MAX_CHANNEL_LEN: usize = 63;
 
 /// What a PostgreSQL store has beside its statements.
+#[derive(Clone)]
 pub(crate) struct PgBackend {
     pool: PgPool,
     /// The channel the jobs table's dispatches are announced on.
     channel: String,
     /// A pool of one connection, used by the listener only (it reconnects through it).
     listen_pool: PgPool,
-    listener: Mutex<Option<PgListener>>,
+    listener: Arc<Mutex<Option<PgListener>>>,
     /// The pool is the application's: its connections lack `enable_bitmapscan=off`, so each
     /// claim sets it for its own transaction.
     borrowed: bool,
     /// Queues whose pushes committed and are still to be announced (see [`Announcer`]).
     announcer: Arc<Announcer>,
     /// Queues found limited, for the one-round-trip claim.
-    limited: Box<LimitedQueues>,
+    limited: Arc<LimitedQueues>,
+    /// Pushes waiting for the group writer (see [`PgBackend::push_grouped`]).
+    pushes: Arc<std::sync::Mutex<Pushes>>,
 }
 
 /// The queues this store's promotions found limited, with their limits and when they were
@@ -262,25 +266,32 @@ impl Backend for PgBackend {
         Ok(())
     }
 
-    /// A push's transaction without its `NOTIFY`: other processes' waiters are told after the
-    /// commit, by the [`Announcer`] (this process's at once, as for any push).
+    /// Group commit (see [`crate::group`]): concurrent pushes of this process are written
+    /// together, one transaction and one commit for as many as are waiting when the writer
+    /// gets a connection, instead of a transaction each on connections of their own.
     fn push_grouped(
         store: &Store,
         jobs: Vec<NewJob>,
     ) -> std::result::Result<impl Future<Output = Result<Vec<PushOutcome>>> + Send, Vec<NewJob>>
     {
-        Ok(async move {
-            let mut conn = store.backend.writer().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
-            let (outcomes, queues) = store.insert_jobs(&mut tx, &jobs).await?;
-            tx.commit().await.map_err(backend)?;
-            drop(conn);
-            if !queues.is_empty() {
-                store.shared.wake.notify_waiters();
-                store.backend.announcer.announce(&queues);
-            }
-            Ok(outcomes)
-        })
+        let (start, answer) = Pushes::join(&store.backend.pushes, jobs);
+        if start {
+            let writer = Store {
+                sql: Arc::clone(&store.sql),
+                shared: Arc::clone(&store.shared),
+                backend: store.backend.clone(),
+            };
+            let pushes = Arc::clone(&store.backend.pushes);
+            tokio::spawn(async move { writer.write_pushes(pushes).await });
+        }
+        Ok(async move { answer.await.map_err(|_| writer_gone())? })
+    }
+
+    /// Wakes this process's waiters, and announces the queues with one batched `NOTIFY` after
+    /// the commit (see [`Announcer`]).
+    fn pushed(store: &Store, queues: &[String]) {
+        store.shared.wake.notify_waiters();
+        store.backend.announcer.announce(queues);
     }
 
     /// One statement over arrays of ids and tokens (see [`Sql::complete_leases_pg`]).
@@ -544,7 +555,7 @@ impl Store {
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
-        let listener = Mutex::new(None);
+        let listener = Arc::new(Mutex::new(None));
         let announcer = Arc::new(Announcer {
             pool: pool.clone(),
             channel: channel.clone(),
@@ -557,7 +568,8 @@ impl Store {
             listener,
             borrowed,
             announcer,
-            limited: Box::default(),
+            limited: Arc::default(),
+            pushes: Arc::default(),
         };
         Ok(Self { sql, shared, backend })
     }

@@ -20,12 +20,13 @@ use sqlx::sqlite::{
     SqliteQueryResult, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, Transaction};
-use tokio::sync::{Mutex, MutexGuard, oneshot};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::common::{
     self, Backend, Claimed, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
 };
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING};
+use crate::group::{Pushes, writer_gone};
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Sqlite;
@@ -50,9 +51,6 @@ fn wal_stamp(wal: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
     std::fs::metadata(wal).ok().map(|m| (m.len(), m.modified().ok()))
 }
 
-/// Most jobs one group commit stores (a single push of more goes alone).
-const GROUP_JOBS: usize = 1000;
-
 /// What a SQLite store has beside its statements. Cloned (cheaply: shared handles) for the
 /// group writer's task.
 #[derive(Clone)]
@@ -68,72 +66,6 @@ pub(crate) struct SqliteBackend {
     alive: Arc<()>,
     /// The WAL file, which idle workers watch for other processes' commits.
     wal: Arc<Path>,
-}
-
-/// A push waiting to be written, with where its answer goes.
-type Waiting = (Vec<NewJob>, oneshot::Sender<Result<Vec<PushOutcome>>>);
-
-/// The pushes queued for the group writer, and whether its task is running.
-#[derive(Default)]
-struct Pushes {
-    waiting: Vec<Waiting>,
-    running: bool,
-}
-
-impl Pushes {
-    /// Takes the next group: the waiting pushes in order, up to [`GROUP_JOBS`] jobs (at least
-    /// one push), stopping before a push that shares a job id or a unique key with an earlier
-    /// one of the group, so that each push is answered as if it ran alone after the previous
-    /// ones (a later `Period` key may take over one that expired meanwhile). Pushes whose caller
-    /// is gone are dropped: nobody would learn that they were stored.
-    fn take_group(&mut self) -> Vec<Waiting> {
-        self.waiting.retain(|(_, reply)| !reply.is_closed());
-        let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let mut keys: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
-        let mut take = 0;
-        let mut jobs = 0;
-        'pushes: for (push, _) in &self.waiting {
-            if take > 0 && jobs + push.len() > GROUP_JOBS {
-                break;
-            }
-            if take > 0 {
-                for job in push {
-                    let key = job.unique.as_ref().map(|u| (job.queue.as_str(), u.key.as_str()));
-                    if ids.contains(job.id.as_str()) || key.is_some_and(|k| keys.contains(&k)) {
-                        break 'pushes;
-                    }
-                }
-            }
-            for job in push {
-                ids.insert(job.id.as_str());
-                if let Some(u) = &job.unique {
-                    keys.insert((job.queue.as_str(), u.key.as_str()));
-                }
-            }
-            take += 1;
-            jobs += push.len();
-        }
-        self.waiting.drain(..take).collect()
-    }
-}
-
-/// The group writer's run. If it ends other than by finding the queue empty (a panic, or its
-/// runtime shutting down), marks it stopped and drops the pushes still waiting (their callers
-/// get an error: nothing of theirs was stored), so that none waits forever and the next push
-/// starts a new writer.
-struct WriterRun {
-    pushes: Arc<std::sync::Mutex<Pushes>>,
-    finished: bool,
-}
-
-impl Drop for WriterRun {
-    fn drop(&mut self) {
-        if !self.finished {
-            let mut pushes = self.pushes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            pushes.running = false;
-            pushes.waiting.clear();
-        }
-    }
 }
 
 impl fmt::Debug for Store {
@@ -154,33 +86,29 @@ impl Backend for SqliteBackend {
         Ok(self.writer.lock().await)
     }
 
-    /// Group commit: the push joins the queue of the group writer (a task, started when the
-    /// queue was idle), which takes every push waiting when it gets the write connection and
-    /// stores them in one transaction, one commit. Each caller gets its own outcomes; a group
-    /// that fails is rolled back and its pushes are tried again one by one, so an error is
-    /// its push's own, and means none of its jobs was stored. The task owns the transaction,
-    /// so a caller that gives up cannot leave the others without an answer.
+    /// Group commit (see [`crate::group`]): the push joins the queue of the group writer,
+    /// which takes every push waiting when it gets the write connection.
     fn push_grouped(
         store: &Store,
         jobs: Vec<NewJob>,
     ) -> std::result::Result<impl Future<Output = Result<Vec<PushOutcome>>> + Send, Vec<NewJob>>
     {
-        let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut pushes =
-                store.backend.pushes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            pushes.waiting.push((jobs, reply));
-            !std::mem::replace(&mut pushes.running, true)
-        };
+        let (start, answer) = Pushes::join(&store.backend.pushes, jobs);
         if start {
             let writer = Store {
                 sql: Arc::clone(&store.sql),
                 shared: Arc::clone(&store.shared),
                 backend: store.backend.clone(),
             };
-            tokio::spawn(async move { writer.write_pushes().await });
+            let pushes = Arc::clone(&store.backend.pushes);
+            tokio::spawn(async move { writer.write_pushes(pushes).await });
         }
         Ok(async move { answer.await.map_err(|_| writer_gone())? })
+    }
+
+    /// This process's waiters; other processes find the jobs when they poll.
+    fn pushed(store: &Store, _queues: &[String]) {
+        store.shared.wake.notify_waiters();
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -556,80 +484,7 @@ async fn open_checked(
     Ok(writer)
 }
 
-/// The answer to a push whose group writer ended without answering (it panicked).
-fn writer_gone() -> Error {
-    Error::backend(common::DRIVER, "the SQLite group writer stopped; the push was not stored")
-}
-
 impl Store {
-    /// The group writer's task: writes groups of waiting pushes until none is left.
-    async fn write_pushes(self) {
-        let mut run = WriterRun { pushes: Arc::clone(&self.backend.pushes), finished: false };
-        loop {
-            // Lets the callers just answered (and woken on this thread) queue their next
-            // pushes first, so that they join this group instead of the one after.
-            tokio::task::yield_now().await;
-            let mut conn = self.backend.writer.lock().await;
-            // Taken once the connection is ours: what arrived while it was busy joins.
-            let group = {
-                let mut pushes =
-                    self.backend.pushes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let group = pushes.take_group();
-                if group.is_empty() {
-                    // Under the lock: a push queued after this sees `running` false and
-                    // starts a new task.
-                    pushes.running = false;
-                    run.finished = true;
-                    return;
-                }
-                group
-            };
-            let mut stored = false;
-            if group.len() == 1 {
-                let (jobs, reply) = group.into_iter().next().expect("one push");
-                let result = self.push_on(&mut conn, &jobs).await;
-                stored = result.as_ref().is_ok_and(|(_, any)| *any);
-                let _ = reply.send(result.map(|(outcomes, _)| outcomes));
-            } else {
-                let lens: Vec<usize> = group.iter().map(|(jobs, _)| jobs.len()).collect();
-                let (all, replies): (Vec<Vec<NewJob>>, Vec<_>) = group.into_iter().unzip();
-                let jobs: Vec<NewJob> = all.into_iter().flatten().collect();
-                match self.push_on(&mut conn, &jobs).await {
-                    Ok((outcomes, any)) => {
-                        stored = any;
-                        let mut outcomes = outcomes.into_iter();
-                        for (reply, len) in replies.into_iter().zip(lens) {
-                            let _ = reply.send(Ok(outcomes.by_ref().take(len).collect()));
-                        }
-                    }
-                    Err(_) => {
-                        // Rolled back: each push again on its own, for its own answer.
-                        let mut jobs = jobs.into_iter();
-                        for (reply, len) in replies.into_iter().zip(lens) {
-                            let mine: Vec<NewJob> = jobs.by_ref().take(len).collect();
-                            let result = self.push_on(&mut conn, &mine).await;
-                            stored |= result.as_ref().is_ok_and(|(_, any)| *any);
-                            let _ = reply.send(result.map(|(outcomes, _)| outcomes));
-                        }
-                    }
-                }
-            }
-            drop(conn);
-            if stored {
-                self.shared.wake.notify_waiters();
-            }
-        }
-    }
-
-    /// Stores `jobs` in one transaction on the write connection; answers their outcomes and
-    /// whether any was stored.
-    async fn push_on(&self, conn: &mut Conn, jobs: &[NewJob]) -> Result<(Vec<PushOutcome>, bool)> {
-        let mut tx = SqliteBackend::begin(conn).await?;
-        let (outcomes, queues) = self.insert_jobs(&mut tx, jobs).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok((outcomes, !queues.is_empty()))
-    }
-
     pub(crate) async fn connect(config: &DatabaseConfig, shared: Arc<Shared>) -> Result<Self> {
         let url = config.url.as_str();
         let rest = &url["sqlite:".len()..];
