@@ -24,23 +24,31 @@ const GROUP_JOBS: usize = 1000;
 /// A push waiting to be written, with where its answer goes.
 type Waiting = (Vec<NewJob>, oneshot::Sender<Result<Vec<PushOutcome>>>);
 
-/// The pushes queued for the group writer, and whether its task is running.
+/// The pushes queued for the group writers, and how many writer tasks run.
 #[derive(Default)]
 pub(crate) struct Pushes {
     waiting: Vec<Waiting>,
-    running: bool,
+    running: usize,
 }
 
 impl Pushes {
-    /// Queues a push; true if no writer runs, so the caller must start one.
+    /// Queues a push; true if fewer than `writers` writer tasks run, so the caller must start
+    /// one. SQLite has one (one write connection); PostgreSQL a few, so that a group waiting
+    /// on a lock (a unique key held by an application's open transaction, say) does not hold
+    /// up every other push of the process.
     pub(crate) fn join(
         pushes: &Mutex<Self>,
         jobs: Vec<NewJob>,
+        writers: usize,
     ) -> (bool, oneshot::Receiver<Result<Vec<PushOutcome>>>) {
         let (reply, answer) = oneshot::channel();
         let mut pushes = pushes.lock().unwrap_or_else(PoisonError::into_inner);
         pushes.waiting.push((jobs, reply));
-        (!std::mem::replace(&mut pushes.running, true), answer)
+        let start = pushes.running < writers;
+        if start {
+            pushes.running += 1;
+        }
+        (start, answer)
     }
 
     /// Takes the next group: the waiting pushes in order, up to [`GROUP_JOBS`] jobs (at least
@@ -84,10 +92,10 @@ pub(crate) fn writer_gone() -> Error {
     Error::backend(DRIVER, "the group writer stopped; the push was not stored")
 }
 
-/// The group writer's run. If it ends other than by finding the queue empty (a panic, or its
-/// runtime shutting down), marks it stopped and drops the pushes still waiting (their callers
-/// get an error: nothing of theirs was stored), so that none waits forever and the next push
-/// starts a new writer.
+/// A group writer's run. If it ends other than by finding the queue empty (a panic, or its
+/// runtime shutting down), counts it stopped and, if it was the last, drops the pushes still
+/// waiting (their callers get an error: nothing of theirs was stored), so that none waits
+/// forever and the next push starts a new writer.
 struct WriterRun {
     pushes: Arc<Mutex<Pushes>>,
     finished: bool,
@@ -97,8 +105,10 @@ impl Drop for WriterRun {
     fn drop(&mut self) {
         if !self.finished {
             let mut pushes = self.pushes.lock().unwrap_or_else(PoisonError::into_inner);
-            pushes.running = false;
-            pushes.waiting.clear();
+            pushes.running -= 1;
+            if pushes.running == 0 {
+                pushes.waiting.clear();
+            }
         }
     }
 }
@@ -130,9 +140,9 @@ where
                 let mut pushes = pushes.lock().unwrap_or_else(PoisonError::into_inner);
                 let group = pushes.take_group();
                 if group.is_empty() {
-                    // Under the lock: a push queued after this sees `running` false and
-                    // starts a new task.
-                    pushes.running = false;
+                    // Under the lock: a push queued after this sees one writer fewer and
+                    // starts a new task if none is left.
+                    pushes.running -= 1;
                     run.finished = true;
                     return;
                 }

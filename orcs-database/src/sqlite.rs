@@ -93,7 +93,8 @@ impl Backend for SqliteBackend {
         jobs: Vec<NewJob>,
     ) -> std::result::Result<impl Future<Output = Result<Vec<PushOutcome>>> + Send, Vec<NewJob>>
     {
-        let (start, answer) = Pushes::join(&store.backend.pushes, jobs);
+        // One writer: SQLite writes through one connection.
+        let (start, answer) = Pushes::join(&store.backend.pushes, jobs, 1);
         if start {
             let writer = Store {
                 sql: Arc::clone(&store.sql),

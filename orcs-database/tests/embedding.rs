@@ -417,6 +417,42 @@ mod postgres {
         });
     }
 
+    /// A unique key taken inside an application's open transaction holds up the dispatches of
+    /// that key until it ends, but not the other dispatches of the process: pushes are written
+    /// in groups (`src/group.rs`), by a few writers, so one waiting on the key's lock does not
+    /// stall the rest.
+    #[test]
+    fn a_key_held_by_an_open_transaction_holds_up_only_its_own_dispatches() {
+        orcs_tests::run(async {
+            let Some(app) = app_pool(8).await else { return };
+            let driver = app.driver().await;
+            let mut tx = app.pool.begin().await.expect("begin");
+            let held = keyed("held");
+            let held_id = held.id.clone();
+            let outcomes = driver.push_in(&mut tx, vec![held]).await.expect("push_in");
+            assert_eq!(outcomes, [PushOutcome::Stored]);
+            let waiting = {
+                let driver = driver.clone();
+                tokio::spawn(async move { driver.push(vec![keyed("held")]).await })
+            };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!waiting.is_finished(), "a dispatch of the held key waits for the transaction");
+            for key in ["free-1", "free-2"] {
+                let other =
+                    tokio::time::timeout(Duration::from_secs(5), driver.push(vec![keyed(key)]))
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("a dispatch of key {key} waited for another key's lock")
+                        })
+                        .expect("push");
+                assert_eq!(other, [PushOutcome::Stored]);
+            }
+            tx.commit().await.expect("commit");
+            let outcome = waiting.await.expect("task").expect("push");
+            assert_eq!(outcome, [PushOutcome::Duplicate { id: held_id }]);
+        });
+    }
+
     #[test]
     fn dispatch_inside_the_applications_transaction() {
         orcs_tests::run(async {
