@@ -10,6 +10,7 @@
 //! cannot leave the others without an answer.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use orcs_core::{Error, NewJob, PushOutcome, Result};
@@ -32,11 +33,11 @@ pub(crate) struct Pushes {
 }
 
 impl Pushes {
-    /// Queues a push; true if fewer than `writers` writer tasks run, so the caller must start
+    /// Queues a push; true if fewer than `writers` writer tasks ran, so the caller must start
     /// one. SQLite has one (one write connection); PostgreSQL a few, so that a group waiting
     /// on a lock (a unique key held by an application's open transaction, say) does not hold
     /// up every other push of the process.
-    pub(crate) fn join(
+    fn join(
         pushes: &Mutex<Self>,
         jobs: Vec<NewJob>,
         writers: usize,
@@ -88,7 +89,7 @@ impl Pushes {
 }
 
 /// The answer to a push whose group writer ended without answering (it panicked).
-pub(crate) fn writer_gone() -> Error {
+fn writer_gone() -> Error {
     Error::backend(DRIVER, "the group writer stopped; the push was not stored")
 }
 
@@ -110,6 +111,33 @@ impl Drop for WriterRun {
                 pushes.waiting.clear();
             }
         }
+    }
+}
+
+impl<B: Backend + Clone> Store<B> {
+    /// Queues `jobs` for the group writers of `pushes` (at most `writers` at once): answers
+    /// the future of the push's outcomes and, when a writer must start, the store and queue
+    /// it writes with (the caller spawns [`Store::write_pushes`] on them).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn join_group(
+        &self,
+        pushes: &Arc<Mutex<Pushes>>,
+        jobs: Vec<NewJob>,
+        writers: usize,
+    ) -> (
+        Option<(Self, Arc<Mutex<Pushes>>)>,
+        impl Future<Output = Result<Vec<PushOutcome>>> + Send + 'static,
+    ) {
+        let (start, answer) = Pushes::join(pushes, jobs, writers);
+        let writer = start.then(|| {
+            let store = Self {
+                sql: Arc::clone(&self.sql),
+                shared: Arc::clone(&self.shared),
+                backend: self.backend.clone(),
+            };
+            (store, Arc::clone(pushes))
+        });
+        (writer, async move { answer.await.map_err(|_| writer_gone())? })
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::common::{self, Backend, Claimed, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
-use crate::group::{Pushes, writer_gone};
+use crate::group::Pushes;
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Postgres;
@@ -279,17 +279,11 @@ impl Backend for PgBackend {
         jobs: Vec<NewJob>,
     ) -> std::result::Result<impl Future<Output = Result<Vec<PushOutcome>>> + Send, Vec<NewJob>>
     {
-        let (start, answer) = Pushes::join(&store.backend.pushes, jobs, GROUP_WRITERS);
-        if start {
-            let writer = Store {
-                sql: Arc::clone(&store.sql),
-                shared: Arc::clone(&store.shared),
-                backend: store.backend.clone(),
-            };
-            let pushes = Arc::clone(&store.backend.pushes);
+        let (writer, answer) = store.join_group(&store.backend.pushes, jobs, GROUP_WRITERS);
+        if let Some((writer, pushes)) = writer {
             tokio::spawn(async move { writer.write_pushes(pushes).await });
         }
-        Ok(async move { answer.await.map_err(|_| writer_gone())? })
+        Ok(answer)
     }
 
     /// Wakes this process's waiters, and announces the queues with one batched `NOTIFY` after

@@ -26,7 +26,7 @@ use crate::common::{
     self, Backend, Claimed, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
 };
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING};
-use crate::group::{Pushes, writer_gone};
+use crate::group::Pushes;
 use crate::sql::{Dialect, Sql};
 
 type Db = sqlx::Sqlite;
@@ -94,17 +94,11 @@ impl Backend for SqliteBackend {
     ) -> std::result::Result<impl Future<Output = Result<Vec<PushOutcome>>> + Send, Vec<NewJob>>
     {
         // One writer: SQLite writes through one connection.
-        let (start, answer) = Pushes::join(&store.backend.pushes, jobs, 1);
-        if start {
-            let writer = Store {
-                sql: Arc::clone(&store.sql),
-                shared: Arc::clone(&store.shared),
-                backend: store.backend.clone(),
-            };
-            let pushes = Arc::clone(&store.backend.pushes);
+        let (writer, answer) = store.join_group(&store.backend.pushes, jobs, 1);
+        if let Some((writer, pushes)) = writer {
             tokio::spawn(async move { writer.write_pushes(pushes).await });
         }
-        Ok(async move { answer.await.map_err(|_| writer_gone())? })
+        Ok(answer)
     }
 
     /// This process's waiters; other processes find the jobs when they poll.
