@@ -1128,10 +1128,8 @@ where
             } else {
                 B::promote_due(self, conn, queue, req.now).await?
             };
-            promoted_next = promoted_next.zip(promotion.next_due).map(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            });
+            promoted_next =
+                promoted_next.zip(promotion.next_due).map(|(a, b)| a.into_iter().chain(b).min());
             let (rows, next) = if let Some(claimed) = known {
                 claimed
             } else if let Some(limits) = promotion.limits {

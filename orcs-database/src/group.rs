@@ -187,33 +187,30 @@ where
                     continue;
                 }
             };
+            // The queues the group's commits stored jobs in, for `Backend::pushed`.
             let mut queues: Vec<String> = Vec::new();
-            let mut answer = |result: Result<(Vec<PushOutcome>, Vec<String>)>,
-                              reply: oneshot::Sender<_>| {
-                let result = result.map(|(outcomes, stored)| {
+            let mut note = |result: Result<(Vec<PushOutcome>, Vec<String>)>| {
+                result.map(|(outcomes, stored)| {
                     for queue in stored {
                         if !queues.contains(&queue) {
                             queues.push(queue);
                         }
                     }
                     outcomes
-                });
-                let _ = reply.send(result);
+                })
             };
             if group.len() == 1 {
                 let (jobs, reply) = group.into_iter().next().expect("one push");
-                answer(self.push_on(&mut conn, &jobs).await, reply);
+                let _ = reply.send(note(self.push_on(&mut conn, &jobs).await));
             } else {
                 let lens: Vec<usize> = group.iter().map(|(jobs, _)| jobs.len()).collect();
                 let (all, replies): (Vec<Vec<NewJob>>, Vec<_>) = group.into_iter().unzip();
                 let jobs: Vec<NewJob> = all.into_iter().flatten().collect();
-                match self.push_on(&mut conn, &jobs).await {
-                    Ok((outcomes, stored)) => {
+                match note(self.push_on(&mut conn, &jobs).await) {
+                    Ok(outcomes) => {
                         let mut outcomes = outcomes.into_iter();
-                        let mut stored = Some(stored);
                         for (reply, len) in replies.into_iter().zip(lens) {
-                            let mine = outcomes.by_ref().take(len).collect();
-                            answer(Ok((mine, stored.take().unwrap_or_default())), reply);
+                            let _ = reply.send(Ok(outcomes.by_ref().take(len).collect()));
                         }
                     }
                     Err(_) => {
@@ -221,7 +218,7 @@ where
                         let mut jobs = jobs.into_iter();
                         for (reply, len) in replies.into_iter().zip(lens) {
                             let mine: Vec<NewJob> = jobs.by_ref().take(len).collect();
-                            answer(self.push_on(&mut conn, &mine).await, reply);
+                            let _ = reply.send(note(self.push_on(&mut conn, &mine).await));
                         }
                     }
                 }
