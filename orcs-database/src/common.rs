@@ -729,9 +729,24 @@ where
             return Ok((outcomes, queues));
         }
         let mut stored: HashSet<String> = HashSet::new();
+        // PostgreSQL: a push whose keys all free by the job's end (no `Period` to compute an
+        // expiry for), none shared within it, in one statement, takes its keys in its insert.
+        let taking = !sqlite
+            && fresh.len() <= INSERT_CHUNK
+            && jobs.iter().any(|job| job.unique.is_some())
+            && jobs.iter().all(|job| {
+                job.unique.as_ref().is_none_or(|u| !matches!(u.until, UniqueUntil::Period(_)))
+            })
+            && !shares_a_key(jobs);
+        // The ids of the jobs that took their keys in the insert.
+        let mut took: HashSet<String> = HashSet::new();
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let workflow = chunk.iter().any(|&i| jobs[i].batch.is_some() || jobs[i].meta.is_some());
-            let mut query = dynamic(self.sql.insert(chunk.len(), workflow));
+            let mut query = dynamic(if taking {
+                self.sql.insert_taking_keys(chunk.len(), workflow)
+            } else {
+                self.sql.insert(chunk.len(), workflow)
+            });
             for &i in chunk {
                 let job = &jobs[i];
                 let (key, mode, ms) = keys[i].clone();
@@ -755,7 +770,11 @@ where
                 }
             }
             for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
+                let id = row.try_get::<String, _>(0).map_err(backend)?;
+                if taking && row.try_get::<bool, _>(1).map_err(backend)? {
+                    took.insert(id.clone());
+                }
+                stored.insert(id);
             }
         }
         // The failed set is looked at after the insert, so that a `fail` of the same id
@@ -810,6 +829,7 @@ where
         // no successor that would have to take its key in a later statement, out of
         // key order (which could deadlock with a concurrent push).
         let merged = self.sql.dialect == Dialect::Postgres
+            && !taking
             && !first.is_empty()
             && followers.is_empty()
             && inserted.len() <= INSERT_CHUNK
@@ -847,6 +867,21 @@ where
                     let id = row.try_get::<String, _>(0).map_err(backend)?;
                     stored.remove(&id);
                     unstore.push(id);
+                }
+            }
+        }
+        // Keys taken in the insert: held by their jobs, unless the job turned out to be in the
+        // failed set (a duplicate), whose key is given back.
+        if !took.is_empty() {
+            for &i in &fresh {
+                let job = &jobs[i];
+                let (Some(unique), true) = (&job.unique, took.contains(&job.id)) else {
+                    continue;
+                };
+                if stored.contains(&job.id) {
+                    holders.insert((job.queue.clone(), unique.key.clone()), job.id.clone());
+                } else {
+                    self.free_key(conn, &job.queue, Some(unique.key.clone()), &job.id).await?;
                 }
             }
         }

@@ -1251,6 +1251,26 @@ pub async fn push_reports_duplicates_per_job(driver: BoxDriver) {
         [PushOutcome::Duplicate { id: a.id.clone() }],
         "a failed job holds its id"
     );
+    // With a free unique key: still a duplicate, and the key stays free.
+    let mut keyed = a.clone();
+    keyed.unique = Some(orcs_core::Unique::new("free", UniqueUntil::Finished));
+    let outcomes = driver.push(vec![keyed]).await.expect("push");
+    assert_eq!(
+        outcomes,
+        [PushOutcome::Duplicate { id: a.id.clone() }],
+        "a failed job holds its id, whatever key its duplicate carries"
+    );
+    let mut taker = new_job(&queue, "01J0000000000000000000000C", "default", 3);
+    taker.unique = Some(orcs_core::Unique::new("free", UniqueUntil::Finished));
+    assert_eq!(
+        driver.push(vec![taker]).await.expect("push"),
+        [PushOutcome::Stored],
+        "the duplicate took no key"
+    );
+    assert_eq!(
+        queue.cancel("01J0000000000000000000000C").await.expect("cancel"),
+        orcs_core::CancelOutcome::Removed
+    );
     let outcomes = driver.push(vec![b.clone()]).await.expect("push");
     assert_eq!(
         outcomes,
