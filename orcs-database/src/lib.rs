@@ -4,6 +4,8 @@ mod common;
 mod config;
 mod group;
 mod ops;
+#[cfg(test)]
+mod plan_tests;
 mod postgres;
 mod sql;
 mod sqlite;
