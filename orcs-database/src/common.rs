@@ -180,6 +180,23 @@ fn shares_a_key(jobs: &[NewJob]) -> bool {
         .any(|key| !keys.insert(key))
 }
 
+/// Whether a push of `jobs` can take its keys in its insert statement: some job has a key, all
+/// of them free by their job's end (no `Period`, whose expiry the statement does not compute),
+/// and no two jobs share one.
+fn takes_keys_in_insert(jobs: &[NewJob]) -> bool {
+    let mut keys: HashSet<(&str, &str)> = HashSet::new();
+    for job in jobs {
+        if let Some(unique) = &job.unique {
+            if matches!(unique.until, UniqueUntil::Period(_))
+                || !keys.insert((job.queue.as_str(), unique.key.as_str()))
+            {
+                return false;
+            }
+        }
+    }
+    !keys.is_empty()
+}
+
 /// The columns that store `job.unique`.
 pub(crate) fn unique_columns(job: &NewJob) -> Result<UniqueColumns, Error> {
     let Some(unique) = &job.unique else {
@@ -729,15 +746,9 @@ where
             return Ok((outcomes, queues));
         }
         let mut stored: HashSet<String> = HashSet::new();
-        // PostgreSQL: a push whose keys all free by the job's end (no `Period` to compute an
-        // expiry for), none shared within it, in one statement, takes its keys in its insert.
-        let taking = !sqlite
-            && fresh.len() <= INSERT_CHUNK
-            && jobs.iter().any(|job| job.unique.is_some())
-            && jobs.iter().all(|job| {
-                job.unique.as_ref().is_none_or(|u| !matches!(u.until, UniqueUntil::Period(_)))
-            })
-            && !shares_a_key(jobs);
+        // PostgreSQL: a push of one statement takes its keys in its insert (see
+        // `takes_keys_in_insert`).
+        let taking = !sqlite && fresh.len() <= INSERT_CHUNK && takes_keys_in_insert(jobs);
         // The ids of the jobs that took their keys in the insert.
         let mut took: HashSet<String> = HashSet::new();
         for chunk in fresh.chunks(INSERT_CHUNK) {

@@ -74,7 +74,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 9;
+pub(crate) const LATEST_VERSION: i64 = 10;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -771,6 +771,23 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     statements
 }
 
+/// Migration 10 (PostgreSQL only): the keys table compares keys bytewise (`COLLATE "C"`, as
+/// the queue column already does). Under the database's collation every comparison of a key in
+/// its primary key went through the locale's `strcoll`: a keyed push's share of PostgreSQL's
+/// time in text comparisons was about 5 %, and keyed / plain enqueue one by one went from
+/// 0.795 to 0.829 (medians of nine runs each, on `C.UTF-8`; costlier locales gain more). Keys
+/// compared with the jobs table's `unique_key` (the database's collation) take this one: an
+/// implicit non-default collation wins over the default. Rebuilds the primary key of the keys
+/// table, which holds only the keys held now.
+fn version_10(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    let Names { u, .. } = names;
+    if dialect == Dialect::Sqlite {
+        // SQLite compares text bytewise already.
+        return Vec::new();
+    }
+    vec![format!("ALTER TABLE {u} ALTER COLUMN unique_key TYPE TEXT COLLATE \"C\"")]
+}
+
 /// Migration 9 (SQLite only): a job holds its `Started` or `Finished` key itself, through a
 /// partial unique index on the jobs table (`key_held` is 1 while it holds it), instead of a row
 /// in the keys table: a keyed push then costs one index entry in its insert instead of a second
@@ -924,6 +941,7 @@ impl Sql {
             // SQLite, whose claims and settles take turns on its one writer.
             Migration { version: 8, statements: Vec::new() },
             Migration { version: 9, statements: version_9(dialect, &names) },
+            Migration { version: 10, statements: version_10(dialect, &names) },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -1519,6 +1537,11 @@ impl Sql {
     /// under the single write lock, so nothing can move a job there meanwhile, and the push
     /// saves the separate look (a round trip to SQLite's worker thread).
     pub(crate) fn insert(&self, rows: usize, workflow: bool) -> String {
+        self.insert_returning(rows, workflow, "id")
+    }
+
+    /// [`Sql::insert`] returning `returning` of each stored job.
+    fn insert_returning(&self, rows: usize, workflow: bool, returning: &str) -> String {
         let sqlite = self.dialect == Dialect::Sqlite;
         let (columns, per_row) =
             if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
@@ -1567,12 +1590,12 @@ impl Sql {
             sql.push_str(&format!(
                 ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
                  (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
-                 AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING id",
+                 AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING {returning}",
                 f = self.failed,
                 u = self.uniq,
             ));
         } else {
-            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            sql.push_str(&format!(" ON CONFLICT (id) DO NOTHING RETURNING {returning}"));
         }
         sql
     }
@@ -1584,15 +1607,15 @@ impl Sql {
     /// a plain one). Rows: (id, whether the job holds its key or has none) per job stored. A
     /// key held already (a `Period` that may have ended, say) is left to [`Sql::take_keys`].
     pub(crate) fn insert_taking_keys(&self, rows: usize, workflow: bool) -> String {
+        let u = &self.uniq;
         format!(
-            "WITH ins AS ({} RETURNING id, queue, unique_key, dispatched_at), \
-             taken AS (INSERT INTO {} (queue, unique_key, holder, taken_at, expires_at) \
+            "WITH ins AS ({}), \
+             taken AS (INSERT INTO {u} (queue, unique_key, holder, taken_at, expires_at) \
              SELECT queue, unique_key, id, dispatched_at, NULL::BIGINT FROM ins \
-             WHERE unique_key IS NOT NULL ORDER BY queue, unique_key \
+             WHERE unique_key IS NOT NULL ORDER BY queue, unique_key COLLATE \"C\" \
              ON CONFLICT (queue, unique_key) DO NOTHING RETURNING holder) \
              SELECT id, unique_key IS NULL OR id IN (SELECT holder FROM taken) FROM ins",
-            self.insert(rows, workflow).trim_end_matches(" RETURNING id"),
-            self.uniq
+            self.insert_returning(rows, workflow, "id, queue, unique_key, dispatched_at"),
         )
     }
 
