@@ -185,13 +185,10 @@ fn shares_a_key(jobs: &[NewJob]) -> bool {
 /// and no two jobs share one.
 fn takes_keys_in_insert(jobs: &[NewJob]) -> bool {
     let mut keys: HashSet<(&str, &str)> = HashSet::new();
-    for job in jobs {
-        if let Some(unique) = &job.unique {
-            if matches!(unique.until, UniqueUntil::Period(_))
-                || !keys.insert((job.queue.as_str(), unique.key.as_str()))
-            {
-                return false;
-            }
+    let keyed = jobs.iter().filter_map(|job| Some((job.queue.as_str(), job.unique.as_ref()?)));
+    for (queue, unique) in keyed {
+        if matches!(unique.until, UniqueUntil::Period(_)) || !keys.insert((queue, &unique.key)) {
+            return false;
         }
     }
     !keys.is_empty()
