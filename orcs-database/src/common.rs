@@ -184,14 +184,10 @@ fn shares_a_key(jobs: &[NewJob]) -> bool {
 /// of them free by their job's end (no `Period`, whose expiry the statement does not compute),
 /// and no two jobs share one.
 fn takes_keys_in_insert(jobs: &[NewJob]) -> bool {
-    let mut keys: HashSet<(&str, &str)> = HashSet::new();
-    let keyed = jobs.iter().filter_map(|job| Some((job.queue.as_str(), job.unique.as_ref()?)));
-    for (queue, unique) in keyed {
-        if matches!(unique.until, UniqueUntil::Period(_)) || !keys.insert((queue, &unique.key)) {
-            return false;
-        }
-    }
-    !keys.is_empty()
+    let mut keys = jobs.iter().filter_map(|job| job.unique.as_ref()).peekable();
+    keys.peek().is_some()
+        && keys.all(|unique| !matches!(unique.until, UniqueUntil::Period(_)))
+        && !shares_a_key(jobs)
 }
 
 /// The columns that store `job.unique`.
