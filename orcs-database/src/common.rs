@@ -32,6 +32,10 @@ pub(crate) const DRIVER: &str = "database";
 /// limits.
 pub(crate) const INSERT_CHUNK: usize = 500;
 
+/// How many times a push runs again for jobs whose unique keys were freed between its insert
+/// and its look at their holders (PostgreSQL), before it gives up with an error.
+const KEY_ROUNDS: usize = 8;
+
 /// Durations are stored as signed milliseconds; anything longer than a century is a century, so
 /// that `now + timeout + grace` can never overflow a 64-bit integer in SQL.
 const MAX_DURATION_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
@@ -178,16 +182,6 @@ fn shares_a_key(jobs: &[NewJob]) -> bool {
     jobs.iter()
         .filter_map(|job| job.unique.as_ref().map(|u| (job.queue.as_str(), u.key.as_str())))
         .any(|key| !keys.insert(key))
-}
-
-/// Whether a push of `jobs` can take its keys in its insert statement: some job has a key, all
-/// of them free by their job's end (no `Period`, whose expiry the statement does not compute),
-/// and no two jobs share one.
-fn takes_keys_in_insert(jobs: &[NewJob]) -> bool {
-    let mut keys = jobs.iter().filter_map(|job| job.unique.as_ref()).peekable();
-    keys.peek().is_some()
-        && keys.all(|unique| !matches!(unique.until, UniqueUntil::Period(_)))
-        && !shares_a_key(jobs)
 }
 
 /// The columns that store `job.unique`.
@@ -706,10 +700,20 @@ where
     /// Stores `jobs` on `conn` (inside the caller's transaction): one outcome per job. An
     /// id in the failed set, already stored, or earlier in `jobs` is a duplicate; so is a
     /// job whose unique key another job of its queue holds (the answer names the holder).
-    pub(crate) async fn insert_jobs<'a>(
+    pub(crate) async fn insert_jobs(
+        &self,
+        conn: &mut B::Conn,
+        jobs: &[NewJob],
+    ) -> orcs_core::Result<(Vec<PushOutcome>, Vec<String>)> {
+        self.insert_jobs_again(conn, jobs, 0).await
+    }
+
+    /// [`Store::insert_jobs`], the `round`th time for these jobs (see `lost` below).
+    async fn insert_jobs_again<'a>(
         &self,
         conn: &mut B::Conn,
         jobs: &'a [NewJob],
+        round: usize,
     ) -> orcs_core::Result<(Vec<PushOutcome>, Vec<String>)> {
         let mut keys = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -720,15 +724,17 @@ where
         let mut seen: HashSet<&str> = HashSet::new();
         let fresh: Vec<usize> =
             (0..jobs.len()).filter(|&i| seen.insert(jobs[i].id.as_str())).collect();
-        if sqlite && jobs.len() > 1 && shares_a_key(jobs) {
-            // SQLite settles a key in the insert (migration 9), in the order of the rows,
-            // which need not be the push's: so each job alone, in order, answered as if pushed
-            // after the previous ones, as the first of several with one key leads elsewhere.
+        if jobs.len() > 1 && shares_a_key(jobs) {
+            // A job's row takes its key in the insert (migrations 9 and 11), in the order of
+            // the rows, which need not be the push's: so each job alone, in order, answered as
+            // if pushed after the previous ones, as the first of several with one key leads
+            // elsewhere.
             let mut outcomes = Vec::with_capacity(jobs.len());
             let mut queues: Vec<String> = Vec::new();
             for job in jobs {
                 let (outcome, queue) =
-                    Box::pin(self.insert_jobs(conn, std::slice::from_ref(job))).await?;
+                    Box::pin(self.insert_jobs_again(conn, std::slice::from_ref(job), round))
+                        .await?;
                 outcomes.extend(outcome);
                 for queue in queue {
                     if !queues.contains(&queue) {
@@ -738,19 +744,16 @@ where
             }
             return Ok((outcomes, queues));
         }
+        // PostgreSQL: keyed rows in key order, so that concurrent pushes wait for each other's
+        // keys in one order (a deadlock otherwise); the jobs without a key first.
+        let mut order = fresh.clone();
+        if !sqlite {
+            order.sort_by_key(|&i| jobs[i].unique.as_ref().map(|u| (&jobs[i].queue, &u.key)));
+        }
         let mut stored: HashSet<String> = HashSet::new();
-        // PostgreSQL: a push of one statement takes its keys in its insert (see
-        // `takes_keys_in_insert`).
-        let taking = !sqlite && fresh.len() <= INSERT_CHUNK && takes_keys_in_insert(jobs);
-        // The ids of the jobs that took their keys in the insert.
-        let mut took: HashSet<String> = HashSet::new();
-        for chunk in fresh.chunks(INSERT_CHUNK) {
+        for chunk in order.chunks(INSERT_CHUNK) {
             let workflow = chunk.iter().any(|&i| jobs[i].batch.is_some() || jobs[i].meta.is_some());
-            let mut query = dynamic(if taking {
-                self.sql.insert_taking_keys(chunk.len(), workflow)
-            } else {
-                self.sql.insert(chunk.len(), workflow)
-            });
+            let mut query = dynamic(self.sql.insert(chunk.len(), workflow));
             for &i in chunk {
                 let job = &jobs[i];
                 let (key, mode, ms) = keys[i].clone();
@@ -774,138 +777,115 @@ where
                 }
             }
             for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                let id = row.try_get::<String, _>(0).map_err(backend)?;
-                if taking && row.try_get::<bool, _>(1).map_err(backend)? {
-                    took.insert(id.clone());
-                }
-                stored.insert(id);
-            }
-        }
-        // The failed set is looked at after the insert, so that a `fail` of the same id
-        // racing this push is seen: the insert either met the live row (a duplicate) or
-        // waited for the fail's delete to commit, and this later statement then sees
-        // the row it moved to the failed set.
-        let mut unstore: Vec<String> = Vec::new();
-        let inserted: Vec<String> = stored.iter().cloned().collect();
-        // Unique keys: the first stored job of the push with a key tries to take it
-        // (in key order, so concurrent pushes lock keys in one order); a later job of the
-        // push with the same key is a duplicate of whoever ends up holding it.
-        // (On SQLite only `Period` keys: a job's row holds the others, see migration 9.)
-        let leaders = |stored: &HashSet<String>| {
-            let mut first: HashMap<(&str, &str), usize> = HashMap::new();
-            let mut followers: Vec<(usize, usize)> = Vec::new();
-            for &i in &fresh {
-                let job = &jobs[i];
-                if let (Some(unique), true) = (&job.unique, stored.contains(&job.id))
-                    && (!sqlite || matches!(unique.until, UniqueUntil::Period(_)))
-                {
-                    match first.get(&(job.queue.as_str(), unique.key.as_str())) {
-                        Some(&leader) => followers.push((i, leader)),
-                        None => {
-                            first.insert((job.queue.as_str(), unique.key.as_str()), i);
-                        }
-                    }
-                }
-            }
-            (first, followers)
-        };
-        let sorted = |first: &HashMap<(&'a str, &'a str), usize>| {
-            let mut takers: Vec<((&'a str, &'a str), usize)> =
-                first.iter().map(|(k, &i)| (*k, i)).collect();
-            takers.sort_unstable();
-            takers
-        };
-        // (queue, key) -> the id of the job holding it.
-        let mut holders: HashMap<(String, String), String> = HashMap::new();
-        let bind_key = |query: Query<B::Db>, (queue, key): (&str, &str), i: usize| {
-            let job = &jobs[i];
-            let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
-            query
-                .bind(queue.to_owned())
-                .bind(key.to_owned())
-                .bind(job.id.clone())
-                .bind(job.dispatched_at)
-                .bind(expires)
-        };
-        // (SQLite settles every key below: no need to find the leaders twice.)
-        let (first, followers) = if sqlite { Default::default() } else { leaders(&stored) };
-        // Only when no two jobs share a key: a leader found in the failed set then has
-        // no successor that would have to take its key in a later statement, out of
-        // key order (which could deadlock with a concurrent push).
-        let merged = self.sql.dialect == Dialect::Postgres
-            && !taking
-            && !first.is_empty()
-            && followers.is_empty()
-            && inserted.len() <= INSERT_CHUNK
-            && first.len() <= INSERT_CHUNK;
-        if merged {
-            // The failed-set look and the key upsert in one round trip; a leader found
-            // in the failed set takes no key.
-            let takers = sorted(&first);
-            let mut query =
-                dynamic(self.sql.failed_ids_and_take_keys(inserted.len(), takers.len()));
-            for id in &inserted {
-                query = query.bind(id.clone());
-            }
-            for &(key, i) in &takers {
-                query = bind_key(query, key, i);
-            }
-            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                if let Some(id) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
-                    stored.remove(&id);
-                    unstore.push(id);
-                } else {
-                    let queue: String = row.try_get(0).map_err(backend)?;
-                    let key: String = row.try_get(1).map_err(backend)?;
-                    holders.insert((queue, key), row.try_get(2).map_err(backend)?);
-                }
-            }
-        } else if !sqlite {
-            // (SQLite's insert already skipped the failed ids.)
-            for chunk in inserted.chunks(INSERT_CHUNK) {
-                let mut query = dynamic(self.sql.failed_ids(chunk.len()));
-                for id in chunk {
-                    query = query.bind(id.clone());
-                }
-                for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                    let id = row.try_get::<String, _>(0).map_err(backend)?;
-                    stored.remove(&id);
-                    unstore.push(id);
-                }
-            }
-        }
-        // Keys taken in the insert: held by their jobs, unless the job turned out to be in the
-        // failed set (a duplicate), whose key is given back.
-        if !took.is_empty() {
-            for &i in &fresh {
-                let job = &jobs[i];
-                let (Some(unique), true) = (&job.unique, took.contains(&job.id)) else {
-                    continue;
-                };
-                if stored.contains(&job.id) {
-                    holders.insert((job.queue.clone(), unique.key.clone()), job.id.clone());
-                } else {
-                    self.free_key(conn, &job.queue, Some(unique.key.clone()), &job.id).await?;
-                }
+                stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
             }
         }
         // Job id -> the id of the job holding its key, for the jobs refused for it.
         let mut refused: HashMap<&str, String> = HashMap::new();
-        if sqlite {
-            self.settle_keys_sqlite(conn, jobs, &fresh, &mut stored, &mut unstore, &mut refused)
-                .await?;
+        // The failed set is looked at after the insert, so that a `fail` of the same id
+        // racing this push is seen: the insert either met the live row (a duplicate) or
+        // waited for the fail's delete to commit, and this later statement then sees
+        // the row it moved to the failed set. (SQLite's insert already skipped the failed
+        // ids: its writes take turns.)
+        let mut unstore: Vec<String> = Vec::new();
+        if !sqlite {
+            let by_id: HashMap<&str, &'a str> =
+                fresh.iter().map(|&i| (jobs[i].id.as_str(), jobs[i].id.as_str())).collect();
+            let inserted: Vec<String> = stored.iter().cloned().collect();
+            // PostgreSQL's insert does not look at the keys table, and cannot see a `Period`
+            // key that a push committed while this one's insert ran: a push with a `Period` key
+            // holds it in its job's row until it commits (see below), so this insert waited for
+            // that one's commit, and this later statement sees the key it took.
+            let keyed = fresh.iter().any(|&i| jobs[i].unique.is_some());
+            for chunk in inserted.chunks(INSERT_CHUNK) {
+                let ids = serde_json::to_string(chunk).map_err(Error::Serialization)?;
+                let query = dynamic(if keyed {
+                    self.sql.failed_ids_and_period_holders()
+                } else {
+                    self.sql.failed_ids()
+                })
+                .bind(ids);
+                for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                    let id = row.try_get::<String, _>(0).map_err(backend)?;
+                    if stored.remove(&id) {
+                        unstore.push(id.clone());
+                    }
+                    let holder = if keyed {
+                        row.try_get::<Option<String>, _>(1).map_err(backend)?
+                    } else {
+                        None
+                    };
+                    if let (Some(holder), Some(&id)) = (holder, by_id.get(id.as_str())) {
+                        refused.insert(id, holder);
+                    }
+                }
+            }
         }
-        // The leaders among the jobs finally stored; the keys not settled above.
-        let (first, followers) = leaders(&stored);
-        // (Only copies a key to look it up when some were settled above.)
-        let takers: Vec<_> = sorted(&first)
-            .into_iter()
-            .filter(|((queue, key), _)| {
-                holders.is_empty()
-                    || !holders.contains_key(&((*queue).to_owned(), (*key).to_owned()))
+        let known =
+            self.settle_keys(conn, jobs, &fresh, &mut stored, &mut unstore, &mut refused).await?;
+        // PostgreSQL: a keyed job the insert left out for a key whose holder ended before
+        // `settle_keys` looked is neither stored nor refused: it is pushed again (in this
+        // transaction; a new statement sees the key freed), a few times at most.
+        let lost: Vec<NewJob> = fresh
+            .iter()
+            .filter(|&&i| {
+                let id = jobs[i].id.as_str();
+                jobs[i].unique.is_some()
+                    && !stored.contains(id)
+                    && !refused.contains_key(id)
+                    && !known.contains(id)
             })
+            .map(|&i| jobs[i].clone())
             .collect();
+        let lost: Vec<NewJob> = if sqlite { Vec::new() } else { lost };
+        // Answers for the jobs pushed again, by id.
+        let mut again: HashMap<String, PushOutcome> = HashMap::new();
+        let mut queues = Vec::new();
+        if !lost.is_empty() {
+            if round >= KEY_ROUNDS {
+                return Err(Error::backend(
+                    DRIVER,
+                    format!(
+                        "the unique keys of {} jobs changed hands {KEY_ROUNDS} times while they \
+                         were pushed; nothing of this push was stored: push it again",
+                        lost.len()
+                    ),
+                ));
+            }
+            let (outcomes, stored_in) =
+                Box::pin(self.insert_jobs_again(conn, &lost, round + 1)).await?;
+            for (job, outcome) in lost.iter().zip(outcomes) {
+                again.insert(job.id.clone(), outcome);
+            }
+            queues = stored_in;
+        }
+        // The leaders among the jobs finally stored: those with a `Period` key, which the keys
+        // table holds (the others are held by their rows).
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        for &i in &fresh {
+            let job = &jobs[i];
+            if let (Some(unique), true) = (&job.unique, stored.contains(&job.id))
+                && matches!(unique.until, UniqueUntil::Period(_))
+            {
+                first.insert((job.queue.as_str(), unique.key.as_str()), i);
+            }
+        }
+        // In key order, so concurrent pushes lock keys in one order.
+        let mut takers: Vec<((&str, &str), usize)> = first.iter().map(|(k, &i)| (*k, i)).collect();
+        takers.sort_unstable();
+        // (queue, key) -> the id of the job holding it.
+        let mut holders: HashMap<(String, String), String> = HashMap::new();
         for chunk in takers.chunks(INSERT_CHUNK) {
+            let bind_key = |query: Query<B::Db>, (queue, key): (&str, &str), i: usize| {
+                let job = &jobs[i];
+                let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
+                query
+                    .bind(queue.to_owned())
+                    .bind(key.to_owned())
+                    .bind(job.id.clone())
+                    .bind(job.dispatched_at)
+                    .bind(expires)
+            };
             if sqlite {
                 let mut query = dynamic(self.sql.take_free_keys(chunk.len()));
                 for &(key, i) in chunk {
@@ -925,38 +905,32 @@ where
                 let key: String = row.try_get(1).map_err(backend)?;
                 holders.insert((queue, key), row.try_get(2).map_err(backend)?);
             }
-        }
-        // Job index -> the id of the job holding its key, for the jobs that do not.
-        let mut held_by: HashMap<usize, String> = HashMap::new();
-        let key_of = |i: usize| {
-            let job = &jobs[i];
-            let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
-            (job.queue.clone(), key.to_owned())
-        };
-        // A leader whose key nobody else answered for holds it itself (a push of fresh keys).
-        if !holders.is_empty() {
-            for &i in first.values() {
-                let holder = holders.get(&key_of(i)).cloned().unwrap_or_else(|| jobs[i].id.clone());
-                if holder != jobs[i].id {
-                    held_by.insert(i, holder);
+            if !sqlite {
+                // The keys table holds them now: their rows let go, so that the key frees when
+                // its period ends, whatever the job does.
+                let mut query = dynamic(self.sql.release_keys(chunk.len()));
+                for &(_, i) in chunk {
+                    query = query.bind(jobs[i].id.clone());
                 }
+                query.execute(&mut *conn).await.map_err(backend)?;
             }
         }
-        for (i, leader) in followers {
-            let holder =
-                holders.get(&key_of(leader)).cloned().unwrap_or_else(|| jobs[leader].id.clone());
-            held_by.insert(i, holder);
-        }
-        for (i, holder) in held_by {
-            stored.remove(&jobs[i].id);
-            unstore.push(jobs[i].id.clone());
-            refused.insert(jobs[i].id.as_str(), holder);
+        // A leader whose key someone else holds is refused.
+        for &i in first.values() {
+            let job = &jobs[i];
+            let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
+            if let Some(holder) = holders.get(&(job.queue.clone(), key.to_owned()))
+                && *holder != job.id
+            {
+                stored.remove(&job.id);
+                unstore.push(job.id.clone());
+                refused.insert(job.id.as_str(), holder.clone());
+            }
         }
         // Debounce: a refused job whose key's holder still waits gives it its payload and due
         // time, in push order (a later job of the push replaces an earlier one's data). The
         // update re-checks the holder's state under its row lock, so a claim racing it either
         // takes the new data or makes this a plain duplicate.
-        let mut queues = Vec::new();
         let mut replaced: HashSet<&str> = HashSet::new();
         for &i in &fresh {
             let job = &jobs[i];
@@ -993,7 +967,9 @@ where
             .iter()
             .map(|job| {
                 // `remove`: a later job with the same id is a duplicate of this one.
-                if stored.remove(&job.id) {
+                if let Some(outcome) = again.remove(&job.id) {
+                    outcome
+                } else if stored.remove(&job.id) {
                     if !queues.contains(&job.queue) {
                         queues.push(job.queue.clone());
                     }
@@ -1012,11 +988,13 @@ where
         Ok((outcomes, queues))
     }
 
-    /// SQLite, after a push's insert: answers for the keyed jobs the insert left out (an id
-    /// stored before, or a key held), and refuses the stored jobs with a `Period` key that a
-    /// job holds (the insert only looked for `Period` holders). No two jobs of `fresh` share
-    /// a key here (see [`Store::insert_jobs`]).
-    async fn settle_keys_sqlite<'a>(
+    /// After a push's insert: answers for the keyed jobs the insert left out (an id stored
+    /// before, or a key held), and on SQLite refuses the stored jobs with a `Period` key that a
+    /// job holds (the insert only looked for `Period` holders; on PostgreSQL such a job's row
+    /// took the key in the insert). No two jobs of `fresh` share a key here (see
+    /// [`Store::insert_jobs`]). Returns the ids of the jobs left out that are stored (live or
+    /// failed): duplicates of themselves.
+    async fn settle_keys<'a>(
         &self,
         conn: &mut B::Conn,
         jobs: &'a [NewJob],
@@ -1024,7 +1002,8 @@ where
         stored: &mut HashSet<String>,
         unstore: &mut Vec<String>,
         refused: &mut HashMap<&'a str, String>,
-    ) -> orcs_core::Result<()> {
+    ) -> orcs_core::Result<HashSet<String>> {
+        let sqlite = self.sql.dialect == Dialect::Sqlite;
         let missing: Vec<usize> = fresh
             .iter()
             .copied()
@@ -1034,7 +1013,8 @@ where
             .iter()
             .copied()
             .filter(|&i| {
-                stored.contains(&jobs[i].id)
+                sqlite
+                    && stored.contains(&jobs[i].id)
                     && jobs[i]
                         .unique
                         .as_ref()
@@ -1044,7 +1024,7 @@ where
         // Left out for its id: a duplicate of itself, whoever holds its key.
         let mut known: HashSet<String> = HashSet::new();
         for chunk in missing.chunks(INSERT_CHUNK) {
-            let mut query = dynamic(self.sql.stored_ids_sqlite(chunk.len()));
+            let mut query = dynamic(self.sql.stored_ids(chunk.len()));
             for &i in chunk.iter().chain(chunk) {
                 query = query.bind(jobs[i].id.clone());
             }
@@ -1055,7 +1035,7 @@ where
         let asked: Vec<usize> =
             missing.into_iter().filter(|&i| !known.contains(&jobs[i].id)).chain(periods).collect();
         for chunk in asked.chunks(INSERT_CHUNK) {
-            let mut query = dynamic(self.sql.key_holders_sqlite(chunk.len()));
+            let mut query = dynamic(self.sql.key_holders(chunk.len()));
             let mut asking: HashMap<(&str, &str), usize> = HashMap::new();
             for &i in chunk {
                 let job = &jobs[i];
@@ -1077,7 +1057,7 @@ where
                 }
             }
         }
-        Ok(())
+        Ok(known)
     }
 
     pub(crate) async fn push(&self, jobs: Vec<NewJob>) -> orcs_core::Result<Vec<PushOutcome>> {
@@ -1205,7 +1185,7 @@ where
                 }
             }
             if !started.is_empty() {
-                let mut query = dynamic(self.sql.release_started_keys(started.len()));
+                let mut query = dynamic(self.sql.release_keys(started.len()));
                 for id in started {
                     query = query.bind(id);
                 }
@@ -1321,14 +1301,12 @@ where
                     return lost();
                 };
                 let queue: String = row.try_get(0).map_err(backend)?;
-                let key: Option<String> = row.try_get(1).map_err(backend)?;
                 let cancelled = matches!(item.transition, Transition::Cancel);
                 if cancelled {
                     counts.cancelled(&queue, 1);
                 } else {
                     counts.processed(&queue, 1);
                 }
-                self.free_key(conn, &queue, key, &lease.id).await?;
                 if row.try_get::<bool, _>(2).map_err(backend)? {
                     ready.push(queue);
                 }
@@ -1385,17 +1363,12 @@ where
                     return lost();
                 };
                 let queue: String = row.try_get(0).map_err(backend)?;
-                let deleted = q(&self.sql.delete_job)
+                q(&self.sql.delete_job)
                     .bind(lease.id.clone())
-                    .fetch_optional(&mut *conn)
+                    .execute(&mut *conn)
                     .await
                     .map_err(backend)?;
-                let key = match deleted {
-                    Some(deleted) => deleted.try_get::<Option<String>, _>(0).map_err(backend)?,
-                    None => None,
-                };
                 counts.failed(&queue, 1);
-                self.free_key(conn, &queue, key, &lease.id).await?;
                 if row.try_get::<bool, _>(1).map_err(backend)? {
                     ready.push(queue);
                 }
@@ -1434,28 +1407,6 @@ where
                 .await
                 .map_err(backend)?;
         }
-        Ok(())
-    }
-
-    /// Frees `key` of `queue` if job `id` holds it and it is not a `Period` key (those
-    /// run their time whatever the job does). Nothing to do for a job without a key.
-    async fn free_key(
-        &self,
-        conn: &mut B::Conn,
-        queue: &str,
-        key: Option<String>,
-        id: &str,
-    ) -> orcs_core::Result<()> {
-        let Some(key) = key else {
-            return Ok(());
-        };
-        q(&self.sql.free_key)
-            .bind(queue.to_owned())
-            .bind(key)
-            .bind(id.to_owned())
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
         Ok(())
     }
 
@@ -1648,13 +1599,10 @@ where
         let mut children: BTreeMap<String, i64> = BTreeMap::new();
         for row in &cancelled {
             let queue: String = row.try_get(0).map_err(backend)?;
-            let id: String = row.try_get(1).map_err(backend)?;
-            let key: Option<String> = row.try_get(2).map_err(backend)?;
             if let Some(batch) = row.try_get::<Option<String>, _>(3).map_err(backend)? {
                 *children.entry(batch).or_default() += 1;
             }
             counts.cancelled(&queue, 1);
-            self.free_key(&mut tx, &queue, key, &id).await?;
             if !ready.contains(&queue) {
                 ready.push(queue);
             }
@@ -1833,13 +1781,6 @@ where
                 .map_err(backend)?;
             (B::rows_affected(&done), counted)
         };
-        if removed > 0 {
-            q(&self.sql.free_orphan_keys)
-                .bind(queue.to_owned())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
         let mut ready = Vec::new();
         let mut counts = Counts::default();
         for (batch, n) in per_batch {
@@ -2038,10 +1979,8 @@ where
             .map_err(backend)?
         {
             let queue: String = row.try_get(0).map_err(backend)?;
-            let key: Option<String> = row.try_get(1).map_err(backend)?;
             let mut counts = Counts::default();
             counts.cancelled(&queue, 1);
-            self.free_key(&mut tx, &queue, key, id).await?;
             let mut ready = Vec::new();
             if let Some(batch) = row.try_get::<Option<String>, _>(2).map_err(backend)? {
                 let ended = Ended::CANCELLED;

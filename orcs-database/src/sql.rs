@@ -74,7 +74,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 10;
+pub(crate) const LATEST_VERSION: i64 = 11;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -196,7 +196,6 @@ pub(crate) struct Sql {
     pub(crate) queues: Arc<str>,
     pub(crate) ensure_counter: Arc<str>,
     pub(crate) clear: Arc<str>,
-    pub(crate) free_orphan_keys: Arc<str>,
     /// Debounce: gives waiting job `$4` payload `$1` and due time `$2` (delayed if after `$3`,
     /// the push's now); answers a row only if the job was waiting (and, on PostgreSQL, not
     /// locked by another transaction).
@@ -233,7 +232,6 @@ pub(crate) struct Sql {
     /// [`Sql::copy_to_failed`] of any job, batch children included.
     pub(crate) copy_to_failed_any: Arc<str>,
     pub(crate) delete_job: Arc<str>,
-    pub(crate) free_key: Arc<str>,
     pub(crate) cancel_waiting: Arc<str>,
     pub(crate) cancel_running: Arc<str>,
     pub(crate) set_progress: Arc<str>,
@@ -788,6 +786,34 @@ fn version_10(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     vec![format!("ALTER TABLE {u} ALTER COLUMN unique_key TYPE TEXT COLLATE \"C\"")]
 }
 
+/// Migration 11 (PostgreSQL only): a job holds its `Started` or `Finished` key itself, as on
+/// SQLite since migration 9: `key_held` and the partial unique index `<jobs>_held_key`, in the
+/// `"C"` collation (`unique_key` takes it, as `<jobs>_unique`'s did in migration 10). A keyed push
+/// then writes the statement a plain one writes, with one index entry more, instead of a second
+/// insert into the keys table (keyed / plain from about 0.80 to 0.95). Keys held now move to
+/// their jobs; `Period` keys stay in the keys table. The claim functions are replaced (below)
+/// by ones that clear a claimed `Started` job's `key_held`.
+fn version_11(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    let Names { j, u, jobs, .. } = names;
+    if dialect == Dialect::Sqlite {
+        return Vec::new();
+    }
+    vec![
+        format!("ALTER TABLE {j} ADD COLUMN key_held INTEGER"),
+        format!("ALTER TABLE {j} ALTER COLUMN unique_key TYPE TEXT COLLATE \"C\""),
+        format!(
+            "UPDATE {j} SET key_held = 1 WHERE unique_key IS NOT NULL AND EXISTS (SELECT 1 FROM {u} \
+             WHERE {u}.queue = {j}.queue AND {u}.unique_key = {j}.unique_key \
+             AND {u}.holder = {j}.id AND {u}.expires_at IS NULL)"
+        ),
+        format!("DELETE FROM {u} WHERE expires_at IS NULL"),
+        format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS \"{jobs}_held_key\" ON {j} (queue, unique_key) \
+             WHERE key_held IS NOT NULL"
+        ),
+    ]
+}
+
 /// Migration 9 (SQLite only): a job holds its `Started` or `Finished` key itself, through a
 /// partial unique index on the jobs table (`key_held` is 1 while it holds it), instead of a row
 /// in the keys table: a keyed push then costs one index entry in its insert instead of a second
@@ -942,6 +968,7 @@ impl Sql {
             Migration { version: 8, statements: Vec::new() },
             Migration { version: 9, statements: version_9(dialect, &names) },
             Migration { version: 10, statements: version_10(dialect, &names) },
+            Migration { version: 11, statements: version_11(dialect, &names) },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -960,7 +987,10 @@ impl Sql {
         // picked` join, planned for a limit it cannot see, a parameter or a subquery, hashed
         // the whole table: 35 ms per claim of 64 among 20,000 jobs). Migrations 3 and 4
         // keep the join they were applied with.
-        let claim_update = |picked_limit: &str, columns: &[&str], by_array: bool| {
+        // `held` (migration 11): a claimed job's `Started` key is held by its row
+        // (`key_held`), which the update clears; before, by a row of the keys table, which
+        // `free_started` deleted.
+        let claim_update = |picked_limit: &str, columns: &[&str], by_array: bool, held: bool| {
             let returning =
                 columns.iter().map(|col| format!("{j}.{col}")).collect::<Vec<_>>().join(", ");
             let find = if by_array {
@@ -968,14 +998,25 @@ impl Sql {
             } else {
                 format!("FROM picked WHERE {j}.id = picked.id")
             };
+            let (release, freed) = if held {
+                (
+                    format!(
+                        ", key_held = CASE WHEN {j}.unique_mode = {UNIQUE_STARTED} THEN NULL \
+                         ELSE {j}.key_held END"
+                    ),
+                    String::new(),
+                )
+            } else {
+                (String::new(), format!(", {free_started}"))
+            };
             format!(
                 "picked AS MATERIALIZED (SELECT id FROM {j} \
                  WHERE queue = $1 AND state = {READY} AND {not_paused} \
                  ORDER BY priority DESC, id LIMIT {picked_limit} FOR UPDATE SKIP LOCKED), \
                  claimed AS (UPDATE {j} SET state = {RESERVED}, attempts = {j}.attempts + 1, \
                  reserved_until = $2 + COALESCE({j}.timeout_ms, $3) + $4, \
-                 token = $5 || {j}.id \
-                 {find} RETURNING {returning}), {free_started}"
+                 token = $5 || {j}.id{release} \
+                 {find} RETURNING {returning}){freed}"
             )
         };
         // Under the queue's metadata row lock (taken by the statement before, so this one's
@@ -996,46 +1037,47 @@ impl Sql {
         // on `state`: given `id = ANY (...) AND state = 2`, the planner without statistics
         // walked the reserved index instead of the primary key, and took an empty array's
         // `= ANY ('{}')` (always false) to imply any partial index's condition (69 ms).
-        let claim_limited = |columns: &[&str], by_array: bool, settling: bool, rate: bool| {
-            let reserved = if settling {
-                format!(
-                    "((SELECT COALESCE(SUM(reserved), 0) FROM {z} WHERE queue = $1) \
+        let claim_limited =
+            |columns: &[&str], by_array: bool, settling: bool, rate: bool, held: bool| {
+                let reserved = if settling {
+                    format!(
+                        "((SELECT COALESCE(SUM(reserved), 0) FROM {z} WHERE queue = $1) \
                      - (SELECT COUNT(*) FROM UNNEST($7::TEXT[]) AS t JOIN {j} \
                      ON {j}.id = substr(t, strpos(t, ':') + 1) AND {j}.token = t \
                      AND {j}.queue = $1))"
-                )
-            } else {
-                format!(
-                    "(SELECT COUNT(*) FROM (SELECT 1 FROM {j} \
+                    )
+                } else {
+                    format!(
+                        "(SELECT COUNT(*) FROM (SELECT 1 FROM {j} \
                      WHERE queue = $1 AND state = {RESERVED} LIMIT COALESCE($7::BIGINT, 0)) AS r)"
-                )
-            };
-            let (rate_room, rate_log) = if rate {
-                (
-                    format!(
-                        "COALESCE($8::BIGINT - (SELECT COALESCE(SUM(n), 0)::BIGINT FROM {st} \
+                    )
+                };
+                let (rate_room, rate_log) = if rate {
+                    (
+                        format!(
+                            "COALESCE($8::BIGINT - (SELECT COALESCE(SUM(n), 0)::BIGINT FROM {st} \
                          WHERE queue = $1 AND started_at > $2 - $9::BIGINT), $6::BIGINT)"
-                    ),
-                    format!(
-                        ", started AS (INSERT INTO {st} AS st (queue, started_at, n) \
+                        ),
+                        format!(
+                            ", started AS (INSERT INTO {st} AS st (queue, started_at, n) \
                          SELECT $1, $2, COUNT(*) FROM claimed WHERE $8::BIGINT IS NOT NULL \
                          HAVING COUNT(*) > 0 \
                          ON CONFLICT (queue, started_at) DO UPDATE SET n = st.n + excluded.n), \
                          pruned AS (DELETE FROM {st} WHERE queue = $1 AND $9::BIGINT > 0 \
                          AND started_at <= $2 - $9::BIGINT)"
-                    ),
-                )
-            } else {
-                ("$6::BIGINT".to_owned(), String::new())
-            };
-            format!(
-                "WITH room AS MATERIALIZED (SELECT GREATEST(0, LEAST($6::BIGINT, \
+                        ),
+                    )
+                } else {
+                    ("$6::BIGINT".to_owned(), String::new())
+                };
+                format!(
+                    "WITH room AS MATERIALIZED (SELECT GREATEST(0, LEAST($6::BIGINT, \
                  COALESCE($7::BIGINT - {reserved}, $6::BIGINT), {rate_room})) AS n), \
                  {}{rate_log} \
                  SELECT * FROM claimed",
-                claim_update("(SELECT n FROM room)", columns, by_array)
-            )
-        };
+                    claim_update("(SELECT n FROM room)", columns, by_array, held)
+                )
+            };
         // PostgreSQL's chunk of a queue's due jobs to promote, for the promotion statement and
         // the claim function (migration 8).
         let due_pg = format!(
@@ -1062,7 +1104,7 @@ impl Sql {
                 ),
                 format!(
                     "WITH {} SELECT * FROM claimed WHERE {ASYNC_COMMIT}",
-                    claim_update("$6", &CLAIM_COLUMNS, true)
+                    claim_update("$6", &CLAIM_COLUMNS, true, true)
                 ),
             )
         } else {
@@ -1112,9 +1154,13 @@ impl Sql {
             // The claim of a limited queue as a server-side function: a lock per queue (an
             // advisory one, which writes nothing) and the claim are two statements (the claim's snapshot, taken after
             // the lock, sees every claim committed before), yet one round trip.
-            let function = |columns: &[&str], extra: &str, by_array: bool, settling: bool| {
+            let function = |columns: &[&str],
+                            extra: &str,
+                            by_array: bool,
+                            settling: bool,
+                            held: bool| {
                 let limited = |rate: bool| {
-                    claim_limited(columns, by_array, settling, rate)
+                    claim_limited(columns, by_array, settling, rate, held)
                         .replace("$7::BIGINT", "v_concurrency")
                         .replace("$8::BIGINT", "v_rate")
                         .replace("$9::BIGINT", "v_period")
@@ -1166,6 +1212,7 @@ impl Sql {
                 "",
                 false,
                 false,
+                false,
             ));
             // A function's result type cannot be replaced: drop it, then create the new one.
             migrations[3].statements.push(format!(
@@ -1173,11 +1220,14 @@ impl Sql {
                  BIGINT)"
             ));
             let v4 = ", o_batch TEXT, o_meta TEXT";
-            migrations[3].statements.push(function(&CLAIM_COLUMNS, v4, false, false));
+            migrations[3].statements.push(function(&CLAIM_COLUMNS, v4, false, false, false));
             // Same result type: replaced in place, with the update by primary key.
-            migrations[5].statements.push(function(&CLAIM_COLUMNS, v4, true, false));
+            migrations[5].statements.push(function(&CLAIM_COLUMNS, v4, true, false, false));
             // A new signature beside the old one (which an older worker still calls).
-            migrations[7].statements.push(function(&CLAIM_COLUMNS, v4, true, true));
+            migrations[7].statements.push(function(&CLAIM_COLUMNS, v4, true, true, false));
+            // Both again, clearing the `Started` key a claimed job's row holds.
+            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, true, false, true));
+            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, true, true, true));
         }
         Self {
             migrations,
@@ -1278,11 +1328,6 @@ impl Sql {
                     format!("$4 AND state IN ({READY}, {DELAYED})")
                 }
             )),
-            // After a clear: the keys (other than `Period` ones) whose holder is gone.
-            free_orphan_keys: s(format!(
-                "DELETE FROM {u} WHERE queue = $1 AND expires_at IS NULL \
-                 AND NOT EXISTS (SELECT 1 FROM {j} WHERE {j}.id = {u}.holder)"
-            )),
             set_paused: s(format!(
                 "INSERT INTO {m} (queue, paused) VALUES ($1, $2) \
                  ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused"
@@ -1366,12 +1411,8 @@ impl Sql {
                  SELECT {moved}, $3, $4, {failed_errors} FROM {j} WHERE id = $1 AND token = $2 \
                  RETURNING queue, {lf}, batch"
             )),
-            delete_job: s(format!("DELETE FROM {j} WHERE id = $1 RETURNING unique_key")),
-            // Only a key held by this very job, and not a `Period` one (those run their time).
-            free_key: s(format!(
-                "DELETE FROM {u} WHERE queue = $1 AND unique_key = $2 AND holder = $3 \
-                 AND expires_at IS NULL"
-            )),
+            // (A job's row holds its key, if any, but a `Period` one, which runs its time.)
+            delete_job: s(format!("DELETE FROM {j} WHERE id = $1")),
             cancel_waiting: s(format!(
                 "DELETE FROM {j} WHERE id = $1 AND state IN ({READY}, {DELAYED}) \
                  RETURNING queue, unique_key, batch"
@@ -1384,13 +1425,10 @@ impl Sql {
             complete_many_pg: s(format!(
                 "WITH done AS (DELETE FROM {j} WHERE (id, token) IN \
                  (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) AND batch IS NULL \
-                 RETURNING id, token, queue, unique_key), \
+                 RETURNING id, token, queue), \
                  counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
                  ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed), \
-                 freed AS (DELETE FROM {u} USING done WHERE done.unique_key IS NOT NULL \
-                 AND {u}.queue = done.queue AND {u}.unique_key = done.unique_key \
-                 AND {u}.holder = done.id AND {u}.expires_at IS NULL), \
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
@@ -1398,10 +1436,7 @@ impl Sql {
             complete_leases_pg: s(format!(
                 "WITH done AS (DELETE FROM {j} WHERE (id, token) IN \
                  (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
-                 RETURNING id, token, queue, unique_key, batch), \
-                 freed AS (DELETE FROM {u} USING done WHERE done.unique_key IS NOT NULL \
-                 AND {u}.queue = done.queue AND {u}.unique_key = done.unique_key \
-                 AND {u}.holder = done.id AND {u}.expires_at IS NULL) \
+                 RETURNING id, token, queue, batch) \
                  SELECT id, token, queue, batch, EXISTS (SELECT 1 FROM {m} AS lim \
                  WHERE lim.queue = done.queue AND lim.concurrency IS NOT NULL) FROM done"
             )),
@@ -1545,14 +1580,14 @@ impl Sql {
         let sqlite = self.dialect == Dialect::Sqlite;
         let (columns, per_row) =
             if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
-        // SQLite: a `Started` or `Finished` key is held by its job's row (`key_held`, see
-        // migration 9), so a key held by another job is a conflict like a stored id.
+        // A `Started` or `Finished` key is held by its job's row (`key_held`, see migrations 9
+        // and 11), so a key held by another job is a conflict like a stored id. PostgreSQL's row
+        // holds a `Period` key too while the push's transaction runs (see `Store::insert_jobs`).
         let mut sql = format!(
             "INSERT INTO {} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
              timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms\
-             {columns}{}) {}",
+             {columns}, key_held) {}",
             self.jobs,
-            if sqlite { ", key_held" } else { "" },
             if sqlite {
                 format!(
                     "SELECT *, CASE WHEN column13 IN ({UNIQUE_STARTED}, {UNIQUE_FINISHED}) \
@@ -1582,6 +1617,9 @@ impl Sql {
                     sql.push_str(&(b + col).to_string());
                 }
             }
+            if !sqlite {
+                sql.push_str(&format!(", CASE WHEN ${} IS NOT NULL THEN 1 END", b + 13));
+            }
             sql.push(')');
         }
         if sqlite {
@@ -1595,28 +1633,10 @@ impl Sql {
                 u = self.uniq,
             ));
         } else {
-            sql.push_str(&format!(" ON CONFLICT (id) DO NOTHING RETURNING {returning}"));
+            // No conflict target: a key held by another job's row is skipped like a stored id.
+            sql.push_str(&format!(" ON CONFLICT DO NOTHING RETURNING {returning}"));
         }
         sql
-    }
-
-    /// PostgreSQL: [`Sql::insert`] that also takes, in the same statement, the `Started` or
-    /// `Finished` key of each job it stores, in key order, where nobody holds it. A push of
-    /// fresh keys then sends the statements a push without keys sends, binds nothing more, and
-    /// reads one flag per job instead of a row per key (a keyed push went from 0.70 to 0.80 of
-    /// a plain one). Rows: (id, whether the job holds its key or has none) per job stored. A
-    /// key held already (a `Period` that may have ended, say) is left to [`Sql::take_keys`].
-    pub(crate) fn insert_taking_keys(&self, rows: usize, workflow: bool) -> String {
-        let u = &self.uniq;
-        format!(
-            "WITH ins AS ({}), \
-             taken AS (INSERT INTO {u} (queue, unique_key, holder, taken_at, expires_at) \
-             SELECT queue, unique_key, id, dispatched_at, NULL::BIGINT FROM ins \
-             WHERE unique_key IS NOT NULL ORDER BY queue, unique_key COLLATE \"C\" \
-             ON CONFLICT (queue, unique_key) DO NOTHING RETURNING holder) \
-             SELECT id, unique_key IS NULL OR id IN (SELECT holder FROM taken) FROM ins",
-            self.insert_returning(rows, workflow, "id, queue, unique_key, dispatched_at"),
-        )
     }
 
     /// Takes the unique keys of `rows` jobs (5 parameters each: queue, key, holder, taken_at,
@@ -1653,26 +1673,32 @@ impl Sql {
         )
     }
 
-    /// SQLite: which of `rows` ids (`?` each) are stored, live or failed.
-    pub(crate) fn stored_ids_sqlite(&self, rows: usize) -> String {
-        let ids = vec!["?"; rows].join(", ");
+    /// Which of `rows` ids are stored, live or failed (the ids bound twice, once per table).
+    pub(crate) fn stored_ids(&self, rows: usize) -> String {
         format!(
-            "SELECT id FROM {} WHERE id IN ({ids}) UNION ALL SELECT id FROM {} WHERE id IN ({ids})",
-            self.jobs, self.failed
+            "SELECT id FROM {} WHERE id IN ({}) UNION ALL SELECT id FROM {} WHERE id IN ({})",
+            self.jobs,
+            self.list(1, rows),
+            self.failed,
+            self.list(rows + 1, rows)
         )
     }
 
-    /// SQLite: who holds the keys of `rows` (queue, key, at) triples (3 parameters each, `at`
-    /// the time a `Period` must outlast to hold): (queue, key, holder) per held key, whether a
-    /// job holds it (`Started`, `Finished`) or the keys table does (`Period`).
-    pub(crate) fn key_holders_sqlite(&self, rows: usize) -> String {
+    /// Who holds the keys of `rows` (queue, key, at) triples (3 parameters each, `at` the time
+    /// a `Period` must outlast to hold): (queue, key, holder) per held key, whether a job holds
+    /// it (`Started`, `Finished`) or the keys table does (`Period`).
+    pub(crate) fn key_holders(&self, rows: usize) -> String {
+        let values = (0..rows)
+            .map(|row| format!("({})", self.list(row * 3 + 1, 3)))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             "WITH k (queue, unique_key, at) AS (VALUES {}) \
              SELECT k.queue, k.unique_key, j.id FROM k JOIN {j} AS j ON j.queue = k.queue \
              AND j.unique_key = k.unique_key AND j.key_held IS NOT NULL \
              UNION ALL SELECT k.queue, k.unique_key, u.holder FROM k JOIN {u} AS u \
              ON u.queue = k.queue AND u.unique_key = k.unique_key AND u.expires_at > k.at",
-            vec!["(?, ?, ?)"; rows].join(", "),
+            values,
             j = self.jobs,
             u = self.uniq,
         )
@@ -1689,42 +1715,41 @@ impl Sql {
          ELSE u.expires_at END \
          RETURNING queue, unique_key, holder";
 
-    /// PostgreSQL: [`Sql::failed_ids`] of `ids` ids (`$1`...) and [`Sql::take_keys`] of `keys`
-    /// keys (5 parameters each, after the ids) in one statement, saving a push a round trip.
-    /// A key whose would-be holder is in the failed set is not taken (its job is not stored).
-    /// Rows: (queue, key, holder, NULL) per key taken or held, (NULL, NULL, NULL, id) per
-    /// failed id. Both parts read one snapshot, taken after the push's insert, as the separate
-    /// statements would.
-    pub(crate) fn failed_ids_and_take_keys(&self, ids: usize, keys: usize) -> String {
-        // `n` keeps the keys in the caller's order, the order concurrent pushes lock them in.
-        let values = (0..keys)
-            .map(|row| format!("({row}, {})", params(ids + row * 5 + 1, 5)))
-            .collect::<Vec<_>>()
-            .join(", ");
+    /// PostgreSQL: [`Sql::failed_ids`] of the ids in the JSON array `$1`, and which of those
+    /// jobs, stored by this push with a key in their rows, find it held for a `Period` by
+    /// another job (the insert does not look at the keys table; see `Store::insert_jobs`).
+    /// Rows: (id, NULL) per failed id, (id, holder) per job refused for a `Period` key. One
+    /// text whatever the number of ids, so that each connection plans it a few times, not each
+    /// size of push a few times (planning this join took ten times as long as running it).
+    pub(crate) fn failed_ids_and_period_holders(&self) -> String {
+        let (j, u) = (&self.jobs, &self.uniq);
         format!(
-            "WITH failed AS MATERIALIZED (SELECT id FROM {f} WHERE id IN ({ids})), \
-             taken AS (INSERT INTO {u} AS u (queue, unique_key, holder, taken_at, expires_at) \
-             SELECT v.queue, v.unique_key, v.holder, v.taken_at, v.expires_at FROM (VALUES \
-             {values}) AS v (n, queue, unique_key, holder, taken_at, expires_at) \
-             WHERE v.holder NOT IN (SELECT id FROM failed) ORDER BY v.n {conflict}) \
-             SELECT queue, unique_key, holder, NULL FROM taken \
-             UNION ALL SELECT NULL, NULL, NULL, id FROM failed",
+            "WITH ids AS MATERIALIZED (SELECT json_array_elements_text($1::JSON) AS id) \
+             SELECT id, NULL::TEXT FROM {f} WHERE id IN (SELECT id FROM ids) \
+             UNION ALL SELECT {j}.id, {u}.holder FROM {j} JOIN {u} ON {u}.queue = {j}.queue \
+             AND {u}.unique_key = {j}.unique_key WHERE {j}.id IN (SELECT id FROM ids) \
+             AND {j}.key_held IS NOT NULL AND {u}.expires_at > {j}.dispatched_at \
+             AND {u}.holder <> {j}.id",
             f = self.failed,
-            u = self.uniq,
-            ids = params(1, ids),
-            conflict = Self::KEY_CONFLICT,
         )
     }
 
-    /// SQLite: frees the `Started` keys of `count` jobs just claimed (`?` each), in the claim's
-    /// transaction. Not in the claim statement: one that sets `key_held` makes SQLite rewrite
-    /// the `<jobs>_held_key` entry of every `Finished` job it claims.
-    pub(crate) fn release_started_keys(&self, count: usize) -> String {
-        format!(
-            "UPDATE {} SET key_held = NULL WHERE id IN ({})",
-            self.jobs,
-            vec!["?"; count].join(", ")
-        )
+    /// Clears `key_held` of `count` jobs (a parameter each). SQLite: the `Started` keys of jobs
+    /// just claimed, in the claim's transaction (not in the claim statement: one that sets
+    /// `key_held` makes SQLite rewrite the `<jobs>_held_key` entry of every `Finished` job it
+    /// claims). PostgreSQL: the `Period` keys of jobs just pushed, which the keys table holds
+    /// from then on.
+    pub(crate) fn release_keys(&self, count: usize) -> String {
+        format!("UPDATE {} SET key_held = NULL WHERE id IN ({})", self.jobs, self.list(1, count))
+    }
+
+    /// `count` parameters from the `first`th, in the dialect's form (SQLite's are anonymous,
+    /// see [`Sql::insert`]).
+    fn list(&self, first: usize, count: usize) -> String {
+        match self.dialect {
+            Dialect::Sqlite => vec!["?"; count].join(", "),
+            Dialect::Postgres => params(first, count),
+        }
     }
 
     /// Deletes `count` jobs by id (rows a push stored and then found to be duplicates).
@@ -1799,9 +1824,13 @@ impl Sql {
         )
     }
 
-    /// Finds which of `count` ids are in the failed set.
-    pub(crate) fn failed_ids(&self, count: usize) -> String {
-        format!("SELECT id FROM {} WHERE id IN ({})", self.failed, params(1, count))
+    /// PostgreSQL: which of the ids in the JSON array `$1` are in the failed set (one text
+    /// whatever their number: see [`Sql::failed_ids_and_period_holders`]).
+    pub(crate) fn failed_ids(&self) -> String {
+        format!(
+            "SELECT id FROM {} WHERE id IN (SELECT json_array_elements_text($1::JSON))",
+            self.failed
+        )
     }
 
     /// When the next delayed job of `count` unpaused queues is due (`$1` is now): one index probe
@@ -1882,8 +1911,9 @@ mod tests {
             // 14 parameters per job, 16 with the workflow columns: numbered on PostgreSQL,
             // anonymous on SQLite.
             let params = |statement: &str, n: usize| match dialect {
+                // (Then whether the job holds its key, from its mode: see migration 11.)
                 Dialect::Postgres => {
-                    statement.contains(&format!("${n})"))
+                    statement.contains(&format!("${n}, CASE WHEN $"))
                         && !statement.contains(&format!("${}", n + 1))
                 }
                 Dialect::Sqlite => statement.matches('?').count() == n && !statement.contains('$'),
@@ -1892,12 +1922,8 @@ mod tests {
             assert!(!plain.contains("batch") && !plain.contains("meta"), "{plain}");
             assert!(params(&plain, 28), "{plain}");
             let workflow = sql.insert(2, true);
-            // (SQLite: then whether the job holds its key, see migration 9.)
-            let columns = match dialect {
-                Dialect::Postgres => "unique_ms, batch, meta)",
-                Dialect::Sqlite => "unique_ms, batch, meta, key_held)",
-            };
-            assert!(workflow.contains(columns), "{workflow}");
+            // Then whether the job holds its key (migrations 9 and 11).
+            assert!(workflow.contains("unique_ms, batch, meta, key_held)"), "{workflow}");
             assert!(params(&workflow, 32), "{workflow}");
         }
     }

@@ -1,6 +1,6 @@
 //! A database at storage version 3 (the release before workflows), with jobs in every state,
 //! upgrades in place (to the latest version: migration 7 backfills the queue sizes from its rows,
-//! migration 9 moves SQLite's held keys to their jobs)
+//! migrations 9 and 11 move SQLite's and PostgreSQL's held keys to their jobs)
 //! and its jobs still run; then batches work on it. The version-3
 //! tables come from the very statements of migrations 1 to 3 (an applied migration is never
 //! edited), so they are what that release created.
@@ -89,7 +89,7 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     // Migration 7: the sizes were backfilled from the rows already there (`stats` reads them).
     assert_eq!(
         target.sizes().await,
@@ -136,8 +136,8 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         (delayed.state, delayed.job.batch, delayed.job.meta),
         (JobState::Delayed, None, None)
     );
-    // The key taken before the upgrade is still held by its job (on SQLite, migration 9 moved
-    // it from the keys table to the job's row).
+    // The key taken before the upgrade is still held by its job (migration 9 on SQLite, 11 on
+    // PostgreSQL moved it from the keys table to the job's row).
     let mut rival = NewJob::new(orcs_core::new_job_id(), "PlainJob", "mail", "{}", now);
     rival.unique = Some(orcs_core::Unique::new("k", orcs_core::UniqueUntil::Started));
     assert_eq!(

@@ -347,16 +347,6 @@ where
             .map_err(backend)?;
         for row in &rows {
             let queue: String = row.try_get(0).map_err(backend)?;
-            let id: String = row.try_get(1).map_err(backend)?;
-            if let Some(key) = row.try_get::<Option<String>, _>(2).map_err(backend)? {
-                q(&self.sql.free_key)
-                    .bind(queue.clone())
-                    .bind(key)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(backend)?;
-            }
             counts.cancelled(&queue, 1);
         }
         Ok(i64::try_from(rows.len()).unwrap_or(i64::MAX))

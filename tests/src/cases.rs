@@ -2257,6 +2257,76 @@ pub async fn concurrent_dispatchers_on_one_key_store_one_job(driver: BoxDriver) 
     assert_eq!(s.pending, rounds as u64, "one job per round");
 }
 
+/// Dispatchers racing on one key with every kind of `until` (started, finished, a period):
+/// exactly one job per round whichever kinds meet, and every caller gets its id (a driver that
+/// keeps the kinds apart must still see one another's keys at once). Then dispatchers race the
+/// end of the key's holder: each gets the holder's id or the one job stored after it ended, and
+/// at most one is.
+pub async fn dispatchers_of_every_kind_race_on_one_key(driver: BoxDriver) {
+    const DISPATCHERS: usize = 48;
+    const ROUNDS: usize = 30;
+    let queue = system_queue(&driver);
+    let (key, _) = probe();
+    let untils = [UniqueUntil::Started, UniqueUntil::Finished, UniqueUntil::Period(3_600_000)];
+    let race = |on: String, round: usize| {
+        (0..DISPATCHERS)
+            .map(|i| {
+                let (queue, key, on) = (queue.clone(), key.clone(), on.clone());
+                let options = unique(&on, untils[(i + round) % untils.len()]);
+                tokio::spawn(async move {
+                    let job = queue.prepare(&plain(&key, i as u64), &options).expect("record");
+                    let own = job.id.clone();
+                    let outcome = queue.push_records(vec![job]).await.expect("dispatch");
+                    (own, outcome.into_iter().next().expect("an outcome"))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    for round in 0..ROUNDS {
+        let mut ids = HashSet::new();
+        for call in race(format!("mix-{round}"), round) {
+            ids.insert(match call.await.expect("task") {
+                (own, PushOutcome::Stored) => own,
+                (_, PushOutcome::Duplicate { id }) => id,
+                (_, other) => panic!("round {round}: {other:?}"),
+            });
+        }
+        assert_eq!(ids.len(), 1, "round {round}: every caller got the one holder's id");
+    }
+    assert_eq!(stats(&queue, "default").await.pending, ROUNDS as u64, "one job per round");
+    queue.clear("default").await.expect("clear");
+    for round in 0..ROUNDS {
+        let on = format!("end-{round}");
+        let holder = queue.prepare(&plain(&key, 1_000), &unique(&on, UniqueUntil::Finished));
+        let holder = holder.expect("record");
+        let outcome = queue.push_records(vec![holder.clone()]).await.expect("dispatch");
+        assert_eq!(outcome, [PushOutcome::Stored], "round {round}: a free key");
+        let running = claim(&queue, &["default"], 1).await;
+        assert_eq!(running.len(), 1, "round {round}: the holder runs");
+        // Every kind but `Started` (whose key the claim freed already).
+        let calls = race(on, 1 + round % 2);
+        complete(&driver, &running[0].lease, queue.now()).await.expect("complete");
+        let mut stored = Vec::new();
+        let mut answered = HashSet::new();
+        for call in calls {
+            match call.await.expect("task") {
+                (own, PushOutcome::Stored) => stored.push(own),
+                (_, PushOutcome::Duplicate { id }) => {
+                    answered.insert(id);
+                }
+                (_, other) => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(stored.len() <= 1, "round {round}: {} jobs took the freed key", stored.len());
+        answered.remove(&holder.id);
+        for id in &stored {
+            answered.remove(id);
+        }
+        assert!(answered.is_empty(), "round {round}: answered with {answered:?}");
+        queue.clear("default").await.expect("clear");
+    }
+}
+
 /// A concurrency limit caps the queue's reserved jobs across every claim; a finished job or an
 /// expired lease frees its slot. Limits show in stats and can be cleared.
 pub async fn concurrency_limit_caps_jobs_running_at_once(driver: BoxDriver) {

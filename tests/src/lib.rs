@@ -134,6 +134,7 @@ macro_rules! conformance_tests {
             debounce_races_claims_of_its_holder,
             unique_keys_free_per_job_in_one_settle,
             concurrent_dispatchers_on_one_key_store_one_job,
+            dispatchers_of_every_kind_race_on_one_key,
             concurrency_limit_caps_jobs_running_at_once,
             settling_tokens_free_only_their_own_slots,
             limited_claims_promote_due_jobs_first,
