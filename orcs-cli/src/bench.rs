@@ -5,7 +5,9 @@
 //! of 1,000, (c) drain N queued jobs at concurrency 64, (d) latency from dispatch to handler start
 //! at a steady 1,000 jobs/s, and (e) drain 50,000 jobs with a large backlog queued behind them.
 //! Two more measure what flow control costs: (a) with a unique key per job, and (c) under a
-//! global concurrency limit equal to the worker's slots. Two measure workflows (issue #12): (c)
+//! global concurrency limit equal to the worker's slots, each against its plain phase in
+//! alternating rounds ([`PAIRED_ROUNDS`]), so that both meet one table state and one stretch of
+//! the machine's noise. Two measure workflows (issue #12): (c)
 //! with the N jobs as the children of one batch, and the delay from a schedule's slot to its job's
 //! start (opt-in: it runs for `--schedule-secs`, 30 s by default; see
 //! [`Phase::ScheduleLatency`]). Two measure operations (issue #13, opt-in, in `bench_ops.rs`):
@@ -31,6 +33,9 @@ const CONCURRENCY: usize = 64;
 const LATENCY_N: usize = 5000;
 const LATENCY_RATE: u64 = 1000;
 const BACKLOG_DRAIN_N: u64 = 50_000;
+/// Rounds of the paired phases (`single-unique`, `drain-limited`): each runs its plain phase and
+/// itself once a round, in a rotating order.
+const PAIRED_ROUNDS: usize = 3;
 
 /// Which phases to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,9 +52,14 @@ pub(crate) enum Phase {
     Backlog,
     /// Enqueue N jobs in batches and leave them queued (to measure the backend's memory per job).
     Fill,
-    /// (a) with a unique key per job (`until` finished): what uniqueness costs a dispatch.
+    /// (a) with a unique key per job (`until` finished): what uniqueness costs a dispatch. Runs
+    /// [`PAIRED_ROUNDS`] rounds of (a) plain and keyed, alternating; its ratio is the median of
+    /// the rounds' keyed / plain.
     SingleUnique,
-    /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs.
+    /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs. Runs
+    /// [`PAIRED_ROUNDS`] rounds of (c) unlimited and limited, alternating; its ratio is the median
+    /// of the rounds' limited / unlimited. (Run after other drains, a single limited drain met a
+    /// table that they had left full of dead rows, where the unlimited one had met a fresh one.)
     DrainLimited,
     /// (c) with the N jobs dispatched as the children of one batch with a `then` callback: what
     /// counting each child in its batch costs a drain.
@@ -234,6 +244,42 @@ async fn phase_drain(queue: &Queue, n: u64, backlog: u64) -> anyhow::Result<f64>
     let secs = timed_drain(queue, n).await?;
     queue.clear(QUEUE).await?;
     Ok(secs)
+}
+
+/// One drain of `n` jobs, with the queue under a concurrency limit equal to the worker's slots
+/// if `limited` (set only for the drain's time).
+async fn phase_drain_limited(queue: &Queue, n: u64, limited: bool) -> anyhow::Result<f64> {
+    if !limited {
+        return phase_drain(queue, n, n).await;
+    }
+    let limit = orcs_core::QueueLimits::none().concurrency(CONCURRENCY as u32);
+    queue.set_limits(QUEUE, limit).await?;
+    let secs = phase_drain(queue, n, n).await;
+    queue.set_limits(QUEUE, orcs_core::QueueLimits::none()).await?;
+    secs
+}
+
+/// A paired phase: [`PAIRED_ROUNDS`] rounds of `run(false)` (the plain phase) and `run(true)`, in
+/// a rotating order, each timing `n` jobs. Writes `<key>_jps` (the median of `run(true)`),
+/// `<key>_plain_jps`, every round's figures, and `<key>_vs_plain` / `<key>_vs_plain_min` (the
+/// median and the worst of the rounds' ratios).
+async fn paired<F, Fut>(
+    out: &mut serde_json::Map<String, Value>,
+    key: &str,
+    n: u64,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
+    for (_, mode) in rotation(PAIRED_ROUNDS, 2) {
+        let secs = run(mode == 1).await?;
+        rates[mode].push(n as f64 / secs);
+    }
+    summarize_modes(out, &[format!("{key}_plain"), key.to_owned()], &rates);
+    Ok(())
 }
 
 /// Runs the benchmark worker until `n` jobs completed; times from its start to the n-th.
@@ -501,18 +547,16 @@ pub(crate) async fn run(
             Phase::Single => phase_single(queue, n, false)
                 .await
                 .map(|s| secs_and_rate(&mut out, "enqueue_single", n, s)),
-            Phase::SingleUnique => phase_single(queue, n, true)
-                .await
-                .map(|s| secs_and_rate(&mut out, "enqueue_single_unique", n, s)),
-            Phase::DrainLimited => async {
-                let limit = orcs_core::QueueLimits::none().concurrency(CONCURRENCY as u32);
-                queue.set_limits(QUEUE, limit).await?;
-                let secs = phase_drain(queue, n, n).await;
-                queue.set_limits(QUEUE, orcs_core::QueueLimits::none()).await?;
-                secs
+            Phase::SingleUnique => {
+                paired(&mut out, "enqueue_single_unique", n, |keyed| phase_single(queue, n, keyed))
+                    .await
             }
-            .await
-            .map(|s| secs_and_rate(&mut out, "drain_limited", n, s)),
+            Phase::DrainLimited => {
+                paired(&mut out, "drain_limited", n, |limited| {
+                    phase_drain_limited(queue, n, limited)
+                })
+                .await
+            }
             Phase::Bulk => {
                 phase_bulk(queue, n).await.map(|s| secs_and_rate(&mut out, "enqueue_bulk", n, s))
             }

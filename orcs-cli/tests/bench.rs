@@ -31,6 +31,33 @@ fn bench_on_the_memory_driver_prints_the_peer_keys() {
     assert_eq!(line["payload_bytes"], 102, "{line}");
 }
 
+/// The flow-control phases run against their plain phases in alternating rounds: both rates,
+/// every round's, and the median and worst of the rounds' ratios.
+#[test]
+fn bench_pairs_the_flow_control_phases_with_their_plain_ones() {
+    let out = orcs(&[
+        "--driver",
+        "memory",
+        "bench",
+        "--n",
+        "1000",
+        "--phases",
+        "single-unique,drain-limited",
+    ]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    for key in ["enqueue_single_unique", "drain_limited"] {
+        for rate in [format!("{key}_jps"), format!("{key}_plain_jps")] {
+            assert!(line[&rate].as_f64().is_some_and(|v| v > 0.0), "{rate} missing in {line}");
+            let rounds = line[format!("{rate}_rounds")].as_array().expect("every round's rate");
+            assert_eq!(rounds.len(), 3, "{rate}: {line}");
+        }
+        let ratio = line[format!("{key}_vs_plain")].as_f64().expect("the median ratio");
+        let worst = line[format!("{key}_vs_plain_min")].as_f64().expect("the worst ratio");
+        assert!(worst > 0.0 && worst <= ratio, "{key}: {line}");
+    }
+}
+
 #[test]
 fn bench_refuses_unknown_phases_and_zero_jobs() {
     let out = orcs(&["--driver", "memory", "bench", "--phases", "warp"]);

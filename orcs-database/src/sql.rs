@@ -1727,7 +1727,8 @@ impl Sql {
             "WITH ids AS MATERIALIZED (SELECT json_array_elements_text($1::JSON) AS id) \
              SELECT id, NULL::TEXT FROM {f} WHERE id IN (SELECT id FROM ids) \
              UNION ALL SELECT {j}.id, {u}.holder FROM {j} JOIN {u} ON {u}.queue = {j}.queue \
-             AND {u}.unique_key = {j}.unique_key WHERE {j}.id IN (SELECT id FROM ids) \
+             AND {u}.unique_key = {j}.unique_key WHERE EXISTS (SELECT 1 FROM {u}) \
+             AND {j}.id IN (SELECT id FROM ids) \
              AND {j}.key_held IS NOT NULL AND {u}.expires_at > {j}.dispatched_at \
              AND {u}.holder <> {j}.id",
             f = self.failed,

@@ -18,9 +18,11 @@ import sys
 METRICS = [
     ("enqueue_single_jps", "(a) enqueue one by one, 64 in flight (jobs/s)"),
     ("enqueue_single_unique_jps", "(a') enqueue one by one with a unique key each (jobs/s)"),
+    ("enqueue_single_unique_vs_plain", "(a') keyed / plain, alternating rounds, median (>= 0.85)"),
     ("enqueue_bulk_jps", "(b) enqueue, batches of 1000 (jobs/s)"),
     ("drain_jps", "(c) drain N queued, concurrency 64 (jobs/s)"),
     ("drain_limited_jps", "(c') drain N, global concurrency limit 64 (jobs/s)"),
+    ("drain_limited_vs_plain", "(c') limited / unlimited, alternating rounds, median (>= 0.90)"),
     ("drain_batch_jps", "(c'') drain N as the children of one batch (jobs/s)"),
     ("drain_batch_vs_drain", "(c'') batch drain / plain drain (>= 0.70)"),
     ("drain_backlog_jps", "(e) drain 50,000 with 1,000,000 queued (jobs/s)"),
