@@ -709,10 +709,10 @@ where
     }
 
     /// [`Store::insert_jobs`], the `round`th time for these jobs (see `lost` below).
-    async fn insert_jobs_again<'a>(
+    async fn insert_jobs_again(
         &self,
         conn: &mut B::Conn,
-        jobs: &'a [NewJob],
+        jobs: &[NewJob],
         round: usize,
     ) -> orcs_core::Result<(Vec<PushOutcome>, Vec<String>)> {
         let mut keys = Vec::with_capacity(jobs.len());
@@ -788,36 +788,34 @@ where
         // the row it moved to the failed set. (SQLite's insert already skipped the failed
         // ids: its writes take turns.)
         let mut unstore: Vec<String> = Vec::new();
-        if !sqlite {
-            let by_id: HashMap<&str, &'a str> =
-                fresh.iter().map(|&i| (jobs[i].id.as_str(), jobs[i].id.as_str())).collect();
-            let inserted: Vec<String> = stored.iter().cloned().collect();
+        if !sqlite && !stored.is_empty() {
             // PostgreSQL's insert does not look at the keys table, and cannot see a `Period`
             // key that a push committed while this one's insert ran: a push with a `Period` key
             // holds it in its job's row until it commits (see below), so this insert waited for
             // that one's commit, and this later statement sees the key it took.
             let keyed = fresh.iter().any(|&i| jobs[i].unique.is_some());
-            for chunk in inserted.chunks(INSERT_CHUNK) {
-                let ids = serde_json::to_string(chunk).map_err(Error::Serialization)?;
-                let query = dynamic(if keyed {
-                    self.sql.failed_ids_and_period_holders()
+            // (The ids are one JSON parameter: one statement whatever their number.)
+            let ids = serde_json::to_string(&stored).map_err(Error::Serialization)?;
+            let query = dynamic(if keyed {
+                self.sql.failed_ids_and_period_holders()
+            } else {
+                self.sql.failed_ids()
+            })
+            .bind(ids);
+            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
+                let id = row.try_get::<String, _>(0).map_err(backend)?;
+                let holder = if keyed {
+                    row.try_get::<Option<String>, _>(1).map_err(backend)?
                 } else {
-                    self.sql.failed_ids()
-                })
-                .bind(ids);
-                for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                    let id = row.try_get::<String, _>(0).map_err(backend)?;
-                    if stored.remove(&id) {
-                        unstore.push(id.clone());
-                    }
-                    let holder = if keyed {
-                        row.try_get::<Option<String>, _>(1).map_err(backend)?
-                    } else {
-                        None
-                    };
-                    if let (Some(holder), Some(&id)) = (holder, by_id.get(id.as_str())) {
-                        refused.insert(id, holder);
-                    }
+                    None
+                };
+                if let Some(holder) = holder
+                    && let Some(job) = jobs.iter().find(|job| job.id == id)
+                {
+                    refused.insert(job.id.as_str(), holder);
+                }
+                if stored.remove(&id) {
+                    unstore.push(id);
                 }
             }
         }
@@ -830,14 +828,14 @@ where
             .iter()
             .filter(|&&i| {
                 let id = jobs[i].id.as_str();
-                jobs[i].unique.is_some()
+                !sqlite
+                    && jobs[i].unique.is_some()
                     && !stored.contains(id)
                     && !refused.contains_key(id)
                     && !known.contains(id)
             })
             .map(|&i| jobs[i].clone())
             .collect();
-        let lost: Vec<NewJob> = if sqlite { Vec::new() } else { lost };
         // Answers for the jobs pushed again, by id.
         let mut again: HashMap<String, PushOutcome> = HashMap::new();
         let mut queues = Vec::new();
@@ -859,33 +857,32 @@ where
             }
             queues = stored_in;
         }
-        // The leaders among the jobs finally stored: those with a `Period` key, which the keys
-        // table holds (the others are held by their rows).
-        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
-        for &i in &fresh {
-            let job = &jobs[i];
-            if let (Some(unique), true) = (&job.unique, stored.contains(&job.id))
-                && matches!(unique.until, UniqueUntil::Period(_))
-            {
-                first.insert((job.queue.as_str(), unique.key.as_str()), i);
-            }
-        }
-        // In key order, so concurrent pushes lock keys in one order.
-        let mut takers: Vec<((&str, &str), usize)> = first.iter().map(|(k, &i)| (*k, i)).collect();
+        // The jobs finally stored with a `Period` key, which the keys table holds (the others
+        // are held by their rows; no two jobs here share a key), in key order, so that
+        // concurrent pushes lock keys in one order.
+        let mut takers: Vec<((&str, &str), usize)> = fresh
+            .iter()
+            .filter_map(|&i| {
+                let job = &jobs[i];
+                let unique = job.unique.as_ref()?;
+                (matches!(unique.until, UniqueUntil::Period(_)) && stored.contains(&job.id))
+                    .then_some(((job.queue.as_str(), unique.key.as_str()), i))
+            })
+            .collect();
         takers.sort_unstable();
+        let bind_key = |query: Query<B::Db>, (queue, key): (&str, &str), i: usize| {
+            let job = &jobs[i];
+            let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
+            query
+                .bind(queue.to_owned())
+                .bind(key.to_owned())
+                .bind(job.id.clone())
+                .bind(job.dispatched_at)
+                .bind(expires)
+        };
         // (queue, key) -> the id of the job holding it.
         let mut holders: HashMap<(String, String), String> = HashMap::new();
         for chunk in takers.chunks(INSERT_CHUNK) {
-            let bind_key = |query: Query<B::Db>, (queue, key): (&str, &str), i: usize| {
-                let job = &jobs[i];
-                let expires = job.unique.as_ref().and_then(|u| u.expires_at(job.dispatched_at));
-                query
-                    .bind(queue.to_owned())
-                    .bind(key.to_owned())
-                    .bind(job.id.clone())
-                    .bind(job.dispatched_at)
-                    .bind(expires)
-            };
             if sqlite {
                 let mut query = dynamic(self.sql.take_free_keys(chunk.len()));
                 for &(key, i) in chunk {
@@ -915,11 +912,10 @@ where
                 query.execute(&mut *conn).await.map_err(backend)?;
             }
         }
-        // A leader whose key someone else holds is refused.
-        for &i in first.values() {
+        // A taker whose key someone else holds is refused.
+        for &((queue, key), i) in &takers {
             let job = &jobs[i];
-            let key = job.unique.as_ref().map_or("", |u| u.key.as_str());
-            if let Some(holder) = holders.get(&(job.queue.clone(), key.to_owned()))
+            if let Some(holder) = holders.get(&(queue.to_owned(), key.to_owned()))
                 && *holder != job.id
             {
                 stored.remove(&job.id);
