@@ -1574,9 +1574,11 @@ where
         }
         let mut query = dynamic(self.sql.recover(queues.len())).bind(now);
         let mut ended = dynamic(self.sql.recover_cancelled(queues.len())).bind(now);
+        let mut sweep = dynamic(self.sql.sweep_keys(queues.len())).bind(now);
         for queue in queues {
             query = query.bind(queue.clone());
             ended = ended.bind(queue.clone());
+            sweep = sweep.bind(queue.clone());
         }
         let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
@@ -1616,6 +1618,8 @@ where
             merge(&mut ready, queues);
         }
         self.write_counts(&mut tx, counts).await?;
+        // Expired `Period` keys leave the keys table (an index probe per queue, migration 12).
+        sweep.execute(&mut *tx).await.map_err(backend)?;
         B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);

@@ -170,6 +170,66 @@ mod database {
         }
     }
 
+    impl Target {
+        /// The first column of the first row of `sql`, an integer, read beside the driver.
+        async fn count(&self, sql: &str) -> i64 {
+            use sqlx::Row;
+            let sql = sqlx::AssertSqlSafe(sql.to_owned());
+            match self {
+                Self::Sqlite(_) => {
+                    let mut conn =
+                        sqlx::SqliteConnection::connect(&self.url()).await.expect("open");
+                    sqlx::query(sql).fetch_one(&mut conn).await.expect("query").get(0)
+                }
+                Self::Postgres(url) => {
+                    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+                    sqlx::query(sql).fetch_one(&mut conn).await.expect("query").get(0)
+                }
+            }
+        }
+    }
+
+    /// Recovery deletes the `Period` keys that expired (migration 12's index finds them) and
+    /// keeps the others: a key whose period is over is free anyway, and while the keys table
+    /// holds any row PostgreSQL's keyed pushes look for `Period` holders. The freed key is taken
+    /// by the next push, and a held one still refuses.
+    async fn recovery_sweeps_expired_period_keys(target: Target) {
+        use orcs_core::{PushOutcome, Unique, UniqueUntil};
+        let driver = target.driver().await;
+        let now = SystemClock.now();
+        let mut old = job("default", 0);
+        old.dispatched_at = now - 10_000;
+        old.available_at = old.dispatched_at;
+        old.unique = Some(Unique::new("old", UniqueUntil::Period(1_000)));
+        let mut live = job("default", 1);
+        live.unique = Some(Unique::new("live", UniqueUntil::Period(3_600_000)));
+        let mut elsewhere = job("other", 2);
+        elsewhere.dispatched_at = now - 10_000;
+        elsewhere.available_at = elsewhere.dispatched_at;
+        elsewhere.unique = Some(Unique::new("old", UniqueUntil::Period(1_000)));
+        let outcomes = driver.push(vec![old, live.clone(), elsewhere]).await.expect("push");
+        assert_eq!(outcomes, [PushOutcome::Stored, PushOutcome::Stored, PushOutcome::Stored]);
+        let keys = "SELECT COUNT(*) FROM jobs_unique";
+        assert_eq!(target.count(keys).await, 3);
+        driver.recover(&["default".to_owned()], SystemClock.now()).await.expect("recover");
+        // The expired key of the queue recovered is gone; the other queue's waits for its own.
+        assert_eq!(target.count(keys).await, 2);
+        assert_eq!(
+            target
+                .count("SELECT COUNT(*) FROM jobs_unique WHERE queue = 'default' AND unique_key = 'live'")
+                .await,
+            1
+        );
+        let mut again = job("default", 3);
+        again.unique = Some(Unique::new("old", UniqueUntil::Period(1_000)));
+        let mut refused = job("default", 4);
+        refused.unique = Some(Unique::new("live", UniqueUntil::Finished));
+        assert_eq!(
+            driver.push(vec![again, refused]).await.expect("push"),
+            [PushOutcome::Stored, PushOutcome::Duplicate { id: live.id.clone() }]
+        );
+    }
+
     fn job(queue: &str, tag: u64) -> NewJob {
         let mut job = NewJob::new(
             orcs_core::new_job_id(),
@@ -424,7 +484,7 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -712,6 +772,7 @@ mod database {
         limits_hold_across_concurrent_drivers,
         touch_checks_the_token,
         previous_release_tables_are_upgraded,
+        recovery_sweeps_expired_period_keys,
     );
 
     #[test]
@@ -823,7 +884,7 @@ mod database {
             for started in starting.join_all().await {
                 started.expect("every driver sets up");
             }
-            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         });
     }
 
