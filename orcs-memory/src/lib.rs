@@ -109,10 +109,8 @@ struct QueueState {
     /// Start times inside the rate limit's window, oldest first.
     starts: VecDeque<Millis>,
     cancelled: u64,
-    /// Held unique keys: key -> (holder's id, shared with the job map; expiry of a `Period`
-    /// key). Fx-hashed like the job map, and the id not copied: a keyed dispatch is a few
-    /// hundred nanoseconds more than a plain one here, so each hash and copy shows.
-    unique: FastMap<String, (Id, Option<Millis>)>,
+    /// Held unique keys: key -> (holder's id, expiry of a `Period` key).
+    unique: HashMap<String, (String, Option<Millis>)>,
 }
 
 impl QueueState {
@@ -157,7 +155,7 @@ impl QueueState {
     fn free_key(&mut self, job: &NewJob, moment: UniqueUntil) {
         if let Some(unique) = &job.unique
             && unique.until == moment
-            && self.unique.get(&unique.key).is_some_and(|(holder, _)| **holder == *job.id)
+            && self.unique.get(&unique.key).is_some_and(|(holder, _)| *holder == job.id)
         {
             self.unique.remove(&unique.key);
         }
@@ -313,22 +311,22 @@ impl State {
         if self.jobs.contains_key(job.id.as_str()) || self.failed_index.contains_key(&job.id) {
             return PushOutcome::Duplicate { id: job.id };
         }
-        let id = Id::from(job.id.as_str());
         if let Some(unique) = &job.unique {
             let queue = self.queue(&job.queue);
             if let Some((holder, expires)) = queue.unique.get(&unique.key)
                 && expires.is_none_or(|at| at > now)
             {
-                let holder = holder.to_string();
+                let holder = holder.clone();
                 if unique.debounce && self.replace_waiting(&holder, &job, now) {
                     return PushOutcome::Replaced { id: holder };
                 }
                 return PushOutcome::Duplicate { id: holder };
             }
-            let held = (Arc::clone(&id), unique.expires_at(job.dispatched_at));
+            let held = (job.id.clone(), unique.expires_at(job.dispatched_at));
             queue.unique.insert(unique.key.clone(), held);
         }
         let available_at = job.available_at;
+        let id = Id::from(job.id.as_str());
         self.enqueue(id, Arc::new(job), 0, None, Vec::new(), available_at, now);
         PushOutcome::Stored
     }
