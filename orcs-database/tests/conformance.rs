@@ -821,6 +821,79 @@ mod database {
         });
     }
 
+    /// PostgreSQL: a keyed push whose insert met the key's holder, and whose holder then ended
+    /// before the push asked who holds the key, is neither stored nor refused by that first
+    /// round: the push inserts it again in its transaction and stores it. The test holds the
+    /// push between its insert and its next statement (a lock on the failed table, which that
+    /// statement reads) while the holder completes.
+    #[test]
+    fn postgres_a_push_whose_key_holder_ends_meanwhile_is_stored() {
+        orcs_tests::run(async {
+            use orcs_core::{PushOutcome, Unique, UniqueUntil};
+            use sqlx::Connection as _;
+            let Some(target) = Target::postgres().await else { return };
+            let Target::Postgres(url) = &target else { unreachable!() };
+            let driver = target.driver().await;
+            let mut holder = job("default", 0);
+            holder.unique = Some(Unique::new("k", UniqueUntil::Finished));
+            driver.push(vec![holder.clone()]).await.expect("push the holder");
+            let queues = vec!["default".to_owned()];
+            let claimed = driver.claim(&request(&queues, 1)).await.expect("claim").jobs.remove(0);
+            assert_eq!(claimed.record.id, holder.id);
+
+            let mut locker = sqlx::PgConnection::connect(url).await.expect("connect");
+            let mut lock = locker.begin().await.expect("begin");
+            sqlx::query("LOCK TABLE failed_jobs IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *lock)
+                .await
+                .expect("lock the failed table");
+            let mut next = job("default", 1);
+            next.unique = holder.unique.clone();
+            let pushing = {
+                let (driver, next) = (driver.clone(), next.clone());
+                tokio::spawn(async move { driver.push(vec![next]).await })
+            };
+            // The push's insert is done (the key held, the job left out) once its next
+            // statement waits for the lock.
+            let mut watcher = sqlx::PgConnection::connect(url).await.expect("connect");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_locks WHERE relation = 'failed_jobs'::regclass \
+                     AND NOT granted",
+                )
+                .fetch_one(&mut watcher)
+                .await
+                .expect("read the locks");
+                if waiting > 0 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the push never waited");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            driver
+                .settle_one(Settle::complete(claimed.lease), SystemClock.now())
+                .await
+                .expect("the holder completes meanwhile");
+            lock.commit().await.expect("release the failed table");
+            let outcome = tokio::time::timeout(Duration::from_secs(10), pushing)
+                .await
+                .expect("the push ends")
+                .expect("the push task")
+                .expect("the push");
+            assert_eq!(outcome, [PushOutcome::Stored]);
+            let info = driver.get(&next.id, SystemClock.now()).await.expect("get").expect("stored");
+            assert_eq!(info.job.unique.map(|u| u.key), Some("k".to_owned()));
+            let mut third = job("default", 2);
+            third.unique = holder.unique.clone();
+            assert_eq!(
+                driver.push(vec![third]).await.expect("push"),
+                [PushOutcome::Duplicate { id: next.id.clone() }],
+                "the job pushed again holds the key"
+            );
+        });
+    }
+
     /// PostgreSQL: two children of one batch completing at once wait for the batch row (here
     /// held by another transaction) and then take turns on it: both are counted, the batch
     /// finishes once, and `then` is stored once.
