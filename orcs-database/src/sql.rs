@@ -1877,8 +1877,6 @@ impl Sql {
         format!("SELECT CASE WHEN {probes} THEN 1 ELSE 0 END")
     }
 
-    /// Recovers expired leases of `count` queues in one statement (`$1` is now); returns their
-    /// queues. The message matches the memory driver's.
     /// Deletes the `Period` keys of `count` queues that expired by `$1` (the queues from `$2`):
     /// an expired key is free (a push takes it over), and an empty keys table lets PostgreSQL's
     /// pushes skip their look for `Period` holders (see [`Sql::failed_ids_and_period_holders`]).
@@ -1890,6 +1888,8 @@ impl Sql {
         )
     }
 
+    /// Recovers expired leases of `count` queues in one statement (`$1` is now); returns their
+    /// queues. The message matches the memory driver's.
     pub(crate) fn recover(&self, count: usize) -> String {
         format!(
             "UPDATE {} SET state = {READY}, reserved_until = NULL, token = NULL, \
