@@ -168,24 +168,29 @@ mod database {
                 }
             }
         }
-    }
 
-    impl Target {
-        /// The first column of the first row of `sql`, an integer, read beside the driver.
-        async fn count(&self, sql: &str) -> i64 {
+        /// The first column of every row of `sql`, integers, read beside the driver.
+        async fn integers(&self, sql: &str) -> Vec<i64> {
             use sqlx::Row;
             let sql = sqlx::AssertSqlSafe(sql.to_owned());
             match self {
                 Self::Sqlite(_) => {
                     let mut conn =
                         sqlx::SqliteConnection::connect(&self.url()).await.expect("open");
-                    sqlx::query(sql).fetch_one(&mut conn).await.expect("query").get(0)
+                    let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
+                    rows.iter().map(|row| row.get(0)).collect()
                 }
                 Self::Postgres(url) => {
                     let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-                    sqlx::query(sql).fetch_one(&mut conn).await.expect("query").get(0)
+                    let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
+                    rows.iter().map(|row| row.get(0)).collect()
                 }
             }
+        }
+
+        /// The integer `sql` answers (a count), read beside the driver.
+        async fn count(&self, sql: &str) -> i64 {
+            self.integers(sql).await[0]
         }
     }
 
@@ -489,30 +494,7 @@ mod database {
 
     /// The versions recorded in the migrations table, each once.
     async fn migration_versions(target: &Target) -> Vec<i64> {
-        use sqlx::Row;
-        let sql = "SELECT version FROM jobs_migrations ORDER BY version";
-        match target {
-            Target::Sqlite(_) => {
-                let mut conn = sqlx::SqliteConnection::connect(&target.url()).await.expect("open");
-                sqlx::query(sql)
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("versions")
-                    .iter()
-                    .map(|r| r.get::<i64, _>(0))
-                    .collect()
-            }
-            Target::Postgres(url) => {
-                let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-                sqlx::query(sql)
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("versions")
-                    .iter()
-                    .map(|r| r.get::<i64, _>(0))
-                    .collect()
-            }
-        }
+        target.integers("SELECT version FROM jobs_migrations ORDER BY version").await
     }
 
     /// Tables at a version this build does not know, or a `jobs` table that is not orcs's, are
