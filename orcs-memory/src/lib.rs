@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -109,8 +110,8 @@ struct QueueState {
     /// Start times inside the rate limit's window, oldest first.
     starts: VecDeque<Millis>,
     cancelled: u64,
-    /// Held unique keys: key -> (holder's id, expiry of a `Period` key).
-    unique: HashMap<String, (String, Option<Millis>)>,
+    /// Held unique keys: key -> (holder's id, shared with the job map; expiry of a `Period` key).
+    unique: HashMap<String, (Id, Option<Millis>)>,
 }
 
 impl QueueState {
@@ -155,7 +156,7 @@ impl QueueState {
     fn free_key(&mut self, job: &NewJob, moment: UniqueUntil) {
         if let Some(unique) = &job.unique
             && unique.until == moment
-            && self.unique.get(&unique.key).is_some_and(|(holder, _)| *holder == job.id)
+            && self.unique.get(&unique.key).is_some_and(|(holder, _)| **holder == *job.id)
         {
             self.unique.remove(&unique.key);
         }
@@ -181,6 +182,22 @@ enum JobState {
     Ready,
     Delayed(Millis),
     Reserved { token: u64, until: Millis },
+}
+
+/// A pushed job with the allocations its insert needs (its shared id and record, a copy of its
+/// unique key for the key map), made before the driver's lock is taken: a push holds the lock
+/// for the index updates only, so concurrent dispatchers wait less.
+struct Incoming {
+    id: Id,
+    job: Arc<NewJob>,
+    key: Option<String>,
+}
+
+impl Incoming {
+    fn new(job: NewJob) -> Self {
+        let key = job.unique.as_ref().map(|unique| unique.key.clone());
+        Self { id: Id::from(job.id.as_str()), job: Arc::new(job), key }
+    }
 }
 
 /// A job taken by a claim, made into the worker's [`Reserved`] after the lock is released.
@@ -308,26 +325,39 @@ impl State {
 
     /// Stores a job as a push would; if its id or its unique key is taken, answers the holder.
     fn insert_new(&mut self, job: NewJob, now: Millis) -> PushOutcome {
-        if self.jobs.contains_key(job.id.as_str()) || self.failed_index.contains_key(&job.id) {
-            return PushOutcome::Duplicate { id: job.id };
+        self.insert_incoming(Incoming::new(job), now)
+    }
+
+    /// [`State::insert_new`] for a job whose allocations were made before the lock was taken.
+    fn insert_incoming(&mut self, incoming: Incoming, now: Millis) -> PushOutcome {
+        let Incoming { id, job, key } = incoming;
+        if self.jobs.contains_key(&id) || self.failed_index.contains_key(&job.id) {
+            return PushOutcome::Duplicate { id: job.id.clone() };
         }
-        if let Some(unique) = &job.unique {
+        if let (Some(unique), Some(key)) = (&job.unique, key) {
             let queue = self.queue(&job.queue);
-            if let Some((holder, expires)) = queue.unique.get(&unique.key)
-                && expires.is_none_or(|at| at > now)
-            {
-                let holder = holder.clone();
-                if unique.debounce && self.replace_waiting(&holder, &job, now) {
-                    return PushOutcome::Replaced { id: holder };
+            let held = (Arc::clone(&id), unique.expires_at(job.dispatched_at));
+            // One hash of the key for the look and the insert.
+            match queue.unique.entry(key) {
+                Entry::Occupied(mut entry) => {
+                    let (holder, expires) = entry.get();
+                    if expires.is_none_or(|at| at > now) {
+                        let holder = Arc::clone(holder);
+                        if unique.debounce && self.replace_waiting(&holder, &job, now) {
+                            return PushOutcome::Replaced { id: holder.to_string() };
+                        }
+                        return PushOutcome::Duplicate { id: holder.to_string() };
+                    }
+                    // An expired `Period` key: this job takes it over.
+                    entry.insert(held);
                 }
-                return PushOutcome::Duplicate { id: holder };
+                Entry::Vacant(entry) => {
+                    entry.insert(held);
+                }
             }
-            let held = (job.id.clone(), unique.expires_at(job.dispatched_at));
-            queue.unique.insert(unique.key.clone(), held);
         }
         let available_at = job.available_at;
-        let id = Id::from(job.id.as_str());
-        self.enqueue(id, Arc::new(job), 0, None, Vec::new(), available_at, now);
+        self.enqueue(id, job, 0, None, Vec::new(), available_at, now);
         PushOutcome::Stored
     }
 
@@ -738,12 +768,14 @@ impl Driver for MemoryDriver {
     }
 
     async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
+        let incoming: Vec<Incoming> = jobs.into_iter().map(Incoming::new).collect();
         let outcomes = {
             let mut state = self.state();
-            jobs.into_iter()
+            incoming
+                .into_iter()
                 .map(|job| {
-                    let now = job.dispatched_at;
-                    state.insert_new(job, now)
+                    let now = job.job.dispatched_at;
+                    state.insert_incoming(job, now)
                 })
                 .collect()
         };
