@@ -11,7 +11,6 @@ mod scripts;
 mod wait;
 mod workflow;
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -299,6 +298,73 @@ impl RedisDriver {
         self.inner.backend.is_cluster()
             && a != b
             && Slot::for_key(&self.keys(a).ready) != Slot::for_key(&self.keys(b).ready)
+    }
+
+    /// Runs the script calls of one wave of a push (see [`push_waves`]), noting each job's
+    /// outcome, the jobs stored (for a compensation) and the first failure.
+    async fn push_wave<'a>(
+        &self,
+        calls: &[(Vec<(usize, &'a NewJob)>, redis::ScriptInvocation<'static>)],
+        layout: u32,
+        outcomes: &mut [Option<PushOutcome>],
+        stored: &mut Vec<&'a NewJob>,
+        failure: &mut Option<Error>,
+    ) {
+        // Several calls in flight at once (pipelined over the shared connections); every call of
+        // a window is awaited, so a failure leaves no call whose effect is unknown.
+        for window in calls.chunks(PUSH_WINDOW) {
+            let replies = futures_util::future::join_all(
+                window.iter().map(|(_, call)| self.invoke::<Vec<Value>>(call)),
+            )
+            .await;
+            for ((order, _), reply) in window.iter().zip(replies) {
+                let reply = match reply {
+                    // The lean keyed script met a holder only the general one judges, and
+                    // stored nothing (see scripts::PUSH_KEYED): the general one stores them.
+                    Ok(flags) if flags.is_empty() && !order.is_empty() => {
+                        self.invoke::<Vec<Value>>(&self.general_push_call(order, layout)).await
+                    }
+                    reply => reply,
+                };
+                match reply {
+                    Ok(flags) if flags.len() == order.len() => {
+                        for (&(index, job), flag) in order.iter().zip(flags) {
+                            // 1: stored; 0: its id is in use; {holder}: a debounced job
+                            // replaced the waiting holder's data; else the key's holder. (An
+                            // id may be digits: only an integer reply is a flag.)
+                            outcomes[index] = Some(match flag {
+                                Value::Int(1) => {
+                                    stored.push(job);
+                                    PushOutcome::Stored
+                                }
+                                Value::Int(_) => PushOutcome::Duplicate { id: job.id.clone() },
+                                Value::Array(holder) => PushOutcome::Replaced {
+                                    id: holder
+                                        .first()
+                                        .and_then(text)
+                                        .unwrap_or_else(|| job.id.clone()),
+                                },
+                                holder => PushOutcome::Duplicate {
+                                    id: text(&holder).unwrap_or_else(|| job.id.clone()),
+                                },
+                            });
+                        }
+                    }
+                    Ok(flags) => {
+                        // Which of them were stored is unknown: remove what matches.
+                        stored.extend(order.iter().map(|(_, job)| *job));
+                        let message = format!("{} outcomes for {} jobs", flags.len(), order.len());
+                        failure.get_or_insert(protocol("push", &message));
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
     }
 
     /// The script calls of one push chunk: one call, or one per queue on a cluster (whose
@@ -603,11 +669,8 @@ impl RedisDriver {
 }
 
 /// The jobs of a push that its scripts must see, with their indexes; the rest are answered in
-/// `outcomes` here. A repeated id is a duplicate of its first occurrence, whatever the queue (the
-/// scripts see each id once). A push of one call stores its jobs in order, so the script finds a
-/// unique key taken by an earlier job of the push; the calls of a larger push run concurrently
-/// or in steps, so there the second job with a queue's key is answered as a duplicate of the
-/// first.
+/// `outcomes` here: a repeated id is a duplicate of its first occurrence, whatever the queue
+/// (the scripts see each id once).
 fn fresh_jobs<'a>(
     jobs: &'a [NewJob],
     outcomes: &mut [Option<PushOutcome>],
@@ -621,24 +684,39 @@ fn fresh_jobs<'a>(
             outcomes[index] = Some(PushOutcome::Duplicate { id: job.id.clone() });
         }
     }
-    if fresh.len() > PUSH_CHUNK {
-        let mut keys: HashMap<(&str, &str), &str> = HashMap::new();
-        fresh.retain(|&(index, job)| {
-            let Some(unique) = &job.unique else { return true };
-            match keys.entry((job.queue.as_str(), unique.key.as_str())) {
-                Entry::Occupied(first) => {
-                    outcomes[index] =
-                        Some(PushOutcome::Duplicate { id: (*first.get()).to_owned() });
-                    false
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(job.id.as_str());
-                    true
-                }
-            }
-        });
-    }
     fresh
+}
+
+/// [`fresh_jobs`] in waves that run one after another.
+///
+/// A push of one call is one wave: its script stores the jobs in order, so it finds a unique key
+/// taken by an earlier job of the push. The calls of a larger push run concurrently, so there a
+/// job whose key (in its queue) an earlier job of the push has waits for the next wave: its
+/// script then meets the key as a push of the jobs one by one would, held by that earlier job,
+/// by the holder that job met (replaced if debounced), or free if that job took none (its id
+/// was in use). A push that repeats one key k times runs in k waves.
+fn push_waves<'a>(
+    jobs: &'a [NewJob],
+    outcomes: &mut [Option<PushOutcome>],
+) -> Vec<Vec<(usize, &'a NewJob)>> {
+    let fresh = fresh_jobs(jobs, outcomes);
+    if fresh.len() <= PUSH_CHUNK {
+        return vec![fresh];
+    }
+    let mut earlier: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut waves: Vec<Vec<(usize, &NewJob)>> = vec![Vec::with_capacity(fresh.len())];
+    for (index, job) in fresh {
+        let wave = job.unique.as_ref().map_or(0, |unique| {
+            let count = earlier.entry((job.queue.as_str(), unique.key.as_str())).or_default();
+            *count += 1;
+            *count - 1
+        });
+        if wave == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[wave].push((index, job));
+    }
+    waves
 }
 
 /// The error for a prefix marked with a storage layout this build does not read.
@@ -688,66 +766,17 @@ impl Driver for RedisDriver {
 
     async fn push(&self, jobs: Vec<NewJob>) -> Result<Vec<PushOutcome>> {
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; jobs.len()];
-        let fresh = fresh_jobs(&jobs, &mut outcomes);
-        let names: Vec<&str> = fresh.iter().map(|(_, j)| j.queue.as_str()).collect();
+        let waves = push_waves(&jobs, &mut outcomes);
+        let names: Vec<&str> = waves.iter().flatten().map(|(_, j)| j.queue.as_str()).collect();
         self.register(&names).await?;
         // One layout for the whole push, so a compensation rebuilds the very records stored.
         let layout = self.storage_layout();
-        let calls: Vec<_> =
-            fresh.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c, layout)).collect();
         let mut stored: Vec<&NewJob> = Vec::new();
         let mut failure = None;
-        // Several calls in flight at once (pipelined over the shared connections); every call of
-        // a window is awaited, so a failure leaves no call whose effect is unknown.
-        for window in calls.chunks(PUSH_WINDOW) {
-            let replies = futures_util::future::join_all(
-                window.iter().map(|(_, call)| self.invoke::<Vec<Value>>(call)),
-            )
-            .await;
-            for ((order, _), reply) in window.iter().zip(replies) {
-                let reply = match reply {
-                    // The lean keyed script met a holder only the general one judges, and
-                    // stored nothing (see scripts::PUSH_KEYED): the general one stores them.
-                    Ok(flags) if flags.is_empty() && !order.is_empty() => {
-                        self.invoke::<Vec<Value>>(&self.general_push_call(order, layout)).await
-                    }
-                    reply => reply,
-                };
-                match reply {
-                    Ok(flags) if flags.len() == order.len() => {
-                        for (&(index, job), flag) in order.iter().zip(flags) {
-                            // 1: stored; 0: its id is in use; {holder}: a debounced job
-                            // replaced the waiting holder's data; else the key's holder. (An
-                            // id may be digits: only an integer reply is a flag.)
-                            outcomes[index] = Some(match flag {
-                                Value::Int(1) => {
-                                    stored.push(job);
-                                    PushOutcome::Stored
-                                }
-                                Value::Int(_) => PushOutcome::Duplicate { id: job.id.clone() },
-                                Value::Array(holder) => PushOutcome::Replaced {
-                                    id: holder
-                                        .first()
-                                        .and_then(text)
-                                        .unwrap_or_else(|| job.id.clone()),
-                                },
-                                holder => PushOutcome::Duplicate {
-                                    id: text(&holder).unwrap_or_else(|| job.id.clone()),
-                                },
-                            });
-                        }
-                    }
-                    Ok(flags) => {
-                        // Which of them were stored is unknown: remove what matches.
-                        stored.extend(order.iter().map(|(_, job)| *job));
-                        let message = format!("{} outcomes for {} jobs", flags.len(), order.len());
-                        failure.get_or_insert(protocol("push", &message));
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
-                }
-            }
+        for wave in &waves {
+            let calls: Vec<_> =
+                wave.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c, layout)).collect();
+            self.push_wave(&calls, layout, &mut outcomes, &mut stored, &mut failure).await;
             if failure.is_some() {
                 break;
             }

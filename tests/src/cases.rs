@@ -2071,6 +2071,73 @@ pub async fn debounce_replaces_a_waiting_holder(driver: BoxDriver) {
     assert_eq!(second.record.id, low);
 }
 
+/// A push larger than one atomic step of a driver (Redis stores at most 1,000 jobs per script
+/// call: [`orcs_core::Capabilities::atomic_push_limit`]) answers every job as a push of the
+/// jobs one by one in order would: a job whose unique key an earlier job of the push holds is
+/// a duplicate of (or, debounced, replaces) the job that holds the key, whichever that is: the
+/// earlier job, or an existing holder that the earlier job met. A job whose id was in use took
+/// no key, so a later job with its key is stored.
+pub async fn a_push_beyond_one_atomic_step_answers_keys_in_order(driver: BoxDriver) {
+    let (queue, _clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let record = |tag: u64, options: &DispatchOptions| {
+        queue.prepare(&plain(&key, tag), options).expect("record")
+    };
+    let keyed = |on: &str| DispatchOptions::new().unique(on, UniqueUntil::Finished);
+    let debounced = |on: &str| DispatchOptions::new().debounce(on, UniqueUntil::Finished);
+    // An existing waiting holder of key "b", and an existing job whose id the push reuses.
+    let holder = record(1, &keyed("b"));
+    let reused = record(2, &DispatchOptions::new());
+    let (holder_id, reused_id) = (holder.id.clone(), reused.id.clone());
+    let existing = queue.push_records(vec![holder, reused]).await.expect("push");
+    assert_eq!(existing, [PushOutcome::Stored, PushOutcome::Stored]);
+
+    const JOBS: u64 = 2_500;
+    let mut jobs: Vec<NewJob> =
+        (0..JOBS).map(|i| record(100 + i, &DispatchOptions::new())).collect();
+    let mut set = |at: usize, options: DispatchOptions| {
+        let id = jobs[at].id.clone();
+        jobs[at] = record(100 + at as u64, &options);
+        jobs[at].id = id;
+    };
+    set(0, debounced("a"));
+    set(1_200, debounced("a"));
+    set(2_400, keyed("a"));
+    set(100, keyed("b"));
+    set(1_500, debounced("b"));
+    set(300, keyed("c"));
+    set(1_300, keyed("c"));
+    set(50, keyed("d"));
+    set(1_700, keyed("d"));
+    jobs[50].id = reused_id.clone();
+    let lead = jobs[0].id.clone();
+    let third = jobs[300].id.clone();
+    let outcomes = queue.push_records(jobs).await.expect("push");
+
+    let mut expected = vec![PushOutcome::Stored; JOBS as usize];
+    expected[1_200] = PushOutcome::Replaced { id: lead.clone() };
+    expected[2_400] = PushOutcome::Duplicate { id: lead.clone() };
+    expected[100] = PushOutcome::Duplicate { id: holder_id.clone() };
+    expected[1_500] = PushOutcome::Replaced { id: holder_id.clone() };
+    expected[1_300] = PushOutcome::Duplicate { id: third };
+    expected[50] = PushOutcome::Duplicate { id: reused_id };
+    for (at, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "job {at} of the push");
+    }
+    assert_eq!(outcomes.len(), expected.len());
+    // The two existing jobs and the push's stored ones wait.
+    let stored = expected.iter().filter(|o| **o == PushOutcome::Stored).count() as u64;
+    check_stats(&queue, "default", (stored + 2, 0, 0, 0, 0, 0), "the push's jobs wait").await;
+    let tag = |info: orcs_core::JobInfo| -> u64 {
+        let value: serde_json::Value = serde_json::from_str(&info.job.payload).expect("JSON");
+        value["tag"].as_u64().expect("a tag")
+    };
+    let lead_now = queue.get(&lead).await.expect("get").expect("the lead job");
+    assert_eq!(tag(lead_now), 1_300, "the lead job took the data of job 1,200 of the push");
+    let holder_now = queue.get(&holder_id).await.expect("get").expect("the holder");
+    assert_eq!(tag(holder_now), 1_600, "the holder took the data of job 1,500 of the push");
+}
+
 /// Debounced dispatches racing claims of their holder, round after round, with `Started` and
 /// `Finished` keys: no dispatch fails (a claim that frees a key while a push waits on it must
 /// not deadlock with the push's update of the holder), and the outcome tells what ran: after

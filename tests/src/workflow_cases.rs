@@ -757,6 +757,61 @@ pub async fn batch_with_only_duplicate_children_finishes_at_once(driver: BoxDriv
     assert!(queue.batch_info(&other_id).await.expect("batch_info").is_none(), "no batch stored");
 }
 
+/// A batch larger than one atomic step of a driver (Redis stores a batch's children 1,000 per
+/// script call, in steps) answers each child as a push of the children in order would: a child
+/// whose unique key an earlier child holds is that child's duplicate, or replaces it when
+/// debounced; a key held by an existing waiting job, the same. Only the children stored count.
+pub async fn a_batch_beyond_one_atomic_step_answers_keys_in_order(driver: BoxDriver) {
+    let (queue, _clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let keyed = |on: &str| DispatchOptions::new().unique(on, UniqueUntil::Finished);
+    let debounced = |on: &str| DispatchOptions::new().debounce(on, UniqueUntil::Finished);
+    let holder = queue.dispatch_with(ok(&key, 1), keyed("c")).await.expect("dispatch");
+    let record = |tag: u64, options: DispatchOptions| {
+        queue.prepare(&ok(&key, tag), &options).expect("record")
+    };
+    const CHILDREN: usize = 2_500;
+    let mut children: Vec<NewJob> =
+        (0..CHILDREN).map(|i| record(100 + i as u64, DispatchOptions::new())).collect();
+    for (at, options) in [
+        (0, keyed("a")),
+        (1_200, keyed("a")),
+        (5, debounced("b")),
+        (2_300, debounced("b")),
+        (40, keyed("c")),
+        (1_400, debounced("c")),
+    ] {
+        children[at] = record(100 + at as u64, options);
+    }
+    let (first, fifth) = (children[0].id.clone(), children[5].id.clone());
+    let batch_id = orcs_core::new_job_id();
+    let outcomes = queue
+        .driver()
+        .push_batch(NewBatch::new(batch_id.clone(), queue.now()), children)
+        .await
+        .expect("push_batch");
+    let mut expected = vec![PushOutcome::Stored; CHILDREN];
+    expected[1_200] = PushOutcome::Duplicate { id: first };
+    expected[2_300] = PushOutcome::Replaced { id: fifth.clone() };
+    expected[40] = PushOutcome::Duplicate { id: holder.clone() };
+    expected[1_400] = PushOutcome::Replaced { id: holder.clone() };
+    assert_eq!(outcomes.len(), CHILDREN);
+    for (at, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "child {at} of the batch");
+    }
+    let stored = (CHILDREN - 4) as u64;
+    check_counts(&info(&queue, &batch_id).await, (stored, stored, 0, 0, 0), "the stored children");
+    let payload = |id: String| {
+        let queue = queue.clone();
+        async move {
+            let info = queue.get(&id).await.expect("get").expect("the job");
+            tag_of_payload(&info.job.payload)
+        }
+    };
+    assert_eq!(payload(fifth).await, 2_400, "child 5 took the data of child 2,300");
+    assert_eq!(payload(holder).await, 1_500, "the holder took the data of child 1,400");
+}
+
 /// An unknown batch has no info.
 pub async fn batch_info_unknown_is_none(driver: BoxDriver) {
     let (queue, _clock) = manual_queue(&driver);
