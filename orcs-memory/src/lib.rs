@@ -110,8 +110,10 @@ struct QueueState {
     /// Start times inside the rate limit's window, oldest first.
     starts: VecDeque<Millis>,
     cancelled: u64,
-    /// Held unique keys: key -> (holder's id, shared with the job map; expiry of a `Period` key).
-    unique: HashMap<String, (Id, Option<Millis>)>,
+    /// Held unique keys: key -> (holder's id, shared with the job map; when the key frees:
+    /// a `Period` key's expiry, `Millis::MAX` for the others). 40 bytes an entry: a keyed push's
+    /// extra memory is what its first pushes pay for (fresh pages), see BENCHMARKS.md round 11.
+    unique: HashMap<Box<str>, (Id, Millis)>,
 }
 
 impl QueueState {
@@ -156,9 +158,9 @@ impl QueueState {
     fn free_key(&mut self, job: &NewJob, moment: UniqueUntil) {
         if let Some(unique) = &job.unique
             && unique.until == moment
-            && self.unique.get(&unique.key).is_some_and(|(holder, _)| **holder == *job.id)
+            && self.unique.get(unique.key.as_str()).is_some_and(|(holder, _)| **holder == *job.id)
         {
-            self.unique.remove(&unique.key);
+            self.unique.remove(unique.key.as_str());
         }
     }
 }
@@ -190,12 +192,12 @@ enum JobState {
 struct Incoming {
     id: Id,
     job: Arc<NewJob>,
-    key: Option<String>,
+    key: Option<Box<str>>,
 }
 
 impl Incoming {
     fn new(job: NewJob) -> Self {
-        let key = job.unique.as_ref().map(|unique| unique.key.clone());
+        let key = job.unique.as_ref().map(|unique| Box::from(unique.key.as_str()));
         Self { id: Id::from(job.id.as_str()), job: Arc::new(job), key }
     }
 }
@@ -336,12 +338,13 @@ impl State {
         }
         if let (Some(unique), Some(key)) = (&job.unique, key) {
             let queue = self.queue(&job.queue);
-            let held = (Arc::clone(&id), unique.expires_at(job.dispatched_at));
+            let frees = unique.expires_at(job.dispatched_at).unwrap_or(Millis::MAX);
+            let held = (Arc::clone(&id), frees);
             // One hash of the key for the look and the insert.
             match queue.unique.entry(key) {
                 Entry::Occupied(mut entry) => {
-                    let (holder, expires) = entry.get();
-                    if expires.is_none_or(|at| at > now) {
+                    let (holder, frees) = entry.get();
+                    if *frees > now {
                         let holder = Arc::clone(holder);
                         if unique.debounce && self.replace_waiting(&holder, &job, now) {
                             return PushOutcome::Replaced { id: holder.to_string() };
