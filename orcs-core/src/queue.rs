@@ -235,14 +235,8 @@ impl Queue {
     ///
     /// # Errors
     /// As [`Queue::dispatch`].
-    pub async fn dispatch_with<J: Job>(
-        &self,
-        job: J,
-        mut options: DispatchOptions,
-    ) -> Result<String> {
-        // The unique key moves into the record instead of being copied out of the options.
-        let unique = options.unique.take();
-        let record = self.record_keyed(&job, &options, unique, self.now())?;
+    pub async fn dispatch_with<J: Job>(&self, job: J, options: DispatchOptions) -> Result<String> {
+        let record = self.record(&job, &options, self.now())?;
         let mut ids = self.dispatch_records(vec![record]).await?;
         Ok(ids.pop().unwrap_or_default())
     }
@@ -337,19 +331,6 @@ impl Queue {
         defaults: JobDefaults,
         options: &DispatchOptions,
     ) -> Result<NewJob> {
-        let mut job = self.unkeyed_record(name, payload, defaults, options)?;
-        job.unique = options.unique.clone();
-        Ok(job)
-    }
-
-    /// [`Queue::untyped_record`] without the options' unique key.
-    fn unkeyed_record(
-        &self,
-        name: &str,
-        payload: String,
-        defaults: JobDefaults,
-        options: &DispatchOptions,
-    ) -> Result<NewJob> {
         if payload.len() > self.max_payload_bytes {
             return Err(Error::invalid(
                 "payload",
@@ -382,6 +363,7 @@ impl Queue {
             .or(defaults.timeout)
             .map(|t| u64::try_from(millis(t)).unwrap_or(u64::MAX));
         job.available_at = now.saturating_add(delay);
+        job.unique = options.unique.clone();
         Ok(job)
     }
 
@@ -402,22 +384,13 @@ impl Queue {
         options: &DispatchOptions,
         now: crate::Millis,
     ) -> Result<NewJob> {
-        self.record_keyed(job, options, options.unique.clone(), now)
-    }
-
-    /// [`Queue::record`] with the options' unique key passed apart (`dispatch_with` moves it).
-    fn record_keyed<J: Job>(
-        &self,
-        job: &J,
-        options: &DispatchOptions,
-        unique: Option<crate::record::Unique>,
-        now: crate::Millis,
-    ) -> Result<NewJob> {
         let payload = serde_json::to_string(job).map_err(Error::Serialization)?;
-        let mut record = self.unkeyed_record(J::NAME, payload, JobDefaults::of::<J>(), options)?;
+        let mut record = self.untyped_record(J::NAME, payload, JobDefaults::of::<J>(), options)?;
         record.dispatched_at = now;
         record.available_at = now.saturating_add(options.delay.map_or(0, millis));
-        record.unique = unique.or_else(|| job.unique());
+        if record.unique.is_none() {
+            record.unique = job.unique();
+        }
         // Feature `opentelemetry`: the dispatching span's trace context (see trace_context).
         crate::trace_context::stamp(&mut record.meta);
         Ok(record)
