@@ -300,73 +300,6 @@ impl RedisDriver {
             && Slot::for_key(&self.keys(a).ready) != Slot::for_key(&self.keys(b).ready)
     }
 
-    /// Runs the script calls of one wave of a push (see [`push_waves`]), noting each job's
-    /// outcome, the jobs stored (for a compensation) and the first failure.
-    async fn push_wave<'a>(
-        &self,
-        calls: &[(Vec<(usize, &'a NewJob)>, redis::ScriptInvocation<'static>)],
-        layout: u32,
-        outcomes: &mut [Option<PushOutcome>],
-        stored: &mut Vec<&'a NewJob>,
-        failure: &mut Option<Error>,
-    ) {
-        // Several calls in flight at once (pipelined over the shared connections); every call of
-        // a window is awaited, so a failure leaves no call whose effect is unknown.
-        for window in calls.chunks(PUSH_WINDOW) {
-            let replies = futures_util::future::join_all(
-                window.iter().map(|(_, call)| self.invoke::<Vec<Value>>(call)),
-            )
-            .await;
-            for ((order, _), reply) in window.iter().zip(replies) {
-                let reply = match reply {
-                    // The lean keyed script met a holder only the general one judges, and
-                    // stored nothing (see scripts::PUSH_KEYED): the general one stores them.
-                    Ok(flags) if flags.is_empty() && !order.is_empty() => {
-                        self.invoke::<Vec<Value>>(&self.general_push_call(order, layout)).await
-                    }
-                    reply => reply,
-                };
-                match reply {
-                    Ok(flags) if flags.len() == order.len() => {
-                        for (&(index, job), flag) in order.iter().zip(flags) {
-                            // 1: stored; 0: its id is in use; {holder}: a debounced job
-                            // replaced the waiting holder's data; else the key's holder. (An
-                            // id may be digits: only an integer reply is a flag.)
-                            outcomes[index] = Some(match flag {
-                                Value::Int(1) => {
-                                    stored.push(job);
-                                    PushOutcome::Stored
-                                }
-                                Value::Int(_) => PushOutcome::Duplicate { id: job.id.clone() },
-                                Value::Array(holder) => PushOutcome::Replaced {
-                                    id: holder
-                                        .first()
-                                        .and_then(text)
-                                        .unwrap_or_else(|| job.id.clone()),
-                                },
-                                holder => PushOutcome::Duplicate {
-                                    id: text(&holder).unwrap_or_else(|| job.id.clone()),
-                                },
-                            });
-                        }
-                    }
-                    Ok(flags) => {
-                        // Which of them were stored is unknown: remove what matches.
-                        stored.extend(order.iter().map(|(_, job)| *job));
-                        let message = format!("{} outcomes for {} jobs", flags.len(), order.len());
-                        failure.get_or_insert(protocol("push", &message));
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
-                }
-            }
-            if failure.is_some() {
-                break;
-            }
-        }
-    }
-
     /// The script calls of one push chunk: one call, or one per queue on a cluster (whose
     /// queues live in different slots). Each call comes with its jobs' indices in reply order.
     fn push_calls<'a>(
@@ -773,12 +706,65 @@ impl Driver for RedisDriver {
         let layout = self.storage_layout();
         let mut stored: Vec<&NewJob> = Vec::new();
         let mut failure = None;
-        for wave in &waves {
+        // The waves one after another (see push_waves), each cut into calls of PUSH_CHUNK jobs.
+        'waves: for wave in &waves {
             let calls: Vec<_> =
                 wave.chunks(PUSH_CHUNK).flat_map(|c| self.push_calls(c, layout)).collect();
-            self.push_wave(&calls, layout, &mut outcomes, &mut stored, &mut failure).await;
-            if failure.is_some() {
-                break;
+            // Several calls in flight at once (pipelined over the shared connections); every call
+            // of a window is awaited, so a failure leaves no call whose effect is unknown.
+            for window in calls.chunks(PUSH_WINDOW) {
+                let replies = futures_util::future::join_all(
+                    window.iter().map(|(_, call)| self.invoke::<Vec<Value>>(call)),
+                )
+                .await;
+                for ((order, _), reply) in window.iter().zip(replies) {
+                    let reply = match reply {
+                        // The lean keyed script met a holder only the general one judges, and
+                        // stored nothing (see scripts::PUSH_KEYED): the general one stores them.
+                        Ok(flags) if flags.is_empty() && !order.is_empty() => {
+                            self.invoke::<Vec<Value>>(&self.general_push_call(order, layout)).await
+                        }
+                        reply => reply,
+                    };
+                    match reply {
+                        Ok(flags) if flags.len() == order.len() => {
+                            for (&(index, job), flag) in order.iter().zip(flags) {
+                                // 1: stored; 0: its id is in use; {holder}: a debounced job
+                                // replaced the waiting holder's data; else the key's holder. (An
+                                // id may be digits: only an integer reply is a flag.)
+                                outcomes[index] = Some(match flag {
+                                    Value::Int(1) => {
+                                        stored.push(job);
+                                        PushOutcome::Stored
+                                    }
+                                    Value::Int(_) => PushOutcome::Duplicate { id: job.id.clone() },
+                                    Value::Array(holder) => PushOutcome::Replaced {
+                                        id: holder
+                                            .first()
+                                            .and_then(text)
+                                            .unwrap_or_else(|| job.id.clone()),
+                                    },
+                                    holder => PushOutcome::Duplicate {
+                                        id: text(&holder).unwrap_or_else(|| job.id.clone()),
+                                    },
+                                });
+                            }
+                        }
+                        Ok(flags) => {
+                            // Which of them were stored is unknown: remove what matches.
+                            stored.extend(order.iter().map(|(_, job)| *job));
+                            let message =
+                                format!("{} outcomes for {} jobs", flags.len(), order.len());
+                            failure.get_or_insert(protocol("push", &message));
+                        }
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+                if failure.is_some() {
+                    break 'waves;
+                }
             }
         }
         if let Some(e) = failure {
