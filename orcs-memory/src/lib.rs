@@ -27,6 +27,9 @@ type Id = Arc<str>;
 /// than a tenth of a drain.
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
+/// Expired `Period` keys a `Period` push drops on its way (recovery drops all of them).
+const PERIOD_SWEEP_PER_PUSH: usize = 4;
+
 /// A claim's fencing token: the driver's sequence number, handed out as its decimal string.
 fn parse_token(token: &str) -> Option<u64> {
     // Only the exact form we hand out matches ("07" or "+7" is not token 7).
@@ -114,9 +117,28 @@ struct QueueState {
     /// a `Period` key's expiry, `Millis::MAX` for the others). 40 bytes an entry: a keyed push's
     /// extra memory is what its first pushes pay for (fresh pages), see BENCHMARKS.md round 11.
     unique: HashMap<Box<str>, (Id, Millis)>,
+    /// The `Period` keys of `unique` by the time they free, so that expired ones leave the map:
+    /// an expired key is free already, but without this its entry would stay for good.
+    /// Entries of keys taken over since (by a later holder) are dropped as they come up.
+    period_keys: BTreeSet<(Millis, Box<str>)>,
 }
 
 impl QueueState {
+    /// Drops up to `max` `Period` keys whose time is up at `now` (recovery drops them all, a
+    /// `Period` push a few, as the other drivers do).
+    fn sweep_period_keys(&mut self, now: Millis, max: usize) {
+        for _ in 0..max {
+            if self.period_keys.first().is_none_or(|(frees, _)| *frees > now) {
+                break;
+            }
+            let (_, key) = self.period_keys.pop_first().expect("looked above");
+            // Taken over since by a later holder (a Period or another key): it stays.
+            if self.unique.get(&key).is_some_and(|(_, frees)| *frees <= now) {
+                self.unique.remove(&key);
+            }
+        }
+    }
+
     /// Counts a job that became ready, due since `at`.
     fn ready_since_add(&mut self, at: Millis) {
         *self.ready_since.entry(at).or_default() += 1;
@@ -340,6 +362,10 @@ impl State {
             let queue = self.queue(&job.queue);
             let frees = unique.expires_at(job.dispatched_at).unwrap_or(Millis::MAX);
             let held = (Arc::clone(&id), frees);
+            let period_key = (frees != Millis::MAX).then(|| key.clone());
+            if period_key.is_some() {
+                queue.sweep_period_keys(now, PERIOD_SWEEP_PER_PUSH);
+            }
             // One hash of the key for the look and the insert.
             match queue.unique.entry(key) {
                 Entry::Occupied(mut entry) => {
@@ -357,6 +383,9 @@ impl State {
                 Entry::Vacant(entry) => {
                     entry.insert(held);
                 }
+            }
+            if let Some(key) = period_key {
+                queue.period_keys.insert((frees, key));
             }
         }
         let available_at = job.available_at;
@@ -952,6 +981,9 @@ impl Driver for MemoryDriver {
                     q.ready.insert((Reverse(priority), id));
                     recovered += 1;
                 }
+                if let Some(q) = state.queues.get_mut(queue.as_str()) {
+                    q.sweep_period_keys(now, usize::MAX);
+                }
             }
             // A cancelled batch child's end may have dispatched its batch's callbacks.
             woke = std::mem::take(&mut state.batch_woke);
@@ -1254,5 +1286,68 @@ impl Admin for MemoryDriver {
             self.inner.ready.notify_waiters();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orcs_core::{Driver as _, NewJob, PushOutcome, Unique, UniqueUntil};
+
+    use super::*;
+
+    fn keyed(queue: &str, id: &str, key: &str, until: UniqueUntil, at: Millis) -> NewJob {
+        let mut job = NewJob::new(id, "noop", queue, "{}", at);
+        job.unique = Some(Unique::new(key, until));
+        job
+    }
+
+    fn held_keys(driver: &MemoryDriver, queue: &str) -> (usize, usize) {
+        let state = driver.state();
+        state.queues.get(queue).map_or((0, 0), |q| (q.unique.len(), q.period_keys.len()))
+    }
+
+    /// An expired `Period` key is free whether or not its entry is there (the conformance
+    /// suite checks that); this checks that the entry goes too, so that a process dispatching
+    /// with `Period` keys does not keep every key it ever used. Recovery drops every expired
+    /// one of its queues, a `Period` push a few; a key taken over since stays with its new
+    /// holder.
+    #[tokio::test]
+    async fn expired_period_keys_leave_the_key_map() {
+        let driver = MemoryDriver::new();
+        let period = UniqueUntil::Period(1_000);
+        let old: Vec<NewJob> =
+            (0..10).map(|i| keyed("q", &format!("old{i}"), &format!("k{i}"), period, 0)).collect();
+        let live = keyed("q", "live", "live", UniqueUntil::Period(60_000), 0);
+        let finished = keyed("q", "fin", "fin", UniqueUntil::Finished, 0);
+        let other = keyed("other", "other", "k0", period, 0);
+        let pushed = driver.push([old, vec![live, finished, other]].concat()).await.unwrap();
+        assert!(pushed.iter().all(|o| *o == PushOutcome::Stored), "{pushed:?}");
+        assert_eq!(held_keys(&driver, "q"), (12, 11));
+
+        // Key k0 expired and is taken over by a Finished key: its old time entry goes, the key
+        // stays held. The push also drops up to four other expired keys.
+        let again = keyed("q", "again", "k0", UniqueUntil::Finished, 5_000);
+        assert_eq!(driver.push(vec![again]).await.unwrap(), [PushOutcome::Stored]);
+        let taken = keyed("q", "taken", "k0", UniqueUntil::Finished, 5_000);
+        assert_eq!(
+            driver.push(vec![taken]).await.unwrap(),
+            [PushOutcome::Duplicate { id: "again".into() }]
+        );
+        // A Period push sweeps four time entries: k0's stale one (the key stays with `again`),
+        // then k1, k2 and k3, whose keys go.
+        let fresh = keyed("q", "fresh", "p", period, 5_000);
+        assert_eq!(driver.push(vec![fresh]).await.unwrap(), [PushOutcome::Stored]);
+        assert_eq!(held_keys(&driver, "q"), (10, 8));
+
+        // Recovery drops every expired one of its queues; the live, Finished and taken-over
+        // keys stay, and so does the other queue's expired key until its own recovery.
+        driver.recover(&["q".to_owned()], 5_000).await.unwrap();
+        assert_eq!(held_keys(&driver, "q"), (4, 2), "live, fin, k0 (again) and p stay");
+        assert_eq!(held_keys(&driver, "other"), (1, 1));
+        driver.recover(&["other".to_owned()], 5_000).await.unwrap();
+        assert_eq!(held_keys(&driver, "other"), (0, 0));
+        // The freed keys are free.
+        let reuse = keyed("q", "reuse", "k9", period, 5_000);
+        assert_eq!(driver.push(vec![reuse]).await.unwrap(), [PushOutcome::Stored]);
     }
 }
