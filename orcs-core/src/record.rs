@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis};
 
 /// A job as dispatched, ready to be stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,8 +226,11 @@ pub struct ClaimRequest<'a> {
     pub queues: &'a [String],
     /// At most this many jobs.
     pub max: usize,
-    /// The current time.
+    /// The current time, as the worker read it before sending the claim.
     pub now: Millis,
+    /// The worker's clock, for the driver to read again inside its atomic step (see
+    /// [`Self::at_step`]); `None`: `now` stands.
+    pub clock: Option<&'a dyn Clock>,
     /// Lease length for jobs without their own timeout (their timeout is the worker's default).
     pub default_timeout_ms: u64,
     /// Added to the timeout to make the lease, so the worker's own timeout fires first.
@@ -243,7 +246,29 @@ pub struct ClaimRequest<'a> {
 impl<'a> ClaimRequest<'a> {
     /// Up to `max` jobs from `queues` at `now`, with a 60 s default timeout and a 5 s grace.
     pub fn new(queues: &'a [String], max: usize, now: Millis) -> Self {
-        Self { queues, max, now, default_timeout_ms: 60_000, grace_ms: 5_000, settling: None }
+        Self {
+            queues,
+            max,
+            now,
+            clock: None,
+            default_timeout_ms: 60_000,
+            grace_ms: 5_000,
+            settling: None,
+        }
+    }
+
+    /// This request with `now` read again from its clock: a driver calls it once inside its
+    /// atomic step, after any wait for a lock, so that a claim counts its rate-limit starts
+    /// (and dates its leases) at the time it takes effect. With `now` as the worker read it,
+    /// a claim that waited (for SQLite's write lock, a PostgreSQL lock, the memory driver's
+    /// mutex) logged its starts early, and a later claim's window could let more than the
+    /// limit start in real time. Never earlier than `now`; without a clock, a copy.
+    pub fn at_step(&self) -> Self {
+        let mut request = self.clone();
+        if let Some(clock) = self.clock {
+            request.now = clock.now().max(self.now);
+        }
+        request
     }
 
     /// The lease deadline of a job claimed now with the given own timeout.

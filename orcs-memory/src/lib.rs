@@ -819,6 +819,8 @@ impl Driver for MemoryDriver {
         let mut claim = Claim::default();
         let mut claimed = Vec::new();
         let mut state = self.state();
+        // Read under the lock: a claim that waited for it counts its starts when it took them.
+        let req = &req.at_step();
         for queue in req.queues {
             if state.queues.get(queue.as_str()).is_some_and(|q| q.paused) {
                 continue;

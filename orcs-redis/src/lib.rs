@@ -372,7 +372,9 @@ impl RedisDriver {
         unreadable: &mut Vec<(Lease, String)>,
     ) -> Result<()> {
         let keys = self.keys(queue);
-        let call = scripts::claim(&keys, req, want);
+        // The time read as late as the client can: the script itself is atomic, but the worker
+        // read `req.now` before it claimed from the queues before this one.
+        let call = scripts::claim(&keys, &req.at_step(), want);
         // Each call promotes a bounded chunk of due jobs; while more remain due it claims
         // nothing (see the claim script), so this loop ends once every due job was promoted.
         let reply = loop {

@@ -2536,6 +2536,49 @@ pub async fn rate_limit_allows_n_starts_in_any_window(driver: BoxDriver) {
     assert!(starts.len() >= 15, "the limit lets 5 per second through: {starts:?}");
 }
 
+/// A claim counts its rate-limit starts at the time it takes effect: a worker's claim carries
+/// its clock, and the backend reads it inside its atomic step, after any wait for a lock. A
+/// claim that was asked for at `now` but reached the backend 600 ms later (it waited for
+/// SQLite's write lock, say) logs its start at the later time, so a claim 1,100 ms after `now`
+/// still finds the window of 1 per second full. Logged at `now`, that start would have left the
+/// window and let a second job start 500 ms after the first.
+pub async fn a_claim_counts_its_rate_starts_when_it_takes_effect(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.dispatch_many((0..3).map(|i| plain(&key, i))).await.expect("dispatch");
+    queue
+        .set_limits("default", QueueLimits::none().rate(orcs_core::RateLimit::new(1, 1_000)))
+        .await
+        .expect("limit");
+    let queues = names(&["default"]);
+    let asked = clock.now();
+    clock.advance(Duration::from_millis(600));
+    let mut request = orcs_core::ClaimRequest::new(&queues, 1, asked);
+    request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
+    request.grace_ms = GRACE_MS;
+    let clock_ref: &dyn orcs_core::Clock = &clock;
+    request.clock = Some(clock_ref);
+    let first = driver.claim(&request).await.expect("claim");
+    assert_eq!(first.jobs.len(), 1, "the window was empty");
+    complete(&driver, &first.jobs[0].lease, clock.now()).await.expect("complete");
+    assert!(
+        first.jobs[0].lease.expires_at >= asked + 600 + i64::try_from(DEFAULT_TIMEOUT_MS).unwrap(),
+        "the lease runs from the time the claim took effect"
+    );
+    clock.set(asked + 1_100);
+    let early = claim_at(&driver, &queues, 1, clock.now()).await;
+    assert!(
+        early.jobs.is_empty(),
+        "the start 500 ms ago fills the window: got {} job(s)",
+        early.jobs.len()
+    );
+    let due = early.next_due.expect("a rate-limited claim says when to come back");
+    assert_eq!(due, asked + 1_600, "the window reopens 1 s after the start");
+    clock.set(asked + 1_600);
+    let later = claim_at(&driver, &queues, 1, clock.now()).await;
+    assert_eq!(later.jobs.len(), 1, "a second after the start, the next one");
+}
+
 /// An idle worker held back by a limit wakes when a slot or a token frees, not after `sleep`.
 pub async fn limited_workers_wake_when_a_slot_or_token_frees(driver: BoxDriver) {
     let queue = system_queue(&driver);

@@ -140,6 +140,7 @@ macro_rules! conformance_tests {
             settling_tokens_free_only_their_own_slots,
             limited_claims_promote_due_jobs_first,
             rate_limit_allows_n_starts_in_any_window,
+            a_claim_counts_its_rate_starts_when_it_takes_effect,
             limited_workers_wake_when_a_slot_or_token_frees,
             snooze_runs_the_job_again_without_using_an_attempt,
             cancel_removes_waiting_jobs,

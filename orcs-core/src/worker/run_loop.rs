@@ -282,6 +282,7 @@ impl Runner {
 
     pub(super) fn claim_request(&self, max: usize, now: Millis) -> ClaimRequest<'_> {
         let mut request = ClaimRequest::new(&self.options.queues, max, now);
+        request.clock = Some(&**self.queue.clock());
         request.default_timeout_ms = duration_ms(self.options.default_timeout);
         request.grace_ms = duration_ms(self.options.lease_grace);
         request.settling = self.settles.as_deref().map(|queue| queue as &dyn Settling);
