@@ -589,6 +589,9 @@ impl Store {
         // No transaction: each statement is atomic, the promotion is idempotent and commits
         // before the claim picks, and the drain saves two round trips per claim.
         let mut conn = self.backend.writer().await?;
+        // Read once a connection is ours; the wait for the queue's lock inside the claim
+        // function is added there (see `Sql::claim_limited_pg`).
+        let req = &req.at_step();
         let (claim, unreadable) = if self.backend.borrowed {
             // The setting lasts until this transaction ends, so the application's connection
             // is handed back as it was; BEGIN and SET go in one round trip.

@@ -74,7 +74,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 12;
+pub(crate) const LATEST_VERSION: i64 = 13;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -976,6 +976,9 @@ impl Sql {
             Migration { version: 10, statements: version_10(dialect, &names) },
             Migration { version: 11, statements: version_11(dialect, &names) },
             Migration { version: 12, statements: version_12(&names) },
+            // PostgreSQL's claim function counts the wait for its queue's lock (below); nothing
+            // on SQLite, whose claims read the time once they hold the write lock.
+            Migration { version: 13, statements: Vec::new() },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -1161,16 +1164,24 @@ impl Sql {
             // The claim of a limited queue as a server-side function: a lock per queue (an
             // advisory one, which writes nothing) and the claim are two statements (the claim's snapshot, taken after
             // the lock, sees every claim committed before), yet one round trip.
+            // `waited` (migration 13): a claim that waited for the lock (behind another claim of
+            // the queue) counts its starts, and dates its leases, that much later than the
+            // worker's `now` ($2): with `now` as sent, a claim that waited logged its starts
+            // early, and a later claim's window could let more than the limit start in real time.
+            // Only a wait is added (`now` stays exact for a claim that met no other, as under
+            // the conformance suite's manual clocks), measured by the server's clock.
             let function = |columns: &[&str],
                             extra: &str,
                             by_array: bool,
                             settling: bool,
-                            held: bool| {
+                            held: bool,
+                            waited: bool| {
                 let limited = |rate: bool| {
-                    claim_limited(columns, by_array, settling, rate, held)
+                    let sql = claim_limited(columns, by_array, settling, rate, held)
                         .replace("$7::BIGINT", "v_concurrency")
                         .replace("$8::BIGINT", "v_rate")
-                        .replace("$9::BIGINT", "v_period")
+                        .replace("$9::BIGINT", "v_period");
+                    if waited { sql.replace("$2", "v_now") } else { sql }
                 };
                 let (settling_arg, promote, claim) = if settling {
                     // Migration 8: the function promotes one chunk of the queue's due jobs
@@ -1197,6 +1208,22 @@ impl Sql {
                     ("", String::new(), format!("RETURN QUERY {};", limited(true)))
                 };
                 let promoted = if settling { " v_promoted BIGINT;" } else { "" };
+                let key = format!("hashtextextended('{jobs}:' || $1, 0)");
+                let (lock, now) = if waited {
+                    (
+                        format!(
+                            "IF NOT pg_try_advisory_xact_lock({key}) THEN \
+                             v_asked := clock_timestamp(); \
+                             PERFORM pg_advisory_xact_lock({key}); \
+                             v_now := $2 + floor(extract(epoch FROM clock_timestamp() - v_asked) \
+                             * 1000)::BIGINT; \
+                             END IF; "
+                        ),
+                        " v_now BIGINT := $2; v_asked TIMESTAMPTZ;",
+                    )
+                } else {
+                    (format!("PERFORM pg_advisory_xact_lock({key}); "), "")
+                };
                 format!(
                     "CREATE OR REPLACE FUNCTION {claim_function}(TEXT, BIGINT, BIGINT, BIGINT, \
                      TEXT, BIGINT{settling_arg}) RETURNS TABLE (o_id TEXT, o_name TEXT, o_queue TEXT, \
@@ -1204,10 +1231,10 @@ impl Sql {
                      o_retry_delay_ms BIGINT, o_timeout_ms BIGINT, o_dispatched_at BIGINT, \
                      o_last_error TEXT, o_reserved_until BIGINT, o_token TEXT, o_unique_key TEXT, \
                      o_unique_mode INTEGER{extra}) LANGUAGE plpgsql VOLATILE AS $fn$ \
-                     DECLARE v_concurrency BIGINT; v_rate BIGINT; v_period BIGINT;{promoted} \
+                     DECLARE v_concurrency BIGINT; v_rate BIGINT; v_period BIGINT;{promoted}{now} \
                      BEGIN \
                      {promote}\
-                     PERFORM pg_advisory_xact_lock(hashtextextended('{jobs}:' || $1, 0)); \
+                     {lock}\
                      SELECT concurrency, rate_limit, rate_period_ms \
                      INTO v_concurrency, v_rate, v_period FROM {m} WHERE queue = $1; \
                      {claim} \
@@ -1220,6 +1247,7 @@ impl Sql {
                 false,
                 false,
                 false,
+                false,
             ));
             // A function's result type cannot be replaced: drop it, then create the new one.
             migrations[3].statements.push(format!(
@@ -1227,14 +1255,17 @@ impl Sql {
                  BIGINT)"
             ));
             let v4 = ", o_batch TEXT, o_meta TEXT";
-            migrations[3].statements.push(function(&CLAIM_COLUMNS, v4, false, false, false));
+            migrations[3].statements.push(function(&CLAIM_COLUMNS, v4, false, false, false, false));
             // Same result type: replaced in place, with the update by primary key.
-            migrations[5].statements.push(function(&CLAIM_COLUMNS, v4, true, false, false));
+            migrations[5].statements.push(function(&CLAIM_COLUMNS, v4, true, false, false, false));
             // A new signature beside the old one (which an older worker still calls).
-            migrations[7].statements.push(function(&CLAIM_COLUMNS, v4, true, true, false));
+            migrations[7].statements.push(function(&CLAIM_COLUMNS, v4, true, true, false, false));
             // Both again, clearing the `Started` key a claimed job's row holds.
-            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, true, false, true));
-            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, true, true, true));
+            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, true, false, true, false));
+            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, true, true, true, false));
+            // Both again, adding the wait for the queue's lock to the claim's time.
+            migrations[12].statements.push(function(&CLAIM_COLUMNS, v4, true, false, true, true));
+            migrations[12].statements.push(function(&CLAIM_COLUMNS, v4, true, true, true, true));
         }
         Self {
             migrations,

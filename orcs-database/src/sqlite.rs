@@ -561,6 +561,9 @@ impl Store {
         // the WAL at most) per claim.
         let mut conn = self.backend.writer().await?;
         let mut tx = SqliteBackend::begin(&mut conn).await?;
+        // Read once the write lock is held: a claim that waited for it (behind this process's
+        // other writes, or another process's) counts its rate-limit starts when it took them.
+        let req = &req.at_step();
         let (claim, unreadable) = self.claim_on(&mut tx, req).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);

@@ -489,7 +489,7 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -803,6 +803,96 @@ mod database {
         });
     }
 
+    /// With a rate of 1 per second on `queue` and its lock held by another connection until
+    /// `release` lets it go (about 400 ms), a claim sent before the lock is free (with the
+    /// worker's clock, as a worker sends it) takes a job, and the next claim's window runs from
+    /// the time the claim took effect, not from the `now` it was sent with.
+    async fn a_claim_after_a_held_lock_logs_its_start_late<T>(
+        driver: &DatabaseDriver,
+        queue: &str,
+        release: tokio::task::JoinHandle<T>,
+    ) {
+        let queues = vec![queue.to_owned()];
+        let sent = SystemClock.now();
+        let mut req = ClaimRequest::new(&queues, 1, sent);
+        req.clock = Some(&SystemClock);
+        let first = driver.claim(&req).await.expect("claim");
+        assert_eq!(first.jobs.len(), 1, "the window was empty");
+        let waited = SystemClock.now() - sent;
+        assert!(waited >= 380, "the claim waited for the lock: {waited} ms");
+        drop(release.await.expect("the lock holder"));
+        let next = driver.claim(&request(&queues, 1)).await.expect("claim");
+        assert!(next.jobs.is_empty(), "one start per second");
+        let due = next.next_due.expect("a rate-limited claim says when to come back");
+        assert!(
+            due >= sent + 1_380,
+            "the window runs from the start after the wait ({waited} ms after `now`), not from \
+             `now`: due {} ms after `now`",
+            due - sent
+        );
+    }
+
+    /// `queue` on a fresh driver of `target` with two jobs and a rate of 1 per second.
+    async fn rated_queue(target: &Target, queue: &str) -> DatabaseDriver {
+        let driver = target.driver().await;
+        driver.push((0..2).map(|i| job(queue, i)).collect()).await.expect("push");
+        driver
+            .set_limits(queue, &QueueLimits::none().rate(RateLimit::new(1, 1_000)))
+            .await
+            .expect("limit");
+        driver
+    }
+
+    /// SQLite: a claim of a rate-limited queue that waited for the write lock (held here by
+    /// another connection, as another process's write would hold it) logs its start when it got
+    /// the lock: the driver reads the worker's clock after `BEGIN IMMEDIATE`. Logged at the `now`
+    /// it was sent with, the window would have reopened 400 ms early.
+    #[test]
+    fn sqlite_a_claim_that_waited_for_the_write_lock_logs_its_start_late() {
+        orcs_tests::run(async {
+            let target = Target::sqlite();
+            let driver = rated_queue(&target, "rated").await;
+            let mut locker = sqlx::SqliteConnection::connect(&target.url()).await.expect("open");
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut locker).await.expect("take the lock");
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                sqlx::query("COMMIT").execute(&mut locker).await.expect("release the lock");
+                locker
+            });
+            a_claim_after_a_held_lock_logs_its_start_late(&driver, "rated", release).await;
+        });
+    }
+
+    /// PostgreSQL: a claim of a rate-limited queue that waited for the queue's advisory lock
+    /// (held here by another connection, as a claim of another worker would hold it) adds the
+    /// wait to its time, in the claim function. Logged at the `now` it was sent with, the
+    /// window would have reopened 400 ms early.
+    #[test]
+    fn postgres_a_claim_that_waited_for_the_queue_lock_logs_its_start_late() {
+        orcs_tests::run(async {
+            let Some(target) = Target::postgres().await else { return };
+            let Target::Postgres(url) = &target else { unreachable!() };
+            // Advisory locks span the database: a queue name no other test uses.
+            let queue = format!("rated-{}", orcs_core::new_job_id());
+            let driver = rated_queue(&target, &queue).await;
+            let mut locker = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended('jobs:' || $1, 0))")
+                .bind(&queue)
+                .execute(&mut locker)
+                .await
+                .expect("take the queue's lock");
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                sqlx::query("SELECT pg_advisory_unlock_all()")
+                    .execute(&mut locker)
+                    .await
+                    .expect("release the lock");
+                locker
+            });
+            a_claim_after_a_held_lock_logs_its_start_late(&driver, &queue, release).await;
+        });
+    }
+
     /// PostgreSQL: a keyed push whose insert met the key's holder, and whose holder then ended
     /// before the push asked who holds the key, is neither stored nor refused by that first
     /// round: the push inserts it again in its transaction and stores it. The test holds the
@@ -939,7 +1029,10 @@ mod database {
             for started in starting.join_all().await {
                 started.expect("every driver sets up");
             }
-            assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+            assert_eq!(
+                migration_versions(&target).await,
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+            );
         });
     }
 
