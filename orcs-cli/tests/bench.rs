@@ -50,7 +50,8 @@ fn bench_pairs_the_flow_control_phases_with_their_plain_ones() {
         for rate in [format!("{key}_jps"), format!("{key}_plain_jps")] {
             assert!(line[&rate].as_f64().is_some_and(|v| v > 0.0), "{rate} missing in {line}");
             let rounds = line[format!("{rate}_rounds")].as_array().expect("every round's rate");
-            assert_eq!(rounds.len(), 3, "{rate}: {line}");
+            // `PAIRED_ROUNDS` in src/bench.rs.
+            assert_eq!(rounds.len(), 5, "{rate}: {line}");
         }
         let ratio = line[format!("{key}_vs_plain")].as_f64().expect("the median ratio");
         let worst = line[format!("{key}_vs_plain_min")].as_f64().expect("the worst ratio");
