@@ -552,8 +552,38 @@ impl std::io::Write for Capture {
     }
 }
 
+/// A subscriber that records nothing and answers every callsite "sometimes". `tracing` caches
+/// each callsite's interest for the whole process, computed by the thread that reaches it first
+/// against that thread's subscriber while one dispatcher is registered: a sibling test thread
+/// without a subscriber cached an audit callsite as "never", and this test's thread-local
+/// capture lost the event (seen once in CI under the parallel test run). With this one
+/// registered too, interest is computed over every registered dispatcher, so the capture's
+/// callsites stay "sometimes" and each event asks the emitting thread's subscriber.
+struct Anchor;
+
+impl tracing::Subscriber for Anchor {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 #[tokio::test]
 async fn every_action_is_logged_with_who_did_it() {
+    let _anchor = tracing::Dispatch::new(Anchor);
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -562,6 +592,8 @@ async fn every_action_is_logged_with_who_did_it() {
         .with_max_level(tracing::Level::INFO)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites a sibling test cached as "never" before the anchor existed are asked again.
+    tracing::callsite::rebuild_interest_cache();
 
     let queue = Queue::new(MemoryDriver::new());
     let id = failed_job(&queue, "reports", "boom").await;
