@@ -51,16 +51,21 @@ async fn claim(queue: &Queue, queues: &[&str], max: usize) -> Vec<Reserved> {
     claim_at(queue.driver(), &queues, max, queue.now()).await.jobs
 }
 
+/// A claim of up to `max` jobs of `queues` at `now`, with the suite's timeout and grace.
+fn request_at(queues: &[String], max: usize, now: Millis) -> orcs_core::ClaimRequest<'_> {
+    let mut request = orcs_core::ClaimRequest::new(queues, max, now);
+    request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
+    request.grace_ms = GRACE_MS;
+    request
+}
+
 async fn claim_at(
     driver: &BoxDriver,
     queues: &[String],
     max: usize,
     now: Millis,
 ) -> orcs_core::Claim {
-    let mut request = orcs_core::ClaimRequest::new(queues, max, now);
-    request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
-    request.grace_ms = GRACE_MS;
-    driver.claim(&request).await.expect("claim")
+    driver.claim(&request_at(queues, max, now)).await.expect("claim")
 }
 
 /// The whole failed set (of one queue), oldest first.
@@ -2553,9 +2558,7 @@ pub async fn a_claim_counts_its_rate_starts_when_it_takes_effect(driver: BoxDriv
     let queues = names(&["default"]);
     let asked = clock.now();
     clock.advance(Duration::from_millis(600));
-    let mut request = orcs_core::ClaimRequest::new(&queues, 1, asked);
-    request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
-    request.grace_ms = GRACE_MS;
+    let mut request = request_at(&queues, 1, asked);
     let clock_ref: &dyn orcs_core::Clock = &clock;
     request.clock = Some(clock_ref);
     let first = driver.claim(&request).await.expect("claim");
