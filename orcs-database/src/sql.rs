@@ -1181,7 +1181,7 @@ impl Sql {
                         .replace("$7::BIGINT", "v_concurrency")
                         .replace("$8::BIGINT", "v_rate")
                         .replace("$9::BIGINT", "v_period");
-                    if waited { sql.replace("$2", "v_now") } else { sql }
+                    if waited { replace_param(&sql, 2, "v_now") } else { sql }
                 };
                 let (settling_arg, promote, claim) = if settling {
                     // Migration 8: the function promotes one chunk of the queue's due jobs
@@ -1939,9 +1939,35 @@ fn params(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `sql` with its parameter `$n` replaced by `with`, and not the parameters whose numbers start
+/// with `n`'s digits (`$2` is not in `$20`).
+fn replace_param(sql: &str, n: u32, with: &str) -> String {
+    let param = format!("${n}");
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find(&param) {
+        let after = &rest[at + param.len()..];
+        out.push_str(&rest[..at]);
+        let longer = after.starts_with(|c: char| c.is_ascii_digit());
+        out.push_str(if longer { &param } else { with });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_is_replaced_alone() {
+        assert_eq!(
+            replace_param("$2, $20, $2::BIGINT, $12, $2", 2, "v"),
+            "v, $20, v::BIGINT, $12, v"
+        );
+        assert_eq!(replace_param("no parameters", 2, "v"), "no parameters");
+    }
 
     fn sql(dialect: Dialect) -> Sql {
         Sql::new(dialect, None, "jobs", "failed_jobs", "job_counters")
