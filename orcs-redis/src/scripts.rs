@@ -976,6 +976,8 @@ pub(crate) fn unstore(
 /// Each step works on the whole batch in one command (HMGET, HSET and ZADD of many fields), so
 /// the cost of a call grows with the jobs it claims, not with the commands it makes per job.
 const CLAIM: &str = r"
+-- The name of a field that keeps a hash out of listpack encoding (see below).
+local WIDE_FIELD = '\0orcs: this field is wider than a listpack holds, so this hash stays a hash table'
 local meta = redis.call('HMGET', KEYS[12], 'paused', 'concurrency', 'rate_limit', 'rate_period',
   'batched')
 if meta[1] == '1' then return {false, 0} end
@@ -1045,7 +1047,13 @@ if #ids > 0 then
     held = extras > (errs and 1 or 0)
     if errs then errors = redis.call('HMGET', KEYS[7], unpack(ids)) end
   end
-  local attempt_fields, token_fields, leases, starts = {}, {}, {}, {}
+  -- Both hashes hold about one field per running job, few enough for Redis to keep them as a
+  -- listpack, which it searches field by field: each HMGET, HSET and HDEL of a claim or a
+  -- settle compared every id with every field. A field longer than a listpack may hold
+  -- (`hash-max-listpack-value`, 64 bytes by default) makes Redis keep them as hash tables
+  -- for good (BENCHMARKS.md round 14); no job has its name.
+  local attempt_fields, token_fields = {WIDE_FIELD, ''}, {WIDE_FIELD, ''}
+  local leases, starts = {}, {}
   for i, id in ipairs(ids) do
     local _, timeout = header(blobs[i])
     local attempt = (tonumber(attempts[i]) or 0) + 1

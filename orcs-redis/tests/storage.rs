@@ -166,3 +166,42 @@ async fn a_failed_chunk_removes_the_stored_chunks() {
     let stats = orcs_core::Admin::stats(&driver, "fine", now).await.expect("stats");
     assert_eq!(stats.pending, 0, "the first chunk was removed again");
 }
+
+/// A claim keeps `attempts` and `tokens` hash tables (see "Why `attempts` and `tokens` carry a
+/// wide field" in the README): as listpacks, every batch command compared each id with each
+/// field.
+#[tokio::test]
+async fn a_claim_keeps_the_lease_hashes_out_of_listpack_encoding() {
+    let Some(url) = services::redis::redis_url_or_skip() else { return };
+    let prefix = unique_name("orcs-test");
+    let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
+    let driver = RedisDriver::connect(config).await.expect("connect");
+    let now = SystemClock.now();
+    let jobs: Vec<NewJob> = (0..3)
+        .map(|_| NewJob::new(orcs_core::new_job_id(), "PlainJob", "wide", "{}", now))
+        .collect();
+    driver.push(jobs).await.expect("push");
+    let queues = vec!["wide".to_owned()];
+    let claim = driver.claim(&ClaimRequest::new(&queues, 10, now)).await.expect("claim");
+    assert_eq!(claim.jobs.len(), 3);
+    let mut conn = raw(&url).await;
+    for hash in ["attempts", "tokens"] {
+        let key = format!("{{{prefix}:wide}}:{hash}");
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("OBJECT");
+        assert_eq!(encoding, "hashtable", "{key}");
+        let len: usize = conn.hlen(&key).await.expect("HLEN");
+        assert_eq!(len, 4, "{key}: a field per claimed job and the wide one");
+    }
+    // The jobs still run and end as before.
+    let settles: Vec<Settle> =
+        claim.jobs.iter().map(|job| Settle::complete(job.lease.clone())).collect();
+    for result in driver.settle(&settles, now).await {
+        result.expect("settle");
+    }
+    assert_eq!(Admin::stats(&driver, "wide", now).await.expect("stats").processed, 3);
+}
