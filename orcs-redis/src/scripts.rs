@@ -39,6 +39,18 @@ local function arm(marker)
 end
 ";
 
+/// A name longer than a listpack entry may be (`hash-max-listpack-value` and
+/// `zset-max-listpack-value`, 64 bytes by default): a claim writes it into the hashes `attempts`
+/// and `tokens` (an empty value) and the sorted set `reserved` (score `+inf`), so that Redis keeps
+/// them hash tables and skip lists for good. They hold about one entry per running job, few
+/// enough to be listpacks, which Redis searches entry by entry: each `HMGET`, `HSET`, `HDEL`,
+/// `ZADD` and `ZREM` of a claim's or a settle's batch compared every id with every entry
+/// (BENCHMARKS.md round 14). No job has the name (it starts with a NUL byte); readers of
+/// `reserved` count and list it up to `(+inf` only, so it is never a running job.
+const WIDE: &str = r"
+local WIDE = '\0orcs: this entry is wider than a listpack holds, so this key stays a hash table or skip list'
+";
+
 /// The unique key a record (or `unique_of`) names.
 const KEY_OF: &str = r"
 -- The unique key job `id` was dispatched with, as mode and key: a keyed record of layout 3
@@ -976,8 +988,6 @@ pub(crate) fn unstore(
 /// Each step works on the whole batch in one command (HMGET, HSET and ZADD of many fields), so
 /// the cost of a call grows with the jobs it claims, not with the commands it makes per job.
 const CLAIM: &str = r"
--- The name of a field that keeps a hash out of listpack encoding (see below).
-local WIDE_FIELD = '\0orcs: this field is wider than a listpack holds, so this hash stays a hash table'
 local meta = redis.call('HMGET', KEYS[12], 'paused', 'concurrency', 'rate_limit', 'rate_period',
   'batched')
 if meta[1] == '1' then return {false, 0} end
@@ -1011,7 +1021,7 @@ end
 local out = {false, 0}
 -- What the limits leave room for, before this claim.
 local room = math.huge
-if concurrency then room = concurrency - redis.call('ZCARD', KEYS[3]) end
+if concurrency then room = concurrency - redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf') end
 if rate and period then
   redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now - period)
   room = math.min(room, rate - redis.call('ZCARD', KEYS[15]))
@@ -1047,13 +1057,9 @@ if #ids > 0 then
     held = extras > (errs and 1 or 0)
     if errs then errors = redis.call('HMGET', KEYS[7], unpack(ids)) end
   end
-  -- Both hashes hold about one field per running job, few enough for Redis to keep them as a
-  -- listpack, which it searches field by field: each HMGET, HSET and HDEL of a claim or a
-  -- settle compared every id with every field. A field longer than a listpack may hold
-  -- (`hash-max-listpack-value`, 64 bytes by default) makes Redis keep them as hash tables
-  -- for good (BENCHMARKS.md round 14); no job has its name.
-  local attempt_fields, token_fields = {WIDE_FIELD, ''}, {WIDE_FIELD, ''}
-  local leases, starts = {}, {}
+  -- Each with the wide entry (see WIDE), in the same command.
+  local attempt_fields, token_fields = {WIDE, ''}, {WIDE, ''}
+  local leases, starts = {'+inf', WIDE}, {}
   for i, id in ipairs(ids) do
     local _, timeout = header(blobs[i])
     local attempt = (tonumber(attempts[i]) or 0) + 1
@@ -1618,7 +1624,7 @@ return {
   redis.call('ZCARD', KEYS[1]),
   redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1]),
   redis.call('ZCARD', KEYS[2]),
-  redis.call('ZCARD', KEYS[3]),
+  redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf'),
   redis.call('ZCARD', KEYS[4]),
   tonumber(counters[1] or '0'),
   tonumber(counters[2] or '0'),
@@ -1850,6 +1856,8 @@ local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
 local out = {}
 for i = 1, #page, 2 do
   local id = page[i]
+  -- The reserved set's wide entry (see WIDE), last by its score, is no job.
+  if id == WIDE then break end
   local n = #out
   out[n + 1] = id
   out[n + 2] = page[i + 1]
@@ -2075,8 +2083,9 @@ pub(crate) enum Forget {
 const FORGET: &str = r"
 local n = tonumber(ARGV[2])
 if redis.call('HLEN', KEYS[5]) > 0 then return 0 end
+-- Up to (+inf: the reserved set's wide entry (see WIDE) is no job.
 for k = 1, 4 do
-  if redis.call('ZCARD', KEYS[k]) > 0 then return 0 end
+  if redis.call('ZCOUNT', KEYS[k], '-inf', '(+inf') > 0 then return 0 end
 end
 redis.call('DEL', unpack(KEYS, 1, n))
 if #KEYS > n then
@@ -2718,7 +2727,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push_plain: script(&[ARM, PUSH_PLAIN]),
     push_keyed: script(&[ARM, KEY_OF, PUSH_KEYED]),
     unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
-    claim: script(&[HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
+    claim: script(&[WIDE, HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
     settle: script(&[
         HEADER,
         ARM,
@@ -2743,7 +2752,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cancel: with_workflow("", CANCEL),
     touch: Script::new(TOUCH),
     get: Script::new(GET),
-    list: Script::new(LIST),
+    list: script(&[WIDE, LIST]),
     clear: with_workflow("", CLEAR),
     failed_page: Script::new(FAILED_PAGE),
     retry_failed: with_workflow(HISTORY, RETRY_FAILED),

@@ -3,8 +3,8 @@
 //! upgraded explicitly.
 
 use orcs_core::{
-    Admin, ClaimRequest, Clock, Driver, Error, NewJob, PushOutcome, Settle, SystemClock, Unique,
-    UniqueUntil,
+    Admin, ClaimRequest, Clock, Driver, Error, JobState, ListRequest, NewJob, PushOutcome, Settle,
+    SystemClock, Unique, UniqueUntil,
 };
 use orcs_redis::{RedisConfig, RedisDriver};
 use orcs_tests::services::{self, unique_name};
@@ -167,11 +167,11 @@ async fn a_failed_chunk_removes_the_stored_chunks() {
     assert_eq!(stats.pending, 0, "the first chunk was removed again");
 }
 
-/// A claim keeps `attempts` and `tokens` hash tables (see "Why `attempts` and `tokens` carry a
-/// wide field" in the README): as listpacks, every batch command compared each id with each
-/// field.
+/// A claim keeps `attempts` and `tokens` hash tables and `reserved` a skip list (see "Why
+/// `attempts`, `tokens` and `reserved` carry a wide entry" in the README): as listpacks, every
+/// batch command compared each id with each entry. The wide entry is no running job.
 #[tokio::test]
-async fn a_claim_keeps_the_lease_hashes_out_of_listpack_encoding() {
+async fn a_claim_keeps_the_lease_keys_out_of_listpack_encoding() {
     let Some(url) = services::redis::redis_url_or_skip() else { return };
     let prefix = unique_name("orcs-test");
     let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
@@ -197,11 +197,28 @@ async fn a_claim_keeps_the_lease_hashes_out_of_listpack_encoding() {
         let len: usize = conn.hlen(&key).await.expect("HLEN");
         assert_eq!(len, 4, "{key}: a field per claimed job and the wide one");
     }
+    let reserved = format!("{{{prefix}:wide}}:reserved");
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(&reserved)
+        .query_async(&mut conn)
+        .await
+        .expect("OBJECT");
+    assert_eq!(encoding, "skiplist", "{reserved}");
+    let stats = Admin::stats(&driver, "wide", now).await.expect("stats");
+    assert_eq!(stats.reserved, 3, "the wide entry is not counted");
+    let listed = Admin::list(&driver, &ListRequest::new("wide", JobState::Reserved, 10), now)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 3, "nor listed");
     // The jobs still run and end as before.
     let settles: Vec<Settle> =
         claim.jobs.iter().map(|job| Settle::complete(job.lease.clone())).collect();
     for result in driver.settle(&settles, now).await {
         result.expect("settle");
     }
-    assert_eq!(Admin::stats(&driver, "wide", now).await.expect("stats").processed, 3);
+    let stats = Admin::stats(&driver, "wide", now).await.expect("stats");
+    assert_eq!((stats.processed, stats.reserved), (3, 0));
+    // A queue left with the wide entries only holds no job: it can be forgotten.
+    assert!(Admin::forget_queue(&driver, "wide").await.expect("forget"), "forgotten");
 }
