@@ -22,6 +22,13 @@ async fn set(url: &str, key: &str, value: &str) {
     let _: () = raw(url).await.set(key, value).await.expect("SET");
 }
 
+/// A driver on a prefix of its own, and the prefix.
+async fn prefixed(url: &str) -> (String, RedisDriver) {
+    let prefix = unique_name("orcs-test");
+    let config = RedisConfig::from_url(url).expect("url").with_prefix(prefix.clone());
+    (prefix, RedisDriver::connect(config).await.expect("connect"))
+}
+
 fn keyed(queue: &str, key: &str, until: UniqueUntil) -> NewJob {
     let mut job = NewJob::new(orcs_core::new_job_id(), "PlainJob", queue, "{}", SystemClock.now());
     job.unique = Some(Unique::new(key, until));
@@ -134,9 +141,7 @@ async fn a_layout_2_prefix_keeps_working_until_upgraded() {
 #[tokio::test]
 async fn only_layout_2_is_upgraded() {
     let Some(url) = services::redis::redis_url_or_skip() else { return };
-    let prefix = unique_name("orcs-test");
-    let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
-    let driver = RedisDriver::connect(config).await.expect("connect");
+    let (prefix, driver) = prefixed(&url).await;
     set(&url, &format!("{{{prefix}}}:version"), "4").await;
     let err = driver.upgrade_layout().await.expect_err("a newer layout");
     assert!(matches!(err, Error::Version { .. }) && err.to_string().contains("\"4\""), "{err}");
@@ -149,9 +154,7 @@ async fn only_layout_2_is_upgraded() {
 #[tokio::test]
 async fn a_failed_chunk_removes_the_stored_chunks() {
     let Some(url) = services::redis::redis_url_or_skip() else { return };
-    let prefix = unique_name("orcs-test");
-    let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
-    let driver = RedisDriver::connect(config).await.expect("connect");
+    let (prefix, driver) = prefixed(&url).await;
     set(&url, &format!("{{{prefix}:broken}}:jobs"), "not a hash").await;
     let now = orcs_core::Clock::now(&orcs_core::SystemClock);
     let job =
@@ -173,9 +176,7 @@ async fn a_failed_chunk_removes_the_stored_chunks() {
 #[tokio::test]
 async fn a_claim_keeps_the_lease_keys_out_of_listpack_encoding() {
     let Some(url) = services::redis::redis_url_or_skip() else { return };
-    let prefix = unique_name("orcs-test");
-    let config = RedisConfig::from_url(&url).expect("url").with_prefix(prefix.clone());
-    let driver = RedisDriver::connect(config).await.expect("connect");
+    let (prefix, driver) = prefixed(&url).await;
     let now = SystemClock.now();
     let jobs: Vec<NewJob> = (0..3)
         .map(|_| NewJob::new(orcs_core::new_job_id(), "PlainJob", "wide", "{}", now))
