@@ -1,11 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
+use hashbrown::hash_table::{Entry, HashTable};
 use orcs_core::{
     Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery,
     JobInfo, JobRecord, JobState as State_, Lease, ListRequest, MAX_PAGE, Millis, NewJob,
@@ -118,10 +119,8 @@ struct QueueState {
     /// Start times inside the rate limit's window, oldest first.
     starts: VecDeque<Millis>,
     cancelled: u64,
-    /// Held unique keys: key -> (holder's id, shared with the job map; when the key frees:
-    /// a `Period` key's expiry, `Millis::MAX` for the others). 40 bytes an entry: a keyed push's
-    /// extra memory is what its first pushes pay for (fresh pages), see BENCHMARKS.md round 11.
-    unique: HashMap<Box<str>, (Id, Millis)>,
+    /// Held unique keys, with their holders.
+    unique: KeyMap,
     /// The `Period` keys of `unique` by the time they free, so that expired ones leave the map:
     /// an expired key is free already, but without this its entry would stay for good.
     /// Entries of keys taken over since (by a later holder) are dropped as they come up.
@@ -138,9 +137,7 @@ impl QueueState {
             }
             let (_, key) = self.period_keys.pop_first().expect("looked above");
             // Taken over since by a later holder (a Period or another key): it stays.
-            if self.unique.get(&key).is_some_and(|(_, frees)| *frees <= now) {
-                self.unique.remove(&key);
-            }
+            self.unique.remove_if(&key, |held| held.frees <= now);
         }
     }
 
@@ -185,10 +182,59 @@ impl QueueState {
     fn free_key(&mut self, job: &NewJob, moment: UniqueUntil) {
         if let Some(unique) = &job.unique
             && unique.until == moment
-            && self.unique.get(unique.key.as_str()).is_some_and(|(holder, _)| **holder == *job.id)
         {
-            self.unique.remove(unique.key.as_str());
+            self.unique.remove_if(&unique.key, |held| *held.holder == *job.id);
         }
+    }
+}
+
+/// The hasher of every queue's [`KeyMap`]: one per process, so that a push hashes its key before
+/// it takes the driver's lock. Randomly seeded SipHash, as `HashMap`'s: an application's users
+/// may choose the keys.
+static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+fn key_hash(key: &str) -> u64 {
+    KEY_HASHER.hash_one(key)
+}
+
+/// A queue's held unique keys. Each entry keeps its key's hash: a push computes it outside the
+/// lock, and a probe or a resize compares and moves entries without reading their keys' strings
+/// (BENCHMARKS.md round 15: the key map is most of what a keyed push costs more).
+#[derive(Debug, Default)]
+struct KeyMap {
+    table: HashTable<HeldKey>,
+}
+
+#[derive(Debug)]
+struct HeldKey {
+    hash: u64,
+    key: Box<str>,
+    /// The holder's id, shared with the job map.
+    holder: Id,
+    /// When the key frees: a `Period` key's expiry, `Millis::MAX` for the others.
+    frees: Millis,
+}
+
+impl KeyMap {
+    /// The entry of `key`, whose hash is `hash`, for a look and an insert with one probe.
+    fn entry(&mut self, hash: u64, key: &str) -> Entry<'_, HeldKey> {
+        self.table.entry(hash, |held| held.hash == hash && *held.key == *key, |held| held.hash)
+    }
+
+    /// Removes `key` if it is held and `check` says so of its entry.
+    fn remove_if(&mut self, key: &str, check: impl FnOnce(&HeldKey) -> bool) {
+        let hash = key_hash(key);
+        if let Ok(entry) =
+            self.table.find_entry(hash, |held| held.hash == hash && *held.key == *key)
+            && check(entry.get())
+        {
+            entry.remove();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.len()
     }
 }
 
@@ -213,18 +259,21 @@ enum JobState {
     Reserved { token: u64, until: Millis },
 }
 
-/// A pushed job with the allocations its insert needs (its shared id and record, a copy of its
-/// unique key for the key map), made before the driver's lock is taken: a push holds the lock
-/// for the index updates only, so concurrent dispatchers wait less.
+/// A pushed job with what its insert needs (its shared id and record, a copy of its unique key
+/// for the key map and the key's hash), made before the driver's lock is taken: a push holds the
+/// lock for the index updates only, so concurrent dispatchers wait less.
 struct Incoming {
     id: Id,
     job: Arc<NewJob>,
-    key: Option<Box<str>>,
+    key: Option<(u64, Box<str>)>,
 }
 
 impl Incoming {
     fn new(job: NewJob) -> Self {
-        let key = job.unique.as_ref().map(|unique| Box::from(unique.key.as_str()));
+        let key = job.unique.as_ref().map(|unique| {
+            let key = unique.key.as_str();
+            (key_hash(key), Box::from(key))
+        });
         Self { id: Id::from(job.id.as_str()), job: Arc::new(job), key }
     }
 }
@@ -393,30 +442,29 @@ impl State {
         if self.jobs.contains_key(&id) || self.failed_index.contains_key(&job.id) {
             return PushOutcome::Duplicate { id: job.id.clone() };
         }
-        if let (Some(unique), Some(key)) = (&job.unique, key) {
+        if let (Some(unique), Some((hash, key))) = (&job.unique, key) {
             let queue = self.queue(&job.queue);
             let frees = unique.expires_at(job.dispatched_at).unwrap_or(Millis::MAX);
-            let held = (Arc::clone(&id), frees);
             let period_key = (frees != Millis::MAX).then(|| key.clone());
             if period_key.is_some() {
                 queue.sweep_period_keys(now, PERIOD_SWEEP_PER_PUSH);
             }
-            // One hash of the key for the look and the insert.
-            match queue.unique.entry(key) {
+            match queue.unique.entry(hash, &key) {
                 Entry::Occupied(mut entry) => {
-                    let (holder, frees) = entry.get();
-                    if *frees > now {
-                        let holder = Arc::clone(holder);
+                    let held = entry.get_mut();
+                    if held.frees > now {
+                        let holder = Arc::clone(&held.holder);
                         if unique.debounce && self.replace_waiting(&holder, &job, now) {
                             return PushOutcome::Replaced { id: holder.to_string() };
                         }
                         return PushOutcome::Duplicate { id: holder.to_string() };
                     }
                     // An expired `Period` key: this job takes it over.
-                    entry.insert(held);
+                    held.holder = Arc::clone(&id);
+                    held.frees = frees;
                 }
                 Entry::Vacant(entry) => {
-                    entry.insert(held);
+                    entry.insert(HeldKey { hash, key, holder: Arc::clone(&id), frees });
                 }
             }
             if let Some(key) = period_key {
