@@ -1049,6 +1049,11 @@ if #ids > 0 then
   local attempts = redis.call('HMGET', KEYS[5], unpack(ids))
   -- Tokens come from one counter: this call takes the #ids numbers up to `last`.
   local last = redis.call('HINCRBY', KEYS[8], 'tokens', #ids)
+  -- Redis turns a number given to a command into a string with `%.17g`, a float format that
+  -- cost a few percent of a drain's server time: the claim passes strings, made with the
+  -- integer format, and the lease deadline of a job without a timeout of its own once per call.
+  local default_deadline = math.min(now + tonumber(ARGV[3]) + tonumber(ARGV[4]), 9007199254740991)
+  local default_lease = string.format('%d', default_deadline)
   -- Last errors and held keys: one command says whether there is either, a second which.
   local extras = redis.call('EXISTS', KEYS[7], KEYS[13])
   local errors, held = {}, false
@@ -1062,22 +1067,36 @@ if #ids > 0 then
   local leases, starts = {'+inf', WIDE}, {}
   for i, id in ipairs(ids) do
     local _, timeout = header(blobs[i])
-    local attempt = (tonumber(attempts[i]) or 0) + 1
+    -- A first attempt (the common case) stores the string '1'.
+    local attempt, attempt_text = 1, '1'
+    local prior = tonumber(attempts[i])
+    if prior then
+      attempt = prior + 1
+      attempt_text = string.format('%d', attempt)
+    end
     local token = last - #ids + i
+    local token_text = string.format('%d', token)
     if batched then
       local bid = batch_of(blobs[i])
-      if bid then token = token .. '|' .. bid end
+      if bid then
+        token_text = token_text .. '|' .. bid
+        token = token_text
+      end
     end
-    local deadline = math.min(now + (timeout or tonumber(ARGV[3])) + tonumber(ARGV[4]), 9007199254740991)
+    local deadline, lease = default_deadline, default_lease
+    if timeout then
+      deadline = math.min(now + timeout + tonumber(ARGV[4]), 9007199254740991)
+      lease = string.format('%d', deadline)
+    end
     attempt_fields[#attempt_fields + 1] = id
-    attempt_fields[#attempt_fields + 1] = attempt
+    attempt_fields[#attempt_fields + 1] = attempt_text
     token_fields[#token_fields + 1] = id
-    token_fields[#token_fields + 1] = token
-    leases[#leases + 1] = deadline
+    token_fields[#token_fields + 1] = token_text
+    leases[#leases + 1] = lease
     leases[#leases + 1] = id
     if rate then
-      starts[#starts + 1] = now
-      starts[#starts + 1] = token
+      starts[#starts + 1] = ARGV[1]
+      starts[#starts + 1] = token_text
     end
     local n = #out
     out[n + 1] = id
