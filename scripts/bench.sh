@@ -9,7 +9,7 @@
 #   env: PEERS=../shared/peers  DRIVERS="redis memory sqlite postgres"
 #        SKIP_PEERS=1 (BullMQ and apalis on Redis)  SKIP_APALIS=1
 #        APALIS_TARGET=dir  (keep the apalis harness' build between runs; default: the temp folder)
-#        SKIP_SQL_PEERS=1  SQL_N=$N  SQL_PEERS_CACHE=dir  (sources, builds and the pgqueuer venv of
+#        SKIP_SQL_PEERS=1  SQL_N=20000  SQL_PEERS_CACHE=dir  (sources, builds and the pgqueuer venv of
 #        the SQL peers, kept between runs; default: the temp folder)
 #        PG_SERVER=postgres://postgres@127.0.0.1:5432  (with a database `test` to connect to)
 #        SKIP_SCHEDULE=1  SCHEDULE_SECS=30  SKIP_OPS=1  OPS_N=200000
@@ -48,7 +48,10 @@ DRIVERS=${DRIVERS:-redis memory sqlite postgres}
 # PostgreSQL runs in a schema of its own, created if missing.
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dorcs_bench}
 PG_SERVER=${PG_SERVER:-postgres://postgres@127.0.0.1:5432}
-SQL_N=${SQL_N:-$N}
+# The SQL peers' N: 20,000, as every recorded run used. At 50,000 they take minutes a phase
+# (graphile_worker's one-by-one enqueue 67 s), and a full run with the defaults was still in its
+# first round after half an hour (BENCHMARKS.md round 15).
+SQL_N=${SQL_N:-20000}
 out=${OUT:-$root/target/bench}
 work=$(mktemp -d /tmp/orcs-bench.XXXXXX)
 mkdir -p "$out"
