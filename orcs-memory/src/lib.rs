@@ -215,17 +215,24 @@ struct HeldKey {
     frees: Millis,
 }
 
+impl HeldKey {
+    /// Whether this is the entry of `key`, whose hash is `hash` (the string is read only when
+    /// the hashes match).
+    fn is(&self, hash: u64, key: &str) -> bool {
+        self.hash == hash && *self.key == *key
+    }
+}
+
 impl KeyMap {
     /// The entry of `key`, whose hash is `hash`, for a look and an insert with one probe.
     fn entry(&mut self, hash: u64, key: &str) -> Entry<'_, HeldKey> {
-        self.table.entry(hash, |held| held.hash == hash && *held.key == *key, |held| held.hash)
+        self.table.entry(hash, |held| held.is(hash, key), |held| held.hash)
     }
 
     /// Removes `key` if it is held and `check` says so of its entry.
     fn remove_if(&mut self, key: &str, check: impl FnOnce(&HeldKey) -> bool) {
         let hash = key_hash(key);
-        if let Ok(entry) =
-            self.table.find_entry(hash, |held| held.hash == hash && *held.key == *key)
+        if let Ok(entry) = self.table.find_entry(hash, |held| held.is(hash, key))
             && check(entry.get())
         {
             entry.remove();

@@ -1052,7 +1052,11 @@ if #ids > 0 then
   -- Redis turns a number given to a command into a string with `%.17g`, a float format that
   -- cost a few percent of a drain's server time: the claim passes strings, made with the
   -- integer format, and the lease deadline of a job without a timeout of its own once per call.
-  local default_deadline = math.min(now + tonumber(ARGV[3]) + tonumber(ARGV[4]), 9007199254740991)
+  local grace = tonumber(ARGV[4])
+  local function lease_until(timeout)
+    return math.min(now + timeout + grace, 9007199254740991)
+  end
+  local default_deadline = lease_until(tonumber(ARGV[3]))
   local default_lease = string.format('%d', default_deadline)
   -- Last errors and held keys: one command says whether there is either, a second which.
   local extras = redis.call('EXISTS', KEYS[7], KEYS[13])
@@ -1085,7 +1089,7 @@ if #ids > 0 then
     end
     local deadline, lease = default_deadline, default_lease
     if timeout then
-      deadline = math.min(now + timeout + tonumber(ARGV[4]), 9007199254740991)
+      deadline = lease_until(timeout)
       lease = string.format('%d', deadline)
     end
     attempt_fields[#attempt_fields + 1] = id
