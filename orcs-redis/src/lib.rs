@@ -374,7 +374,9 @@ impl RedisDriver {
         let keys = self.keys(queue);
         // The time read as late as the client can: the script itself is atomic, but the worker
         // read `req.now` before it claimed from the queues before this one.
-        let call = scripts::claim(&keys, &req.at_step(), want);
+        let step = req.at_step();
+        let call = scripts::claim(&keys, &step, want);
+        let default_deadline = scripts::default_deadline(&step);
         // Each call promotes a bounded chunk of due jobs; while more remain due it claims
         // nothing (see the claim script), so this loop ends once every due job was promoted.
         let reply = loop {
@@ -394,7 +396,10 @@ impl RedisDriver {
             };
             let id = text(id).ok_or_else(|| protocol("claim", "a job id"))?;
             let token = text(token).ok_or_else(|| protocol("claim", "a token"))?;
-            let deadline = int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?;
+            let deadline = match deadline {
+                Value::Nil => default_deadline,
+                deadline => int(deadline).ok_or_else(|| protocol("claim", "a lease deadline"))?,
+            };
             let attempt = int(attempt).and_then(|a| u32::try_from(a).ok()).unwrap_or(u32::MAX);
             let decoded = match blob {
                 Value::BulkString(bytes) => decode(bytes),
