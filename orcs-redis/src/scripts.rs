@@ -979,10 +979,10 @@ pub(crate) fn unstore(
 /// the record.
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at, meta, unique, unique_of, starts. ARGV: now, max, default timeout ms, grace ms,
-/// promotion limit.
+/// failed_at, meta, unique, unique_of, starts. ARGV: now, max, the default lease deadline
+/// ([`default_deadline`]), grace ms, promotion limit.
 /// Returns {next_due or nil, more, then 6 per job: id, record, attempt, token, lease deadline
-/// (nil for the default one, which the client computes: [`default_deadline`]), last error or
+/// (nil for the default one, which the client sent), last error or
 /// nil}; next_due is the earliest of the next delayed job's due time and, when
 /// the rate limit holds back ready jobs, the time its window frees a start.
 ///
@@ -1054,13 +1054,13 @@ if #ids > 0 then
   local last = redis.call('HINCRBY', KEYS[8], 'tokens', #ids)
   -- Redis turns a number given to a command into a string with `%.17g`, a float format that
   -- cost a few percent of a drain's server time: the claim passes strings, made with the
-  -- integer format, and the lease deadline of a job without a timeout of its own once per call.
+  -- integer format; the lease deadline of a job without a timeout of its own is the client's
+  -- (ARGV[3], see `default_deadline`), already a string.
   local grace = tonumber(ARGV[4])
   local function lease_until(timeout)
     return math.min(now + timeout + grace, 9007199254740991)
   end
-  local default_deadline = lease_until(tonumber(ARGV[3]))
-  local default_lease = string.format('%d', default_deadline)
+  local default_lease = ARGV[3]
   -- Last errors and held keys: one command says whether there is either, a second which.
   local extras = redis.call('EXISTS', KEYS[7], KEYS[13])
   local errors, held = {}, false
@@ -1162,15 +1162,16 @@ return out
 /// Due delayed jobs promoted per claim call; see [`CLAIM`].
 pub(crate) const PROMOTE_LIMIT: usize = 1000;
 
-/// The claim of up to `want` jobs of queue `keys`.
-/// The lease deadline the claim script gives a job without its own timeout, and answers as nil:
-/// `now` plus the default timeout and the grace (each capped at 2^50 ms, as [`claim`] sends
-/// them), at most 2^53 - 1 (the script's numbers are doubles).
+/// The lease deadline of a job claimed without its own timeout: `now` plus the default timeout
+/// and the grace (each capped at 2^50 ms, as the grace is sent to the script for the jobs with
+/// their own), at most 2^53 - 1 (the script's numbers are doubles). The claim sends it, and
+/// answers it as nil, so the client and the script cannot disagree on it.
 pub(crate) fn default_deadline(req: &ClaimRequest<'_>) -> Millis {
     let length = req.default_timeout_ms.min(1 << 50) + req.grace_ms.min(1 << 50);
     req.now.saturating_add(length as Millis).min((1 << 53) - 1)
 }
 
+/// The claim of up to `want` jobs of queue `keys`.
 pub(crate) fn claim(
     keys: &QueueKeys,
     req: &ClaimRequest<'_>,
@@ -1194,7 +1195,7 @@ pub(crate) fn claim(
         .key(&keys.starts)
         .arg(req.now)
         .arg(want)
-        .arg(req.default_timeout_ms.min(1 << 50))
+        .arg(default_deadline(req))
         .arg(req.grace_ms.min(1 << 50))
         .arg(PROMOTE_LIMIT);
     call
