@@ -366,6 +366,9 @@ pub(crate) struct Stored {
     pub(crate) unique: Option<Unique>,
     /// The batch (v4 records).
     pub(crate) batch: Option<String>,
+    /// Whether the job is a child its batch counts (pushed with it: its batch length marked
+    /// `+`, see [`encode_child`]).
+    pub(crate) child: bool,
     /// The workflow metadata (v4 records).
     pub(crate) meta: Option<String>,
 }
@@ -468,18 +471,23 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
     };
     // An absent batch or meta has an empty length; a present one, even empty, has digits (a
     // batch's child's marked `+`).
-    let mut optional_len = |what: &str| -> Result<Option<usize>, String> {
+    // Each with whether it was marked.
+    let mut optional_len = |what: &str| -> Result<(Option<usize>, bool), String> {
         let field = next(what)?;
-        let field = field.strip_prefix('+').unwrap_or(field);
+        let (field, marked) = match field.strip_prefix('+') {
+            Some(field) => (field, true),
+            None => (field, false),
+        };
         if field.is_empty() {
-            return Ok(None);
+            return Ok((None, marked));
         }
-        field.parse().map(Some).map_err(|_| bad(&format!("bad {what}")))
+        let len = field.parse().map_err(|_| bad(&format!("bad {what}")))?;
+        Ok((Some(len), marked))
     };
-    let (batch_len, meta_len) = if tag == Tag::V4 {
-        (optional_len("batch length")?, optional_len("meta length")?)
+    let ((batch_len, child), meta_len) = if tag == Tag::V4 {
+        (optional_len("batch length")?, optional_len("meta length")?.0)
     } else {
-        (None, None)
+        ((None, false), None)
     };
     let name_len: usize = next("name length")?.parse().map_err(|_| bad("bad name length"))?;
     let mut rest = next("name")?;
@@ -508,6 +516,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         dispatched_at,
         available_at,
         unique,
+        child: child && batch.is_some(),
         batch,
         meta,
     })

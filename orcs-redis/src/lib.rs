@@ -389,7 +389,9 @@ impl RedisDriver {
         if let Some(due) = reply.next().and_then(|v| int(&v)) {
             claim.next_due = Some(claim.next_due.map_or(due, |d: Millis| d.min(due)));
         }
-        let rest: Vec<Value> = reply.skip(1).collect();
+        // Whether the queue has batch children: their leases then name their batch.
+        let batched = reply.nth(1).and_then(|v| int(&v)) == Some(1);
+        let rest: Vec<Value> = reply.collect();
         for job in rest.chunks(6) {
             let [id, blob, attempt, token, deadline, error] = job else {
                 return Err(protocol("claim", "a job entry of 6 fields"));
@@ -410,7 +412,8 @@ impl RedisDriver {
                     if stored.batch.is_some() {
                         self.mark_batched(queue);
                     }
-                    let token = scripts::lease_token(token, stored.unique.as_ref());
+                    let batch = stored.batch.as_deref().filter(|_| batched && stored.child);
+                    let token = scripts::lease_token(token, stored.unique.as_ref(), batch);
                     let lease = Lease::new(id.clone(), queue, token, deadline);
                     let record = stored.into_record(id, queue, attempt, text(error));
                     claim.jobs.push(Reserved::new(record, lease));

@@ -104,8 +104,8 @@ local function free_held(unique, keys, holders)
   if #keys == 0 then return end
   local held = redis.call('HMGET', unique, unpack(keys))
   local free = {}
-  for i, key in ipairs(keys) do
-    if held[i] == holders[i] then free[#free + 1] = key end
+  for i = 1, #keys do
+    if held[i] == holders[i] then free[#free + 1] = keys[i] end
   end
   if #free > 0 then redis.call('HDEL', unique, unpack(free)) end
 end
@@ -113,7 +113,8 @@ end
 -- key_of for `unique_of` and `legacy`), to `keys`, and the jobs to `holders`.
 local function finished_keys(jobs, unique_of, ids, legacy, keys, holders)
   local blobs = redis.call('HMGET', jobs, unpack(ids))
-  for i, id in ipairs(ids) do
+  for i = 1, #ids do
+    local id = ids[i]
     local mode, key = key_of(blobs[i], unique_of, id, legacy)
     if mode == 'f' then
       keys[#keys + 1] = key
@@ -501,7 +502,8 @@ local function prepare(bid, queue, id, how)
   local missing = want(queue)
   local first = how == 'f' and st.f == 0
   local cancels = first and string.sub(st.k, 4, 4) ~= '1' and not st.x
-  local ends = string.sub(st.k, 5, 5) ~= 'o' and (st.p <= 1 or cancels)
+  -- The cheap tests first: a call of string.sub costs as much as a hash write, per child.
+  local ends = (st.p <= 1 or cancels) and string.sub(st.k, 5, 5) ~= 'o'
   if first or ends then
     local rec = callbacks(bid)
     if first and string.sub(st.k, 2, 2) == 'w' then missing = want(cb_queue(rec[4])) or missing end
@@ -974,14 +976,17 @@ pub(crate) fn unstore(
 /// job, so claiming now could invert priorities. The client calls again; each call promotes
 /// another chunk, so every call stays bounded and the claim happens once all due jobs compete.
 ///
-/// On a queue with batch children (`meta`'s `batched`, read in the same `HMGET`), a child's
-/// token names its batch, `<n>|<batch id>`, so that its settle finds the batch without reading
-/// the record.
+/// On a queue with batch children (`meta`'s `batched`, read in the same `HMGET`), the reply says
+/// so (`batched` = 1), and the client gives a child's lease the token `<n>|<batch id>`, the
+/// batch read from the record it decodes anyway: its settle finds the batch in the token it
+/// checks (see [`SETTLE`]), without reading the record. The script does not parse the records
+/// for it: the pattern that finds a record's batch cost a claim about 10,000 of Redis's
+/// instructions per child, a third of a plain job's whole claim (BENCHMARKS.md round 17).
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at, meta, unique, unique_of, starts. ARGV: now, max, the default lease deadline
 /// ([`default_deadline`]), grace ms, promotion limit.
-/// Returns {next_due or nil, more, then 6 per job: id, record, attempt, token, lease deadline
+/// Returns {next_due or nil, more, batched, then 6 per job: id, record, attempt, token, lease deadline
 /// (nil for the default one, which the client sent), last error or
 /// nil}; next_due is the earliest of the next delayed job's due time and, when
 /// the rate limit holds back ready jobs, the time its window frees a start.
@@ -991,10 +996,10 @@ pub(crate) fn unstore(
 const CLAIM: &str = r"
 local meta = redis.call('HMGET', KEYS[12], 'paused', 'concurrency', 'rate_limit', 'rate_period',
   'batched')
-if meta[1] == '1' then return {false, 0} end
--- A batch's child gets a token that names its batch ('<n>|<batch id>'): its settle reads the
--- batch from the token it checks anyway, not from the record.
-local batched = meta[5]
+if meta[1] == '1' then return {false, 0, 0} end
+-- The client gives a batch's child a lease token that names its batch ('<n>|<batch id>', the
+-- batch read from the record): its settle reads the batch from the token it checks anyway.
+local batched = meta[5] and 1 or 0
 local now = tonumber(ARGV[1])
 local max = math.min(tonumber(ARGV[2]), 1000)
 local concurrency, rate, period = tonumber(meta[2]), tonumber(meta[3]), tonumber(meta[4])
@@ -1016,10 +1021,10 @@ if #due > 0 then
   redis.call('ZADD', KEYS[1], unpack(fields))
   redis.call('ZREM', KEYS[2], unpack(due))
   if #due == limit and redis.call('ZCOUNT', KEYS[2], '-inf', now) > 0 then
-    return {false, 1}
+    return {false, 1, 0}
   end
 end
-local out = {false, 0}
+local out = {false, 0, batched}
 -- What the limits leave room for, before this claim.
 local room = math.huge
 if concurrency then room = concurrency - redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf') end
@@ -1090,13 +1095,6 @@ if #ids > 0 then
     end
     local token = last - #ids + i
     local token_text = string.format('%d', token)
-    if batched then
-      local bid = batch_of(blobs[i])
-      if bid then
-        token_text = token_text .. '|' .. bid
-        token = token_text
-      end
-    end
     -- The default deadline is answered as false: the client knows it (see `claim_queue`).
     local deadline, lease = false, default_lease
     if timeout then
@@ -1132,8 +1130,8 @@ if #ids > 0 then
   if held then
     local specs = {}
     if redis.call('EXISTS', KEYS[14]) == 1 then specs = redis.call('HMGET', KEYS[14], unpack(ids)) end
-    for i, id in ipairs(ids) do
-      local mode, key
+    for i = 1, #ids do
+      local id, mode, key = ids[i], nil, nil
       if string.find(blobs[i], 's|', 1, true) then mode, key = key_of(blobs[i], nil, id, false) end
       if not mode and specs[i] then mode, key = string.match(specs[i], '^(%a)|%d*|(.*)$') end
       if mode == 's' and redis.call('HGET', KEYS[13], key) == id then
@@ -1322,13 +1320,20 @@ for n = 1, #at do
   local id, token, kind, effects = ids[n], ARGV[b + 1], kinds[n], effs[n]
   local run_at, err = ARGV[b + 3], ARGV[b + 4]
   if kind == 'f' then err = run_at end
+  -- A batch's child's lease token is the stored token, '|' and its batch (see CLAIM): the
+  -- stored part is checked, the batch taken from the rest. A queue without batch children has
+  -- no such lease (an aborted batch's running child, whose queue may have none left, holds a
+  -- lease that matches no stored token: see ABORT_BATCH).
+  local bid = nil
+  if batched then
+    local stored, batch = string.match(token, '^(%d+)|(.+)$')
+    if stored then token, bid = stored, batch end
+  end
   if current[n] ~= token or gone[id] then
     out[#out + 1] = 0
   else
     local st = nil
-    -- A batch's child's token names its batch (see CLAIM).
-    local bid = batched and ends[kind] and string.match(token, '^%d+|(.+)$')
-    if bid then
+    if bid and ends[kind] then
       st = prepare(bid, own, id, ends[kind])
       if st == false then break end
     end
@@ -1414,34 +1419,49 @@ if limited and settled then arm(KEYS[9]) end
 return {out, NEED, FRESH}
 ";
 
-/// The token a lease carries for a claimed job whose claim token is `token`: that token, and
-/// for a job holding a `Finished` key (its record says so) whose token is a plain number, `+`
-/// and the key. Its completion then names the key to the settle script, which frees it without
-/// reading and parsing the job's record (it checks that the job holds it, so a key the job does
-/// not hold frees nothing). Touch, extend and settle send the stored token ([`split_token`]).
-pub(crate) fn lease_token(token: String, unique: Option<&Unique>) -> String {
-    match unique {
-        Some(Unique { key, until: UniqueUntil::Finished, .. })
-            if !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            let mut out = token;
-            out.reserve(1 + key.len());
-            out.push('+');
-            out.push_str(key);
-            out
+/// The token a lease carries for a claimed job whose claim token is `token` (digits): for a
+/// counted child of a batch (`batch`, when the claim said the queue has any), that token, `|` and
+/// the batch, which its settle reads instead of the record (see [`CLAIM`]); for a job holding a
+/// `Finished` key (its record says so), the token, `+` and the key. Its completion then names the
+/// key to the settle script, which frees it without reading and parsing the job's record (it
+/// checks that the job holds it, so a key the job does not hold frees nothing); a child's key
+/// is read from its record. Touch and extend send the stored token ([`stored_token`]), a settle
+/// the token without the key ([`split_token`]).
+pub(crate) fn lease_token(token: String, unique: Option<&Unique>, batch: Option<&str>) -> String {
+    let plain = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    let (mark, tail) = match (batch, unique) {
+        (Some(batch), _) if plain => ('|', batch),
+        (None, Some(Unique { key, until: UniqueUntil::Finished, .. })) if plain => {
+            ('+', key.as_str())
         }
-        _ => token,
-    }
+        _ => return token,
+    };
+    let mut out = token;
+    out.reserve(1 + tail.len());
+    out.push(mark);
+    out.push_str(tail);
+    out
 }
 
-/// A lease token as [`lease_token`] made it: the token stored in `tokens`, and the `Finished` key
-/// it names, if any. A stored token is a number, or a number, `|` and a batch id; any other
-/// token (a stale or made-up one) is taken whole, and matches no stored token.
+/// A lease token as [`lease_token`] made it, as a settle sends it: the token without the
+/// `Finished` key it names, and the key. A batch child's token stays whole (the settle script
+/// reads the batch from it); any other token (a stale or made-up one) is taken whole, and
+/// matches no stored token.
 pub(crate) fn split_token(token: &str) -> (&str, Option<&str>) {
     let digits = token.bytes().take_while(u8::is_ascii_digit).count();
     match token.as_bytes().get(digits) {
         Some(b'+') if digits > 0 => (&token[..digits], Some(&token[digits + 1..])),
         _ => (token, None),
+    }
+}
+
+/// The token stored in `tokens` for a lease token as [`lease_token`] made it: its digits, without
+/// the key or batch after them; any other token whole.
+pub(crate) fn stored_token(token: &str) -> &str {
+    let digits = token.bytes().take_while(u8::is_ascii_digit).count();
+    match token.as_bytes().get(digits) {
+        Some(b'+' | b'|') if digits > 0 => &token[..digits],
+        _ => token,
     }
 }
 
@@ -1535,7 +1555,7 @@ pub(crate) fn extend(
     until: Millis,
 ) -> ScriptInvocation<'static> {
     let mut call = SCRIPTS.extend.prepare_invoke();
-    call.key(&keys.reserved).key(&keys.tokens).arg(id).arg(split_token(token).0).arg(until);
+    call.key(&keys.reserved).key(&keys.tokens).arg(id).arg(stored_token(token)).arg(until);
     call
 }
 
@@ -1836,7 +1856,7 @@ pub(crate) fn touch(groups: &[(Arc<QueueKeys>, Vec<&Touch>)]) -> ScriptInvocatio
     for (index, (keys, touches)) in groups.iter().enumerate() {
         call.key(&keys.tokens).key(&keys.progress).key(&keys.cancel);
         for touch in touches {
-            call.arg(index).arg(&touch.lease.id).arg(split_token(&touch.lease.token).0);
+            call.arg(index).arg(&touch.lease.id).arg(stored_token(&touch.lease.token));
             match &touch.progress {
                 Some(progress) => call.arg("1").arg(progress),
                 None => call.arg("0").arg(""),
@@ -2568,12 +2588,14 @@ for _, m in ipairs(redis.call('ZRANGEBYLEX', C, '[' .. prefix, '[' .. prefix .. 
       free_key(KEYS[g + 5], KEYS[g + 6], id, mode, key, 'sfp')
       for _, o in ipairs({3, 7, 10, 11, 16}) do redis.call('HDEL', KEYS[g + o], id) end
     else
-      -- Claimed already: it stays, as a job of no batch. A running one's token named the
-      -- batch: its lease is lost (the job runs again once the lease runs out).
+      -- Claimed already: it stays, as a job of no batch. A running one's lease named the
+      -- batch: it is lost (the job runs again once the lease runs out), its stored token
+      -- changed to one no lease carries (a lease's token is digits, or digits, '|' and a
+      -- batch; a build before round 17 stored the batch in the token too).
       redis.call('HSET', KEYS[g + 3], id, unbatch(rec))
       local token = redis.call('HGET', KEYS[g + 15], id)
-      if token and string.find(token, '|', 1, true) then
-        redis.call('HSET', KEYS[g + 15], id, string.match(token, '^%d+'))
+      if token then
+        redis.call('HSET', KEYS[g + 15], id, (string.match(token, '^%d+') or '') .. '|')
       end
     end
     drop_count(queue)
@@ -2771,7 +2793,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push_plain: script(&[ARM, PUSH_PLAIN]),
     push_keyed: script(&[ARM, KEY_OF, PUSH_KEYED]),
     unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
-    claim: script(&[WIDE, HEADER, ARM, KEY_OF, FAIL, BATCH_OF, CLAIM]),
+    claim: script(&[WIDE, HEADER, ARM, KEY_OF, FAIL, CLAIM]),
     settle: script(&[
         HEADER,
         ARM,
@@ -2823,25 +2845,39 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 mod tests {
     use orcs_core::{Unique, UniqueUntil};
 
-    use super::{lease_token, split_token};
+    use super::{lease_token, split_token, stored_token};
 
     #[test]
     fn a_lease_names_only_a_finished_key_of_a_plain_token() {
         let finished = Unique::new("k+1|x", UniqueUntil::Finished);
-        let token = lease_token("42".to_owned(), Some(&finished));
+        let token = lease_token("42".to_owned(), Some(&finished), None);
         assert_eq!(token, "42+k+1|x");
         assert_eq!(split_token(&token), ("42", Some("k+1|x")));
-        // A batch child's token, other modes and no key: the token as stored.
-        assert_eq!(lease_token("7|b+1".to_owned(), Some(&finished)), "7|b+1");
-        assert_eq!(split_token("7|b+1"), ("7|b+1", None));
+        assert_eq!(stored_token(&token), "42");
         for until in [UniqueUntil::Started, UniqueUntil::Period(5)] {
-            assert_eq!(lease_token("42".to_owned(), Some(&Unique::new("k", until))), "42");
+            assert_eq!(lease_token("42".to_owned(), Some(&Unique::new("k", until)), None), "42");
         }
-        assert_eq!(lease_token("42".to_owned(), None), "42");
+        assert_eq!(lease_token("42".to_owned(), None, None), "42");
         assert_eq!(split_token("42"), ("42", None));
+        assert_eq!(stored_token("42"), "42");
         // A made-up token is taken whole (and matches no stored token); an empty key is a key.
         assert_eq!(split_token("not-the-token"), ("not-the-token", None));
+        assert_eq!(stored_token("not-the-token"), "not-the-token");
         assert_eq!(split_token("+k"), ("+k", None));
+        assert_eq!(stored_token("|b"), "|b");
         assert_eq!(split_token("42+"), ("42", Some("")));
+    }
+
+    #[test]
+    fn a_batch_childs_lease_names_its_batch_and_no_key() {
+        let finished = Unique::new("k", UniqueUntil::Finished);
+        let token = lease_token("7".to_owned(), Some(&finished), Some("b+1|x"));
+        assert_eq!(token, "7|b+1|x");
+        // A settle sends it whole (the script reads the batch), touch and extend the digits.
+        assert_eq!(split_token(&token), ("7|b+1|x", None));
+        assert_eq!(stored_token(&token), "7");
+        assert_eq!(lease_token("7".to_owned(), None, Some("b")), "7|b");
+        // Only a claim's token (digits) gets the batch.
+        assert_eq!(lease_token("x".to_owned(), None, Some("b")), "x");
     }
 }

@@ -871,8 +871,8 @@ mod tests {
             assert_eq!((stats.pending, stats.reserved), (0, 1), "the untouched child is gone");
             let kept = driver.get(&claimed.record.id, now).await.expect("get").expect("kept");
             assert_eq!(kept.job.batch, None, "the claimed child left the batch");
-            // Its token named the batch: its lease is lost, and the job runs again once the
-            // lease runs out, as a job of no batch.
+            // Its stored token was changed to one no lease carries: its lease is lost, and the
+            // job runs again once the lease runs out, as a job of no batch.
             let lost = driver.settle_one(Settle::complete(claimed.lease.clone()), now).await;
             assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{lost:?}");
             let later = claimed.lease.expires_at;

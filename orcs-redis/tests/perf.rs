@@ -489,7 +489,8 @@ fn callgrind(args: &[&str], pid: &str) {
 /// `valgrind --tool=callgrind --instr-atstart=no` and `ORCS_PERF_CALLGRIND_PID` its pid, each
 /// drain (one call at a time, so the server does the
 /// same work on every run) is instrumented alone: its claims (64 at a time) dumped as
-/// `plain<round>-claim` / `keyed<round>-claim`, then its settles (64 per call) as `...-settle`.
+/// `plain<round>-claim`, `keyed<round>-claim` or `batch<round>-claim` (the children of one
+/// batch), then its settles (64 per call) as `...-settle`.
 /// Read the totals with `callgrind_annotate <file> | head`.
 #[test]
 #[ignore = "a measurement under callgrind; run it by hand"]
@@ -507,9 +508,14 @@ fn keyed_drain_instructions() {
         push_n(&driver, "warm", true).await;
         drain(&driver, &url, "warm").await;
         for round in 0..rounds().min(2) {
-            for keyed in [false, true] {
-                let queue = format!("{}{round}", if keyed { "keyed" } else { "plain" });
-                push_n(&driver, &queue, keyed).await;
+            for kind in ["plain", "keyed", "batch"] {
+                let queue = format!("{kind}{round}");
+                match kind {
+                    "batch" => {
+                        push_batch_of(&driver, &queue).await;
+                    }
+                    _ => push_n(&driver, &queue, kind == "keyed").await,
+                }
                 // The claims, then the settles, each dumped on its own.
                 callgrind(&["-z"], &pid);
                 callgrind(&["-i", "on"], &pid);
