@@ -27,6 +27,10 @@
 # the 2-core development machine, the 600 timed requests under a second) and ops-cost (OPS_N
 # jobs drained without and with heartbeats and metrics, alternating).
 #
+# On PostgreSQL orcs runs each phase in a process of its own after a `VACUUM (ANALYZE)`, as
+# autovacuum would have kept the table (the development server runs with it off), and the
+# phases' lines are merged into one per round.
+#
 # The SQL peers run in each round after orcs's drivers, each followed by orcs on the same backend
 # with the peers' phases (single, bulk, drain, latency), so that the machine's noise falls on
 # both. Every peer makes its own database (bench_gw_<pid>, bench_apalis_<pid>, bench_pgq_<pid>)
@@ -259,9 +263,34 @@ for round in $(seq "$ROUNDS"); do
     [ "$driver" = redis ] && phases=$phases,backlog
     [ "$round" = 1 ] && [ -z "${SKIP_SCHEDULE:-}" ] && phases=$phases,schedule-latency
     cli flushdb >/dev/null
-    timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \
-      --schedule-secs "${SCHEDULE_SECS:-30}" \
-      >>"$out/orcs-$driver.jsonl" || echo "# bench: orcs on $driver failed" >&2
+    if [ "$driver" = postgres ]; then
+      # One process per phase, each after a VACUUM: with autovacuum off (as on the development
+      # server) the dead rows of the phases before slowed each later one down (in round 16's
+      # order a drain ran at a third of its rate on a fresh database, latency p50 67 ms); in
+      # production autovacuum keeps up. The phases' lines are merged into the round's one.
+      : >"$work/pg-phases.jsonl"
+      for phase in ${phases//,/ }; do
+        psql -q "${PG_URL%%\?*}" -c "VACUUM (ANALYZE)" >/dev/null 2>&1 || true
+        timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phase" \
+          --schedule-secs "${SCHEDULE_SECS:-30}" \
+          >>"$work/pg-phases.jsonl" || echo "# bench: orcs on $driver failed ($phase)" >&2
+      done
+      # The batch drain's ratio to the plain drain, which one process computes when it runs both.
+      python3 -c 'import json, sys
+merged = {}
+for line in sys.stdin:
+    if line.strip():
+        merged.update(json.loads(line))
+plain, batch = merged.get("drain_jps"), merged.get("drain_batch_jps")
+if plain and batch:
+    merged["drain_batch_vs_drain"] = round(batch / plain, 3)
+if merged:
+    print(json.dumps(merged))' <"$work/pg-phases.jsonl" >>"$out/orcs-$driver.jsonl"
+    else
+      timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \
+        --schedule-secs "${SCHEDULE_SECS:-30}" \
+        >>"$out/orcs-$driver.jsonl" || echo "# bench: orcs on $driver failed" >&2
+    fi
     if [ -z "${SKIP_OPS:-}" ]; then
       ops=ops-cost
       # The memory driver's backlog is this process's heap: its scrape is a map lookup.
