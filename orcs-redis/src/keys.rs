@@ -470,8 +470,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, String> {
         _ => None,
     };
     // An absent batch or meta has an empty length; a present one, even empty, has digits (a
-    // batch's child's marked `+`).
-    // Each with whether it was marked.
+    // batch's child's marked `+`): each length comes with whether it was marked.
     let mut optional_len = |what: &str| -> Result<(Option<usize>, bool), String> {
         let field = next(what)?;
         let (field, marked) = match field.strip_prefix('+') {
