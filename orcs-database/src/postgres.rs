@@ -5,7 +5,7 @@
 //! on to the others through the in-process wake-up, so a process needs one extra connection
 //! however many workers it runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError};
@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use crate::common::{self, Backend, Claimed, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
 use crate::group::Pushes;
-use crate::sql::{Dialect, Sql};
+use crate::sql::{CHILD_MARK, Dialect, Sql};
 
 type Db = sqlx::Postgres;
 type Conn = PgConnection;
@@ -41,23 +41,10 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
 /// name is cut short rather than failing the write that announces it.
 const MAX_PAYLOAD: usize = 1000;
 
-/// One result per lease of a batch completion: done if its (id, token) is in `done`, else lost.
-/// The token matters: a stale and a current lease on one job may share a batch.
-fn settled(
-    batch: &[Settle],
-    done: &std::collections::HashSet<(String, String)>,
-) -> Vec<Result<()>> {
-    batch
-        .iter()
-        .map(|item| {
-            let lease: &Lease = &item.lease;
-            if done.contains(&(lease.id.clone(), lease.token.clone())) {
-                Ok(())
-            } else {
-                Err(Error::LeaseLost { id: lease.id.clone() })
-            }
-        })
-        .collect()
+/// A lease as the completion statements answer it: (id, token). The token matters: a stale and a
+/// current lease on one job may share a batch.
+fn pair(lease: &Lease) -> (String, String) {
+    (lease.id.clone(), lease.token.clone())
 }
 
 /// PostgreSQL's longest identifier, which bounds channel names.
@@ -609,7 +596,9 @@ impl Store {
 
     /// A batch of plain completions (the drain's hot path) is one statement; anything else is
     /// one transaction with each item token-checked and its effects stored. Completions of
-    /// batch children take one more transaction (see `Store::settle_children`).
+    /// batch children take a second statement ([`crate::sql::Sql::complete_children_pg`]),
+    /// and the last children of a batch (and lost leases, which answer as such) one more
+    /// transaction (see `Store::settle_children`).
     pub(crate) async fn settle(&self, batch: &[Settle], now: Millis) -> Result<Vec<Result<()>>> {
         let plain = batch.iter().all(|item| {
             matches!(item.transition, Transition::Complete) && item.effects.enqueue.is_empty()
@@ -617,35 +606,57 @@ impl Store {
         if !plain {
             return self.settle_each(batch, now).await;
         }
-        let ids: Vec<String> = batch.iter().map(|item| item.lease.id.clone()).collect();
-        let tokens: Vec<String> = batch.iter().map(|item| item.lease.token.clone()).collect();
-        let rows = q(&self.sql.complete_many_pg)
+        // Each step takes what the steps before left: plain completions in one statement, batch
+        // children (their tokens marked by the claim) that are not their batch's last in
+        // another, and the rest (last children, lost leases, which answer as such) in a
+        // transaction that locks their batch rows first.
+        let (mut children, plain): (Vec<usize>, Vec<usize>) =
+            (0..batch.len()).partition(|&i| batch[i].lease.token.starts_with(CHILD_MARK));
+        if !plain.is_empty() {
+            let done = self.complete_in_one(&self.sql.complete_many_pg, batch, &plain).await?;
+            children.extend(plain.into_iter().filter(|&i| !done.contains(&pair(&batch[i].lease))));
+        }
+        let mut left = Vec::new();
+        if !children.is_empty() {
+            let done =
+                self.complete_in_one(&self.sql.complete_children_pg, batch, &children).await?;
+            left.extend(children.into_iter().filter(|&i| !done.contains(&pair(&batch[i].lease))));
+        }
+        let mut results: Vec<Result<()>> = (0..batch.len()).map(|_| Ok(())).collect();
+        if !left.is_empty() {
+            let items: Vec<Settle> = left.iter().map(|&i| batch[i].clone()).collect();
+            for (i, result) in left.into_iter().zip(self.settle_children(&items, now).await?) {
+                results[i] = result;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Runs one of the completion statements over the leases of `batch` at `indices`; answers
+    /// the (id, token) pairs it completed, and wakes this process's waiters if a completed job's
+    /// queue has a concurrency limit (the statement notified the other processes).
+    async fn complete_in_one(
+        &self,
+        statement: &Arc<str>,
+        batch: &[Settle],
+        indices: &[usize],
+    ) -> Result<HashSet<(String, String)>> {
+        let ids: Vec<String> = indices.iter().map(|&i| batch[i].lease.id.clone()).collect();
+        let tokens: Vec<String> = indices.iter().map(|&i| batch[i].lease.token.clone()).collect();
+        let rows = q(statement)
             .bind(ids)
             .bind(tokens)
             .bind(self.backend.channel.clone())
             .fetch_all(&self.backend.pool)
             .await
             .map_err(backend)?;
-        // The statement notified the concurrency-limited queues among them: a slot is free.
         if rows.first().is_some_and(|row| row.try_get::<i64, _>(2).is_ok_and(|woke| woke > 0)) {
             self.shared.wake.notify_waiters();
         }
-        let done = rows
-            .iter()
+        rows.iter()
             .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
-            .collect::<Result<std::collections::HashSet<(String, String)>, sqlx::Error>>()
-            .map_err(backend)?;
-        let mut results = settled(batch, &done);
-        // The statement skips batch children: those (and lost leases, which answer as such)
-        // are settled with their batch rows locked first, in a transaction of their own.
-        let rest: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_err()).collect();
-        if !rest.is_empty() {
-            let items: Vec<Settle> = rest.iter().map(|&i| batch[i].clone()).collect();
-            for (i, result) in rest.into_iter().zip(self.settle_children(&items, now).await?) {
-                results[i] = result;
-            }
-        }
-        Ok(results)
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(backend)
     }
 
     /// One statement for the whole batch: stores the progress of the touches that carry some

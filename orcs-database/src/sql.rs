@@ -25,6 +25,11 @@ pub(crate) const DELAYED: i32 = 1;
 /// `state` of a job held by a worker.
 pub(crate) const RESERVED: i32 = 2;
 
+/// PostgreSQL: the first character of a batch child's lease token, before the claim's prefix
+/// (a job id, which starts the prefix, is upper-case), so that a settle routes the child's
+/// completion without asking the database which statement it needs.
+pub(crate) const CHILD_MARK: char = 'b';
+
 /// Due delayed jobs promoted per statement; a claim repeats it until fewer were due.
 pub(crate) const PROMOTE_CHUNK: u64 = 500;
 
@@ -240,6 +245,12 @@ pub(crate) struct Sql {
     /// PostgreSQL: a batch of completions as one statement over arrays of ids and tokens;
     /// returns the (id, token) pairs it completed.
     pub(crate) complete_many_pg: Arc<str>,
+    /// PostgreSQL: [`Sql::complete_many_pg`] for batch children (`$1` ids, `$2` tokens, `$3`
+    /// channel), none of which is its batch's last: locks their batch rows first, in id order,
+    /// then deletes them and counts them as processed in their batches and queues. Leaves the
+    /// children of a batch whose pending count they would use up, or that is finished or
+    /// gone, for [`Store::settle_children`](crate::common::Store::settle_children).
+    pub(crate) complete_children_pg: Arc<str>,
     /// PostgreSQL: completes the leases of the arrays `$1` (ids) and `$2` (tokens), batch
     /// children included, freeing their keys, inside a transaction that locked their batch rows
     /// first; returns (id, token, queue, batch, limited) per job completed.
@@ -1000,35 +1011,44 @@ impl Sql {
         // `held` (migration 11): a claimed job's `Started` key is held by its row
         // (`key_held`), which the update clears; before, by a row of the keys table, which
         // `free_started` deleted.
-        let claim_update = |picked_limit: &str, columns: &[&str], by_array: bool, held: bool| {
-            let returning =
-                columns.iter().map(|col| format!("{j}.{col}")).collect::<Vec<_>>().join(", ");
-            let find = if by_array {
-                format!("WHERE {j}.id = ANY (ARRAY (SELECT id FROM picked))")
-            } else {
-                format!("FROM picked WHERE {j}.id = picked.id")
-            };
-            let (release, freed) = if held {
-                (
-                    format!(
-                        ", key_held = CASE WHEN {j}.unique_mode = {UNIQUE_STARTED} THEN NULL \
+        // `mark`: a batch child's token starts with [`CHILD_MARK`], so a settle sends it
+        // straight to the statement for children (the claim functions of the migrations, whose
+        // text stays as it was, mark nothing: a settle finds those children one step later).
+        let claim_update =
+            |picked_limit: &str, columns: &[&str], by_array: bool, held: bool, mark: bool| {
+                let returning =
+                    columns.iter().map(|col| format!("{j}.{col}")).collect::<Vec<_>>().join(", ");
+                let find = if by_array {
+                    format!("WHERE {j}.id = ANY (ARRAY (SELECT id FROM picked))")
+                } else {
+                    format!("FROM picked WHERE {j}.id = picked.id")
+                };
+                let (release, freed) = if held {
+                    (
+                        format!(
+                            ", key_held = CASE WHEN {j}.unique_mode = {UNIQUE_STARTED} THEN NULL \
                          ELSE {j}.key_held END"
-                    ),
-                    String::new(),
-                )
-            } else {
-                (String::new(), format!(", {free_started}"))
-            };
-            format!(
-                "picked AS MATERIALIZED (SELECT id FROM {j} \
+                        ),
+                        String::new(),
+                    )
+                } else {
+                    (String::new(), format!(", {free_started}"))
+                };
+                let marked = if mark {
+                    format!("CASE WHEN {j}.batch IS NULL THEN '' ELSE '{CHILD_MARK}' END || ")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "picked AS MATERIALIZED (SELECT id FROM {j} \
                  WHERE queue = $1 AND state = {READY} AND {not_paused} \
                  ORDER BY priority DESC, id LIMIT {picked_limit} FOR UPDATE SKIP LOCKED), \
                  claimed AS (UPDATE {j} SET state = {RESERVED}, attempts = {j}.attempts + 1, \
                  reserved_until = $2 + COALESCE({j}.timeout_ms, $3) + $4, \
-                 token = $5 || {j}.id{release} \
+                 token = {marked}$5 || {j}.id{release} \
                  {find} RETURNING {returning}){freed}"
-            )
-        };
+                )
+            };
         // Under the queue's metadata row lock (taken by the statement before, so this one's
         // snapshot sees every committed claim): room = min(asked, concurrency - reserved, rate -
         // starts in the window); records the starts and prunes the log.
@@ -1085,7 +1105,7 @@ impl Sql {
                  COALESCE($7::BIGINT - {reserved}, $6::BIGINT), {rate_room})) AS n), \
                  {}{rate_log} \
                  SELECT * FROM claimed",
-                    claim_update("(SELECT n FROM room)", columns, by_array, held)
+                    claim_update("(SELECT n FROM room)", columns, by_array, held, false)
                 )
             };
         // PostgreSQL's chunk of a queue's due jobs to promote, for the promotion statement and
@@ -1114,7 +1134,7 @@ impl Sql {
                 ),
                 format!(
                     "WITH {} SELECT * FROM claimed WHERE {ASYNC_COMMIT}",
-                    claim_update("$6", &CLAIM_COLUMNS, true, true)
+                    claim_update("$6", &CLAIM_COLUMNS, true, true, true)
                 ),
             )
         } else {
@@ -1467,6 +1487,32 @@ impl Sql {
                  counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
                  ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed), \
+                 woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
+                 WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
+                 SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
+            )),
+            // `locked` is read whole (the one-time filter `COUNT(*) >= 0`) before the delete
+            // touches a job: batch rows before job rows, the order every batch path takes.
+            // `pending > n` under the lock (n counts the leases still stored, which bounds
+            // what the delete removes) means the update is a plain count, no batch finishes.
+            complete_children_pg: s(format!(
+                "WITH leases AS MATERIALIZED (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) \
+                 AS l (id, token)), \
+                 held AS MATERIALIZED (SELECT batch, COUNT(*) AS n FROM {j} \
+                 WHERE (id, token) IN (SELECT id, token FROM leases) AND batch IS NOT NULL \
+                 GROUP BY batch), \
+                 locked AS MATERIALIZED (SELECT b.id FROM {b} AS b JOIN held ON held.batch = b.id \
+                 WHERE b.finished_at IS NULL AND b.pending > held.n ORDER BY b.id FOR UPDATE OF b), \
+                 done AS (DELETE FROM {j} WHERE (id, token) IN (SELECT id, token FROM leases) \
+                 AND batch IN (SELECT id FROM locked) AND (SELECT COUNT(*) FROM locked) >= 0 \
+                 RETURNING id, token, queue, batch), \
+                 counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
+                 SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
+                 ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed), \
+                 batched AS (UPDATE {b} AS b SET pending = b.pending - d.n, \
+                 processed = b.processed + d.n \
+                 FROM (SELECT batch, COUNT(*) AS n FROM done GROUP BY batch) AS d \
+                 WHERE b.id = d.batch), \
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"

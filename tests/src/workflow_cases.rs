@@ -886,6 +886,63 @@ pub async fn stale_lease_settle_of_a_batch_child_changes_no_counter(driver: BoxD
     assert_eq!(waiting_tags(&queue, "default").await, [7, 8], "then and finally, once each");
 }
 
+/// One settle of many leases counts each child once in its own batch: children of two batches
+/// (all of one, so that batch finishes in that step, and some of the other), a plain job and a
+/// stale lease of a child together; then the other batch's last children with a repeat.
+pub async fn one_settle_of_many_children_counts_each_in_its_batch_once(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let a = (11..16)
+        .fold(batch_with_callbacks(&queue, &key), |batch, tag| batch.add(ok(&key, tag)))
+        .dispatch()
+        .await
+        .expect("dispatch a");
+    let b = (21..24)
+        .fold(batch_with_callbacks(&queue, &key), |batch, tag| batch.add(ok(&key, tag)))
+        .dispatch()
+        .await
+        .expect("dispatch b");
+    queue.dispatch(ok(&key, 30)).await.expect("dispatch the plain job");
+    let stale = claim(&queue, "default", 1).await.pop().expect("a's first child");
+    assert_eq!(tag_of_payload(&stale.record.payload), 11, "the oldest job is claimed first");
+    clock.set(stale.lease.expires_at);
+    queue.driver().recover(&names(&["default"]), clock.now()).await.expect("recover");
+    let leases = claim(&queue, "default", 20).await;
+    assert_eq!(leases.len(), 9, "every job claimed");
+    let lease = |tag: u64| {
+        let found = leases.iter().find(|r| tag_of_payload(&r.record.payload) == tag);
+        found.expect("a claimed job with this tag").lease.clone()
+    };
+    let first: Vec<Settle> = [12, 13, 14, 21, 22, 23, 30]
+        .into_iter()
+        .map(|tag| Settle::complete(lease(tag)))
+        .chain([Settle::complete(stale.lease.clone())])
+        .collect();
+    let results = queue.driver().settle(&first, clock.now()).await;
+    assert_eq!(results.len(), 8, "one result per lease");
+    for (item, result) in first.iter().zip(&results).take(7) {
+        assert!(result.is_ok(), "{}: {result:?}", item.lease.id);
+    }
+    assert!(matches!(results[7], Err(Error::LeaseLost { .. })), "stale: {:?}", results[7]);
+    check_counts(&info(&queue, &a).await, (5, 2, 3, 0, 0), "a, three children done");
+    check_callbacks(&info(&queue, &a).await, (Some(Waiting), Some(Waiting), Some(Waiting)), "a");
+    let done_b = info(&queue, &b).await;
+    check_counts(&done_b, (3, 0, 3, 0, 0), "b, every child done");
+    check_callbacks(&done_b, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "b");
+    assert_eq!(waiting_tags(&queue, "default").await, [7, 8], "b's then and finally");
+    assert_eq!(queue.stats("default").await.expect("stats").processed, 7);
+
+    let second = [11, 15, 12].map(|tag| Settle::complete(lease(tag)));
+    let results = queue.driver().settle(&second, clock.now()).await;
+    assert!(results[0].is_ok() && results[1].is_ok(), "a's last children: {results:?}");
+    assert!(matches!(results[2], Err(Error::LeaseLost { .. })), "repeat: {:?}", results[2]);
+    let done_a = info(&queue, &a).await;
+    check_counts(&done_a, (5, 0, 5, 0, 0), "a, every child done");
+    check_callbacks(&done_a, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "a");
+    assert_eq!(waiting_tags(&queue, "default").await, [7, 7, 8, 8], "each then and finally once");
+    assert_eq!(queue.stats("default").await.expect("stats").processed, 9);
+}
+
 /// A batch whose children and callbacks span queues is counted as one where one atomic step can
 /// span queues, and refused with `Unsupported` (nothing stored) where it cannot.
 pub async fn batch_across_queues_is_refused_where_steps_cannot_span_queues(driver: BoxDriver) {
