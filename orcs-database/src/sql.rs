@@ -1495,16 +1495,20 @@ impl Sql {
             // touches a job: batch rows before job rows, the order every batch path takes.
             // `pending > n` under the lock (n counts the leases still stored, which bounds
             // what the delete removes) means the update is a plain count, no batch finishes.
+            // The delete finds its rows by primary key, from an array: given `batch IN locked`,
+            // the planner walked the batch's index, every child of the batch per call (22 ms
+            // a call in a batch of 20,000). A job's batch never changes.
             complete_children_pg: s(format!(
                 "WITH leases AS MATERIALIZED (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) \
                  AS l (id, token)), \
-                 held AS MATERIALIZED (SELECT batch, COUNT(*) AS n FROM {j} \
-                 WHERE (id, token) IN (SELECT id, token FROM leases) AND batch IS NOT NULL \
-                 GROUP BY batch), \
+                 mine AS MATERIALIZED (SELECT id, batch FROM {j} \
+                 WHERE (id, token) IN (SELECT id, token FROM leases) AND batch IS NOT NULL), \
+                 held AS MATERIALIZED (SELECT batch, COUNT(*) AS n FROM mine GROUP BY batch), \
                  locked AS MATERIALIZED (SELECT b.id FROM {b} AS b JOIN held ON held.batch = b.id \
                  WHERE b.finished_at IS NULL AND b.pending > held.n ORDER BY b.id FOR UPDATE OF b), \
-                 done AS (DELETE FROM {j} WHERE (id, token) IN (SELECT id, token FROM leases) \
-                 AND batch IN (SELECT id FROM locked) AND (SELECT COUNT(*) FROM locked) >= 0 \
+                 done AS (DELETE FROM {j} \
+                 WHERE id = ANY (ARRAY (SELECT mine.id FROM mine JOIN locked ON locked.id = mine.batch)) \
+                 AND (id, token) IN (SELECT id, token FROM leases) AND (SELECT COUNT(*) FROM locked) >= 0 \
                  RETURNING id, token, queue, batch), \
                  counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
