@@ -83,6 +83,12 @@ fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
                 &sql.complete_many_pg,
                 "ARRAY['x'], ARRAY['t:x'], 'c'",
             ),
+            (
+                "the completion of batch children",
+                "TEXT[], TEXT[], TEXT",
+                &sql.complete_children_pg,
+                "ARRAY['x'], ARRAY['bt:x'], 'c'",
+            ),
         ];
         for (what, types, statement, args) in checks {
             let plan = tokio::time::timeout(
@@ -97,6 +103,22 @@ fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
             );
             assert!(plan.contains("Index"), "{what} uses no index:\n{plan}");
         }
+        // With sequential scans off, a statement that has no index to use (the workers'
+        // listing, over a table of a few rows) is costed at 10^10, far above `jit_above_cost`:
+        // the server compiled it with LLVM every time, 45-130 ms a call under load.
+        let jit: String =
+            sqlx::query("SHOW jit").fetch_one(&mut conn).await.expect("show jit").get(0);
+        assert_eq!(jit, "off", "the driver's connections compile no statement");
+        let explain = format!("EXPLAIN (ANALYZE) {}", sql.workers_list.replace("$1", "0"));
+        let plan = sqlx::raw_sql(sqlx::AssertSqlSafe(explain))
+            .fetch_all(&mut conn)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!plan.contains("JIT"), "the workers' listing was compiled:\n{plan}");
         drop(driver);
         let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
         sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop");
