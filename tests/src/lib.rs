@@ -168,6 +168,7 @@ macro_rules! conformance_tests {
             retried_failed_child_leaves_its_batch,
             stale_lease_settle_of_a_batch_child_changes_no_counter,
             one_settle_of_many_children_counts_each_in_its_batch_once,
+            limited_queues_children_settled_together_are_counted_once,
             batch_across_queues_is_refused_where_steps_cannot_span_queues,
             ],
             schedule_cases: [

@@ -943,6 +943,38 @@ pub async fn one_settle_of_many_children_counts_each_in_its_batch_once(driver: B
     assert_eq!(queue.stats("default").await.expect("stats").processed, 9);
 }
 
+/// The children of a batch on a queue under a concurrency limit (claimed by the limited claim,
+/// which on PostgreSQL leaves a child's lease token unmarked) settled together are counted once
+/// each, and the batch finishes once.
+pub async fn limited_queues_children_settled_together_are_counted_once(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let limits = orcs_core::QueueLimits::none().concurrency(10);
+    queue.set_limits("default", limits).await.expect("limit");
+    let id = (11..16)
+        .fold(batch_with_callbacks(&queue, &key), |batch, tag| batch.add(ok(&key, tag)))
+        .dispatch()
+        .await
+        .expect("dispatch");
+    let leases = claim(&queue, "default", 20).await;
+    assert_eq!(leases.len(), 5, "every child claimed, within the limit");
+    let first: Vec<Settle> =
+        leases[..3].iter().map(|r| Settle::complete(r.lease.clone())).collect();
+    let results = queue.driver().settle(&first, clock.now()).await;
+    assert!(results.iter().all(Result::is_ok), "three children: {results:?}");
+    check_counts(&info(&queue, &id).await, (5, 2, 3, 0, 0), "three children done");
+    let second: Vec<Settle> =
+        leases[3..].iter().chain(&leases[..1]).map(|r| Settle::complete(r.lease.clone())).collect();
+    let results = queue.driver().settle(&second, clock.now()).await;
+    assert!(results[0].is_ok() && results[1].is_ok(), "the last children: {results:?}");
+    assert!(matches!(results[2], Err(Error::LeaseLost { .. })), "repeat: {:?}", results[2]);
+    let done = info(&queue, &id).await;
+    check_counts(&done, (5, 0, 5, 0, 0), "every child done");
+    check_callbacks(&done, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "finished");
+    assert_eq!(waiting_tags(&queue, "default").await, [7, 8], "then and finally, once each");
+    assert_eq!(queue.stats("default").await.expect("stats").processed, 5);
+}
+
 /// A batch whose children and callbacks span queues is counted as one where one atomic step can
 /// span queues, and refused with `Unsupported` (nothing stored) where it cannot.
 pub async fn batch_across_queues_is_refused_where_steps_cannot_span_queues(driver: BoxDriver) {
