@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, LazyLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use orcs_core::{Error, Lease, Millis, NewJob, PushOutcome, Result, Settle, Touch, Transition};
@@ -411,10 +411,18 @@ impl PgBackend {
     }
 }
 
-/// Starts a claim's transaction on a borrowed pool's connection: the planner settings that the
-/// driver's own pool sets per connection (see [`connect_options`]), for this transaction only.
-const BEGIN_CLAIM: &str =
-    "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+/// The settings the driver's statements rely on (see [`connect_options`]): set on every
+/// connection of its own pool, and for a claim's transaction on a borrowed pool's connection.
+const SETTINGS: [(&str, &str); 3] =
+    [("enable_bitmapscan", "off"), ("enable_seqscan", "off"), ("jit", "off")];
+
+/// Starts a claim's transaction on a borrowed pool's connection: [`SETTINGS`] for this
+/// transaction only.
+static BEGIN_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    let set: Vec<String> =
+        SETTINGS.iter().map(|(name, value)| format!("SET LOCAL {name} = {value}")).collect();
+    format!("BEGIN; {}", set.join("; "))
+});
 
 /// Creates `schema` if it is missing. Looking first lets a role without the CREATE privilege
 /// on the database use a schema made for it (`CREATE SCHEMA IF NOT EXISTS` checks the
@@ -462,7 +470,7 @@ async fn create_schema(conn: &mut Conn, schema: &str) -> Result<()> {
 pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)
         .map_err(|e| Error::config(URL_SETTING, format!("{ACCEPTED}: {}", redact(&e.to_string()))))?
-        .options([("enable_bitmapscan", "off"), ("enable_seqscan", "off"), ("jit", "off")])
+        .options(SETTINGS)
         .log_slow_statements(log::LevelFilter::Debug, crate::common::SLOW_STATEMENT))
 }
 
@@ -584,7 +592,7 @@ impl Store {
         let (claim, unreadable) = if self.backend.borrowed {
             // The setting lasts until this transaction ends, so the application's connection
             // is handed back as it was; BEGIN and SET go in one round trip.
-            let mut tx = conn.begin_with(BEGIN_CLAIM).await.map_err(backend)?;
+            let mut tx = conn.begin_with(BEGIN_CLAIM.as_str()).await.map_err(backend)?;
             let claimed = self.claim_on(&mut tx, req).await?;
             tx.commit().await.map_err(backend)?;
             claimed
