@@ -886,22 +886,31 @@ pub async fn stale_lease_settle_of_a_batch_child_changes_no_counter(driver: BoxD
     assert_eq!(waiting_tags(&queue, "default").await, [7, 8], "then and finally, once each");
 }
 
+/// Dispatches a batch with callbacks whose children are `ok` jobs tagged `tags`; its id.
+async fn batch_of(queue: &Queue, key: &str, tags: std::ops::Range<u64>) -> String {
+    let batch = tags.fold(batch_with_callbacks(queue, key), |batch, tag| batch.add(ok(key, tag)));
+    batch.dispatch().await.expect("dispatch the batch")
+}
+
+/// Settles a batch's last two children and a repeat of an earlier one in one call: the two are
+/// done, the repeat is lost, and the batch of five has finished (then and finally dispatched).
+async fn settle_last_two_and_a_repeat(queue: &Queue, id: &str, settles: &[Settle], what: &str) {
+    let results = queue.driver().settle(settles, queue.now()).await;
+    assert!(results[0].is_ok() && results[1].is_ok(), "{what}'s last children: {results:?}");
+    assert!(matches!(results[2], Err(Error::LeaseLost { .. })), "repeat: {:?}", results[2]);
+    let done = info(queue, id).await;
+    check_counts(&done, (5, 0, 5, 0, 0), &format!("{what}, every child done"));
+    check_callbacks(&done, (Some(Dispatched), Some(Skipped), Some(Dispatched)), what);
+}
+
 /// One settle of many leases counts each child once in its own batch: children of two batches
 /// (all of one, so that batch finishes in that step, and some of the other), a plain job and a
 /// stale lease of a child together; then the other batch's last children with a repeat.
 pub async fn one_settle_of_many_children_counts_each_in_its_batch_once(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
-    let a = (11..16)
-        .fold(batch_with_callbacks(&queue, &key), |batch, tag| batch.add(ok(&key, tag)))
-        .dispatch()
-        .await
-        .expect("dispatch a");
-    let b = (21..24)
-        .fold(batch_with_callbacks(&queue, &key), |batch, tag| batch.add(ok(&key, tag)))
-        .dispatch()
-        .await
-        .expect("dispatch b");
+    let a = batch_of(&queue, &key, 11..16).await;
+    let b = batch_of(&queue, &key, 21..24).await;
     queue.dispatch(ok(&key, 30)).await.expect("dispatch the plain job");
     let stale = claim(&queue, "default", 1).await.pop().expect("a's first child");
     assert_eq!(tag_of_payload(&stale.record.payload), 11, "the oldest job is claimed first");
@@ -933,12 +942,7 @@ pub async fn one_settle_of_many_children_counts_each_in_its_batch_once(driver: B
     assert_eq!(queue.stats("default").await.expect("stats").processed, 7);
 
     let second = [11, 15, 12].map(|tag| Settle::complete(lease(tag)));
-    let results = queue.driver().settle(&second, clock.now()).await;
-    assert!(results[0].is_ok() && results[1].is_ok(), "a's last children: {results:?}");
-    assert!(matches!(results[2], Err(Error::LeaseLost { .. })), "repeat: {:?}", results[2]);
-    let done_a = info(&queue, &a).await;
-    check_counts(&done_a, (5, 0, 5, 0, 0), "a, every child done");
-    check_callbacks(&done_a, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "a");
+    settle_last_two_and_a_repeat(&queue, &a, &second, "a").await;
     assert_eq!(waiting_tags(&queue, "default").await, [7, 7, 8, 8], "each then and finally once");
     assert_eq!(queue.stats("default").await.expect("stats").processed, 9);
 }
@@ -951,11 +955,7 @@ pub async fn limited_queues_children_settled_together_are_counted_once(driver: B
     let (key, _) = probe();
     let limits = orcs_core::QueueLimits::none().concurrency(10);
     queue.set_limits("default", limits).await.expect("limit");
-    let id = (11..16)
-        .fold(batch_with_callbacks(&queue, &key), |batch, tag| batch.add(ok(&key, tag)))
-        .dispatch()
-        .await
-        .expect("dispatch");
+    let id = batch_of(&queue, &key, 11..16).await;
     let leases = claim(&queue, "default", 20).await;
     assert_eq!(leases.len(), 5, "every child claimed, within the limit");
     let first: Vec<Settle> =
@@ -965,12 +965,7 @@ pub async fn limited_queues_children_settled_together_are_counted_once(driver: B
     check_counts(&info(&queue, &id).await, (5, 2, 3, 0, 0), "three children done");
     let second: Vec<Settle> =
         leases[3..].iter().chain(&leases[..1]).map(|r| Settle::complete(r.lease.clone())).collect();
-    let results = queue.driver().settle(&second, clock.now()).await;
-    assert!(results[0].is_ok() && results[1].is_ok(), "the last children: {results:?}");
-    assert!(matches!(results[2], Err(Error::LeaseLost { .. })), "repeat: {:?}", results[2]);
-    let done = info(&queue, &id).await;
-    check_counts(&done, (5, 0, 5, 0, 0), "every child done");
-    check_callbacks(&done, (Some(Dispatched), Some(Skipped), Some(Dispatched)), "finished");
+    settle_last_two_and_a_repeat(&queue, &id, &second, "the batch").await;
     assert_eq!(waiting_tags(&queue, "default").await, [7, 8], "then and finally, once each");
     assert_eq!(queue.stats("default").await.expect("stats").processed, 5);
 }
