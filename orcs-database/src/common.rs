@@ -490,6 +490,22 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         now: Millis,
     ) -> impl Future<Output = orcs_core::Result<Promotion>> + Send;
 
+    /// Claims up to `want` jobs of `queue` in the statement that promotes its due delayed
+    /// jobs and reads its limits: one round trip where [`Backend::promote_due`] and the claim
+    /// take two. It claims only if it promoted nothing and found no limits; otherwise the rows
+    /// are `None` and the caller claims as after [`Backend::promote_due`], whose answer comes
+    /// with them. `None` when the backend has no such statement.
+    fn claim_promoting(
+        _store: &Store<Self>,
+        _conn: &mut Self::Conn,
+        _queue: &str,
+        _req: &ClaimRequest<'_>,
+        _want: usize,
+        _batch: &str,
+    ) -> impl Future<Output = orcs_core::Result<Option<PromotingClaim<Self>>>> + Send {
+        std::future::ready(Ok(None))
+    }
+
     /// Completes the leases `items` on `conn` in one statement, inside the caller's
     /// transaction, which locked their batch rows first (see [`Store::settle_children`]): any
     /// job whose id and token match is deleted and its key freed. `None` when the backend has
@@ -543,6 +559,10 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         limits: Limits,
     ) -> impl Future<Output = orcs_core::Result<Claimed<Self>>> + Send;
 }
+
+/// What [`Backend::claim_promoting`] did: the rows it claimed (`None`: it claimed nothing,
+/// the caller claims), and what its promotion read.
+pub(crate) type PromotingClaim<B> = (Option<Vec<RowOf<B>>>, Promotion);
 
 /// A limited claim's rows and, when its rate window is full, when it reopens.
 pub(crate) type Claimed<B> = (Vec<RowOf<B>>, Option<Millis>);
@@ -1138,8 +1158,15 @@ where
             // Every due job is promoted before the claim picks, so a due job of higher
             // priority is never passed over; each job is promoted once.
             let known = B::claim_known_limited(self, conn, queue, req, want, &batch).await?;
+            // Rows a promoting claim took, promotion and claim in one statement.
+            let mut taken = None;
             let promotion = if known.is_some() {
                 Promotion::default()
+            } else if let Some((rows, promotion)) =
+                B::claim_promoting(self, conn, queue, req, want, &batch).await?
+            {
+                taken = rows;
+                promotion
             } else {
                 B::promote_due(self, conn, queue, req.now).await?
             };
@@ -1147,6 +1174,8 @@ where
                 promoted_next.zip(promotion.next_due).map(|(a, b)| a.into_iter().chain(b).min());
             let (rows, next) = if let Some(claimed) = known {
                 claimed
+            } else if let Some(rows) = taken {
+                (rows, None)
             } else if let Some(limits) = promotion.limits {
                 B::claim_limited(self, conn, queue, req, want, &batch, limits).await?
             } else {

@@ -78,6 +78,12 @@ fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
                 "'default', 1, 1000, 1000, 't:', 30",
             ),
             (
+                "the claim that promotes",
+                "TEXT, BIGINT, BIGINT, BIGINT, TEXT, BIGINT",
+                &sql.claim_promoting,
+                "'default', 1, 1000, 1000, 't:', 30",
+            ),
+            (
                 "the completion",
                 "TEXT[], TEXT[], TEXT",
                 &sql.complete_many_pg,

@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use crate::common::{self, Backend, Claimed, Limits, Shared, backend, first_texts, q};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
 use crate::group::Pushes;
-use crate::sql::{CHILD_MARK, Dialect, Sql};
+use crate::sql::{CHILD_MARK, Dialect, PROMOTION_COLUMNS, Sql};
 
 type Db = sqlx::Postgres;
 type Conn = PgConnection;
@@ -333,6 +333,52 @@ impl Backend for PgBackend {
                 return Ok(common::Promotion { limits, next_due: Some(get(4)?) });
             }
         }
+    }
+
+    /// Promotes and claims in one statement (see [`crate::sql::Sql::claim_promoting`]); when it
+    /// promoted a full chunk, promotes the rest as [`Self::promote_due`] does.
+    async fn claim_promoting(
+        store: &Store,
+        conn: &mut Conn,
+        queue: &str,
+        req: &orcs_core::ClaimRequest<'_>,
+        want: usize,
+        batch: &str,
+    ) -> Result<Option<common::PromotingClaim<Self>>> {
+        let mut rows = store
+            .claim_query(&store.sql.claim_promoting, queue, req, batch, want)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let at = rows
+            .iter()
+            .position(|row| row.try_get::<Option<String>, _>(0).ok().flatten().is_none())
+            .ok_or_else(|| {
+                Error::backend_permanent(
+                    crate::common::DRIVER,
+                    "the promoting claim answered no row with its promotion: a defect of the \
+                     driver, please report it with the server's version",
+                )
+            })?;
+        let row = rows.swap_remove(at);
+        let [promoted, concurrency, rate, period, next_due] =
+            PROMOTION_COLUMNS.map(|i| row.try_get::<Option<i64>, _>(i));
+        let promoted = u64::try_from(promoted.map_err(backend)?.unwrap_or(0)).unwrap_or(0);
+        if promoted >= crate::sql::PROMOTE_CHUNK {
+            // More may be due: the rest are promoted before any claim picks.
+            let promotion = Self::promote_due(store, conn, queue, req.now).await?;
+            return Ok(Some((None, promotion)));
+        }
+        let limits = Limits::from_columns(
+            concurrency.map_err(backend)?,
+            rate.map_err(backend)?,
+            period.map_err(backend)?,
+        );
+        store.backend.limited.note(queue, limits);
+        let promotion = common::Promotion { limits, next_due: Some(next_due.map_err(backend)?) };
+        // The statement claimed nothing if it promoted any job or found limits.
+        let claimed = (promoted == 0 && limits.is_none()).then_some(rows);
+        Ok(Some((claimed, promotion)))
     }
 
     /// A queue this store's last promotion found limited claims through the claim function

@@ -118,6 +118,11 @@ const CLAIM_COLUMNS: [&str; 17] = [
     "meta",
 ];
 
+/// Where the row of [`Sql::claim_promoting`] whose id is NULL carries what its promotion read,
+/// as positions in [`CLAIM_COLUMNS`]: the number of jobs promoted, the queue's concurrency, rate
+/// limit and rate period, and when its next delayed job is due.
+pub(crate) const PROMOTION_COLUMNS: [usize; 5] = [5, 6, 7, 8, 9];
+
 /// The columns migration 3's claim function returned: [`CLAIM_COLUMNS`] before batches (an
 /// applied migration is never edited, so a new database still creates this one first).
 const CLAIM_COLUMNS_V3: usize = 15;
@@ -183,6 +188,11 @@ pub(crate) struct Sql {
     /// SQLite: promotes due jobs (the limits are read by [`Sql::limits`]).
     pub(crate) promote: Arc<str>,
     pub(crate) claim: Arc<str>,
+    /// PostgreSQL: [`Sql::promote`] and [`Sql::claim`] in one statement, for a queue not known
+    /// to be limited: it claims only when it promoted nothing and found no limits, and answers
+    /// the claimed rows and one more row whose id is NULL that carries what the promotion
+    /// answers, in the claim's columns (see [`PROMOTION_COLUMNS`]). Empty on SQLite.
+    pub(crate) claim_promoting: Arc<str>,
     /// PostgreSQL: the claim of a queue with limits (a function of migration 3 that takes the
     /// queue's advisory lock, then claims within the limits and logs the starts).
     pub(crate) claim_limited_pg: Arc<str>,
@@ -1115,7 +1125,7 @@ impl Sql {
              WHERE queue = $1 AND state = {DELAYED} AND available_at <= $2 AND {not_paused} \
              ORDER BY available_at LIMIT {PROMOTE_CHUNK} FOR UPDATE SKIP LOCKED)"
         );
-        let (promote, claim) = if pg {
+        let (promote, claim, claim_promoting) = if pg {
             // MATERIALIZED: the selection runs once, so the update touches at most `$6` rows
             // whatever plan the outer statement gets (an `IN (subquery)` may be re-evaluated).
             // The promotion also reads the queue's limits, saving a round trip per claim.
@@ -1136,6 +1146,33 @@ impl Sql {
                     "WITH {} SELECT * FROM claimed WHERE {ASYNC_COMMIT}",
                     claim_update("$6", &CLAIM_COLUMNS, true, true, true)
                 ),
+                // A statement's parts share one snapshot, so the claim cannot see the jobs this
+                // statement promotes: it takes nothing when any was due (the caller claims
+                // again, as after the promotion statement), so that a due job of higher
+                // priority is never passed over. Nor on a limited queue: the caller claims
+                // through the claim function. The promotion's answer is a row of the claim's
+                // columns whose id is NULL (`PROMOTION_COLUMNS` says where each number is).
+                format!(
+                    "WITH {due_pg}, \
+                     promoted AS (UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id \
+                     RETURNING 1), \
+                     lim AS MATERIALIZED (SELECT concurrency, rate_limit, rate_period_ms \
+                     FROM {m} WHERE queue = $1), \
+                     room AS MATERIALIZED (SELECT CASE WHEN EXISTS (SELECT 1 FROM due) \
+                     OR EXISTS (SELECT 1 FROM lim WHERE concurrency IS NOT NULL \
+                     OR (rate_limit IS NOT NULL AND rate_period_ms IS NOT NULL)) \
+                     THEN 0 ELSE $6::BIGINT END AS n), \
+                     {} \
+                     SELECT * FROM claimed \
+                     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, \
+                     (SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
+                     lim.rate_period_ms, (SELECT available_at FROM {j} WHERE queue = $1 \
+                     AND state = {DELAYED} AND available_at > $2 AND {not_paused} \
+                     ORDER BY available_at LIMIT 1), \
+                     NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+                     FROM (SELECT 1) AS one LEFT JOIN lim ON TRUE WHERE {ASYNC_COMMIT}",
+                    claim_update("(SELECT n FROM room)", &CLAIM_COLUMNS, true, true, true)
+                ),
             )
         } else {
             // One writer at a time on SQLite: the subquery cannot race with another claim.
@@ -1154,6 +1191,7 @@ impl Sql {
                      RETURNING {}",
                     CLAIM_COLUMNS.join(", ")
                 ),
+                String::new(),
             )
         };
         let moved = "id, queue, name, payload, priority, attempts, max_retries, retry_delay_ms, \
@@ -1292,6 +1330,7 @@ impl Sql {
             create_migrations,
             promote: s(promote),
             claim: s(claim),
+            claim_promoting: s(claim_promoting),
             claim_limited_pg: s(format!(
                 "SELECT * FROM {claim_function}($1, $2, $3, $4, $5, $6, $7) WHERE {ASYNC_COMMIT}"
             )),
