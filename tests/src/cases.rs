@@ -257,6 +257,47 @@ pub async fn worker_takes_queues_in_strict_order(driver: BoxDriver) {
     assert_eq!(rest, expected);
 }
 
+/// Large claims from a backlog over two queues with mixed priorities: each takes exactly the
+/// best jobs left, in order (queue order, then priority, then dispatch), and no job twice; a
+/// driver that splits or chunks a claim must keep this.
+pub async fn large_claims_of_a_backlog_take_the_best_jobs_in_order(driver: BoxDriver) {
+    let queue = system_queue(&driver);
+    let (key, _) = probe();
+    // 60 jobs on "high" (every third of priority 5), then 60 on "low".
+    let mut jobs = Vec::new();
+    for tag in 0..120u64 {
+        let (on, priority) =
+            if tag < 60 { ("high", if tag % 3 == 0 { 5 } else { 0 }) } else { ("low", 0) };
+        queue
+            .dispatch_with(plain(&key, tag), DispatchOptions::new().queue(on).priority(priority))
+            .await
+            .expect("dispatch");
+        jobs.push((on, priority, tag));
+    }
+    // The order one claim at a time would give: queue, then priority, then dispatch.
+    jobs.sort_by_key(|&(on, priority, tag)| (on != "high", std::cmp::Reverse(priority), tag));
+    let best: Vec<(String, u64)> = jobs.iter().map(|&(on, _, tag)| (on.to_owned(), tag)).collect();
+    let order = ["high", "low"];
+    let mut taken: Vec<(String, u64)> = Vec::new();
+    // Full claims (a backlog), then one that takes the rest and comes back short.
+    for (max, expect) in [(16, 16), (32, 32), (50, 50), (64, 22)] {
+        let got: Vec<(String, u64)> = claim(&queue, &order, max)
+            .await
+            .iter()
+            .map(|r| (r.record.queue.clone(), tag_of(r)))
+            .collect();
+        assert_eq!(got.len(), expect, "a claim of {max} with {} jobs left", 120 - taken.len());
+        let from = taken.len();
+        assert_eq!(
+            got,
+            best[from..from + expect],
+            "a claim of {max}: the best jobs left, in order"
+        );
+        taken.extend(got);
+    }
+    assert!(claim(&queue, &order, 64).await.is_empty(), "every job was claimed once");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Delays
 

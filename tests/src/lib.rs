@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             higher_priority_runs_first,
             equal_priorities_run_in_dispatch_order,
             worker_takes_queues_in_strict_order,
+            large_claims_of_a_backlog_take_the_best_jobs_in_order,
             delayed_job_is_invisible_until_due,
             delayed_job_starts_within_50ms_of_due,
             dispatch_wakes_an_idle_worker,
