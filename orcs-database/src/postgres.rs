@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use orcs_core::{Error, Lease, Millis, NewJob, PushOutcome, Result, Settle, Touch, Transition};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult,
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow,
 };
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
@@ -325,12 +325,10 @@ impl Backend for PgBackend {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(backend)?;
-            let promoted: i64 = row.try_get(0).map_err(backend)?;
-            if u64::try_from(promoted).unwrap_or(0) < crate::sql::PROMOTE_CHUNK {
-                let get = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(backend);
-                let limits = Limits::from_columns(get(1)?, get(2)?, get(3)?);
-                store.backend.limited.note(queue, limits);
-                return Ok(common::Promotion { limits, next_due: Some(get(4)?) });
+            let (promoted, promotion) = read_promotion(&row, [0, 1, 2, 3, 4])?;
+            if promoted < crate::sql::PROMOTE_CHUNK {
+                store.backend.limited.note(queue, promotion.limits);
+                return Ok(promotion);
             }
         }
     }
@@ -360,24 +358,15 @@ impl Backend for PgBackend {
                      driver, please report it with the server's version",
                 )
             })?;
-        let row = rows.swap_remove(at);
-        let [promoted, concurrency, rate, period, next_due] =
-            PROMOTION_COLUMNS.map(|i| row.try_get::<Option<i64>, _>(i));
-        let promoted = u64::try_from(promoted.map_err(backend)?.unwrap_or(0)).unwrap_or(0);
+        let (promoted, promotion) = read_promotion(&rows.swap_remove(at), PROMOTION_COLUMNS)?;
         if promoted >= crate::sql::PROMOTE_CHUNK {
             // More may be due: the rest are promoted before any claim picks.
             let promotion = Self::promote_due(store, conn, queue, req.now).await?;
             return Ok(Some((None, promotion)));
         }
-        let limits = Limits::from_columns(
-            concurrency.map_err(backend)?,
-            rate.map_err(backend)?,
-            period.map_err(backend)?,
-        );
-        store.backend.limited.note(queue, limits);
-        let promotion = common::Promotion { limits, next_due: Some(next_due.map_err(backend)?) };
+        store.backend.limited.note(queue, promotion.limits);
         // The statement claimed nothing if it promoted any job or found limits.
-        let claimed = (promoted == 0 && limits.is_none()).then_some(rows);
+        let claimed = (promoted == 0 && promotion.limits.is_none()).then_some(rows);
         Ok(Some((claimed, promotion)))
     }
 
@@ -455,6 +444,17 @@ impl PgBackend {
         }
         Ok(Some((rows, reopens)))
     }
+}
+
+/// What a promotion answered in `row`, its columns at `at`: the number of jobs promoted, the
+/// queue's concurrency, rate limit and rate period, and its next delayed job's due time. Read
+/// alike from the promotion statement and from the claim that promotes.
+fn read_promotion(row: &PgRow, at: [usize; 5]) -> Result<(u64, common::Promotion)> {
+    let [promoted, concurrency, rate, period, next_due] =
+        at.map(|i| row.try_get::<Option<i64>, _>(i).map_err(backend));
+    let promoted = u64::try_from(promoted?.unwrap_or(0)).unwrap_or(0);
+    let limits = Limits::from_columns(concurrency?, rate?, period?);
+    Ok((promoted, common::Promotion { limits, next_due: Some(next_due?) }))
 }
 
 /// The settings the driver's statements rely on (see [`connect_options`]): set on every

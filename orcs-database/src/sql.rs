@@ -1126,20 +1126,27 @@ impl Sql {
              ORDER BY available_at LIMIT {PROMOTE_CHUNK} FOR UPDATE SKIP LOCKED)"
         );
         let (promote, claim, claim_promoting) = if pg {
+            // The promotion, and its answer (`lim` being the queue's row of limits): the same
+            // parts in the promotion statement and in the claim that promotes. The answer
+            // includes the queue's next delayed job after now, read here so that a short claim
+            // needs no statement of its own for it.
+            let promotion = format!(
+                "{due_pg}, \
+                 promoted AS (UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id \
+                 RETURNING 1)"
+            );
+            let answer = format!(
+                "(SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
+                 lim.rate_period_ms, (SELECT available_at FROM {j} WHERE queue = $1 \
+                 AND state = {DELAYED} AND available_at > $2 AND {not_paused} \
+                 ORDER BY available_at LIMIT 1)"
+            );
             // MATERIALIZED: the selection runs once, so the update touches at most `$6` rows
             // whatever plan the outer statement gets (an `IN (subquery)` may be re-evaluated).
             // The promotion also reads the queue's limits, saving a round trip per claim.
             (
-                // The queue's next delayed job after now, read here so that a short claim
-                // needs no statement of its own for it.
                 format!(
-                    "WITH {due_pg}, \
-                     promoted AS (UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id \
-                     RETURNING 1) \
-                     SELECT (SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
-                     lim.rate_period_ms, (SELECT available_at FROM {j} WHERE queue = $1 \
-                     AND state = {DELAYED} AND available_at > $2 AND {not_paused} \
-                     ORDER BY available_at LIMIT 1) \
+                    "WITH {promotion} SELECT {answer} \
                      FROM (SELECT 1) AS one LEFT JOIN {m} AS lim ON lim.queue = $1"
                 ),
                 format!(
@@ -1149,13 +1156,11 @@ impl Sql {
                 // A statement's parts share one snapshot, so the claim cannot see the jobs this
                 // statement promotes: it takes nothing when any was due (the caller claims
                 // again, as after the promotion statement), so that a due job of higher
-                // priority is never passed over. Nor on a limited queue: the caller claims
-                // through the claim function. The promotion's answer is a row of the claim's
+                // priority is never passed over. Nor on a limited queue (limits as
+                // `Limits::from_columns` reads them): the caller claims through the claim function. The promotion's answer is a row of the claim's
                 // columns whose id is NULL (`PROMOTION_COLUMNS` says where each number is).
                 format!(
-                    "WITH {due_pg}, \
-                     promoted AS (UPDATE {j} SET state = {READY} FROM due WHERE {j}.id = due.id \
-                     RETURNING 1), \
+                    "WITH {promotion}, \
                      lim AS MATERIALIZED (SELECT concurrency, rate_limit, rate_period_ms \
                      FROM {m} WHERE queue = $1), \
                      room AS MATERIALIZED (SELECT CASE WHEN EXISTS (SELECT 1 FROM due) \
@@ -1164,12 +1169,7 @@ impl Sql {
                      THEN 0 ELSE $6::BIGINT END AS n), \
                      {} \
                      SELECT * FROM claimed \
-                     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, \
-                     (SELECT COUNT(*) FROM promoted), lim.concurrency, lim.rate_limit, \
-                     lim.rate_period_ms, (SELECT available_at FROM {j} WHERE queue = $1 \
-                     AND state = {DELAYED} AND available_at > $2 AND {not_paused} \
-                     ORDER BY available_at LIMIT 1), \
-                     NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+                     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, {answer}, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
                      FROM (SELECT 1) AS one LEFT JOIN lim ON TRUE WHERE {ASYNC_COMMIT}",
                     claim_update("(SELECT n FROM room)", &CLAIM_COLUMNS, true, true, true)
                 ),
