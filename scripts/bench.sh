@@ -29,7 +29,8 @@
 #
 # On PostgreSQL orcs runs each phase in a process of its own after a `VACUUM (ANALYZE)`, as
 # autovacuum would have kept the table (the development server runs with it off), and the
-# phases' lines are merged into one per round.
+# phases' lines are merged into one per round; so does its run beside each SQL peer, whose
+# harness empties its tables with `TRUNCATE` before every phase.
 #
 # The SQL peers run in each round after orcs's drivers, each followed by orcs on the same backend
 # with the peers' phases (single, bulk, drain, latency), so that the machine's noise falls on
@@ -123,6 +124,35 @@ fresh_pg_schema() {
       psql -q "${PG_URL%%\?*}" -c "DROP SCHEMA IF EXISTS $pg_schema CASCADE" \
         -c "CREATE SCHEMA $pg_schema" >/dev/null 2>&1 ;;
   esac
+}
+
+# orcs on PostgreSQL, one process per phase, each after a `VACUUM (ANALYZE)`; the phases' lines
+# are merged into one on stdout. With autovacuum off (as on the development server) the dead rows
+# of the phases before slowed each later one down (in round 16's order a drain ran at a third of
+# its rate on a fresh database, latency p50 67 ms); in production autovacuum keeps up, and the SQL
+# peers' harnesses start every phase on a clean table (`TRUNCATE`).
+#   pg_phases VACUUM_URL PHASES orcs-arguments... (each run gets `--phases <one phase>` appended)
+pg_phases() {
+  local vacuum_url=$1 phases=$2 phase lines
+  shift 2
+  lines=$(mktemp "$work/pg-phases.XXXXXX")
+  for phase in ${phases//,/ }; do
+    psql -q "$vacuum_url" -c "VACUUM (ANALYZE)" >/dev/null 2>&1 || true
+    timeout 1200 "$orcs" "$@" --phases "$phase" >>"$lines" \
+      || echo "# bench: orcs on postgres failed ($phase)" >&2
+  done
+  # The batch drain's ratio to the plain drain, which one process computes when it runs both.
+  python3 -c 'import json, sys
+merged = {}
+for line in sys.stdin:
+    if line.strip():
+        merged.update(json.loads(line))
+plain, batch = merged.get("drain_jps"), merged.get("drain_batch_jps")
+if plain and batch:
+    merged["drain_batch_vs_drain"] = round(batch / plain, 3)
+if merged:
+    print(json.dumps(merged))' <"$lines"
+  rm -f "$lines"
 }
 
 have_peers=0
@@ -223,9 +253,15 @@ orcs_sql() { # pg|sqlite
     url=sqlite://$file
   fi
   echo "# bench: orcs on $1" >&2
-  timeout -k 10 "$sql_limit" "$orcs" --driver database --url "$url" bench --n "$SQL_N" \
-    --phases single,bulk,drain,latency 2>>"$out/sql-peers.log" | tag_round >>"$out/sql-orcs-$1.jsonl" \
-    || echo "# bench: orcs on $1 failed" >&2
+  if [ "$1" = pg ]; then
+    # Each phase on a clean table, as the peers' harnesses start theirs (see pg_phases).
+    pg_phases "$url" single,bulk,drain,latency --driver database --url "$url" bench --n "$SQL_N" \
+      2>>"$out/sql-peers.log" | tag_round >>"$out/sql-orcs-$1.jsonl"
+  else
+    timeout -k 10 "$sql_limit" "$orcs" --driver database --url "$url" bench --n "$SQL_N" \
+      --phases single,bulk,drain,latency 2>>"$out/sql-peers.log" | tag_round >>"$out/sql-orcs-$1.jsonl" \
+      || echo "# bench: orcs on $1 failed" >&2
+  fi
   if [ -n "$orcs_db" ]; then
     psql -q "$PG_SERVER/test" -c "DROP DATABASE IF EXISTS $orcs_db WITH (FORCE)" >/dev/null 2>&1 || true
     orcs_db=""
@@ -264,28 +300,8 @@ for round in $(seq "$ROUNDS"); do
     [ "$round" = 1 ] && [ -z "${SKIP_SCHEDULE:-}" ] && phases=$phases,schedule-latency
     cli flushdb >/dev/null
     if [ "$driver" = postgres ]; then
-      # One process per phase, each after a VACUUM: with autovacuum off (as on the development
-      # server) the dead rows of the phases before slowed each later one down (in round 16's
-      # order a drain ran at a third of its rate on a fresh database, latency p50 67 ms); in
-      # production autovacuum keeps up. The phases' lines are merged into the round's one.
-      : >"$work/pg-phases.jsonl"
-      for phase in ${phases//,/ }; do
-        psql -q "${PG_URL%%\?*}" -c "VACUUM (ANALYZE)" >/dev/null 2>&1 || true
-        timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phase" \
-          --schedule-secs "${SCHEDULE_SECS:-30}" \
-          >>"$work/pg-phases.jsonl" || echo "# bench: orcs on $driver failed ($phase)" >&2
-      done
-      # The batch drain's ratio to the plain drain, which one process computes when it runs both.
-      python3 -c 'import json, sys
-merged = {}
-for line in sys.stdin:
-    if line.strip():
-        merged.update(json.loads(line))
-plain, batch = merged.get("drain_jps"), merged.get("drain_batch_jps")
-if plain and batch:
-    merged["drain_batch_vs_drain"] = round(batch / plain, 3)
-if merged:
-    print(json.dumps(merged))' <"$work/pg-phases.jsonl" >>"$out/orcs-$driver.jsonl"
+      pg_phases "${PG_URL%%\?*}" "$phases" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" \
+        --schedule-secs "${SCHEDULE_SECS:-30}" >>"$out/orcs-$driver.jsonl"
     else
       timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \
         --schedule-secs "${SCHEDULE_SECS:-30}" \
