@@ -9,7 +9,7 @@ use orcs_core::{DispatchOptions, Queue, QueueLimits, UniqueUntil};
 use serde_json::{Value, json};
 
 use super::{
-    BULK_CHUNK, BenchJob, CONCURRENCY, QUEUE, bulk_enqueue, check_pending, ops, rotation,
+    BULK_CHUNK, BenchJob, CONCURRENCY, QUEUE, Tidy, bulk_enqueue, check_pending, ops, rotation,
     summarize_modes, timed_drain_with, worker,
 };
 
@@ -54,7 +54,7 @@ impl Features {
 /// its own. Answers the median jobs/s of every mode, every round's figures, and the median and
 /// the worst of the rounds' mode/plain ratios: `drain_features_{jps,vs_plain,vs_plain_min}` for
 /// all features, `drain_features_<feature>_...` for one.
-pub(super) async fn phase(queue: &Queue, n: u64, each: bool) -> anyhow::Result<Value> {
+pub(super) async fn phase(queue: &Queue, n: u64, each: bool, tidy: &Tidy) -> anyhow::Result<Value> {
     let modes: Vec<Features> = if each {
         vec![
             Features::PLAIN,
@@ -68,6 +68,7 @@ pub(super) async fn phase(queue: &Queue, n: u64, each: bool) -> anyhow::Result<V
     };
     let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); modes.len()];
     for (round, m) in rotation(ROUNDS, modes.len()) {
+        tidy.now().await;
         let tag = format!("{round}{}", modes[m].key());
         let secs = drain_with(queue, n, &tag, modes[m]).await?;
         rates[m].push(n as f64 / secs);

@@ -11,7 +11,7 @@ use orcs_core::Queue;
 use serde_json::{Value, json};
 
 use super::{
-    QUEUE, bulk_enqueue, check_pending, percentile, r3, rotation, summarize_modes,
+    QUEUE, Tidy, bulk_enqueue, check_pending, percentile, r3, rotation, summarize_modes,
     timed_drain_with, worker,
 };
 
@@ -165,10 +165,11 @@ impl Mode {
 
 /// Drains `n` queued jobs in each [`Mode`], [`COST_ROUNDS`] times in [`rotation`]; answers the median jobs/s of
 /// each mode and the median over rounds of each round's ops/plain ratio.
-pub(super) async fn phase_cost(queue: &Queue, n: u64) -> anyhow::Result<Value> {
+pub(super) async fn phase_cost(queue: &Queue, n: u64, tidy: &Tidy) -> anyhow::Result<Value> {
     let modes = [Mode::Plain, Mode::Ops(5), Mode::Ops(1)];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for (_, m) in rotation(COST_ROUNDS, modes.len()) {
+        tidy.now().await;
         queue.clear(QUEUE).await?;
         bulk_enqueue(queue, n).await?;
         let secs = drain_in(queue, n, modes[m]).await?;

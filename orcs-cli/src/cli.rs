@@ -77,7 +77,8 @@ pub(crate) enum Command {
     /// Dispatches a mix of example jobs, works them with a progress bar, and checks the stats
     Demo,
     /// Runs the benchmark workload (SPEC section 7) on the configured driver and prints one JSON line.
-    /// It clears the `bench` queue before and after each phase: point it at a throwaway backend
+    /// It clears the `bench` queue before and after each phase, and on PostgreSQL runs
+    /// `VACUUM (ANALYZE)` of the database before each phase and round: point it at a throwaway backend
     Bench(BenchArgs),
     /// Serves the web dashboard: queues, jobs, failed jobs with retry, schedules and batches
     Dashboard(crate::dashboard::DashboardArgs),

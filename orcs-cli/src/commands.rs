@@ -203,6 +203,7 @@ pub(crate) fn run(app: &App, cli: Cli) -> Result<()> {
                     args.backlog,
                     &args.phases,
                     (args.schedules, args.schedule_secs),
+                    &crate::bench::Tidy::new(&ctx.config),
                 )
                 .await;
                 say!("{line}");
