@@ -27,10 +27,10 @@
 # the 2-core development machine, the 600 timed requests under a second) and ops-cost (OPS_N
 # jobs drained without and with heartbeats and metrics, alternating).
 #
-# On PostgreSQL orcs runs each phase in a process of its own after a `VACUUM (ANALYZE)`, as
-# autovacuum would have kept the table (the development server runs with it off), and the
-# phases' lines are merged into one per round; so does its run beside each SQL peer, whose
-# harness empties its tables with `TRUNCATE` before every phase.
+# On PostgreSQL orcs runs each phase in a process of its own, which vacuums the database first
+# (`orcs bench` does, as autovacuum would have kept the table; the development server runs with
+# it off), and the phases' lines are merged into one per round; so does its run beside each SQL
+# peer, whose harness empties its tables with `TRUNCATE` before every phase.
 #
 # The SQL peers run in each round after orcs's drivers, each followed by orcs on the same backend
 # with the peers' phases (single, bulk, drain, latency), so that the machine's noise falls on
@@ -126,18 +126,18 @@ fresh_pg_schema() {
   esac
 }
 
-# orcs on PostgreSQL, one process per phase, each after a `VACUUM (ANALYZE)`; the phases' lines
-# are merged into one on stdout. With autovacuum off (as on the development server) the dead rows
-# of the phases before slowed each later one down (in round 16's order a drain ran at a third of
-# its rate on a fresh database, latency p50 67 ms); in production autovacuum keeps up, and the SQL
-# peers' harnesses start every phase on a clean table (`TRUNCATE`).
-#   pg_phases VACUUM_URL PHASES orcs-arguments... (each run gets `--phases <one phase>` appended)
+# orcs on PostgreSQL, one process per phase; the phases' lines are merged into one on stdout.
+# `orcs bench` itself runs `VACUUM (ANALYZE)` before every phase and round on PostgreSQL (its
+# `Tidy`): with autovacuum off (as on the development server) the dead rows of the phases before
+# slowed each later one down (in round 16's order a drain ran at a third of its rate on a fresh
+# database, latency p50 67 ms); in production autovacuum keeps up, and the SQL peers' harnesses
+# start every phase on a clean table (`TRUNCATE`).
+#   pg_phases PHASES orcs-arguments... (each run gets `--phases <one phase>` appended)
 pg_phases() {
-  local vacuum_url=$1 phases=$2 phase lines
-  shift 2
+  local phases=$1 phase lines
+  shift
   lines=$(mktemp "$work/pg-phases.XXXXXX")
   for phase in ${phases//,/ }; do
-    psql -q "$vacuum_url" -c "VACUUM (ANALYZE)" >/dev/null 2>&1 || true
     timeout 1200 "$orcs" "$@" --phases "$phase" >>"$lines" \
       || echo "# bench: orcs on postgres failed ($phase)" >&2
   done
@@ -255,7 +255,7 @@ orcs_sql() { # pg|sqlite
   echo "# bench: orcs on $1" >&2
   if [ "$1" = pg ]; then
     # Each phase on a clean table, as the peers' harnesses start theirs (see pg_phases).
-    pg_phases "$url" single,bulk,drain,latency --driver database --url "$url" bench --n "$SQL_N" \
+    pg_phases single,bulk,drain,latency --driver database --url "$url" bench --n "$SQL_N" \
       2>>"$out/sql-peers.log" | tag_round >>"$out/sql-orcs-$1.jsonl"
   else
     timeout -k 10 "$sql_limit" "$orcs" --driver database --url "$url" bench --n "$SQL_N" \
@@ -300,7 +300,7 @@ for round in $(seq "$ROUNDS"); do
     [ "$round" = 1 ] && [ -z "${SKIP_SCHEDULE:-}" ] && phases=$phases,schedule-latency
     cli flushdb >/dev/null
     if [ "$driver" = postgres ]; then
-      pg_phases "${PG_URL%%\?*}" "$phases" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" \
+      pg_phases "$phases" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" \
         --schedule-secs "${SCHEDULE_SECS:-30}" >>"$out/orcs-$driver.jsonl"
     else
       timeout 1200 "$orcs" "${args[@]}" bench --n "$N" --backlog "$BACKLOG" --phases "$phases" \

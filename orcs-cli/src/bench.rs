@@ -65,9 +65,11 @@ impl Tidy {
     pub(crate) async fn now(&self) {
         #[cfg(feature = "database")]
         if let Some(url) = &self.postgres {
-            use orcs::sqlx::Connection as _;
+            use orcs::sqlx::{ConnectOptions as _, Connection as _};
             let vacuumed = async {
-                let mut conn = orcs::sqlx::PgConnection::connect(url).await?;
+                // A database's VACUUM may take over a second: not a slow statement to warn of.
+                let options: orcs::sqlx::postgres::PgConnectOptions = url.parse()?;
+                let mut conn = options.disable_statement_logging().connect().await?;
                 orcs::sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
                 conn.close().await
             }
