@@ -89,7 +89,7 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
     // Migration 7: the sizes were backfilled from the rows already there (`stats` reads them).
     assert_eq!(
         target.sizes().await,

@@ -493,7 +493,10 @@ mod database {
         assert_eq!(claim.next_due, Some(now + 3_600_000));
         // The upgrade is recorded: a second driver finds nothing to do.
         drop(target.driver().await);
-        assert_eq!(migration_versions(&target).await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(
+            migration_versions(&target).await,
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        );
     }
 
     /// The versions recorded in the migrations table, each once.
@@ -1035,7 +1038,7 @@ mod database {
             }
             assert_eq!(
                 migration_versions(&target).await,
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
             );
         });
     }
