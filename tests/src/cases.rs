@@ -2546,6 +2546,47 @@ pub async fn limited_claims_promote_due_jobs_first(driver: BoxDriver) {
     assert_eq!(rest, [2, 3], "no limit: the rest");
 }
 
+/// Promotion under a concurrency limit, which a driver may claim through a path of its own
+/// (PostgreSQL's claim function, which promotes one chunk at a time and only when a job is due,
+/// and counts its worker's settling jobs only when the limit could bind): more due jobs than one
+/// promotion takes, a due job of higher priority first, then dispatch order; with the limit
+/// lowered to bind, exactly the room it leaves.
+pub async fn limited_promotion_never_inverts_priority(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let start = clock.now();
+    queue.set_limits("default", QueueLimits::none().concurrency(1_000)).await.expect("limit");
+    queue
+        .dispatch_many_with(
+            (0..1_200).map(|i| plain(&key, i)),
+            DispatchOptions::new().delay(Duration::from_secs(1)),
+        )
+        .await
+        .expect("dispatch");
+    queue
+        .dispatch_with(
+            plain(&key, 5_000),
+            DispatchOptions::new().priority(10).delay(Duration::from_secs(2)),
+        )
+        .await
+        .expect("dispatch");
+    // Nothing due yet (and a driver that remembers limited queues now knows this one).
+    assert!(claim(&queue, &["default"], 5).await.is_empty(), "nothing is due yet");
+    clock.set(start + 3_000);
+    let first = claim_one(&queue, &["default"]).await.expect("a job");
+    assert_eq!(tag_of(&first), 5_000, "the high-priority due job comes first");
+    let next = claim(&queue, &["default"], 3).await;
+    assert_eq!(next.iter().map(tag_of).collect::<Vec<_>>(), [0, 1, 2], "then dispatch order");
+    // Four running: a limit of 6 leaves room for two.
+    queue.set_limits("default", QueueLimits::none().concurrency(6)).await.expect("limit");
+    let more = claim(&queue, &["default"], 10).await;
+    assert_eq!(more.iter().map(tag_of).collect::<Vec<_>>(), [3, 4], "the room the limit leaves");
+    assert!(claim(&queue, &["default"], 10).await.is_empty(), "never above the limit");
+    complete(&driver, &first.lease, clock.now()).await.expect("complete");
+    let freed = claim(&queue, &["default"], 10).await;
+    assert_eq!(freed.iter().map(tag_of).collect::<Vec<_>>(), [5], "the completed job's slot");
+}
+
 /// A rate limit of N per window lets no window, wherever it starts, hold more than N starts,
 /// and the claim says when the window reopens.
 pub async fn rate_limit_allows_n_starts_in_any_window(driver: BoxDriver) {
