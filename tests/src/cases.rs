@@ -1549,26 +1549,32 @@ pub async fn list_and_failed_are_paged_in_order(driver: BoxDriver) {
     assert_eq!(of_other, std::slice::from_ref(&other.record.id));
 }
 
-/// Promoting due delayed jobs never lets a lower-priority job overtake a higher one, even with
-/// more due jobs than a driver promotes at once.
-pub async fn promotion_never_inverts_priority(driver: BoxDriver) {
-    let (queue, clock) = manual_queue(&driver);
-    let (key, _) = probe();
-    let start = clock.now();
+/// Dispatches 1,200 jobs delayed 1 s (more than a driver promotes at once), tagged 0 to 1,199,
+/// and one of priority 10 delayed 2 s, tagged 5,000.
+async fn dispatch_more_than_a_promotion(queue: &Queue, key: &str) {
     queue
         .dispatch_many_with(
-            (0..1_200).map(|i| plain(&key, i)),
+            (0..1_200).map(|i| plain(key, i)),
             DispatchOptions::new().delay(Duration::from_secs(1)),
         )
         .await
         .expect("dispatch");
     queue
         .dispatch_with(
-            plain(&key, 5_000),
+            plain(key, 5_000),
             DispatchOptions::new().priority(10).delay(Duration::from_secs(2)),
         )
         .await
         .expect("dispatch");
+}
+
+/// Promoting due delayed jobs never lets a lower-priority job overtake a higher one, even with
+/// more due jobs than a driver promotes at once.
+pub async fn promotion_never_inverts_priority(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let start = clock.now();
+    dispatch_more_than_a_promotion(&queue, &key).await;
     clock.set(start + 3_000);
     let first = claim_one(&queue, &["default"]).await.expect("a job");
     assert_eq!(tag_of(&first), 5_000, "the high-priority due job comes first");
@@ -2556,20 +2562,7 @@ pub async fn limited_promotion_never_inverts_priority(driver: BoxDriver) {
     let (key, _) = probe();
     let start = clock.now();
     queue.set_limits("default", QueueLimits::none().concurrency(1_000)).await.expect("limit");
-    queue
-        .dispatch_many_with(
-            (0..1_200).map(|i| plain(&key, i)),
-            DispatchOptions::new().delay(Duration::from_secs(1)),
-        )
-        .await
-        .expect("dispatch");
-    queue
-        .dispatch_with(
-            plain(&key, 5_000),
-            DispatchOptions::new().priority(10).delay(Duration::from_secs(2)),
-        )
-        .await
-        .expect("dispatch");
+    dispatch_more_than_a_promotion(&queue, &key).await;
     // Nothing due yet (and a driver that remembers limited queues now knows this one).
     assert!(claim(&queue, &["default"], 5).await.is_empty(), "nothing is due yet");
     clock.set(start + 3_000);
