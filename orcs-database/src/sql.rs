@@ -1017,8 +1017,8 @@ impl Sql {
             // PostgreSQL's claim function counts the wait for its queue's lock (below); nothing
             // on SQLite, whose claims read the time once they hold the write lock.
             Migration { version: 13, statements: Vec::new() },
-            // PostgreSQL's claim function promotes only when a job is due (below); nothing on
-            // SQLite, whose claim has no function.
+            // PostgreSQL's claim function promotes only when a job is due and counts the settling
+            // jobs only when the limit could bind (below); nothing on SQLite, which has no function.
             Migration { version: 14, statements: Vec::new() },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
@@ -1112,16 +1112,6 @@ impl Sql {
                      ON {j}.id = substr(t, strpos(t, ':') + 1) AND {j}.token = t \
                      AND {j}.queue = $1)"
             );
-            let reserved = if settling {
-                format!(
-                    "((SELECT COALESCE(SUM(reserved), 0) FROM {z} WHERE queue = $1) - {settled})"
-                )
-            } else {
-                format!(
-                    "(SELECT COUNT(*) FROM (SELECT 1 FROM {j} \
-                     WHERE queue = $1 AND state = {RESERVED} LIMIT COALESCE($7::BIGINT, 0)) AS r)"
-                )
-            };
             let (rate_room, rate_log) = if rate {
                 (
                     format!(
@@ -1149,6 +1139,17 @@ impl Sql {
                          WHERE queue = $1) AS sized"
                 )
             } else {
+                let reserved = if settling {
+                    format!(
+                        "((SELECT COALESCE(SUM(reserved), 0) FROM {z} WHERE queue = $1) \
+                         - {settled})"
+                    )
+                } else {
+                    format!(
+                        "(SELECT COUNT(*) FROM (SELECT 1 FROM {j} WHERE queue = $1 \
+                         AND state = {RESERVED} LIMIT COALESCE($7::BIGINT, 0)) AS r)"
+                    )
+                };
                 format!(
                     "GREATEST(0, LEAST($6::BIGINT, \
                          COALESCE($7::BIGINT - {reserved}, $6::BIGINT), {rate_room})) AS n"
@@ -1360,35 +1361,29 @@ impl Sql {
             ));
             let v4 = ", o_batch TEXT, o_meta TEXT";
             migrations[3].statements.push(function(&CLAIM_COLUMNS, v4, v3));
-            // Same result type: replaced in place, with the update by primary key.
             let v6 = Shape { by_array: true, ..v3 };
-            migrations[5].statements.push(function(&CLAIM_COLUMNS, v4, v6));
-            // A new signature beside the old one (which an older worker still calls).
-            migrations[7].statements.push(function(
-                &CLAIM_COLUMNS,
-                v4,
-                Shape { settling: true, ..v6 },
-            ));
-            // Both again, clearing the `Started` key a claimed job's row holds.
             let v11 = Shape { held: true, ..v6 };
-            migrations[10].statements.push(function(&CLAIM_COLUMNS, v4, v11));
-            migrations[10].statements.push(function(
-                &CLAIM_COLUMNS,
-                v4,
-                Shape { settling: true, ..v11 },
-            ));
-            // Both again, adding the wait for the queue's lock to the claim's time.
             let v13 = Shape { waited: true, ..v11 };
-            migrations[12].statements.push(function(&CLAIM_COLUMNS, v4, v13));
-            let v13_settling = Shape { settling: true, ..v13 };
-            migrations[12].statements.push(function(&CLAIM_COLUMNS, v4, v13_settling));
-            // The signature this build calls, promoting only when a job is due (the other one
-            // promotes nothing).
-            migrations[13].statements.push(function(
-                &CLAIM_COLUMNS,
-                v4,
-                Shape { lazy: true, ..v13_settling },
-            ));
+            let settling = |shape: Shape| Shape { settling: true, ..shape };
+            // Each later version, in the migration that creates it (index = version - 1), with
+            // the result type of migration 4.
+            for (index, shape) in [
+                // Same result type: replaced in place, with the update by primary key.
+                (5, v6),
+                // A new signature beside the old one (which an older worker still calls).
+                (7, settling(v6)),
+                // Both again, clearing the `Started` key a claimed job's row holds.
+                (10, v11),
+                (10, settling(v11)),
+                // Both again, adding the wait for the queue's lock to the claim's time.
+                (12, v13),
+                (12, settling(v13)),
+                // The signature this build calls, promoting only when a job is due and counting
+                // the settling jobs only when the limit could bind (the other one does neither).
+                (13, Shape { lazy: true, ..settling(v13) }),
+            ] {
+                migrations[index].statements.push(function(&CLAIM_COLUMNS, v4, shape));
+            }
         }
         Self {
             migrations,
