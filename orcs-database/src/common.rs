@@ -583,6 +583,7 @@ pub(crate) type RowOf<B> = <<B as Backend>::Db as Database>::Row;
 
 /// A driver's tables on one backend: the shared operations are in the generic `impl` below,
 /// the backend's own (connect, claim, settle, touch, wait) in its module.
+#[derive(Clone)]
 pub(crate) struct Store<B> {
     pub(crate) sql: Arc<Sql>,
     pub(crate) shared: Arc<Shared>,
@@ -1667,12 +1668,21 @@ where
         if queues.is_empty() {
             return Ok(false);
         }
+        let row = self
+            .any_ready_query(queues, now)
+            .fetch_one(self.backend.reader())
+            .await
+            .map_err(backend)?;
+        Ok(row.try_get::<i32, _>(0).map_err(backend)? != 0)
+    }
+
+    /// Whether any of `queues` has a ready job at `now` (one row, an integer that is 0 or not).
+    pub(crate) fn any_ready_query(&self, queues: &[String], now: Millis) -> Query<B::Db> {
         let mut query = dynamic(self.sql.any_ready(queues.len())).bind(now);
         for queue in queues {
             query = query.bind(queue.clone());
         }
-        let row = query.fetch_one(self.backend.reader()).await.map_err(backend)?;
-        Ok(row.try_get::<i32, _>(0).map_err(backend)? != 0)
+        query
     }
 
     pub(crate) async fn stats(&self, queue: &str, now: Millis) -> orcs_core::Result<QueueStats> {

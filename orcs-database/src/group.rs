@@ -129,14 +129,7 @@ impl<B: Backend + Clone> Store<B> {
         impl Future<Output = Result<Vec<PushOutcome>>> + Send + 'static,
     ) {
         let (start, answer) = Pushes::join(pushes, jobs, writers);
-        let writer = start.then(|| {
-            let store = Self {
-                sql: Arc::clone(&self.sql),
-                shared: Arc::clone(&self.shared),
-                backend: self.backend.clone(),
-            };
-            (store, Arc::clone(pushes))
-        });
+        let writer = start.then(|| (self.clone(), Arc::clone(pushes)));
         (writer, async move { answer.await.map_err(|_| writer_gone())? })
     }
 }

@@ -325,6 +325,13 @@ impl Driver for DatabaseDriver {
         on_backend!(self, s => s.wait(queues, now, timeout).await)
     }
 
+    async fn warm(&self, queues: &[String], _concurrency: usize) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.warm(queues).await,
+        }
+    }
+
     async fn server_time(&self) -> Result<Option<Millis>> {
         match &self.inner.backend {
             Backend::Sqlite(_) => Ok(None),

@@ -75,6 +75,15 @@ pub(crate) struct PgBackend {
 /// dispatches as fast as one (27k jobs/s with 64 in flight), four at 22k (smaller groups).
 const GROUP_WRITERS: usize = 2;
 
+/// How many times [`Store::warm`] runs a job's path on each connection: PostgreSQL plans a
+/// prepared statement afresh (a custom plan) on its first five runs on a connection, and
+/// settles on a generic plan from the sixth if that costs no more.
+const WARM_RUNS: usize = 6;
+
+/// Pooled connections a worker's start opens and warms at once (see [`Store::warm`]): the two
+/// group writers, the claim and the completions of a worker at 1,000 jobs/s.
+const WARM_CONNECTIONS: usize = 8;
+
 /// The queues this store's promotions found limited, with their limits and when they were
 /// read: a claim of one claims through the claim function at once (see
 /// [`PgBackend::claim_known_limited`]). Only a choice of path: the function reads the limits it
@@ -688,6 +697,16 @@ impl Store {
         Ok(results)
     }
 
+    /// One of the completion statements over the leases `ids` and `tokens`.
+    fn complete_query(
+        &self,
+        statement: &Arc<str>,
+        ids: Vec<String>,
+        tokens: Vec<String>,
+    ) -> common::Query<Db> {
+        q(statement).bind(ids).bind(tokens).bind(self.backend.channel.clone())
+    }
+
     /// Runs one of the completion statements over the leases of `batch` at `indices`; answers
     /// the (id, token) pairs it completed, and wakes this process's waiters if a completed job's
     /// queue has a concurrency limit (the statement notified the other processes).
@@ -699,10 +718,8 @@ impl Store {
     ) -> Result<HashSet<(String, String)>> {
         let ids: Vec<String> = indices.iter().map(|&i| batch[i].lease.id.clone()).collect();
         let tokens: Vec<String> = indices.iter().map(|&i| batch[i].lease.token.clone()).collect();
-        let rows = q(statement)
-            .bind(ids)
-            .bind(tokens)
-            .bind(self.backend.channel.clone())
+        let rows = self
+            .complete_query(statement, ids, tokens)
             .fetch_all(&self.backend.pool)
             .await
             .map_err(backend)?;
@@ -742,6 +759,83 @@ impl Store {
         Ok(Some(row.try_get::<i64, _>(0).map_err(backend)?))
     }
 
+    /// Connects the listener held in `guard` if it is not connected; true if it was not.
+    async fn listen(&self, guard: &mut Option<PgListener>) -> Result<bool> {
+        if guard.is_some() {
+            return Ok(false);
+        }
+        let mut listener =
+            PgListener::connect_with(&self.backend.listen_pool).await.map_err(backend)?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(&self.backend.channel).await.map_err(backend)?;
+        *guard = Some(listener);
+        Ok(true)
+    }
+
+    /// Readies the store for a worker: connects the listener and opens [`WARM_CONNECTIONS`]
+    /// pooled connections at once (fewer on a small pool), running a job's path on each (see
+    /// [`Store::warm_on`]). Without it the first jobs after a start waited for both: the pool
+    /// grew to ten connections in the first 200 ms of a run at 1,000 jobs/s, each parsing its
+    /// statements on the jobs' path, and the jobs of the first 500 ms were the whole run's
+    /// p99 (BENCHMARKS.md, rounds 22 and 23).
+    pub(crate) async fn warm(&self, queues: &[String]) -> Result<()> {
+        self.listen(&mut *self.backend.listener.lock().await).await?;
+        let count = WARM_CONNECTIONS
+            .min(
+                usize::try_from(self.backend.pool.options().get_max_connections() / 2).unwrap_or(1),
+            )
+            .max(1);
+        let mut warming = tokio::task::JoinSet::new();
+        for i in 0..count {
+            let store = self.clone();
+            let queues = queues.to_vec();
+            warming.spawn(async move {
+                let mut conn = store.backend.writer().await?;
+                for _ in 0..WARM_RUNS {
+                    store.warm_on(&mut conn, &format!("orcs:warm-up:{i}"), &queues).await?;
+                }
+                Ok::<_, Error>(())
+            });
+        }
+        while let Some(warmed) = warming.join_next().await {
+            warmed.map_err(|e| Error::backend(common::DRIVER, e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// Runs on `conn` the statements of a job's path, in a transaction that is rolled back,
+    /// so nothing of it is seen or kept: a push to queue `warm` (which no worker claims from),
+    /// the claim that takes it, its completion, the look for ready jobs on `queues` an idle
+    /// worker makes, and the announcement of a push. PostgreSQL parses a statement on its first
+    /// use on a connection and plans it afresh on its first runs, so this is what those first
+    /// jobs would otherwise pay.
+    async fn warm_on(&self, conn: &mut Conn, warm: &str, queues: &[String]) -> Result<()> {
+        use orcs_core::Clock as _;
+        let now = orcs_core::SystemClock.now();
+        let mut tx = conn.begin().await.map_err(backend)?;
+        let job = NewJob::new(orcs_core::new_job_id(), warm, warm, "null", now);
+        self.insert_jobs(&mut tx, std::slice::from_ref(&job)).await?;
+        let warm_queues = [warm.to_owned()];
+        let (claim, _) =
+            self.claim_on(&mut tx, &orcs_core::ClaimRequest::new(&warm_queues, 1, now)).await?;
+        let (ids, tokens): (Vec<String>, Vec<String>) =
+            claim.jobs.iter().map(|job| (job.lease.id.clone(), job.lease.token.clone())).unzip();
+        self.complete_query(&self.sql.complete_many_pg, ids, tokens)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !queues.is_empty() {
+            self.any_ready_query(queues, now).fetch_one(&mut *tx).await.map_err(backend)?;
+        }
+        sqlx::query(NOTIFY_ALONE)
+            .bind(self.backend.channel.clone())
+            .bind(payloads(&warm_queues))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.rollback().await.map_err(backend)
+    }
+
     pub(crate) async fn wait(
         &self,
         queues: &[String],
@@ -775,16 +869,9 @@ impl Store {
                 }
             },
         };
-        if guard.is_none() {
-            let mut listener =
-                PgListener::connect_with(&self.backend.listen_pool).await.map_err(backend)?;
-            listener.ignore_pool_close_event(true);
-            listener.listen(&self.backend.channel).await.map_err(backend)?;
-            *guard = Some(listener);
-            // Anything dispatched while the listener was connecting was not heard: look again.
-            if self.any_ready(queues, now).await? {
-                return Ok(());
-            }
+        // Anything dispatched while the listener was connecting was not heard: look again.
+        if self.listen(&mut guard).await? && self.any_ready(queues, now).await? {
+            return Ok(());
         }
         let listener = guard.as_mut().expect("set above");
         tokio::select! {

@@ -2580,6 +2580,31 @@ pub async fn limited_promotion_never_inverts_priority(driver: BoxDriver) {
     assert_eq!(freed.iter().map(tag_of).collect::<Vec<_>>(), [5], "the completed job's slot");
 }
 
+/// A worker's warm-up ([`orcs_core::Driver::warm`]) changes no job: the waiting jobs stay as they
+/// were, in order, a held key stays held, and no queue appears.
+pub async fn warming_changes_no_job(driver: BoxDriver) {
+    let (queue, _clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    let held = queue
+        .dispatch_with(plain(&key, 0), unique("warm", UniqueUntil::Finished))
+        .await
+        .expect("dispatch");
+    queue.dispatch_many((1..3).map(|i| plain(&key, i))).await.expect("dispatch");
+    let before = driver.queues().await.expect("queues");
+    for _ in 0..2 {
+        driver.warm(&names(&["default", "other"]), 4).await.expect("warm");
+    }
+    assert_eq!(driver.queues().await.expect("queues"), before, "no queue appears");
+    check_stats(&queue, "default", (3, 0, 0, 0, 0, 0), "the jobs wait as they did").await;
+    let again = queue
+        .dispatch_with(plain(&key, 9), unique("warm", UniqueUntil::Finished))
+        .await
+        .expect("dispatch");
+    assert_eq!(again, held, "the key is still held");
+    let got = claim(&queue, &["default"], 10).await;
+    assert_eq!(got.iter().map(tag_of).collect::<Vec<_>>(), [0, 1, 2], "every job, in order");
+}
+
 /// A rate limit of N per window lets no window, wherever it starts, hold more than N starts,
 /// and the claim says when the window reopens.
 pub async fn rate_limit_allows_n_starts_in_any_window(driver: BoxDriver) {

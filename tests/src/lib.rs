@@ -141,6 +141,7 @@ macro_rules! conformance_tests {
             settling_tokens_free_only_their_own_slots,
             limited_claims_promote_due_jobs_first,
             limited_promotion_never_inverts_priority,
+            warming_changes_no_job,
             rate_limit_allows_n_starts_in_any_window,
             a_claim_counts_its_rate_starts_when_it_takes_effect,
             limited_workers_wake_when_a_slot_or_token_frees,

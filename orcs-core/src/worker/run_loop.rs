@@ -419,6 +419,9 @@ impl Runner {
         let slot_freed = Arc::new(Notify::new());
         let mut pool =
             Pool::new(Arc::clone(&self), options.concurrency.saturating_mul(2), hard_stop.clone());
+        if let Err(e) = self.driver.warm(&options.queues, options.concurrency).await {
+            tracing::debug!(error = %e, "could not warm the backend before the first claim");
+        }
 
         loop {
             if options.max_jobs.is_some_and(|max| claimed >= max)
