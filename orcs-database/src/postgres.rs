@@ -779,7 +779,11 @@ impl Store {
     /// statements on the jobs' path, and the jobs of the first 500 ms were the whole run's
     /// p99 (BENCHMARKS.md, rounds 22 and 23).
     pub(crate) async fn warm(&self, queues: &[String]) -> Result<()> {
-        self.listen(&mut *self.backend.listener.lock().await).await?;
+        // Held: a waiter of this process has the listener (connected or connecting), and
+        // waiting for it would hold this start up until that wait ends.
+        if let Ok(mut guard) = self.backend.listener.try_lock() {
+            self.listen(&mut guard).await?;
+        }
         let count = WARM_CONNECTIONS
             .min(
                 usize::try_from(self.backend.pool.options().get_max_connections() / 2).unwrap_or(1),
