@@ -526,6 +526,19 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         Err::<std::future::Ready<_>, _>(jobs)
     }
 
+    /// Inserts the jobs of `jobs` at `rows` (in that order, at most [`INSERT_CHUNK`]) in one
+    /// statement, leaving out those whose id or held key is taken; answers the
+    /// ids it stored. `keys` are every job's unique columns, by index; `workflow` says whether
+    /// the statement writes `batch` and `meta`.
+    fn insert_rows(
+        store: &Store<Self>,
+        conn: &mut Self::Conn,
+        jobs: &[NewJob],
+        keys: &[UniqueColumns],
+        rows: &[usize],
+        workflow: bool,
+    ) -> impl Future<Output = orcs_core::Result<Vec<String>>> + Send;
+
     /// Called after a group commit (see [`crate::group`]) stored jobs in `queues` (or made a
     /// debounced holder ready there): wakes this process's waiters and announces them to
     /// other processes as the backend does.
@@ -774,32 +787,7 @@ where
         let mut stored: HashSet<String> = HashSet::new();
         for chunk in order.chunks(INSERT_CHUNK) {
             let workflow = chunk.iter().any(|&i| jobs[i].batch.is_some() || jobs[i].meta.is_some());
-            let mut query = dynamic(self.sql.insert(chunk.len(), workflow));
-            for &i in chunk {
-                let job = &jobs[i];
-                let (key, mode, ms) = keys[i].clone();
-                query = query
-                    .bind(job.id.clone())
-                    .bind(job.queue.clone())
-                    .bind(job.name.clone())
-                    .bind(job.payload.clone())
-                    .bind(job.priority)
-                    .bind(i64::from(job.max_retries))
-                    .bind(duration_ms(job.retry_delay_ms))
-                    .bind(job.timeout_ms.map(duration_ms))
-                    .bind(job.dispatched_at)
-                    .bind(job.available_at)
-                    .bind(initial_state(job))
-                    .bind(key)
-                    .bind(mode)
-                    .bind(ms);
-                if workflow {
-                    query = query.bind(job.batch.clone()).bind(job.meta.clone());
-                }
-            }
-            for row in query.fetch_all(&mut *conn).await.map_err(backend)? {
-                stored.insert(row.try_get::<String, _>(0).map_err(backend)?);
-            }
+            stored.extend(B::insert_rows(self, conn, jobs, &keys, chunk, workflow).await?);
         }
         // Job id -> the id of the job holding its key, for the jobs refused for it.
         let mut refused: HashMap<&str, String> = HashMap::new();

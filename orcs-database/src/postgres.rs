@@ -19,7 +19,9 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::common::{self, Backend, Claimed, Limits, Shared, backend, first_texts, q};
+use crate::common::{
+    self, Backend, Claimed, Limits, Shared, UniqueColumns, backend, first_texts, q,
+};
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
 use crate::group::Pushes;
 use crate::sql::{CHILD_MARK, Dialect, PROMOTION_COLUMNS, Sql};
@@ -249,6 +251,50 @@ impl Backend for PgBackend {
         .await
         .map_err(backend)?;
         first_texts(&rows)
+    }
+
+    /// One array parameter per column ([`Sql::insert_pg`]): one statement whatever the number
+    /// of jobs, parsed and planned once per connection, where a `VALUES` list was a statement
+    /// of its own for each size of a group commit.
+    async fn insert_rows(
+        store: &Store,
+        conn: &mut Conn,
+        jobs: &[NewJob],
+        keys: &[UniqueColumns],
+        rows: &[usize],
+        workflow: bool,
+    ) -> Result<Vec<String>> {
+        let column = |f: &dyn Fn(usize) -> Option<String>| -> Vec<Option<String>> {
+            rows.iter().map(|&i| f(i)).collect()
+        };
+        let number = |f: &dyn Fn(&NewJob) -> i64| -> Vec<i64> {
+            rows.iter().map(|&i| f(&jobs[i])).collect()
+        };
+        let mut query = q(store.sql.insert_pg(workflow))
+            .bind(column(&|i| Some(jobs[i].id.clone())))
+            .bind(column(&|i| Some(jobs[i].queue.clone())))
+            .bind(column(&|i| Some(jobs[i].name.clone())))
+            .bind(column(&|i| Some(jobs[i].payload.clone())))
+            .bind(rows.iter().map(|&i| jobs[i].priority).collect::<Vec<i32>>())
+            .bind(number(&|job| i64::from(job.max_retries)))
+            .bind(number(&|job| common::duration_ms(job.retry_delay_ms)))
+            .bind(
+                rows.iter()
+                    .map(|&i| jobs[i].timeout_ms.map(common::duration_ms))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(number(&|job| job.dispatched_at))
+            .bind(number(&|job| job.available_at))
+            .bind(rows.iter().map(|&i| common::initial_state(&jobs[i])).collect::<Vec<i32>>())
+            .bind(column(&|i| keys[i].0.clone()))
+            .bind(rows.iter().map(|&i| keys[i].1).collect::<Vec<Option<i32>>>())
+            .bind(rows.iter().map(|&i| keys[i].2).collect::<Vec<Option<i64>>>());
+        if workflow {
+            query = query
+                .bind(column(&|i| jobs[i].batch.clone()))
+                .bind(column(&|i| jobs[i].meta.clone()));
+        }
+        first_texts(&query.fetch_all(conn).await.map_err(backend)?)
     }
 
     /// Announces `queues` to every other process's waiters with `NOTIFY`, inside the caller's

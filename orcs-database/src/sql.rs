@@ -269,6 +269,9 @@ pub(crate) struct Sql {
     pub(crate) set_progress: Arc<str>,
     /// PostgreSQL: a touch batch as one statement over arrays of ids, tokens and progress.
     pub(crate) touch_pg: Arc<str>,
+    /// PostgreSQL: the push's insert, one array parameter per column, without and with the
+    /// workflow columns (see [`Sql::insert_pg`]).
+    insert_pg: [Arc<str>; 2],
     /// PostgreSQL: a batch of completions as one statement over arrays of ids and tokens;
     /// returns the (id, token) pairs it completed.
     pub(crate) complete_many_pg: Arc<str>,
@@ -335,6 +338,27 @@ pub(crate) struct Sql {
     pub(crate) prune_before: [Arc<str>; 2],
     /// Deletes failed jobs beyond the newest `$1` (of queue `$2` in the second).
     pub(crate) prune_keep: [Arc<str>; 2],
+}
+
+/// The text of [`Sql::insert_pg`] for the jobs table `jobs`. A `Started` or `Finished` key is
+/// held by its job's row (`key_held`, see migrations 9 and 11), and so is a `Period` key while
+/// the push's transaction runs (see `Store::insert_jobs`): a key held by another job's row is
+/// a conflict like a stored id, skipped (no conflict target).
+fn insert_pg(jobs: &str, workflow: bool) -> String {
+    let (columns, types) =
+        if workflow { (", batch, meta", ", $15::TEXT[], $16::TEXT[]") } else { ("", "") };
+    format!(
+        "INSERT INTO {jobs} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
+         timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms\
+         {columns}, key_held) \
+         SELECT r.*, CASE WHEN r.unique_mode IS NOT NULL THEN 1 END \
+         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INTEGER[], \
+         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::INTEGER[], \
+         $12::TEXT[], $13::INTEGER[], $14::BIGINT[]{types}) AS r (id, queue, name, payload, \
+         priority, max_retries, retry_delay_ms, timeout_ms, dispatched_at, available_at, state, \
+         unique_key, unique_mode, unique_ms{columns}) \
+         ON CONFLICT DO NOTHING RETURNING id"
+    )
 }
 
 fn s(text: String) -> Arc<str> {
@@ -1579,6 +1603,7 @@ impl Sql {
                  RETURNING queue"
             )),
             set_progress: s(format!("UPDATE {j} SET progress = $3 WHERE id = $1 AND token = $2")),
+            insert_pg: [false, true].map(|workflow| s(insert_pg(&j, workflow))),
             complete_many_pg: s(format!(
                 "WITH done AS (DELETE FROM {j} WHERE (id, token) IN \
                  (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) AND batch IS NULL \
@@ -1753,77 +1778,56 @@ impl Sql {
         }
     }
 
-    /// Inserts `rows` new jobs (14 parameters each, 16 with the `workflow` columns: a push of
-    /// jobs outside workflows sends the statement it sent before they existed), skipping ids already in the table; returns
-    /// the ids it stored. On SQLite it also skips ids in the failed set: the statement runs
-    /// under the single write lock, so nothing can move a job there meanwhile, and the push
-    /// saves the separate look (a round trip to SQLite's worker thread).
+    /// SQLite: inserts `rows` new jobs (14 parameters each, 16 with the `workflow` columns: a
+    /// push of jobs outside workflows sends the statement it sent before they existed),
+    /// skipping ids already in the table; returns the ids it stored. It also skips ids in the
+    /// failed set: the statement runs under the single write lock, so nothing can move a job
+    /// there meanwhile, and the push saves the separate look (a round trip to SQLite's worker
+    /// thread). PostgreSQL's is [`Sql::insert_pg`].
     pub(crate) fn insert(&self, rows: usize, workflow: bool) -> String {
         self.insert_returning(rows, workflow, "id")
     }
 
     /// [`Sql::insert`] returning `returning` of each stored job.
     fn insert_returning(&self, rows: usize, workflow: bool, returning: &str) -> String {
-        let sqlite = self.dialect == Dialect::Sqlite;
         let (columns, per_row) =
             if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
         // A `Started` or `Finished` key is held by its job's row (`key_held`, see migrations 9
-        // and 11), so a key held by another job is a conflict like a stored id. PostgreSQL's row
-        // holds a `Period` key too while the push's transaction runs (see `Store::insert_jobs`).
+        // and 11), so a key held by another job is a conflict like a stored id.
         let mut sql = format!(
             "INSERT INTO {} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
              timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms\
-             {columns}, key_held) {}",
+             {columns}, key_held) SELECT *, CASE WHEN column13 IN ({UNIQUE_STARTED}, \
+             {UNIQUE_FINISHED}) THEN 1 END FROM (VALUES ",
             self.jobs,
-            if sqlite {
-                format!(
-                    "SELECT *, CASE WHEN column13 IN ({UNIQUE_STARTED}, {UNIQUE_FINISHED}) \
-                     THEN 1 END FROM (VALUES "
-                )
-            } else {
-                "VALUES ".to_owned()
-            }
         );
         for row in 0..rows {
-            let b = row * per_row;
             if row > 0 {
                 sql.push_str(", ");
             }
+            // Anonymous: sqlx looks up each numbered parameter's name, which SQLite finds by a
+            // linear scan, so a push of 1,000 jobs spent ~90% of its time there; `?` are bound
+            // by position (they appear in order here).
             sql.push('(');
-            for col in 1..=per_row {
-                if col > 1 {
-                    sql.push_str(", ");
-                }
-                if sqlite {
-                    // Anonymous: sqlx looks up each numbered parameter's name, which SQLite
-                    // finds by a linear scan, so a push of 1,000 jobs spent ~90% of its time
-                    // there; `?` are bound by position (they appear in order here).
-                    sql.push('?');
-                } else {
-                    sql.push('$');
-                    sql.push_str(&(b + col).to_string());
-                }
-            }
-            if !sqlite {
-                sql.push_str(&format!(", CASE WHEN ${} IS NOT NULL THEN 1 END", b + 13));
-            }
+            sql.push_str(&vec!["?"; per_row].join(", "));
             sql.push(')');
         }
-        if sqlite {
-            // A `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
-            // Neither is a job stored whose key someone holds for a `Period` (the keys table).
-            sql.push_str(&format!(
-                ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
-                 (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
-                 AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING {returning}",
-                f = self.failed,
-                u = self.uniq,
-            ));
-        } else {
-            // No conflict target: a key held by another job's row is skipped like a stored id.
-            sql.push_str(&format!(" ON CONFLICT DO NOTHING RETURNING {returning}"));
-        }
+        // A `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
+        // Neither is a job stored whose key someone holds for a `Period` (the keys table).
+        sql.push_str(&format!(
+            ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
+             AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING {returning}",
+            f = self.failed,
+            u = self.uniq,
+        ));
         sql
+    }
+
+    /// PostgreSQL's insert of a push (`workflow`: with the `batch` and `meta` columns): the
+    /// columns of [`Sql::insert`] as arrays, a job per index, inserted in the arrays' order.
+    pub(crate) fn insert_pg(&self, workflow: bool) -> &Arc<str> {
+        &self.insert_pg[usize::from(workflow)]
     }
 
     /// Takes the unique keys of `rows` jobs (5 parameters each: queue, key, holder, taken_at,
@@ -2126,26 +2130,23 @@ mod tests {
     /// batch or meta binds the two columns more.
     #[test]
     fn a_push_outside_workflows_sends_the_statement_of_before() {
-        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
-            let sql = sql(dialect);
-            // 14 parameters per job, 16 with the workflow columns: numbered on PostgreSQL,
-            // anonymous on SQLite.
-            let params = |statement: &str, n: usize| match dialect {
-                // (Then whether the job holds its key, from its mode: see migration 11.)
-                Dialect::Postgres => {
-                    statement.contains(&format!("${n}, CASE WHEN $"))
-                        && !statement.contains(&format!("${}", n + 1))
-                }
-                Dialect::Sqlite => statement.matches('?').count() == n && !statement.contains('$'),
-            };
-            let plain = sql.insert(2, false);
-            assert!(!plain.contains("batch") && !plain.contains("meta"), "{plain}");
-            assert!(params(&plain, 28), "{plain}");
-            let workflow = sql.insert(2, true);
-            // Then whether the job holds its key (migrations 9 and 11).
-            assert!(workflow.contains("unique_ms, batch, meta, key_held)"), "{workflow}");
-            assert!(params(&workflow, 32), "{workflow}");
-        }
+        // SQLite: 14 anonymous parameters per job, 16 with the workflow columns.
+        let lite = sql(Dialect::Sqlite);
+        let plain = lite.insert(2, false);
+        assert!(!plain.contains("batch") && !plain.contains("meta"), "{plain}");
+        assert!(plain.matches('?').count() == 28 && !plain.contains('$'), "{plain}");
+        let workflow = lite.insert(2, true);
+        // Then whether the job holds its key (migrations 9 and 11).
+        assert!(workflow.contains("unique_ms, batch, meta, key_held)"), "{workflow}");
+        assert!(workflow.matches('?').count() == 32, "{workflow}");
+        // PostgreSQL: one array per column, whatever the number of jobs.
+        let pg = sql(Dialect::Postgres);
+        let plain = pg.insert_pg(false);
+        assert!(!plain.contains("batch") && !plain.contains("meta"), "{plain}");
+        assert!(plain.contains("$14::BIGINT[])") && !plain.contains("$15"), "{plain}");
+        let workflow = pg.insert_pg(true);
+        assert!(workflow.contains("unique_ms, batch, meta, key_held)"), "{workflow}");
+        assert!(workflow.contains("$16::TEXT[])") && !workflow.contains("$17"), "{workflow}");
     }
 
     /// Migration 3 still creates the claim function it created (applied migrations are never

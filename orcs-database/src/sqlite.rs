@@ -23,7 +23,8 @@ use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::common::{
-    self, Backend, Claimed, Limits, SLOW_STATEMENT, Shared, backend, dynamic, first_texts, q,
+    self, Backend, Claimed, Limits, SLOW_STATEMENT, Shared, UniqueColumns, backend, duration_ms,
+    dynamic, first_texts, initial_state, q,
 };
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING};
 use crate::group::Pushes;
@@ -99,6 +100,41 @@ impl Backend for SqliteBackend {
             tokio::spawn(async move { writer.write_pushes(pushes).await });
         }
         Ok(answer)
+    }
+
+    /// One `VALUES` row of 14 (16 with the workflow columns) parameters per job.
+    async fn insert_rows(
+        store: &Store,
+        conn: &mut Conn,
+        jobs: &[NewJob],
+        keys: &[UniqueColumns],
+        rows: &[usize],
+        workflow: bool,
+    ) -> Result<Vec<String>> {
+        let mut query = dynamic(store.sql.insert(rows.len(), workflow));
+        for &i in rows {
+            let job = &jobs[i];
+            let (key, mode, ms) = keys[i].clone();
+            query = query
+                .bind(job.id.clone())
+                .bind(job.queue.clone())
+                .bind(job.name.clone())
+                .bind(job.payload.clone())
+                .bind(job.priority)
+                .bind(i64::from(job.max_retries))
+                .bind(duration_ms(job.retry_delay_ms))
+                .bind(job.timeout_ms.map(duration_ms))
+                .bind(job.dispatched_at)
+                .bind(job.available_at)
+                .bind(initial_state(job))
+                .bind(key)
+                .bind(mode)
+                .bind(ms);
+            if workflow {
+                query = query.bind(job.batch.clone()).bind(job.meta.clone());
+            }
+        }
+        first_texts(&query.fetch_all(conn).await.map_err(backend)?)
     }
 
     /// This process's waiters; other processes find the jobs when they poll.
