@@ -118,13 +118,12 @@ pub trait Driver: Admin + fmt::Debug + 'static {
     /// `timeout` passed. May return early; callers claim again either way.
     async fn wait(&self, queues: &[String], now: Millis, timeout: Duration) -> Result<()>;
 
-    /// Readies the backend for a worker about to claim from `queues` with `concurrency` slots,
-    /// so that its first jobs do not pay the backend's own start-up (PostgreSQL: connections
-    /// opened and the statements of a job's path parsed and planned on each). Changes no job.
-    /// Best effort: the worker logs a failure and goes on, and its first claim reports an
-    /// outage.
-    async fn warm(&self, queues: &[String], concurrency: usize) -> Result<()> {
-        let _ = (queues, concurrency);
+    /// Readies the backend for a worker about to claim from `queues`, so that its first jobs
+    /// do not pay the backend's own start-up (PostgreSQL: connections opened and the statements
+    /// of a job's path parsed and planned on each). Changes no job. Best effort: the worker
+    /// logs a failure and goes on, and its first claim reports an outage.
+    async fn warm(&self, queues: &[String]) -> Result<()> {
+        let _ = queues;
         Ok(())
     }
 

@@ -325,7 +325,7 @@ impl Driver for DatabaseDriver {
         on_backend!(self, s => s.wait(queues, now, timeout).await)
     }
 
-    async fn warm(&self, queues: &[String], _concurrency: usize) -> Result<()> {
+    async fn warm(&self, queues: &[String]) -> Result<()> {
         match &self.inner.backend {
             Backend::Sqlite(_) => Ok(()),
             Backend::Postgres(s) => s.warm(queues).await,

@@ -2592,7 +2592,7 @@ pub async fn warming_changes_no_job(driver: BoxDriver) {
     queue.dispatch_many((1..3).map(|i| plain(&key, i))).await.expect("dispatch");
     let before = driver.queues().await.expect("queues");
     for _ in 0..2 {
-        driver.warm(&names(&["default", "other"]), 4).await.expect("warm");
+        driver.warm(&names(&["default", "other"])).await.expect("warm");
     }
     assert_eq!(driver.queues().await.expect("queues"), before, "no queue appears");
     check_stats(&queue, "default", (3, 0, 0, 0, 0, 0), "the jobs wait as they did").await;

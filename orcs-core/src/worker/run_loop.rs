@@ -419,7 +419,7 @@ impl Runner {
         let slot_freed = Arc::new(Notify::new());
         let mut pool =
             Pool::new(Arc::clone(&self), options.concurrency.saturating_mul(2), hard_stop.clone());
-        if let Err(e) = self.driver.warm(&options.queues, options.concurrency).await {
+        if let Err(e) = self.driver.warm(&options.queues).await {
             tracing::debug!(error = %e, "could not warm the backend before the first claim");
         }
 
