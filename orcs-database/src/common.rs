@@ -526,10 +526,13 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         Err::<std::future::Ready<_>, _>(jobs)
     }
 
-    /// Inserts the jobs of `jobs` at `rows` (in that order, at most [`INSERT_CHUNK`]) in one
-    /// statement, leaving out those whose id or held key is taken; answers the
-    /// ids it stored. `keys` are every job's unique columns, by index; `workflow` says whether
-    /// the statement writes `batch` and `meta`.
+    /// Most jobs one insert statement stores ([`Backend::insert_rows`]).
+    const INSERT_ROWS: usize;
+
+    /// Inserts the jobs of `jobs` at `rows` (in that order, at most [`Backend::INSERT_ROWS`])
+    /// in one statement, leaving out those whose id or held key is taken; answers the ids it
+    /// stored. `keys` are every job's unique columns, by index; `workflow` says whether the
+    /// statement writes `batch` and `meta`.
     fn insert_rows(
         store: &Store<Self>,
         conn: &mut Self::Conn,
@@ -785,7 +788,7 @@ where
             order.sort_by_key(|&i| jobs[i].unique.as_ref().map(|u| (&jobs[i].queue, &u.key)));
         }
         let mut stored: HashSet<String> = HashSet::new();
-        for chunk in order.chunks(INSERT_CHUNK) {
+        for chunk in order.chunks(B::INSERT_ROWS) {
             let workflow = chunk.iter().any(|&i| jobs[i].batch.is_some() || jobs[i].meta.is_some());
             stored.extend(B::insert_rows(self, conn, jobs, &keys, chunk, workflow).await?);
         }

@@ -253,6 +253,10 @@ impl Backend for PgBackend {
         first_texts(&rows)
     }
 
+    /// Arrays: no limit of parameters. A batch of the bench's 1,000 jobs is one statement (two of
+    /// 500 each with the `VALUES` insert); a bound still keeps one statement's memory modest.
+    const INSERT_ROWS: usize = 5_000;
+
     /// One array parameter per column ([`Sql::insert_pg`]): one statement whatever the number
     /// of jobs, parsed and planned once per connection, where a `VALUES` list was a statement
     /// of its own for each size of a group commit.

@@ -102,6 +102,9 @@ impl Backend for SqliteBackend {
         Ok(answer)
     }
 
+    /// 16 parameters a job at most: far below SQLite's limit.
+    const INSERT_ROWS: usize = common::INSERT_CHUNK;
+
     /// One `VALUES` row of 14 (16 with the workflow columns) parameters per job.
     async fn insert_rows(
         store: &Store,
