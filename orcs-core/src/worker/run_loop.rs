@@ -252,6 +252,15 @@ impl Drop for Slot {
 /// +12 % on PostgreSQL, Redis and memory no slower, 8 no better than 4).
 const IN_FLIGHT_PER_SLOT: usize = 4;
 
+/// Attempts a worker of `concurrency` slots keeps in flight: [`IN_FLIGHT_PER_SLOT`] per slot, but
+/// two for a worker of one slot. One slot is how an application asks for its jobs one at a
+/// time; its next job may start while the last one's result is written, but not three more
+/// (a batch's first failure then cancels the rest with at most one more child started, and a
+/// crash leaves at most two results unwritten).
+fn in_flight(concurrency: usize) -> usize {
+    if concurrency <= 1 { 2 } else { concurrency.saturating_mul(IN_FLIGHT_PER_SLOT) }
+}
+
 /// How long, after the shutdown timeout, jobs get to be handed back before the worker stops
 /// without them (their leases expire and recovery returns them to pending).
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -421,15 +430,11 @@ impl Runner {
         let mut forced = false;
         let mut shutdown_asked = false;
         // `concurrency` slots for running job code; see `Slot`. Jobs whose result is still being
-        // recorded hold no slot, but at most `IN_FLIGHT_PER_SLOT - 1` times as many are let
-        // pile up.
+        // recorded hold no slot, but at most `in_flight` attempts are in flight in all.
         let slots = Arc::new(Semaphore::new(options.concurrency));
         let slot_freed = Arc::new(Notify::new());
-        let mut pool = Pool::new(
-            Arc::clone(&self),
-            options.concurrency.saturating_mul(IN_FLIGHT_PER_SLOT),
-            hard_stop.clone(),
-        );
+        let mut pool =
+            Pool::new(Arc::clone(&self), in_flight(options.concurrency), hard_stop.clone());
         if let Err(e) = self.driver.warm(&options.queues).await {
             tracing::debug!(error = %e, "could not warm the backend before the first claim");
         }
