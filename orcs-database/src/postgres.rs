@@ -268,35 +268,35 @@ impl Backend for PgBackend {
         rows: &[usize],
         workflow: bool,
     ) -> Result<Vec<String>> {
-        let column = |f: &dyn Fn(usize) -> Option<String>| -> Vec<Option<String>> {
-            rows.iter().map(|&i| f(i)).collect()
-        };
-        let number = |f: &dyn Fn(&NewJob) -> i64| -> Vec<i64> {
-            rows.iter().map(|&i| f(&jobs[i])).collect()
-        };
+        /// One array per column: `f` of each job of the statement (and its unique columns), in
+        /// the statement's order.
+        fn each<T>(
+            jobs: &[NewJob],
+            keys: &[UniqueColumns],
+            rows: &[usize],
+            f: impl Fn(&NewJob, &UniqueColumns) -> T,
+        ) -> Vec<T> {
+            rows.iter().map(|&i| f(&jobs[i], &keys[i])).collect()
+        }
         let mut query = q(store.sql.insert_pg(workflow))
-            .bind(column(&|i| Some(jobs[i].id.clone())))
-            .bind(column(&|i| Some(jobs[i].queue.clone())))
-            .bind(column(&|i| Some(jobs[i].name.clone())))
-            .bind(column(&|i| Some(jobs[i].payload.clone())))
-            .bind(rows.iter().map(|&i| jobs[i].priority).collect::<Vec<i32>>())
-            .bind(number(&|job| i64::from(job.max_retries)))
-            .bind(number(&|job| common::duration_ms(job.retry_delay_ms)))
-            .bind(
-                rows.iter()
-                    .map(|&i| jobs[i].timeout_ms.map(common::duration_ms))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(number(&|job| job.dispatched_at))
-            .bind(number(&|job| job.available_at))
-            .bind(rows.iter().map(|&i| common::initial_state(&jobs[i])).collect::<Vec<i32>>())
-            .bind(column(&|i| keys[i].0.clone()))
-            .bind(rows.iter().map(|&i| keys[i].1).collect::<Vec<Option<i32>>>())
-            .bind(rows.iter().map(|&i| keys[i].2).collect::<Vec<Option<i64>>>());
+            .bind(each(jobs, keys, rows, |job, _| job.id.clone()))
+            .bind(each(jobs, keys, rows, |job, _| job.queue.clone()))
+            .bind(each(jobs, keys, rows, |job, _| job.name.clone()))
+            .bind(each(jobs, keys, rows, |job, _| job.payload.clone()))
+            .bind(each(jobs, keys, rows, |job, _| job.priority))
+            .bind(each(jobs, keys, rows, |job, _| i64::from(job.max_retries)))
+            .bind(each(jobs, keys, rows, |job, _| common::duration_ms(job.retry_delay_ms)))
+            .bind(each(jobs, keys, rows, |job, _| job.timeout_ms.map(common::duration_ms)))
+            .bind(each(jobs, keys, rows, |job, _| job.dispatched_at))
+            .bind(each(jobs, keys, rows, |job, _| job.available_at))
+            .bind(each(jobs, keys, rows, |job, _| common::initial_state(job)))
+            .bind(each(jobs, keys, rows, |_, key| key.0.clone()))
+            .bind(each(jobs, keys, rows, |_, key| key.1))
+            .bind(each(jobs, keys, rows, |_, key| key.2));
         if workflow {
-            query = query
-                .bind(column(&|i| jobs[i].batch.clone()))
-                .bind(column(&|i| jobs[i].meta.clone()));
+            let batch = each(jobs, keys, rows, |job, _| job.batch.clone());
+            let meta = each(jobs, keys, rows, |job, _| job.meta.clone());
+            query = query.bind(batch).bind(meta);
         }
         first_texts(&query.fetch_all(conn).await.map_err(backend)?)
     }
