@@ -65,17 +65,35 @@ pub struct JobContext {
     pub(crate) max_attempts: u32,
     /// The batch the job is a child of ([`crate::Queue::batch`]).
     pub(crate) batch: Option<String>,
-    pub(crate) cancel: CancellationToken,
     pub(crate) shared: std::sync::Arc<Shared>,
     pub(crate) state: crate::registry::State,
 }
 
-/// What a running job shares with its worker beyond its own context: the progress it reported
-/// and not yet sent, and whether someone asked to cancel it.
+/// What a running job shares with its worker: the signal that asks it to stop, the progress it
+/// reported and not yet sent, and whether someone asked to cancel it. One allocation per
+/// attempt, which the worker's entry for the running job shares (a `CancellationToken` of its
+/// own for the cancel request, and a clone of the stop signal for that entry, each cost an
+/// allocation or a lock of the token's node per attempt).
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
+    /// Fires when the worker asks the job to stop (timeout, shutdown or a cancel).
+    pub(crate) cancel: CancellationToken,
     pub(crate) progress: std::sync::Mutex<Option<String>>,
-    pub(crate) cancel_requested: CancellationToken,
+    pub(crate) cancel_requested: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Asks the job to stop because someone cancelled it: `ctx.is_cancel_requested()` is true
+    /// from then on and `ctx.cancelled()` fires.
+    pub(crate) fn request_cancel(&self) {
+        self.cancel_requested.store(true, std::sync::atomic::Ordering::Release);
+        self.cancel.cancel();
+    }
+
+    /// Whether [`Shared::request_cancel`] was called.
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.cancel_requested.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl JobContext {
@@ -93,7 +111,6 @@ impl JobContext {
             attempt,
             max_attempts: attempt,
             batch: None,
-            cancel: CancellationToken::new(),
             shared: std::sync::Arc::default(),
             state: crate::registry::State::default(),
         }
@@ -134,7 +151,7 @@ impl JobContext {
     /// True once someone cancelled this job ([`crate::Queue::cancel`]); `ctx.cancelled()` has
     /// fired too.
     pub fn is_cancel_requested(&self) -> bool {
-        self.shared.cancel_requested.is_cancelled()
+        self.shared.cancel_requested()
     }
 
     /// The job's id.
@@ -177,12 +194,12 @@ impl JobContext {
 
     /// True once the worker asked the job to stop (timeout, shutdown or a cancel).
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.shared.cancel.is_cancelled()
     }
 
     /// Completes when the worker asks the job to stop; `select!` on it in long loops.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        self.shared.cancel.cancelled().await;
     }
 }
 

@@ -72,9 +72,9 @@ impl Runner {
             attempt: record.attempt,
             max_attempts: record.max_attempts(),
             batch: record.batch.clone(),
-            // A token of its own, not a child of `hard_stop`: linking and unlinking a child takes
-            // the parent's lock twice per attempt. The shutdown deadline cancels it below.
-            cancel: CancellationToken::new(),
+            // Its stop signal is a token of its own, not a child of `hard_stop`: linking and
+            // unlinking a child takes the parent's lock twice per attempt. The shutdown deadline
+            // cancels it below.
             shared: Arc::default(),
             state: self.registry.shared_state().clone(),
         };
@@ -102,7 +102,6 @@ impl Runner {
 
         let limit = record.timeout_ms.map_or(self.options.default_timeout, Duration::from_millis);
         let grace = self.options.cancel_grace;
-        let cancel_requested = ctx.shared.cancel_requested.clone();
         let result = {
             let mut run = std::pin::pin!(
                 AssertUnwindSafe(self.handle(job.as_ref(), &ctx, record.meta.as_deref()))
@@ -114,15 +113,18 @@ impl Runner {
             };
             // On a timeout or at the shutdown deadline the job is asked to stop first
             // (`ctx.cancelled()` fires) and gets `cancel_grace` to wind down before it is dropped.
+            // Biased, the job first: one that ends at its first poll never registers its timer
+            // or its wait for the deadline (a lock of the runtime's timer and of `hard_stop`).
             tokio::select! {
+                biased;
                 ran = &mut run => caught(ran),
                 () = tokio::time::sleep(limit) => {
-                    ctx.cancel.cancel();
+                    ctx.shared.cancel.cancel();
                     let _ = tokio::time::timeout(grace, &mut run).await;
                     Err(JobError::timeout(limit))
                 }
                 () = hard_stop.cancelled() => {
-                    ctx.cancel.cancel();
+                    ctx.shared.cancel.cancel();
                     match tokio::time::timeout(grace, &mut run).await {
                         Ok(ran) => caught(ran),
                         Err(_) => Err(JobError::retry("stopped at the shutdown deadline")),
@@ -134,7 +136,7 @@ impl Runner {
         drop(slot);
         let lease = running.end(lease);
 
-        if result.is_err() && cancel_requested.is_cancelled() {
+        if result.is_err() && ctx.shared.cancel_requested() {
             return self.settle(Settle::cancel(lease), Outcome::Cancelled).await;
         }
         // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.

@@ -75,7 +75,6 @@ impl RunningJobs {
 /// What the run loop knows of a running job.
 struct RunningJob {
     lease: Arc<Lease>,
-    cancel: CancellationToken,
     shared: Arc<Shared>,
 }
 
@@ -312,7 +311,7 @@ impl Runner {
 
     /// Registers a job as running until the guard drops.
     pub(super) fn running(&self, lease: Arc<Lease>, ctx: &JobContext) -> RunningGuard<'_> {
-        let job = RunningJob { lease, cancel: ctx.cancel.clone(), shared: Arc::clone(&ctx.shared) };
+        let job = RunningJob { lease, shared: Arc::clone(&ctx.shared) };
         let key = self.next_running.fetch_add(1, Ordering::Relaxed);
         self.running.lock().insert(key, job);
         RunningGuard { runner: self, key }
@@ -341,8 +340,7 @@ impl Runner {
                 for id in cancelled {
                     for job in running.values().filter(|job| job.lease.id == id) {
                         tracing::info!(id = %id, "the job was cancelled; asking it to stop");
-                        job.shared.cancel_requested.cancel();
-                        job.cancel.cancel();
+                        job.shared.request_cancel();
                     }
                 }
             }
