@@ -1785,11 +1785,6 @@ impl Sql {
     /// there meanwhile, and the push saves the separate look (a round trip to SQLite's worker
     /// thread). PostgreSQL's is [`Sql::insert_pg`].
     pub(crate) fn insert(&self, rows: usize, workflow: bool) -> String {
-        self.insert_returning(rows, workflow, "id")
-    }
-
-    /// [`Sql::insert`] returning `returning` of each stored job.
-    fn insert_returning(&self, rows: usize, workflow: bool, returning: &str) -> String {
         let (columns, per_row) =
             if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
         // A `Started` or `Finished` key is held by its job's row (`key_held`, see migrations 9
@@ -1816,7 +1811,7 @@ impl Sql {
         sql.push_str(&format!(
             ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
              (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
-             AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING {returning}",
+             AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING id",
             f = self.failed,
             u = self.uniq,
         ));
