@@ -70,16 +70,17 @@ pub struct JobContext {
 }
 
 /// What a running job shares with its worker: the signal that asks it to stop, the progress it
-/// reported and not yet sent, and whether someone asked to cancel it. One allocation per
-/// attempt, which the worker's entry for the running job shares (a `CancellationToken` of its
-/// own for the cancel request, and a clone of the stop signal for that entry, each cost an
-/// allocation or a lock of the token's node per attempt).
+/// reported and not yet sent, and whether someone asked to cancel it. The worker's entry for the
+/// running job shares this one allocation rather than cloning the signal, and the cancel request
+/// is a flag rather than a second token: a token costs an allocation per attempt, and each clone
+/// or drop of one locks its node.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     /// Fires when the worker asks the job to stop (timeout, shutdown or a cancel).
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: std::sync::Mutex<Option<String>>,
-    pub(crate) cancel_requested: std::sync::atomic::AtomicBool,
+    /// Set only by [`Shared::request_cancel`], together with `cancel`.
+    cancel_requested: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
