@@ -235,8 +235,18 @@ impl Queue {
     ///
     /// # Errors
     /// As [`Queue::dispatch`].
-    pub async fn dispatch_with<J: Job>(&self, job: J, options: DispatchOptions) -> Result<String> {
-        let record = self.record(&job, &options, self.now())?;
+    pub async fn dispatch_with<J: Job>(
+        &self,
+        job: J,
+        mut options: DispatchOptions,
+    ) -> Result<String> {
+        // The options are this dispatch's own: their unique key moves into the record instead
+        // of being copied (a keyed dispatch's extra allocations are most of what it costs more).
+        let unique = options.unique.take();
+        let mut record = self.record(&job, &options, self.now())?;
+        if unique.is_some() {
+            record.unique = unique;
+        }
         let mut ids = self.dispatch_records(vec![record]).await?;
         Ok(ids.pop().unwrap_or_default())
     }

@@ -23,6 +23,75 @@ use tokio::sync::Notify;
 /// clone it several times).
 type Id = Arc<str>;
 
+/// A job id in its queue's ready and delayed sets, which order jobs by id after priority or due
+/// time: in the id's string order, but an id that is a ULID as orcs makes them (26 characters of
+/// Crockford's base 32, upper case) also carries its 128 bits, and two such ids compare as
+/// numbers. A string comparison reads both ids' strings, one pointer away each, at every step of
+/// a set's search (most of a push's insert into the ready set); the numbers sit in the entry.
+/// Their order is the strings' order (the alphabet is in ASCII order, the ids of equal length),
+/// so the set's order is the one every driver uses.
+#[derive(Debug, Clone)]
+struct SortId {
+    /// The bits, high half first: two words rather than a `u128`, whose 16-byte alignment would
+    /// make each set entry a third larger.
+    bits: Option<[u64; 2]>,
+    id: Id,
+}
+
+impl SortId {
+    fn new(id: Id) -> Self {
+        let bits = ulid_bits(&id).map(|bits| [(bits >> 64) as u64, bits as u64]);
+        Self { bits, id }
+    }
+}
+
+impl PartialEq for SortId {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for SortId {}
+
+impl PartialOrd for SortId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SortId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self.bits, other.bits) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => self.id.cmp(&other.id),
+        }
+    }
+}
+
+/// The 128 bits of `id` if it is a canonical ULID (see [`SortId`]); `None` for any other id,
+/// lower-case ULIDs included, so that distinct strings never compare equal.
+fn ulid_bits(id: &str) -> Option<u128> {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    const DIGITS: [u8; 256] = {
+        let mut digits = [u8::MAX; 256];
+        let mut i = 0;
+        while i < ALPHABET.len() {
+            digits[ALPHABET[i] as usize] = i as u8;
+            i += 1;
+        }
+        digits
+    };
+    let bytes = id.as_bytes();
+    // 26 digits of 5 bits hold 130; a ULID's first digit is at most 7, so it fits 128.
+    if bytes.len() != 26 || bytes[0] > b'7' {
+        return None;
+    }
+    bytes.iter().try_fold(0u128, |bits, &byte| match DIGITS[byte as usize] {
+        u8::MAX => None,
+        digit => Some(bits << 5 | u128::from(digit)),
+    })
+}
+
 /// A hash map keyed by job ids, with rustc-hash's Fx hash: the ids come from the application in
 /// this same process, so SipHash's resistance to chosen keys buys nothing here, and it cost more
 /// than a tenth of a drain.
@@ -100,12 +169,12 @@ enum Ended {
 #[derive(Debug, Default)]
 struct QueueState {
     /// Ready jobs: highest priority first, then id (dispatch) order.
-    ready: BTreeSet<(Reverse<i32>, Id)>,
+    ready: BTreeSet<(Reverse<i32>, SortId)>,
     /// How many ready jobs became due (`job.available_at`) at each time, for `latency_ms`: a
     /// count per time instead of an entry per job, so that a claim only decrements a counter.
     ready_since: BTreeMap<Millis, u64>,
     /// Not yet due: by due time, then id.
-    delayed: BTreeSet<(Millis, Id)>,
+    delayed: BTreeSet<(Millis, SortId)>,
     /// Claimed: by lease deadline, then token (claim order). Integer keys: a claim and a settle
     /// never compare id strings here.
     reserved: BTreeMap<(Millis, u64), Id>,
@@ -208,7 +277,7 @@ struct KeyMap {
 #[derive(Debug)]
 struct HeldKey {
     hash: u64,
-    key: Box<str>,
+    key: KeyText,
     /// The holder's id, shared with the job map.
     holder: Id,
     /// When the key frees: a `Period` key's expiry, `Millis::MAX` for the others.
@@ -219,7 +288,25 @@ impl HeldKey {
     /// Whether this is the entry of `key`, whose hash is `hash` (the string is read only when
     /// the hashes match).
     fn is(&self, hash: u64, key: &str) -> bool {
-        self.hash == hash && *self.key == *key
+        self.hash == hash && self.key.as_str() == key
+    }
+}
+
+/// A held key's text. A `Started` or `Finished` key leaves the map when its holder is claimed
+/// or ends, so it reads its text from the holder's stored record (a keyed push allocates no
+/// copy of it); a `Period` key outlives its holder and keeps a copy of its own.
+#[derive(Debug)]
+enum KeyText {
+    Holder(Arc<NewJob>),
+    Own(Box<str>),
+}
+
+impl KeyText {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Holder(job) => job.unique.as_ref().map_or("", |unique| unique.key.as_str()),
+            Self::Own(key) => key,
+        }
     }
 }
 
@@ -266,20 +353,22 @@ enum JobState {
     Reserved { token: u64, until: Millis },
 }
 
-/// A pushed job with what its insert needs (its shared id and record, a copy of its unique key
-/// for the key map and the key's hash), made before the driver's lock is taken: a push holds the
-/// lock for the index updates only, so concurrent dispatchers wait less.
+/// A pushed job with what its insert needs (its shared id and record, its unique key's hash,
+/// and a copy of a `Period` key for the key map: see [`KeyText`]), made before the driver's lock
+/// is taken: a push holds the lock for the index updates only, so concurrent dispatchers wait
+/// less.
 struct Incoming {
     id: Id,
     job: Arc<NewJob>,
-    key: Option<(u64, Box<str>)>,
+    key: Option<(u64, Option<Box<str>>)>,
 }
 
 impl Incoming {
     fn new(job: NewJob) -> Self {
         let key = job.unique.as_ref().map(|unique| {
             let key = unique.key.as_str();
-            (key_hash(key), Box::from(key))
+            let own = matches!(unique.until, UniqueUntil::Period(_)).then(|| Box::from(key));
+            (key_hash(key), own)
         });
         Self { id: Id::from(job.id.as_str()), job: Arc::new(job), key }
     }
@@ -398,11 +487,11 @@ impl State {
         }
         let queue = self.queue(&job.queue);
         let state = if available_at <= now {
-            queue.ready.insert((Reverse(job.priority), Arc::clone(&id)));
+            queue.ready.insert((Reverse(job.priority), SortId::new(Arc::clone(&id))));
             queue.ready_since_add(available_at);
             JobState::Ready
         } else {
-            queue.delayed.insert((available_at, Arc::clone(&id)));
+            queue.delayed.insert((available_at, SortId::new(Arc::clone(&id))));
             JobState::Delayed(available_at)
         };
         let stored = Stored {
@@ -449,14 +538,14 @@ impl State {
         if self.jobs.contains_key(&id) || self.failed_index.contains_key(&job.id) {
             return PushOutcome::Duplicate { id: job.id.clone() };
         }
-        if let (Some(unique), Some((hash, key))) = (&job.unique, key) {
+        if let (Some(unique), Some((hash, own))) = (&job.unique, key) {
             let queue = self.queue(&job.queue);
             let frees = unique.expires_at(job.dispatched_at).unwrap_or(Millis::MAX);
-            let period_key = (frees != Millis::MAX).then(|| key.clone());
+            let period_key = own.clone();
             if period_key.is_some() {
                 queue.sweep_period_keys(now, PERIOD_SWEEP_PER_PUSH);
             }
-            match queue.unique.entry(hash, &key) {
+            match queue.unique.entry(hash, &unique.key) {
                 Entry::Occupied(mut entry) => {
                     let held = entry.get_mut();
                     if held.frees > now {
@@ -471,6 +560,7 @@ impl State {
                     held.frees = frees;
                 }
                 Entry::Vacant(entry) => {
+                    let key = own.map_or_else(|| KeyText::Holder(Arc::clone(&job)), KeyText::Own);
                     entry.insert(HeldKey { hash, key, holder: Arc::clone(&id), frees });
                 }
             }
@@ -495,20 +585,20 @@ impl State {
         match was {
             JobState::Ready => {
                 queue.ready_since_remove(since);
-                queue.ready.remove(&(Reverse(priority), Arc::clone(&id)));
+                queue.ready.remove(&(Reverse(priority), SortId::new(Arc::clone(&id))));
             }
             JobState::Delayed(at) => {
-                queue.delayed.remove(&(at, Arc::clone(&id)));
+                queue.delayed.remove(&(at, SortId::new(Arc::clone(&id))));
             }
             JobState::Reserved { .. } => return false,
         }
         let available_at = job.available_at;
         let state = if available_at <= now {
-            queue.ready.insert((Reverse(priority), Arc::clone(&id)));
+            queue.ready.insert((Reverse(priority), SortId::new(Arc::clone(&id))));
             queue.ready_since_add(available_at);
             JobState::Ready
         } else {
-            queue.delayed.insert((available_at, Arc::clone(&id)));
+            queue.delayed.insert((available_at, SortId::new(Arc::clone(&id))));
             JobState::Delayed(available_at)
         };
         let stored = self.jobs.get_mut(holder).expect("found above");
@@ -526,9 +616,9 @@ impl State {
         match stored.state {
             JobState::Ready => {
                 queue.ready_since_remove(stored.job.available_at);
-                queue.ready.remove(&(Reverse(stored.job.priority), id))
+                queue.ready.remove(&(Reverse(stored.job.priority), SortId::new(id)))
             }
-            JobState::Delayed(at) => queue.delayed.remove(&(at, id)),
+            JobState::Delayed(at) => queue.delayed.remove(&(at, SortId::new(id))),
             JobState::Reserved { .. } => unreachable!("only waiting jobs are removed"),
         };
         queue.free_key(&stored.job, UniqueUntil::Finished);
@@ -629,7 +719,7 @@ impl State {
         let Self { jobs, queues, next_seq, .. } = self;
         let Some(q) = queues.get_mut(queue) else { return };
         while out.len() < until_full {
-            let Some((_, id)) = q.ready.pop_first() else { break };
+            let Some((_, SortId { id, .. })) = q.ready.pop_first() else { break };
             let stored = jobs.get_mut(&*id).expect("a ready id has a job");
             *next_seq += 1;
             let token = *next_seq;
@@ -659,7 +749,7 @@ impl State {
                 break;
             }
             q.delayed.pop_first();
-            if let Some(stored) = self.jobs.get_mut(&*id) {
+            if let Some(stored) = self.jobs.get_mut(&*id.id) {
                 stored.state = JobState::Ready;
                 q.ready_since_add(at);
                 q.ready.insert((Reverse(stored.job.priority), id));
@@ -1070,7 +1160,7 @@ impl Driver for MemoryDriver {
                     let priority = stored.job.priority;
                     let q = state.queue(queue);
                     q.ready_since_add(until);
-                    q.ready.insert((Reverse(priority), id));
+                    q.ready.insert((Reverse(priority), SortId::new(id)));
                     recovered += 1;
                 }
                 if let Some(q) = state.queues.get_mut(queue.as_str()) {
@@ -1114,7 +1204,8 @@ impl Admin for MemoryDriver {
         let mut stats = QueueStats::new(queue);
         stats.latency_ms = state.latency(queue, now);
         let Some(q) = state.queues.get(queue) else { return Ok(stats) };
-        let due = q.delayed.range(..(now.saturating_add(1), Id::from(""))).count() as u64;
+        let due =
+            q.delayed.range(..(now.saturating_add(1), SortId::new(Id::from("")))).count() as u64;
         stats.pending = q.ready.len() as u64 + due;
         stats.delayed = q.delayed.len() as u64 - due;
         stats.reserved = q.reserved.len() as u64;
@@ -1139,8 +1230,8 @@ impl Admin for MemoryDriver {
         let state = self.state();
         let Some(q) = state.queues.get(req.queue.as_str()) else { return Ok(Vec::new()) };
         let ids: Box<dyn Iterator<Item = &Id>> = match req.state {
-            State_::Pending => Box::new(q.ready.iter().map(|(_, id)| id)),
-            State_::Delayed => Box::new(q.delayed.iter().map(|(_, id)| id)),
+            State_::Pending => Box::new(q.ready.iter().map(|(_, sorted)| &sorted.id)),
+            State_::Delayed => Box::new(q.delayed.iter().map(|(_, sorted)| &sorted.id)),
             State_::Reserved => Box::new(q.reserved.values()),
             other => {
                 return Err(Error::invalid(
@@ -1164,8 +1255,8 @@ impl Admin for MemoryDriver {
         q.ready_since.clear();
         let ids: Vec<Id> = std::mem::take(&mut q.ready)
             .into_iter()
-            .map(|(_, id)| id)
-            .chain(std::mem::take(&mut q.delayed).into_iter().map(|(_, id)| id))
+            .map(|(_, sorted)| sorted.id)
+            .chain(std::mem::take(&mut q.delayed).into_iter().map(|(_, sorted)| sorted.id))
             .collect();
         for id in &ids {
             if let Some(stored) = state.jobs.remove(&**id) {
@@ -1391,6 +1482,41 @@ mod tests {
         let mut job = NewJob::new(id, "noop", queue, "{}", at);
         job.unique = Some(Unique::new(key, until));
         job
+    }
+
+    /// The ready and delayed sets order ids as their strings do, whether an id compares as a
+    /// number (a canonical ULID) or as a string (any other id, a lower-case ULID included).
+    #[test]
+    fn sort_ids_order_as_their_strings() {
+        let mut ids: Vec<String> = [
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAW",
+            "01arz3ndektsv4rrffq69g5fav",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAI",
+            "00000000000000000000000000",
+            "0000000000000000000000000Z",
+            "7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "80000000000000000000000000",
+            "ZZZ",
+            "a",
+            "",
+        ]
+        .map(String::from)
+        .into();
+        ids.extend((0..200).map(|_| orcs_core::new_job_id()));
+        assert!(ulid_bits(&ids[0]).is_some() && ulid_bits(&ids[ids.len() - 1]).is_some());
+        assert_eq!(ulid_bits("01arz3ndektsv4rrffq69g5fav"), None);
+        assert_eq!(ulid_bits("80000000000000000000000000"), None, "over 128 bits");
+        assert_eq!(ulid_bits("01ARZ3NDEKTSV4RRFFQ69G5FAI"), None, "I is not a digit");
+        for a in &ids {
+            for b in &ids {
+                let (x, y) = (SortId::new(Id::from(a.as_str())), SortId::new(Id::from(b.as_str())));
+                assert_eq!(x.cmp(&y), a.cmp(b), "{a:?} against {b:?}");
+                assert_eq!(x == y, a == b, "{a:?} against {b:?}");
+            }
+        }
     }
 
     fn held_keys(driver: &MemoryDriver, queue: &str) -> (usize, usize) {
