@@ -56,15 +56,12 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// What a running job knows about itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobContext {
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) queue: String,
-    pub(crate) attempt: u32,
+    /// The claimed record itself, moved in by the worker and taken back for its event: the
+    /// context's id, name, queue and batch are the record's strings, not copies of them.
+    pub(crate) record: crate::record::JobRecord,
     pub(crate) max_attempts: u32,
-    /// The batch the job is a child of ([`crate::Queue::batch`]).
-    pub(crate) batch: Option<String>,
     pub(crate) shared: std::sync::Arc<Shared>,
     pub(crate) state: crate::registry::State,
 }
@@ -97,6 +94,23 @@ impl Shared {
     }
 }
 
+/// Shows what the context's accessors show: not the record's payload, which may hold the
+/// application's data, nor its metadata.
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.record.id)
+            .field("name", &self.record.name)
+            .field("queue", &self.record.queue)
+            .field("attempt", &self.record.attempt)
+            .field("max_attempts", &self.max_attempts)
+            .field("batch", &self.record.batch)
+            .field("shared", &self.shared)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
 impl JobContext {
     /// A context for calling a job's `handle` directly, for example in the application's unit tests.
     pub fn new(
@@ -105,16 +119,31 @@ impl JobContext {
         queue: impl Into<String>,
         attempt: u32,
     ) -> Self {
-        Self {
+        let record = crate::record::JobRecord {
             id: id.into(),
             name: name.into(),
             queue: queue.into(),
             attempt,
+            ..crate::record::JobRecord::default()
+        };
+        Self {
+            record,
             max_attempts: attempt,
-            batch: None,
             shared: std::sync::Arc::default(),
             state: crate::registry::State::default(),
         }
+    }
+
+    /// The context of a claimed job's attempt, holding its record.
+    pub(crate) fn of_record(
+        record: crate::record::JobRecord,
+        state: crate::registry::State,
+    ) -> Self {
+        let max_attempts = record.max_attempts();
+        // Its stop signal is a token of its own, not a child of the worker's: linking and
+        // unlinking a child takes the parent's lock twice per attempt. The worker cancels it at
+        // the shutdown deadline.
+        Self { record, max_attempts, shared: std::sync::Arc::default(), state }
     }
 
     /// Gives a context built with [`JobContext::new`] the application's state of a registry, for
@@ -157,22 +186,22 @@ impl JobContext {
 
     /// The job's id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.record.id
     }
 
     /// The job's registry name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.record.name
     }
 
     /// The queue the job came from.
     pub fn queue(&self) -> &str {
-        &self.queue
+        &self.record.queue
     }
 
     /// This attempt's number, starting at 1.
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.record.attempt
     }
 
     /// How many attempts the job gets in all.
@@ -183,13 +212,13 @@ impl JobContext {
     /// The id of the batch this job is a child of, if it is one ([`crate::Queue::batch`];
     /// [`crate::Queue::batch_info`] shows the batch).
     pub fn batch_id(&self) -> Option<&str> {
-        self.batch.as_deref()
+        self.record.batch.as_deref()
     }
 
     /// Makes this context a child's of batch `id`, for calling `handle` directly in tests.
     #[must_use]
     pub fn with_batch(mut self, id: impl Into<String>) -> Self {
-        self.batch = Some(id.into());
+        self.record.batch = Some(id.into());
         self
     }
 

@@ -34,7 +34,9 @@ impl Runner {
     ) -> WorkerEvent {
         let Reserved { record, lease } = reserved;
         let started = Instant::now();
-        let outcome = self.run_attempt(&record, lease, hard_stop, slot).await;
+        let ctx = JobContext::of_record(record, self.registry.shared_state().clone());
+        let outcome = self.run_attempt(&ctx, lease, hard_stop, slot).await;
+        let JobContext { record, .. } = ctx;
         WorkerEvent {
             id: record.id,
             name: record.name,
@@ -49,11 +51,12 @@ impl Runner {
     /// settle that ends it (no copy of its strings per attempt).
     async fn run_attempt(
         &self,
-        record: &JobRecord,
+        ctx: &JobContext,
         lease: Lease,
         hard_stop: &CancellationToken,
         slot: Option<Slot>,
     ) -> Outcome {
+        let record = &ctx.record;
         let job = match self.registry.decode(&record.name, &record.payload) {
             Some(Ok(job)) => job,
             Some(Err(e)) => {
@@ -65,23 +68,10 @@ impl Runner {
             }
             None => return self.defer_unknown(record, lease).await,
         };
-        let ctx = JobContext {
-            id: record.id.clone(),
-            name: record.name.clone(),
-            queue: record.queue.clone(),
-            attempt: record.attempt,
-            max_attempts: record.max_attempts(),
-            batch: record.batch.clone(),
-            // Its stop signal is a token of its own, not a child of `hard_stop`: linking and
-            // unlinking a child takes the parent's lock twice per attempt. The shutdown deadline
-            // cancels it below.
-            shared: Arc::default(),
-            state: self.registry.shared_state().clone(),
-        };
         // Reported on by the run loop's touch (progress, cancel) while the job runs; the lease
         // is shared with that entry and taken back, uncopied as a rule, for the settle.
         let lease = Arc::new(lease);
-        let running = self.running(Arc::clone(&lease), &ctx);
+        let running = self.running(Arc::clone(&lease), ctx);
         if record.attempt > record.max_attempts() {
             // The worker that ran the last attempt died holding the job (its lease expired).
             let error = JobError::retry(format!(
@@ -96,7 +86,7 @@ impl Runner {
             ));
             let lease = running.end(lease);
             return self
-                .fail_for_good(record, lease, error.message().to_owned(), Some((job, &ctx, &error)))
+                .fail_for_good(record, lease, error.message().to_owned(), Some((job, ctx, &error)))
                 .await;
         }
 
@@ -104,7 +94,7 @@ impl Runner {
         let grace = self.options.cancel_grace;
         let result = {
             let mut run = std::pin::pin!(
-                AssertUnwindSafe(self.handle(job.as_ref(), &ctx, record.meta.as_deref()))
+                AssertUnwindSafe(self.handle(job.as_ref(), ctx, record.meta.as_deref()))
                     .catch_unwind()
             );
             let caught = |ran: std::thread::Result<std::result::Result<(), JobError>>| match ran {
@@ -164,7 +154,7 @@ impl Runner {
                     record,
                     lease,
                     error.message().to_owned(),
-                    Some((job, &ctx, &error)),
+                    Some((job, ctx, &error)),
                 )
                 .await
             }
