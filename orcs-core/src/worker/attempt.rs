@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{Outcome, WorkerEvent};
-use super::run_loop::{BackendBackoff, Runner, Slot, duration_ms};
+use super::pool::{Handed, Mailbox, Unsettled};
+use super::run_loop::{BackendBackoff, Reply, Runner, Slot, duration_ms};
 use crate::backoff::{jittered, retry_delay};
 use crate::clock::millis;
 use crate::error::{Error, Result};
@@ -25,37 +26,77 @@ use crate::workflow::{StepEnd, chain_follow_ups};
 /// Backend retries inside one settle, before the attempt is left to lease recovery.
 const SETTLE_TRIES: u32 = 5;
 
+/// How an attempt's code ended: settled already, or completed with its settle still to write.
+enum Ended {
+    Settled(Outcome),
+    Completed(Settle),
+}
+
+impl From<Outcome> for Ended {
+    fn from(outcome: Outcome) -> Self {
+        Self::Settled(outcome)
+    }
+}
+
 impl Runner {
+    /// Runs one attempt and answers its event; `None` when its completion was handed to the
+    /// settle writer (a slot task's, through `mailbox`), which reports the event once written.
     pub(super) async fn execute(
         &self,
         reserved: Reserved,
         hard_stop: &CancellationToken,
         slot: Option<Slot>,
-    ) -> WorkerEvent {
+        mailbox: Option<&Arc<Mailbox>>,
+    ) -> Option<WorkerEvent> {
         let Reserved { record, lease } = reserved;
         let started = Instant::now();
         let ctx = JobContext::of_record(record, self.registry.shared_state().clone());
-        let outcome = self.run_attempt(&ctx, lease, hard_stop, slot).await;
+        let ended = self.run_attempt(&ctx, lease, hard_stop, slot).await;
         let JobContext { record, .. } = ctx;
-        WorkerEvent {
+        let mut event = WorkerEvent {
             id: record.id,
             name: record.name,
             queue: record.queue,
             attempt: record.attempt,
-            duration: started.elapsed(),
-            outcome,
-        }
+            duration: Duration::ZERO,
+            outcome: Outcome::Done,
+        };
+        event.outcome = match ended {
+            Ended::Settled(outcome) => outcome,
+            Ended::Completed(settle) => match (&self.settles, mailbox) {
+                (Some(settles), Some(mailbox)) => {
+                    let handed = Handed::new(Arc::clone(mailbox), event, started);
+                    let (settle, handed) = settles.hand(settle, handed)?;
+                    // The writer stopped: write it here.
+                    event = handed.into_event();
+                    self.settle(settle, Outcome::Done).await
+                }
+                _ => self.settle(settle, Outcome::Done).await,
+            },
+        };
+        event.duration = started.elapsed();
+        Some(event)
     }
 
-    /// One attempt of one job, from decoding to its settled outcome. The lease moves into the
-    /// settle that ends it (no copy of its strings per attempt).
+    /// A handed completion the writer could not record: retried here as the settles an attempt
+    /// waits for are.
+    pub(super) async fn resume(&self, unsettled: Unsettled) -> WorkerEvent {
+        let Unsettled { settle, error, mut event, started } = unsettled;
+        event.outcome = self.settled(Some(settle), Err(error), Outcome::Done).await;
+        event.duration = started.elapsed();
+        event
+    }
+
+    /// One attempt of one job, from decoding to its settled outcome, or to its completion's
+    /// settle, which the caller writes. The lease moves into the settle that ends it (no copy of
+    /// its strings per attempt).
     async fn run_attempt(
         &self,
         ctx: &JobContext,
         lease: Lease,
         hard_stop: &CancellationToken,
         slot: Option<Slot>,
-    ) -> Outcome {
+    ) -> Ended {
         let record = &ctx.record;
         let job = match self.registry.decode(&record.name, &record.payload) {
             Some(Ok(job)) => job,
@@ -64,9 +105,9 @@ impl Runner {
                     "payload does not deserialize into job type {}: {e}; fix the dispatcher, then forget or retry the job",
                     record.name
                 );
-                return self.fail_for_good(record, lease, error, None).await;
+                return self.fail_for_good(record, lease, error, None).await.into();
             }
-            None => return self.defer_unknown(record, lease).await,
+            None => return self.defer_unknown(record, lease).await.into(),
         };
         // Reported on by the run loop's touch (progress, cancel) while the job runs; the lease
         // is shared with that entry and taken back, uncopied as a rule, for the settle.
@@ -87,7 +128,8 @@ impl Runner {
             let lease = running.end(lease);
             return self
                 .fail_for_good(record, lease, error.message().to_owned(), Some((job, ctx, &error)))
-                .await;
+                .await
+                .into();
         }
 
         let limit = record.timeout_ms.map_or(self.options.default_timeout, Duration::from_millis);
@@ -127,12 +169,12 @@ impl Runner {
         let lease = running.end(lease);
 
         if result.is_err() && ctx.shared.cancel_requested() {
-            return self.settle(Settle::cancel(lease), Outcome::Cancelled).await;
+            return self.settle(Settle::cancel(lease), Outcome::Cancelled).await.into();
         }
         // A job that gave up because the shutdown deadline cancelled it did not fail: hand it back.
         if result.is_err() && hard_stop.is_cancelled() {
             let now = self.queue.now();
-            return self.settle(Settle::release(lease, now), Outcome::Released).await;
+            return self.settle(Settle::release(lease, now), Outcome::Released).await.into();
         }
         match result {
             Ok(()) => {
@@ -142,22 +184,17 @@ impl Runner {
                 });
                 // Feature `opentelemetry`: the next step continues this step's trace.
                 crate::trace_context::inherit(record.meta.as_deref(), &mut next);
-                self.settle(Settle::complete(lease).enqueue(next), Outcome::Done).await
+                Ended::Completed(Settle::complete(lease).enqueue(next))
             }
             Err(error) if error.snooze_for().is_some() => {
                 let delay = error.snooze_for().unwrap_or_default();
                 let at = self.queue.now().saturating_add(millis(delay));
-                self.settle(Settle::release(lease, at), Outcome::Snoozed { at }).await
+                self.settle(Settle::release(lease, at), Outcome::Snoozed { at }).await.into()
             }
-            Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => {
-                self.fail_for_good(
-                    record,
-                    lease,
-                    error.message().to_owned(),
-                    Some((job, ctx, &error)),
-                )
+            Err(error) if error.is_permanent() || record.attempt >= record.max_attempts() => self
+                .fail_for_good(record, lease, error.message().to_owned(), Some((job, ctx, &error)))
                 .await
-            }
+                .into(),
             Err(error) => {
                 let mut delay =
                     retry_delay(Duration::from_millis(record.retry_delay_ms), record.attempt);
@@ -167,7 +204,7 @@ impl Runner {
                 let at = self.queue.now().saturating_add(millis(delay));
                 let message = error.message().to_owned();
                 let outcome = Outcome::Retry { at, error: message.clone() };
-                self.settle(Settle::retry(lease, at, message), outcome).await
+                self.settle(Settle::retry(lease, at, message), outcome).await.into()
             }
         }
     }
@@ -248,7 +285,7 @@ impl Runner {
         let settle = match &self.settles {
             Some(settles) => {
                 let (reply, answer) = oneshot::channel();
-                match settles.send((settle, reply)) {
+                match settles.send((settle, Reply::Wait(reply))) {
                     None => {
                         return match answer.await {
                             Ok((settle, result)) => (Some(settle), result),
@@ -256,7 +293,7 @@ impl Runner {
                             Err(_) => (None, Err(Error::invalid("settle", "the worker stopped"))),
                         };
                     }
-                    Some(unsent) => unsent.0,
+                    Some((unsent, _)) => unsent,
                 }
             }
             None => settle,
@@ -270,10 +307,21 @@ impl Runner {
 
     /// Settles the attempt, retrying transient backend errors a few times.
     async fn settle(&self, settle: Settle, success: Outcome) -> Outcome {
+        let (back, result) = self.write(settle).await;
+        self.settled(back, result, success).await
+    }
+
+    /// The outcome of a settle's first write, `result` (`back` is the settle, if it came back):
+    /// `success` if it took, a retry of transient backend errors a few times, else a lost lease.
+    async fn settled(
+        &self,
+        mut back: Option<Settle>,
+        mut result: Result<()>,
+        success: Outcome,
+    ) -> Outcome {
         let mut backoff = BackendBackoff::default();
-        let mut settle = settle;
-        for attempt in 1..=SETTLE_TRIES {
-            let (back, result) = self.write(settle).await;
+        let mut tries = 1;
+        loop {
             let id = back.as_ref().map_or("", |s| s.lease.id.as_str());
             match result {
                 Ok(()) => return success,
@@ -285,10 +333,12 @@ impl Runner {
                     );
                     return Outcome::LeaseLost;
                 }
-                Err(e) if e.is_transient() && attempt < SETTLE_TRIES && back.is_some() => {
+                Err(e) if e.is_transient() && tries < SETTLE_TRIES && back.is_some() => {
                     tracing::warn!(error = %e, "could not record the job's result; retrying");
                     tokio::time::sleep(backoff.next()).await;
-                    settle = back.expect("checked above");
+                    let settle = back.take().expect("checked above");
+                    (back, result) = self.write(settle).await;
+                    tries += 1;
                 }
                 Err(e) => {
                     tracing::error!(id = %id, error = %e, "could not record the job's result; the job will be recovered when its lease expires");
@@ -296,7 +346,6 @@ impl Runner {
                 }
             }
         }
-        Outcome::LeaseLost
     }
 }
 

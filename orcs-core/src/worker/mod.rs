@@ -313,7 +313,11 @@ impl Worker {
         let claim = runner.driver.claim(&runner.claim_request(1, now)).await?;
         let Some(reserved) = claim.jobs.into_iter().next() else { return Ok(None) };
         runner.watch.started(&reserved.record, runner.queue.now());
-        let event = runner.execute(reserved, &CancellationToken::new(), None).await;
+        let event = runner.execute(reserved, &CancellationToken::new(), None, None).await;
+        // Without a settle writer and a slot task, nothing is handed over.
+        let event = event.ok_or_else(|| {
+            Error::invalid("worker", "an attempt of work_one was handed over; this is a bug")
+        })?;
         runner.emit(&event);
         Ok(Some(event))
     }

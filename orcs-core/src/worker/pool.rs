@@ -10,30 +10,65 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::FutureExt as _;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::WorkerEvent;
+use super::events::{Outcome, WorkerEvent};
 use super::run_loop::{Runner, Slot};
-use crate::record::Reserved;
+use crate::error::Error;
+use crate::record::{Reserved, Settle};
 
-/// A job handed to a slot task, with its hold on one of the worker's `concurrency` slots.
-type Assignment = (Reserved, Option<Slot>);
+/// What a slot task is handed: a job, with its hold on one of the worker's `concurrency` slots,
+/// or a completion it handed to the settle writer that the writer could not record.
+pub(super) enum Post {
+    Job(Reserved, Option<Slot>),
+    Unsettled(Unsettled),
+}
+
+/// A handed completion whose write failed: its task retries it (transient errors) or reports
+/// the attempt as lost, as it does for the settles it waits for.
+pub(super) struct Unsettled {
+    pub(super) settle: Settle,
+    pub(super) error: Error,
+    pub(super) event: WorkerEvent,
+    pub(super) started: Instant,
+}
 
 /// Where the run loop leaves a slot task its next job. One place per task, not a channel: a
-/// task holds at most one job, and a channel's blocks of slots cost a cache miss per job.
-#[derive(Default)]
-struct Mailbox {
-    job: Mutex<Option<Assignment>>,
+/// task holds at most one job, and a channel's blocks of slots cost a cache miss per job. The
+/// task reports each attempt's end through it too (or the settle writer does, for a completion
+/// the task handed over).
+pub(super) struct Mailbox {
+    job: Mutex<Option<Post>>,
     /// Wakes the task; a wake-up sent before it waits is kept for it.
     posted: Notify,
     /// Set when the pool drops: the task ends.
     closed: AtomicBool,
+    /// The task's index in the pool, and where attempts that ended are reported.
+    index: usize,
+    finished: mpsc::UnboundedSender<Finished>,
 }
 
 impl Mailbox {
-    fn post(&self, assignment: Assignment) {
-        *self.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(assignment);
+    fn new(index: usize, finished: mpsc::UnboundedSender<Finished>) -> Self {
+        Self {
+            job: Mutex::new(None),
+            posted: Notify::new(),
+            closed: AtomicBool::new(false),
+            index,
+            finished,
+        }
+    }
+
+    fn post(&self, post: Post) {
+        *self.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(post);
         self.posted.notify_one();
+    }
+
+    /// Reports that the task's attempt ended (`None`: it panicked inside orcs); false once the
+    /// pool is gone.
+    fn finish(&self, event: Option<WorkerEvent>) -> bool {
+        self.finished.send((self.index, event)).is_ok()
     }
 
     fn close(&self) {
@@ -42,7 +77,7 @@ impl Mailbox {
     }
 
     /// The next job; `None` once the pool closed the mailbox.
-    async fn next(&self) -> Option<Assignment> {
+    async fn next(&self) -> Option<Post> {
         loop {
             if let Some(job) = self.job.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 return Some(job);
@@ -58,6 +93,57 @@ impl Mailbox {
 /// A slot task's report that its attempt ended: the task's index (it is idle again) and the
 /// event (`None` if the attempt panicked inside orcs, a bug).
 type Finished = (usize, Option<WorkerEvent>);
+
+/// A completion a slot task handed to the settle writer instead of waiting for its result: the
+/// task took its next job meanwhile, and the writer reports the attempt once it is written
+/// (each completion waited for cost its task a wake-up and a reply channel). A write that failed
+/// goes back to the task; one the writer dropped (it stopped) is reported lost.
+pub(super) struct Handed {
+    inner: Option<(Arc<Mailbox>, WorkerEvent, Instant)>,
+}
+
+impl Handed {
+    /// `event` is the attempt's, reported done with its duration since `started` once written.
+    pub(super) fn new(mailbox: Arc<Mailbox>, event: WorkerEvent, started: Instant) -> Self {
+        Self { inner: Some((mailbox, event, started)) }
+    }
+
+    /// The writer wrote `settle` with `result`.
+    pub(super) fn written(mut self, settle: Settle, result: Result<(), Error>) {
+        let Some((mailbox, mut event, started)) = self.inner.take() else { return };
+        match result {
+            Ok(()) => {
+                event.duration = started.elapsed();
+                mailbox.finish(Some(event));
+            }
+            Err(error) => {
+                mailbox.post(Post::Unsettled(Unsettled { settle, error, event, started }))
+            }
+        }
+    }
+
+    /// The attempt's event, for a task that writes the settle itself after all.
+    pub(super) fn into_event(mut self) -> WorkerEvent {
+        let (_, event, _) = self.inner.take().expect("a handed completion holds its event");
+        event
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        // Dropped unwritten: the writer stopped, which it does with work left only when the
+        // drain gave up on the backend (and warned of the jobs it left to their leases).
+        if let Some((mailbox, mut event, started)) = self.inner.take() {
+            tracing::debug!(
+                id = %event.id,
+                "could not record the job's result; the job will be recovered when its lease expires"
+            );
+            event.outcome = Outcome::LeaseLost;
+            event.duration = started.elapsed();
+            mailbox.finish(Some(event));
+        }
+    }
+}
 
 /// The slot tasks of one worker run. At most `size` attempts are in flight (running, or having
 /// their result recorded); tasks are started as the load first needs them, then reused.
@@ -112,21 +198,20 @@ impl Pool {
     /// Starts an attempt on an idle task (a new one if none is idle).
     pub(super) fn start(&mut self, reserved: Reserved, slot: Option<Slot>) {
         let index = self.idle.pop().unwrap_or_else(|| self.spawn());
-        self.mailboxes[index].post((reserved, slot));
+        self.mailboxes[index].post(Post::Job(reserved, slot));
         self.in_flight += 1;
     }
 
     /// Spawns a slot task at a new index.
     fn spawn(&mut self) -> usize {
-        let mailbox = Arc::new(Mailbox::default());
+        let index = self.mailboxes.len();
+        let mailbox = Arc::new(Mailbox::new(index, self.finished_tx.clone()));
         self.mailboxes.push(Arc::clone(&mailbox));
-        let index = self.mailboxes.len() - 1;
         // A child token per task, made once: each attempt waits on a token no other task
         // locks, instead of all on the worker's one.
         let stop = self.hard_stop.child_token();
         let runner = Arc::clone(&self.runner);
-        let finished = self.finished_tx.clone();
-        self.tasks.spawn(serve(runner, index, mailbox, stop, finished));
+        self.tasks.spawn(serve(runner, mailbox, stop));
         index
     }
 
@@ -171,24 +256,29 @@ impl Drop for Pool {
 }
 
 /// One slot task: runs the attempts it is handed, one at a time, until the pool drops.
-async fn serve(
-    runner: Arc<Runner>,
-    index: usize,
-    mailbox: Arc<Mailbox>,
-    stop: CancellationToken,
-    finished: mpsc::UnboundedSender<Finished>,
-) {
-    while let Some((reserved, slot)) = mailbox.next().await {
-        let attempt = AssertUnwindSafe(runner.execute(reserved, &stop, slot));
-        let event = match attempt.catch_unwind().await {
-            Ok(event) => Some(event),
+async fn serve(runner: Arc<Runner>, mailbox: Arc<Mailbox>, stop: CancellationToken) {
+    while let Some(post) = mailbox.next().await {
+        let ended = match post {
+            Post::Job(reserved, slot) => {
+                AssertUnwindSafe(runner.execute(reserved, &stop, slot, Some(&mailbox)))
+                    .catch_unwind()
+                    .await
+            }
+            Post::Unsettled(unsettled) => {
+                AssertUnwindSafe(runner.resume(unsettled)).catch_unwind().await.map(Some)
+            }
+        };
+        let event = match ended {
+            Ok(Some(event)) => Some(event),
+            // Handed to the settle writer, which reports it.
+            Ok(None) => continue,
             // Panics in jobs are caught inside the attempt; reaching this is a bug in orcs.
             Err(_) => {
                 tracing::error!("a job's attempt ended abnormally");
                 None
             }
         };
-        if finished.send((index, event)).is_err() {
+        if !mailbox.finish(event) {
             return;
         }
     }

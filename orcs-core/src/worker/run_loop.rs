@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::EventFn;
 use super::events::{WorkerEvent, WorkerSummary};
 use super::options::WorkerOptions;
-use super::pool::Pool;
+use super::pool::{Handed, Pool};
 use crate::backoff::retry_delay;
 use crate::clock::Millis;
 use crate::driver::BoxDriver;
@@ -99,9 +99,26 @@ impl RunningGuard<'_> {
     }
 }
 
-/// A settle waiting to be written, with the channel its task awaits the result on. The settle
-/// comes back with its result, so that a retry needs no copy made in advance.
-pub(super) type Pending = (Settle, oneshot::Sender<(Settle, Result<()>)>);
+/// A settle waiting to be written, with who takes its result.
+pub(super) type Pending = (Settle, Reply);
+
+/// Who takes a written settle's result.
+pub(super) enum Reply {
+    /// The attempt's task, waiting on this channel. The settle comes back with its result, so
+    /// that a retry needs no copy made in advance.
+    Wait(oneshot::Sender<(Settle, Result<()>)>),
+    /// Nobody waits: a completion its task handed over (see [`Handed`]).
+    Handed(Handed),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Wait(_) => "Reply::Wait",
+            Self::Handed(_) => "Reply::Handed",
+        })
+    }
+}
 
 /// Most settles written in one backend call.
 const SETTLE_BATCH: usize = 256;
@@ -130,6 +147,15 @@ struct SettleState {
 impl SettleQueue {
     fn lock(&self) -> MutexGuard<'_, SettleState> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands a completion to the writer; answers it back if the writer has stopped.
+    pub(super) fn hand(&self, settle: Settle, handed: Handed) -> Option<(Settle, Handed)> {
+        match self.send((settle, Reply::Handed(handed))) {
+            None => None,
+            Some((settle, Reply::Handed(handed))) => Some((settle, handed)),
+            Some((_, Reply::Wait(_))) => unreachable!("a handed completion comes back as one"),
+        }
     }
 
     /// Queues a settle for the writer; answers it back if the writer has stopped.
@@ -213,8 +239,13 @@ async fn write_settles(queue: Queue, settles: Arc<SettleQueue>, done: Cancellati
         settles.lock().writing = None;
         let written = unique(&mut writing).drain(..);
         for ((settle, reply), result) in written.zip(replies.drain(..)).zip(results) {
-            // The job task may be gone (its worker was dropped); nothing waits for this.
-            let _ = reply.send((settle, result));
+            match reply {
+                // The job task may be gone (its worker was dropped); nothing waits for this.
+                Reply::Wait(reply) => {
+                    let _ = reply.send((settle, result));
+                }
+                Reply::Handed(handed) => handed.written(settle, result),
+            }
         }
     }
 }
