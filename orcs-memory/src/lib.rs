@@ -10,8 +10,8 @@ use hashbrown::hash_table::{Entry, HashTable};
 use orcs_core::{
     Admin, CancelOutcome, Capabilities, Claim, ClaimRequest, Driver, Error, FailedJob, FailedQuery,
     JobInfo, JobRecord, JobState as State_, Lease, ListRequest, MAX_PAGE, Millis, NewJob,
-    PushOutcome, QueueLimits, QueueStats, Reserved, Result, Settle, Touch, Transition, UniqueUntil,
-    async_trait,
+    PushOutcome, QueueLimits, QueueStats, Reserved, Result, Settle, Settling, Touch, Transition,
+    UniqueUntil, async_trait,
 };
 use orcs_core::{BatchCallback, BatchInfo, CallbackState, NewBatch};
 use orcs_core::{Fire, ScheduleRecord};
@@ -226,11 +226,29 @@ impl QueueState {
     }
 
     /// How many more jobs the queue's limits let a claim at `now` take, and when a rate-limited
-    /// queue can start again if it cannot now.
-    fn allowance(&mut self, now: Millis) -> (usize, Option<Millis>) {
+    /// queue can start again if it cannot now. With `settling` (the claiming worker's jobs whose
+    /// code has ended, and a claim's `want`), a concurrency limit that would let fewer than
+    /// `want` start does not count those of its reserved jobs: they no longer run, their
+    /// settles are on their way (see `ClaimRequest::settling`). Without that, a drain under a
+    /// limit equal to the worker's slots waited for its settles' writes between claims.
+    fn allowance(
+        &mut self,
+        now: Millis,
+        settling: Option<(&dyn Settling, usize)>,
+    ) -> (usize, Option<Millis>) {
         let mut allowed = usize::MAX;
         if let Some(n) = self.limits.concurrency {
-            allowed = (n as usize).saturating_sub(self.reserved.len());
+            let mut running = self.reserved.len();
+            if let Some((settling, want)) = settling
+                && (n as usize).saturating_sub(running) < want
+            {
+                // Only the tokens of this queue's current leases count (a settle already
+                // applied, or another queue's, is not among them).
+                let tokens: rustc_hash::FxHashSet<u64> =
+                    settling.tokens().iter().filter_map(|token| parse_token(token)).collect();
+                running -= self.reserved.keys().filter(|(_, token)| tokens.contains(token)).count();
+            }
+            allowed = (n as usize).saturating_sub(running);
         }
         let mut reopens = None;
         if let Some(rate) = self.limits.rate {
@@ -1006,10 +1024,12 @@ impl Driver for MemoryDriver {
                 continue;
             }
             state.promote_due(queue, req.now);
+            let want = req.max.saturating_sub(claimed.len());
+            let settling = req.settling.map(|settling| (settling, want));
             let (allowed, reopens) = state
                 .queues
                 .get_mut(queue.as_str())
-                .map_or((usize::MAX, None), |q| q.allowance(req.now));
+                .map_or((usize::MAX, None), |q| q.allowance(req.now, settling));
             if let Some(at) = reopens
                 && state.queues.get(queue.as_str()).is_some_and(|q| !q.ready.is_empty())
             {
@@ -1186,7 +1206,7 @@ impl Driver for MemoryDriver {
             let claimable = |q: &mut QueueState| {
                 !q.paused
                     && (!q.ready.is_empty() || q.delayed.first().is_some_and(|(at, _)| *at <= now))
-                    && q.allowance(now).0 > 0
+                    && q.allowance(now, None).0 > 0
             };
             if queues.iter().any(|q| state.queues.get_mut(q.as_str()).is_some_and(claimable)) {
                 return Ok(());
