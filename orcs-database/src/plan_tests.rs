@@ -130,3 +130,48 @@ fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
         sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop");
     });
 }
+
+/// SQLite's count of a limited claim's settling jobs looks each token up by primary key: joined
+/// the other way round, its planner walked the token list once for every reserved job of the
+/// queue, and a limited drain ran slower with the count than without it.
+#[test]
+fn sqlite_settling_count_looks_tokens_up_by_primary_key() {
+    orcs_tests::run(async {
+        let dir = std::env::temp_dir().join("orcs-database-tests");
+        std::fs::create_dir_all(&dir).expect("the test directory");
+        let path = dir.join(format!("{}.db", unique_name("plan")));
+        let url = format!("sqlite://{}", path.display());
+        let driver = DatabaseDriver::connect(&url).await.expect("the setup");
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+        let config = DatabaseConfig::default();
+        let sql = Sql::new(
+            Dialect::Sqlite,
+            None,
+            &config.jobs_table,
+            &config.failed_table,
+            &config.counters_table,
+        );
+        let explain = format!("EXPLAIN QUERY PLAN {}", sql.settling_room);
+        let plan = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind("default")
+            .bind(64_i64)
+            .bind(r#"["p:a","p:b"]"#)
+            .fetch_all(&mut conn)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get::<String, _>(3))
+            .collect::<Vec<_>>();
+        let tokens = plan.iter().position(|step| step.contains("VIRTUAL TABLE"));
+        let by_id = plan.iter().position(|step| step.contains("(id=?)"));
+        assert!(
+            matches!((tokens, by_id), (Some(t), Some(i)) if t < i),
+            "the tokens are walked once, each looked up by id:\n{}",
+            plan.join("\n")
+        );
+        drop((conn, driver));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    });
+}

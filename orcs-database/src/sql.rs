@@ -217,6 +217,9 @@ pub(crate) struct Sql {
     pub(crate) limits: Arc<str>,
     /// SQLite: reserved jobs (up to `$2`) and starts since `$3` of a queue.
     pub(crate) room: Arc<str>,
+    /// SQLite: reserved jobs (up to `$2`) of a queue, and how many of the claiming worker's
+    /// settling jobs (their tokens in the JSON array `$3`) are among them.
+    pub(crate) settling_room: Arc<str>,
     pub(crate) record_start: Arc<str>,
     pub(crate) prune_starts: Arc<str>,
     /// The oldest start and the number of starts of a queue since `$2`.
@@ -1426,6 +1429,18 @@ impl Sql {
                  AND state = {RESERVED} LIMIT COALESCE($2, 0)) AS r), \
                  (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {st} \
                  WHERE queue = $1 AND started_at > $3)"
+            )),
+            // A token is the claim's prefix (no `:`), a `:` and the job's id; a row holds it only
+            // while that lease runs, so a token still on its row is a job still reserved under it.
+            // `CROSS JOIN`: SQLite keeps the order, a primary-key look per token (joined the other
+            // way, it walked the token list for every reserved job: a limited drain ran slower
+            // with the count than without it).
+            settling_room: s(format!(
+                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {j} WHERE queue = $1 \
+                 AND state = {RESERVED} LIMIT $2) AS r), \
+                 (SELECT COUNT(*) FROM json_each($3) AS t CROSS JOIN {j} \
+                 ON {j}.id = substr(t.value, instr(t.value, ':') + 1) AND {j}.token = t.value \
+                 AND {j}.queue = $1 AND {j}.state = {RESERVED})"
             )),
             record_start: s(format!(
                 "INSERT INTO {st} AS st (queue, started_at, n) VALUES ($1, $2, $3) \
