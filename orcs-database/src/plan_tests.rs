@@ -154,8 +154,11 @@ fn sqlite_settling_count_looks_tokens_up_by_primary_key() {
         let explain = format!("EXPLAIN QUERY PLAN {}", sql.settling_room);
         let plan = sqlx::query(sqlx::AssertSqlSafe(explain))
             .bind("default")
-            .bind(64_i64)
+            .bind(66_i64)
+            .bind(0_i64)
             .bind(r#"["p:a","p:b"]"#)
+            .bind(64_i64)
+            .bind(64_i64)
             .fetch_all(&mut conn)
             .await
             .expect("explain")

@@ -217,8 +217,10 @@ pub(crate) struct Sql {
     pub(crate) limits: Arc<str>,
     /// SQLite: reserved jobs (up to `$2`) and starts since `$3` of a queue.
     pub(crate) room: Arc<str>,
-    /// SQLite: reserved jobs (up to `$2`) of a queue, and how many of the claiming worker's
-    /// settling jobs (their tokens in the JSON array `$3`) are among them.
+    /// SQLite: [`Sql::room`] for a claim that names its worker's settling jobs (their tokens
+    /// in the JSON array `$4`): reserved jobs (up to `$2`), starts since `$3`, and how many of
+    /// the settling jobs are among the reserved ones, looked up only when the limit `$5` less
+    /// the reserved jobs leaves less room than the `$6` jobs asked for (0 otherwise).
     pub(crate) settling_room: Arc<str>,
     pub(crate) record_start: Arc<str>,
     pub(crate) prune_starts: Arc<str>,
@@ -1436,11 +1438,14 @@ impl Sql {
             // way, it walked the token list for every reserved job: a limited drain ran slower
             // with the count than without it).
             settling_room: s(format!(
-                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {j} WHERE queue = $1 \
-                 AND state = {RESERVED} LIMIT $2) AS r), \
-                 (SELECT COUNT(*) FROM json_each($3) AS t CROSS JOIN {j} \
+                "SELECT r.n, (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {st} \
+                 WHERE queue = $1 AND started_at > $3), \
+                 CASE WHEN $5 - r.n >= $6 THEN 0 ELSE \
+                 (SELECT COUNT(*) FROM json_each($4) AS t CROSS JOIN {j} \
                  ON {j}.id = substr(t.value, instr(t.value, ':') + 1) AND {j}.token = t.value \
-                 AND {j}.queue = $1 AND {j}.state = {RESERVED})"
+                 AND {j}.queue = $1 AND {j}.state = {RESERVED}) END \
+                 FROM (SELECT COUNT(*) AS n FROM (SELECT 1 FROM {j} WHERE queue = $1 \
+                 AND state = {RESERVED} LIMIT $2)) AS r"
             )),
             record_start: s(format!(
                 "INSERT INTO {st} AS st (queue, started_at, n) VALUES ($1, $2, $3) \
