@@ -42,6 +42,12 @@ async fn plan_after_growth(
     rows.iter().map(|row| row.get::<String, _>(0)).collect::<Vec<_>>().join("\n")
 }
 
+/// The driver's statements for the default tables.
+fn default_sql(dialect: Dialect) -> Sql {
+    let config = DatabaseConfig::default();
+    Sql::new(dialect, None, &config.jobs_table, &config.failed_table, &config.counters_table)
+}
+
 #[test]
 fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
     orcs_tests::run(async {
@@ -62,14 +68,7 @@ fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
         let mut conn = PgConnection::connect_with(&connect_options(&url).expect("options"))
             .await
             .expect("a connection like the driver's");
-        let config = DatabaseConfig::default();
-        let sql = Sql::new(
-            Dialect::Postgres,
-            None,
-            &config.jobs_table,
-            &config.failed_table,
-            &config.counters_table,
-        );
+        let sql = default_sql(Dialect::Postgres);
         let checks = [
             (
                 "the claim",
@@ -143,15 +142,8 @@ fn sqlite_settling_count_looks_tokens_up_by_primary_key() {
         let url = format!("sqlite://{}", path.display());
         let driver = DatabaseDriver::connect(&url).await.expect("the setup");
         let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
-        let config = DatabaseConfig::default();
-        let sql = Sql::new(
-            Dialect::Sqlite,
-            None,
-            &config.jobs_table,
-            &config.failed_table,
-            &config.counters_table,
-        );
-        let explain = format!("EXPLAIN QUERY PLAN {}", sql.settling_room);
+        let sql = default_sql(Dialect::Sqlite);
+        let explain = format!("EXPLAIN QUERY PLAN {}", sql.room);
         let plan = sqlx::query(sqlx::AssertSqlSafe(explain))
             .bind("default")
             .bind(66_i64)

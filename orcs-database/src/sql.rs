@@ -215,13 +215,11 @@ pub(crate) struct Sql {
     pub(crate) claim_limited_pg: Arc<str>,
     /// SQLite: a queue's limits.
     pub(crate) limits: Arc<str>,
-    /// SQLite: reserved jobs (up to `$2`) and starts since `$3` of a queue.
+    /// SQLite: a queue's reserved jobs (up to `$2`), its starts since `$3`, and how many of the
+    /// claiming worker's settling jobs (their tokens in the JSON array `$4`) are among the
+    /// reserved ones, looked up only when the limit `$5` less the reserved jobs leaves less room
+    /// than the `$6` jobs asked for (0 otherwise).
     pub(crate) room: Arc<str>,
-    /// SQLite: [`Sql::room`] for a claim that names its worker's settling jobs (their tokens
-    /// in the JSON array `$4`): reserved jobs (up to `$2`), starts since `$3`, and how many of
-    /// the settling jobs are among the reserved ones, looked up only when the limit `$5` less
-    /// the reserved jobs leaves less room than the `$6` jobs asked for (0 otherwise).
-    pub(crate) settling_room: Arc<str>,
     pub(crate) record_start: Arc<str>,
     pub(crate) prune_starts: Arc<str>,
     /// The oldest start and the number of starts of a queue since `$2`.
@@ -1427,17 +1425,6 @@ impl Sql {
                 "SELECT concurrency, rate_limit, rate_period_ms FROM {m} WHERE queue = $1"
             )),
             room: s(format!(
-                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {j} WHERE queue = $1 \
-                 AND state = {RESERVED} LIMIT COALESCE($2, 0)) AS r), \
-                 (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {st} \
-                 WHERE queue = $1 AND started_at > $3)"
-            )),
-            // A token is the claim's prefix (no `:`), a `:` and the job's id; a row holds it only
-            // while that lease runs, so a token still on its row is a job still reserved under it.
-            // `CROSS JOIN`: SQLite keeps the order, a primary-key look per token (joined the other
-            // way, it walked the token list for every reserved job: a limited drain ran slower
-            // with the count than without it).
-            settling_room: s(format!(
                 "SELECT r.n, (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {st} \
                  WHERE queue = $1 AND started_at > $3), \
                  CASE WHEN $5 - r.n >= $6 THEN 0 ELSE \

@@ -264,37 +264,30 @@ impl Backend for SqliteBackend {
         // (which this claim holds) run no more: when the concurrency limit is what cuts this
         // claim short, those still reserved under their tokens are left out of the count, as
         // PostgreSQL's claim function and the memory driver do (the statement looks them up
-        // only then). One statement either way.
+        // only then).
         let tokens = match (limits.concurrency, req.settling) {
             (Some(_), Some(settling)) => settling.tokens(),
             _ => Vec::new(),
         };
-        let row = if let (Some(concurrency), false) = (limits.concurrency, tokens.is_empty()) {
-            let listed = serde_json::to_string(&tokens).map_err(Error::Serialization)?;
-            // Counted up to the limit plus the tokens: past that the claim has no room
-            // whichever of them are still reserved.
-            let cap = concurrency.saturating_add(i64::try_from(tokens.len()).unwrap_or(0));
-            q(&store.sql.settling_room)
-                .bind(queue.to_owned())
-                .bind(cap)
-                .bind(since)
-                .bind(listed)
-                .bind(concurrency)
-                .bind(i64::try_from(want).unwrap_or(i64::MAX))
-                .fetch_one(&mut *conn)
-                .await
-        } else {
-            q(&store.sql.room)
-                .bind(queue.to_owned())
-                .bind(limits.concurrency)
-                .bind(since)
-                .fetch_one(&mut *conn)
-                .await
-        }
-        .map_err(backend)?;
+        let listed = serde_json::to_string(&tokens).map_err(Error::Serialization)?;
+        // Counted up to the limit plus the tokens: past that the claim has no room whichever
+        // of them are still reserved.
+        let cap = limits.concurrency.map_or(0, |concurrency| {
+            concurrency.saturating_add(i64::try_from(tokens.len()).unwrap_or(0))
+        });
+        let row = q(&store.sql.room)
+            .bind(queue.to_owned())
+            .bind(cap)
+            .bind(since)
+            .bind(listed)
+            .bind(limits.concurrency)
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
         let reserved: i64 = row.try_get(0).map_err(backend)?;
         let started: i64 = row.try_get(1).map_err(backend)?;
-        let settling: i64 = if tokens.is_empty() { 0 } else { row.try_get(2).map_err(backend)? };
+        let settling: i64 = row.try_get(2).map_err(backend)?;
         let room = limits.room(want, reserved - settling, started);
         let rows = if room > 0 {
             // `room` is at most `want`.
