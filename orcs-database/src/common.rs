@@ -459,6 +459,26 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         conn: &mut Self::Conn,
     ) -> impl Future<Output = orcs_core::Result<Transaction<'_, Self::Db>>> + Send;
 
+    /// Begins a group commit's transaction on `conn` (see [`crate::group`]): as
+    /// [`Backend::begin`], or with a bound on how long its statements wait for a lock.
+    fn begin_group(
+        conn: &mut Self::Conn,
+    ) -> impl Future<Output = orcs_core::Result<Transaction<'_, Self::Db>>> + Send {
+        Self::begin(conn)
+    }
+
+    /// Takes over a push of a group commit that gave up waiting for a lock
+    /// ([`Backend::begin_group`]; `error` says so), answering `reply` once it is written. A
+    /// backend whose groups never give up answers the error.
+    fn push_aside(
+        _store: &Store<Self>,
+        _jobs: Vec<NewJob>,
+        reply: tokio::sync::oneshot::Sender<orcs_core::Result<Vec<PushOutcome>>>,
+        error: Error,
+    ) {
+        let _ = reply.send(Err(error));
+    }
+
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
 
     /// Whether table `name` (as [`Sql::catalog`] spells it) exists.

@@ -8,6 +8,12 @@
 //! rolled back and its pushes are written again one by one, so an error is its own push's and
 //! means none of its jobs was stored. The task owns the transaction, so a caller that gives up
 //! cannot leave the others without an answer.
+//!
+//! A group waits only a short while for a lock (PostgreSQL: a unique key that an application's
+//! open transaction holds; see [`Backend::begin_group`]): then it is rolled back and written
+//! again one by one, and a push that still waits is handed to a task of its own
+//! ([`Backend::push_aside`]), so that neither the group's other pushes nor the writer wait for
+//! another transaction to end.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -86,6 +92,17 @@ impl Pushes {
         }
         self.waiting.drain(..take).collect()
     }
+}
+
+/// Whether `error` is a group's statement giving up its wait for a lock (PostgreSQL's
+/// `lock_timeout`, SQLSTATE 55P03; see [`Backend::begin_group`]).
+pub(crate) fn gave_up_waiting(error: &Error) -> bool {
+    let Error::Backend { source, .. } = error else { return false };
+    source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "55P03")
 }
 
 /// The answer to a push whose group writer ended without answering (it panicked).
@@ -194,7 +211,12 @@ where
             };
             if group.len() == 1 {
                 let (jobs, reply) = group.into_iter().next().expect("one push");
-                let _ = reply.send(note(self.push_on(&mut conn, &jobs).await));
+                match self.push_on(&mut conn, &jobs).await {
+                    Err(e) if gave_up_waiting(&e) => B::push_aside(&self, jobs, reply, e),
+                    result => {
+                        let _ = reply.send(note(result));
+                    }
+                }
             } else {
                 let lens: Vec<usize> = group.iter().map(|(jobs, _)| jobs.len()).collect();
                 let (all, replies): (Vec<Vec<NewJob>>, Vec<_>) = group.into_iter().unzip();
@@ -211,7 +233,14 @@ where
                         let mut jobs = jobs.into_iter();
                         for (reply, len) in replies.into_iter().zip(lens) {
                             let mine: Vec<NewJob> = jobs.by_ref().take(len).collect();
-                            let _ = reply.send(note(self.push_on(&mut conn, &mine).await));
+                            match self.push_on(&mut conn, &mine).await {
+                                Err(e) if gave_up_waiting(&e) => {
+                                    B::push_aside(&self, mine, reply, e);
+                                }
+                                result => {
+                                    let _ = reply.send(note(result));
+                                }
+                            }
                         }
                     }
                 }
@@ -225,12 +254,12 @@ where
 
     /// Stores `jobs` in one transaction on `conn`; answers their outcomes and the queues that
     /// got jobs (stored, or made ready by a debounce).
-    async fn push_on(
+    pub(crate) async fn push_on(
         &self,
         conn: &mut B::Conn,
         jobs: &[NewJob],
     ) -> Result<(Vec<PushOutcome>, Vec<String>)> {
-        let mut tx = B::begin(conn).await?;
+        let mut tx = B::begin_group(conn).await?;
         let (outcomes, queues) = self.insert_jobs(&mut tx, jobs).await?;
         tx.commit().await.map_err(backend)?;
         Ok((outcomes, queues))

@@ -17,13 +17,13 @@ use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow,
 };
 use sqlx::{ConnectOptions as _, Connection, Row, Transaction};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::common::{
     self, Backend, Claimed, Limits, Shared, UniqueColumns, backend, first_texts, q,
 };
 use crate::config::{ACCEPTED, DatabaseConfig, URL_SETTING, redact};
-use crate::group::Pushes;
+use crate::group::{Pushes, gave_up_waiting};
 use crate::sql::{CHILD_MARK, Dialect, PROMOTION_COLUMNS, Sql};
 
 type Db = sqlx::Postgres;
@@ -76,6 +76,19 @@ pub(crate) struct PgBackend {
 /// while it writes a group; see [`crate::group::Pushes::join`]): two wrote one by one
 /// dispatches as fast as one (27k jobs/s with 64 in flight), four at 22k (smaller groups).
 const GROUP_WRITERS: usize = 2;
+
+/// A group commit's `BEGIN`: its statements wait at most 100 ms for a lock (groups of other
+/// processes that insert the same key commit within a few ms; an application's transaction
+/// that took a key may stay open for as long as it likes). Before, a group waiting for such a
+/// key held its writer and every other push of the group until the transaction ended, and two
+/// of them stalled every dispatch of the process.
+const GROUP_BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '100ms'";
+
+/// The first pause of a push waiting aside for a lock ([`PgBackend::push_aside`]).
+const ASIDE_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest pause between a waiting push's tries.
+const ASIDE_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// How many times [`Store::warm`] runs a job's path on each connection: PostgreSQL plans a
 /// prepared statement afresh (a custom plan) on its first five runs on a connection, and
@@ -224,6 +237,57 @@ impl Backend for PgBackend {
 
     async fn begin(conn: &mut Conn) -> Result<Transaction<'_, Db>> {
         conn.begin().await.map_err(backend)
+    }
+
+    /// With `lock_timeout` for this transaction only ([`GROUP_BEGIN`]): a group whose insert
+    /// meets a unique key held by an open transaction gives up after a short wait, and the
+    /// push that needs the key waits aside ([`PgBackend::push_aside`]).
+    async fn begin_group(conn: &mut Conn) -> Result<Transaction<'_, Db>> {
+        conn.begin_with(GROUP_BEGIN).await.map_err(backend)
+    }
+
+    /// Tries the push again alone, after a pause that doubles from [`ASIDE_PAUSE`] up to
+    /// [`ASIDE_PAUSE_MAX`], each try waiting for its lock no longer than a group does, until
+    /// it is written or fails otherwise. Between tries it holds no connection, so dispatches
+    /// of keys that long transactions hold take neither group writers nor the pool; one is
+    /// answered at most a pause after its key's holder ends. Stops, writing nothing more, once
+    /// its caller is gone (nobody would learn of it).
+    fn push_aside(
+        store: &Store,
+        jobs: Vec<NewJob>,
+        reply: oneshot::Sender<Result<Vec<PushOutcome>>>,
+        _error: Error,
+    ) {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut pause = ASIDE_PAUSE;
+            loop {
+                tokio::time::sleep(pause).await;
+                if reply.is_closed() {
+                    return;
+                }
+                pause = (pause * 2).min(ASIDE_PAUSE_MAX);
+                let written = async {
+                    let mut conn = store.backend.writer().await?;
+                    store.push_on(&mut conn, &jobs).await
+                }
+                .await;
+                match written {
+                    Err(e) if gave_up_waiting(&e) => {}
+                    Ok((outcomes, queues)) => {
+                        if !queues.is_empty() {
+                            Self::pushed(&store, &queues);
+                        }
+                        let _ = reply.send(Ok(outcomes));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn rows_affected(done: &PgQueryResult) -> u64 {

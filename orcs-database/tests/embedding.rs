@@ -453,6 +453,95 @@ mod postgres {
         });
     }
 
+    /// Keys held by more open transactions than the driver has group writers, each with a
+    /// dispatch waiting for it: the other dispatches of the process, some of them in groups
+    /// with a waiting one, are still written at once. A group waits a short while for a lock
+    /// (`GROUP_LOCK_WAIT` in `src/postgres.rs`), then writes its pushes again one by one and
+    /// hands a push still waiting to a task of its own, which waits for as long as its key's
+    /// holder keeps it. (Before, each waiting dispatch held a group writer until its key's
+    /// holder ended, and two of them stalled every dispatch of the process.)
+    #[test]
+    fn keys_held_by_open_transactions_never_stall_the_other_dispatches() {
+        orcs_tests::run(async {
+            let Some(app) = app_pool(16).await else { return };
+            let driver = app.driver().await;
+            let mut holders = Vec::new();
+            let mut waiting = Vec::new();
+            for i in 0..4 {
+                let key = format!("held-{i}");
+                let mut tx = app.pool.begin().await.expect("begin");
+                let held = keyed(&key);
+                let held_id = held.id.clone();
+                let outcomes = driver.push_in(&mut tx, vec![held]).await.expect("push_in");
+                assert_eq!(outcomes, [PushOutcome::Stored]);
+                holders.push(tx);
+                let driver = driver.clone();
+                let push = tokio::spawn(async move { driver.push(vec![keyed(&key)]).await });
+                waiting.push((held_id, push));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for (_, push) in &waiting {
+                assert!(!push.is_finished(), "a dispatch of a held key waits for its holder");
+            }
+            // Free keys dispatched together with two more of the held ones, so that groups mix
+            // them: every free one is answered while the holders still hold their keys.
+            let mut more = tokio::task::JoinSet::new();
+            for i in 0..20 {
+                let driver = driver.clone();
+                more.spawn(
+                    async move { (i, driver.push(vec![keyed(&format!("free-{i}"))]).await) },
+                );
+            }
+            let mut late = Vec::new();
+            for key in ["held-0", "held-1"] {
+                let driver = driver.clone();
+                late.push(tokio::spawn(async move { driver.push(vec![keyed(key)]).await }));
+            }
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(done) = more.join_next().await {
+                    let (i, outcome) = done.expect("task");
+                    assert_eq!(outcome.expect("push"), [PushOutcome::Stored], "free-{i}");
+                }
+            })
+            .await
+            .expect("dispatches of free keys waited for the held keys' transactions");
+            // Held keys 0 and 2 are committed, 1 and 3 rolled back.
+            for (i, tx) in holders.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    tx.commit().await.expect("commit");
+                } else {
+                    tx.rollback().await.expect("rollback");
+                }
+            }
+            let mut stored = Vec::new();
+            for (i, (held_id, push)) in waiting.into_iter().enumerate() {
+                let outcome = tokio::time::timeout(Duration::from_secs(10), push)
+                    .await
+                    .expect("a waiting dispatch ends with its key's holder")
+                    .expect("task")
+                    .expect("push");
+                if i % 2 == 0 {
+                    assert_eq!(outcome, [PushOutcome::Duplicate { id: held_id }], "held-{i}");
+                } else {
+                    // Rolled back: this dispatch or the later one of the same key takes it.
+                    stored.push(outcome);
+                }
+            }
+            let late_0 = late.remove(0).await.expect("task").expect("push");
+            assert!(matches!(&late_0[..], [PushOutcome::Duplicate { .. }]), "held-0: {late_0:?}");
+            let late_1 = late.remove(0).await.expect("task").expect("push");
+            stored.push(late_1);
+            let taken = stored.iter().filter(|o| o[..] == [PushOutcome::Stored]).count();
+            assert_eq!(taken, 2, "held-1 and held-3, once each after their rollbacks: {stored:?}");
+            let stats = driver.stats("mail", SystemClock.now()).await.expect("stats");
+            assert_eq!(
+                stats.pending,
+                2 + 20 + 2,
+                "held-0 and held-2, the free keys, held-1 and held-3"
+            );
+        });
+    }
+
     #[test]
     fn dispatch_inside_the_applications_transaction() {
         orcs_tests::run(async {
