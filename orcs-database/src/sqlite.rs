@@ -117,10 +117,9 @@ impl Backend for SqliteBackend {
     /// With the connection's statement journals in memory (`temp_store = MEMORY`). A group
     /// commit's insert runs inside `BEGIN ... COMMIT` and may abort, so SQLite journals the
     /// pages it changes for a statement rollback, and past 64 KiB (a group of ~90 pushes) in a
-    /// temporary file: one created, written and deleted about every 80 pushes (keyed pushes
-    /// one by one ran 10 % faster without them, plain ones 6 %, a drain 9 %: BENCHMARKS.md
-    /// round 29). The job path's statements change a bounded number of rows each, so their
-    /// journals stay small in memory.
+    /// temporary file: one created, written and deleted about every 80 pushes, 10-25 % of a
+    /// push one by one (BENCHMARKS.md round 29). The job path's statements change a bounded
+    /// number of rows each, so their journals stay small in memory.
     async fn hot_writer(&self) -> Result<MutexGuard<'_, Conn>> {
         self.writer_with(true).await
     }
