@@ -451,13 +451,6 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
 
     fn writer(&self) -> impl Future<Output = orcs_core::Result<Self::Writer<'_>>> + Send;
 
-    /// [`Backend::writer`] for the job path's writes, which change a bounded number of rows
-    /// each (group commits, claims, settles, touches): SQLite keeps their statement journals
-    /// in memory (see `SqliteBackend::hot_writer`).
-    fn hot_writer(&self) -> impl Future<Output = orcs_core::Result<Self::Writer<'_>>> + Send {
-        self.writer()
-    }
-
     /// Where reads go.
     fn reader(&self) -> &Pool<Self::Db>;
 
@@ -1472,7 +1465,7 @@ where
                 Transition::Complete | Transition::Cancel | Transition::Fail { .. }
             )
         };
-        let mut conn = self.backend.hot_writer().await?;
+        let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
         let mut results: Vec<Option<orcs_core::Result<()>>> =
             (0..batch.len()).map(|_| None).collect();
@@ -1520,7 +1513,7 @@ where
         items: &[Settle],
         now: Millis,
     ) -> orcs_core::Result<Vec<orcs_core::Result<()>>> {
-        let mut conn = self.backend.hot_writer().await?;
+        let mut conn = self.backend.writer().await?;
         let mut tx = B::begin(&mut conn).await?;
         if self.sql.dialect == Dialect::Postgres {
             for chunk in items.chunks(INSERT_CHUNK) {

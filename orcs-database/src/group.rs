@@ -172,7 +172,7 @@ where
             // Lets the callers just answered (and woken on this thread) queue their next
             // pushes first, so that they join this group instead of the one after.
             tokio::task::yield_now().await;
-            let conn = self.backend.hot_writer().await;
+            let conn = self.backend.writer().await;
             // Taken once the connection is ours: what arrived while it was busy joins.
             let group = {
                 let mut pushes = pushes.lock().unwrap_or_else(PoisonError::into_inner);

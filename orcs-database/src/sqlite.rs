@@ -12,7 +12,6 @@ use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use orcs_core::{Error, Millis, NewJob, PushOutcome, Result, Settle, Touch};
@@ -68,28 +67,6 @@ pub(crate) struct SqliteBackend {
     alive: Arc<()>,
     /// The WAL file, which idle workers watch for other processes' commits.
     wal: Arc<Path>,
-    /// Whether the writer keeps statement journals in memory (`temp_store = MEMORY`), as
-    /// [`Backend::hot_writer`] sets it, or in temporary files, as [`Backend::writer`] does.
-    /// Read and changed only by the writer's holder.
-    journals_in_memory: Arc<AtomicBool>,
-}
-
-impl SqliteBackend {
-    /// The writer, its statement journals in memory or not: a `PRAGMA` only when the last
-    /// holder wanted the other (SQLite reads it when a write transaction begins).
-    async fn writer_with(&self, in_memory: bool) -> Result<MutexGuard<'_, Conn>> {
-        let mut conn = self.writer.lock().await;
-        if self.journals_in_memory.load(Ordering::Relaxed) != in_memory {
-            let pragma = if in_memory {
-                "PRAGMA temp_store = MEMORY"
-            } else {
-                "PRAGMA temp_store = DEFAULT"
-            };
-            sqlx::query(pragma).execute(&mut *conn).await.map_err(backend)?;
-            self.journals_in_memory.store(in_memory, Ordering::Relaxed);
-        }
-        Ok(conn)
-    }
 }
 
 impl fmt::Debug for Store {
@@ -106,22 +83,8 @@ impl Backend for SqliteBackend {
     /// The database's clock in milliseconds.
     const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
-    /// With the connection's statement journals in temporary files, SQLite's default: a
-    /// statement that changes many rows (a `clear` or a `forget` of a large queue, a batch's
-    /// cancel, pruning the failed set, a push of a batch's children) journals every page it
-    /// changes, and in memory that would be all of them at once.
     async fn writer(&self) -> Result<MutexGuard<'_, Conn>> {
-        self.writer_with(false).await
-    }
-
-    /// With the connection's statement journals in memory (`temp_store = MEMORY`). A group
-    /// commit's insert runs inside `BEGIN ... COMMIT` and may abort, so SQLite journals the
-    /// pages it changes for a statement rollback, and past 64 KiB (a group of ~90 pushes) in a
-    /// temporary file: one created, written and deleted about every 80 pushes, 10-25 % of a
-    /// push one by one (BENCHMARKS.md round 29). The job path's statements change a bounded
-    /// number of rows each, so their journals stay small in memory.
-    async fn hot_writer(&self) -> Result<MutexGuard<'_, Conn>> {
-        self.writer_with(true).await
+        Ok(self.writer.lock().await)
     }
 
     /// Group commit (see [`crate::group`]): the push joins the queue of the group writer,
@@ -644,7 +607,6 @@ impl Store {
             pushes: Arc::default(),
             alive,
             wal,
-            journals_in_memory: Arc::default(),
         };
         Self { sql, shared, backend }
     }
@@ -655,7 +617,7 @@ impl Store {
     ) -> Result<orcs_core::Claim> {
         // One write transaction for the promotions and the claims: one commit (one fsync of
         // the WAL at most) per claim.
-        let mut conn = self.backend.hot_writer().await?;
+        let mut conn = self.backend.writer().await?;
         let mut tx = SqliteBackend::begin(&mut conn).await?;
         // Read once the write lock is held: a claim that waited for it (behind this process's
         // other writes, or another process's) counts its rate-limit starts when it took them.
@@ -674,7 +636,7 @@ impl Store {
             return Ok(Vec::new());
         }
         if running.iter().any(|t| t.progress.is_some()) {
-            let mut conn = self.backend.hot_writer().await?;
+            let mut conn = self.backend.writer().await?;
             let mut tx = SqliteBackend::begin(&mut conn).await?;
             for touch in running {
                 if let Some(progress) = &touch.progress {
@@ -755,50 +717,5 @@ impl Store {
                 return Ok(());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use orcs_core::{Admin, ClaimRequest, Clock, Driver, NewJob, Settle, SystemClock};
-    use sqlx::Row;
-
-    use crate::{Backend, DatabaseDriver};
-
-    /// The job path's writes (group commits, claims, settles) keep their statement journals
-    /// in memory; the others, which may change any number of rows (`clear`, `forget`), in
-    /// temporary files, SQLite's default (BENCHMARKS.md round 29).
-    #[test]
-    fn job_path_writes_keep_statement_journals_in_memory_and_the_others_in_files() {
-        orcs_tests::run(async {
-            let dir = std::env::temp_dir().join("orcs-database-tests");
-            std::fs::create_dir_all(&dir).expect("the test directory");
-            let name = orcs_tests::services::unique_name("journals");
-            let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
-            let driver = DatabaseDriver::connect(&url).await.expect("driver");
-            let Backend::Sqlite(store) = &driver.inner.backend else { unreachable!("SQLite") };
-            let temp_store = || async {
-                let mut conn = store.backend.writer.lock().await;
-                let row = sqlx::query("PRAGMA temp_store").fetch_one(&mut *conn).await;
-                row.expect("temp_store").get::<i64, _>(0)
-            };
-            let job = |id: &str| NewJob::new(id, "Report", "mail", "{}", SystemClock.now());
-            assert_eq!(temp_store().await, 0, "a new store: SQLite's default");
-            driver.push(vec![job("a"), job("b")]).await.expect("push");
-            assert_eq!(temp_store().await, 2, "a group commit: in memory");
-            driver.clear("mail", SystemClock.now()).await.expect("clear");
-            assert_eq!(temp_store().await, 0, "a clear: in files");
-            driver.push(vec![job("c")]).await.expect("push");
-            driver.set_paused("other", true).await.expect("pause");
-            assert_eq!(temp_store().await, 0, "a pause: in files");
-            let queues = vec!["mail".to_owned()];
-            let claim = ClaimRequest::new(&queues, 10, SystemClock.now());
-            let lease = driver.claim(&claim).await.expect("claim").jobs[0].lease.clone();
-            assert_eq!(temp_store().await, 2, "a claim: in memory");
-            driver.forget_queue("other").await.expect("forget");
-            assert_eq!(temp_store().await, 0, "a forget: in files");
-            driver.settle_one(Settle::complete(lease), SystemClock.now()).await.expect("settle");
-            assert_eq!(temp_store().await, 2, "a settle: in memory");
-        });
     }
 }
