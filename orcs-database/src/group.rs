@@ -211,12 +211,7 @@ where
             };
             if group.len() == 1 {
                 let (jobs, reply) = group.into_iter().next().expect("one push");
-                match self.push_on(&mut conn, &jobs).await {
-                    Err(e) if gave_up_waiting(&e) => B::push_aside(&self, jobs, reply, e),
-                    result => {
-                        let _ = reply.send(note(result));
-                    }
-                }
+                self.write_alone(&mut conn, jobs, reply, &mut note).await;
             } else {
                 let lens: Vec<usize> = group.iter().map(|(jobs, _)| jobs.len()).collect();
                 let (all, replies): (Vec<Vec<NewJob>>, Vec<_>) = group.into_iter().unzip();
@@ -233,14 +228,7 @@ where
                         let mut jobs = jobs.into_iter();
                         for (reply, len) in replies.into_iter().zip(lens) {
                             let mine: Vec<NewJob> = jobs.by_ref().take(len).collect();
-                            match self.push_on(&mut conn, &mine).await {
-                                Err(e) if gave_up_waiting(&e) => {
-                                    B::push_aside(&self, mine, reply, e);
-                                }
-                                result => {
-                                    let _ = reply.send(note(result));
-                                }
-                            }
+                            self.write_alone(&mut conn, mine, reply, &mut note).await;
                         }
                     }
                 }
@@ -248,6 +236,23 @@ where
             drop(conn);
             if !queues.is_empty() {
                 B::pushed(&self, &queues);
+            }
+        }
+    }
+
+    /// Writes one push alone on `conn` and answers `reply` through `note`, unless it gave up
+    /// waiting for a lock: then it goes aside ([`Backend::push_aside`]), which answers it.
+    async fn write_alone(
+        &self,
+        conn: &mut B::Conn,
+        jobs: Vec<NewJob>,
+        reply: oneshot::Sender<Result<Vec<PushOutcome>>>,
+        note: &mut impl FnMut(Result<(Vec<PushOutcome>, Vec<String>)>) -> Result<Vec<PushOutcome>>,
+    ) {
+        match self.push_on(conn, &jobs).await {
+            Err(e) if gave_up_waiting(&e) => B::push_aside(self, jobs, reply, e),
+            result => {
+                let _ = reply.send(note(result));
             }
         }
     }

@@ -456,7 +456,7 @@ mod postgres {
     /// Keys held by more open transactions than the driver has group writers, each with a
     /// dispatch waiting for it: the other dispatches of the process, some of them in groups
     /// with a waiting one, are still written at once. A group waits a short while for a lock
-    /// (`GROUP_LOCK_WAIT` in `src/postgres.rs`), then writes its pushes again one by one and
+    /// (`GROUP_BEGIN` in `src/postgres.rs`), then writes its pushes again one by one and
     /// hands a push still waiting to a task of its own, which waits for as long as its key's
     /// holder keeps it. (Before, each waiting dispatch held a group writer until its key's
     /// holder ended, and two of them stalled every dispatch of the process.)
