@@ -79,7 +79,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 14;
+pub(crate) const LATEST_VERSION: i64 = 15;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -647,6 +647,11 @@ fn version_6(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
 /// rarely wait for each other's commit on one row; `stats` sums the shards.
 pub(crate) const SIZE_SHARDS: i32 = 64;
 
+/// An insert into `<jobs>_sizes` (aliased `z`) adds to the row already there.
+const SIZES_ADD: &str = "ON CONFLICT (queue, shard) DO UPDATE SET ready = z.ready + excluded.ready, \
+     delayed = z.delayed + excluded.delayed, reserved = z.reserved + excluded.reserved, \
+     failed = z.failed + excluded.failed";
+
 /// Migration 7: exact per-queue sizes (`ready`, `delayed`, `reserved`, `failed`) kept by
 /// triggers on the jobs and failed tables in the writing statement's transaction, so every path
 /// that moves a job is counted without each statement knowing, and `stats` reads a few rows
@@ -679,9 +684,7 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
          failed {int} NOT NULL DEFAULT 0, \
          PRIMARY KEY (queue, shard)){without_rowid}"
     )];
-    let add = "ON CONFLICT (queue, shard) DO UPDATE SET ready = z.ready + excluded.ready, \
-               delayed = z.delayed + excluded.delayed, reserved = z.reserved + excluded.reserved, \
-               failed = z.failed + excluded.failed";
+    let add = SIZES_ADD;
     let by_state = |sign: &str| {
         format!(
             "{sign}COUNT(*) FILTER (WHERE state = {READY}), \
@@ -768,58 +771,7 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
             trigger("sizes_failed_delete", f, "DELETE", "OLD TABLE AS changed", "sizes_failed"),
         ]);
     } else {
-        // `excluded` and the row, in an upsert inside a trigger body: SQLite names the target
-        // by its table name, which cannot be aliased there.
-        let add = add.replace("z.", &format!("{z}."));
-        let plus = |rows: &str, failed: &str| {
-            format!(
-                "INSERT INTO {z} (queue, shard, ready, delayed, reserved, failed) \
-                 VALUES ({rows}.queue, 0, {rows}.state = {READY}, {rows}.state = {DELAYED}, \
-                 {rows}.state = {RESERVED}, {failed}) {add}"
-            )
-        };
-        let minus =
-            |set: &str| format!("UPDATE {z} SET {set} WHERE queue = OLD.queue AND shard = 0");
-        statements.extend([
-            format!("CREATE TRIGGER \"{jobs}_sizes_insert\" AFTER INSERT ON {j} BEGIN {}; END", plus("NEW", "0")),
-            format!(
-                "CREATE TRIGGER \"{jobs}_sizes_delete\" AFTER DELETE ON {j} BEGIN {}; END",
-                minus(&format!(
-                    "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
-                     reserved = reserved - (OLD.state = {RESERVED})"
-                ))
-            ),
-            // The row exists: it counts the job being updated (only an all-zero row is ever
-            // deleted, by `forget_queue`).
-            format!(
-                "CREATE TRIGGER \"{jobs}_sizes_update\" AFTER UPDATE OF state ON {j} \
-                 WHEN OLD.state <> NEW.state AND OLD.queue = NEW.queue BEGIN {}; END",
-                minus(&format!(
-                    "ready = ready + (NEW.state = {READY}) - (OLD.state = {READY}), \
-                     delayed = delayed + (NEW.state = {DELAYED}) - (OLD.state = {DELAYED}), \
-                     reserved = reserved + (NEW.state = {RESERVED}) - (OLD.state = {RESERVED})"
-                ))
-            ),
-            // No statement moves a job to another queue; if one did, it would still count.
-            format!(
-                "CREATE TRIGGER \"{jobs}_sizes_requeue\" AFTER UPDATE OF queue ON {j} \
-                 WHEN OLD.queue <> NEW.queue BEGIN {}; {}; END",
-                minus(&format!(
-                    "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
-                     reserved = reserved - (OLD.state = {RESERVED})"
-                )),
-                plus("NEW", "0")
-            ),
-            format!(
-                "CREATE TRIGGER \"{jobs}_sizes_failed_insert\" AFTER INSERT ON {f} BEGIN \
-                 INSERT INTO {z} (queue, shard, failed) VALUES (NEW.queue, 0, 1) \
-                 ON CONFLICT (queue, shard) DO UPDATE SET failed = {z}.failed + 1; END"
-            ),
-            format!(
-                "CREATE TRIGGER \"{jobs}_sizes_failed_delete\" AFTER DELETE ON {f} BEGIN {}; END",
-                minus("failed = failed - 1")
-            ),
-        ]);
+        statements.extend(sqlite_size_triggers(names));
     }
     // The backfill (SQLite: the migration's `BEGIN IMMEDIATE` holds the write lock).
     statements.push(format!(
@@ -832,6 +784,66 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
          SELECT queue, 0, 0, 0, 0, COUNT(*) FROM {f} WHERE TRUE GROUP BY queue {add}"
     ));
     statements
+}
+
+/// SQLite's triggers that keep `<jobs>_sizes` (see [`version_7`]; [`version_15`] drops them and
+/// creates them again).
+fn sqlite_size_triggers(names: &Names<'_>) -> Vec<String> {
+    let Names { j, f, z, jobs, .. } = names;
+    // `excluded` and the row, in an upsert inside a trigger body: SQLite names the target
+    // by its table name, which cannot be aliased there.
+    let add = SIZES_ADD.replace("z.", &format!("{z}."));
+    let plus = |rows: &str, failed: &str| {
+        format!(
+            "INSERT INTO {z} (queue, shard, ready, delayed, reserved, failed) \
+             VALUES ({rows}.queue, 0, {rows}.state = {READY}, {rows}.state = {DELAYED}, \
+             {rows}.state = {RESERVED}, {failed}) {add}"
+        )
+    };
+    let minus = |set: &str| format!("UPDATE {z} SET {set} WHERE queue = OLD.queue AND shard = 0");
+    vec![
+        format!(
+            "CREATE TRIGGER \"{jobs}_sizes_insert\" AFTER INSERT ON {j} BEGIN {}; END",
+            plus("NEW", "0")
+        ),
+        format!(
+            "CREATE TRIGGER \"{jobs}_sizes_delete\" AFTER DELETE ON {j} BEGIN {}; END",
+            minus(&format!(
+                "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
+                 reserved = reserved - (OLD.state = {RESERVED})"
+            ))
+        ),
+        // The row exists: it counts the job being updated (only an all-zero row is ever
+        // deleted, by `forget_queue`).
+        format!(
+            "CREATE TRIGGER \"{jobs}_sizes_update\" AFTER UPDATE OF state ON {j} \
+             WHEN OLD.state <> NEW.state AND OLD.queue = NEW.queue BEGIN {}; END",
+            minus(&format!(
+                "ready = ready + (NEW.state = {READY}) - (OLD.state = {READY}), \
+                 delayed = delayed + (NEW.state = {DELAYED}) - (OLD.state = {DELAYED}), \
+                 reserved = reserved + (NEW.state = {RESERVED}) - (OLD.state = {RESERVED})"
+            ))
+        ),
+        // No statement moves a job to another queue; if one did, it would still count.
+        format!(
+            "CREATE TRIGGER \"{jobs}_sizes_requeue\" AFTER UPDATE OF queue ON {j} \
+             WHEN OLD.queue <> NEW.queue BEGIN {}; {}; END",
+            minus(&format!(
+                "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
+                 reserved = reserved - (OLD.state = {RESERVED})"
+            )),
+            plus("NEW", "0")
+        ),
+        format!(
+            "CREATE TRIGGER \"{jobs}_sizes_failed_insert\" AFTER INSERT ON {f} BEGIN \
+             INSERT INTO {z} (queue, shard, failed) VALUES (NEW.queue, 0, 1) \
+             ON CONFLICT (queue, shard) DO UPDATE SET failed = {z}.failed + 1; END"
+        ),
+        format!(
+            "CREATE TRIGGER \"{jobs}_sizes_failed_delete\" AFTER DELETE ON {f} BEGIN {}; END",
+            minus("failed = failed - 1")
+        ),
+    ]
 }
 
 /// Migration 10 (PostgreSQL only): the keys table compares keys bytewise (`COLLATE "C"`, as
@@ -877,6 +889,42 @@ fn version_11(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
 fn version_12(names: &Names<'_>) -> Vec<String> {
     let Names { u, jobs, .. } = names;
     vec![format!("CREATE INDEX IF NOT EXISTS \"{jobs}_unique_expiry\" ON {u} (queue, expires_at)")]
+}
+
+/// Migration 15 (SQLite only): `<jobs>_sizes`'s counts lose their `NOT NULL` (never NULL: they
+/// start at 0 and the triggers add numbers to them). SQLite keeps a statement journal, a copy of
+/// every page the statement changes (past 64 KiB in a temporary file, created, written and
+/// deleted), for a statement inside a transaction that changes several rows and may abort; a
+/// `NOT NULL` column it sets, itself or in a trigger it fires, makes it one that may abort. The
+/// sizes triggers' upsert made every push journal, and their updates every claim; with this
+/// migration and `OR IGNORE` on the push's insert and on the claim (for their own `NOT NULL`
+/// columns), the job path keeps no statement journal (BENCHMARKS.md round 30). SQLite cannot
+/// drop a `NOT NULL`: the table is built again, and its triggers dropped and created again
+/// around it (a rename checks that every trigger's tables exist).
+fn version_15(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
+    if dialect == Dialect::Postgres {
+        return Vec::new();
+    }
+    let Names { z, jobs, .. } = names;
+    let rebuilt = format!("\"{jobs}_sizes_rebuilt\"");
+    let columns = "queue, shard, ready, delayed, reserved, failed";
+    let mut statements: Vec<String> =
+        ["insert", "delete", "update", "requeue", "failed_insert", "failed_delete"]
+            .iter()
+            .map(|name| format!("DROP TRIGGER IF EXISTS \"{jobs}_sizes_{name}\""))
+            .collect();
+    statements.extend([
+        format!(
+            "CREATE TABLE {rebuilt} (queue TEXT NOT NULL, shard INTEGER NOT NULL, \
+             ready INTEGER DEFAULT 0, delayed INTEGER DEFAULT 0, reserved INTEGER DEFAULT 0, \
+             failed INTEGER DEFAULT 0, PRIMARY KEY (queue, shard)) WITHOUT ROWID"
+        ),
+        format!("INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {z}"),
+        format!("DROP TABLE {z}"),
+        format!("ALTER TABLE {rebuilt} RENAME TO \"{jobs}_sizes\""),
+    ]);
+    statements.extend(sqlite_size_triggers(names));
+    statements
 }
 
 /// Migration 9 (SQLite only): a job holds its `Started` or `Finished` key itself
@@ -1047,6 +1095,7 @@ impl Sql {
             // PostgreSQL's claim function promotes only when a job is due and counts the settling
             // jobs only when the limit could bind (below); nothing on SQLite, which has no function.
             Migration { version: 14, statements: Vec::new() },
+            Migration { version: 15, statements: version_15(dialect, &names) },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -1247,14 +1296,17 @@ impl Sql {
             )
         } else {
             // One writer at a time on SQLite: the subquery cannot race with another claim.
+            // `OR IGNORE` changes nothing here (the values set are never NULL and no unique
+            // index covers the columns set) but makes the statements ones that cannot abort, so
+            // SQLite keeps no statement journal for them (see [`version_15`]).
             (
                 format!(
-                    "UPDATE {j} SET state = {READY} WHERE id IN (SELECT id FROM {j} \
+                    "UPDATE OR IGNORE {j} SET state = {READY} WHERE id IN (SELECT id FROM {j} \
                      WHERE queue = $1 AND state = {DELAYED} AND available_at <= $2 AND {not_paused} \
                      ORDER BY available_at LIMIT {PROMOTE_CHUNK})"
                 ),
                 format!(
-                    "UPDATE {j} SET state = {RESERVED}, attempts = attempts + 1, \
+                    "UPDATE OR IGNORE {j} SET state = {RESERVED}, attempts = attempts + 1, \
                      reserved_until = $2 + COALESCE(timeout_ms, $3) + $4, token = $5 || id \
                      WHERE id IN (SELECT id FROM {j} \
                      WHERE queue = $1 AND state = {READY} AND {not_paused} \
@@ -1795,9 +1847,12 @@ impl Sql {
         let (columns, per_row) =
             if workflow { (", batch, meta", INSERT_WORKFLOW_PARAMS) } else { ("", INSERT_PARAMS) };
         // A `Started` or `Finished` key is held by its job's row (`key_held`, see migrations 9
-        // and 11), so a key held by another job is a conflict like a stored id.
+        // and 11), so a key held by another job is a conflict like a stored id. `OR IGNORE`
+        // skips a conflicting row as `ON CONFLICT DO NOTHING` would, and makes the statement
+        // one that cannot abort, so SQLite keeps no statement journal for it (see
+        // [`version_15`]).
         let mut sql = format!(
-            "INSERT INTO {} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
+            "INSERT OR IGNORE INTO {} (id, queue, name, payload, priority, max_retries, retry_delay_ms, \
              timeout_ms, dispatched_at, available_at, state, unique_key, unique_mode, unique_ms\
              {columns}, key_held) SELECT *, CASE WHEN column13 IN ({UNIQUE_STARTED}, \
              {UNIQUE_FINISHED}) THEN 1 END FROM (VALUES ",
@@ -1813,12 +1868,11 @@ impl Sql {
             }
             sql.push_str(&values);
         }
-        // A `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
         // Neither is a job stored whose key someone holds for a `Period` (the keys table).
         sql.push_str(&format!(
             ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
              (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
-             AND {u}.expires_at > column9)) ON CONFLICT DO NOTHING RETURNING id",
+             AND {u}.expires_at > column9)) RETURNING id",
             f = self.failed,
             u = self.uniq,
         ));

@@ -1,6 +1,7 @@
 //! A database at storage version 3 (the release before workflows), with jobs in every state,
 //! upgrades in place (to the latest version: migration 7 backfills the queue sizes from its rows,
-//! migrations 9 and 11 move SQLite's and PostgreSQL's held keys to their jobs)
+//! migrations 9 and 11 move SQLite's and PostgreSQL's held keys to their jobs, migration 15
+//! builds SQLite's sizes table again)
 //! and its jobs still run; then batches work on it. The version-3
 //! tables come from the very statements of migrations 1 to 3 (an applied migration is never
 //! edited), so they are what that release created.
@@ -89,7 +90,23 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    if let Target::Sqlite(_) = &target {
+        // Migration 15: the sizes' counts may be NULL (so that no statement that sets them can
+        // abort), their key may not.
+        assert_eq!(
+            target.not_null("jobs_sizes").await,
+            [
+                ("queue", true),
+                ("shard", true),
+                ("ready", false),
+                ("delayed", false),
+                ("reserved", false),
+                ("failed", false)
+            ]
+            .map(|(column, not_null)| (column.to_owned(), not_null))
+        );
+    }
     // Migration 7: the sizes were backfilled from the rows already there (`stats` reads them).
     assert_eq!(
         target.sizes().await,
@@ -238,6 +255,16 @@ impl Target {
                 rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
             }
         }
+    }
+
+    /// SQLite: `table`'s columns in order, each with whether it is `NOT NULL`.
+    async fn not_null(&self, table: &str) -> Vec<(String, bool)> {
+        let mut conn = sqlx::SqliteConnection::connect(&self.url()).await.expect("open");
+        let sql =
+            format!("SELECT name, \"notnull\" FROM pragma_table_info('{table}') ORDER BY cid");
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("columns");
+        rows.iter().map(|r| (r.get(0), r.get::<i64, _>(1) == 1)).collect()
     }
 
     async fn versions(&self) -> Vec<i64> {
