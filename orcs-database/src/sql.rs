@@ -215,10 +215,11 @@ pub(crate) struct Sql {
     pub(crate) claim_limited_pg: Arc<str>,
     /// SQLite: a queue's limits.
     pub(crate) limits: Arc<str>,
-    /// SQLite: a queue's reserved jobs (up to `$2`), its starts since `$3`, and how many of the
-    /// claiming worker's settling jobs (their tokens in the JSON array `$4`) are among the
-    /// reserved ones, looked up only when the limit `$5` less the reserved jobs leaves less room
-    /// than the `$6` jobs asked for (0 otherwise).
+    /// SQLite: a queue's reserved jobs (its size, which the triggers keep exact in the writing
+    /// transaction: one row read where counting read one index entry per running job), its
+    /// starts since `$2`, and how many of the claiming worker's settling jobs (their tokens in
+    /// the JSON array `$3`) are among the reserved ones, looked up only when the limit `$4` less
+    /// the reserved jobs leaves less room than the `$5` jobs asked for (0 otherwise).
     pub(crate) room: Arc<str>,
     pub(crate) record_start: Arc<str>,
     pub(crate) prune_starts: Arc<str>,
@@ -1478,13 +1479,13 @@ impl Sql {
             )),
             room: s(format!(
                 "SELECT r.n, (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {st} \
-                 WHERE queue = $1 AND started_at > $3), \
-                 CASE WHEN $5 - r.n >= $6 THEN 0 ELSE \
-                 (SELECT COUNT(*) FROM json_each($4) AS t CROSS JOIN {j} \
+                 WHERE queue = $1 AND started_at > $2), \
+                 CASE WHEN $4 - r.n >= $5 THEN 0 ELSE \
+                 (SELECT COUNT(*) FROM json_each($3) AS t CROSS JOIN {j} \
                  ON {j}.id = substr(t.value, instr(t.value, ':') + 1) AND {j}.token = t.value \
                  AND {j}.queue = $1 AND {j}.state = {RESERVED}) END \
-                 FROM (SELECT COUNT(*) AS n FROM (SELECT 1 FROM {j} WHERE queue = $1 \
-                 AND state = {RESERVED} LIMIT $2)) AS r"
+                 FROM (SELECT COALESCE((SELECT reserved FROM {z} WHERE queue = $1 \
+                 AND shard = 0), 0) AS n) AS r"
             )),
             record_start: s(format!(
                 "INSERT INTO {st} AS st (queue, started_at, n) VALUES ($1, $2, $3) \

@@ -270,14 +270,8 @@ impl Backend for SqliteBackend {
             _ => Vec::new(),
         };
         let listed = serde_json::to_string(&tokens).map_err(Error::Serialization)?;
-        // Counted up to the limit plus the tokens: past that the claim has no room whichever
-        // of them are still reserved.
-        let cap = limits.concurrency.map_or(0, |concurrency| {
-            concurrency.saturating_add(i64::try_from(tokens.len()).unwrap_or(0))
-        });
         let row = q(&store.sql.room)
             .bind(queue.to_owned())
-            .bind(cap)
             .bind(since)
             .bind(listed)
             .bind(limits.concurrency)
