@@ -1869,7 +1869,8 @@ impl Sql {
             }
             sql.push_str(&values);
         }
-        // Neither is a job stored whose key someone holds for a `Period` (the keys table).
+        // Nor is a job whose id is in the failed set, or whose key someone holds for a `Period`
+        // (the keys table).
         sql.push_str(&format!(
             ") WHERE column1 NOT IN (SELECT id FROM {f}) AND (column12 IS NULL OR NOT EXISTS \
              (SELECT 1 FROM {u} WHERE {u}.queue = column2 AND {u}.unique_key = column12 \
