@@ -649,8 +649,8 @@ fn version_6(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
 pub(crate) const SIZE_SHARDS: i32 = 64;
 
 /// An insert into `<jobs>_sizes` (aliased `z`) adds to the row already there.
-const SIZES_ADD: &str = "ON CONFLICT (queue, shard) DO UPDATE SET ready = z.ready + excluded.ready, \
-     delayed = z.delayed + excluded.delayed, reserved = z.reserved + excluded.reserved, \
+const SIZES_ADD: &str = "ON CONFLICT (queue, shard) DO UPDATE SET \
+     ready = z.ready + excluded.ready, delayed = z.delayed + excluded.delayed, reserved = z.reserved + excluded.reserved, \
      failed = z.failed + excluded.failed";
 
 /// Migration 7: exact per-queue sizes (`ready`, `delayed`, `reserved`, `failed`) kept by
@@ -772,7 +772,7 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
             trigger("sizes_failed_delete", f, "DELETE", "OLD TABLE AS changed", "sizes_failed"),
         ]);
     } else {
-        statements.extend(sqlite_size_triggers(names));
+        statements.extend(sqlite_size_triggers(names).into_iter().map(|(_, create)| create));
     }
     // The backfill (SQLite: the migration's `BEGIN IMMEDIATE` holds the write lock).
     statements.push(format!(
@@ -788,9 +788,14 @@ fn version_7(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
 }
 
 /// SQLite's triggers that keep `<jobs>_sizes` (see [`version_7`]; [`version_15`] drops them and
-/// creates them again).
-fn sqlite_size_triggers(names: &Names<'_>) -> Vec<String> {
+/// creates them again): each trigger's name and the statement that creates it.
+fn sqlite_size_triggers(names: &Names<'_>) -> Vec<(String, String)> {
     let Names { j, f, z, jobs, .. } = names;
+    let trigger = |name: &str, definition: String| {
+        let name = format!("\"{jobs}_sizes_{name}\"");
+        let create = format!("CREATE TRIGGER {name} {definition}");
+        (name, create)
+    };
     // `excluded` and the row, in an upsert inside a trigger body: SQLite names the target
     // by its table name, which cannot be aliased there.
     let add = SIZES_ADD.replace("z.", &format!("{z}."));
@@ -803,46 +808,55 @@ fn sqlite_size_triggers(names: &Names<'_>) -> Vec<String> {
     };
     let minus = |set: &str| format!("UPDATE {z} SET {set} WHERE queue = OLD.queue AND shard = 0");
     vec![
-        format!(
-            "CREATE TRIGGER \"{jobs}_sizes_insert\" AFTER INSERT ON {j} BEGIN {}; END",
-            plus("NEW", "0")
-        ),
-        format!(
-            "CREATE TRIGGER \"{jobs}_sizes_delete\" AFTER DELETE ON {j} BEGIN {}; END",
-            minus(&format!(
-                "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
-                 reserved = reserved - (OLD.state = {RESERVED})"
-            ))
+        trigger("insert", format!("AFTER INSERT ON {j} BEGIN {}; END", plus("NEW", "0"))),
+        trigger(
+            "delete",
+            format!(
+                "AFTER DELETE ON {j} BEGIN {}; END",
+                minus(&format!(
+                    "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
+                     reserved = reserved - (OLD.state = {RESERVED})"
+                ))
+            ),
         ),
         // The row exists: it counts the job being updated (only an all-zero row is ever
         // deleted, by `forget_queue`).
-        format!(
-            "CREATE TRIGGER \"{jobs}_sizes_update\" AFTER UPDATE OF state ON {j} \
-             WHEN OLD.state <> NEW.state AND OLD.queue = NEW.queue BEGIN {}; END",
-            minus(&format!(
-                "ready = ready + (NEW.state = {READY}) - (OLD.state = {READY}), \
-                 delayed = delayed + (NEW.state = {DELAYED}) - (OLD.state = {DELAYED}), \
-                 reserved = reserved + (NEW.state = {RESERVED}) - (OLD.state = {RESERVED})"
-            ))
+        trigger(
+            "update",
+            format!(
+                "AFTER UPDATE OF state ON {j} \
+                 WHEN OLD.state <> NEW.state AND OLD.queue = NEW.queue BEGIN {}; END",
+                minus(&format!(
+                    "ready = ready + (NEW.state = {READY}) - (OLD.state = {READY}), \
+                     delayed = delayed + (NEW.state = {DELAYED}) - (OLD.state = {DELAYED}), \
+                     reserved = reserved + (NEW.state = {RESERVED}) - (OLD.state = {RESERVED})"
+                ))
+            ),
         ),
         // No statement moves a job to another queue; if one did, it would still count.
-        format!(
-            "CREATE TRIGGER \"{jobs}_sizes_requeue\" AFTER UPDATE OF queue ON {j} \
-             WHEN OLD.queue <> NEW.queue BEGIN {}; {}; END",
-            minus(&format!(
-                "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
-                 reserved = reserved - (OLD.state = {RESERVED})"
-            )),
-            plus("NEW", "0")
+        trigger(
+            "requeue",
+            format!(
+                "AFTER UPDATE OF queue ON {j} \
+                 WHEN OLD.queue <> NEW.queue BEGIN {}; {}; END",
+                minus(&format!(
+                    "ready = ready - (OLD.state = {READY}), delayed = delayed - (OLD.state = {DELAYED}), \
+                     reserved = reserved - (OLD.state = {RESERVED})"
+                )),
+                plus("NEW", "0")
+            ),
         ),
-        format!(
-            "CREATE TRIGGER \"{jobs}_sizes_failed_insert\" AFTER INSERT ON {f} BEGIN \
-             INSERT INTO {z} (queue, shard, failed) VALUES (NEW.queue, 0, 1) \
-             ON CONFLICT (queue, shard) DO UPDATE SET failed = {z}.failed + 1; END"
+        trigger(
+            "failed_insert",
+            format!(
+                "AFTER INSERT ON {f} BEGIN \
+                 INSERT INTO {z} (queue, shard, failed) VALUES (NEW.queue, 0, 1) \
+                 ON CONFLICT (queue, shard) DO UPDATE SET failed = {z}.failed + 1; END"
+            ),
         ),
-        format!(
-            "CREATE TRIGGER \"{jobs}_sizes_failed_delete\" AFTER DELETE ON {f} BEGIN {}; END",
-            minus("failed = failed - 1")
+        trigger(
+            "failed_delete",
+            format!("AFTER DELETE ON {f} BEGIN {}; END", minus("failed = failed - 1")),
         ),
     ]
 }
@@ -909,11 +923,9 @@ fn version_15(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
     let Names { z, jobs, .. } = names;
     let rebuilt = format!("\"{jobs}_sizes_rebuilt\"");
     let columns = "queue, shard, ready, delayed, reserved, failed";
+    let triggers = sqlite_size_triggers(names);
     let mut statements: Vec<String> =
-        ["insert", "delete", "update", "requeue", "failed_insert", "failed_delete"]
-            .iter()
-            .map(|name| format!("DROP TRIGGER IF EXISTS \"{jobs}_sizes_{name}\""))
-            .collect();
+        triggers.iter().map(|(name, _)| format!("DROP TRIGGER IF EXISTS {name}")).collect();
     statements.extend([
         format!(
             "CREATE TABLE {rebuilt} (queue TEXT NOT NULL, shard INTEGER NOT NULL, \
@@ -924,7 +936,7 @@ fn version_15(dialect: Dialect, names: &Names<'_>) -> Vec<String> {
         format!("DROP TABLE {z}"),
         format!("ALTER TABLE {rebuilt} RENAME TO \"{jobs}_sizes\""),
     ]);
-    statements.extend(sqlite_size_triggers(names));
+    statements.extend(triggers.into_iter().map(|(_, create)| create));
     statements
 }
 
