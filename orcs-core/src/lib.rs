@@ -82,8 +82,8 @@ pub use record::{
     BatchCallback, BatchInfo, CallbackState, CancelOutcome, Capabilities, Claim, ClaimRequest,
     Effects, FailedJob, FailedQuery, Fire, JobInfo, JobRecord, JobState, Lease, ListRequest,
     MAX_ERROR_HISTORY, MAX_PAGE, NewBatch, NewJob, Prune, PushOutcome, QueueLimits, QueueStats,
-    RateLimit, Reserved, ScheduleRecord, Settle, Settling, THROUGHPUT_HORIZON_MS, Throughput,
-    Touch, Transition, Unique, UniqueUntil, WorkerInfo,
+    RateLimit, Reserved, ScheduleRecord, Settle, SettleMark, Settling, SettlingMarks,
+    THROUGHPUT_HORIZON_MS, Throughput, Touch, Transition, Unique, UniqueUntil, WorkerInfo,
 };
 pub use registry::{Needs, Registry};
 pub use schedule::{

@@ -4,6 +4,7 @@
 //! public fields, so that a field added later breaks no caller.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::clock::{Clock, Millis};
 
@@ -284,6 +285,23 @@ impl<'a> ClaimRequest<'a> {
 pub trait Settling: Send + Sync + std::fmt::Debug {
     /// The fencing tokens of those jobs' leases.
     fn tokens(&self) -> Vec<String>;
+
+    /// The same jobs by their settles' marks ([`SettleMark`]), for a driver that counts them
+    /// without reading their rows; `None`: the settles carry no marks (read [`Self::tokens`]).
+    fn marks(&self) -> Option<SettlingMarks> {
+        None
+    }
+}
+
+/// A worker's settling jobs by the marks of their settles (see [`Settling::marks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlingMarks {
+    /// The settle writer that numbered them.
+    pub writer: Arc<str>,
+    /// Each settle's `seq` with the end of its job's lease: a lease that may have run out may
+    /// have been recovered (and the job claimed again) without its settle, so a driver counts
+    /// such a job as running.
+    pub marks: Vec<(i64, Millis)>,
 }
 
 impl Settling for Vec<String> {
@@ -375,12 +393,33 @@ pub struct Settle {
     pub transition: Transition,
     /// What else happens in the same atomic step.
     pub effects: Effects,
+    /// Its place in a worker's settle writer, set when queued there (see [`SettleMark`]).
+    pub mark: Option<SettleMark>,
+}
+
+/// A settle's place in the order of a worker's settle writer: a driver that counts a worker's
+/// settling jobs by marks ([`Settling::marks`]) records, in every step that settles a marked
+/// job, that the writer's settles up to `seq` are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleMark {
+    /// The writer, unique per worker run.
+    pub writer: Arc<str>,
+    /// Numbered from 1 in the order the writer takes its settles, so that the settles a step
+    /// writes are never numbered above those still waiting.
+    pub seq: i64,
 }
 
 impl Settle {
     /// Settles `lease` with `transition` and no side effects.
     pub fn new(lease: Lease, transition: Transition) -> Self {
-        Self { lease, transition, effects: Effects::default() }
+        Self { lease, transition, effects: Effects::default(), mark: None }
+    }
+
+    /// This settle with its place in a settle writer's order.
+    #[must_use]
+    pub fn marked(mut self, mark: SettleMark) -> Self {
+        self.mark = Some(mark);
+        self
     }
 
     /// Completes the job.

@@ -110,6 +110,20 @@ pub(crate) fn transient_sqlstate(code: &str) -> bool {
 /// the whole SQL) is noise on a worker's stderr.
 pub(crate) const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The settle writers of `batch`'s marked settles, each once, with its highest number there:
+/// a step that settles any of them records these (see
+/// [`Sql::mark_settled`](crate::sql::Sql::mark_settled)). A writer's batch is one writer's.
+pub(crate) fn marks_of(batch: &[Settle]) -> (Vec<String>, Vec<i64>) {
+    let mut marks: Vec<(String, i64)> = Vec::new();
+    for mark in batch.iter().filter_map(|settle| settle.mark.as_ref()) {
+        match marks.iter_mut().find(|(writer, _)| **writer == *mark.writer) {
+            Some((_, highest)) => *highest = (*highest).max(mark.seq),
+            None => marks.push((mark.writer.to_string(), mark.seq)),
+        }
+    }
+    marks.into_iter().unzip()
+}
+
 pub(crate) fn duration_ms(ms: u64) -> i64 {
     i64::try_from(ms.min(MAX_DURATION_MS)).expect("a century of milliseconds fits in i64")
 }
@@ -499,6 +513,15 @@ pub(crate) trait Backend: Send + Sync + Sized + 'static {
         store: &Store<Self>,
         conn: &mut Self::Conn,
         queues: &[String],
+    ) -> impl Future<Output = orcs_core::Result<()>> + Send;
+
+    /// Records the marks of `items`' settles ([`marks_of`]) inside the caller's transaction
+    /// that settles them, where the backend's limited claims count settling jobs by marks.
+    fn mark_settled(
+        store: &Store<Self>,
+        conn: &mut Self::Conn,
+        items: &[Settle],
+        now: Millis,
     ) -> impl Future<Output = orcs_core::Result<()>> + Send;
 
     /// Promotes `queue`'s due delayed jobs and reads its limits, and where the backend reads
@@ -1484,6 +1507,7 @@ where
             }
         }
         self.write_counts(&mut tx, counts).await?;
+        B::mark_settled(self, &mut tx, batch, now).await?;
         B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);
@@ -1584,6 +1608,7 @@ where
         let results: Vec<orcs_core::Result<()>> =
             results.into_iter().map(|r| r.expect("every item was settled")).collect();
         self.write_counts(&mut tx, counts).await?;
+        B::mark_settled(self, &mut tx, items, now).await?;
         B::notify_in(self, &mut tx, &ready).await?;
         tx.commit().await.map_err(backend)?;
         drop(conn);

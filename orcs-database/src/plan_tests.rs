@@ -84,15 +84,15 @@ fn postgres_plans_made_on_an_empty_table_use_the_indexes_once_it_fills() {
             ),
             (
                 "the completion",
-                "TEXT[], TEXT[], TEXT",
+                "TEXT[], TEXT[], TEXT, TEXT[], BIGINT[], BIGINT",
                 &sql.complete_many_pg,
-                "ARRAY['x'], ARRAY['t:x'], 'c'",
+                "ARRAY['x'], ARRAY['t:x'], 'c', ARRAY['w'], ARRAY[1::BIGINT], 1",
             ),
             (
                 "the completion of batch children",
-                "TEXT[], TEXT[], TEXT",
+                "TEXT[], TEXT[], TEXT, TEXT[], BIGINT[], BIGINT",
                 &sql.complete_children_pg,
-                "ARRAY['x'], ARRAY['bt:x'], 'c'",
+                "ARRAY['x'], ARRAY['bt:x'], 'c', ARRAY['w'], ARRAY[1::BIGINT], 1",
             ),
         ];
         for (what, types, statement, args) in checks {

@@ -403,6 +403,27 @@ impl Backend for PgBackend {
         store.backend.announcer.announce(queues);
     }
 
+    /// One upsert of the writers' rows (see [`Sql::mark_settled`]).
+    async fn mark_settled(
+        store: &Store,
+        conn: &mut Conn,
+        items: &[Settle],
+        now: Millis,
+    ) -> Result<()> {
+        let (writers, highest) = common::marks_of(items);
+        if writers.is_empty() {
+            return Ok(());
+        }
+        q(&store.sql.mark_settled)
+            .bind(writers)
+            .bind(highest)
+            .bind(now)
+            .execute(conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// One statement over arrays of ids and tokens (see [`Sql::complete_leases_pg`]).
     async fn complete_leases(
         store: &Store,
@@ -540,17 +561,27 @@ impl PgBackend {
         // A worker lets a slot go when the job's code ends, before its settle is written, and
         // claims again at once: counted as running, its jobs whose settles were on the way cut
         // such claims short (a drain under a limit equal to the worker's slots ran at 0.73 of
-        // the unlimited one). The claim leaves them out, by token.
-        let settling = match (limits.concurrency, req.settling) {
-            (Some(_), Some(settling)) => settling.tokens(),
-            _ => Vec::new(),
+        // the unlimited one). The claim leaves them out: by their settles' marks, which it
+        // counts without reading a job row, or else by token (reading each job's row cost a
+        // limited drain ~12 % against an unlimited one; BENCHMARKS.md, rounds 31 and 32).
+        let settling = limits.concurrency.and(req.settling);
+        let query = match settling.map(|settling| (settling.marks(), settling)) {
+            Some((Some(marked), _)) => {
+                let (seqs, untils): (Vec<i64>, Vec<i64>) = marked.marks.into_iter().unzip();
+                store
+                    .claim_query(&store.sql.claim_marked_pg, queue, req, batch, want)
+                    .bind(marked.writer.to_string())
+                    .bind(seqs)
+                    .bind(untils)
+            }
+            Some((None, settling)) => store
+                .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
+                .bind(settling.tokens()),
+            None => store
+                .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
+                .bind(Vec::<String>::new()),
         };
-        let rows = store
-            .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
-            .bind(settling)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(backend)?;
         if rows
             .first()
             .is_some_and(|row| row.try_get::<Option<String>, _>(0).ok().flatten().is_none())
@@ -792,13 +823,13 @@ impl Store {
         let (mut children, plain): (Vec<usize>, Vec<usize>) =
             (0..batch.len()).partition(|&i| batch[i].lease.token.starts_with(CHILD_MARK));
         if !plain.is_empty() {
-            let done = self.complete_in_one(&self.sql.complete_many_pg, batch, &plain).await?;
+            let done = self.complete_in_one(&self.sql.complete_many_pg, batch, &plain, now).await?;
             children.extend(plain.into_iter().filter(|&i| !done.contains(&pair(&batch[i].lease))));
         }
         let mut left = Vec::new();
         if !children.is_empty() {
             let done =
-                self.complete_in_one(&self.sql.complete_children_pg, batch, &children).await?;
+                self.complete_in_one(&self.sql.complete_children_pg, batch, &children, now).await?;
             left.extend(children.into_iter().filter(|&i| !done.contains(&pair(&batch[i].lease))));
         }
         let mut results: Vec<Result<()>> = (0..batch.len()).map(|_| Ok(())).collect();
@@ -811,14 +842,23 @@ impl Store {
         Ok(results)
     }
 
-    /// One of the completion statements over the leases `ids` and `tokens`.
+    /// One of the completion statements over the leases `ids` and `tokens`, recording the
+    /// settle writers' `marks` at `now` (see [`common::marks_of`]).
     fn complete_query(
         &self,
         statement: &Arc<str>,
         ids: Vec<String>,
         tokens: Vec<String>,
+        (writer, hi): (Vec<String>, Vec<i64>),
+        now: Millis,
     ) -> common::Query<Db> {
-        q(statement).bind(ids).bind(tokens).bind(self.backend.channel.clone())
+        q(statement)
+            .bind(ids)
+            .bind(tokens)
+            .bind(self.backend.channel.clone())
+            .bind(writer)
+            .bind(hi)
+            .bind(now)
     }
 
     /// Runs one of the completion statements over the leases of `batch` at `indices`; answers
@@ -829,11 +869,12 @@ impl Store {
         statement: &Arc<str>,
         batch: &[Settle],
         indices: &[usize],
+        now: Millis,
     ) -> Result<HashSet<(String, String)>> {
         let ids: Vec<String> = indices.iter().map(|&i| batch[i].lease.id.clone()).collect();
         let tokens: Vec<String> = indices.iter().map(|&i| batch[i].lease.token.clone()).collect();
         let rows = self
-            .complete_query(statement, ids, tokens)
+            .complete_query(statement, ids, tokens, common::marks_of(batch), now)
             .fetch_all(&self.backend.pool)
             .await
             .map_err(backend)?;
@@ -938,7 +979,7 @@ impl Store {
             self.claim_on(&mut tx, &orcs_core::ClaimRequest::new(&warm_queues, 1, now)).await?;
         let (ids, tokens): (Vec<String>, Vec<String>) =
             claim.jobs.iter().map(|job| (job.lease.id.clone(), job.lease.token.clone())).unzip();
-        self.complete_query(&self.sql.complete_many_pg, ids, tokens)
+        self.complete_query(&self.sql.complete_many_pg, ids, tokens, Default::default(), now)
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;

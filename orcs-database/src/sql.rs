@@ -33,6 +33,10 @@ pub(crate) const CHILD_MARK: char = 'b';
 /// Due delayed jobs promoted per statement; a claim repeats it until fewer were due.
 pub(crate) const PROMOTE_CHUNK: u64 = 500;
 
+/// The mark a limited claim takes for a settle writer with none recorded (see
+/// [`Sql::mark_settled`]): every settle counts as written, its job as running.
+const NO_MARK: i64 = i64::MAX;
+
 /// Parameters per job of [`Sql::insert`] without workflow columns.
 pub(crate) const INSERT_PARAMS: usize = 14;
 
@@ -79,7 +83,7 @@ pub(crate) const FAILED_V1_COLUMNS: [&str; 13] = [
 pub(crate) const COUNTERS_V1_COLUMNS: [&str; 3] = ["queue", "processed", "failed_total"];
 
 /// The storage version this build writes: the number of the last migration.
-pub(crate) const LATEST_VERSION: i64 = 15;
+pub(crate) const LATEST_VERSION: i64 = 16;
 
 /// `unique_mode` of a key that frees when the job is claimed.
 pub(crate) const UNIQUE_STARTED: i32 = 0;
@@ -112,6 +116,8 @@ struct Shape {
     /// The promotion runs only when a job is due, and the settling jobs are counted only when
     /// the concurrency limit could bind (migration 14).
     lazy: bool,
+    /// The signature that also takes the claiming worker's settle marks (migration 16).
+    marked: bool,
 }
 
 /// The columns a claim returns, in this order (the decoder reads them by position).
@@ -211,8 +217,13 @@ pub(crate) struct Sql {
     /// answers, in the claim's columns (see [`PROMOTION_COLUMNS`]). Empty on SQLite.
     pub(crate) claim_promoting: Arc<str>,
     /// PostgreSQL: the claim of a queue with limits (a function of migration 3 that takes the
-    /// queue's advisory lock, then claims within the limits and logs the starts).
+    /// queue's advisory lock, then claims within the limits and logs the starts), `$7` the
+    /// claiming worker's settling tokens.
     pub(crate) claim_limited_pg: Arc<str>,
+    /// PostgreSQL: [`Sql::claim_limited_pg`] with the settling jobs as marks instead (migration
+    /// 16): `$7` the settle writer, `$8` and `$9` its settles' numbers and lease ends (see
+    /// [`Sql::mark_settled`]).
+    pub(crate) claim_marked_pg: Arc<str>,
     /// SQLite: a queue's limits.
     pub(crate) limits: Arc<str>,
     /// SQLite: a queue's reserved jobs (its size, which the triggers keep exact in the writing
@@ -277,10 +288,12 @@ pub(crate) struct Sql {
     /// workflow columns (see [`Sql::insert_pg`]).
     insert_pg: [Arc<str>; 2],
     /// PostgreSQL: a batch of completions as one statement over arrays of ids and tokens;
-    /// returns the (id, token) pairs it completed.
+    /// returns the (id, token) pairs it completed. Records the settle writers' marks (`$4`
+    /// writers, `$5` the highest number of each in the batch, `$6` now; see
+    /// [`Sql::mark_settled`]).
     pub(crate) complete_many_pg: Arc<str>,
     /// PostgreSQL: [`Sql::complete_many_pg`] for batch children (`$1` ids, `$2` tokens, `$3`
-    /// channel), none of which is its batch's last: locks their batch rows first, in id order,
+    /// channel, `$4`-`$6` the mark), none of which is its batch's last: locks their batch rows first, in id order,
     /// then deletes them and counts them as processed in their batches and queues. Leaves the
     /// children of a batch whose pending count they would use up, or that is finished or
     /// gone, for [`Store::settle_children`](crate::common::Store::settle_children).
@@ -327,8 +340,14 @@ pub(crate) struct Sql {
     pub(crate) worker_beat: Arc<str>,
     /// Adds `$3` processed and `$4` failed to the bucket of queue `$1`, minute `$2`.
     pub(crate) throughput_add: Arc<str>,
-    /// Drops the buckets older than `$1`.
+    /// Drops the buckets older than `$1` (and on PostgreSQL the settle writers' marks last
+    /// recorded before it: a worker's whose row is gone counts its settling jobs as running).
     pub(crate) throughput_prune: Arc<str>,
+    /// PostgreSQL: records that the settle writers of the array `$1` wrote their settles up to
+    /// the numbers of `$2` (at `$3`), in the step that settles them: a limited queue's claim counts the claiming
+    /// worker's settling jobs as those numbered above it, reading no job row (migration 16).
+    /// Every PostgreSQL step that settles a marked job records its mark.
+    pub(crate) mark_settled: Arc<str>,
     /// Deletes the workers whose entry expired before `$1`.
     pub(crate) workers_expire: Arc<str>,
     /// The JSON of the workers live at `$1`, by start time.
@@ -1069,6 +1088,7 @@ impl Sql {
         let w = quoted(&format!("{jobs}_workers"));
         let tp = quoted(&format!("{jobs}_throughput"));
         let z = quoted(&format!("{jobs}_sizes"));
+        let sd = quoted(&format!("{jobs}_settled"));
         let migrations_table = quoted(&format!("{jobs}_migrations"));
         let pg = dialect == Dialect::Postgres;
         let names = Names {
@@ -1109,6 +1129,19 @@ impl Sql {
             // jobs only when the limit could bind (below); nothing on SQLite, which has no function.
             Migration { version: 14, statements: Vec::new() },
             Migration { version: 15, statements: version_15(dialect, &names) },
+            // PostgreSQL: the settle writers' marks and the claim function that reads them
+            // (below); nothing on SQLite, whose claims and settles take turns.
+            Migration {
+                version: 16,
+                statements: if pg {
+                    vec![format!(
+                        "CREATE TABLE IF NOT EXISTS {sd} (writer TEXT NOT NULL PRIMARY KEY, \
+                         hi BIGINT NOT NULL, at BIGINT NOT NULL)"
+                    )]
+                } else {
+                    Vec::new()
+                },
+            },
         ];
         let int = if pg { "BIGINT" } else { "INTEGER" };
         let create_migrations = format!(
@@ -1193,17 +1226,37 @@ impl Sql {
         // Reading the settling jobs' rows is all a binding limit's claim costs more than an
         // unlimited one (BENCHMARKS.md, round 31: ~250 us of a 2.3 ms claim in a drain, found by
         // primary key or by `ctid` alike, as the completions are deleting on those pages).
+        // `marked` (migration 16): the settling jobs come as their settle writer's marks instead,
+        // `$7` the writer, `$8` their numbers, `$9` their leases' ends. Those numbered above the
+        // highest the writer's steps recorded ([`Sql::mark_settled`], read in this statement's
+        // snapshot, as the sizes are) are unwritten, so still reserved under their tokens: a
+        // count of an array, no row read. Whatever is unknown counts them as running, never the
+        // other way: no row yet (or pruned) counts none; a step that settles recorded its whole
+        // batch; a lease that may have run out (within the grace `$4`, which bounds the clock
+        // skew leases tolerate) may have been recovered without its settle, so it counts.
         let claim_limited = |columns: &[&str],
                              by_array: bool,
                              settling: bool,
                              rate: bool,
                              held: bool,
-                             lazy: bool| {
-            let settled = format!(
+                             lazy: bool,
+                             marked: bool| {
+            let tokens = format!(
                 "(SELECT COUNT(*) FROM UNNEST($7::TEXT[]) AS t JOIN {j} \
                      ON {j}.id = substr(t, strpos(t, ':') + 1) AND {j}.token = t \
                      AND {j}.queue = $1)"
             );
+            // Marks only, no join from tokens beside them: a join from an empty array of tokens
+            // still cost the claim what the marks save (BENCHMARKS.md, round 32).
+            let settled = if marked {
+                format!(
+                    "(SELECT COUNT(*) FROM UNNEST($8, $9) AS mk (seq, until) \
+                     WHERE mk.until > $2 + $4 AND mk.seq > COALESCE((SELECT hi FROM {sd} \
+                     WHERE writer = $7), {NO_MARK}))"
+                )
+            } else {
+                tokens
+            };
             let (rate_room, rate_log) = if rate {
                 (
                     format!(
@@ -1372,9 +1425,9 @@ impl Sql {
             // claims find nothing due: 40 us of a claim's 1.2 ms), and the settling jobs are
             // counted only when the limit could bind (see `claim_limited`).
             let function = |columns: &[&str], extra: &str, shape: Shape| {
-                let Shape { by_array, settling, held, waited, lazy } = shape;
+                let Shape { by_array, settling, held, waited, lazy, marked } = shape;
                 let limited = |rate: bool| {
-                    let sql = claim_limited(columns, by_array, settling, rate, held, lazy)
+                    let sql = claim_limited(columns, by_array, settling, rate, held, lazy, marked)
                         .replace("$7::BIGINT", "v_concurrency")
                         .replace("$8::BIGINT", "v_rate")
                         .replace("$9::BIGINT", "v_period");
@@ -1393,7 +1446,7 @@ impl Sql {
                          IF v_promoted >= {PROMOTE_CHUNK} THEN RETURN NEXT; RETURN; END IF; "
                     );
                     (
-                        ", TEXT[]",
+                        if marked { ", TEXT, BIGINT[], BIGINT[]" } else { ", TEXT[]" },
                         if lazy {
                             format!(
                                 "IF EXISTS (SELECT 1 FROM {j} WHERE queue = $1 \
@@ -1476,6 +1529,8 @@ impl Sql {
                 // The signature this build calls, promoting only when a job is due and counting
                 // the settling jobs only when the limit could bind (the other one does neither).
                 (13, Shape { lazy: true, ..settling(v13) }),
+                // The signature this build calls: the settling jobs also by their marks.
+                (15, Shape { lazy: true, marked: true, ..settling(v13) }),
             ] {
                 migrations[index].statements.push(function(&CLAIM_COLUMNS, v4, shape));
             }
@@ -1487,7 +1542,12 @@ impl Sql {
             claim: s(claim),
             claim_promoting: s(claim_promoting),
             claim_limited_pg: s(format!(
-                "SELECT * FROM {claim_function}($1, $2, $3, $4, $5, $6, $7) WHERE {ASYNC_COMMIT}"
+                "SELECT * FROM {claim_function}($1, $2, $3, $4, $5, $6, $7::TEXT[]) \
+                 WHERE {ASYNC_COMMIT}"
+            )),
+            claim_marked_pg: s(format!(
+                "SELECT * FROM {claim_function}($1, $2, $3, $4, $5, $6, $7::TEXT, $8::BIGINT[], \
+                 $9::BIGINT[]) WHERE {ASYNC_COMMIT}"
             )),
             limits: s(format!(
                 "SELECT concurrency, rate_limit, rate_period_ms FROM {m} WHERE queue = $1"
@@ -1686,6 +1746,9 @@ impl Sql {
                  counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
                  ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed), \
+                 marked AS (INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, $6 \
+                 FROM UNNEST($4::TEXT[], $5::BIGINT[]) AS mk (w, hi) ON CONFLICT (writer) \
+                 DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), at = excluded.at), \
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
@@ -1716,6 +1779,9 @@ impl Sql {
                  processed = b.processed + d.n \
                  FROM (SELECT batch, COUNT(*) AS n FROM done GROUP BY batch) AS d \
                  WHERE b.id = d.batch), \
+                 marked AS (INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, $6 \
+                 FROM UNNEST($4::TEXT[], $5::BIGINT[]) AS mk (w, hi) ON CONFLICT (writer) \
+                 DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), at = excluded.at), \
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
@@ -1799,7 +1865,19 @@ impl Sql {
                  ON CONFLICT (queue, minute) DO UPDATE SET \
                  processed = t.processed + excluded.processed, failed = t.failed + excluded.failed"
             )),
-            throughput_prune: s(format!("DELETE FROM {tp} WHERE minute < $1")),
+            throughput_prune: s(if pg {
+                format!(
+                    "WITH settled AS (DELETE FROM {sd} WHERE at < $1) \
+                     DELETE FROM {tp} WHERE minute < $1"
+                )
+            } else {
+                format!("DELETE FROM {tp} WHERE minute < $1")
+            }),
+            mark_settled: s(format!(
+                "INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, $3 \
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS mk (w, hi) ON CONFLICT (writer) \
+                 DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), at = excluded.at"
+            )),
             workers_expire: s(format!("DELETE FROM {w} WHERE expires_at < $1")),
             workers_list: s(format!(
                 "SELECT info FROM {w} WHERE expires_at >= $1 ORDER BY started_at, id"
@@ -2196,6 +2274,37 @@ mod tests {
 
     fn sql(dialect: Dialect) -> Sql {
         Sql::new(dialect, None, "jobs", "failed_jobs", "job_counters")
+    }
+
+    /// The storage version a build writes is its last migration's, on both dialects: one
+    /// behind, a second start refused the tables its first start had migrated.
+    #[test]
+    fn the_latest_version_is_the_last_migration() {
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            let migrations = sql(dialect).migrations;
+            let versions: Vec<i64> = migrations.iter().map(|m| m.version).collect();
+            let expected: Vec<i64> = (1..=LATEST_VERSION).collect();
+            assert_eq!(versions, expected, "{dialect:?}: one migration per version, in order");
+        }
+    }
+
+    /// Migration 16 adds the settle writers' marks and the claim function that counts the
+    /// settling jobs by them; the completions and every settling transaction record them.
+    #[test]
+    fn migration_16_counts_settling_jobs_by_their_marks() {
+        let pg = sql(Dialect::Postgres);
+        let v16 = &pg.migrations[15].statements;
+        assert!(v16[0].starts_with("CREATE TABLE IF NOT EXISTS \"jobs_settled\""), "{}", v16[0]);
+        let function = v16.last().expect("the marked signature");
+        assert!(function.contains("BIGINT, TEXT, BIGINT[], BIGINT[])"), "{function}");
+        assert!(function.contains("UNNEST($8, $9)"), "{function}");
+        assert!(function.contains("writer = $7)"), "{function}");
+        assert!(!function.contains("UNNEST($7::TEXT[])"), "no tokens beside the marks");
+        for statement in [&pg.complete_many_pg, &pg.complete_children_pg, &pg.mark_settled] {
+            assert!(statement.contains("INSERT INTO \"jobs_settled\""), "{statement}");
+        }
+        assert!(pg.claim_marked_pg.contains("$9::BIGINT[])"), "{}", pg.claim_marked_pg);
+        assert!(sql(Dialect::Sqlite).migrations[15].statements.is_empty());
     }
 
     /// A push of jobs outside workflows binds what it bound before migration 4; one with a

@@ -185,6 +185,18 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    /// SQLite's claims count settling jobs by token: its claims and settles take turns on
+    /// its one writer, so reading their rows waits for no settle.
+    #[allow(clippy::unused_async)]
+    async fn mark_settled(
+        _store: &Store,
+        _conn: &mut Conn,
+        _items: &[Settle],
+        _now: Millis,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// One `DELETE ... RETURNING` per chunk of leases (see [`Sql::complete_leases_sqlite`]).
     /// A deleted job's `Started` or `Finished` key goes with its row (migration 9); a `Period`
     /// key runs its time.

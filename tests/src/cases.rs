@@ -2522,6 +2522,95 @@ pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
     assert!(claim(&queue, &["default"], 10).await.is_empty(), "never above the limit");
 }
 
+/// A worker's view of its settling jobs for [`settle_marks_free_only_unwritten_slots`]: their
+/// tokens, and their settles' marks when `marked`.
+#[derive(Debug)]
+struct SettlingView {
+    tokens: Vec<String>,
+    marks: Option<orcs_core::SettlingMarks>,
+}
+
+impl orcs_core::Settling for SettlingView {
+    fn tokens(&self) -> Vec<String> {
+        self.tokens.clone()
+    }
+
+    fn marks(&self) -> Option<orcs_core::SettlingMarks> {
+        self.marks.clone()
+    }
+}
+
+/// A claim may count the worker's settling jobs by their settles' marks
+/// ([`orcs_core::Settling::marks`], which a driver records in the step that writes a marked
+/// settle) instead of reading their rows by token; it frees exactly the slots the tokens free.
+/// A settle written (a plain completion, a retry) frees no slot a second time when a view read
+/// before its write still holds it, and a job whose lease ran out, recovered and claimed again,
+/// frees none through its earlier claim's mark.
+pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.set_limits("default", QueueLimits::none().concurrency(2)).await.expect("limit");
+    queue.dispatch_many((0..8).map(|i| plain(&key, i))).await.expect("dispatch");
+    let queues = names(&["default"]);
+    let writer: Arc<str> = format!("writer-{}", orcs_core::new_job_id()).into();
+    let mark = |seq: i64| orcs_core::SettleMark { writer: Arc::clone(&writer), seq };
+    let view = |settling: &[(i64, &Lease)], marked: bool| SettlingView {
+        tokens: settling.iter().map(|(_, lease)| lease.token.clone()).collect(),
+        marks: marked.then(|| orcs_core::SettlingMarks {
+            writer: Arc::clone(&writer),
+            marks: settling.iter().map(|(seq, lease)| (*seq, lease.expires_at)).collect(),
+        }),
+    };
+    let claim_settling = |view: SettlingView, now: Millis| {
+        let queues = &queues;
+        let driver = &driver;
+        async move {
+            let mut request = request_at(queues, 10, now);
+            request.settling = Some(&view);
+            driver.claim(&request).await.expect("claim").jobs
+        }
+    };
+    let first = claim(&queue, &["default"], 10).await;
+    assert_eq!(first.len(), 2, "the limit");
+    let (a, b) = (&first[0].lease, &first[1].lease);
+    let written = Settle::complete(a.clone()).marked(mark(1));
+    driver.settle_one(written, clock.now()).await.expect("a's completion, written");
+    // Read before a's write answered: a still in it, b's code ended and its settle queued.
+    let settling = [(1, a), (2, b)];
+    let by_tokens = claim_settling(view(&settling, false), clock.now()).await;
+    assert!(by_tokens.len() <= 2, "b's slot at most, beside a's: got {}", by_tokens.len());
+    for job in &by_tokens {
+        release(&driver, &job.lease, clock.now()).await.expect("hand back");
+    }
+    let by_marks = claim_settling(view(&settling, true), clock.now()).await;
+    assert_eq!(by_marks.len(), by_tokens.len(), "the marks free what the tokens free");
+    // b's settle written too (a retry, another kind of step): the same stale view frees
+    // nothing more than the limit leaves.
+    let again_at = clock.now() + 60_000;
+    let b_retry = Settle::retry(b.clone(), again_at, "try later").marked(mark(2));
+    driver.settle_one(b_retry, clock.now()).await.expect("b's retry, written");
+    let left = 2 - by_marks.len();
+    let stale = claim_settling(view(&settling, true), clock.now()).await;
+    assert_eq!(stale.len(), left, "written settles free no slot twice");
+    // The leases run out; recovery hands the jobs to other claims, under new tokens.
+    let held: Vec<Lease> = by_marks.iter().chain(&stale).map(|job| job.lease.clone()).collect();
+    assert_eq!(held.len(), 2, "the limit is held");
+    clock.set(held.iter().map(|lease| lease.expires_at).max().expect("two leases"));
+    driver.recover(&queues, clock.now()).await.expect("recover");
+    let taken = claim(&queue, &["default"], 10).await;
+    assert_eq!(taken.len(), 2, "the recovered jobs' slots are free");
+    let expired: Vec<(i64, &Lease)> =
+        held.iter().zip(3..).map(|(lease, seq)| (seq, lease)).collect();
+    assert!(
+        claim_settling(view(&expired, true), clock.now()).await.is_empty(),
+        "an expired lease's settle frees no slot of the job running again"
+    );
+    for job in &taken {
+        complete(&driver, &job.lease, clock.now()).await.expect("complete");
+    }
+    assert_eq!(claim(&queue, &["default"], 10).await.len(), 2, "completed: two slots free");
+}
+
 /// A claim of a queue with a concurrency limit promotes its due delayed jobs first, as every
 /// claim does, from its second claim on too (a driver may take a shorter path for a queue it
 /// knows to be limited): a due job of higher priority is claimed before the ready ones, within

@@ -139,6 +139,7 @@ macro_rules! conformance_tests {
             dispatchers_of_every_kind_race_on_one_key,
             concurrency_limit_caps_jobs_running_at_once,
             settling_tokens_free_only_their_own_slots,
+            settle_marks_free_only_unwritten_slots,
             limited_claims_promote_due_jobs_first,
             limited_promotion_never_inverts_priority,
             warming_changes_no_job,

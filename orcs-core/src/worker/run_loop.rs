@@ -24,7 +24,9 @@ use crate::error::Result;
 use crate::job::{JobContext, Shared};
 use crate::middleware::Middleware;
 use crate::queue::Queue;
-use crate::record::{ClaimRequest, Lease, Reserved, Settle, Settling, Touch};
+use crate::record::{
+    ClaimRequest, Lease, Reserved, Settle, SettleMark, Settling, SettlingMarks, Touch,
+};
 use crate::registry::Registry;
 
 /// The state shared by the worker loop and its job tasks.
@@ -127,15 +129,32 @@ const SETTLE_BATCH: usize = 256;
 /// ([`write_settles`]). A shared queue rather than a channel so that a claim can read what is in
 /// it: the jobs of a limited queue whose code ended do not count as running while their settles
 /// are written ([`Settling`]).
-#[derive(Debug, Default)]
+///
+/// Each settle queued is marked with the writer and its number in the queue's order
+/// ([`SettleMark`]): a driver that records the highest number it wrote per writer counts the
+/// settling jobs still unwritten from the marks, without reading their rows ([`Settling::marks`]).
+#[derive(Debug)]
 pub(super) struct SettleQueue {
     state: Mutex<SettleState>,
     wake: Notify,
+    writer: Arc<str>,
+}
+
+impl Default for SettleQueue {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            writer: crate::id::new_job_id().into(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct SettleState {
     queued: Vec<Pending>,
+    /// The number of the last settle queued.
+    seq: i64,
     /// The batch the writer is writing now.
     writing: Option<Arc<Vec<Settle>>>,
     /// The writer stopped: settles are written by their tasks directly.
@@ -165,7 +184,12 @@ impl SettleQueue {
             if state.closed {
                 return Some(pending);
             }
-            state.queued.push(pending);
+            // Numbered under the lock that orders the queue, so the writer's batches are
+            // numbered in the order they are written.
+            state.seq += 1;
+            let mark = SettleMark { writer: Arc::clone(&self.writer), seq: state.seq };
+            let (settle, reply) = pending;
+            state.queued.push((settle.marked(mark), reply));
             std::mem::take(&mut state.idle)
         };
         // A busy writer takes this settle with its next batch, unwoken.
@@ -182,6 +206,17 @@ impl Settling for SettleQueue {
         let queued = state.queued.iter().map(|(settle, _)| &settle.lease.token);
         let writing = state.writing.iter().flat_map(|batch| batch.iter()).map(|s| &s.lease.token);
         queued.chain(writing).cloned().collect()
+    }
+
+    fn marks(&self) -> Option<SettlingMarks> {
+        let state = self.lock();
+        let queued = state.queued.iter().map(|(settle, _)| settle);
+        let writing = state.writing.iter().flat_map(|batch| batch.iter());
+        let marks = writing
+            .chain(queued)
+            .filter_map(|settle| Some((settle.mark.as_ref()?.seq, settle.lease.expires_at)))
+            .collect();
+        Some(SettlingMarks { writer: Arc::clone(&self.writer), marks })
     }
 }
 
