@@ -384,6 +384,7 @@ mod postgres {
                     "jobs_migrations",
                     "jobs_queues",
                     "jobs_schedules",
+                    "jobs_settled",
                     "jobs_sizes",
                     "jobs_starts",
                     "jobs_throughput",
