@@ -295,6 +295,7 @@ pub trait Settling: Send + Sync + std::fmt::Debug {
 
 /// A worker's settling jobs by the marks of their settles (see [`Settling::marks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SettlingMarks {
     /// The settle writer that numbered them.
     pub writer: Arc<str>,
@@ -302,6 +303,13 @@ pub struct SettlingMarks {
     /// have been recovered (and the job claimed again) without its settle, so a driver counts
     /// such a job as running.
     pub marks: Vec<(i64, Millis)>,
+}
+
+impl SettlingMarks {
+    /// The settles of `writer` numbered as in `marks`, each with its lease's end.
+    pub fn new(writer: Arc<str>, marks: Vec<(i64, Millis)>) -> Self {
+        Self { writer, marks }
+    }
 }
 
 impl Settling for Vec<String> {
@@ -401,12 +409,20 @@ pub struct Settle {
 /// settling jobs by marks ([`Settling::marks`]) records, in every step that settles a marked
 /// job, that the writer's settles up to `seq` are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SettleMark {
     /// The writer, unique per worker run.
     pub writer: Arc<str>,
     /// Numbered from 1 in the order the writer takes its settles, so that the settles a step
     /// writes are never numbered above those still waiting.
     pub seq: i64,
+}
+
+impl SettleMark {
+    /// Settle number `seq` of `writer`.
+    pub fn new(writer: Arc<str>, seq: i64) -> Self {
+        Self { writer, seq }
+    }
 }
 
 impl Settle {

@@ -2553,12 +2553,12 @@ pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
     queue.dispatch_many((0..8).map(|i| plain(&key, i))).await.expect("dispatch");
     let queues = names(&["default"]);
     let writer: Arc<str> = format!("writer-{}", orcs_core::new_job_id()).into();
-    let mark = |seq: i64| orcs_core::SettleMark { writer: Arc::clone(&writer), seq };
+    let mark = |seq: i64| orcs_core::SettleMark::new(Arc::clone(&writer), seq);
     let view = |settling: &[(i64, &Lease)], marked: bool| SettlingView {
         tokens: settling.iter().map(|(_, lease)| lease.token.clone()).collect(),
-        marks: marked.then(|| orcs_core::SettlingMarks {
-            writer: Arc::clone(&writer),
-            marks: settling.iter().map(|(seq, lease)| (*seq, lease.expires_at)).collect(),
+        marks: marked.then(|| {
+            let marks = settling.iter().map(|(seq, lease)| (*seq, lease.expires_at)).collect();
+            orcs_core::SettlingMarks::new(Arc::clone(&writer), marks)
         }),
     };
     let claim_settling = |view: SettlingView, now: Millis| {
