@@ -293,10 +293,10 @@ pub(crate) struct Sql {
     /// [`Sql::mark_settled`]).
     pub(crate) complete_many_pg: Arc<str>,
     /// PostgreSQL: [`Sql::complete_many_pg`] for batch children (`$1` ids, `$2` tokens, `$3`
-    /// channel, `$4`-`$6` the mark), none of which is its batch's last: locks their batch rows first, in id order,
-    /// then deletes them and counts them as processed in their batches and queues. Leaves the
-    /// children of a batch whose pending count they would use up, or that is finished or
-    /// gone, for [`Store::settle_children`](crate::common::Store::settle_children).
+    /// channel, `$4`-`$6` the marks), none of which is its batch's last: locks their batch rows
+    /// first, in id order, then deletes them and counts them as processed in their batches and
+    /// queues. Leaves the children of a batch whose pending count they would use up, or that is
+    /// finished or gone, for [`Store::settle_children`](crate::common::Store::settle_children).
     pub(crate) complete_children_pg: Arc<str>,
     /// PostgreSQL: completes the leases of the arrays `$1` (ids) and `$2` (tokens), batch
     /// children included, freeing their keys, inside a transaction that locked their batch rows
@@ -344,9 +344,9 @@ pub(crate) struct Sql {
     /// recorded before it: a worker's whose row is gone counts its settling jobs as running).
     pub(crate) throughput_prune: Arc<str>,
     /// PostgreSQL: records that the settle writers of the array `$1` wrote their settles up to
-    /// the numbers of `$2` (at `$3`), in the step that settles them: a limited queue's claim counts the claiming
-    /// worker's settling jobs as those numbered above it, reading no job row (migration 16).
-    /// Every PostgreSQL step that settles a marked job records its mark.
+    /// the numbers of `$2` (at `$3`), in the step that settles them: a limited queue's claim
+    /// counts the claiming worker's settling jobs as those numbered above it, reading no job row
+    /// (migration 16). Every PostgreSQL step that settles a marked job records its mark.
     pub(crate) mark_settled: Arc<str>,
     /// Deletes the workers whose entry expired before `$1`.
     pub(crate) workers_expire: Arc<str>,
@@ -1526,10 +1526,11 @@ impl Sql {
                 // Both again, adding the wait for the queue's lock to the claim's time.
                 (12, v13),
                 (12, settling(v13)),
-                // The signature this build calls, promoting only when a job is due and counting
-                // the settling jobs only when the limit could bind (the other one does neither).
+                // Promoting only when a job is due and counting the settling jobs only when the
+                // limit could bind (the other one does neither); this build calls it for a
+                // claim that names its settling jobs by token.
                 (13, Shape { lazy: true, ..settling(v13) }),
-                // The signature this build calls: the settling jobs also by their marks.
+                // The signature a worker of this build calls: the settling jobs by their marks.
                 (15, Shape { lazy: true, marked: true, ..settling(v13) }),
             ] {
                 migrations[index].statements.push(function(&CLAIM_COLUMNS, v4, shape));
