@@ -565,8 +565,8 @@ impl PgBackend {
         // counts without reading a job row, or else by token (reading each job's row cost a
         // limited drain ~12 % against an unlimited one; BENCHMARKS.md, rounds 31 and 32).
         let settling = limits.concurrency.and(req.settling);
-        let query = match settling.map(|settling| (settling.marks(), settling)) {
-            Some((Some(marked), _)) => {
+        let query = match settling.and_then(|settling| settling.marks()) {
+            Some(marked) => {
                 let (seqs, untils): (Vec<i64>, Vec<i64>) = marked.marks.into_iter().unzip();
                 store
                     .claim_query(&store.sql.claim_marked_pg, queue, req, batch, want)
@@ -574,12 +574,9 @@ impl PgBackend {
                     .bind(seqs)
                     .bind(untils)
             }
-            Some((None, settling)) => store
-                .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
-                .bind(settling.tokens()),
             None => store
                 .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
-                .bind(Vec::<String>::new()),
+                .bind(settling.map(|settling| settling.tokens()).unwrap_or_default()),
         };
         let rows = query.fetch_all(&mut *conn).await.map_err(backend)?;
         if rows

@@ -1406,6 +1406,17 @@ impl Sql {
         // `Store::settle_children`), so its terminal statements that lock no batch row skip
         // children; SQLite's writes take turns, so its statements take any job.
         let plain = if pg { " AND batch IS NULL" } else { "" };
+        // PostgreSQL: raises each settle writer's mark to its highest number of the step (see
+        // `Sql::mark_settled`): the writers, their numbers and the time as parameters.
+        let upsert_marks = |writers: &str, highest: &str, at: &str| {
+            format!(
+                "INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, {at} \
+                 FROM UNNEST({writers}::TEXT[], {highest}::BIGINT[]) AS mk (w, hi) \
+                 ON CONFLICT (writer) DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), \
+                 at = excluded.at"
+            )
+        };
+        let marked = upsert_marks("$4", "$5", "$6");
         let ready_since = if pg { " AND reserved_until IS NULL" } else { "" };
         let lock = if pg { " FOR UPDATE" } else { "" };
         let mut migrations = migrations;
@@ -1747,9 +1758,7 @@ impl Sql {
                  counted AS (INSERT INTO {c} AS c (queue, processed, failed_total) \
                  SELECT queue, COUNT(*), 0 FROM done GROUP BY queue \
                  ON CONFLICT (queue) DO UPDATE SET processed = c.processed + excluded.processed), \
-                 marked AS (INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, $6 \
-                 FROM UNNEST($4::TEXT[], $5::BIGINT[]) AS mk (w, hi) ON CONFLICT (writer) \
-                 DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), at = excluded.at), \
+                 marked AS ({marked}), \
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
@@ -1780,9 +1789,7 @@ impl Sql {
                  processed = b.processed + d.n \
                  FROM (SELECT batch, COUNT(*) AS n FROM done GROUP BY batch) AS d \
                  WHERE b.id = d.batch), \
-                 marked AS (INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, $6 \
-                 FROM UNNEST($4::TEXT[], $5::BIGINT[]) AS mk (w, hi) ON CONFLICT (writer) \
-                 DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), at = excluded.at), \
+                 marked AS ({marked}), \
                  woke AS (SELECT pg_notify($3, left(lim.queue, 1000)) FROM {m} AS lim \
                  WHERE lim.concurrency IS NOT NULL AND lim.queue IN (SELECT queue FROM done)) \
                  SELECT id, token, (SELECT COUNT(*) FROM woke) FROM done"
@@ -1874,11 +1881,7 @@ impl Sql {
             } else {
                 format!("DELETE FROM {tp} WHERE minute < $1")
             }),
-            mark_settled: s(format!(
-                "INSERT INTO {sd} AS sd (writer, hi, at) SELECT mk.w, mk.hi, $3 \
-                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS mk (w, hi) ON CONFLICT (writer) \
-                 DO UPDATE SET hi = GREATEST(sd.hi, excluded.hi), at = excluded.at"
-            )),
+            mark_settled: s(upsert_marks("$1", "$2", "$3")),
             workers_expire: s(format!("DELETE FROM {w} WHERE expires_at < $1")),
             workers_list: s(format!(
                 "SELECT info FROM {w} WHERE expires_at >= $1 ORDER BY started_at, id"

@@ -187,7 +187,7 @@ impl SettleQueue {
             // Numbered under the lock that orders the queue, so the writer's batches are
             // numbered in the order they are written.
             state.seq += 1;
-            let mark = SettleMark { writer: Arc::clone(&self.writer), seq: state.seq };
+            let mark = SettleMark::new(Arc::clone(&self.writer), state.seq);
             let (settle, reply) = pending;
             state.queued.push((settle.marked(mark), reply));
             std::mem::take(&mut state.idle)
@@ -200,23 +200,26 @@ impl SettleQueue {
     }
 }
 
+impl SettleState {
+    /// The settles on their way: the batch being written, then the queued ones.
+    fn settling(&self) -> impl Iterator<Item = &Settle> {
+        let writing = self.writing.iter().flat_map(|batch| batch.iter());
+        writing.chain(self.queued.iter().map(|(settle, _)| settle))
+    }
+}
+
 impl Settling for SettleQueue {
     fn tokens(&self) -> Vec<String> {
-        let state = self.lock();
-        let queued = state.queued.iter().map(|(settle, _)| &settle.lease.token);
-        let writing = state.writing.iter().flat_map(|batch| batch.iter()).map(|s| &s.lease.token);
-        queued.chain(writing).cloned().collect()
+        self.lock().settling().map(|settle| settle.lease.token.clone()).collect()
     }
 
     fn marks(&self) -> Option<SettlingMarks> {
-        let state = self.lock();
-        let queued = state.queued.iter().map(|(settle, _)| settle);
-        let writing = state.writing.iter().flat_map(|batch| batch.iter());
-        let marks = writing
-            .chain(queued)
+        let marks = self
+            .lock()
+            .settling()
             .filter_map(|settle| Some((settle.mark.as_ref()?.seq, settle.lease.expires_at)))
             .collect();
-        Some(SettlingMarks { writer: Arc::clone(&self.writer), marks })
+        Some(SettlingMarks::new(Arc::clone(&self.writer), marks))
     }
 }
 
