@@ -95,19 +95,36 @@ local function free_key_of(jobs, unique, unique_of, id, legacy, modes)
 end
 ";
 
-/// Frees the Finished keys of many jobs at once (needs [`KEY_OF`]); only the settle scripts
-/// define it.
+/// Frees the Finished keys of many jobs at once (needs [`KEY_OF`] and [`WIDE`]); only the
+/// settle scripts define it.
+///
+/// It also keeps a queue's `unique` hash a hash table while it holds more than
+/// `WIDE_KEYS` keys: as a listpack (up to `hash-max-listpack-entries` keys, 128 by default, 512
+/// on Debian's build) every `HSETNX`, `HGET`, `HMGET` and `HDEL` of a key compared it with each
+/// key held, so a keyed push cost twice a push's instructions at 300 keys held (BENCHMARKS.md
+/// round 33). The wide entry's value is empty, which no job id is: a push meeting it as a key's
+/// holder finds no record and takes the key (the general push script), so even a unique key
+/// spelled like it works. It goes with the last key freed here, so that a queue holding no key
+/// has no `unique` hash (claims and settles look for keys only while it exists).
 const FREE_KEYS: &str = r"
--- Frees each of `keys` (fields of `unique`) that holders[i] still holds: two commands for them
--- all, instead of two per key.
+local WIDE_KEYS = 64
+-- Frees each of `keys` (fields of `unique`) that holders[i] still holds: three commands for them
+-- all, instead of two per key; then adds or drops the wide entry (see above).
 local function free_held(unique, keys, holders)
   if #keys == 0 then return end
-  local held = redis.call('HMGET', unique, unpack(keys))
+  local held = redis.call('HMGET', unique, WIDE, unpack(keys))
   local free = {}
   for i = 1, #keys do
-    if held[i] == holders[i] then free[#free + 1] = keys[i] end
+    if held[i + 1] == holders[i] then free[#free + 1] = keys[i] end
   end
-  if #free > 0 then redis.call('HDEL', unique, unpack(free)) end
+  if #free == 0 then return end
+  redis.call('HDEL', unique, unpack(free))
+  local left = redis.call('HLEN', unique)
+  if held[1] == '' then
+    if left == 1 then redis.call('DEL', unique) end
+  elseif not held[1] and left > WIDE_KEYS then
+    redis.call('HSET', unique, WIDE, '')
+  end
 end
 -- Adds the Finished keys of jobs `ids`, read from their records in `jobs` with one command (see
 -- key_of for `unique_of` and `legacy`), to `keys`, and the jobs to `holders`.
@@ -1957,7 +1974,8 @@ pub(crate) fn list(
 }
 
 /// Removes up to `ARGV[1]` pending, then delayed jobs, freeing their Started and Finished unique
-/// keys; a batch's child is counted cancelled in its batch. It sets the queue's `registered`
+/// keys (and `unique`'s wide entry with the last of them, see [`FREE_KEYS`]); a batch's child
+/// is counted cancelled in its batch. It sets the queue's `registered`
 /// mark, so that a queue that got jobs stays listed once they are cleared (see "Forgetting a
 /// queue" in the README). KEYS: ready, delayed, jobs, attempts, errors, unique, unique_of,
 /// progress, cancel, meta, history, stats, then the workflow context (the queue's own group
@@ -2001,6 +2019,10 @@ for z = 1, 2 do
 end
 flush()
 if removed > 0 then redis.call('HSETNX', KEYS[12], 'registered', 1) end
+-- The wide entry of `unique` (see FREE_KEYS) goes with the last key.
+if keyed and redis.call('HLEN', KEYS[6]) == 1 and redis.call('HGET', KEYS[6], WIDE) == '' then
+  redis.call('DEL', KEYS[6])
+end
 return {removed, NEED, FRESH}
 ";
 
@@ -2806,10 +2828,11 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         STORE,
         NO_WORKFLOW,
         HISTORY,
+        WIDE,
         FREE_KEYS,
         SETTLE,
     ]),
-    settle_batched: with_workflow(&[HISTORY, FREE_KEYS].concat(), SETTLE),
+    settle_batched: with_workflow(&[HISTORY, WIDE, FREE_KEYS].concat(), SETTLE),
     extend: Script::new(EXTEND),
     recover: with_workflow(HISTORY, RECOVER),
     stats: Script::new(STATS),
@@ -2819,7 +2842,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     touch: Script::new(TOUCH),
     get: Script::new(GET),
     list: script(&[WIDE, LIST]),
-    clear: with_workflow("", CLEAR),
+    clear: with_workflow(WIDE, CLEAR),
     failed_page: Script::new(FAILED_PAGE),
     retry_failed: with_workflow(HISTORY, RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),

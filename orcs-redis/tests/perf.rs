@@ -546,3 +546,56 @@ fn keyed_drain_instructions() {
         }
     });
 }
+
+/// Keys held while the steady-state test runs: above 64, where a completion makes `unique` a
+/// hash table, and below `hash-max-listpack-entries` (512 on Debian's build), where Redis alone
+/// would keep it a listpack.
+const HELD: usize = 300;
+
+/// Script µs per job of a keyed queue in a steady state: `HELD` keys held while jobs are claimed
+/// 64 at a time, completed, and as many keyed jobs pushed one by one.
+async fn steady_keyed(driver: &RedisDriver, url: &str, queue: &str) -> f64 {
+    let queues = vec![queue.to_owned()];
+    let jobs: Vec<NewJob> = (0..HELD).map(|_| job(queue, true)).collect();
+    driver.push(jobs).await.expect("push");
+    let before = script_usec(url).await;
+    let mut done = 0;
+    while done < N {
+        let now = SystemClock.now();
+        let claim = driver.claim(&ClaimRequest::new(&queues, IN_FLIGHT, now)).await.expect("claim");
+        let settles: Vec<Settle> =
+            claim.jobs.iter().map(|job| Settle::complete(job.lease.clone())).collect();
+        for result in driver.settle(&settles, now).await {
+            result.expect("complete");
+        }
+        futures_util::stream::iter(0..settles.len())
+            .for_each_concurrent(IN_FLIGHT, |_| async move {
+                driver.push(vec![job(queue, true)]).await.expect("push");
+            })
+            .await;
+        done += settles.len();
+    }
+    (script_usec(url).await - before) as f64 / N as f64
+}
+
+/// A keyed queue holding a few hundred keys: each job's push, claim and completion, in script
+/// µs (the commands on `unique` compared each key with every key held while it was a listpack,
+/// see "Unique keys" in the README).
+#[test]
+#[ignore = "a timing measurement; run it by hand"]
+fn held_keys_keep_keyed_jobs_cheap() {
+    orcs_tests::run(async {
+        let Some(url) = services::redis::private_server_or_skip() else { return };
+        let config =
+            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
+        let driver = RedisDriver::connect(config).await.expect("connect");
+        let mut costs: Vec<f64> = Vec::new();
+        for round in 0..rounds() {
+            let usec = steady_keyed(&driver, &url, &format!("held{round}")).await;
+            println!("round {round}: {usec:.2} script µs per keyed job with {HELD} keys held");
+            costs.push(usec);
+        }
+        costs.sort_by(f64::total_cmp);
+        println!("median: {:.2} script µs per keyed job", costs[costs.len() / 2]);
+    });
+}

@@ -219,3 +219,86 @@ async fn a_claim_keeps_the_lease_keys_out_of_listpack_encoding() {
     // A queue left with the wide entries only holds no job: it can be forgotten.
     assert!(Admin::forget_queue(&driver, "wide").await.expect("forget"), "forgotten");
 }
+
+/// The encoding of `key` (`OBJECT ENCODING`), or None for no key.
+async fn encoding(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("OBJECT").arg("ENCODING").arg(key).query_async(conn).await.ok()
+}
+
+/// Claims up to `max` jobs of `queue` and completes them in one settle call; returns how many.
+async fn complete_some(driver: &RedisDriver, queue: &str, max: usize) -> usize {
+    let now = SystemClock.now();
+    let queues = vec![queue.to_owned()];
+    let claim = driver.claim(&ClaimRequest::new(&queues, max, now)).await.expect("claim");
+    let settles: Vec<Settle> =
+        claim.jobs.iter().map(|job| Settle::complete(job.lease.clone())).collect();
+    for result in driver.settle(&settles, now).await {
+        result.expect("complete");
+    }
+    claim.jobs.len()
+}
+
+/// A completion keeps a queue's `unique` hash a hash table while it holds more than 64 keys
+/// (see "Unique keys" in the README): as a listpack, every command on a key compared it with
+/// each key held. The wide entry is no key, and goes with the last key a completion frees.
+#[tokio::test]
+async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
+    let Some(url) = services::redis::redis_url_or_skip() else { return };
+    let (prefix, driver) = prefixed(&url).await;
+    let unique = format!("{{{prefix}:held}}:unique");
+    let mut conn = raw(&url).await;
+    let jobs: Vec<NewJob> =
+        (0..100).map(|i| keyed("held", &format!("k{i}"), UniqueUntil::Finished)).collect();
+    driver.push(jobs).await.expect("push");
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "100 keys");
+
+    assert_eq!(complete_some(&driver, "held", 10).await, 10);
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
+    let len: usize = conn.hlen(&unique).await.expect("HLEN");
+    assert_eq!(len, 91, "a field per held key and the wide one");
+    // The held keys still hold; a freed one is free; the wide entry is no key.
+    let again = driver
+        .push(vec![
+            keyed("held", "k50", UniqueUntil::Finished),
+            keyed("held", "k0", UniqueUntil::Finished),
+        ])
+        .await
+        .expect("push again");
+    assert!(matches!(again[0], PushOutcome::Duplicate { .. }), "k50 is held: {again:?}");
+    assert_eq!(again[1], PushOutcome::Stored, "k0 was freed");
+    let stats = Admin::stats(&driver, "held", SystemClock.now()).await.expect("stats");
+    assert_eq!((stats.pending, stats.processed), (91, 10));
+
+    // Every key freed by completions: the hash goes, wide entry and all.
+    let mut done = 10;
+    while done < 101 {
+        let n = complete_some(&driver, "held", 20).await;
+        assert!(n > 0, "jobs left after {done}");
+        done += n;
+    }
+    assert_eq!(encoding(&mut conn, &unique).await, None, "no key held, no unique hash");
+    // Keys freed another way: `clear` takes the wide entry with the last of them.
+    let jobs: Vec<NewJob> =
+        (0..100).map(|i| keyed("held", &format!("c{i}"), UniqueUntil::Finished)).collect();
+    driver.push(jobs).await.expect("push");
+    assert_eq!(complete_some(&driver, "held", 10).await, 10);
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
+    // A unique key spelled like the wide entry is a key as any other.
+    let wide = "\0orcs: this entry is wider than a listpack holds, so this key stays a hash table \
+                or skip list";
+    let (first, second) =
+        (keyed("held", wide, UniqueUntil::Finished), keyed("held", wide, UniqueUntil::Finished));
+    let first_id = first.id.clone();
+    let outcomes = driver.push(vec![first]).await.expect("push");
+    assert_eq!(outcomes, vec![PushOutcome::Stored], "the wide entry is no holder");
+    let outcomes = driver.push(vec![second]).await.expect("push");
+    assert_eq!(outcomes, vec![PushOutcome::Duplicate { id: first_id }], "held by the first");
+    assert_eq!(Admin::clear(&driver, "held", SystemClock.now()).await.expect("clear"), 91);
+    assert_eq!(encoding(&mut conn, &unique).await, None, "cleared, no unique hash");
+    // A queue below 64 keys keeps its listpack: small ones are cheap to scan.
+    let jobs: Vec<NewJob> =
+        (0..30).map(|i| keyed("held", &format!("s{i}"), UniqueUntil::Finished)).collect();
+    driver.push(jobs).await.expect("push");
+    assert_eq!(complete_some(&driver, "held", 5).await, 5);
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "25 keys");
+}
