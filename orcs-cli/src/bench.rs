@@ -36,7 +36,10 @@ const BACKLOG_DRAIN_N: u64 = 50_000;
 /// Rounds of the paired phases (`single-unique`, `drain-limited`): each runs its plain phase and
 /// itself once a round, in a rotating order. Five, as `drain-features` runs: with three, one
 /// noisy round moved the median (Redis keyed / plain 0.77, 0.84 and 0.87 in three runs of one
-/// build, 0.78 to 1.03 in three runs of one phase).
+/// build, 0.78 to 1.03 in three runs of one phase). A warm-up round of each mode runs first and
+/// is not counted: the first round of a process runs cold, as a service that has run a while
+/// does not (memory keyed / plain 0.69, 0.72 and 0.84 in the first rounds of three runs of
+/// round 33's bench, 0.83-0.88 in most others).
 const PAIRED_ROUNDS: usize = 5;
 
 /// What runs before every phase and every round of a paired phase: on PostgreSQL a
@@ -100,12 +103,12 @@ pub(crate) enum Phase {
     /// Enqueue N jobs in batches and leave them queued (to measure the backend's memory per job).
     Fill,
     /// (a) with a unique key per job (`until` finished): what uniqueness costs a dispatch. Runs
-    /// [`PAIRED_ROUNDS`] rounds of (a) plain and keyed, alternating; its ratio is the median of
-    /// the rounds' keyed / plain.
+    /// [`PAIRED_ROUNDS`] rounds of (a) plain and keyed, alternating, after a warm-up round of
+    /// each; its ratio is the median of the rounds' keyed / plain.
     SingleUnique,
     /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs. Runs
-    /// [`PAIRED_ROUNDS`] rounds of (c) unlimited and limited, alternating; its ratio is the median
-    /// of the rounds' limited / unlimited. (Run after other drains, a single limited drain met a
+    /// [`PAIRED_ROUNDS`] rounds of (c) unlimited and limited, alternating, after a warm-up round
+    /// of each; its ratio is the median of the rounds' limited / unlimited. (Run after other drains, a single limited drain met a
     /// table that they had left full of dead rows, where the unlimited one had met a fresh one.)
     DrainLimited,
     /// (c) with the N jobs dispatched as the children of one batch with a `then` callback: what
@@ -306,8 +309,8 @@ async fn phase_drain_limited(queue: &Queue, n: u64, limited: bool) -> anyhow::Re
     secs
 }
 
-/// A paired phase: [`PAIRED_ROUNDS`] rounds of `run(false)` (the plain phase) and `run(true)`, in
-/// a rotating order, each timing `n` jobs. Writes `<key>_jps` (the median of `run(true)`),
+/// A paired phase: a warm-up round of `run(false)` (the plain phase) and `run(true)`, not
+/// counted, then [`PAIRED_ROUNDS`] rounds of both in a rotating order, each timing `n` jobs. Writes `<key>_jps` (the median of `run(true)`),
 /// `<key>_plain_jps`, every round's figures, and `<key>_vs_plain` / `<key>_vs_plain_min` (the
 /// median and the worst of the rounds' ratios).
 async fn paired<F, Fut>(
@@ -321,6 +324,10 @@ where
     F: Fn(bool) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<f64>>,
 {
+    for mode in [false, true] {
+        tidy.now().await;
+        run(mode).await?;
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     for (_, mode) in rotation(PAIRED_ROUNDS, 2) {
         tidy.now().await;
