@@ -29,6 +29,12 @@ fn job(queue: &str, keyed: bool) -> NewJob {
     job
 }
 
+/// A driver on `url` under a prefix of its own.
+async fn connect(url: &str) -> RedisDriver {
+    let config = RedisConfig::from_url(url).expect("url").with_prefix(unique_name("orcs-perf"));
+    RedisDriver::connect(config).await.expect("connect")
+}
+
 /// Microseconds Redis spent in scripts so far (`INFO commandstats`).
 async fn script_usec(url: &str) -> u64 {
     let mut conn = redis::Client::open(url)
@@ -99,9 +105,7 @@ fn median(samples: &[(f64, f64)]) -> (f64, f64) {
 fn flow_control_keeps_the_hot_paths_fast() {
     orcs_tests::run(async {
         let Some(url) = services::redis::private_server_or_skip() else { return };
-        let config =
-            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
-        let driver = RedisDriver::connect(config).await.expect("connect");
+        let driver = connect(&url).await;
         // Warm up the scripts and connections.
         enqueue(&driver, &url, "warm", true).await;
 
@@ -214,9 +218,7 @@ async fn claim_then_settle(driver: &RedisDriver, url: &str, queue: &str) -> (f64
 fn batch_children_drain_near_plain() {
     orcs_tests::run(async {
         let Some(url) = services::redis::private_server_or_skip() else { return };
-        let config =
-            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
-        let driver = RedisDriver::connect(config).await.expect("connect");
+        let driver = connect(&url).await;
         enqueue(&driver, &url, "warm", false).await;
         drain(&driver, &url, "warm").await;
         let rounds = rounds();
@@ -429,9 +431,7 @@ async fn measured_drain(driver: &RedisDriver, url: &str, queue: &str) -> Costs {
 fn keyed_drain_near_plain() {
     orcs_tests::run(async {
         let Some(url) = services::redis::private_server_or_skip() else { return };
-        let config =
-            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
-        let driver = RedisDriver::connect(config).await.expect("connect");
+        let driver = connect(&url).await;
         push_n(&driver, "warm", true).await;
         drain(&driver, &url, "warm").await;
         let rounds = rounds();
@@ -586,9 +586,7 @@ async fn steady_keyed(driver: &RedisDriver, url: &str, queue: &str) -> f64 {
 fn held_keys_keep_keyed_jobs_cheap() {
     orcs_tests::run(async {
         let Some(url) = services::redis::private_server_or_skip() else { return };
-        let config =
-            RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-perf"));
-        let driver = RedisDriver::connect(config).await.expect("connect");
+        let driver = connect(&url).await;
         let mut costs: Vec<f64> = Vec::new();
         for round in 0..rounds() {
             let usec = steady_keyed(&driver, &url, &format!("held{round}")).await;

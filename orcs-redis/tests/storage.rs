@@ -225,6 +225,15 @@ async fn encoding(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Op
     redis::cmd("OBJECT").arg("ENCODING").arg(key).query_async(conn).await.ok()
 }
 
+/// Pushes `n` jobs to queue `held` with the `Finished` keys `<prefix>0` to `<prefix>n-1`, then
+/// completes `done` of them.
+async fn hold_keys(driver: &RedisDriver, prefix: &str, n: usize, done: usize) {
+    let jobs: Vec<NewJob> =
+        (0..n).map(|i| keyed("held", &format!("{prefix}{i}"), UniqueUntil::Finished)).collect();
+    driver.push(jobs).await.expect("push");
+    assert_eq!(complete_some(driver, "held", done).await, done);
+}
+
 /// Claims up to `max` jobs of `queue` and completes them in one settle call; returns how many.
 async fn complete_some(driver: &RedisDriver, queue: &str, max: usize) -> usize {
     let now = SystemClock.now();
@@ -247,9 +256,7 @@ async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
     let (prefix, driver) = prefixed(&url).await;
     let unique = format!("{{{prefix}:held}}:unique");
     let mut conn = raw(&url).await;
-    let jobs: Vec<NewJob> =
-        (0..100).map(|i| keyed("held", &format!("k{i}"), UniqueUntil::Finished)).collect();
-    driver.push(jobs).await.expect("push");
+    hold_keys(&driver, "k", 100, 0).await;
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "100 keys");
 
     assert_eq!(complete_some(&driver, "held", 10).await, 10);
@@ -278,10 +285,7 @@ async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
     }
     assert_eq!(encoding(&mut conn, &unique).await, None, "no key held, no unique hash");
     // Keys freed another way: `clear` takes the wide entry with the last of them.
-    let jobs: Vec<NewJob> =
-        (0..100).map(|i| keyed("held", &format!("c{i}"), UniqueUntil::Finished)).collect();
-    driver.push(jobs).await.expect("push");
-    assert_eq!(complete_some(&driver, "held", 10).await, 10);
+    hold_keys(&driver, "c", 100, 10).await;
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
     // A unique key spelled like the wide entry is a key as any other.
     let wide = "\0orcs: this entry is wider than a listpack holds, so this key stays a hash table \
@@ -296,9 +300,6 @@ async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
     assert_eq!(Admin::clear(&driver, "held", SystemClock.now()).await.expect("clear"), 91);
     assert_eq!(encoding(&mut conn, &unique).await, None, "cleared, no unique hash");
     // A queue below 64 keys keeps its listpack: small ones are cheap to scan.
-    let jobs: Vec<NewJob> =
-        (0..30).map(|i| keyed("held", &format!("s{i}"), UniqueUntil::Finished)).collect();
-    driver.push(jobs).await.expect("push");
-    assert_eq!(complete_some(&driver, "held", 5).await, 5);
+    hold_keys(&driver, "s", 30, 5).await;
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "25 keys");
 }
