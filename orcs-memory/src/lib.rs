@@ -364,6 +364,26 @@ struct Stored {
     errors: Vec<String>,
 }
 
+impl Stored {
+    /// A job about to be enqueued ([`enqueue_in`] sets its state).
+    fn new(
+        job: Arc<NewJob>,
+        attempts: u32,
+        last_error: Option<String>,
+        errors: Vec<String>,
+    ) -> Self {
+        Self {
+            job,
+            attempts,
+            last_error,
+            state: JobState::Ready,
+            progress: None,
+            cancel_requested: false,
+            errors,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum JobState {
     Ready,
@@ -477,12 +497,43 @@ impl MemoryDriver {
     }
 }
 
+/// The state of queue `name` in `queues`, made if it has none.
+fn queue_of<'a>(queues: &'a mut BTreeMap<String, QueueState>, name: &str) -> &'a mut QueueState {
+    if !queues.contains_key(name) {
+        queues.insert(name.to_owned(), QueueState::default());
+    }
+    queues.get_mut(name).expect("inserted above")
+}
+
+/// Puts `stored` in `queue`'s ready or delayed set as `available_at` says, and in the job map.
+/// (The fields of [`State`] it needs, apart: a push borrows its queue's key map meanwhile.)
+fn enqueue_in(
+    queue: &mut QueueState,
+    jobs: &mut FastMap<Id, Stored>,
+    id: Id,
+    mut stored: Stored,
+    available_at: Millis,
+    now: Millis,
+) {
+    // The current due time, as `get` shows it and `latency_ms` measures from. (No claim holds
+    // the job any more, so this does not copy it.)
+    if stored.job.available_at != available_at {
+        Arc::make_mut(&mut stored.job).available_at = available_at;
+    }
+    stored.state = if available_at <= now {
+        queue.ready.insert((Reverse(stored.job.priority), SortId::new(Arc::clone(&id))));
+        queue.ready_since_add(available_at);
+        JobState::Ready
+    } else {
+        queue.delayed.insert((available_at, SortId::new(Arc::clone(&id))));
+        JobState::Delayed(available_at)
+    };
+    jobs.insert(id, stored);
+}
+
 impl State {
     fn queue(&mut self, name: &str) -> &mut QueueState {
-        if !self.queues.contains_key(name) {
-            self.queues.insert(name.to_owned(), QueueState::default());
-        }
-        self.queues.get_mut(name).expect("inserted above")
+        queue_of(&mut self.queues, name)
     }
 
     /// Puts a job in its queue's ready or delayed set, with its error history.
@@ -497,31 +548,9 @@ impl State {
         available_at: Millis,
         now: Millis,
     ) {
-        let mut job = job;
-        // The current due time, as `get` shows it and `latency_ms` measures from. (No claim holds
-        // the job any more, so this does not copy it.)
-        if job.available_at != available_at {
-            Arc::make_mut(&mut job).available_at = available_at;
-        }
-        let queue = self.queue(&job.queue);
-        let state = if available_at <= now {
-            queue.ready.insert((Reverse(job.priority), SortId::new(Arc::clone(&id))));
-            queue.ready_since_add(available_at);
-            JobState::Ready
-        } else {
-            queue.delayed.insert((available_at, SortId::new(Arc::clone(&id))));
-            JobState::Delayed(available_at)
-        };
-        let stored = Stored {
-            job,
-            attempts,
-            last_error,
-            state,
-            progress: None,
-            cancel_requested: false,
-            errors,
-        };
-        self.jobs.insert(id, stored);
+        let queue = queue_of(&mut self.queues, &job.queue);
+        let stored = Stored::new(job, attempts, last_error, errors);
+        enqueue_in(queue, &mut self.jobs, id, stored, available_at, now);
     }
 
     /// Whether `lease` is the current claim of its job.
@@ -553,41 +582,51 @@ impl State {
     /// [`State::insert_new`] for a job whose allocations were made before the lock was taken.
     fn insert_incoming(&mut self, incoming: Incoming, now: Millis) -> PushOutcome {
         let Incoming { id, job, key } = incoming;
-        if self.jobs.contains_key(&id) || self.failed_index.contains_key(&job.id) {
+        let available_at = job.available_at;
+        let (Some(unique), Some((hash, own))) = (&job.unique, key) else {
+            if self.jobs.contains_key(&id) || self.failed_index.contains_key(&job.id) {
+                return PushOutcome::Duplicate { id: job.id.clone() };
+            }
+            self.enqueue(id, job, 0, None, Vec::new(), available_at, now);
+            return PushOutcome::Stored;
+        };
+        let State { jobs, queues, failed_index, .. } = self;
+        let queue = queue_of(queues, &job.queue);
+        let frees = unique.expires_at(job.dispatched_at).unwrap_or(Millis::MAX);
+        let period_key = own.clone();
+        if period_key.is_some() {
+            queue.sweep_period_keys(now, PERIOD_SWEEP_PER_PUSH);
+        }
+        // The key's probe before the id's: in maps of many entries each is a cache miss, and
+        // in this order the processor waits for both at once (the id's answer comes first all
+        // the same: nothing is written before it).
+        let entry = queue.unique.entry(hash, &unique.key);
+        if jobs.contains_key(&id) || failed_index.contains_key(&job.id) {
             return PushOutcome::Duplicate { id: job.id.clone() };
         }
-        if let (Some(unique), Some((hash, own))) = (&job.unique, key) {
-            let queue = self.queue(&job.queue);
-            let frees = unique.expires_at(job.dispatched_at).unwrap_or(Millis::MAX);
-            let period_key = own.clone();
-            if period_key.is_some() {
-                queue.sweep_period_keys(now, PERIOD_SWEEP_PER_PUSH);
-            }
-            match queue.unique.entry(hash, &unique.key) {
-                Entry::Occupied(mut entry) => {
-                    let held = entry.get_mut();
-                    if held.frees > now {
-                        let holder = Arc::clone(&held.holder);
-                        if unique.debounce && self.replace_waiting(&holder, &job, now) {
-                            return PushOutcome::Replaced { id: holder.to_string() };
-                        }
-                        return PushOutcome::Duplicate { id: holder.to_string() };
+        match entry {
+            Entry::Occupied(mut entry) => {
+                let held = entry.get_mut();
+                if held.frees > now {
+                    let holder = Arc::clone(&held.holder);
+                    if unique.debounce && self.replace_waiting(&holder, &job, now) {
+                        return PushOutcome::Replaced { id: holder.to_string() };
                     }
-                    // An expired `Period` key: this job takes it over.
-                    held.holder = Arc::clone(&id);
-                    held.frees = frees;
+                    return PushOutcome::Duplicate { id: holder.to_string() };
                 }
-                Entry::Vacant(entry) => {
-                    let key = own.map_or_else(|| KeyText::Holder(Arc::clone(&job)), KeyText::Own);
-                    entry.insert(HeldKey { hash, key, holder: Arc::clone(&id), frees });
-                }
+                // An expired `Period` key: this job takes it over.
+                held.holder = Arc::clone(&id);
+                held.frees = frees;
             }
-            if let Some(key) = period_key {
-                queue.period_keys.insert((frees, key));
+            Entry::Vacant(entry) => {
+                let key = own.map_or_else(|| KeyText::Holder(Arc::clone(&job)), KeyText::Own);
+                entry.insert(HeldKey { hash, key, holder: Arc::clone(&id), frees });
             }
         }
-        let available_at = job.available_at;
-        self.enqueue(id, job, 0, None, Vec::new(), available_at, now);
+        if let Some(key) = period_key {
+            queue.period_keys.insert((frees, key));
+        }
+        enqueue_in(queue, jobs, id, Stored::new(job, 0, None, Vec::new()), available_at, now);
         PushOutcome::Stored
     }
 
