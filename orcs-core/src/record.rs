@@ -291,6 +291,15 @@ pub trait Settling: Send + Sync + std::fmt::Debug {
     fn marks(&self) -> Option<SettlingMarks> {
         None
     }
+
+    /// Calls `each` with the lease of each of those jobs, for a driver that finds a lease by its
+    /// job's id (Redis keeps each job's current token under its id); false, without calling it,
+    /// when the leases are not known (read [`Self::tokens`]: such a driver then counts those
+    /// jobs as running).
+    fn each_lease(&self, each: &mut dyn FnMut(&Lease)) -> bool {
+        let _ = each;
+        false
+    }
 }
 
 /// A worker's settling jobs by the marks of their settles (see [`Settling::marks`]).

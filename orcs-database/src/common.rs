@@ -11,7 +11,7 @@ use std::sync::Arc;
 use orcs_core::{
     CancelOutcome, Claim, ClaimRequest, Error, FailedJob, FailedQuery, JobInfo, JobRecord,
     JobState, Lease, ListRequest, Millis, NewJob, PushOutcome, QueueLimits, QueueStats, RateLimit,
-    Reserved, Settle, Transition, Unique, UniqueUntil,
+    Reserved, Settle, Settling, SettlingMarks, Transition, Unique, UniqueUntil,
 };
 use sqlx::{
     ColumnIndex, Connection, Database, Decode, Encode, Executor, IntoArguments, Pool, Row,
@@ -2081,6 +2081,24 @@ where
             None => Err(Error::NotFound { id: id.to_owned() }),
         }
     }
+}
+
+/// The tokens of a claim's settling jobs, each once: the statements count the rows they match,
+/// so a repeated token would free its job's slot twice.
+pub(crate) fn settling_tokens(settling: &dyn Settling) -> Vec<String> {
+    let mut tokens = settling.tokens();
+    tokens.sort_unstable();
+    tokens.dedup();
+    tokens
+}
+
+/// The marks of a claim's settling jobs ([`Settling::marks`]), each settle once (see
+/// [`settling_tokens`]).
+pub(crate) fn settling_marks(settling: &dyn Settling) -> Option<SettlingMarks> {
+    let mut marked = settling.marks()?;
+    marked.marks.sort_unstable();
+    marked.marks.dedup_by_key(|(seq, _)| *seq);
+    Some(marked)
 }
 
 #[cfg(test)]

@@ -565,7 +565,7 @@ impl PgBackend {
         // counts without reading a job row, or else by token (reading each job's row cost a
         // limited drain ~12 % against an unlimited one; BENCHMARKS.md, rounds 31 and 32).
         let settling = limits.concurrency.and(req.settling);
-        let query = match settling.and_then(|settling| settling.marks()) {
+        let query = match settling.and_then(common::settling_marks) {
             Some(marked) => {
                 let (seqs, untils): (Vec<i64>, Vec<i64>) = marked.marks.into_iter().unzip();
                 store
@@ -576,7 +576,7 @@ impl PgBackend {
             }
             None => store
                 .claim_query(&store.sql.claim_limited_pg, queue, req, batch, want)
-                .bind(settling.map(|settling| settling.tokens()).unwrap_or_default()),
+                .bind(settling.map(common::settling_tokens).unwrap_or_default()),
         };
         let rows = query.fetch_all(&mut *conn).await.map_err(backend)?;
         if rows

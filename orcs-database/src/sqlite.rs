@@ -278,7 +278,7 @@ impl Backend for SqliteBackend {
         // PostgreSQL's claim function and the memory driver do (the statement looks them up
         // only then).
         let tokens = match (limits.concurrency, req.settling) {
-            (Some(_), Some(settling)) => settling.tokens(),
+            (Some(_), Some(settling)) => common::settling_tokens(settling),
             _ => Vec::new(),
         };
         let listed = serde_json::to_string(&tokens).map_err(Error::Serialization)?;

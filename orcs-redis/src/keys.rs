@@ -1,5 +1,7 @@
 //! The key layout (documented in the README) and the record encoding.
 
+use std::sync::atomic::AtomicBool;
+
 use orcs_core::{JobRecord, Millis, NewJob, ScheduleRecord, Unique, UniqueUntil};
 
 /// Every key of one queue. All share the hash tag `{prefix:queue}`, so they live in one cluster
@@ -28,6 +30,10 @@ pub(crate) struct QueueKeys {
     /// Per job: when it last became due again (a retry, release or recovery) and the errors of
     /// its failed attempts ([`history_value`]).
     pub(crate) history: String,
+    /// Whether the queue's last claim (or this process's `set_limits`) found a concurrency
+    /// limit: its claims then send the worker's settling jobs (see the claim script). Not a
+    /// key, but known per queue as its keys are.
+    pub(crate) limited: AtomicBool,
 }
 
 impl QueueKeys {
@@ -54,6 +60,7 @@ impl QueueKeys {
             cancel: key("cancel"),
             starts: key("starts"),
             history: key("history"),
+            limited: AtomicBool::new(false),
             tag,
         }
     }

@@ -375,7 +375,7 @@ impl RedisDriver {
         // The time read as late as the client can: the script itself is atomic, but the worker
         // read `req.now` before it claimed from the queues before this one.
         let step = req.at_step();
-        let call = scripts::claim(&keys, &step, want);
+        let call = scripts::claim(queue, &keys, &step, want);
         let default_deadline = scripts::default_deadline(&step);
         // Each call promotes a bounded chunk of due jobs; while more remain due it claims
         // nothing (see the claim script), so this loop ends once every due job was promoted.
@@ -389,8 +389,11 @@ impl RedisDriver {
         if let Some(due) = reply.next().and_then(|v| int(&v)) {
             claim.next_due = Some(claim.next_due.map_or(due, |d: Millis| d.min(due)));
         }
-        // Whether the queue has batch children: their leases then name their batch.
-        let batched = reply.nth(1).and_then(|v| int(&v)) == Some(1);
+        // Whether the queue has batch children (their leases then name their batch), and a
+        // concurrency limit (the next claims send the worker's settling jobs).
+        let flags = reply.nth(1).and_then(|v| int(&v)).unwrap_or(0);
+        let batched = flags & 1 != 0;
+        keys.limited.store(flags & 2 != 0, Ordering::Relaxed);
         let rest: Vec<Value> = reply.collect();
         for job in rest.chunks(6) {
             let [id, blob, attempt, token, deadline, error] = job else {
@@ -1160,7 +1163,9 @@ impl Admin for RedisDriver {
 
     async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
         self.register(&[queue]).await?;
-        let fresh: i64 = self.invoke(&scripts::set_limits(&self.keys(queue), limits)).await?;
+        let keys = self.keys(queue);
+        let fresh: i64 = self.invoke(&scripts::set_limits(&keys, limits)).await?;
+        keys.limited.store(limits.concurrency.is_some(), Ordering::Relaxed);
         if fresh == 1 {
             self.relist(&[queue]).await?;
         }

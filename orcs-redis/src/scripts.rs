@@ -4,6 +4,7 @@
 //! Each script comes with one function that builds its call, so the order of its KEYS and ARGV
 //! is written once, next to the script that reads them.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use orcs_core::{
@@ -1000,10 +1001,19 @@ pub(crate) fn unstore(
 /// for it: the pattern that finds a record's batch cost a claim about 10,000 of Redis's
 /// instructions per child, a third of a plain job's whole claim (BENCHMARKS.md round 17).
 ///
+/// On a queue with a concurrency limit, the jobs of the claiming worker whose code has ended and
+/// whose settles are on their way (`ClaimRequest::settling`) are not counted as running while
+/// they still hold their leases: the client sends their ids and stored tokens, and the script
+/// reads their current tokens (one `HMGET`) only when the limit would cut the claim short.
+/// Without that, a drain under a limit equal to the worker's slots waited for its settles
+/// between claims. The reply says whether the queue has a limit, so that the client sends them
+/// from the next claim on.
+///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at, meta, unique, unique_of, starts. ARGV: now, max, the default lease deadline
-/// ([`default_deadline`]), grace ms, promotion limit.
-/// Returns {next_due or nil, more, batched, then 6 per job: id, record, attempt, token, lease deadline
+/// ([`default_deadline`]), grace ms, promotion limit, then the settling jobs' ids and tokens.
+/// Returns {next_due or nil, more, flags (1: batched, 2: limited), then 6 per job: id, record,
+/// attempt, token, lease deadline
 /// (nil for the default one, which the client sent), last error or
 /// nil}; next_due is the earliest of the next delayed job's due time and, when
 /// the rate limit holds back ready jobs, the time its window frees a start.
@@ -1041,10 +1051,31 @@ if #due > 0 then
     return {false, 1, 0}
   end
 end
-local out = {false, 0, batched}
+-- The third field: 1 if the queue has batch children, 2 if a concurrency limit, or both.
+local out = {false, 0, batched + (concurrency and 2 or 0)}
 -- What the limits leave room for, before this claim.
 local room = math.huge
-if concurrency then room = concurrency - redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf') end
+if concurrency then
+  room = concurrency - redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
+  -- The claiming worker's settling jobs (ARGV[6] on, id and token pairs), whose code has
+  -- ended: those still reserved under those tokens run no more, and are not counted. Read only
+  -- when the limit would cut this claim short; a token matches only its job's current lease
+  -- (a job recovered and claimed again has another), and each job counts once.
+  if room < max and #ARGV > 5 then
+    local ids = {}
+    for i = 6, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+    local current = redis.call('HMGET', KEYS[6], unpack(ids))
+    local seen = {}
+    for j, id in ipairs(ids) do
+      local token = ARGV[5 + 2 * j]
+      if token ~= '' and current[j] == token and not seen[id] then
+        seen[id] = true
+        room = room + 1
+      end
+    end
+    room = math.min(room, concurrency)
+  end
+end
 if rate and period then
   redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now - period)
   room = math.min(room, rate - redis.call('ZCARD', KEYS[15]))
@@ -1188,6 +1219,7 @@ pub(crate) fn default_deadline(req: &ClaimRequest<'_>) -> Millis {
 
 /// The claim of up to `want` jobs of queue `keys`.
 pub(crate) fn claim(
+    queue: &str,
     keys: &QueueKeys,
     req: &ClaimRequest<'_>,
     want: usize,
@@ -1213,8 +1245,23 @@ pub(crate) fn claim(
         .arg(default_deadline(req))
         .arg(req.grace_ms.min(1 << 50))
         .arg(PROMOTE_LIMIT);
+    if let Some(settling) = req.settling
+        && keys.limited.load(Ordering::Relaxed)
+    {
+        let mut sent = 0;
+        settling.each_lease(&mut |lease| {
+            if sent < SETTLING_SENT && lease.queue == queue {
+                call.arg(&lease.id).arg(stored_token(&lease.token));
+                sent += 1;
+            }
+        });
+    }
     call
 }
+
+/// Most settling jobs a claim sends (the rest count as running): the script unpacks their ids
+/// into one command, as it does a claim's 1000 jobs.
+const SETTLING_SENT: usize = 1000;
 
 /// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
 /// effects) untouched.

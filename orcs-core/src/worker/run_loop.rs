@@ -221,6 +221,11 @@ impl Settling for SettleQueue {
             .collect();
         Some(SettlingMarks::new(Arc::clone(&self.writer), marks))
     }
+
+    fn each_lease(&self, each: &mut dyn FnMut(&Lease)) -> bool {
+        self.lock().settling().for_each(|settle| each(&settle.lease));
+        true
+    }
 }
 
 /// Writes settles: takes every settle queued meanwhile and writes them in one
