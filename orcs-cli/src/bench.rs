@@ -41,6 +41,14 @@ const BACKLOG_DRAIN_N: u64 = 50_000;
 /// does not (memory keyed / plain 0.69, 0.72 and 0.84 in the first rounds of three runs of
 /// round 33's bench, 0.83-0.88 in most others).
 const PAIRED_ROUNDS: usize = 5;
+/// A paired phase whose rounds are short runs more of them: rounds past [`PAIRED_ROUNDS`] until
+/// its counted rounds have taken [`PAIRED_SECS`], at most [`PAIRED_MAX_ROUNDS`]. A memory
+/// round of 50,000 dispatches takes about 0.1 s, and its rates spread threefold (285,000 to
+/// 870,000 jobs/s in one process), so five of them left its ratio to chance; a PostgreSQL round
+/// takes seconds and stays at five.
+const PAIRED_SECS: Duration = Duration::from_secs(20);
+/// See [`PAIRED_SECS`].
+const PAIRED_MAX_ROUNDS: usize = 25;
 
 /// What runs before every phase and every round of a paired phase: on PostgreSQL a
 /// `VACUUM (ANALYZE)` of the bench's database, as autovacuum keeps a queue's table in production.
@@ -103,12 +111,13 @@ pub(crate) enum Phase {
     /// Enqueue N jobs in batches and leave them queued (to measure the backend's memory per job).
     Fill,
     /// (a) with a unique key per job (`until` finished): what uniqueness costs a dispatch. Runs
-    /// [`PAIRED_ROUNDS`] rounds of (a) plain and keyed, alternating, after a warm-up round of
-    /// each; its ratio is the median of the rounds' keyed / plain.
+    /// [`PAIRED_ROUNDS`] rounds or more ([`PAIRED_SECS`]) of (a) plain and keyed, alternating,
+    /// after a warm-up round of each; its ratio is the median of the rounds' keyed / plain.
     SingleUnique,
     /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs. Runs
-    /// [`PAIRED_ROUNDS`] rounds of (c) unlimited and limited, alternating, after a warm-up round
-    /// of each; its ratio is the median of the rounds' limited / unlimited. (Run after other
+    /// [`PAIRED_ROUNDS`] rounds or more ([`PAIRED_SECS`]) of (c) unlimited and limited,
+    /// alternating, after a warm-up round of each; its ratio is the median of the rounds'
+    /// limited / unlimited. (Run after other
     /// drains, a single limited drain met a table that they had left full of dead rows, where the
     /// unlimited one had met a fresh one.)
     DrainLimited,
@@ -311,7 +320,8 @@ async fn phase_drain_limited(queue: &Queue, n: u64, limited: bool) -> anyhow::Re
 }
 
 /// A paired phase: a warm-up round of `run(false)` (the plain phase) and `run(true)`, not
-/// counted, then [`PAIRED_ROUNDS`] rounds of both in a rotating order, each timing `n` jobs.
+/// counted, then [`PAIRED_ROUNDS`] rounds of both in a rotating order (more while they take less
+/// than [`PAIRED_SECS`]), each timing `n` jobs.
 /// Writes `<key>_jps` (the median of `run(true)`), `<key>_plain_jps`, every round's figures, and
 /// `<key>_vs_plain` / `<key>_vs_plain_min` (the median and the worst of the rounds' ratios).
 async fn paired<F, Fut>(
@@ -330,10 +340,15 @@ where
         run(mode).await?;
     }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
-    for (_, mode) in rotation(PAIRED_ROUNDS, 2) {
-        tidy.now().await;
-        let secs = run(mode == 1).await?;
-        rates[mode].push(n as f64 / secs);
+    let started = Instant::now();
+    let mut round = 0;
+    while round < PAIRED_ROUNDS || (round < PAIRED_MAX_ROUNDS && started.elapsed() < PAIRED_SECS) {
+        for mode in round_order(round, 2) {
+            tidy.now().await;
+            let secs = run(mode == 1).await?;
+            rates[mode].push(n as f64 / secs);
+        }
+        round += 1;
     }
     summarize_modes(out, &[format!("{key}_plain"), key.to_owned()], &rates);
     Ok(())
@@ -543,7 +558,12 @@ fn r3(x: f64) -> f64 {
 /// mode rotating, so that a drift of the machine's load falls on every mode alike. Yields
 /// `(round, mode)`.
 fn rotation(rounds: usize, modes: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..rounds).flat_map(move |round| (0..modes).map(move |k| (round, (round + k) % modes)))
+    (0..rounds).flat_map(move |round| round_order(round, modes).map(move |m| (round, m)))
+}
+
+/// The modes of round `round` of [`rotation`], in the order they run.
+fn round_order(round: usize, modes: usize) -> impl Iterator<Item = usize> {
+    (0..modes).map(move |k| (round + k) % modes)
 }
 
 /// Writes each mode's figures from `rates[mode][round]` (jobs/s) under its `prefixes[mode]`:
