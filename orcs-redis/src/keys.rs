@@ -30,9 +30,9 @@ pub(crate) struct QueueKeys {
     /// Per job: when it last became due again (a retry, release or recovery) and the errors of
     /// its failed attempts ([`history_value`]).
     pub(crate) history: String,
-    /// Whether the queue's last claim (or this process's `set_limits`) found a concurrency
-    /// limit: its claims then send the worker's settling jobs (see the claim script). Not a
-    /// key, but known per queue as its keys are.
+    /// Whether the queue's last claim found a concurrency limit that could bind soon (or this
+    /// process's `set_limits` set one): its claims then send the worker's settling jobs (see
+    /// the claim script). Not a key, but known per queue as its keys are.
     pub(crate) limited: AtomicBool,
 }
 

@@ -390,7 +390,7 @@ impl RedisDriver {
             claim.next_due = Some(claim.next_due.map_or(due, |d: Millis| d.min(due)));
         }
         // Whether the queue has batch children (their leases then name their batch), and a
-        // concurrency limit (the next claims send the worker's settling jobs).
+        // concurrency limit that could bind soon (the next claims send the settling jobs).
         let flags = reply.nth(1).and_then(|v| int(&v)).unwrap_or(0);
         let batched = flags & 1 != 0;
         keys.limited.store(flags & 2 != 0, Ordering::Relaxed);

@@ -1006,8 +1006,9 @@ pub(crate) fn unstore(
 /// they still hold their leases: the client sends their ids and stored tokens, and the script
 /// reads their current tokens (one `HMGET`) only when the limit would cut the claim short.
 /// Without that, a drain under a limit equal to the worker's slots waited for its settles
-/// between claims. The reply says whether the queue has a limit, so that the client sends them
-/// from the next claim on.
+/// between claims. The reply says whether the queue's limit could bind soon (it leaves less
+/// room than twice the jobs asked), so that the client sends them from the next claim on, and
+/// not to a limit far above what runs.
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at, meta, unique, unique_of, starts. ARGV: now, max, the default lease deadline
@@ -1051,12 +1052,15 @@ if #due > 0 then
     return {false, 1, 0}
   end
 end
--- The third field: 1 if the queue has batch children, 2 if a concurrency limit, or both.
-local out = {false, 0, batched + (concurrency and 2 or 0)}
+-- The third field: 1 if the queue has batch children, 2 if a concurrency limit that could
+-- bind soon (less room than twice the jobs asked: the next claims send the settling jobs), or
+-- both.
+local out = {false, 0, batched}
 -- What the limits leave room for, before this claim.
 local room = math.huge
 if concurrency then
   room = concurrency - redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
+  if room < 2 * max then out[3] = batched + 2 end
   -- The claiming worker's settling jobs (ARGV[6] on, id and token pairs), whose code has
   -- ended: those still reserved under those tokens run no more, and are not counted. Read only
   -- when the limit would cut this claim short; a token matches only its job's current lease
