@@ -505,6 +505,12 @@ fn queue_of<'a>(queues: &'a mut BTreeMap<String, QueueState>, name: &str) -> &'a
     queues.get_mut(name).expect("inserted above")
 }
 
+/// Whether job id `id` is taken, by a job stored or one in the failed set (a push of it is a
+/// duplicate). (The fields of [`State`] it reads, apart, as for [`enqueue_in`].)
+fn id_taken(jobs: &FastMap<Id, Stored>, failed_index: &FastMap<String, u64>, id: &str) -> bool {
+    jobs.contains_key(id) || failed_index.contains_key(id)
+}
+
 /// Puts `stored` in `queue`'s ready or delayed set as `available_at` says, and in the job map.
 /// (The fields of [`State`] it needs, apart: a push borrows its queue's key map meanwhile.)
 fn enqueue_in(
@@ -584,7 +590,7 @@ impl State {
         let Incoming { id, job, key } = incoming;
         let available_at = job.available_at;
         let (Some(unique), Some((hash, own))) = (&job.unique, key) else {
-            if self.jobs.contains_key(&id) || self.failed_index.contains_key(&job.id) {
+            if id_taken(&self.jobs, &self.failed_index, &id) {
                 return PushOutcome::Duplicate { id: job.id.clone() };
             }
             self.enqueue(id, job, 0, None, Vec::new(), available_at, now);
@@ -601,7 +607,7 @@ impl State {
         // in this order the processor waits for both at once (the id's answer comes first all
         // the same: nothing is written before it).
         let entry = queue.unique.entry(hash, &unique.key);
-        if jobs.contains_key(&id) || failed_index.contains_key(&job.id) {
+        if id_taken(jobs, failed_index, &id) {
             return PushOutcome::Duplicate { id: job.id.clone() };
         }
         match entry {
