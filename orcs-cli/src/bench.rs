@@ -117,9 +117,8 @@ pub(crate) enum Phase {
     /// (c) with a global concurrency limit equal to the worker's slots: what the limit costs. Runs
     /// [`PAIRED_ROUNDS`] rounds or more ([`PAIRED_SECS`]) of (c) unlimited and limited,
     /// alternating, after a warm-up round of each; its ratio is the median of the rounds'
-    /// limited / unlimited. (Run after other
-    /// drains, a single limited drain met a table that they had left full of dead rows, where the
-    /// unlimited one had met a fresh one.)
+    /// limited / unlimited. (Run after other drains, a single limited drain met a table that they
+    /// had left full of dead rows, where the unlimited one had met a fresh one.)
     DrainLimited,
     /// (c) with the N jobs dispatched as the children of one batch with a `then` callback: what
     /// counting each child in its batch costs a drain.
@@ -321,9 +320,9 @@ async fn phase_drain_limited(queue: &Queue, n: u64, limited: bool) -> anyhow::Re
 
 /// A paired phase: a warm-up round of `run(false)` (the plain phase) and `run(true)`, not
 /// counted, then [`PAIRED_ROUNDS`] rounds of both in a rotating order (more while they take less
-/// than [`PAIRED_SECS`]), each timing `n` jobs.
-/// Writes `<key>_jps` (the median of `run(true)`), `<key>_plain_jps`, every round's figures, and
-/// `<key>_vs_plain` / `<key>_vs_plain_min` (the median and the worst of the rounds' ratios).
+/// than [`PAIRED_SECS`]), each timing `n` jobs. Writes `<key>_jps` (the median of `run(true)`),
+/// `<key>_plain_jps`, every round's figures, and `<key>_vs_plain` / `<key>_vs_plain_min` (the
+/// median and the worst of the rounds' ratios).
 async fn paired<F, Fut>(
     out: &mut serde_json::Map<String, Value>,
     key: &str,
