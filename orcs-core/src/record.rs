@@ -286,9 +286,12 @@ pub trait Settling: Send + Sync + std::fmt::Debug {
     /// The fencing tokens of those jobs' leases.
     fn tokens(&self) -> Vec<String>;
 
-    /// The same jobs by their settles' marks ([`SettleMark`]), for a driver that counts them
-    /// without reading their rows; `None`: the settles carry no marks (read [`Self::tokens`]).
-    fn marks(&self) -> Option<SettlingMarks> {
+    /// Those of the jobs that belong to `queue`, by their settles' marks ([`SettleMark`]), for a
+    /// driver that counts them without reading their rows; `None`: the settles carry no marks
+    /// (read [`Self::tokens`]). Only the claimed queue's: a mark does not say its job's queue,
+    /// and another queue's settling job frees no slot of this one.
+    fn marks(&self, queue: &str) -> Option<SettlingMarks> {
+        let _ = queue;
         None
     }
 

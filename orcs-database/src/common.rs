@@ -2092,10 +2092,10 @@ pub(crate) fn settling_tokens(settling: &dyn Settling) -> Vec<String> {
     tokens
 }
 
-/// The marks of a claim's settling jobs ([`Settling::marks`]), each settle once (see
+/// The marks of a claim's settling jobs of `queue` ([`Settling::marks`]), each settle once (see
 /// [`settling_tokens`]).
-pub(crate) fn settling_marks(settling: &dyn Settling) -> Option<SettlingMarks> {
-    let mut marked = settling.marks()?;
+pub(crate) fn settling_marks(settling: &dyn Settling, queue: &str) -> Option<SettlingMarks> {
+    let mut marked = settling.marks(queue)?;
     marked.marks.sort_unstable();
     marked.marks.dedup_by_key(|(seq, _)| *seq);
     Some(marked)

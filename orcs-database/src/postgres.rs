@@ -565,7 +565,7 @@ impl PgBackend {
         // counts without reading a job row, or else by token (reading each job's row cost a
         // limited drain ~12 % against an unlimited one; BENCHMARKS.md, rounds 31 and 32).
         let settling = limits.concurrency.and(req.settling);
-        let query = match settling.and_then(common::settling_marks) {
+        let query = match settling.and_then(|settling| common::settling_marks(settling, queue)) {
             Some(marked) => {
                 let (seqs, untils): (Vec<i64>, Vec<i64>) = marked.marks.into_iter().unzip();
                 store

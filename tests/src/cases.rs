@@ -2487,7 +2487,7 @@ pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
         let queues = &queues;
         let driver = &driver;
         async move {
-            let view = SettlingView::of(&leases, None);
+            let view = SettlingView::of(&leases);
             let mut request = orcs_core::ClaimRequest::new(queues, 10, now);
             request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
             request.settling = Some(&view);
@@ -2534,30 +2534,40 @@ pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
 }
 
 /// A worker's view of its settling jobs, as the worker's settle queue gives it: their tokens,
-/// their leases, and their settles' marks when it has them.
+/// their leases, and their settles' marks (per queue) when it has them.
 #[derive(Debug)]
 struct SettlingView {
-    leases: Vec<Lease>,
-    marks: Option<orcs_core::SettlingMarks>,
+    settling: Vec<(i64, Lease)>,
+    writer: Option<Arc<str>>,
 }
 
 impl SettlingView {
-    fn of(leases: &[Lease], marks: Option<orcs_core::SettlingMarks>) -> Self {
-        Self { leases: leases.to_vec(), marks }
+    /// Settling jobs whose settles carry no marks.
+    fn of(leases: &[Lease]) -> Self {
+        Self { settling: leases.iter().map(|lease| (0, lease.clone())).collect(), writer: None }
+    }
+
+    /// Settling jobs whose settles `writer` numbered as given.
+    fn marked(writer: &Arc<str>, settling: &[(i64, &Lease)]) -> Self {
+        let settling = settling.iter().map(|(seq, lease)| (*seq, (*lease).clone())).collect();
+        Self { settling, writer: Some(Arc::clone(writer)) }
     }
 }
 
 impl orcs_core::Settling for SettlingView {
     fn tokens(&self) -> Vec<String> {
-        self.leases.iter().map(|lease| lease.token.clone()).collect()
+        self.settling.iter().map(|(_, lease)| lease.token.clone()).collect()
     }
 
-    fn marks(&self) -> Option<orcs_core::SettlingMarks> {
-        self.marks.clone()
+    fn marks(&self, queue: &str) -> Option<orcs_core::SettlingMarks> {
+        let writer = Arc::clone(self.writer.as_ref()?);
+        let of_queue = self.settling.iter().filter(|(_, lease)| lease.queue == queue);
+        let marks = of_queue.map(|(seq, lease)| (*seq, lease.expires_at)).collect();
+        Some(orcs_core::SettlingMarks::new(writer, marks))
     }
 
     fn each_lease(&self, each: &mut dyn FnMut(&Lease)) -> bool {
-        self.leases.iter().for_each(each);
+        self.settling.iter().for_each(|(_, lease)| each(lease));
         true
     }
 }
@@ -2577,12 +2587,12 @@ pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
     let writer: Arc<str> = format!("writer-{}", orcs_core::new_job_id()).into();
     let mark = |seq: i64| orcs_core::SettleMark::new(Arc::clone(&writer), seq);
     let view = |settling: &[(i64, &Lease)], marked: bool| {
-        let leases: Vec<Lease> = settling.iter().map(|(_, lease)| (*lease).clone()).collect();
-        let marks = marked.then(|| {
-            let marks = settling.iter().map(|(seq, lease)| (*seq, lease.expires_at)).collect();
-            orcs_core::SettlingMarks::new(Arc::clone(&writer), marks)
-        });
-        SettlingView::of(&leases, marks)
+        if marked {
+            SettlingView::marked(&writer, settling)
+        } else {
+            let leases: Vec<Lease> = settling.iter().map(|(_, lease)| (*lease).clone()).collect();
+            SettlingView::of(&leases)
+        }
     };
     let claim_settling = |view: SettlingView, now: Millis| {
         let queues = &queues;
@@ -2632,6 +2642,52 @@ pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
         complete(&driver, &job.lease, clock.now()).await.expect("complete");
     }
     assert_eq!(claim(&queue, &["default"], 10).await.len(), 2, "completed: two slots free");
+}
+
+/// A worker's settling jobs free slots of their own queue only: a claim of a limited queue by a
+/// worker that also runs another queue leaves that queue's settling jobs counted as nothing
+/// (its slots are not theirs), however it names them (tokens, leases or marks, the writer's
+/// earlier settle written, so its marks are known), while its own queue's settling job frees
+/// its slot.
+pub async fn settling_jobs_of_other_queues_free_no_slot(driver: BoxDriver) {
+    let (queue, clock) = manual_queue(&driver);
+    let (key, _) = probe();
+    queue.set_limits("default", QueueLimits::none().concurrency(1)).await.expect("limit");
+    queue.dispatch_many((0..2).map(|i| plain(&key, i))).await.expect("dispatch");
+    let other = DispatchOptions::new().queue("other");
+    for i in 10..12 {
+        queue.dispatch_with(plain(&key, i), other.clone()).await.expect("dispatch to other");
+    }
+    let writer: Arc<str> = format!("writer-{}", orcs_core::new_job_id()).into();
+    let mark = |seq: i64| orcs_core::SettleMark::new(Arc::clone(&writer), seq);
+    let running = claim(&queue, &["default"], 10).await;
+    assert_eq!(running.len(), 1, "the limit");
+    let others = claim(&queue, &["other"], 10).await;
+    assert_eq!(others.len(), 2, "no limit on the other queue");
+    // The writer's first settle, written: its marks are known from here on.
+    let written = Settle::complete(others[0].lease.clone()).marked(mark(1));
+    driver.settle_one(written, clock.now()).await.expect("the other queue's completion");
+    let settling = &others[1].lease;
+    let queues = names(&["default"]);
+    let claim_settling = |settling: Vec<(i64, &Lease)>| {
+        let view = SettlingView::marked(&writer, &settling);
+        let (driver, queues, now) = (&driver, &queues, clock.now());
+        async move {
+            let mut request = request_at(queues, 10, now);
+            request.settling = Some(&view);
+            driver.claim(&request).await.expect("claim").jobs
+        }
+    };
+    assert!(
+        claim_settling(vec![(2, settling)]).await.is_empty(),
+        "another queue's settling job frees no slot of this one"
+    );
+    let own = claim_settling(vec![(2, settling), (3, &running[0].lease)]).await;
+    assert_eq!(own.len(), 1, "this queue's settling job frees its own slot");
+    complete(&driver, &running[0].lease, clock.now()).await.expect("complete");
+    complete(&driver, &own[0].lease, clock.now()).await.expect("complete");
+    complete(&driver, settling, clock.now()).await.expect("complete");
+    assert!(claim(&queue, &["default"], 10).await.is_empty(), "both of the queue's jobs ran");
 }
 
 /// A claim of a queue with a concurrency limit promotes its due delayed jobs first, as every

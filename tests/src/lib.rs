@@ -140,6 +140,7 @@ macro_rules! conformance_tests {
             concurrency_limit_caps_jobs_running_at_once,
             settling_tokens_free_only_their_own_slots,
             settle_marks_free_only_unwritten_slots,
+            settling_jobs_of_other_queues_free_no_slot,
             limited_claims_promote_due_jobs_first,
             limited_promotion_never_inverts_priority,
             warming_changes_no_job,

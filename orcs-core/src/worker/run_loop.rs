@@ -213,10 +213,11 @@ impl Settling for SettleQueue {
         self.lock().settling().map(|settle| settle.lease.token.clone()).collect()
     }
 
-    fn marks(&self) -> Option<SettlingMarks> {
+    fn marks(&self, queue: &str) -> Option<SettlingMarks> {
         let marks = self
             .lock()
             .settling()
+            .filter(|settle| settle.lease.queue == queue)
             .filter_map(|settle| Some((settle.mark.as_ref()?.seq, settle.lease.expires_at)))
             .collect();
         Some(SettlingMarks::new(Arc::clone(&self.writer), marks))
@@ -779,5 +780,28 @@ impl BackendBackoff {
 
     fn reset(&mut self) {
         self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Lease, Settle};
+
+    /// A claim of one queue reads the marks of that queue's settling jobs only: a mark does not
+    /// say its job's queue, and another queue's settle frees no slot of the claimed one.
+    #[test]
+    fn marks_are_those_of_the_claimed_queue() {
+        let settles = SettleQueue::default();
+        for (id, queue) in [("a1", "a"), ("b1", "b"), ("a2", "a")] {
+            let (reply, _) = oneshot::channel();
+            let settle = Settle::complete(Lease::new(id, queue, "1", 5_000));
+            assert!(settles.send((settle, Reply::Wait(reply))).is_none(), "the writer is open");
+        }
+        let of = |queue: &str| settles.marks(queue).expect("marked settles").marks;
+        assert_eq!(of("a"), [(1, 5_000), (3, 5_000)], "a's settles by their numbers");
+        assert_eq!(of("b"), [(2, 5_000)]);
+        assert!(of("c").is_empty(), "no settle of c");
+        assert_eq!(settles.tokens().len(), 3, "tokens name every queue's jobs (their rows say)");
     }
 }
