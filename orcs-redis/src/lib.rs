@@ -553,11 +553,15 @@ impl RedisDriver {
         let context_groups: Vec<(String, Arc<QueueKeys>)> =
             context.unwrap_or_default().iter().map(|q| (q.clone(), self.keys(q))).collect();
         let context = home.as_ref().map(|home| Context { home, groups: &context_groups });
+        // The members share their writer (see `settle`).
+        let marks = members.iter().filter_map(|&i| batch[i].mark.as_ref());
+        let mark = marks.max_by_key(|mark| mark.seq).map(|mark| (&*mark.writer, mark.seq));
         let call = scripts::settle(
             &self.keys(queue),
             context.as_ref(),
             &group_keys,
             &items,
+            mark,
             now,
             self.storage_layout(),
         );
@@ -846,14 +850,17 @@ impl Driver for RedisDriver {
             }
         }
         // One script call per queue (and per chunk): a script may only touch one queue's
-        // hash-tagged keys on a cluster, and the calls stay short.
-        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        // hash-tagged keys on a cluster, and the calls stay short. And per settle writer: a
+        // call records its items' highest settle number in their writer's mark key (a worker's
+        // batch has one writer).
+        let mut by_queue: BTreeMap<(&str, Option<&str>), Vec<usize>> = BTreeMap::new();
         for (i, settle) in batch.iter().enumerate() {
             if results[i].is_none() {
-                by_queue.entry(settle.lease.queue.as_str()).or_default().push(i);
+                let writer = settle.mark.as_ref().map(|mark| &*mark.writer);
+                by_queue.entry((settle.lease.queue.as_str(), writer)).or_default().push(i);
             }
         }
-        for (queue, members) in by_queue {
+        for ((queue, _), members) in by_queue {
             for chunk in members.chunks(SETTLE_CHUNK) {
                 self.settle_queue(queue, batch, chunk, now, &mut results).await;
             }

@@ -1003,16 +1003,23 @@ pub(crate) fn unstore(
 ///
 /// On a queue with a concurrency limit, the jobs of the claiming worker whose code has ended and
 /// whose settles are on their way (`ClaimRequest::settling`) are not counted as running while
-/// they still hold their leases: the client sends their ids and stored tokens, and the script
-/// reads their current tokens (one `HMGET`) only when the limit would cut the claim short.
-/// Without that, a drain under a limit equal to the worker's slots waited for its settles
-/// between claims. The reply says whether the queue's limit could bind soon (it leaves less
-/// room than twice the jobs asked), so that the client sends them from the next claim on, and
-/// not to a limit far above what runs.
+/// they still hold their leases. A worker's settles are numbered ([`orcs_core::SettleMark`]),
+/// and each settle call records the highest number it carries in the writer's mark key of the
+/// queue ([`QueueKeys::mark`], see [`SETTLE`]): the client sends the runs of its settling jobs'
+/// numbers, and the script counts those above the recorded one (one `GET`), read only when the
+/// limit would cut the claim short. Settles without numbers are named by their jobs' ids and
+/// stored tokens instead, whose current tokens the script reads (one `HMGET`; ~72 jobs a claim
+/// in a drain cost 5-7 % of its server time, BENCHMARKS.md round 35). Without either, a drain
+/// under a limit equal to the worker's slots waited for its settles between claims. The reply
+/// says whether the queue's limit could bind soon (it leaves less room than twice the jobs
+/// asked), so that the client sends them from the next claim on, and not to a limit far above
+/// what runs.
 ///
 /// KEYS: ready, delayed, reserved, jobs, attempts, tokens, errors, stats, marker, failed,
-/// failed_at, meta, unique, unique_of, starts. ARGV: now, max, the default lease deadline
-/// ([`default_deadline`]), grace ms, promotion limit, then the settling jobs' ids and tokens.
+/// failed_at, meta, unique, unique_of, starts, then with settling jobs by number the writer's
+/// mark key. ARGV: now, max, the default lease deadline ([`default_deadline`]), grace ms,
+/// promotion limit, then the settling jobs: 'm' and their numbers' runs (first, last), or 't'
+/// and their ids and tokens.
 /// Returns {next_due or nil, more, flags (1: batched, 2: limited), then 6 per job: id, record,
 /// attempt, token, lease deadline
 /// (nil for the default one, which the client sent), last error or
@@ -1061,20 +1068,36 @@ local room = math.huge
 if concurrency then
   room = concurrency - redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
   if room < 2 * max then out[3] = batched + 2 end
-  -- The claiming worker's settling jobs (ARGV[6] on, id and token pairs), whose code has
-  -- ended: those still reserved under those tokens run no more, and are not counted. Read only
-  -- when the limit would cut this claim short; a token matches only its job's current lease
-  -- (a job recovered and claimed again has another), and each job counts once.
+  -- The claiming worker's settling jobs (ARGV[6] on), whose code has ended: they run no
+  -- more, and are not counted. Read only when the limit would cut this claim short.
   if room < max and #ARGV > 5 then
-    local ids = {}
-    for i = 6, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
-    local current = redis.call('HMGET', KEYS[6], unpack(ids))
-    local seen = {}
-    for j, id in ipairs(ids) do
-      local token = ARGV[5 + 2 * j]
-      if token ~= '' and current[j] == token and not seen[id] then
-        seen[id] = true
-        room = room + 1
+    if ARGV[6] == 'm' then
+      -- By their settles' numbers: runs (first, last) of this queue's, apart and in order,
+      -- whose leases cannot have run out. The writer's settles of this queue record the
+      -- highest number they carried (KEYS[16], before they change a job): those numbered
+      -- above it are unwritten, so still reserved under their leases. Without a record (none
+      -- written yet, or lost) they count as running.
+      local hi = tonumber(redis.call('GET', KEYS[16]))
+      if hi then
+        for i = 7, #ARGV, 2 do
+          local first, last = math.max(tonumber(ARGV[i]), hi + 1), tonumber(ARGV[i + 1])
+          if last >= first then room = room + last - first + 1 end
+        end
+      end
+    else
+      -- By their leases (ARGV[7] on, id and token pairs): those still reserved under those
+      -- tokens; a token matches only its job's current lease (a job recovered and claimed
+      -- again has another), and each job counts once.
+      local ids = {}
+      for i = 7, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+      local current = redis.call('HMGET', KEYS[6], unpack(ids))
+      local seen = {}
+      for j, id in ipairs(ids) do
+        local token = ARGV[6 + 2 * j]
+        if token ~= '' and current[j] == token and not seen[id] then
+          seen[id] = true
+          room = room + 1
+        end
       end
     end
     room = math.min(room, concurrency)
@@ -1252,20 +1275,55 @@ pub(crate) fn claim(
     if let Some(settling) = req.settling
         && keys.limited.load(Ordering::Relaxed)
     {
-        let mut sent = 0;
-        settling.each_lease(&mut |lease| {
-            if sent < SETTLING_SENT && lease.queue == queue {
-                call.arg(&lease.id).arg(stored_token(&lease.token));
-                sent += 1;
+        if let Some(marked) = settling.marks(queue) {
+            // A lease that may have run out (within the grace, which bounds the clock skew
+            // leases tolerate) may have been recovered without its settle: it counts.
+            let live = req.now.saturating_add(req.grace_ms.min(1 << 50) as Millis);
+            let mut seqs: Vec<i64> = marked
+                .marks
+                .iter()
+                .filter(|(_, until)| *until > live)
+                .map(|(seq, _)| *seq)
+                .collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            call.key(keys.mark(&marked.writer)).arg("m");
+            for (first, last) in runs(&seqs).take(SETTLING_SENT) {
+                call.arg(first).arg(last);
             }
-        });
+        } else {
+            call.arg("t");
+            let mut sent = 0;
+            settling.each_lease(&mut |lease| {
+                if sent < SETTLING_SENT && lease.queue == queue {
+                    call.arg(&lease.id).arg(stored_token(&lease.token));
+                    sent += 1;
+                }
+            });
+        }
     }
     call
 }
 
-/// Most settling jobs a claim sends (the rest count as running): the script unpacks their ids
-/// into one command, as it does a claim's 1000 jobs.
+/// Most settling jobs (or runs of settle numbers) a claim sends; the rest count as running. The
+/// script unpacks the jobs' ids into one command, as it does a claim's 1000 jobs.
 const SETTLING_SENT: usize = 1000;
+
+/// The runs of consecutive numbers in `seqs` (sorted, each once), as (first, last): a worker's
+/// settling jobs of one queue are mostly one or two runs of its settle numbers.
+fn runs(seqs: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let first = *seqs.get(at)?;
+        let mut last = first;
+        at += 1;
+        while seqs.get(at) == Some(&(last + 1)) {
+            last += 1;
+            at += 1;
+        }
+        Some((first, last))
+    })
+}
 
 /// Settles claimed jobs of one queue, each item on its own: a stale token leaves it (and its
 /// effects) untouched.
@@ -1295,9 +1353,11 @@ const SETTLING_SENT: usize = 1000;
 ///
 /// KEYS: reserved, ready, delayed, jobs, attempts, tokens, errors, stats, marker, failed,
 /// failed_at, unique, unique_of, meta, progress, cancel, history of the settled queue (1-17),
-/// then the workflow context (none, or the batches' home keys and 16 per group, the settled
-/// queue's first), then 8 per effect group g (0-based) as PUSH takes them.
-/// ARGV: now, the context's group count and names, then per item: id, token, op (the kind:
+/// the mark key of the items' settle writer ([`QueueKeys::mark`]; 18), then the workflow
+/// context (none, or the batches' home keys and 16 per group, the settled queue's first), then
+/// 8 per effect group g (0-based) as PUSH takes them.
+/// ARGV: now, the items' highest settle number ('' when they carry none), the context's group
+/// count and names, then per item: id, token, op (the kind:
 /// 'c'omplete, 'r'etry, 'f'ail, re'l'ease, cancel 'x', followed by the number of effect jobs
 /// unless there are none: `c`, `r2`), then run_at and error for a retry, run_at for a release,
 /// error for a fail, nothing for a complete or cancel (a plain complete costs three arguments),
@@ -1310,8 +1370,18 @@ const SETTLING_SENT: usize = 1000;
 /// queue's own context); FRESH names queues a batch callback re-created.
 const SETTLE: &str = r"
 local now = tonumber(ARGV[1])
-local first_item, effect_keys = context(2, 17)
-local own = ARGV[2] ~= '-' and ARGV[3] or ''
+-- The highest settle number the items carry (ARGV[2], '' for none), recorded in their writer's
+-- mark key before any job changes: a limited claim counts that writer's settling jobs numbered
+-- above it as unwritten (see CLAIM). Never lowered (a settle retried late carries an older
+-- number); an item this call leaves (stale, or cut short) counts as written, so as running.
+if ARGV[2] ~= '' then
+  local was = tonumber(redis.call('GET', KEYS[18]))
+  if not was or was < tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[18], ARGV[2], 'PX', '86400000')
+  end
+end
+local first_item, effect_keys = context(3, 18)
+local own = ARGV[3] ~= '-' and ARGV[4] or ''
 -- `keyed`: some key is held, so a finished job may hold one (its record says which);
 -- `legacy`: jobs stored under layout 2 keep their key's spec in `unique_of`.
 local keyed, legacy, extras, hist, errs = false, false, false, false, false
@@ -1544,12 +1614,14 @@ pub(crate) struct SettleItem<'a> {
 
 /// The settle of `items` of queue `keys`, in workflow context `context` (the settled queue's
 /// group first; none for a queue whose jobs count in no batch), whose effects go to `groups` (by
-/// index), effect jobs written for storage layout `layout`.
+/// index), effect jobs written for storage layout `layout`. `mark`: the items' settle writer and
+/// the highest number they carry, if they carry any (one writer's settles a call).
 pub(crate) fn settle(
     keys: &QueueKeys,
     context: Option<&Context<'_>>,
     groups: &[Arc<QueueKeys>],
     items: &[SettleItem<'_>],
+    mark: Option<(&str, i64)>,
     now: Millis,
     layout: u32,
 ) -> ScriptInvocation<'static> {
@@ -1572,7 +1644,13 @@ pub(crate) fn settle(
         .key(&keys.progress)
         .key(&keys.cancel)
         .key(&keys.history);
+    // Without a mark, a key of the queue's slot that nothing writes.
+    call.key(keys.mark(mark.map_or("", |(writer, _)| writer)));
     call.arg(now);
+    match mark {
+        Some((_, seq)) => call.arg(seq),
+        None => call.arg(""),
+    };
     context_args(&mut call, context);
     for group in groups {
         group_keys(&mut call, group);
@@ -2919,7 +2997,16 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 mod tests {
     use orcs_core::{Unique, UniqueUntil};
 
-    use super::{lease_token, split_token, stored_token};
+    use super::{lease_token, runs, split_token, stored_token};
+
+    /// A limited claim names its settling jobs by runs of their settle numbers.
+    #[test]
+    fn settle_numbers_go_as_runs() {
+        let of = |seqs: &[i64]| runs(seqs).collect::<Vec<_>>();
+        assert_eq!(of(&[]), []);
+        assert_eq!(of(&[7]), [(7, 7)]);
+        assert_eq!(of(&[3, 4, 5, 9, 10, 12]), [(3, 5), (9, 10), (12, 12)]);
+    }
 
     #[test]
     fn a_lease_names_only_a_finished_key_of_a_plain_token() {

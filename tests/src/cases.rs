@@ -2576,8 +2576,9 @@ impl orcs_core::Settling for SettlingView {
 /// ([`orcs_core::Settling::marks`], which a driver records in the step that writes a marked
 /// settle) instead of reading their rows by token; it frees exactly the slots the tokens free.
 /// A settle written (a plain completion, a retry) frees no slot a second time when a view read
-/// before its write still holds it, and a job whose lease ran out, recovered and claimed again,
-/// frees none through its earlier claim's mark.
+/// before its write still holds it, even after an older settle of the writer came again late,
+/// and a job whose lease ran out, recovered and claimed again, frees none through its earlier
+/// claim's mark.
 pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
@@ -2622,6 +2623,10 @@ pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
     let again_at = clock.now() + 60_000;
     let b_retry = Settle::retry(b.clone(), again_at, "try later").marked(mark(2));
     driver.settle_one(b_retry, clock.now()).await.expect("b's retry, written");
+    // a's settle again, late (a writer's retry after a lost answer): stale, and its older
+    // number lowers nothing, so b stays written.
+    let late = Settle::complete(a.clone()).marked(mark(1));
+    assert!(driver.settle_one(late, clock.now()).await.is_err(), "a was settled already");
     let left = 2 - by_marks.len();
     let stale = claim_settling(view(&settling, true), clock.now()).await;
     assert_eq!(stale.len(), left, "written settles free no slot twice");
@@ -2647,26 +2652,32 @@ pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
 /// A worker's settling jobs free slots of their own queue only: a claim of a limited queue by a
 /// worker that also runs another queue leaves that queue's settling jobs counted as nothing
 /// (its slots are not theirs), however it names them (tokens, leases or marks, the writer's
-/// earlier settle written, so its marks are known), while its own queue's settling job frees
-/// its slot.
+/// earlier settles of both queues written, so its marks are known), while its own queue's
+/// settling job frees its slot.
 pub async fn settling_jobs_of_other_queues_free_no_slot(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
     queue.set_limits("default", QueueLimits::none().concurrency(1)).await.expect("limit");
-    queue.dispatch_many((0..2).map(|i| plain(&key, i))).await.expect("dispatch");
+    queue.dispatch_many((0..3).map(|i| plain(&key, i))).await.expect("dispatch");
     let other = DispatchOptions::new().queue("other");
     for i in 10..12 {
         queue.dispatch_with(plain(&key, i), other.clone()).await.expect("dispatch to other");
     }
     let writer: Arc<str> = format!("writer-{}", orcs_core::new_job_id()).into();
     let mark = |seq: i64| orcs_core::SettleMark::new(Arc::clone(&writer), seq);
+    let write = |lease: &Lease, seq: i64| {
+        let settle = Settle::complete(lease.clone()).marked(mark(seq));
+        driver.settle_one(settle, clock.now())
+    };
+    // The writer's first settles, one of each queue, written: its marks are known from here on.
+    let first = claim(&queue, &["default"], 10).await;
+    assert_eq!(first.len(), 1, "the limit");
+    write(&first[0].lease, 1).await.expect("a completion of the limited queue");
     let running = claim(&queue, &["default"], 10).await;
     assert_eq!(running.len(), 1, "the limit");
     let others = claim(&queue, &["other"], 10).await;
     assert_eq!(others.len(), 2, "no limit on the other queue");
-    // The writer's first settle, written: its marks are known from here on.
-    let written = Settle::complete(others[0].lease.clone()).marked(mark(1));
-    driver.settle_one(written, clock.now()).await.expect("the other queue's completion");
+    write(&others[0].lease, 2).await.expect("a completion of the other queue");
     let settling = &others[1].lease;
     let queues = names(&["default"]);
     let claim_settling = |settling: Vec<(i64, &Lease)>| {
@@ -2679,15 +2690,15 @@ pub async fn settling_jobs_of_other_queues_free_no_slot(driver: BoxDriver) {
         }
     };
     assert!(
-        claim_settling(vec![(2, settling)]).await.is_empty(),
+        claim_settling(vec![(3, settling)]).await.is_empty(),
         "another queue's settling job frees no slot of this one"
     );
-    let own = claim_settling(vec![(2, settling), (3, &running[0].lease)]).await;
+    let own = claim_settling(vec![(3, settling), (4, &running[0].lease)]).await;
     assert_eq!(own.len(), 1, "this queue's settling job frees its own slot");
     complete(&driver, &running[0].lease, clock.now()).await.expect("complete");
     complete(&driver, &own[0].lease, clock.now()).await.expect("complete");
     complete(&driver, settling, clock.now()).await.expect("complete");
-    assert!(claim(&queue, &["default"], 10).await.is_empty(), "both of the queue's jobs ran");
+    assert!(claim(&queue, &["default"], 10).await.is_empty(), "the queue's three jobs ran");
 }
 
 /// A claim of a queue with a concurrency limit promotes its due delayed jobs first, as every
