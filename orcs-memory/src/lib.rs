@@ -206,7 +206,7 @@ impl QueueState {
             }
             let (_, key) = self.period_keys.pop_first().expect("looked above");
             // Taken over since by a later holder (a Period or another key): it stays.
-            self.unique.remove_if(&key, |held| held.frees <= now);
+            self.unique.free_expired(&key, now);
         }
     }
 
@@ -270,7 +270,7 @@ impl QueueState {
         if let Some(unique) = &job.unique
             && unique.until == moment
         {
-            self.unique.remove_if(&unique.key, |held| *held.holder == *job.id);
+            self.unique.free_held(&unique.key, job);
         }
     }
 }
@@ -287,58 +287,66 @@ fn key_hash(key: &str) -> u64 {
 /// A queue's held unique keys. Each entry keeps its key's hash: a push computes it outside the
 /// lock, and a probe or a resize compares and moves entries without reading their keys' strings
 /// (BENCHMARKS.md round 15: the key map is most of what a keyed push costs more).
+///
+/// `Started` and `Finished` keys (leaving the map when their holder is claimed or ends) sit in
+/// `held`, 16 bytes an entry: the hash and the holder's stored record, which has the key's text
+/// and the holder's id, so that a push writes a small entry and the table of a large backlog's
+/// keys stays under a third of what a general entry (56 bytes) made it (BENCHMARKS.md round
+/// 35). `Period` keys outlive their holders and keep their own text and expiry in `periods`. A
+/// key is in one of the two at most.
 #[derive(Debug, Default)]
 struct KeyMap {
-    table: HashTable<HeldKey>,
+    held: HashTable<HeldKey>,
+    periods: HashTable<PeriodKey>,
 }
 
+/// A `Started` or `Finished` key, held until its holder is claimed or ends.
 #[derive(Debug)]
 struct HeldKey {
     hash: u64,
-    key: KeyText,
-    /// The holder's id, shared with the job map.
-    holder: Id,
-    /// When the key frees: a `Period` key's expiry, `Millis::MAX` for the others.
-    frees: Millis,
+    /// The holder's record, shared with the job map (the entry allocates nothing).
+    holder: Arc<NewJob>,
 }
 
 impl HeldKey {
     /// Whether this is the entry of `key`, whose hash is `hash` (the string is read only when
     /// the hashes match).
     fn is(&self, hash: u64, key: &str) -> bool {
-        self.hash == hash && self.key.as_str() == key
+        self.hash == hash && self.holder.unique.as_ref().is_some_and(|unique| unique.key == key)
     }
 }
 
-/// A held key's text. A `Started` or `Finished` key leaves the map when its holder is claimed
-/// or ends, so it reads its text from the holder's stored record (a keyed push allocates no
-/// copy of it); a `Period` key outlives its holder and keeps a copy of its own.
+/// A `Period` key, held until its time is up whatever its holder does.
 #[derive(Debug)]
-enum KeyText {
-    Holder(Arc<NewJob>),
-    Own(Box<str>),
+struct PeriodKey {
+    hash: u64,
+    key: Box<str>,
+    holder: Id,
+    frees: Millis,
 }
 
-impl KeyText {
-    fn as_str(&self) -> &str {
-        match self {
-            Self::Holder(job) => job.unique.as_ref().map_or("", |unique| unique.key.as_str()),
-            Self::Own(key) => key,
-        }
+impl PeriodKey {
+    fn is(&self, hash: u64, key: &str) -> bool {
+        self.hash == hash && *self.key == *key
     }
 }
 
 impl KeyMap {
-    /// The entry of `key`, whose hash is `hash`, for a look and an insert with one probe.
-    fn entry(&mut self, hash: u64, key: &str) -> Entry<'_, HeldKey> {
-        self.table.entry(hash, |held| held.is(hash, key), |held| held.hash)
+    /// Frees `job`'s `Started` or `Finished` key if `job` holds it.
+    fn free_held(&mut self, key: &str, job: &NewJob) {
+        let hash = key_hash(key);
+        if let Ok(entry) = self.held.find_entry(hash, |held| held.is(hash, key))
+            && (std::ptr::eq(&*entry.get().holder, job) || entry.get().holder.id == job.id)
+        {
+            entry.remove();
+        }
     }
 
-    /// Removes `key` if it is held and `check` says so of its entry.
-    fn remove_if(&mut self, key: &str, check: impl FnOnce(&HeldKey) -> bool) {
+    /// Frees `Period` key `key` if its time is up at `now`.
+    fn free_expired(&mut self, key: &str, now: Millis) {
         let hash = key_hash(key);
-        if let Ok(entry) = self.table.find_entry(hash, |held| held.is(hash, key))
-            && check(entry.get())
+        if let Ok(entry) = self.periods.find_entry(hash, |held| held.is(hash, key))
+            && entry.get().frees <= now
         {
             entry.remove();
         }
@@ -346,7 +354,7 @@ impl KeyMap {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.table.len()
+        self.held.len() + self.periods.len()
     }
 }
 
@@ -392,7 +400,7 @@ enum JobState {
 }
 
 /// A pushed job with what its insert needs (its shared id and record, its unique key's hash,
-/// and a copy of a `Period` key for the key map: see [`KeyText`]), made before the driver's lock
+/// and a copy of a `Period` key for the key map: see [`KeyMap`]), made before the driver's lock
 /// is taken: a push holds the lock for the index updates only, so concurrent dispatchers wait
 /// less.
 struct Incoming {
@@ -606,27 +614,50 @@ impl State {
         // The key's probe before the id's: in maps of many entries each is a cache miss, and
         // in this order the processor waits for both at once (the id's answer comes first all
         // the same: nothing is written before it).
-        let entry = queue.unique.entry(hash, &unique.key);
+        let key = unique.key.as_str();
+        let entry = queue.unique.held.entry(hash, |held| held.is(hash, key), |held| held.hash);
         if id_taken(jobs, failed_index, &id) {
             return PushOutcome::Duplicate { id: job.id.clone() };
         }
-        match entry {
-            Entry::Occupied(mut entry) => {
-                let held = entry.get_mut();
-                if held.frees > now {
-                    let holder = Arc::clone(&held.holder);
-                    if unique.debounce && self.replace_waiting(&holder, &job, now) {
-                        return PushOutcome::Replaced { id: holder.to_string() };
-                    }
-                    return PushOutcome::Duplicate { id: holder.to_string() };
-                }
-                // An expired `Period` key: this job takes it over.
+        let mut holder = match &entry {
+            Entry::Occupied(held) => Some(held.get().holder.id.clone()),
+            Entry::Vacant(_) => None,
+        };
+        // Not held as a `Started` or `Finished` key: maybe as a `Period` key, live, or expired
+        // (then this job takes it over: in place if it is a `Period` key too).
+        let mut taken_over = false;
+        if holder.is_none()
+            && !queue.unique.periods.is_empty()
+            && let Ok(mut period) = queue.unique.periods.find_entry(hash, |held| held.is(hash, key))
+        {
+            let held = period.get_mut();
+            if held.frees > now {
+                holder = Some(held.holder.to_string());
+            } else if own.is_some() {
                 held.holder = Arc::clone(&id);
                 held.frees = frees;
+                taken_over = true;
+            } else {
+                period.remove();
             }
-            Entry::Vacant(entry) => {
-                let key = own.map_or_else(|| KeyText::Holder(Arc::clone(&job)), KeyText::Own);
-                entry.insert(HeldKey { hash, key, holder: Arc::clone(&id), frees });
+        }
+        if let Some(holder) = holder {
+            if unique.debounce && self.replace_waiting(&holder, &job, now) {
+                return PushOutcome::Replaced { id: holder };
+            }
+            return PushOutcome::Duplicate { id: holder };
+        }
+        match own {
+            Some(key) if !taken_over => {
+                let holder = Arc::clone(&id);
+                let held = PeriodKey { hash, key, holder, frees };
+                queue.unique.periods.insert_unique(hash, held, |held| held.hash);
+            }
+            Some(_) => {}
+            None => {
+                if let Entry::Vacant(entry) = entry {
+                    entry.insert(HeldKey { hash, holder: Arc::clone(&job) });
+                }
             }
         }
         if let Some(key) = period_key {
@@ -1582,6 +1613,13 @@ mod tests {
                 assert_eq!(x == y, a == b, "{a:?} against {b:?}");
             }
         }
+    }
+
+    /// A held key's entry stays small: a push writes one into a table of every waiting job's
+    /// key (see `KeyMap`).
+    #[test]
+    fn a_held_key_is_a_hash_and_a_pointer() {
+        assert_eq!(std::mem::size_of::<HeldKey>(), 16);
     }
 
     fn held_keys(driver: &MemoryDriver, queue: &str) -> (usize, usize) {
