@@ -68,8 +68,8 @@ impl QueueKeys {
     /// String: the highest settle number (see [`orcs_core::SettleMark`]) that settle writer
     /// `writer`'s settles of this queue have carried, so that a limited claim tells that
     /// writer's settling jobs still unwritten from their numbers. Lives a day after its last
-    /// raise (the settle script's `PX`); without it (before the writer's first settle of the queue, or
-    /// lost) a claim counts the writer's settling jobs as running.
+    /// raise (the settle script's `PX`); without it (before the writer's first settle of the
+    /// queue, or lost) a claim counts the writer's settling jobs as running.
     pub(crate) fn mark(&self, writer: &str) -> String {
         format!("{}:mark:{writer}", self.tag)
     }

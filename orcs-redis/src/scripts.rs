@@ -1287,15 +1287,21 @@ pub(crate) fn claim(
                 .collect();
             seqs.sort_unstable();
             seqs.dedup();
-            call.key(keys.mark(&marked.writer)).arg("m");
-            for (first, last) in runs(&seqs).take(SETTLING_SENT) {
-                call.arg(first).arg(last);
+            if !seqs.is_empty() {
+                call.key(keys.mark(&marked.writer)).arg("m");
+                for (first, last) in runs(&seqs).take(SETTLING_SENT) {
+                    call.arg(first).arg(last);
+                }
             }
         } else {
-            call.arg("t");
+            // 't' only before a lease: a view without leases (tokens alone) sends nothing, and
+            // its jobs count as running.
             let mut sent = 0;
             settling.each_lease(&mut |lease| {
                 if sent < SETTLING_SENT && lease.queue == queue {
+                    if sent == 0 {
+                        call.arg("t");
+                    }
                     call.arg(&lease.id).arg(stored_token(&lease.token));
                     sent += 1;
                 }

@@ -2476,7 +2476,8 @@ pub async fn concurrency_limit_caps_jobs_running_at_once(driver: BoxDriver) {
 /// concurrency limit's count, but only by their leases' tokens: an unknown token, or the token
 /// of a job's earlier claim (its lease expired and another worker runs it now), frees no slot.
 /// The running job's own token frees its slot, never more. (The view gives tokens and leases:
-/// a driver reads the tokens, or finds each lease by its job's id.)
+/// a driver reads the tokens, or finds each lease by its job's id; a view of tokens alone may
+/// free nothing, but is no error.)
 pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
     let (queue, clock) = manual_queue(&driver);
     let (key, _) = probe();
@@ -2524,6 +2525,16 @@ pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
         claim_settling(vec![with_token(old_token)], clock.now()).await.is_empty(),
         "the earlier claim's token frees no slot of the job running again"
     );
+    // A view of tokens alone (no leases, no marks): a driver that finds a job by its id
+    // cannot read it and counts the job as running; none fails the claim or passes the limit.
+    let tokens_only = vec![token.clone()];
+    let mut request = request_at(&queues, 10, clock.now());
+    request.settling = Some(&tokens_only);
+    let by_tokens = driver.claim(&request).await.expect("a claim with a view of tokens").jobs;
+    assert!(by_tokens.len() <= 1, "at most the job's own slot: {}", by_tokens.len());
+    for job in &by_tokens {
+        release(&driver, &job.lease, clock.now()).await.expect("hand back");
+    }
     let own = claim_settling(vec![again[0].lease.clone(), again[0].lease.clone()], clock.now());
     let own = own.await;
     assert_eq!(own.len(), 1, "its own token frees its own slot, once however often it comes");
