@@ -624,19 +624,13 @@ impl State {
             Entry::Vacant(_) => None,
         };
         // Not held as a `Started` or `Finished` key: maybe as a `Period` key, live, or expired
-        // (then this job takes it over: in place if it is a `Period` key too).
-        let mut taken_over = false;
+        // (its entry goes: this job takes the key over below, in the table of its own kind).
         if holder.is_none()
             && !queue.unique.periods.is_empty()
-            && let Ok(mut period) = queue.unique.periods.find_entry(hash, |held| held.is(hash, key))
+            && let Ok(period) = queue.unique.periods.find_entry(hash, |held| held.is(hash, key))
         {
-            let held = period.get_mut();
-            if held.frees > now {
-                holder = Some(held.holder.to_string());
-            } else if own.is_some() {
-                held.holder = Arc::clone(&id);
-                held.frees = frees;
-                taken_over = true;
+            if period.get().frees > now {
+                holder = Some(period.get().holder.to_string());
             } else {
                 period.remove();
             }
@@ -647,18 +641,15 @@ impl State {
             }
             return PushOutcome::Duplicate { id: holder };
         }
-        match own {
-            Some(key) if !taken_over => {
-                let holder = Arc::clone(&id);
-                let held = PeriodKey { hash, key, holder, frees };
+        match (own, entry) {
+            (Some(key), _) => {
+                let held = PeriodKey { hash, key, holder: Arc::clone(&id), frees };
                 queue.unique.periods.insert_unique(hash, held, |held| held.hash);
             }
-            Some(_) => {}
-            None => {
-                if let Entry::Vacant(entry) = entry {
-                    entry.insert(HeldKey { hash, holder: Arc::clone(&job) });
-                }
+            (None, Entry::Vacant(entry)) => {
+                entry.insert(HeldKey { hash, holder: Arc::clone(&job) });
             }
+            (None, Entry::Occupied(_)) => unreachable!("a held key's holder answered above"),
         }
         if let Some(key) = period_key {
             queue.period_keys.insert((frees, key));
