@@ -1380,6 +1380,8 @@ local now = tonumber(ARGV[1])
 -- mark key before any job changes: a limited claim counts that writer's settling jobs numbered
 -- above it as unwritten (see CLAIM). Never lowered (a settle retried late carries an older
 -- number); an item this call leaves (stale, or cut short) counts as written, so as running.
+-- Recorded on every queue, limited or not: a limit set between a settle and a claim that
+-- names its job would otherwise meet a written settle without its record.
 if ARGV[2] ~= '' then
   local was = tonumber(redis.call('GET', KEYS[18]))
   if not was or was < tonumber(ARGV[2]) then

@@ -59,6 +59,19 @@ fn request_at(queues: &[String], max: usize, now: Millis) -> orcs_core::ClaimReq
     request
 }
 
+/// A claim of up to 10 jobs of `queues` at `now` by a worker whose settling jobs `settling`
+/// names ([`orcs_core::ClaimRequest::settling`]).
+async fn claim_settling_at(
+    driver: &BoxDriver,
+    queues: &[String],
+    settling: &dyn orcs_core::Settling,
+    now: Millis,
+) -> Vec<Reserved> {
+    let mut request = request_at(queues, 10, now);
+    request.settling = Some(settling);
+    driver.claim(&request).await.expect("claim").jobs
+}
+
 async fn claim_at(
     driver: &BoxDriver,
     queues: &[String],
@@ -2485,15 +2498,8 @@ pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
     queue.dispatch(plain(&key, 0)).await.expect("dispatch");
     let queues = names(&["default"]);
     let claim_settling = |leases: Vec<Lease>, now: Millis| {
-        let queues = &queues;
-        let driver = &driver;
-        async move {
-            let view = SettlingView::of(&leases);
-            let mut request = orcs_core::ClaimRequest::new(queues, 10, now);
-            request.default_timeout_ms = DEFAULT_TIMEOUT_MS;
-            request.settling = Some(&view);
-            driver.claim(&request).await.expect("claim").jobs
-        }
+        let (driver, queues) = (&driver, &queues);
+        async move { claim_settling_at(driver, queues, &SettlingView::of(&leases), now).await }
     };
     let first = claim(&queue, &["default"], 10).await;
     assert_eq!(first.len(), 1, "the job");
@@ -2528,9 +2534,7 @@ pub async fn settling_tokens_free_only_their_own_slots(driver: BoxDriver) {
     // A view of tokens alone (no leases, no marks): a driver that finds a job by its id
     // cannot read it and counts the job as running; none fails the claim or passes the limit.
     let tokens_only = vec![token.clone()];
-    let mut request = request_at(&queues, 10, clock.now());
-    request.settling = Some(&tokens_only);
-    let by_tokens = driver.claim(&request).await.expect("a claim with a view of tokens").jobs;
+    let by_tokens = claim_settling_at(&driver, &queues, &tokens_only, clock.now()).await;
     assert!(by_tokens.len() <= 1, "at most the job's own slot: {}", by_tokens.len());
     for job in &by_tokens {
         release(&driver, &job.lease, clock.now()).await.expect("hand back");
@@ -2607,13 +2611,8 @@ pub async fn settle_marks_free_only_unwritten_slots(driver: BoxDriver) {
         }
     };
     let claim_settling = |view: SettlingView, now: Millis| {
-        let queues = &queues;
-        let driver = &driver;
-        async move {
-            let mut request = request_at(queues, 10, now);
-            request.settling = Some(&view);
-            driver.claim(&request).await.expect("claim").jobs
-        }
+        let (driver, queues) = (&driver, &queues);
+        async move { claim_settling_at(driver, queues, &view, now).await }
     };
     let first = claim(&queue, &["default"], 10).await;
     assert_eq!(first.len(), 2, "the limit");
@@ -2694,11 +2693,7 @@ pub async fn settling_jobs_of_other_queues_free_no_slot(driver: BoxDriver) {
     let claim_settling = |settling: Vec<(i64, &Lease)>| {
         let view = SettlingView::marked(&writer, &settling);
         let (driver, queues, now) = (&driver, &queues, clock.now());
-        async move {
-            let mut request = request_at(queues, 10, now);
-            request.settling = Some(&view);
-            driver.claim(&request).await.expect("claim").jobs
-        }
+        async move { claim_settling_at(driver, queues, &view, now).await }
     };
     assert!(
         claim_settling(vec![(3, settling)]).await.is_empty(),
