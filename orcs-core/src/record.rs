@@ -322,6 +322,15 @@ impl SettlingMarks {
     pub fn new(writer: Arc<str>, marks: Vec<(i64, Millis)>) -> Self {
         Self { writer, marks }
     }
+
+    /// The marks in order of their numbers, each number once (a view may repeat a settle, and
+    /// a driver that counted it twice would free its job's slot twice).
+    #[must_use]
+    pub fn sorted(mut self) -> Self {
+        self.marks.sort_unstable();
+        self.marks.dedup_by_key(|(seq, _)| *seq);
+        self
+    }
 }
 
 impl Settling for Vec<String> {
@@ -1060,5 +1069,16 @@ impl Prune {
     /// Prunes nothing until a rule is set.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_marks_name_each_settle_once() {
+        let marks = SettlingMarks::new(Arc::from("w"), vec![(9, 5), (3, 7), (9, 5), (4, 1)]);
+        assert_eq!(marks.sorted().marks, [(3, 7), (4, 1), (9, 5)]);
     }
 }

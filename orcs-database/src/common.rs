@@ -11,7 +11,7 @@ use std::sync::Arc;
 use orcs_core::{
     CancelOutcome, Claim, ClaimRequest, Error, FailedJob, FailedQuery, JobInfo, JobRecord,
     JobState, Lease, ListRequest, Millis, NewJob, PushOutcome, QueueLimits, QueueStats, RateLimit,
-    Reserved, Settle, Settling, SettlingMarks, Transition, Unique, UniqueUntil,
+    Reserved, Settle, Settling, Transition, Unique, UniqueUntil,
 };
 use sqlx::{
     ColumnIndex, Connection, Database, Decode, Encode, Executor, IntoArguments, Pool, Row,
@@ -2090,15 +2090,6 @@ pub(crate) fn settling_tokens(settling: &dyn Settling) -> Vec<String> {
     tokens.sort_unstable();
     tokens.dedup();
     tokens
-}
-
-/// The marks of a claim's settling jobs of `queue` ([`Settling::marks`]), each settle once (see
-/// [`settling_tokens`]).
-pub(crate) fn settling_marks(settling: &dyn Settling, queue: &str) -> Option<SettlingMarks> {
-    let mut marked = settling.marks(queue)?;
-    marked.marks.sort_unstable();
-    marked.marks.dedup_by_key(|(seq, _)| *seq);
-    Some(marked)
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use orcs_core::{Error, Lease, Millis, NewJob, PushOutcome, Result, Settle, Touch, Transition};
+use orcs_core::{
+    Error, Lease, Millis, NewJob, PushOutcome, Result, Settle, SettlingMarks, Touch, Transition,
+};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow,
@@ -565,7 +567,9 @@ impl PgBackend {
         // counts without reading a job row, or else by token (reading each job's row cost a
         // limited drain ~12 % against an unlimited one; BENCHMARKS.md, rounds 31 and 32).
         let settling = limits.concurrency.and(req.settling);
-        let query = match settling.and_then(|settling| common::settling_marks(settling, queue)) {
+        // Each settle once (see `common::settling_tokens`).
+        let marks = settling.and_then(|settling| settling.marks(queue)).map(SettlingMarks::sorted);
+        let query = match marks {
             Some(marked) => {
                 let (seqs, untils): (Vec<i64>, Vec<i64>) = marked.marks.into_iter().unzip();
                 store

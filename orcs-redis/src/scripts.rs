@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use orcs_core::{
-    ClaimRequest, Millis, NewJob, QueueLimits, THROUGHPUT_HORIZON_MS, Touch, Transition, Unique,
-    UniqueUntil,
+    ClaimRequest, Millis, NewJob, QueueLimits, SettlingMarks, THROUGHPUT_HORIZON_MS, Touch,
+    Transition, Unique, UniqueUntil,
 };
 use redis::{Script, ScriptInvocation};
 
@@ -1275,18 +1275,16 @@ pub(crate) fn claim(
     if let Some(settling) = req.settling
         && keys.limited.load(Ordering::Relaxed)
     {
-        if let Some(marked) = settling.marks(queue) {
+        if let Some(marked) = settling.marks(queue).map(SettlingMarks::sorted) {
             // A lease that may have run out (within the grace, which bounds the clock skew
             // leases tolerate) may have been recovered without its settle: it counts.
             let live = req.now.saturating_add(req.grace_ms.min(1 << 50) as Millis);
-            let mut seqs: Vec<i64> = marked
+            let seqs: Vec<i64> = marked
                 .marks
                 .iter()
                 .filter(|(_, until)| *until > live)
                 .map(|(seq, _)| *seq)
                 .collect();
-            seqs.sort_unstable();
-            seqs.dedup();
             if !seqs.is_empty() {
                 call.key(keys.mark(&marked.writer)).arg("m");
                 for (first, last) in runs(&seqs).take(SETTLING_SENT) {
