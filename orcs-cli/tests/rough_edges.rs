@@ -10,6 +10,7 @@ use serde_json::Value;
 
 mod common;
 use common::{QUEUE_VARS, Run, Sandbox, pause, redis_url, simulate};
+use orcs_tests::services::redis::private_server_with_or_skip;
 
 /// Runs a command whose stdout is a pipe nobody reads (`orcs ... | head -1` after head exited).
 fn with_closed_stdout(sandbox: &Sandbox, args: &[&str], within: Duration) -> Run {
@@ -71,6 +72,26 @@ fn the_worker_and_stats_name_the_sqlite_file_absolutely() {
         .run_env(&["queue:work", "--stop-when-empty"], &env)
         .ok()
         .stdout_has(&format!("backend sqlite://{file}"));
+}
+
+/// A Redis that may evict keys (any `maxmemory-policy` but `noeviction`) could drop jobs: every
+/// command that connects says so on stderr, and says what to set; a `noeviction` one is quiet.
+#[test]
+fn a_redis_that_may_evict_keys_is_named_on_stderr() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(evicting) = private_server_with_or_skip(&["--maxmemory-policy", "allkeys-lru"]) else {
+        return;
+    };
+    Sandbox::redis(&evicting)
+        .run(&["queue:stats"])
+        .ok()
+        .stderr_has("maxmemory-policy is allkeys-lru")
+        .stderr_has("set maxmemory-policy noeviction");
+    let Some(quiet) = private_server_with_or_skip(&[]) else { return };
+    let run = Sandbox::redis(&quiet).run(&["queue:stats"]).ok();
+    assert!(!run.stderr.contains("maxmemory-policy"), "{run}");
 }
 
 #[test]

@@ -119,7 +119,36 @@ impl RedisDriver {
         let _: String = driver.query(&redis::cmd("PING")).await?;
         let layout = driver.check_version().await?;
         driver.inner.layout.store(layout, Ordering::Relaxed);
+        match driver.eviction_policy().await {
+            Ok(Some(policy)) if policy != "noeviction" => {
+                tracing::warn!(
+                    policy = %policy,
+                    "Redis's maxmemory-policy is {policy}: when Redis reaches maxmemory it may \
+                     evict orcs's keys (job records, queued ids, unique keys), which loses jobs; \
+                     set maxmemory-policy noeviction (a full Redis then refuses new jobs with an \
+                     error instead)"
+                );
+            }
+            Ok(_) => {}
+            // A proxy or a managed service may refuse INFO: the check is advice only.
+            Err(e) => tracing::debug!(error = %e, "could not read Redis's maxmemory-policy"),
+        }
         Ok(driver)
+    }
+
+    /// Redis's `maxmemory-policy`, read from `INFO memory` (which managed services that rename or
+    /// refuse `CONFIG` still answer); on a cluster the first policy other than `noeviction` any
+    /// node reports. `None` when the server does not say. [`RedisDriver::connect`] logs a
+    /// warning for any policy other than `noeviction`: an evicted key is a lost job (or a
+    /// broken queue), where `noeviction` makes a full Redis refuse writes with an error.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when Redis refuses `INFO` or fails.
+    pub async fn eviction_policy(&self) -> Result<Option<String>> {
+        let info: Value = self.query(redis::cmd("INFO").arg("memory")).await?;
+        let mut policies = Vec::new();
+        info_texts(&info, &mut |text| policies.extend(maxmemory_policy(text)));
+        Ok(policies.iter().find(|p| *p != "noeviction").or(policies.first()).cloned())
     }
 
     /// The storage layout this driver writes: the one its prefix was marked with when it
@@ -667,6 +696,27 @@ fn push_waves<'a>(
         waves[wave].push((index, job));
     }
     waves
+}
+
+/// Calls `each` with every text in an `INFO` reply: one server's text, or a cluster's reply
+/// per node (a map or an array of them).
+fn info_texts(info: &Value, each: &mut dyn FnMut(&str)) {
+    match info {
+        Value::Map(nodes) => nodes.iter().for_each(|(_, node)| info_texts(node, each)),
+        Value::Array(nodes) => nodes.iter().for_each(|node| info_texts(node, each)),
+        info => {
+            if let Some(text) = text(info) {
+                each(&text);
+            }
+        }
+    }
+}
+
+/// The `maxmemory_policy` line of an `INFO` text.
+fn maxmemory_policy(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .map(|policy| policy.trim().to_owned())
 }
 
 /// The error for a prefix marked with a storage layout this build does not read.
@@ -1439,4 +1489,30 @@ impl RedisDriver {
 /// its attempt errors; nothing for no entry, or one that does not parse.
 fn history_of(value: &Value) -> (Option<Millis>, Vec<String>) {
     text(value).and_then(|t| history_value(&t)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_is_read_off_an_info_text() {
+        let info = "# Memory\r\nused_memory:1\r\nmaxmemory_policy:allkeys-lru\r\nmem_fragmentation_ratio:1\r\n";
+        assert_eq!(maxmemory_policy(info).as_deref(), Some("allkeys-lru"));
+        assert_eq!(maxmemory_policy("# Memory\r\nused_memory:1\r\n"), None);
+        // A cluster answers per node: a node that may evict is the one named.
+        let nodes = Value::Map(vec![
+            (
+                Value::SimpleString("a".into()),
+                Value::BulkString(b"maxmemory_policy:noeviction".to_vec()),
+            ),
+            (
+                Value::SimpleString("b".into()),
+                Value::BulkString(b"maxmemory_policy:volatile-lru".to_vec()),
+            ),
+        ]);
+        let mut found = Vec::new();
+        info_texts(&nodes, &mut |text| found.extend(maxmemory_policy(text)));
+        assert_eq!(found, ["noeviction", "volatile-lru"]);
+    }
 }

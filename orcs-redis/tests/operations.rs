@@ -1,8 +1,9 @@
 //! The Redis driver's own cases for operations (issue #13), beyond the shared suite: a queue
 //! forgotten by one process and used again by another that still remembered it, the throughput
 //! trim after heartbeats stopped for days, a settle call whose items repeat a job or reuse a
-//! completed job's id, and the due time a retry notes for the queue's latency. Each runs on a
-//! single server and on a cluster, under a fresh key prefix.
+//! completed job's id, the due time a retry notes for the queue's latency, and the eviction
+//! policy read at connect. Each runs on a single server and on a cluster, under a fresh key
+//! prefix.
 
 use orcs_core::{
     Admin, ClaimRequest, Clock, Driver, Error, JobState, Millis, NewJob, PushOutcome, Settle,
@@ -252,4 +253,33 @@ fn latency_counts_a_retried_job_from_its_retry_on_a_cluster() {
     orcs_tests::run(latency_counts_a_retried_job_from_its_retry(
         services::redis::redis_cluster_url_or_skip(),
     ));
+}
+
+/// The driver reads Redis's `maxmemory-policy` (`connect` warns unless it is `noeviction`): a
+/// private server's default, then a policy that may evict set on it, and a cluster's (one
+/// reply per node).
+#[test]
+fn eviction_policy_is_read_from_the_server() {
+    orcs_tests::run(async {
+        let Some(url) = services::redis::private_server_with_or_skip(&[]) else { return };
+        let config = RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs"));
+        let driver = RedisDriver::connect(config).await.expect("connect");
+        assert_eq!(driver.eviction_policy().await.expect("info").as_deref(), Some("noeviction"));
+        let mut raw = Raw::connect(&url).await;
+        let _: () = raw
+            .query(redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru"))
+            .await;
+        assert_eq!(driver.eviction_policy().await.expect("info").as_deref(), Some("allkeys-lru"));
+    });
+}
+
+#[test]
+fn eviction_policy_is_read_from_a_cluster() {
+    orcs_tests::run(async {
+        let Some((driver, _, _, _)) = pair(services::redis::redis_cluster_url_or_skip()).await
+        else {
+            return;
+        };
+        assert_eq!(driver.eviction_policy().await.expect("info").as_deref(), Some("noeviction"));
+    });
 }

@@ -38,7 +38,7 @@ pub fn redis_url_or_skip() -> Option<String> {
             Err(why) => super::skip("Redis (Docker)", &why),
         };
     }
-    match LOCAL.get_or_init(start_single) {
+    match LOCAL.get_or_init(|| start_single(&[])) {
         Ok(url) => Some(url.clone()),
         Err(why) => super::skip("Redis", why),
     }
@@ -60,10 +60,10 @@ fn from_env(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|url| !url.is_empty())
 }
 
-fn start_single() -> Result<String, String> {
+fn start_single(args: &[&str]) -> Result<String, String> {
     let dir = work_dir()?;
     let port = free_port(false)?;
-    spawn_watched(&dir, port, &[])?;
+    spawn_watched(&dir, port, args)?;
     wait_until(Duration::from_secs(10), || ping(port)).map_err(|()| {
         format!("the redis-server started on port {port} did not answer; see {}", dir.display())
     })?;
@@ -205,7 +205,13 @@ fn command(port: u16, args: &[&str]) -> Option<String> {
 /// restart it without disturbing other tests); `None` after a loud skip. It stops with the
 /// test process.
 pub fn private_server_or_skip() -> Option<String> {
-    match start_single() {
+    private_server_with_or_skip(&[])
+}
+
+/// [`private_server_or_skip`] with more `redis-server` arguments (`--maxmemory-policy`,
+/// `allkeys-lru`, say).
+pub fn private_server_with_or_skip(args: &[&str]) -> Option<String> {
+    match start_single(args) {
         Ok(url) => Some(url),
         Err(why) => super::skip("Redis", &why),
     }
