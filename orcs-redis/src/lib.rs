@@ -1493,6 +1493,9 @@ fn history_of(value: &Value) -> (Option<Millis>, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
+    use orcs_core::{Admin, ClaimRequest, Clock, Driver, NewJob, QueueLimits, SystemClock};
+    use orcs_tests::services::{self, unique_name};
+
     use super::*;
 
     #[test]
@@ -1514,5 +1517,37 @@ mod tests {
         let mut found = Vec::new();
         info_texts(&nodes, &mut |text| found.extend(maxmemory_policy(text)));
         assert_eq!(found, ["noeviction", "volatile-lru"]);
+    }
+
+    /// A claim's reply flags a concurrency limit (and the queue's next claims then send the
+    /// worker's settling jobs) only when the limit leaves less room than twice the jobs asked,
+    /// so a limit far above what runs costs the claims no arguments. The limit is set by
+    /// another process, so only the claims' replies set this driver's flag.
+    #[test]
+    fn claims_flag_a_limit_only_when_it_could_bind_soon() {
+        orcs_tests::run(async {
+            let Some(url) = services::redis::redis_url_or_skip() else { return };
+            let config =
+                RedisConfig::from_url(&url).expect("url").with_prefix(unique_name("orcs-test"));
+            let setter = RedisDriver::connect(config.clone()).await.expect("connect");
+            let worker = RedisDriver::connect(config).await.expect("connect");
+            let queue = "flagged";
+            let now = SystemClock.now();
+            let jobs = (0..40).map(|i| NewJob::new(format!("j{i}"), "J", queue, "{}", now));
+            worker.push(jobs.collect()).await.expect("push");
+            let queues = vec![queue.to_owned()];
+            let claim = async || {
+                let request = ClaimRequest::new(&queues, 10, SystemClock.now());
+                let claimed = worker.claim(&request).await.expect("claim").jobs.len();
+                (claimed, worker.keys(queue).limited.load(Ordering::Relaxed))
+            };
+            assert_eq!(claim().await, (10, false), "no limit");
+            setter.set_limits(queue, &QueueLimits::none().concurrency(40)).await.expect("limit");
+            assert_eq!(claim().await, (10, false), "room for 30 of 40, 10 asked");
+            assert_eq!(claim().await, (10, false), "room for 20: not less than twice 10");
+            assert_eq!(claim().await, (10, true), "room for 10: the limit could bind");
+            setter.set_limits(queue, &QueueLimits::none()).await.expect("no limit");
+            assert_eq!(claim().await, (0, false), "every job running, no limit");
+        });
     }
 }
