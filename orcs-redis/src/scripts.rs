@@ -78,14 +78,20 @@ local function key_of(blob, unique_of, id, legacy)
 end
 ";
 
-/// Frees a job's unique key (needs [`KEY_OF`]).
+/// Frees a job's unique key (needs [`KEY_OF`] and [`WIDE`]).
 const FREE_KEY: &str = r"
 -- Frees `key` (of mode `mode`, as key_of answers) if the mode is one of `modes` and job `id`
 -- still holds it; a Period key also leaves `expiry` (nil where no caller frees Period keys).
+-- The wide entry (see FREE_KEYS) goes with the last key, however it was freed: left alone, it
+-- would make claims and settles look for keys in a queue that holds none.
 local function free_key(unique, expiry, id, mode, key, modes)
   if mode and string.find(modes, mode, 1, true) and redis.call('HGET', unique, key) == id then
     redis.call('HDEL', unique, key)
     if mode == 'p' and expiry then redis.call('ZREM', expiry, key) end
+    -- (Its value is empty, which no holder's id is: a key spelled like it is a key.)
+    if redis.call('HLEN', unique) == 1 and redis.call('HGET', unique, WIDE) == '' then
+      redis.call('DEL', unique)
+    end
   end
 end
 -- Frees the unique key job `id` holds, as free_key does (no Period keys), its record read from
@@ -96,8 +102,8 @@ local function free_key_of(jobs, unique, unique_of, id, legacy, modes)
 end
 ";
 
-/// Frees the Finished keys of many jobs at once (needs [`KEY_OF`] and [`WIDE`]); only the
-/// settle scripts define it.
+/// Frees the keys of many jobs at once (needs [`KEY_OF`] and [`WIDE`]): the Finished keys of a
+/// settle's completions, the Started keys of a claim's jobs; only those scripts define it.
 ///
 /// It also keeps a queue's `unique` hash a hash table while it holds more than
 /// `WIDE_KEYS` keys: as a listpack (up to `hash-max-listpack-entries` keys, 128 by default, 512
@@ -316,8 +322,8 @@ end
 ";
 
 /// Every helper, in an order where each comes after those it uses.
-const PRELUDE: [&str; 10] =
-    [HEADER, ARM, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, KEY_HELD, DEBOUNCE, STORE];
+const PRELUDE: [&str; 11] =
+    [HEADER, ARM, WIDE, KEY_OF, FREE_KEY, MAKE_READY, FAIL, BATCH_OF, KEY_HELD, DEBOUNCE, STORE];
 
 /// Helpers of the scripts that may end a batch's child, or create, cancel or fire workflow
 /// state; appended to [`PRELUDE`].
@@ -1201,18 +1207,24 @@ if #ids > 0 then
   -- Started keys free here; only a queue with a key held at all has one to free. A record
   -- with a Started key has 's|' in its header (its mode field, the header's only letter but
   -- the version's 'v'): a record without it is parsed no further, a plain search costing a
-  -- third of key_of's match (a name or payload with 's|' only costs that match).
+  -- third of key_of's match (a name or payload with 's|' only costs that match). They free
+  -- together, as a settle's completions free their Finished keys (free_held: three commands
+  -- for all, and the wide entry kept while many keys are held, so that pushes to a queue of
+  -- Started keys do not search a listpack of them).
   if held then
     local specs = {}
     if redis.call('EXISTS', KEYS[14]) == 1 then specs = redis.call('HMGET', KEYS[14], unpack(ids)) end
+    local keys, holders = {}, {}
     for i = 1, #ids do
       local id, mode, key = ids[i], nil, nil
       if string.find(blobs[i], 's|', 1, true) then mode, key = key_of(blobs[i], nil, id, false) end
       if not mode and specs[i] then mode, key = string.match(specs[i], '^(%a)|%d*|(.*)$') end
-      if mode == 's' and redis.call('HGET', KEYS[13], key) == id then
-        redis.call('HDEL', KEYS[13], key)
+      if mode == 's' then
+        keys[#keys + 1] = key
+        holders[#keys] = id
       end
     end
+    free_held(KEYS[13], keys, holders)
   end
 end
 local ready = 0
@@ -2109,7 +2121,7 @@ pub(crate) fn list(
 }
 
 /// Removes up to `ARGV[1]` pending, then delayed jobs, freeing their Started and Finished unique
-/// keys (and `unique`'s wide entry with the last of them, see [`FREE_KEYS`]); a batch's child
+/// keys (and `unique`'s wide entry with the last of them, see [`FREE_KEY`]); a batch's child
 /// is counted cancelled in its batch. It sets the queue's `registered`
 /// mark, so that a queue that got jobs stays listed once they are cleared (see "Forgetting a
 /// queue" in the README). KEYS: ready, delayed, jobs, attempts, errors, unique, unique_of,
@@ -2154,10 +2166,6 @@ for z = 1, 2 do
 end
 flush()
 if removed > 0 then redis.call('HSETNX', KEYS[12], 'registered', 1) end
--- The wide entry of `unique` (see FREE_KEYS) goes with the last key.
-if keyed and redis.call('HLEN', KEYS[6]) == 1 and redis.call('HGET', KEYS[6], WIDE) == '' then
-  redis.call('DEL', KEYS[6])
-end
 return {removed, NEED, FRESH}
 ";
 
@@ -2949,11 +2957,12 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     push: script(&[HEADER, ARM, KEY_HELD, DEBOUNCE, STORE, PUSH]),
     push_plain: script(&[ARM, PUSH_PLAIN]),
     push_keyed: script(&[ARM, KEY_OF, PUSH_KEYED]),
-    unstore: script(&[KEY_OF, FREE_KEY, UNSTORE]),
-    claim: script(&[WIDE, HEADER, ARM, KEY_OF, FAIL, CLAIM]),
+    unstore: script(&[WIDE, KEY_OF, FREE_KEY, UNSTORE]),
+    claim: script(&[WIDE, HEADER, ARM, KEY_OF, FREE_KEYS, FAIL, CLAIM]),
     settle: script(&[
         HEADER,
         ARM,
+        WIDE,
         KEY_OF,
         FREE_KEY,
         MAKE_READY,
@@ -2963,11 +2972,10 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         STORE,
         NO_WORKFLOW,
         HISTORY,
-        WIDE,
         FREE_KEYS,
         SETTLE,
     ]),
-    settle_batched: with_workflow(&[HISTORY, WIDE, FREE_KEYS].concat(), SETTLE),
+    settle_batched: with_workflow(&[HISTORY, FREE_KEYS].concat(), SETTLE),
     extend: Script::new(EXTEND),
     recover: with_workflow(HISTORY, RECOVER),
     stats: Script::new(STATS),
@@ -2977,7 +2985,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     touch: Script::new(TOUCH),
     get: Script::new(GET),
     list: script(&[WIDE, LIST]),
-    clear: with_workflow(WIDE, CLEAR),
+    clear: with_workflow("", CLEAR),
     failed_page: Script::new(FAILED_PAGE),
     retry_failed: with_workflow(HISTORY, RETRY_FAILED),
     forget_failed: Script::new(FORGET_FAILED),

@@ -554,9 +554,14 @@ const HELD: usize = 300;
 
 /// Script µs per job of a keyed queue in a steady state: `HELD` keys held while jobs are claimed
 /// 64 at a time, completed, and as many keyed jobs pushed one by one.
-async fn steady_keyed(driver: &RedisDriver, url: &str, queue: &str) -> f64 {
+async fn steady_keyed(driver: &RedisDriver, url: &str, queue: &str, until: UniqueUntil) -> f64 {
+    let job = |queue: &str| {
+        let mut job = job(queue, false);
+        job.unique = Some(Unique::new(format!("key-{}", job.id), until));
+        job
+    };
     let queues = vec![queue.to_owned()];
-    let jobs: Vec<NewJob> = (0..HELD).map(|_| job(queue, true)).collect();
+    let jobs: Vec<NewJob> = (0..HELD).map(|_| job(queue)).collect();
     driver.push(jobs).await.expect("push");
     let before = script_usec(url).await;
     let mut done = 0;
@@ -570,7 +575,7 @@ async fn steady_keyed(driver: &RedisDriver, url: &str, queue: &str) -> f64 {
         }
         futures_util::stream::iter(0..settles.len())
             .for_each_concurrent(IN_FLIGHT, |_| async move {
-                driver.push(vec![job(queue, true)]).await.expect("push");
+                driver.push(vec![job(queue)]).await.expect("push");
             })
             .await;
         done += settles.len();
@@ -584,16 +589,25 @@ async fn steady_keyed(driver: &RedisDriver, url: &str, queue: &str) -> f64 {
 #[test]
 #[ignore = "a timing measurement; run it by hand"]
 fn held_keys_keep_keyed_jobs_cheap() {
-    orcs_tests::run(async {
-        let Some(url) = services::redis::private_server_or_skip() else { return };
-        let driver = connect(&url).await;
-        let mut costs: Vec<f64> = Vec::new();
-        for round in 0..rounds() {
-            let usec = steady_keyed(&driver, &url, &format!("held{round}")).await;
-            println!("round {round}: {usec:.2} script µs per keyed job with {HELD} keys held");
-            costs.push(usec);
-        }
-        costs.sort_by(f64::total_cmp);
-        println!("median: {:.2} script µs per keyed job", costs[costs.len() / 2]);
-    });
+    orcs_tests::run(held_keys_cost(UniqueUntil::Finished));
+}
+
+/// [`held_keys_keep_keyed_jobs_cheap`] with `Started` keys, which the claim frees.
+#[test]
+#[ignore = "a timing measurement; run it by hand"]
+fn held_started_keys_keep_keyed_jobs_cheap() {
+    orcs_tests::run(held_keys_cost(UniqueUntil::Started));
+}
+
+async fn held_keys_cost(until: UniqueUntil) {
+    let Some(url) = services::redis::private_server_or_skip() else { return };
+    let driver = connect(&url).await;
+    let mut costs: Vec<f64> = Vec::new();
+    for round in 0..rounds() {
+        let usec = steady_keyed(&driver, &url, &format!("held{round}"), until).await;
+        println!("round {round}: {usec:.2} script µs per keyed job with {HELD} keys held");
+        costs.push(usec);
+    }
+    costs.sort_by(f64::total_cmp);
+    println!("median: {:.2} script µs per keyed job ({until:?} keys)", costs[costs.len() / 2]);
 }

@@ -303,3 +303,74 @@ async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
     hold_keys(&driver, "s", 30, 5).await;
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "25 keys");
 }
+
+/// A claim frees its jobs' `Started` keys together, as a settle frees its completions'
+/// `Finished` ones: it keeps the queue's `unique` hash a hash table while more than 64 keys are
+/// held (a push would otherwise search a listpack of them), and deletes it with the last key.
+#[tokio::test]
+async fn claims_keep_many_held_started_keys_out_of_listpack_encoding() {
+    let Some(url) = services::redis::redis_url_or_skip() else { return };
+    let (prefix, driver) = prefixed(&url).await;
+    let unique = format!("{{{prefix}:started}}:unique");
+    let mut conn = raw(&url).await;
+    let jobs: Vec<NewJob> =
+        (0..100).map(|i| keyed("started", &format!("k{i}"), UniqueUntil::Started)).collect();
+    driver.push(jobs).await.expect("push");
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "100 keys");
+
+    let queues = vec!["started".to_owned()];
+    let claim = driver.claim(&ClaimRequest::new(&queues, 10, SystemClock.now())).await;
+    assert_eq!(claim.expect("claim").jobs.len(), 10);
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
+    let len: usize = conn.hlen(&unique).await.expect("HLEN");
+    assert_eq!(len, 91, "a field per held key and the wide one");
+    let again = driver
+        .push(vec![
+            keyed("started", "k50", UniqueUntil::Started),
+            keyed("started", "k0", UniqueUntil::Started),
+        ])
+        .await
+        .expect("push again");
+    assert!(matches!(again[0], PushOutcome::Duplicate { .. }), "k50 is held: {again:?}");
+    assert_eq!(again[1], PushOutcome::Stored, "k0 was freed by its job's start");
+
+    let mut claimed = 10;
+    while claimed < 101 {
+        let claim = driver.claim(&ClaimRequest::new(&queues, 40, SystemClock.now())).await;
+        let n = claim.expect("claim").jobs.len();
+        assert!(n > 0, "jobs left after {claimed}");
+        claimed += n;
+    }
+    assert_eq!(encoding(&mut conn, &unique).await, None, "every job started, no unique hash");
+}
+
+/// The wide entry goes with the last key whatever frees it: here cancels and a failure, not
+/// a completion (a wide entry left alone made claims and settles look for keys in a queue
+/// that held none).
+#[tokio::test]
+async fn the_wide_entry_goes_with_the_last_key_however_it_is_freed() {
+    let Some(url) = services::redis::redis_url_or_skip() else { return };
+    let (prefix, driver) = prefixed(&url).await;
+    let unique = format!("{{{prefix}:held}}:unique");
+    let mut conn = raw(&url).await;
+    hold_keys(&driver, "k", 100, 10).await;
+    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
+
+    let now = SystemClock.now();
+    let queues = vec!["held".to_owned()];
+    let last = driver.claim(&ClaimRequest::new(&queues, 1, now)).await.expect("claim").jobs;
+    let listed = Admin::list(&driver, &ListRequest::new("held", JobState::Pending, 100), now)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 89);
+    for info in &listed {
+        Admin::cancel(&driver, &info.job.id, now).await.expect("cancel");
+    }
+    let len: usize = conn.hlen(&unique).await.expect("HLEN");
+    assert_eq!(len, 2, "the running job's key and the wide entry");
+    let settles = vec![Settle::fail(last[0].lease.clone(), "gave up")];
+    for result in driver.settle(&settles, now).await {
+        result.expect("fail");
+    }
+    assert_eq!(encoding(&mut conn, &unique).await, None, "no key held, no unique hash");
+}
