@@ -1252,8 +1252,14 @@ pub(crate) const PROMOTE_LIMIT: usize = 1000;
 /// their own), at most 2^53 - 1 (the script's numbers are doubles). The claim sends it, and
 /// answers it as nil, so the client and the script cannot disagree on it.
 pub(crate) fn default_deadline(req: &ClaimRequest<'_>) -> Millis {
-    let length = req.default_timeout_ms.min(1 << 50) + req.grace_ms.min(1 << 50);
+    let length = req.default_timeout_ms.min(1 << 50) + grace(req);
     req.now.saturating_add(length as Millis).min((1 << 53) - 1)
+}
+
+/// The claim's grace, capped at 2^50 ms: what the script adds to a job's own timeout, and what
+/// the client adds to the default one and to `now` for a settling job's lease.
+fn grace(req: &ClaimRequest<'_>) -> u64 {
+    req.grace_ms.min(1 << 50)
 }
 
 /// The claim of up to `want` jobs of queue `keys`.
@@ -1282,7 +1288,7 @@ pub(crate) fn claim(
         .arg(req.now)
         .arg(want)
         .arg(default_deadline(req))
-        .arg(req.grace_ms.min(1 << 50))
+        .arg(grace(req))
         .arg(PROMOTE_LIMIT);
     if let Some(settling) = req.settling
         && keys.limited.load(Ordering::Relaxed)
@@ -1290,7 +1296,7 @@ pub(crate) fn claim(
         if let Some(marked) = settling.marks(queue).map(SettlingMarks::sorted) {
             // A lease that may have run out (within the grace, which bounds the clock skew
             // leases tolerate) may have been recovered without its settle: it counts.
-            let live = req.now.saturating_add(req.grace_ms.min(1 << 50) as Millis);
+            let live = req.now.saturating_add(grace(req) as Millis);
             let seqs: Vec<i64> = marked
                 .marks
                 .iter()
