@@ -247,6 +247,27 @@ async fn complete_some(driver: &RedisDriver, queue: &str, max: usize) -> usize {
     claim.jobs.len()
 }
 
+/// Checks that `unique` (queue `queue`'s hash, keys `k0` to `k99` of kind `until` pushed, the
+/// first 10 freed) is a hash table of the 90 held keys and the wide entry, that a held key still
+/// holds, a freed one is free, and the wide entry is no key; `k0` is taken again.
+async fn held_wide(
+    driver: &RedisDriver,
+    conn: &mut redis::aio::MultiplexedConnection,
+    unique: &str,
+    queue: &str,
+    until: UniqueUntil,
+) {
+    assert_eq!(encoding(conn, unique).await.as_deref(), Some("hashtable"), "90 keys held");
+    let len: usize = conn.hlen(unique).await.expect("HLEN");
+    assert_eq!(len, 91, "a field per held key and the wide one");
+    let again = driver
+        .push(vec![keyed(queue, "k50", until), keyed(queue, "k0", until)])
+        .await
+        .expect("push again");
+    assert!(matches!(again[0], PushOutcome::Duplicate { .. }), "k50 is held: {again:?}");
+    assert_eq!(again[1], PushOutcome::Stored, "k0 was freed");
+}
+
 /// A completion keeps a queue's `unique` hash a hash table while it holds more than 64 keys
 /// (see "Unique keys" in the README): as a listpack, every command on a key compared it with
 /// each key held. The wide entry is no key, and goes with the last key a completion frees.
@@ -260,19 +281,7 @@ async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "100 keys");
 
     assert_eq!(complete_some(&driver, "held", 10).await, 10);
-    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
-    let len: usize = conn.hlen(&unique).await.expect("HLEN");
-    assert_eq!(len, 91, "a field per held key and the wide one");
-    // The held keys still hold; a freed one is free; the wide entry is no key.
-    let again = driver
-        .push(vec![
-            keyed("held", "k50", UniqueUntil::Finished),
-            keyed("held", "k0", UniqueUntil::Finished),
-        ])
-        .await
-        .expect("push again");
-    assert!(matches!(again[0], PushOutcome::Duplicate { .. }), "k50 is held: {again:?}");
-    assert_eq!(again[1], PushOutcome::Stored, "k0 was freed");
+    held_wide(&driver, &mut conn, &unique, "held", UniqueUntil::Finished).await;
     let stats = Admin::stats(&driver, "held", SystemClock.now()).await.expect("stats");
     assert_eq!((stats.pending, stats.processed), (91, 10));
 
@@ -321,18 +330,7 @@ async fn claims_keep_many_held_started_keys_out_of_listpack_encoding() {
     let queues = vec!["started".to_owned()];
     let claim = driver.claim(&ClaimRequest::new(&queues, 10, SystemClock.now())).await;
     assert_eq!(claim.expect("claim").jobs.len(), 10);
-    assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
-    let len: usize = conn.hlen(&unique).await.expect("HLEN");
-    assert_eq!(len, 91, "a field per held key and the wide one");
-    let again = driver
-        .push(vec![
-            keyed("started", "k50", UniqueUntil::Started),
-            keyed("started", "k0", UniqueUntil::Started),
-        ])
-        .await
-        .expect("push again");
-    assert!(matches!(again[0], PushOutcome::Duplicate { .. }), "k50 is held: {again:?}");
-    assert_eq!(again[1], PushOutcome::Stored, "k0 was freed by its job's start");
+    held_wide(&driver, &mut conn, &unique, "started", UniqueUntil::Started).await;
 
     let mut claimed = 10;
     while claimed < 101 {
