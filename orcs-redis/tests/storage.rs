@@ -29,6 +29,16 @@ async fn prefixed(url: &str) -> (String, RedisDriver) {
     (prefix, RedisDriver::connect(config).await.expect("connect"))
 }
 
+/// A driver on a prefix of its own, a connection of the test's own, and the name of `queue`'s
+/// `unique` hash under that prefix; `None` after a loud skip.
+async fn keyed_queue(
+    queue: &str,
+) -> Option<(RedisDriver, redis::aio::MultiplexedConnection, String)> {
+    let url = services::redis::redis_url_or_skip()?;
+    let (prefix, driver) = prefixed(&url).await;
+    Some((driver, raw(&url).await, format!("{{{prefix}:{queue}}}:unique")))
+}
+
 fn keyed(queue: &str, key: &str, until: UniqueUntil) -> NewJob {
     let mut job = NewJob::new(orcs_core::new_job_id(), "PlainJob", queue, "{}", SystemClock.now());
     job.unique = Some(Unique::new(key, until));
@@ -273,10 +283,7 @@ async fn held_wide(
 /// each key held. The wide entry is no key, and goes with the last key a completion frees.
 #[tokio::test]
 async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
-    let Some(url) = services::redis::redis_url_or_skip() else { return };
-    let (prefix, driver) = prefixed(&url).await;
-    let unique = format!("{{{prefix}:held}}:unique");
-    let mut conn = raw(&url).await;
+    let Some((driver, mut conn, unique)) = keyed_queue("held").await else { return };
     hold_keys(&driver, "k", 100, 0).await;
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("listpack"), "100 keys");
 
@@ -318,10 +325,7 @@ async fn completions_keep_many_held_keys_out_of_listpack_encoding() {
 /// held (a push would otherwise search a listpack of them), and deletes it with the last key.
 #[tokio::test]
 async fn claims_keep_many_held_started_keys_out_of_listpack_encoding() {
-    let Some(url) = services::redis::redis_url_or_skip() else { return };
-    let (prefix, driver) = prefixed(&url).await;
-    let unique = format!("{{{prefix}:started}}:unique");
-    let mut conn = raw(&url).await;
+    let Some((driver, mut conn, unique)) = keyed_queue("started").await else { return };
     let jobs: Vec<NewJob> =
         (0..100).map(|i| keyed("started", &format!("k{i}"), UniqueUntil::Started)).collect();
     driver.push(jobs).await.expect("push");
@@ -347,10 +351,7 @@ async fn claims_keep_many_held_started_keys_out_of_listpack_encoding() {
 /// that held none).
 #[tokio::test]
 async fn the_wide_entry_goes_with_the_last_key_however_it_is_freed() {
-    let Some(url) = services::redis::redis_url_or_skip() else { return };
-    let (prefix, driver) = prefixed(&url).await;
-    let unique = format!("{{{prefix}:held}}:unique");
-    let mut conn = raw(&url).await;
+    let Some((driver, mut conn, unique)) = keyed_queue("held").await else { return };
     hold_keys(&driver, "k", 100, 10).await;
     assert_eq!(encoding(&mut conn, &unique).await.as_deref(), Some("hashtable"), "90 keys held");
 
