@@ -90,7 +90,10 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         target.execute(&statement).await;
     }
     let driver = DatabaseDriver::connect(&target.url()).await.expect("the upgrade");
-    assert_eq!(target.versions().await, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+    assert_eq!(
+        target.versions().await,
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    );
     if let Target::Sqlite(_) = &target {
         // Migration 15: the sizes' counts may be NULL (so that no statement that sets them can
         // abort), their key may not.
@@ -119,21 +122,23 @@ async fn upgrade_keeps_the_jobs(target: Target) {
         // Migration 6: `_ready_since` over a condition the claim does not imply, and the claim
         // function replaced by the one that updates the picked rows by primary key; migration
         // 8: beside it (for workers still running the previous build), the one that takes the
-        // worker's settling jobs.
+        // worker's settling jobs; migration 17: the held keys indexed key first.
         let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
         let row = sqlx::query(
             "SELECT pg_get_indexdef('jobs_ready_since'::regclass), \
              pg_get_functiondef('jobs_claim(text, bigint, bigint, bigint, text, bigint)'\
              ::regprocedure), \
              pg_get_functiondef('jobs_claim(text, bigint, bigint, bigint, text, bigint, text[])'\
-             ::regprocedure)",
+             ::regprocedure), \
+             pg_get_indexdef('jobs_held_key'::regclass)",
         )
         .fetch_one(&mut conn)
         .await
         .expect("catalog");
-        let (index, function, settling): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
+        let (index, function, settling, held): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         assert!(index.contains("reserved_until IS NULL"), "{index}");
+        assert!(held.contains("UNIQUE INDEX") && held.contains("(unique_key, queue)"), "{held}");
         assert!(function.contains("= ANY (ARRAY (SELECT id FROM picked))"), "{function}");
         assert!(settling.contains("UNNEST($7::TEXT[])"), "{settling}");
     }

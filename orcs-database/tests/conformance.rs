@@ -495,7 +495,7 @@ mod database {
         drop(target.driver().await);
         assert_eq!(
             migration_versions(&target).await,
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
         );
     }
 
@@ -1038,7 +1038,7 @@ mod database {
             }
             assert_eq!(
                 migration_versions(&target).await,
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
             );
         });
     }
